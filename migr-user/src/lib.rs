@@ -1,0 +1,2 @@
+//! migr's user space: the datapath loader and, on top of it, the agent and CLI.
+pub mod datapath;

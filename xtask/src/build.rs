@@ -1,0 +1,101 @@
+//! `cargo xtask build-ebpf`: builds the XDP object through migr-user's build
+//! script (the project's one eBPF build definition) and checks it carries BTF.
+
+use std::{
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+/// Builds migr-user (whose build.rs compiles migr-ebpf) and returns the object's path.
+pub fn build_ebpf() -> Result<PathBuf> {
+    let mut cmd = run::cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "migr-user",
+        "--message-format=json-render-diagnostics",
+    ])
+    .stdout(Stdio::piped());
+    let line = run::render(&cmd);
+    let mut child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
+    let mut out_dir = None;
+    if let Some(stdout) = child.stdout.take() {
+        for msg in std::io::BufReader::new(stdout).lines() {
+            let msg = msg?;
+            // One JSON object per line; the build-script message of migr-user names OUT_DIR.
+            if msg.contains("\"reason\":\"build-script-executed\"") && msg.contains("migr-user") {
+                out_dir = json_string_field(&msg, "out_dir");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "`{line}` failed ({status}); run `cargo xtask setup` if bpf-linker or rust-src is missing"
+        );
+    }
+    let out_dir = out_dir.context("cargo did not report migr-user's OUT_DIR")?;
+    let object = Path::new(&out_dir).join("migr");
+    let sections = elf_section_names(
+        &std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?,
+    )?;
+    for needed in [".BTF", ".BTF.ext"] {
+        if !sections.iter().any(|s| s == needed) {
+            bail!("{} has no {needed} section", object.display());
+        }
+    }
+    eprintln!("eBPF object has sections .BTF and .BTF.ext");
+    Ok(object)
+}
+
+/// Extracts `"field":"value"` from a flat JSON line (cargo escapes nothing in paths we use).
+fn json_string_field(line: &str, field: &str) -> Option<String> {
+    let key = format!("\"{field}\":\"");
+    let start = line.find(&key)? + key.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_string())
+}
+
+/// Section names of a little-endian ELF64 file.
+fn elf_section_names(elf: &[u8]) -> Result<Vec<String>> {
+    let u16_at = |o: usize| -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            elf.get(o..o + 2).context("ELF truncated")?.try_into()?,
+        ))
+    };
+    let u32_at = |o: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            elf.get(o..o + 4).context("ELF truncated")?.try_into()?,
+        ))
+    };
+    let u64_at = |o: usize| -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            elf.get(o..o + 8).context("ELF truncated")?.try_into()?,
+        ))
+    };
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        bail!("not a little-endian ELF64 object");
+    }
+    let shoff = u64_at(0x28)? as usize;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let shstrndx = u16_at(0x3e)? as usize;
+    let strtab_off = u64_at(shoff + shstrndx * shentsize + 0x18)? as usize;
+    let mut names = Vec::with_capacity(shnum);
+    for i in 0..shnum {
+        let name_off = u32_at(shoff + i * shentsize)? as usize;
+        let start = strtab_off + name_off;
+        let rest = elf.get(start..).context("ELF name out of range")?;
+        let end = rest
+            .iter()
+            .position(|b| *b == 0)
+            .context("unterminated ELF name")?;
+        names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+    }
+    Ok(names)
+}

@@ -1,0 +1,158 @@
+//! `cargo xtask setup`: install what the project needs on a fresh Debian machine.
+//! Every step checks first and skips itself when its work is already done.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::run::{self, render};
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev", // bpf-linker links against libLLVM 22
+    "iproute2",    // ip netns / ip link for the tests and the demo
+    "util-linux",  // nsenter
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+struct Step {
+    name: &'static str,
+    /// Is the work already done?
+    done: fn() -> bool,
+    /// Commands that do it.
+    commands: fn() -> Vec<Command>,
+    /// What to try when a command fails.
+    hint: &'static str,
+}
+
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            name: "apt packages",
+            done: || missing_apt_packages().is_empty(),
+            commands: || {
+                let mut update = Command::new("apt-get");
+                update.args(["update", "-q"]);
+                let mut install = Command::new("apt-get");
+                install
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(missing_apt_packages());
+                vec![update, install]
+            },
+            hint: "run it as root on Debian (bookworm) with its package sources reachable",
+        },
+        Step {
+            name: "rust nightly toolchain",
+            done: || {
+                run::stdout(Command::new("rustup").args(["toolchain", "list"]))
+                    .is_some_and(|out| out.lines().any(|l| l.starts_with("nightly")))
+            },
+            commands: || {
+                let mut cmd = Command::new("rustup");
+                cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+                vec![cmd]
+            },
+            hint: "install rustup first (the Rust toolchain installer)",
+        },
+        Step {
+            name: "rust-src for nightly",
+            done: || {
+                run::stdout(Command::new("rustup").args([
+                    "+nightly",
+                    "component",
+                    "list",
+                    "--installed",
+                ]))
+                .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
+            },
+            commands: || {
+                let mut cmd = Command::new("rustup");
+                cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+                vec![cmd]
+            },
+            hint: "check that rustup can reach its component server",
+        },
+        Step {
+            name: "bpf-linker (LLVM 22)",
+            done: || {
+                run::stdout(Command::new("bpf-linker").arg("--version"))
+                    .is_some_and(|out| out.contains(BPF_LINKER_VERSION))
+            },
+            commands: || {
+                let mut cmd = run::cargo();
+                let path = std::env::var("PATH").unwrap_or_default();
+                // Without LLVM 22 first in PATH, the build picks another
+                // llvm-config and fails to link libLLVM.
+                cmd.env("PATH", format!("{LLVM_BIN}:{path}")).args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ]);
+                vec![cmd]
+            },
+            hint: "make sure llvm-22-dev is installed (the apt step) and ~/.cargo/bin is in PATH",
+        },
+    ]
+}
+
+fn missing_apt_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            !run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+pub fn setup() -> Result<()> {
+    let started = Instant::now();
+    let mut did_something = false;
+    for step in steps() {
+        if (step.done)() {
+            println!("[setup] {:<26} already done", step.name);
+            continue;
+        }
+        let t = Instant::now();
+        println!("[setup] {:<26} installing ...", step.name);
+        for mut cmd in (step.commands)() {
+            let line = render(&cmd);
+            run::status(&mut cmd).with_context(|| {
+                format!(
+                    "setup step '{}' failed at `{line}`; {}",
+                    step.name, step.hint
+                )
+            })?;
+        }
+        if !(step.done)() {
+            anyhow::bail!(
+                "setup step '{}' ran but its check still fails; {}",
+                step.name,
+                step.hint
+            );
+        }
+        did_something = true;
+        println!(
+            "[setup] {:<26} installed in {:.1}s",
+            step.name,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if did_something {
+        println!("[setup] done in {:.1}s", started.elapsed().as_secs_f64());
+    } else {
+        println!(
+            "[setup] nothing to do: every step was already done ({:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
