@@ -1,0 +1,1 @@
+//! Server-side QUIC connection migration (seed 000) on quinn-proto: in progress.
