@@ -23,34 +23,22 @@ pub trait Frame {
 
     #[inline(always)]
     fn u8_at(&self, offset: usize) -> Option<u8> {
-        match self.load::<1>(offset) {
-            Some(b) => Some(b[0]),
-            None => None,
-        }
+        self.load::<1>(offset).map(|b| b[0])
     }
 
     #[inline(always)]
     fn be16_at(&self, offset: usize) -> Option<u16> {
-        match self.load::<2>(offset) {
-            Some(b) => Some(u16::from_be_bytes(b)),
-            None => None,
-        }
+        self.load::<2>(offset).map(u16::from_be_bytes)
     }
 
     #[inline(always)]
     fn be32_at(&self, offset: usize) -> Option<u32> {
-        match self.load::<4>(offset) {
-            Some(b) => Some(u32::from_be_bytes(b)),
-            None => None,
-        }
+        self.load::<4>(offset).map(u32::from_be_bytes)
     }
 
     #[inline(always)]
     fn be64_at(&self, offset: usize) -> Option<u64> {
-        match self.load::<8>(offset) {
-            Some(b) => Some(u64::from_be_bytes(b)),
-            None => None,
-        }
+        self.load::<8>(offset).map(u64::from_be_bytes)
     }
 }
 
