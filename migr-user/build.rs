@@ -1,7 +1,10 @@
 //! Builds the XDP object (migr-ebpf) for bpfel-unknown-none with BTF and
 //! places it in OUT_DIR, where `migr_user::datapath` embeds it. This is the one
 //! build definition; `cargo xtask build-ebpf` goes through it too.
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
+
+#[path = "src/btf_fixup.rs"]
+mod btf_fixup;
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../migr-ebpf");
@@ -13,5 +16,15 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building the XDP object failed; `cargo xtask setup` installs what it needs")
+    .context("building the XDP object failed; `cargo xtask setup` installs what it needs")?;
+    if std::env::var_os("AYA_BUILD_SKIP").is_some() {
+        return Ok(());
+    }
+    let object = std::path::Path::new(&std::env::var("OUT_DIR")?).join("migr");
+    let mut elf =
+        std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    btf_fixup::fix_union_offsets_in_elf(&mut elf)
+        .map_err(|e| anyhow!("repairing the BTF of {}: {e}", object.display()))?;
+    std::fs::write(&object, elf)?;
+    Ok(())
 }

@@ -21,6 +21,19 @@ pub trait Frame {
         self.len() == 0
     }
 
+    /// Locates TCP option `kind` in `[start, end)`: [`crate::wire::tcp::find_option`].
+    /// A frame may run the same walk differently: the XDP frame drives it
+    /// from `bpf_loop`, which keeps the verifier's work small.
+    #[inline(always)]
+    fn find_tcp_option(
+        &self,
+        start: usize,
+        end: usize,
+        kind: u8,
+    ) -> Result<Option<crate::wire::tcp::OptionRef>, crate::wire::ParseError> {
+        crate::wire::tcp::find_option(self, start, end, kind)
+    }
+
     #[inline(always)]
     fn u8_at(&self, offset: usize) -> Option<u8> {
         self.load::<1>(offset).map(|b| b[0])
@@ -58,6 +71,24 @@ impl Frame for [u8] {
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Some(out)
+    }
+}
+
+/// Write access to a frame, for the FORWARD rewrite.
+pub trait FrameMut: Frame {
+    /// Writes `bytes` at `offset`; `None` (and nothing written) if they do not fit.
+    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()>;
+}
+
+impl FrameMut for [u8] {
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
+        if offset > MAX_PARSE_OFFSET {
+            return None;
+        }
+        let end = offset.checked_add(N)?;
+        self.get_mut(offset..end)?.copy_from_slice(&bytes);
+        Some(())
     }
 }
 

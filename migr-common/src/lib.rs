@@ -4,8 +4,13 @@
 //! parsing code runs in the kernel and is unit-tested on the host.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
+#[cfg(any(test, feature = "std"))]
+pub mod build;
 pub mod cid;
+pub mod classify;
 pub mod frame;
 pub mod maps;
+pub mod rewrite;
+pub mod wire;
 
 pub use frame::Frame;

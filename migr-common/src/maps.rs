@@ -1,5 +1,15 @@
 //! Map keys, values and indices shared by the XDP program and the agent.
-//! The maps themselves are declared (and documented) in `migr-ebpf`.
+//! The maps themselves are declared, and documented, in `migr-ebpf/src/main.rs`.
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding, and is plain old
+//! data, so the kernel and user space agree on its bytes.
+
+use crate::cid::CidConfig;
+
+/// Service ids are 1..MAX_SERVICES; 0 means "not a migrating service's packet".
+pub const MAX_SERVICES: u32 = 4096;
+/// Service id of traffic that belongs to no service.
+pub const NO_SERVICE: u32 = 0;
 
 /// Index into the `PROTO_COUNTERS` per-CPU array: what kind of packet was seen.
 #[repr(u32)]
@@ -34,6 +44,391 @@ impl ProtoClass {
             6 => Self::Tcp,
             1 | 58 => Self::Icmp,
             _ => Self::OtherIp,
+        }
+    }
+}
+
+/// What the datapath does with a service's packets. Written by the agent.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Deliver normally (the service runs here, or migr is not involved).
+    #[default]
+    Pass = 0,
+    /// Copy the frame to user space and drop the original (the service is frozen).
+    Park = 1,
+    /// Send the frame on to where the service lives now.
+    Forward = 2,
+    /// Drop (only by explicit operator policy).
+    Drop = 3,
+}
+
+impl Action {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Pass),
+            1 => Some(Self::Park),
+            2 => Some(Self::Forward),
+            3 => Some(Self::Drop),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Park => "park",
+            Self::Forward => "forward",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+/// How FORWARD rewrites a frame.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ForwardMode {
+    /// New destination IP and port (QUIC/MPTCP migrations to a new address),
+    /// with incremental checksum updates, plus the MAC rewrite.
+    #[default]
+    AddressChanging = 0,
+    /// Same IP at a new place (the COAT case): only the MACs change.
+    SameIp = 1,
+}
+
+impl ForwardMode {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::AddressChanging),
+            1 => Some(Self::SameIp),
+            _ => None,
+        }
+    }
+}
+
+/// Address family tag used in keys (values of `AF_INET`/`AF_INET6` would tie us to libc).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Where a service's packets go when it has left this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ForwardTarget {
+    /// New destination address (IPv4 in the first 4 bytes); used in address-changing mode.
+    pub addr: [u8; 16],
+    /// New destination port, host order; 0 keeps the original port.
+    pub port: u16,
+    /// [`ForwardMode`] as u8.
+    pub mode: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]; must match the packet's family.
+    pub family: u8,
+    /// Destination MAC: the next hop toward the new node.
+    pub dst_mac: [u8; 6],
+    /// Source MAC: the egress interface's own.
+    pub src_mac: [u8; 6],
+    /// Egress interface; the `FORWARD_DEVICES` DEVMAP holds it under the service id.
+    /// When it equals the ingress interface the frame leaves with XDP_TX.
+    pub ifindex: u32,
+}
+
+/// One entry of the `SERVICES` array (index = service id). Written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    /// [`Action`] as u32.
+    pub action: u32,
+    /// `SERVICE_*` flags.
+    pub flags: u32,
+    pub forward: ForwardTarget,
+}
+
+/// The entry is configured (an all-zero entry means "no such service").
+pub const SERVICE_ACTIVE: u32 = 1 << 0;
+/// Report MP_CAPABLE keys seen on this service's flows and learn MP_JOIN subflows.
+pub const SERVICE_MPTCP: u32 = 1 << 1;
+
+/// Key of the `LISTENERS` hash: a service's address as clients reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    /// Host order.
+    pub port: u16,
+    /// IP protocol: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the `LISTENERS` hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ListenerEntry {
+    /// The service behind this address (also for QUIC packets whose DCID
+    /// carries no known server id, e.g. a client's first Initial).
+    pub service_id: u32,
+    /// `LISTENER_*` flags.
+    pub flags: u32,
+    /// Where the server id sits in this listener's CIDs (QUIC listeners only).
+    pub cid: CidConfig,
+}
+
+/// UDP on this listener is QUIC: classify by the server id in the DCID.
+pub const LISTENER_QUIC: u32 = 1 << 0;
+
+/// Key of the `FLOWS` LRU hash: a transport 5-tuple, as received (client → service).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-verdict counters. Every packet the main program sees increments
+/// exactly one of these, in the slot of the service it belongs to (slot
+/// [`NO_SERVICE`] for everything else).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass = 0,
+    Park = 1,
+    Forward = 2,
+    Drop = 3,
+    /// Belonged to a parked service but could not be parked (ring full, oversize):
+    /// dropped, and counted under a reason too.
+    ParkFailed = 4,
+    /// Belonged to a forwarding service but could not be forwarded: dropped and counted.
+    ForwardFailed = 5,
+}
+
+impl Verdict {
+    pub const COUNT: usize = 6;
+    pub const ALL: [Verdict; Self::COUNT] = [
+        Self::Pass,
+        Self::Park,
+        Self::Forward,
+        Self::Drop,
+        Self::ParkFailed,
+        Self::ForwardFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Park => "park",
+            Self::Forward => "forward",
+            Self::Drop => "drop",
+            Self::ParkFailed => "park_failed",
+            Self::ForwardFailed => "forward_failed",
+        }
+    }
+}
+
+/// Value of the per-CPU `SERVICE_COUNTERS` array (index = service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceCounters {
+    pub packets: [u64; Verdict::COUNT],
+    pub bytes: [u64; Verdict::COUNT],
+}
+
+/// Global per-reason counters (`REASONS` per-CPU array). A packet can add to
+/// several (e.g. a malformed QUIC header that is still passed).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
+    NotIp = 0,
+    /// L2-L4 headers cut short or inconsistent: passed untouched.
+    Malformed = 1,
+    /// Fragments, QinQ, too many IPv6 extension headers: passed untouched.
+    Unsupported = 2,
+    /// A QUIC packet on a QUIC listener whose header does not parse.
+    QuicMalformed = 3,
+    /// A QUIC short-header packet whose DCID holds no known server id.
+    QuicUnknownServerId = 4,
+    /// An MPTCP option that does not parse.
+    MptcpMalformed = 5,
+    /// An MP_JOIN SYN whose token no service owns.
+    MptcpUnknownToken = 6,
+    /// A frame too large to park.
+    Oversize = 7,
+    /// The park ring buffer was full.
+    ParkOverflow = 8,
+    /// FORWARD without a usable egress device in `FORWARD_DEVICES`.
+    NoRedirectTarget = 9,
+    /// FORWARD whose target does not fit the packet (family mismatch, bad mode).
+    ForwardUnsupported = 10,
+    /// An event for user space was dropped: the events ring was full.
+    EventsDropped = 11,
+    /// An event for user space was suppressed by the per-CPU rate limit.
+    EventsRateLimited = 12,
+    /// MP_CAPABLE keys reported to user space.
+    MptcpKeysReported = 13,
+    /// Subflow 5-tuples learned from MP_JOIN SYNs.
+    FlowsLearned = 14,
+    /// The frame's checksum could not be updated (not enough bytes visible).
+    ChecksumUnreachable = 15,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 16;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Self::NotIp,
+        Self::Malformed,
+        Self::Unsupported,
+        Self::QuicMalformed,
+        Self::QuicUnknownServerId,
+        Self::MptcpMalformed,
+        Self::MptcpUnknownToken,
+        Self::Oversize,
+        Self::ParkOverflow,
+        Self::NoRedirectTarget,
+        Self::ForwardUnsupported,
+        Self::EventsDropped,
+        Self::EventsRateLimited,
+        Self::MptcpKeysReported,
+        Self::FlowsLearned,
+        Self::ChecksumUnreachable,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NotIp => "not_ip",
+            Self::Malformed => "malformed",
+            Self::Unsupported => "unsupported",
+            Self::QuicMalformed => "quic_malformed",
+            Self::QuicUnknownServerId => "quic_unknown_server_id",
+            Self::MptcpMalformed => "mptcp_malformed",
+            Self::MptcpUnknownToken => "mptcp_unknown_token",
+            Self::Oversize => "oversize",
+            Self::ParkOverflow => "park_overflow",
+            Self::NoRedirectTarget => "no_redirect_target",
+            Self::ForwardUnsupported => "forward_unsupported",
+            Self::EventsDropped => "events_dropped",
+            Self::EventsRateLimited => "events_rate_limited",
+            Self::MptcpKeysReported => "mptcp_keys_reported",
+            Self::FlowsLearned => "flows_learned",
+            Self::ChecksumUnreachable => "checksum_unreachable",
+        }
+    }
+}
+
+/// Header of a record in the `PARKED` ring buffer; the frame's bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ParkedHeader {
+    pub service_id: u32,
+    /// Interface the frame arrived on.
+    pub ifindex: u32,
+    /// The frame's full length.
+    pub frame_len: u32,
+    /// Bytes copied after this header (== frame_len: oversize frames are not parked).
+    pub copied: u32,
+    /// `bpf_ktime_get_ns()` at arrival.
+    pub timestamp_ns: u64,
+}
+
+/// Parked frames up to this size use a standard record.
+pub const PARK_SMALL_MAX: usize = 1536;
+/// Parked frames up to this size use a jumbo record; larger ones are counted as oversize.
+pub const PARK_JUMBO_MAX: usize = 9216;
+
+/// A `PARKED` ring record with room for frames of up to `N` bytes.
+#[repr(C)]
+pub struct ParkedRecord<const N: usize> {
+    pub header: ParkedHeader,
+    pub data: [u8; N],
+}
+
+/// Kind of an [`Event`] sent to user space through the `EVENTS` ring.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// MP_CAPABLE keys seen on a service's flow: user space derives the token.
+    MptcpKeys = 1,
+    /// A subflow 5-tuple was learned from an MP_JOIN SYN.
+    FlowLearned = 2,
+}
+
+/// A report from the datapath to user space. The datapath never acts on
+/// these itself beyond what is documented; user space decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// [`EventKind`] as u32.
+    pub kind: u32,
+    pub service_id: u32,
+    pub flow: FlowKey,
+    /// MP_CAPABLE: the sender's (client's) key; 0 if absent.
+    pub sender_key: u64,
+    /// MP_CAPABLE: the receiver's (server's) key; 0 if absent. Its token is what
+    /// the client's MP_JOINs to this server carry.
+    pub receiver_key: u64,
+    /// MP_JOIN: the token the SYN carried.
+    pub token: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU budget of events per window (rate limit against floods).
+pub const EVENT_BUDGET_PER_WINDOW: u32 = 256;
+pub const EVENT_WINDOW_NS: u64 = 100_000_000;
+
+/// Value of the per-CPU `EVENT_BUDGET` array (one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), padding-free plain data.
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerEntry {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for EventBudget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn shared_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<ForwardTarget>(), 16 + 2 + 1 + 1 + 6 + 6 + 4);
+        assert_eq!(size_of::<ServiceEntry>(), 8 + size_of::<ForwardTarget>());
+        assert_eq!(size_of::<ListenerKey>(), 20);
+        assert_eq!(size_of::<ListenerEntry>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<ParkedHeader>(), 24);
+        assert_eq!(size_of::<Event>(), 8 + 40 + 16 + 8);
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        for a in [Action::Pass, Action::Park, Action::Forward, Action::Drop] {
+            assert_eq!(Action::from_u32(a as u32), Some(a));
+        }
+        assert_eq!(Action::from_u32(9), None);
+        assert_eq!(ForwardMode::from_u8(1), Some(ForwardMode::SameIp));
+        assert_eq!(ForwardMode::from_u8(2), None);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i);
         }
     }
 }

@@ -1,73 +1,409 @@
 //! migr's XDP programs.
 //!
-//! # Maps (key → value, who writes it)
+//! `migr` is the classifier attached to an edge node's NIC. It is thin by
+//! design: it parses (`migr_common::wire`), decides with
+//! `migr_common::classify` against the maps below, applies the service's
+//! action, and counts. Policy lives in the agent, which writes the maps.
+//!
+//! # Maps
 //! | map | type | key | value | written by |
 //! | --- | --- | --- | --- | --- |
-//! | `PROTO_COUNTERS` | per-CPU array | [`ProtoClass`] index | packets seen (u64) | this program |
+//! | `SERVICES` | array, [`MAX_SERVICES`] | service id | [`ServiceEntry`]: action, flags, forward target | agent |
+//! | `LISTENERS` | hash | [`ListenerKey`]: service address, port, protocol | [`ListenerEntry`]: service id, QUIC flag, CID config | agent |
+//! | `SERVER_IDS` | hash (no prealloc) | QUIC server id (u32) | service id | agent |
+//! | `TOKENS` | hash (no prealloc) | MPTCP token (u32) | service id | agent (from `EVENTS` keys) |
+//! | `FLOWS` | LRU hash | [`FlowKey`] (client → service 5-tuple) | service id | agent; this program for MP_JOIN subflows of known tokens |
+//! | `FORWARD_DEVICES` | devmap, [`MAX_SERVICES`] | service id | egress ifindex for FORWARD | agent |
+//! | `SERVICE_COUNTERS` | per-CPU array | service id (0: no service) | [`ServiceCounters`]: packets, bytes per [`Verdict`] | this program |
+//! | `REASONS` | per-CPU array | [`Reason`] | count | this program |
+//! | `PROTO_COUNTERS` | per-CPU array | [`ProtoClass`] | count | this program |
+//! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes) |
+//! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows) | this program (agent consumes) |
+//! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
 #![no_std]
 #![no_main]
 
 mod frame;
 
 use aya_ebpf::{
-    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+    bindings::{xdp_action, xdp_md},
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
 };
-use migr_common::{Frame, maps::ProtoClass};
+use migr_common::{
+    classify::{Classification, Report, Tables, lookup_stage, parse_stage},
+    maps::{
+        Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FlowKey,
+        ForwardMode, ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX,
+        ParkedHeader, ParkedRecord, ProtoClass, Reason, ServiceCounters, ServiceEntry, Verdict,
+    },
+    rewrite::{RewriteError, rewrite_destination, rewrite_macs},
+};
 
 use crate::frame::XdpFrame;
 
+/// Default sizes; the agent may override them at load time.
+const DEFAULT_LISTENERS: u32 = 4096;
+const DEFAULT_SERVER_IDS: u32 = 65_536;
+const DEFAULT_TOKENS: u32 = 65_536;
+const DEFAULT_FLOWS: u32 = 65_536;
+const DEFAULT_PARK_RING_BYTES: u32 = 16 << 20;
+const DEFAULT_EVENT_RING_BYTES: u32 = 256 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+static SERVICES: Array<ServiceEntry> = Array::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static LISTENERS: HashMap<ListenerKey, ListenerEntry> =
+    HashMap::with_max_entries(DEFAULT_LISTENERS, 0);
+#[map]
+static SERVER_IDS: HashMap<u32, u32> =
+    HashMap::with_max_entries(DEFAULT_SERVER_IDS, BPF_F_NO_PREALLOC);
+#[map]
+static TOKENS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_TOKENS, BPF_F_NO_PREALLOC);
+#[map]
+static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map]
+static FORWARD_DEVICES: DevMap = DevMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static SERVICE_COUNTERS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
 static PROTO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProtoClass::COUNT, 0);
+#[map]
+static PARKED: RingBuf = RingBuf::with_byte_size(DEFAULT_PARK_RING_BYTES, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU scratch for the classification: too large for the 512-byte stack.
+#[map]
+static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
+/// The tables `classify` reads, backed by the maps above.
+struct MapTables;
 
-/// The main program: classifies and counts, and never drops.
-#[xdp]
-pub fn migr(ctx: XdpContext) -> u32 {
-    let frame = XdpFrame::new(&ctx);
-    count(proto_class(&frame));
-    xdp_action::XDP_PASS
+impl Tables for MapTables {
+    #[inline(always)]
+    fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry> {
+        // SAFETY: the value is copied out at once; a concurrent update can at
+        // worst give a stale entry, which the next packet corrects.
+        unsafe { LISTENERS.get(key) }.copied()
+    }
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<u32> {
+        unsafe { FLOWS.get(key) }.copied()
+    }
+    #[inline(always)]
+    fn server_id(&self, server_id: u32) -> Option<u32> {
+        unsafe { SERVER_IDS.get(server_id) }.copied()
+    }
+    #[inline(always)]
+    fn token(&self, token: u32) -> Option<u32> {
+        unsafe { TOKENS.get(token) }.copied()
+    }
+    #[inline(always)]
+    fn service(&self, service_id: u32) -> Option<ServiceEntry> {
+        SERVICES.get(service_id).copied()
+    }
 }
 
-/// A program that only passes. Attached to veth peers so that XDP_REDIRECT
-/// into them delivers, and used as the benchmark baseline.
-#[xdp]
+/// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
+#[xdp(frags)]
+pub fn migr(ctx: XdpContext) -> u32 {
+    let Some(decision) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
+    let decision = unsafe { &mut *decision };
+    classify_into(&ctx, decision);
+    count_proto(decision);
+    count_reasons(decision.reasons.0);
+
+    let (verdict, xdp) = match decision.action {
+        Action::Pass => (Verdict::Pass, xdp_action::XDP_PASS),
+        Action::Drop => (Verdict::Drop, xdp_action::XDP_DROP),
+        Action::Park => match park(ctx.ctx, decision.service_id) {
+            Ok(()) => (Verdict::Park, xdp_action::XDP_DROP),
+            Err(reason) => {
+                count_reason(reason);
+                (Verdict::ParkFailed, xdp_action::XDP_DROP)
+            }
+        },
+        Action::Forward => match forward(ctx.ctx, decision) {
+            Ok(action) => (Verdict::Forward, action),
+            Err(reason) => {
+                count_reason(reason);
+                (Verdict::ForwardFailed, xdp_action::XDP_DROP)
+            }
+        },
+    };
+    if decision.report != Report::None {
+        report(decision);
+    }
+    count_verdict(decision.service_id, verdict, buff_len(&ctx));
+    xdp
+}
+
+/// Runs `migr_common::classify`'s two stages as separate BPF functions, so
+/// that each has the stack to itself.
+#[inline(always)]
+fn classify_into(ctx: &XdpContext, out: &mut Classification) {
+    *out = Classification::EMPTY;
+    // SAFETY: `out` is this CPU's scratch slot.
+    unsafe {
+        if migr_parse(ctx.ctx, out) != 0 {
+            migr_lookup(ctx.ctx, out);
+        }
+    }
+}
+
+// The stages are BPF *global* functions (exported, `extern "C"`): the verifier
+// checks each of them once, on its own, instead of re-walking every path
+// through the parser for every path of its caller. That keeps the program
+// far below the verifier's complexity limit. A global function may take the
+// context and pointers to sized memory (here: the per-CPU scratch slot).
+
+/// Stage 1 (`migr_common::classify::parse_stage`); returns 1 to go on.
+#[unsafe(no_mangle)]
+#[inline(never)]
+/// # Safety
+/// `out` must be null or point to a writable `Classification`.
+pub unsafe extern "C" fn migr_parse(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // SAFETY: `out` is the caller's scratch slot (sized by BTF for the
+    // verifier, which also insists on the null check).
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return 0;
+    };
+    u32::from(parse_stage(&XdpFrame::from_raw(ctx), out))
+}
+
+/// Stage 2 (`migr_common::classify::lookup_stage`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+/// # Safety
+/// As for [`migr_parse`].
+pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // SAFETY: as above.
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return 0;
+    };
+    lookup_stage(&XdpFrame::from_raw(ctx), &MapTables, out);
+    0
+}
+
+/// Passes everything. Attached to veth peers so that XDP_REDIRECT into them
+/// delivers, and the baseline of the benchmarks.
+#[xdp(frags)]
 pub fn migr_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn proto_class<F: Frame>(frame: &F) -> ProtoClass {
-    let mut l3 = 14;
-    let mut ethertype = match frame.be16_at(12) {
-        Some(t) => t,
-        None => return ProtoClass::NonIp,
-    };
-    if ethertype == ETH_P_8021Q {
-        l3 += 4;
-        ethertype = match frame.be16_at(16) {
-            Some(t) => t,
-            None => return ProtoClass::NonIp,
-        };
-    }
-    let proto = match ethertype {
-        ETH_P_IPV4 => frame.u8_at(l3 + 9),
-        ETH_P_IPV6 => frame.u8_at(l3 + 6),
-        _ => return ProtoClass::NonIp,
-    };
-    match proto {
-        Some(p) => ProtoClass::from_ip_proto(p),
-        None => ProtoClass::OtherIp,
+fn buff_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: plain helper call on the program's own context.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
+}
+
+/// Copies the frame into the `PARKED` ring; the caller drops the original.
+/// Not inlined: its stack frame then overlaps with the other actions'.
+#[inline(never)]
+fn park(ctx: *mut xdp_md, service_id: u32) -> Result<(), Reason> {
+    let ctx = &XdpContext::new(ctx);
+    let len = buff_len(ctx) as usize;
+    if len <= PARK_SMALL_MAX {
+        park_into::<PARK_SMALL_MAX>(ctx, service_id, len)
+    } else if len <= PARK_JUMBO_MAX {
+        park_into::<PARK_JUMBO_MAX>(ctx, service_id, len)
+    } else {
+        Err(Reason::Oversize)
     }
 }
 
 #[inline(always)]
-fn count(class: ProtoClass) {
+fn park_into<const N: usize>(ctx: &XdpContext, service_id: u32, len: usize) -> Result<(), Reason> {
+    let Some(mut entry) = PARKED.reserve::<ParkedRecord<N>>(0) else {
+        return Err(Reason::ParkOverflow);
+    };
+    // The copy length must be provably in [1, N] for the verifier: clamp len-1.
+    let mut last = (len as u32).wrapping_sub(1);
+    if last > N as u32 - 1 {
+        last = N as u32 - 1;
+    }
+    let copy = last + 1;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved ring slot of size_of::<ParkedRecord<N>>(),
+    // and `copy` <= N bytes fit its data array.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            0,
+            core::ptr::addr_of_mut!((*record).data).cast(),
+            copy,
+        )
+    };
+    if rc != 0 || copy as usize != len {
+        entry.discard(0);
+        return Err(Reason::Oversize);
+    }
+    // SAFETY: as above; the header is plain data.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).header).write(ParkedHeader {
+            service_id,
+            ifindex: ctx.ingress_ifindex() as u32,
+            frame_len: len as u32,
+            copied: copy,
+            timestamp_ns: bpf_ktime_get_ns(),
+        });
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// Rewrites the frame toward the service's new place and returns the XDP action.
+#[inline(never)]
+fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<u32, Reason> {
+    let ctx = &XdpContext::new(ctx);
+    let (Some(service), Some(info)) = (&decision.service, &decision.packet) else {
+        return Err(Reason::ForwardUnsupported);
+    };
+    let target = &service.forward;
+    let mut frame = XdpFrame::new(ctx);
+    let rewritten = match ForwardMode::from_u8(target.mode) {
+        Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
+        Some(ForwardMode::SameIp) => Ok(()),
+        None => Err(RewriteError::NotTransport),
+    };
+    match rewritten {
+        Ok(()) => {}
+        Err(RewriteError::OutOfFrame) => return Err(Reason::ChecksumUnreachable),
+        Err(_) => return Err(Reason::ForwardUnsupported),
+    }
+    if rewrite_macs(&mut frame, target.dst_mac, target.src_mac).is_err() {
+        return Err(Reason::Malformed);
+    }
+    if target.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    FORWARD_DEVICES
+        .redirect(decision.service_id, 0)
+        .map_err(|_| Reason::NoRedirectTarget)
+}
+
+/// Sends reports to user space, within the per-CPU event budget.
+#[inline(never)]
+fn report(decision: &Classification) {
+    let (kind, sender_key, receiver_key, token) = match decision.report {
+        Report::None => return,
+        Report::MptcpKeys {
+            sender_key,
+            receiver_key,
+        } => (EventKind::MptcpKeys, sender_key, receiver_key, 0),
+        Report::LearnFlow { token } => {
+            // Only MP_JOINs whose token the agent installed get here, and FLOWS is an LRU.
+            // Borrowed on purpose: the key stays in scratch memory, not on the stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            if FLOWS
+                .insert(&decision.flow, &decision.service_id, 0)
+                .is_ok()
+            {
+                count_reason(Reason::FlowsLearned);
+            }
+            (EventKind::FlowLearned, 0, 0, token)
+        }
+    };
+    if !take_event_budget() {
+        count_reason(Reason::EventsRateLimited);
+        return;
+    }
+    let event = Event {
+        kind: kind as u32,
+        service_id: decision.service_id,
+        flow: decision.flow,
+        sender_key,
+        receiver_key,
+        token,
+        _pad: 0,
+    };
+    match EVENTS.output::<Event>(&event, 0) {
+        Ok(()) => {
+            if kind == EventKind::MptcpKeys {
+                count_reason(Reason::MptcpKeysReported);
+            }
+        }
+        Err(_) => count_reason(Reason::EventsDropped),
+    }
+}
+
+#[inline(always)]
+fn take_event_budget() -> bool {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it.
+    let budget = unsafe { &mut *budget };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(budget.window_start_ns) > EVENT_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.used = 0;
+    }
+    if budget.used >= EVENT_BUDGET_PER_WINDOW {
+        return false;
+    }
+    budget.used += 1;
+    true
+}
+
+#[inline(always)]
+fn count_proto(decision: &Classification) {
+    let class = match decision.packet {
+        Some(info) => ProtoClass::from_ip_proto(info.ip_proto),
+        None if decision.reasons.contains(Reason::NotIp) => ProtoClass::NonIp,
+        None => ProtoClass::OtherIp,
+    };
     if let Some(counter) = PROTO_COUNTERS.get_ptr_mut(class as u32) {
-        // Per-CPU slot: no other CPU writes it, so a plain add is race-free.
+        // SAFETY: per-CPU slot: no other CPU writes it.
         unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_reason(reason: Reason) {
+    if let Some(counter) = REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_reasons(mut bits: u32) {
+    let mut i = 0;
+    while i < Reason::COUNT && bits != 0 {
+        if bits & 1 != 0
+            && let Some(counter) = REASONS.get_ptr_mut(i)
+        {
+            // SAFETY: per-CPU slot.
+            unsafe { *counter += 1 };
+        }
+        bits >>= 1;
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn count_verdict(service_id: u32, verdict: Verdict, bytes: u64) {
+    if let Some(counters) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        let counters = unsafe { &mut *counters };
+        let v = verdict as usize;
+        if v < Verdict::COUNT {
+            counters.packets[v] += 1;
+            counters.bytes[v] += bytes;
+        }
     }
 }
 

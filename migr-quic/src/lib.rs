@@ -1,1 +1,33 @@
-//! Server-side QUIC connection migration (seed 000) on quinn-proto: in progress.
+//! Server-side QUIC connection migration (seed 000) on top of quinn-proto,
+//! without forking it.
+//!
+//! - [`cid::RoutableCidGenerator`]: connection IDs that carry the service's
+//!   server id where migr's XDP classifier reads it.
+//! - [`frame`]: TRIGGER, SERVER_MIGRATION and POOL_MIGRATION_ADDRESS, and the
+//!   control streams that carry them (`docs/quic-extension.md`).
+//! - [`server`]: [`server::ServerMigration`] per connection and the sans-I/O
+//!   [`server::ServerEndpoint`] (announcements, pool, TRIGGER events).
+//! - [`client`]: the P-Explicit, R-Explicit and Pool-of-Addresses strategies
+//!   ([`client::ClientMigration`]) and the sans-I/O [`client::ClientEndpoint`].
+//! - [`driver`]: a thin tokio shell around both endpoints.
+//! - [`tls`]: self-signed certificates and matching configs for tests and tools.
+
+pub mod cid;
+pub mod client;
+pub mod control;
+pub mod driver;
+pub mod frame;
+pub mod server;
+pub mod tls;
+pub mod varint;
+
+pub use cid::RoutableCidGenerator;
+pub use client::{
+    ClientDatagram, ClientEndpoint, ClientEvent, ClientMigration, ClientMigrationConfig, Route,
+    Strategy,
+};
+pub use frame::{Frame, FrameError};
+pub use server::{
+    AnnounceError, MigrationId, ServerConnection, ServerDatagram, ServerEndpoint,
+    ServerEndpointConfig, ServerEvent, ServerMigration,
+};

@@ -5,10 +5,13 @@ use std::fmt;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
-use migr_common::maps::ProtoClass;
+use migr_common::maps::{
+    Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass, Reason,
+    ServiceCounters, ServiceEntry, Verdict,
+};
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migr"));
@@ -86,15 +89,61 @@ pub struct TestRunOutcome {
     pub duration: std::time::Duration,
 }
 
+/// Sizes of the datapath's tables, fixed at load time.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// Learned 5-tuples (LRU).
+    pub flows: u32,
+    /// QUIC server ids.
+    pub server_ids: u32,
+    /// MPTCP tokens.
+    pub tokens: u32,
+    /// Bytes of the park ring buffer (a power of two, multiple of the page size).
+    pub park_ring_bytes: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            flows: 65_536,
+            server_ids: 65_536,
+            tokens: 65_536,
+            park_ring_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A parked frame, as read from the `PARKED` ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedFrame {
+    pub header: ParkedHeader,
+    pub frame: Vec<u8>,
+}
+
 /// The loaded XDP object.
 pub struct Datapath {
     ebpf: Ebpf,
 }
 
 impl Datapath {
-    /// Loads the object and every program in it into the kernel (not attached).
+    /// Loads the object with default table sizes (not attached).
     pub fn load() -> Result<Self> {
+        Self::load_with(&DatapathConfig::default())
+    }
+
+    /// Loads the object and every program in it into the kernel (not attached).
+    pub fn load_with(config: &DatapathConfig) -> Result<Self> {
+        if !config.park_ring_bytes.is_power_of_two() || config.park_ring_bytes < 4096 {
+            bail!(
+                "park ring size {} must be a power of two of at least 4096 bytes",
+                config.park_ring_bytes
+            );
+        }
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("FLOWS", config.flows)
+            .map_max_entries("SERVER_IDS", config.server_ids)
+            .map_max_entries("TOKENS", config.tokens)
+            .map_max_entries("PARKED", config.park_ring_bytes)
             .load(XDP_OBJECT)
             .context("loading the migr XDP object into the kernel (needs root or CAP_BPF)")?;
         for name in [MAIN_PROGRAM, PASS_PROGRAM] {
@@ -145,6 +194,136 @@ impl Datapath {
         Ok(out)
     }
 
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    /// Writes a service's entry (its action, flags and forward target).
+    pub fn set_service(&mut self, service_id: u32, entry: &ServiceEntry) -> Result<()> {
+        check_service_id(service_id)?;
+        let mut map = Array::<_, ServiceEntry>::try_from(self.map_mut("SERVICES")?)?;
+        map.set(service_id, entry, 0)?;
+        Ok(())
+    }
+
+    pub fn service(&self, service_id: u32) -> Result<ServiceEntry> {
+        check_service_id(service_id)?;
+        let map = Array::<_, ServiceEntry>::try_from(self.map("SERVICES")?)?;
+        Ok(map.get(&service_id, 0)?)
+    }
+
+    pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
+        let mut map =
+            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map_mut("LISTENERS")?)?;
+        map.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        let mut map =
+            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map_mut("LISTENERS")?)?;
+        map.remove(key)?;
+        Ok(())
+    }
+
+    pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
+        map.insert(server_id, service_id, 0)?;
+        Ok(())
+    }
+
+    pub fn set_token(&mut self, token: u32, service_id: u32) -> Result<()> {
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
+        map.insert(token, service_id, 0)?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<(u32, u32)>> {
+        let map = HashMap::<_, u32, u32>::try_from(self.map("TOKENS")?)?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
+        let mut map = HashMap::<_, FlowKey, u32>::try_from(self.map_mut("FLOWS")?)?;
+        map.insert(key, service_id, 0)?;
+        Ok(())
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<u32>> {
+        let map = HashMap::<_, FlowKey, u32>::try_from(self.map("FLOWS")?)?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets the egress device of a service's FORWARD (resolved in the calling
+    /// thread's network namespace).
+    pub fn set_forward_device(&mut self, service_id: u32, ifindex: u32) -> Result<()> {
+        check_service_id(service_id)?;
+        let mut map = DevMap::try_from(self.map_mut("FORWARD_DEVICES")?)?;
+        map.set(service_id, ifindex, None, 0)
+            .with_context(|| format!("adding ifindex {ifindex} to FORWARD_DEVICES"))?;
+        Ok(())
+    }
+
+    /// A service's verdict counters, summed over CPUs.
+    pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters> {
+        let map = PerCpuArray::<_, ServiceCounters>::try_from(self.map("SERVICE_COUNTERS")?)?;
+        let mut total = ServiceCounters::default();
+        for cpu in map.get(&service_id, 0)?.iter() {
+            for v in 0..Verdict::COUNT {
+                total.packets[v] += cpu.packets[v];
+                total.bytes[v] += cpu.bytes[v];
+            }
+        }
+        Ok(total)
+    }
+
+    /// Global reason counters, summed over CPUs.
+    pub fn reasons(&self) -> Result<[u64; Reason::COUNT as usize]> {
+        let map = PerCpuArray::<_, u64>::try_from(self.map("REASONS")?)?;
+        let mut out = [0u64; Reason::COUNT as usize];
+        for reason in Reason::ALL {
+            out[reason as usize] = map.get(&(reason as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Takes every frame currently in the `PARKED` ring, oldest first.
+    pub fn drain_parked(&mut self) -> Result<Vec<ParkedFrame>> {
+        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut("PARKED")?)?;
+        let mut frames = Vec::new();
+        while let Some(item) = ring.next() {
+            frames.push(decode_parked(&item)?);
+        }
+        Ok(frames)
+    }
+
+    /// Takes every event currently in the `EVENTS` ring, oldest first.
+    pub fn drain_events(&mut self) -> Result<Vec<Event>> {
+        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut("EVENTS")?)?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                bail!("short event record ({} bytes)", item.len());
+            }
+            // SAFETY: the record holds an Event written by the XDP program;
+            // read_unaligned copes with the ring's 8-byte alignment.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+        Ok(events)
+    }
+
     /// Runs `frame` once through `program` with BPF_PROG_TEST_RUN.
     pub fn test_run(&mut self, program: &str, frame: &[u8]) -> Result<TestRunOutcome> {
         // Room for programs that grow the frame (none do today, but a short
@@ -166,6 +345,34 @@ impl Datapath {
             duration: result.duration,
         })
     }
+}
+
+fn check_service_id(service_id: u32) -> Result<()> {
+    if service_id == 0 || service_id >= MAX_SERVICES {
+        bail!("service id {service_id} out of range 1..{MAX_SERVICES}");
+    }
+    Ok(())
+}
+
+/// Decodes one `PARKED` ring record: a header, then the frame's bytes.
+pub fn decode_parked(record: &[u8]) -> Result<ParkedFrame> {
+    let header_len = size_of::<ParkedHeader>();
+    if record.len() < header_len {
+        bail!("short parked record ({} bytes)", record.len());
+    }
+    // SAFETY: the record starts with a ParkedHeader written by the XDP program.
+    let header = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<ParkedHeader>()) };
+    let copied = header.copied as usize;
+    let frame = record
+        .get(header_len..header_len + copied)
+        .ok_or_else(|| {
+            anyhow!(
+                "parked record claims {copied} bytes but holds {}",
+                record.len() - header_len
+            )
+        })?
+        .to_vec();
+    Ok(ParkedFrame { header, frame })
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

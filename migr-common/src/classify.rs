@@ -1,0 +1,285 @@
+//! Which service a frame belongs to, and what to do with it.
+//!
+//! This is the datapath's decision, written once and generic over where the
+//! tables live: the XDP program backs [`Tables`] with BPF maps, the host tests
+//! and the agent's replay planner with plain hash maps. The XDP program only
+//! applies the returned [`Classification`] (park, rewrite, redirect, count).
+
+use crate::{
+    Frame,
+    maps::{
+        Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey,
+        NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_MPTCP, ServiceEntry,
+    },
+    wire::{
+        mptcp::{self, CapableKind, JoinKind, MptcpOption},
+        packet::{self, IpFamily, L4Info, PacketInfo, ParseError},
+        quic::{self, QuicHeader},
+    },
+};
+
+/// Read access to the datapath's lookup tables.
+pub trait Tables {
+    /// A service's listening address (`LISTENERS`).
+    fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry>;
+    /// A learned transport flow (`FLOWS`).
+    fn flow(&self, key: &FlowKey) -> Option<u32>;
+    /// QUIC server id → service (`SERVER_IDS`).
+    fn server_id(&self, server_id: u32) -> Option<u32>;
+    /// MPTCP token → service (`TOKENS`).
+    fn token(&self, token: u32) -> Option<u32>;
+    /// A service's state (`SERVICES`).
+    fn service(&self, service_id: u32) -> Option<ServiceEntry>;
+}
+
+/// What the datapath should report to user space about this frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    None,
+    /// MP_CAPABLE keys on a service's flow.
+    MptcpKeys {
+        sender_key: u64,
+        receiver_key: u64,
+    },
+    /// An MP_JOIN SYN for a known token: learn its 5-tuple for the service.
+    LearnFlow {
+        token: u32,
+    },
+}
+
+/// Bit set of [`Reason`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Reasons(pub u32);
+
+impl Reasons {
+    #[inline(always)]
+    pub fn add(&mut self, reason: Reason) {
+        self.0 |= 1 << reason as u32;
+    }
+
+    pub fn contains(&self, reason: Reason) -> bool {
+        self.0 & (1 << reason as u32) != 0
+    }
+}
+
+/// The outcome of [`classify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classification {
+    /// [`NO_SERVICE`] when the frame belongs to no service.
+    pub service_id: u32,
+    /// The service's action (always `Pass` for [`NO_SERVICE`]).
+    pub action: Action,
+    /// The service's entry, when there is one.
+    pub service: Option<ServiceEntry>,
+    pub reasons: Reasons,
+    pub report: Report,
+    /// The parsed headers, when L2-L4 parsed.
+    pub packet: Option<PacketInfo>,
+    /// The frame's 5-tuple (zero when it has none).
+    pub flow: FlowKey,
+}
+
+impl Classification {
+    /// A frame of no service, passed.
+    pub const EMPTY: Self = Self {
+        service_id: NO_SERVICE,
+        action: Action::Pass,
+        service: None,
+        reasons: Reasons(0),
+        report: Report::None,
+        packet: None,
+        flow: FlowKey {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            proto: 0,
+            family: 0,
+            _pad: [0; 2],
+        },
+    };
+}
+
+#[inline(always)]
+fn family_tag(family: IpFamily) -> u8 {
+    match family {
+        IpFamily::V4 => FAMILY_V4,
+        IpFamily::V6 => FAMILY_V6,
+    }
+}
+
+/// Decides which service `frame` belongs to and what to do with it.
+///
+/// The XDP program runs the two stages below as separate BPF functions,
+/// writing into per-CPU scratch memory, to stay within the 512-byte stack.
+#[inline(always)]
+pub fn classify<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T) -> Classification {
+    let mut out = Classification::EMPTY;
+    if parse_stage(frame, &mut out) {
+        lookup_stage(frame, tables, &mut out);
+    }
+    out
+}
+
+/// Stage 1: parses L2-L4 into `out.packet` and `out.flow`. Returns whether
+/// the frame can belong to a service (UDP or TCP); if not, `out` is final.
+#[inline(always)]
+pub fn parse_stage<F: Frame + ?Sized>(frame: &F, out: &mut Classification) -> bool {
+    let info = match packet::parse_packet(frame) {
+        Ok(info) => info,
+        Err(err) => {
+            out.reasons.add(match err {
+                ParseError::NotIp { .. } => Reason::NotIp,
+                ParseError::Unsupported(_) => Reason::Unsupported,
+                ParseError::Truncated | ParseError::Malformed(_) => Reason::Malformed,
+            });
+            return false;
+        }
+    };
+    out.packet = Some(info);
+    let (src_port, dst_port) = match &info.l4 {
+        L4Info::Udp {
+            src_port, dst_port, ..
+        } => (*src_port, *dst_port),
+        L4Info::Tcp(tcp) => (tcp.src_port, tcp.dst_port),
+        L4Info::Other => return false,
+    };
+    out.flow = FlowKey {
+        src_addr: info.src_addr,
+        dst_addr: info.dst_addr,
+        src_port,
+        dst_port,
+        proto: info.ip_proto,
+        family: family_tag(info.family),
+        _pad: [0; 2],
+    };
+    true
+}
+
+/// Stage 2: finds the service (learned flow, listener, QUIC server id, MPTCP
+/// token) and its action. Needs a successful [`parse_stage`].
+#[inline(always)]
+pub fn lookup_stage<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T, out: &mut Classification) {
+    let Some(info) = out.packet else {
+        return;
+    };
+    let mut service_id = NO_SERVICE;
+    if let Some(learned) = tables.flow(&out.flow) {
+        service_id = learned;
+    } else {
+        let key = ListenerKey {
+            addr: out.flow.dst_addr,
+            port: out.flow.dst_port,
+            proto: out.flow.proto,
+            family: out.flow.family,
+        };
+        if let Some(listener) = tables.listener(&key) {
+            service_id = listener.service_id;
+            if listener.flags & LISTENER_QUIC != 0
+                && let L4Info::Udp {
+                    payload_offset,
+                    payload_len,
+                    ..
+                } = info.l4
+            {
+                service_id = quic_service(
+                    frame,
+                    tables,
+                    &listener,
+                    payload_offset as usize,
+                    payload_len as usize,
+                    &mut out.reasons,
+                )
+                .unwrap_or(service_id);
+            }
+        }
+    }
+
+    // MPTCP: joins find their service by token; MP_CAPABLE keys are reported.
+    let mut capable_keys = None;
+    if let L4Info::Tcp(tcp) = &info.l4
+        && let Some(opt) = tcp.mptcp
+    {
+        match mptcp::parse_mptcp(frame, opt, tcp.flags) {
+            Ok(MptcpOption::Join {
+                kind: JoinKind::Syn { token, .. },
+            }) => {
+                if service_id == NO_SERVICE {
+                    match tables.token(token) {
+                        Some(owner) => {
+                            service_id = owner;
+                            out.report = Report::LearnFlow { token };
+                        }
+                        None => out.reasons.add(Reason::MptcpUnknownToken),
+                    }
+                }
+            }
+            Ok(MptcpOption::Capable {
+                kind: CapableKind::Ack | CapableKind::AckWithData,
+                sender_key: Some(sender_key),
+                receiver_key: Some(receiver_key),
+                ..
+            }) => capable_keys = Some((sender_key, receiver_key)),
+            Ok(_) => {}
+            Err(_) => out.reasons.add(Reason::MptcpMalformed),
+        }
+    }
+
+    out.service_id = service_id;
+    if service_id == NO_SERVICE {
+        return;
+    }
+    out.service = tables.service(service_id);
+    if let Some(entry) = out.service
+        && entry.flags & SERVICE_ACTIVE != 0
+    {
+        if let Some((sender_key, receiver_key)) = capable_keys
+            && entry.flags & SERVICE_MPTCP != 0
+        {
+            out.report = Report::MptcpKeys {
+                sender_key,
+                receiver_key,
+            };
+        }
+        out.action = Action::from_u32(entry.action).unwrap_or(Action::Pass);
+    }
+}
+
+/// The service a QUIC packet on a QUIC listener routes to by the server id in
+/// its DCID, if any.
+#[inline(always)]
+fn quic_service<F: Frame + ?Sized, T: Tables>(
+    frame: &F,
+    tables: &T,
+    listener: &ListenerEntry,
+    payload_offset: usize,
+    payload_len: usize,
+    reasons: &mut Reasons,
+) -> Option<u32> {
+    let header = match quic::parse_quic(
+        frame,
+        payload_offset,
+        payload_offset + payload_len,
+        listener.cid.cid_len,
+    ) {
+        Ok(header) => header,
+        Err(_) => {
+            reasons.add(Reason::QuicMalformed);
+            return None;
+        }
+    };
+    let dcid = header.dcid();
+    let owner = if dcid.len == listener.cid.cid_len {
+        listener
+            .cid
+            .server_id_in(frame, dcid.offset as usize)
+            .and_then(|id| tables.server_id(id))
+    } else {
+        None
+    };
+    // Initial DCIDs are client-chosen: only a short header must route.
+    if owner.is_none() && matches!(header, QuicHeader::Short { .. }) {
+        reasons.add(Reason::QuicUnknownServerId);
+    }
+    owner
+}

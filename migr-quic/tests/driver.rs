@@ -1,0 +1,93 @@
+//! The tokio driver over real UDP sockets on loopback (127.0.0.1 and
+//! 127.0.0.2, both local on Linux; no privileges needed): two clients with
+//! different strategies follow one server to its new address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use migr_common::cid::CidConfig;
+use migr_quic::driver::{Client, Server};
+use migr_quic::tls::{self, SelfSigned};
+use migr_quic::{ClientMigrationConfig, RoutableCidGenerator, ServerEndpointConfig, Strategy};
+use quinn_proto::TransportConfig;
+
+async fn echo_server(server: Arc<Server>) {
+    while let Some(conn) = server.accept().await {
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let request = recv.read_to_end(1 << 16).await?;
+                    send.write_all(&request).await?;
+                    send.finish()
+                });
+            }
+        });
+    }
+}
+
+async fn echo(client: &Client, index: usize) -> anyhow::Result<()> {
+    let payload = vec![index as u8; 1024];
+    let (mut send, mut recv) = client.open_bi().await?;
+    send.write_all(&payload).await?;
+    send.finish()?;
+    let response = recv.read_to_end(1 << 16).await?;
+    anyhow::ensure!(response == payload, "echo {index} differs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn clients_follow_the_server_to_its_new_address() -> anyhow::Result<()> {
+    let cert = SelfSigned::generate(&["migr.test"])?;
+    let config = ServerEndpointConfig {
+        server_config: Arc::new(cert.server_config(TransportConfig::default())?),
+        cid_generator: RoutableCidGenerator::new(CidConfig::new(8, 1, 2).unwrap(), 7).unwrap(),
+        pool: Vec::new(),
+    };
+    let old_bind: SocketAddr = "127.0.0.1:0".parse()?;
+    let server = Arc::new(Server::bind(config, old_bind).await?);
+    let old = server.addresses()[0];
+    tokio::spawn(echo_server(server.clone()));
+
+    let mut clients = Vec::new();
+    for strategy in [Strategy::ProactiveExplicit, Strategy::ReactiveExplicit] {
+        let client_config = tls::client_config(cert.cert_der.clone(), TransportConfig::default())?;
+        let client = Client::connect(
+            client_config,
+            ClientMigrationConfig::new(strategy),
+            "127.0.0.1:0".parse()?,
+            old,
+            "migr.test",
+        )
+        .await?;
+        echo(&client, 0).await?;
+        clients.push(client);
+    }
+    // Wait for both HELLOs to be answered, then move.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !clients.iter().all(|c| c.is_negotiated()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+
+    let new = server.add_address("127.0.0.2:0".parse()?).await?;
+    let acked =
+        tokio::time::timeout(Duration::from_secs(5), server.announce_migration(new)).await??;
+    assert_eq!(acked, 2, "both clients acknowledged");
+    assert!(server.remove_address(old));
+
+    let run = async {
+        for index in 1..50 {
+            for client in &clients {
+                echo(client, index).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), run).await??;
+    for client in &clients {
+        assert_eq!(client.server_address(), new);
+    }
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! Deterministic tests of the three client strategies on a simulated network
+//! (no sockets, virtual time). The server is reachable at OLD; at some moment
+//! it freezes (container downtime T), disappears from OLD and comes back at NEW.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use migr_quic::{ClientEvent, ServerEvent, Strategy};
+
+const OLD: &str = "10.77.1.1:4433";
+const NEW: &str = "10.77.2.1:4433";
+const POOL_A: &str = "10.77.3.1:4433";
+const POOL_C: &str = "10.77.4.1:4433";
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy)]
+enum MoveCue {
+    /// The migration management announces NEW after this many requests.
+    Announce { after_requests: usize },
+    /// The client sends TRIGGER after this many requests; the server's
+    /// migration management answers it by announcing NEW.
+    ClientAsks { after_requests: usize },
+    /// The server moves without a word after this many requests (PoA).
+    Silent { after_requests: usize },
+}
+
+struct Outcome {
+    strategy: Strategy,
+    downtime: Duration,
+    records: Vec<RequestRecord>,
+    client_events: Vec<(Duration, ClientEvent)>,
+    server_events: Vec<(Duration, ServerEvent)>,
+    /// When the server froze and left OLD.
+    moved_at: Duration,
+    /// When it started answering at NEW.
+    up_at: Duration,
+    traffic: Traffic,
+    client_lost_packets: u64,
+    client_path_responses: u64,
+    server_path_challenges_seen_by_client: u64,
+    rebinds: usize,
+}
+
+impl Outcome {
+    fn event_time(&self, wanted: impl Fn(&ClientEvent) -> bool) -> Option<Duration> {
+        self.client_events
+            .iter()
+            .find(|(_, e)| wanted(e))
+            .map(|(t, _)| *t)
+    }
+
+    fn switched_to_new_at(&self) -> Duration {
+        let new = addr(NEW);
+        self.event_time(|e| matches!(e, ClientEvent::PrimaryChanged { to, .. } if *to == new))
+            .expect("the client switched to NEW")
+    }
+
+    fn loss_detected_at(&self) -> Option<Duration> {
+        self.event_time(|e| matches!(e, ClientEvent::LossDetected { .. }))
+    }
+
+    /// Time from the server answering at NEW to the client adopting NEW.
+    fn resume_delay(&self) -> Duration {
+        self.switched_to_new_at().saturating_sub(self.up_at)
+    }
+
+    fn baseline(&self) -> Duration {
+        let mut times: Vec<Duration> = self.records.iter().map(|r| r.service_time()).collect();
+        times.sort();
+        times[times.len() / 2]
+    }
+
+    /// Service time of the worst request minus the median one.
+    fn extra_delay(&self) -> Duration {
+        let worst = self.records.iter().map(|r| r.service_time()).max().unwrap();
+        worst.saturating_sub(self.baseline())
+    }
+
+    /// Every CID the server issued, the fresh ones used after the move too,
+    /// routes to the service.
+    fn check_routable(&self) {
+        assert!(self.traffic.routable_short_headers > 0);
+        assert_eq!(self.traffic.unroutable_short_headers, 0);
+    }
+
+    fn check_no_request_lost(&self, total: usize) {
+        assert_eq!(self.records.len(), total, "every request completed");
+        for (i, record) in self.records.iter().enumerate() {
+            assert_eq!(record.index, i, "responses in order, none missing");
+        }
+        assert_eq!(
+            self.records.last().unwrap().server,
+            addr(NEW),
+            "the last requests went to NEW"
+        );
+    }
+
+    fn report(&self, label: &str) {
+        println!(
+            "[{label}] strategy={} T={}ms: resume delay {:?} after the server came up at NEW \
+             (moved at {:?}, up at {:?}, client switched at {:?}); loss detected at {:?}; \
+             worst request +{:?} over the median {:?}; client lost packets {}; \
+             datagrams client->OLD {} ->NEW {}; dropped at OLD {} at NEW {}",
+            self.strategy,
+            self.downtime.as_millis(),
+            self.resume_delay(),
+            self.moved_at,
+            self.up_at,
+            self.switched_to_new_at(),
+            self.loss_detected_at(),
+            self.extra_delay(),
+            self.baseline(),
+            self.client_lost_packets,
+            self.traffic.client_sent.get(&addr(OLD)).unwrap_or(&0),
+            self.traffic.client_sent.get(&addr(NEW)).unwrap_or(&0),
+            self.traffic.dropped.get(&addr(OLD)).unwrap_or(&0),
+            self.traffic.dropped.get(&addr(NEW)).unwrap_or(&0),
+        );
+    }
+}
+
+fn run(
+    strategy: Strategy,
+    downtime: Duration,
+    pool: Vec<SocketAddr>,
+    cue: MoveCue,
+    mode: Mode,
+    total: usize,
+) -> Outcome {
+    let crypto = crypto();
+    let mut sim = migr_pair(
+        &crypto,
+        strategy,
+        addr(OLD),
+        pool,
+        EchoClient::new(mode, total),
+    );
+    let mut moved_at = None;
+    let mut announced = false;
+    let mut trigger_sent = false;
+
+    let move_server = |sim: &mut Sim, moved_at: &mut Option<Duration>| {
+        let now = sim.now;
+        sim.listening.remove(&addr(OLD));
+        sim.frozen = true;
+        sim.schedule(now + downtime, NetChange::Listen(addr(NEW)));
+        sim.schedule(now + downtime, NetChange::Thaw);
+        *moved_at = Some(sim.elapsed());
+    };
+
+    sim.run(RUN_LIMIT, |sim| {
+        let done = sim.app.records.len();
+        match cue {
+            MoveCue::Announce { after_requests } if done >= after_requests && !announced => {
+                announced = true;
+                let server = sim.server.as_migr().unwrap();
+                let ids = server.endpoint.announce_migration_to_all(addr(NEW));
+                assert_eq!(ids.len(), 1, "the client negotiated the extension");
+            }
+            MoveCue::ClientAsks { after_requests } if done >= after_requests && !trigger_sent => {
+                trigger_sent = true;
+                sim.client
+                    .as_migr()
+                    .unwrap()
+                    .endpoint
+                    .send_trigger()
+                    .unwrap();
+            }
+            MoveCue::Silent { after_requests } if done >= after_requests && moved_at.is_none() => {
+                move_server(sim, &mut moved_at);
+            }
+            _ => {}
+        }
+        if let Some(server) = sim.server.as_migr() {
+            let triggered = server
+                .events
+                .iter()
+                .any(|(_, e)| *e == ServerEvent::TriggerReceived);
+            if triggered && !announced {
+                announced = true;
+                let ids = server.endpoint.announce_migration_to_all(addr(NEW));
+                assert_eq!(ids.len(), 1);
+            }
+            let acknowledged = server
+                .events
+                .iter()
+                .any(|(_, e)| matches!(e, ServerEvent::MigrationAcknowledged { .. }));
+            // Seed 000, step 4: the container moves only after the acknowledgement.
+            if acknowledged && moved_at.is_none() {
+                move_server(sim, &mut moved_at);
+            }
+        }
+        sim.app.done()
+    });
+
+    let moved_at = moved_at.expect("the server moved");
+    let stats = sim.client.as_migr().unwrap().endpoint.connection().stats();
+    let client_events = take_client_events(&mut sim);
+    let server_events = take_server_events(&mut sim);
+    Outcome {
+        strategy,
+        downtime,
+        records: sim.app.records.clone(),
+        client_events,
+        server_events,
+        moved_at,
+        up_at: moved_at + downtime,
+        traffic: std::mem::take(&mut sim.traffic),
+        client_lost_packets: stats.path.lost_packets,
+        client_path_responses: stats.frame_tx.path_response,
+        server_path_challenges_seen_by_client: stats.frame_rx.path_challenge,
+        rebinds: sim.rebinds,
+    }
+}
+
+fn take_client_events(sim: &mut Sim) -> Vec<(Duration, ClientEvent)> {
+    let start = sim.start;
+    sim.client
+        .as_migr()
+        .unwrap()
+        .events
+        .drain(..)
+        .map(|(t, e)| (t - start, e))
+        .collect()
+}
+
+fn take_server_events(sim: &mut Sim) -> Vec<(Duration, ServerEvent)> {
+    let start = sim.start;
+    sim.server
+        .as_migr()
+        .unwrap()
+        .events
+        .drain(..)
+        .map(|(t, e)| (t - start, e))
+        .collect()
+}
+
+const TOTAL: usize = 30;
+const MIGRATE_AFTER: usize = 10;
+
+fn explicit(strategy: Strategy, downtime_ms: u64) -> Outcome {
+    let outcome = run(
+        strategy,
+        Duration::from_millis(downtime_ms),
+        Vec::new(),
+        MoveCue::Announce {
+            after_requests: MIGRATE_AFTER,
+        },
+        Mode::BackToBack,
+        TOTAL,
+    );
+    outcome.check_no_request_lost(TOTAL);
+    outcome.check_path_validated();
+    outcome.check_routable();
+    outcome
+}
+
+impl Outcome {
+    /// Seed 000, step 7: the new path was validated (quinn-proto on the server
+    /// challenged the client's fresh port, and the client answered from NEW).
+    fn check_path_validated(&self) {
+        assert!(self.rebinds >= 1, "the client moved to a fresh local port");
+        assert!(
+            self.server_path_challenges_seen_by_client >= 1 && self.client_path_responses >= 1,
+            "PATH_CHALLENGE/PATH_RESPONSE exchanged on the new path"
+        );
+        let new = addr(NEW);
+        assert!(
+            self.client_events.iter().any(
+                |(_, e)| matches!(e, ClientEvent::PathChallengeAnswered { address } if *address == new)
+            ),
+            "the challenge came from NEW"
+        );
+    }
+}
+
+#[test]
+fn p_explicit_switches_right_after_the_ack_without_any_loss() {
+    let outcome = explicit(Strategy::ProactiveExplicit, 0);
+    outcome.report("p-explicit");
+    assert_eq!(
+        outcome.loss_detected_at(),
+        None,
+        "P-Explicit never waits for a loss"
+    );
+    assert_eq!(
+        outcome.client_lost_packets, 0,
+        "no packet lost even with T = 0"
+    );
+    assert!(
+        outcome.switched_to_new_at() <= outcome.up_at + Duration::from_millis(20),
+        "adopted NEW within one RTT of it coming up"
+    );
+}
+
+#[test]
+fn p_explicit_probes_new_until_the_server_comes_up() {
+    let outcome = explicit(Strategy::ProactiveExplicit, 300);
+    outcome.report("p-explicit");
+    assert_eq!(outcome.loss_detected_at(), None);
+    assert!(outcome.switched_to_new_at() >= outcome.up_at);
+    assert!(
+        outcome
+            .traffic
+            .dropped
+            .get(&addr(NEW))
+            .copied()
+            .unwrap_or(0)
+            >= 2,
+        "probes reached NEW before the server was there"
+    );
+}
+
+#[test]
+fn r_explicit_needs_a_loss_before_it_moves() {
+    for downtime in [0, 300] {
+        let outcome = explicit(Strategy::ReactiveExplicit, downtime);
+        outcome.report("r-explicit");
+        let loss = outcome
+            .loss_detected_at()
+            .expect("R-Explicit moves only after a loss");
+        assert!(
+            loss >= outcome.moved_at,
+            "the loss happened after the server left OLD"
+        );
+        assert!(outcome.switched_to_new_at() > loss);
+        assert!(
+            outcome
+                .traffic
+                .dropped
+                .get(&addr(OLD))
+                .copied()
+                .unwrap_or(0)
+                >= 1,
+            "requests kept going to OLD until the loss"
+        );
+    }
+}
+
+#[test]
+fn r_explicit_stays_on_the_old_address_while_nothing_is_lost() {
+    // The server announces but never leaves OLD: R-Explicit must not move.
+    let crypto = crypto();
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::ReactiveExplicit,
+        addr(OLD),
+        Vec::new(),
+        EchoClient::new(Mode::BackToBack, 20),
+    );
+    let mut announced = false;
+    sim.run(RUN_LIMIT, |sim| {
+        if sim.app.records.len() >= 5 && !announced {
+            announced = true;
+            let server = sim.server.as_migr().unwrap();
+            assert_eq!(
+                server.endpoint.announce_migration_to_all(addr(NEW)).len(),
+                1
+            );
+        }
+        sim.app.done()
+    });
+    let events = take_client_events(&mut sim);
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::MigrationAnnounced { .. }))
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::PrimaryChanged { .. }))
+    );
+    assert!(sim.app.records.iter().all(|r| r.server == addr(OLD)));
+    assert_eq!(sim.traffic.client_sent.get(&addr(NEW)), None);
+}
+
+#[test]
+fn pool_of_addresses_probes_every_pool_entry_and_the_current_one() {
+    for downtime in [0, 300] {
+        let pool = vec![addr(POOL_A), addr(NEW), addr(POOL_C)];
+        let outcome = run(
+            Strategy::PoolOfAddresses,
+            Duration::from_millis(downtime),
+            pool.clone(),
+            MoveCue::Silent {
+                after_requests: MIGRATE_AFTER,
+            },
+            Mode::BackToBack,
+            TOTAL,
+        );
+        outcome.report("poa");
+        outcome.check_no_request_lost(TOTAL);
+        outcome.check_path_validated();
+        outcome.check_routable();
+        assert!(
+            outcome
+                .server_events
+                .iter()
+                .any(|(_, e)| *e == ServerEvent::PoolAcknowledged),
+            "the pool reached the client during setup"
+        );
+        let loss = outcome.loss_detected_at().expect("PoA probes after a loss");
+        let losses = outcome
+            .client_events
+            .iter()
+            .filter(|(_, e)| matches!(e, ClientEvent::LossDetected { .. }))
+            .count();
+        assert_eq!(
+            losses, 1,
+            "packets lost during the move do not restart probing"
+        );
+        assert!(loss >= outcome.moved_at);
+        let probed = outcome
+            .client_events
+            .iter()
+            .find_map(|(_, e)| match e {
+                ClientEvent::ProbingStarted { targets } => Some(targets.clone()),
+                _ => None,
+            })
+            .unwrap();
+        for address in pool.iter().chain([&addr(OLD)]) {
+            assert!(probed.contains(address), "{address} probed");
+            assert!(
+                outcome
+                    .traffic
+                    .client_sent
+                    .get(address)
+                    .copied()
+                    .unwrap_or(0)
+                    >= 1
+            );
+        }
+    }
+}
+
+#[test]
+fn pool_of_addresses_stays_when_the_current_address_answers() {
+    // A loss without a move (congestion): the current address is among the
+    // probed ones, answers, and stays primary.
+    let crypto = crypto();
+    let pool = vec![addr(POOL_A), addr(NEW)];
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::PoolOfAddresses,
+        addr(OLD),
+        pool,
+        EchoClient::new(Mode::BackToBack, 20),
+    );
+    let mut blackout = false;
+    sim.run(RUN_LIMIT, |sim| {
+        if sim.app.records.len() >= 5 && !blackout {
+            blackout = true;
+            let now = sim.now;
+            sim.listening.remove(&addr(OLD));
+            sim.schedule(
+                now + Duration::from_millis(200),
+                NetChange::Listen(addr(OLD)),
+            );
+        }
+        sim.app.done()
+    });
+    let events = take_client_events(&mut sim);
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::LossDetected { .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| *e == ClientEvent::ProbingEnded { primary: addr(OLD) })
+    );
+    assert!(sim.app.records.iter().all(|r| r.server == addr(OLD)));
+}
+
+#[test]
+fn client_trigger_reaches_the_migration_management() {
+    let outcome = run(
+        Strategy::ProactiveExplicit,
+        Duration::from_millis(50),
+        Vec::new(),
+        MoveCue::ClientAsks {
+            after_requests: MIGRATE_AFTER,
+        },
+        Mode::BackToBack,
+        TOTAL,
+    );
+    outcome.check_no_request_lost(TOTAL);
+    let triggered = outcome
+        .server_events
+        .iter()
+        .position(|(_, e)| *e == ServerEvent::TriggerReceived)
+        .expect("TRIGGER surfaced to the server");
+    let acknowledged = outcome
+        .server_events
+        .iter()
+        .position(|(_, e)| matches!(e, ServerEvent::MigrationAcknowledged { .. }))
+        .unwrap();
+    assert!(triggered < acknowledged);
+    assert!(
+        outcome
+            .client_events
+            .iter()
+            .any(|(_, e)| *e == ClientEvent::TriggerAcknowledged)
+    );
+}
+
+#[test]
+fn sporadic_requests_resume_after_migration() {
+    // Seed 000, scenario 1: requests every 10 s; the server moves after the
+    // second one and is up again long before the third.
+    for strategy in [
+        Strategy::ProactiveExplicit,
+        Strategy::ReactiveExplicit,
+        Strategy::PoolOfAddresses,
+    ] {
+        let (pool, cue) = match strategy {
+            Strategy::PoolOfAddresses => (
+                vec![addr(POOL_A), addr(NEW), addr(POOL_C)],
+                MoveCue::Silent { after_requests: 2 },
+            ),
+            _ => (Vec::new(), MoveCue::Announce { after_requests: 2 }),
+        };
+        let outcome = run(
+            strategy,
+            Duration::from_millis(1000),
+            pool,
+            cue,
+            Mode::Sporadic(Duration::from_secs(10)),
+            4,
+        );
+        outcome.check_no_request_lost(4);
+        let third = &outcome.records[2];
+        let baseline = outcome.records[1].service_time();
+        println!(
+            "[sporadic] strategy={strategy}: request 3 service time {:?} (baseline {:?}, +{:?})",
+            third.service_time(),
+            baseline,
+            third.service_time().saturating_sub(baseline)
+        );
+        match strategy {
+            // Already at NEW when request 3 starts: no extra delay at all.
+            Strategy::ProactiveExplicit => assert!(
+                third.service_time() <= baseline + Duration::from_millis(5),
+                "P-Explicit: request 3 as fast as before"
+            ),
+            // One lost packet first, then probing.
+            _ => assert!(third.service_time() > baseline),
+        }
+    }
+}

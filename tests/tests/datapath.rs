@@ -1,0 +1,771 @@
+//! The XDP classifier under BPF_PROG_TEST_RUN: one fixture per branch, the
+//! FORWARD rewrite checked field by field, PARK records checked byte by byte,
+//! and a generated corpus where the kernel must agree with the host's
+//! `classify` on every frame.
+
+use migr_common::{
+    build::{FrameBuilder, mptcp, quic, verify_checksums},
+    cid::CidConfig,
+    maps::{
+        Action, EventKind, FAMILY_V4, FAMILY_V6, ForwardMode, LISTENER_QUIC, ListenerEntry,
+        NO_SERVICE, Reason, SERVICE_MPTCP, Verdict,
+    },
+    wire::tcp::{TCP_ACK, TCP_SYN},
+};
+use migr_tests::{
+    fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, forward_v6, listener_key, service, v4},
+    require_privileges,
+};
+use migr_user::{
+    datapath::{DatapathConfig, XdpAction},
+    tables::mptcp_token,
+};
+
+const CLIENT: [u8; 4] = [10, 1, 0, 1];
+const SERVER: [u8; 4] = [10, 1, 0, 2];
+const NEW_SERVER: [u8; 4] = [10, 2, 0, 2];
+const SERVER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const NEW_SERVER6: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+// Service ids, one per action, and their ports.
+const PASS_SVC: u32 = 1;
+const PARK_SVC: u32 = 2;
+const FWD_SVC: u32 = 3;
+const SAMEIP_SVC: u32 = 4;
+const DROP_SVC: u32 = 5;
+const MPTCP_SVC: u32 = 6;
+const FWD6_SVC: u32 = 7;
+const REDIRECT_SVC: u32 = 8;
+const ALL: [u32; 9] = [
+    NO_SERVICE,
+    PASS_SVC,
+    PARK_SVC,
+    FWD_SVC,
+    SAMEIP_SVC,
+    DROP_SVC,
+    MPTCP_SVC,
+    FWD6_SVC,
+    REDIRECT_SVC,
+];
+
+fn port_of(svc: u32) -> u16 {
+    4000 + svc as u16
+}
+
+const QUIC_PORT: u16 = 4433;
+fn cid_config() -> CidConfig {
+    CidConfig::new(8, 1, 2).unwrap()
+}
+
+/// A CID carrying `server_id` per [`cid_config`].
+fn cid_for(server_id: u32) -> Vec<u8> {
+    let mut cid = vec![0x5a; 8];
+    cid_config().write_server_id(&mut cid, server_id).unwrap();
+    cid
+}
+
+/// The standard table set: a listener per service, a QUIC listener whose
+/// server ids 0x101..=0x105 map to services 1..=5, and a token for PARK_SVC.
+fn fixture() -> Fixture {
+    fixture_with(&DatapathConfig::default())
+}
+
+fn fixture_with(config: &DatapathConfig) -> Fixture {
+    require_privileges();
+    let mut f = Fixture::with_config(config).expect("load the datapath");
+    let none = Default::default();
+    f.set_service(PASS_SVC, service(Action::Pass, 0, none))
+        .unwrap();
+    f.set_service(PARK_SVC, service(Action::Park, 0, none))
+        .unwrap();
+    f.set_service(
+        FWD_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(
+                NEW_SERVER,
+                5443,
+                ForwardMode::AddressChanging,
+                TEST_RUN_IFINDEX,
+            ),
+        ),
+    )
+    .unwrap();
+    f.set_service(
+        SAMEIP_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4([0; 4], 0, ForwardMode::SameIp, TEST_RUN_IFINDEX),
+        ),
+    )
+    .unwrap();
+    f.set_service(DROP_SVC, service(Action::Drop, 0, none))
+        .unwrap();
+    f.set_service(MPTCP_SVC, service(Action::Pass, SERVICE_MPTCP, none))
+        .unwrap();
+    f.set_service(
+        FWD6_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v6(NEW_SERVER6, 0, TEST_RUN_IFINDEX),
+        ),
+    )
+    .unwrap();
+    // Egress != ingress: goes through the DEVMAP, which holds the loopback device.
+    f.set_service(
+        REDIRECT_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(NEW_SERVER, 0, ForwardMode::AddressChanging, 77),
+        ),
+    )
+    .unwrap();
+    f.dp.set_forward_device(REDIRECT_SVC, TEST_RUN_IFINDEX)
+        .unwrap();
+
+    for svc in [
+        PASS_SVC,
+        PARK_SVC,
+        FWD_SVC,
+        SAMEIP_SVC,
+        DROP_SVC,
+        REDIRECT_SVC,
+    ] {
+        for proto in [6u8, 17] {
+            let entry = ListenerEntry {
+                service_id: svc,
+                ..Default::default()
+            };
+            f.set_listener(
+                listener_key(v4(SERVER), port_of(svc), proto, FAMILY_V4),
+                entry,
+            )
+            .unwrap();
+        }
+    }
+    f.set_listener(
+        listener_key(v4(SERVER), port_of(MPTCP_SVC), 6, FAMILY_V4),
+        ListenerEntry {
+            service_id: MPTCP_SVC,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for proto in [6u8, 17] {
+        f.set_listener(
+            listener_key(SERVER6, port_of(FWD6_SVC), proto, FAMILY_V6),
+            ListenerEntry {
+                service_id: FWD6_SVC,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    f.set_listener(
+        listener_key(v4(SERVER), QUIC_PORT, 17, FAMILY_V4),
+        ListenerEntry {
+            service_id: PASS_SVC,
+            flags: LISTENER_QUIC,
+            cid: cid_config(),
+        },
+    )
+    .unwrap();
+    for svc in 1..=5 {
+        f.set_server_id(0x100 + svc, svc).unwrap();
+    }
+    f.set_token(0xfeed_f00d, PARK_SVC).unwrap();
+    f
+}
+
+fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+    FrameBuilder::udp_v4(CLIENT, 50000, SERVER, dport)
+        .payload(payload)
+        .build()
+}
+
+/// Runs `frame`, checks the kernel against the host and returns the outcome.
+fn check(f: &mut Fixture, frame: &[u8]) -> migr_tests::fixture::Outcome {
+    let expected = f.expect(frame);
+    let got = f.run(frame, &ALL).expect("test_run");
+    assert_eq!(got.action, expected.action, "action for {frame:02x?}");
+    assert_eq!(
+        got.service_id, expected.service_id,
+        "service for {frame:02x?}"
+    );
+    assert_eq!(got.verdict, expected.verdict, "verdict for {frame:02x?}");
+    assert_eq!(
+        got.frame_out, expected.frame_out,
+        "frame out for {frame:02x?}"
+    );
+    got
+}
+
+fn reason(o: &migr_tests::fixture::Outcome, r: Reason) -> u64 {
+    o.reasons[r as usize]
+}
+
+#[test]
+fn each_action_on_its_listener() {
+    let mut f = fixture();
+    let o = check(&mut f, &udp(port_of(PASS_SVC), b"hi"));
+    assert_eq!(
+        (o.action, o.service_id, o.verdict),
+        (XdpAction::Pass, PASS_SVC, Verdict::Pass)
+    );
+    let o = check(&mut f, &udp(port_of(DROP_SVC), b"hi"));
+    assert_eq!((o.action, o.verdict), (XdpAction::Drop, Verdict::Drop));
+    let o = check(&mut f, &udp(port_of(PARK_SVC), b"hi"));
+    assert_eq!((o.action, o.verdict), (XdpAction::Drop, Verdict::Park));
+    let o = check(&mut f, &udp(port_of(FWD_SVC), b"hi"));
+    assert_eq!((o.action, o.verdict), (XdpAction::Tx, Verdict::Forward));
+    let o = check(&mut f, &udp(port_of(REDIRECT_SVC), b"hi"));
+    assert_eq!(
+        (o.action, o.verdict),
+        (XdpAction::Redirect, Verdict::Forward)
+    );
+    // Not a listener: no service, passed.
+    let o = check(&mut f, &udp(9, b"hi"));
+    assert_eq!((o.action, o.service_id), (XdpAction::Pass, NO_SERVICE));
+}
+
+#[test]
+fn unparsable_frames_pass_and_are_counted() {
+    let mut f = fixture();
+    let arp = FrameBuilder::ethernet(0x0806).payload(&[0u8; 28]).build();
+    let o = check(&mut f, &arp);
+    assert_eq!((o.action, reason(&o, Reason::NotIp)), (XdpAction::Pass, 1));
+
+    let mut truncated = udp(port_of(DROP_SVC), b"payload");
+    truncated.truncate(14 + 10);
+    let o = check(&mut f, &truncated);
+    assert_eq!(
+        (o.action, reason(&o, Reason::Malformed)),
+        (XdpAction::Pass, 1)
+    );
+
+    let mut bad_ihl = udp(port_of(DROP_SVC), b"x");
+    bad_ihl[14] = 0x44;
+    let o = check(&mut f, &bad_ihl);
+    assert_eq!(
+        (o.action, reason(&o, Reason::Malformed)),
+        (XdpAction::Pass, 1)
+    );
+
+    let fragment = FrameBuilder::udp_v4(CLIENT, 1, SERVER, port_of(DROP_SVC))
+        .more_fragments(true)
+        .payload(b"frag")
+        .build();
+    let o = check(&mut f, &fragment);
+    assert_eq!(
+        (o.action, reason(&o, Reason::Unsupported)),
+        (XdpAction::Pass, 1)
+    );
+
+    let qinq = FrameBuilder::udp_v4(CLIENT, 1, SERVER, port_of(DROP_SVC))
+        .vlan_tag(0x88a8, 5)
+        .payload(b"q")
+        .build();
+    let o = check(&mut f, &qinq);
+    assert_eq!(o.action, XdpAction::Pass);
+
+    let tcp_bad_option = FrameBuilder::tcp_v4(CLIENT, 1, SERVER, port_of(DROP_SVC))
+        .tcp_options(&[2, 1, 0, 0])
+        .build();
+    let o = check(&mut f, &tcp_bad_option);
+    assert_eq!(
+        (o.action, reason(&o, Reason::Malformed)),
+        (XdpAction::Pass, 1)
+    );
+}
+
+#[test]
+fn vlan_and_ipv6_frames_classify() {
+    let mut f = fixture();
+    let tagged = FrameBuilder::udp_v4(CLIENT, 1, SERVER, port_of(DROP_SVC))
+        .vlan(42)
+        .payload(b"v")
+        .build();
+    let o = check(&mut f, &tagged);
+    assert_eq!((o.service_id, o.verdict), (DROP_SVC, Verdict::Drop));
+
+    let v6 = FrameBuilder::tcp_v6(
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        40000,
+        SERVER6,
+        port_of(FWD6_SVC),
+    )
+    .ipv6_ext(0, &[0u8; 6])
+    .ipv6_ext(60, &[0u8; 14])
+    .payload(b"over v6")
+    .build();
+    let o = check(&mut f, &v6);
+    assert_eq!(
+        (o.service_id, o.verdict, o.action),
+        (FWD6_SVC, Verdict::Forward, XdpAction::Tx)
+    );
+    verify_checksums(&o.frame_out).expect("valid checksums after the IPv6 rewrite");
+}
+
+#[test]
+fn quic_routes_by_server_id() {
+    let mut f = fixture();
+    // A short header with server id 0x103 belongs to FWD_SVC, whatever the listener says.
+    let o = check(
+        &mut f,
+        &udp(QUIC_PORT, &quic::short(&cid_for(0x103), &[1, 2, 3, 4])),
+    );
+    assert_eq!((o.service_id, o.verdict), (FWD_SVC, Verdict::Forward));
+    let o = check(
+        &mut f,
+        &udp(QUIC_PORT, &quic::short(&cid_for(0x105), &[1; 20])),
+    );
+    assert_eq!((o.service_id, o.verdict), (DROP_SVC, Verdict::Drop));
+    // Unknown server id: the listener's service, and counted.
+    let o = check(
+        &mut f,
+        &udp(QUIC_PORT, &quic::short(&cid_for(0x999), &[1; 20])),
+    );
+    assert_eq!(o.service_id, PASS_SVC);
+    assert_eq!(reason(&o, Reason::QuicUnknownServerId), 1);
+    // A client's Initial (random DCID): the listener's service, not counted as unknown.
+    let initial = quic::initial(&[7; 8], &[8; 8], &[], &[0; 40]);
+    let o = check(&mut f, &udp(QUIC_PORT, &initial));
+    assert_eq!(
+        (o.service_id, reason(&o, Reason::QuicUnknownServerId)),
+        (PASS_SVC, 0)
+    );
+    // A Handshake packet whose DCID the server issued routes by its id.
+    let handshake = quic::long(
+        1,
+        migr_common::wire::quic::LongPacketType::Handshake,
+        &cid_for(0x102),
+        &[9; 8],
+        &[0; 30],
+    );
+    let o = check(&mut f, &udp(QUIC_PORT, &handshake));
+    assert_eq!((o.service_id, o.verdict), (PARK_SVC, Verdict::Park));
+    // Fixed bit clear: malformed QUIC, still the listener's datagram.
+    let o = check(&mut f, &udp(QUIC_PORT, &[0x00, 1, 2, 3, 4, 5, 6, 7, 8, 9]));
+    assert_eq!(
+        (o.service_id, reason(&o, Reason::QuicMalformed)),
+        (PASS_SVC, 1)
+    );
+    // A CID length of 21 in a long header.
+    let long21 = quic::long_raw(0xc0, 1, &[1; 21], &[2; 4], &[0; 8]);
+    let o = check(&mut f, &udp(QUIC_PORT, &long21));
+    assert_eq!(reason(&o, Reason::QuicMalformed), 1);
+    // Version negotiation is recognised (and routes like an Initial).
+    let vn = quic::version_negotiation(&[3; 8], &[4; 8], &[1, 0xff00_001d]);
+    let o = check(&mut f, &udp(QUIC_PORT, &vn));
+    assert_eq!(
+        (o.service_id, reason(&o, Reason::QuicMalformed)),
+        (PASS_SVC, 0)
+    );
+}
+
+#[test]
+fn mptcp_join_with_known_token_is_learned() {
+    let mut f = fixture();
+    // Sent to an address no listener owns: only the token can classify it.
+    let join = FrameBuilder::tcp_v4(CLIENT, 41000, [10, 1, 0, 99], 8080)
+        .flags(TCP_SYN)
+        .tcp_options(&mptcp::join_syn(false, 2, 0xfeed_f00d, 0x1234_5678))
+        .build();
+    let c = f.classify(&join);
+    let o = check(&mut f, &join);
+    assert_eq!((o.service_id, o.verdict), (PARK_SVC, Verdict::Park));
+    assert_eq!(reason(&o, Reason::FlowsLearned), 1);
+    f.learn(&c);
+    assert_eq!(f.dp.flow(&c.flow).unwrap(), Some(PARK_SVC));
+    let learned = f.dp.drain_events().unwrap();
+    assert!(
+        learned
+            .iter()
+            .any(|e| e.kind == EventKind::FlowLearned as u32 && e.token == 0xfeed_f00d)
+    );
+    // Later packets of that subflow (DSS, no token) follow the learned 5-tuple.
+    let data = FrameBuilder::tcp_v4(CLIENT, 41000, [10, 1, 0, 99], 8080)
+        .flags(TCP_ACK)
+        .tcp_options(&mptcp::dss(&mptcp::Dss {
+            data_ack: Some(7),
+            ..Default::default()
+        }))
+        .payload(b"data")
+        .build();
+    let o = check(&mut f, &data);
+    assert_eq!((o.service_id, o.verdict), (PARK_SVC, Verdict::Park));
+
+    let unknown = FrameBuilder::tcp_v4(CLIENT, 41001, [10, 1, 0, 99], 8080)
+        .flags(TCP_SYN)
+        .tcp_options(&mptcp::join_syn(false, 2, 0xdead_beef, 1))
+        .build();
+    let o = check(&mut f, &unknown);
+    assert_eq!(
+        (o.service_id, reason(&o, Reason::MptcpUnknownToken)),
+        (NO_SERVICE, 1)
+    );
+}
+
+#[test]
+fn mptcp_capable_keys_are_reported_for_mptcp_services_only() {
+    let mut f = fixture();
+    let (client_key, server_key) = (0x1111_2222_3333_4444u64, 0x5555_6666_7777_8888u64);
+    let ack = |dport| {
+        FrameBuilder::tcp_v4(CLIENT, 42000, SERVER, dport)
+            .flags(TCP_ACK)
+            .tcp_options(&mptcp::capable_ack(1, 0x01, client_key, server_key))
+            .build()
+    };
+    let o = check(&mut f, &ack(port_of(MPTCP_SVC)));
+    assert_eq!(reason(&o, Reason::MptcpKeysReported), 1);
+    let events = f.dp.drain_events().unwrap();
+    assert_eq!(events.len(), 1);
+    let e = events[0];
+    assert_eq!(e.kind, EventKind::MptcpKeys as u32);
+    assert_eq!(
+        (e.service_id, e.sender_key, e.receiver_key),
+        (MPTCP_SVC, client_key, server_key)
+    );
+    assert_eq!(e.flow.dst_port, port_of(MPTCP_SVC));
+    assert_ne!(mptcp_token(e.receiver_key), 0);
+    // A service without the MPTCP flag: nothing reported.
+    let o = check(&mut f, &ack(port_of(PASS_SVC)));
+    assert_eq!(reason(&o, Reason::MptcpKeysReported), 0);
+    assert!(f.dp.drain_events().unwrap().is_empty());
+    // A malformed MPTCP option is counted and the packet still classified.
+    let bad = FrameBuilder::tcp_v4(CLIENT, 42000, SERVER, port_of(MPTCP_SVC))
+        .flags(TCP_ACK)
+        .tcp_options(&[30, 5, 0x00, 1, 1, 1, 1, 1])
+        .build();
+    let o = check(&mut f, &bad);
+    assert_eq!(
+        (o.service_id, reason(&o, Reason::MptcpMalformed)),
+        (MPTCP_SVC, 1)
+    );
+}
+
+#[test]
+fn forward_rewrites_addresses_with_valid_checksums() {
+    let mut f = fixture();
+    for frame in [
+        FrameBuilder::udp_v4(CLIENT, 50000, SERVER, port_of(FWD_SVC))
+            .payload(&[0xab; 333])
+            .build(),
+        FrameBuilder::tcp_v4(CLIENT, 50001, SERVER, port_of(FWD_SVC))
+            .flags(TCP_ACK)
+            .tcp_options(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
+            .payload(b"tcp data")
+            .build(),
+        FrameBuilder::udp_v4(CLIENT, 50002, SERVER, port_of(FWD_SVC))
+            .vlan(7)
+            .ipv4_options(&[1, 1, 1, 0])
+            .payload(b"opts")
+            .build(),
+    ] {
+        verify_checksums(&frame).expect("the input is valid");
+        let o = check(&mut f, &frame);
+        assert_eq!((o.action, o.verdict), (XdpAction::Tx, Verdict::Forward));
+        let out = &o.frame_out;
+        assert_eq!(out.len(), frame.len());
+        let target = forward_v4(NEW_SERVER, 5443, ForwardMode::AddressChanging, 1);
+        assert_eq!(&out[0..6], &target.dst_mac, "destination MAC");
+        assert_eq!(&out[6..12], &target.src_mac, "source MAC");
+        let info = migr_common::wire::packet::parse_packet(&out[..]).expect("output parses");
+        let l3 = info.l3_offset as usize;
+        let l4 = info.l4_offset as usize;
+        assert_eq!(&out[l3 + 16..l3 + 20], &NEW_SERVER, "destination IP");
+        assert_eq!(&out[l3 + 12..l3 + 16], &CLIENT, "source IP unchanged");
+        assert_eq!(
+            &out[l4 + 2..l4 + 4],
+            &5443u16.to_be_bytes(),
+            "destination port"
+        );
+        assert_eq!(
+            &out[l4..l4 + 2],
+            &frame[l4..l4 + 2],
+            "source port unchanged"
+        );
+        // Nothing but those fields and the checksums changed.
+        let changed: Vec<usize> = (0..frame.len()).filter(|i| out[*i] != frame[*i]).collect();
+        let allowed = |i: usize| {
+            i < 12
+                || (l3 + 10..l3 + 12).contains(&i)
+                || (l3 + 16..l3 + 20).contains(&i)
+                || (l4 + 2..l4 + 4).contains(&i)
+                || (l4 + 6..l4 + 8).contains(&i)
+                || (l4 + 16..l4 + 18).contains(&i)
+        };
+        assert!(
+            changed.iter().all(|i| allowed(*i)),
+            "unexpected bytes changed: {changed:?}"
+        );
+        verify_checksums(out).expect("checksums valid after the rewrite");
+    }
+}
+
+#[test]
+fn same_ip_forward_rewrites_macs_only() {
+    let mut f = fixture();
+    let frame = FrameBuilder::tcp_v4(CLIENT, 50000, SERVER, port_of(SAMEIP_SVC))
+        .flags(TCP_ACK)
+        .payload(b"coat")
+        .build();
+    let o = check(&mut f, &frame);
+    assert_eq!((o.action, o.verdict), (XdpAction::Tx, Verdict::Forward));
+    assert_eq!(&o.frame_out[12..], &frame[12..], "only the MACs change");
+    assert_ne!(&o.frame_out[..12], &frame[..12]);
+}
+
+#[test]
+fn forward_without_a_device_is_counted_and_dropped() {
+    // A datapath without the DEVMAP entry.
+    let mut bare = Fixture::new().unwrap();
+    bare.set_service(
+        REDIRECT_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(NEW_SERVER, 0, ForwardMode::AddressChanging, 77),
+        ),
+    )
+    .unwrap();
+    bare.set_listener(
+        listener_key(v4(SERVER), port_of(REDIRECT_SVC), 17, FAMILY_V4),
+        ListenerEntry {
+            service_id: REDIRECT_SVC,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let o = bare
+        .run(&udp(port_of(REDIRECT_SVC), b"x"), &[REDIRECT_SVC])
+        .unwrap();
+    assert_eq!(
+        (o.action, o.verdict),
+        (XdpAction::Drop, Verdict::ForwardFailed)
+    );
+    assert_eq!(reason(&o, Reason::NoRedirectTarget), 1);
+    // Family mismatch: an IPv6 packet toward an IPv4 target.
+    let mut f = fixture();
+    let v6 = FrameBuilder::udp_v6(NEW_SERVER6, 1, SERVER6, port_of(FWD6_SVC)).build();
+    f.set_service(
+        FWD6_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(
+                NEW_SERVER,
+                0,
+                ForwardMode::AddressChanging,
+                TEST_RUN_IFINDEX,
+            ),
+        ),
+    )
+    .unwrap();
+    let o = check(&mut f, &v6);
+    assert_eq!(
+        (o.verdict, reason(&o, Reason::ForwardUnsupported)),
+        (Verdict::ForwardFailed, 1)
+    );
+}
+
+#[test]
+fn park_copies_the_whole_frame_in_order() {
+    let mut f = fixture();
+    let frames: Vec<Vec<u8>> = [1usize, 64, 600, 1400, 1472]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| {
+            let payload: Vec<u8> = (0..*len).map(|b| (b + i) as u8).collect();
+            udp(port_of(PARK_SVC), &payload)
+        })
+        .collect();
+    for frame in &frames {
+        let o = check(&mut f, frame);
+        assert_eq!(o.verdict, Verdict::Park);
+    }
+    let parked = f.dp.drain_parked().unwrap();
+    assert_eq!(parked.len(), frames.len());
+    for (record, frame) in parked.iter().zip(&frames) {
+        assert_eq!(&record.frame, frame, "parked bytes equal the input");
+        assert_eq!(record.header.service_id, PARK_SVC);
+        assert_eq!(record.header.frame_len as usize, frame.len());
+        assert_eq!(record.header.copied as usize, frame.len());
+        assert_eq!(record.header.ifindex, TEST_RUN_IFINDEX);
+    }
+    assert!(
+        parked
+            .windows(2)
+            .all(|w| w[0].header.timestamp_ns <= w[1].header.timestamp_ns)
+    );
+    // Jumbo-sized records: a frame above 1536 bytes is parked whole too.
+    let big = udp(port_of(PARK_SVC), &[0x77; 3000]);
+    let o = check(&mut f, &big);
+    assert_eq!(o.verdict, Verdict::Park);
+    assert_eq!(f.dp.drain_parked().unwrap()[0].frame, big);
+}
+
+#[test]
+fn a_full_park_ring_is_counted_not_silent() {
+    let mut f = fixture_with(&DatapathConfig {
+        park_ring_bytes: 16 * 1024,
+        ..Default::default()
+    });
+    let frame = udp(port_of(PARK_SVC), &[1; 1000]);
+    let mut parked = 0;
+    let mut failed = 0;
+    for _ in 0..40 {
+        let o = f.run(&frame, &[PARK_SVC]).unwrap();
+        match o.verdict {
+            Verdict::Park => parked += 1,
+            Verdict::ParkFailed => {
+                failed += 1;
+                assert_eq!(o.reasons[Reason::ParkOverflow as usize], 1);
+                assert_eq!(o.action, XdpAction::Drop);
+            }
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    assert!(parked > 0 && failed > 0, "parked {parked}, failed {failed}");
+    assert_eq!(f.dp.drain_parked().unwrap().len(), parked);
+    let counters = f.dp.service_counters(PARK_SVC).unwrap();
+    assert_eq!(counters.packets[Verdict::Park as usize], parked as u64);
+    assert_eq!(
+        counters.packets[Verdict::ParkFailed as usize],
+        failed as u64
+    );
+}
+
+/// xorshift64*: a small deterministic generator for the corpus.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn valid_frame(rng: &mut Rng) -> Vec<u8> {
+    let svc = 1 + rng.below(8) as u32;
+    let port = if rng.below(5) == 0 { 9 } else { port_of(svc) };
+    let sport = 30000 + rng.below(200) as u16;
+    let payload: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+    match rng.below(9) {
+        0 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
+            .payload(&payload)
+            .build(),
+        1 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port)
+            .flags(TCP_ACK)
+            .payload(&payload)
+            .build(),
+        2 => FrameBuilder::udp_v6(
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            sport,
+            SERVER6,
+            port_of(FWD6_SVC),
+        )
+        .payload(&payload)
+        .build(),
+        3 => udp(
+            QUIC_PORT,
+            &quic::short(&cid_for(0x100 + rng.below(7) as u32), &payload),
+        ),
+        4 => udp(
+            QUIC_PORT,
+            &quic::initial(&[rng.next() as u8; 8], &[2; 8], &[], &payload),
+        ),
+        5 => FrameBuilder::tcp_v4(CLIENT, sport, [10, 1, 0, 99], 8080)
+            .flags(TCP_SYN)
+            .tcp_options(&mptcp::join_syn(
+                false,
+                1,
+                if rng.below(2) == 0 {
+                    0xfeed_f00d
+                } else {
+                    rng.next() as u32
+                },
+                7,
+            ))
+            .build(),
+        6 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port_of(MPTCP_SVC))
+            .flags(TCP_ACK)
+            .tcp_options(&mptcp::capable_ack(1, 1, rng.next(), rng.next()))
+            .build(),
+        7 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
+            .vlan(rng.below(4000) as u16)
+            .payload(&payload)
+            .build(),
+        _ => FrameBuilder::ethernet(0x0806).payload(&payload).build(),
+    }
+}
+
+fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
+    match rng.below(3) {
+        0 => {
+            // Flip a few bytes, mostly in the headers.
+            for _ in 0..1 + rng.below(4) {
+                let span = frame.len().min(80) as u64;
+                let i = rng.below(span) as usize;
+                frame[i] ^= 1 << rng.below(8);
+            }
+        }
+        1 => {
+            let keep = 14 + rng.below(frame.len() as u64 - 13) as usize;
+            frame.truncate(keep.min(frame.len()));
+        }
+        _ => {
+            let i = rng.below(frame.len() as u64) as usize;
+            frame[i] = rng.next() as u8;
+        }
+    }
+}
+
+#[test]
+fn kernel_and_host_agree_on_a_generated_corpus() {
+    const FRAMES: usize = 10_000;
+    let mut f = fixture();
+    let mut rng = Rng(0x6d69_6772_2024);
+    let mut mutated = 0;
+    let mut by_verdict = std::collections::BTreeMap::new();
+    for i in 0..FRAMES {
+        let mut frame = valid_frame(&mut rng);
+        if i % 2 == 1 {
+            mutate(&mut rng, &mut frame);
+            mutated += 1;
+        }
+        let c = f.classify(&frame);
+        let expected = f.expect(&frame);
+        let got = f.run(&frame, &ALL).expect("test_run");
+        assert_eq!(
+            (got.action, got.service_id, got.verdict),
+            (expected.action, expected.service_id, expected.verdict),
+            "frame {i}: {frame:02x?}"
+        );
+        assert_eq!(
+            got.frame_out, expected.frame_out,
+            "frame {i} output: {frame:02x?}"
+        );
+        f.learn(&c);
+        *by_verdict.entry(format!("{:?}", got.verdict)).or_insert(0) += 1;
+        if i % 1000 == 999 {
+            f.dp.drain_parked().unwrap();
+            f.dp.drain_events().unwrap();
+        }
+    }
+    println!("{FRAMES} frames ({mutated} mutated), verdicts: {by_verdict:?}");
+    for verdict in ["Pass", "Drop", "Park", "Forward"] {
+        assert!(
+            by_verdict.contains_key(verdict),
+            "the corpus never hit {verdict}"
+        );
+    }
+}
