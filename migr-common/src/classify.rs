@@ -8,8 +8,8 @@
 use crate::{
     Frame,
     maps::{
-        Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey,
-        NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_MPTCP, ServiceEntry,
+        Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry,
+        ListenerKey, NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_MPTCP, ServiceEntry,
     },
     wire::{
         mptcp::{self, CapableKind, JoinKind, MptcpOption},
@@ -256,11 +256,12 @@ fn quic_service<F: Frame + ?Sized, T: Tables>(
     payload_len: usize,
     reasons: &mut Reasons,
 ) -> Option<u32> {
-    let header = match quic::parse_quic(
+    let header = match quic::parse_quic_with(
         frame,
         payload_offset,
         payload_offset + payload_len,
         listener.cid.cid_len,
+        listener.flags & LISTENER_QUIC_GREASE != 0,
     ) {
         Ok(header) => header,
         Err(_) => {

@@ -174,6 +174,9 @@ pub struct ListenerEntry {
 
 /// UDP on this listener is QUIC: classify by the server id in the DCID.
 pub const LISTENER_QUIC: u32 = 1 << 0;
+/// The QUIC server accepts greased fixed bits (RFC 9287): a cleared fixed bit
+/// is not malformed. quinn servers advertise this by default.
+pub const LISTENER_QUIC_GREASE: u32 = 1 << 1;
 
 /// Key of the `FLOWS` LRU hash: a transport 5-tuple, as received (client → service).
 #[repr(C)]

@@ -177,6 +177,17 @@ pub fn veth_pair(
     Ok(())
 }
 
+/// Makes `dev` send fully checksummed packets. A veth offloads checksums by
+/// default, so locally sent packets carry only a partial (pseudo-header)
+/// checksum that the receiver never checks; once XDP redirects such a frame,
+/// or rewrites it, the receiver does check and drops it. Frames from a real
+/// NIC always carry full checksums, which is what the tests must model.
+pub fn full_checksums(ns: &NetNs, dev: &str) -> Result<()> {
+    ns.exec(&["ethtool", "-K", dev, "tx", "off"])
+        .map(|_| ())
+        .context("ethtool (run `cargo xtask setup`)")
+}
+
 /// The MAC address of `dev` in `ns`.
 pub fn mac_of(ns: &NetNs, dev: &str) -> Result<[u8; 6]> {
     let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])?;
@@ -194,4 +205,10 @@ pub fn mac_of(ns: &NetNs, dev: &str) -> Result<[u8; 6]> {
 /// Is a namespace of this name present?
 pub fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
+}
+
+/// The index of `dev` in `ns`.
+pub fn ifindex_of(ns: &NetNs, dev: &str) -> Result<u32> {
+    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])?;
+    Ok(text.trim().parse()?)
 }

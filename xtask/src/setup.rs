@@ -12,6 +12,7 @@ const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev", // bpf-linker links against libLLVM 22
     "iproute2",    // ip netns / ip link for the tests and the demo
     "util-linux",  // nsenter
+    "ethtool",     // tests turn off veth checksum offload (see tests/src/netns.rs)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

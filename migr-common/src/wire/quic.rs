@@ -164,6 +164,20 @@ pub fn parse_quic<F: Frame + ?Sized>(
     payload_end: usize,
     short_dcid_len: u8,
 ) -> Result<QuicHeader, QuicError> {
+    parse_quic_with(f, payload_offset, payload_end, short_dcid_len, false)
+}
+
+/// [`parse_quic`], but with `grease_ok` a cleared fixed bit is accepted: a
+/// server that advertised `grease_quic_bit` (RFC 9287) lets its peers clear
+/// it, and quinn clients do.
+#[inline(always)]
+pub fn parse_quic_with<F: Frame + ?Sized>(
+    f: &F,
+    payload_offset: usize,
+    payload_end: usize,
+    short_dcid_len: u8,
+    grease_ok: bool,
+) -> Result<QuicHeader, QuicError> {
     // Clamp the window to the frame, and bound the start so that every offset
     // below stays small.
     let frame_len = f.len();
@@ -178,7 +192,7 @@ pub fn parse_quic<F: Frame + ?Sized>(
     let first = f.u8_at(payload_offset).ok_or(QuicError::Truncated)?;
 
     if first & LONG_HEADER_BIT == 0 {
-        if first & FIXED_BIT == 0 {
+        if first & FIXED_BIT == 0 && !grease_ok {
             return Err(QuicError::FixedBitClear);
         }
         let len = short_dcid_len as usize;
@@ -204,7 +218,7 @@ pub fn parse_quic<F: Frame + ?Sized>(
         .load::<LONG_HEADER_PREFIX>(payload_offset)
         .ok_or(QuicError::Truncated)?;
     let version = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if version != 0 && first & FIXED_BIT == 0 {
+    if version != 0 && first & FIXED_BIT == 0 && !grease_ok {
         return Err(QuicError::FixedBitClear);
     }
     let dcid_len = head[5];
@@ -381,6 +395,22 @@ mod tests {
         );
         assert_eq!(h.dcid().len, 3);
         assert!(h.is_long());
+    }
+
+    #[test]
+    fn greased_fixed_bit_is_accepted_when_allowed() {
+        let mut q = quic::short(&[1; 8], &[0; 20]);
+        q[0] &= !FIXED_BIT;
+        let (f, start, end) = at10(&q);
+        let h = parse_quic_with(&f[..], start, end, 8, true).unwrap();
+        assert!(matches!(h, QuicHeader::Short { .. }));
+        let q = quic::long_raw(0x80, QUIC_V1, &[1; 8], &[2; 8], &[0; 4]);
+        let (f, start, end) = at10(&q);
+        assert!(
+            parse_quic_with(&f[..], start, end, 8, true)
+                .unwrap()
+                .is_long()
+        );
     }
 
     #[test]
