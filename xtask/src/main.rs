@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask <command>`.
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -29,6 +30,15 @@ enum Command {
     },
     /// A short live demo on a veth pair in two network namespaces.
     Demo,
+    /// Benchmarks: XDP cost per packet, map scale, veth throughput (needs root).
+    Bench {
+        /// A shorter run (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON results (default: target/bench.json).
+        #[arg(long)]
+        json: Option<String>,
+    },
 }
 
 fn main() {
@@ -38,6 +48,7 @@ fn main() {
         Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
         Command::Test { filter } => test::test(&filter),
         Command::Demo => demo::demo(),
+        Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

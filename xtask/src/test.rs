@@ -1,10 +1,14 @@
 //! `cargo xtask test`: the whole suite, in the order a reviewer would run it.
 
-use std::time::Instant;
+use std::{
+    io::BufRead as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, run, setup};
+use crate::{bench, build, run, setup};
 
 pub fn test(filter: &[String]) -> Result<()> {
     let started = Instant::now();
@@ -21,7 +25,7 @@ pub fn test(filter: &[String]) -> Result<()> {
     })?;
     stage("clippy (eBPF crate)", || {
         run::status(
-            std::process::Command::new("rustup")
+            Command::new("rustup")
                 .current_dir(run::workspace_root())
                 .args([
                     "run",
@@ -43,8 +47,9 @@ pub fn test(filter: &[String]) -> Result<()> {
                 ]),
         )
     })?;
+    let mut totals = TestTotals::default();
     stage("unit tests", || {
-        run::status(run::cargo().args([
+        totals.run(run::cargo().args([
             "test",
             "--workspace",
             "--exclude",
@@ -58,11 +63,22 @@ pub fn test(filter: &[String]) -> Result<()> {
         let mut cmd = run::cargo();
         cmd.args(["test", "--package", "migr-tests", "--"])
             .args(filter);
-        run::status(&mut cmd)
+        totals.run(&mut cmd)
     })?;
+    stage(
+        "benchmarks, quick mode (must complete with valid JSON; numbers are not judged)",
+        || bench::bench(true, None),
+    )?;
     println!(
         "[test] all stages passed in {:.0}s",
         started.elapsed().as_secs_f64()
+    );
+    if totals.passed == 0 {
+        anyhow::bail!("no test ran");
+    }
+    println!(
+        "summary: {} passed, {} failed",
+        totals.passed, totals.failed
     );
     Ok(())
 }
@@ -73,6 +89,47 @@ fn stage(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     f().with_context(|| format!("stage '{name}' failed"))?;
     println!("[test] == {name}: ok ({:.0}s)", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Adds up cargo test's "test result:" lines across runs.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Runs a `cargo test` command, echoing its output, and adds its counts.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        let line = run::render(cmd);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{line}`"))?;
+        if let Some(out) = child.stdout.take() {
+            for text in std::io::BufReader::new(out).lines() {
+                let text = text?;
+                println!("{text}");
+                if let Some(rest) = text.strip_prefix("test result: ") {
+                    self.passed += count_before(rest, " passed");
+                    self.failed += count_before(rest, " failed");
+                }
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            anyhow::bail!("`{line}` failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+/// The number just before `label` in e.g. "ok. 3 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|end| text[..end].rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The privileged tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns).
@@ -90,4 +147,17 @@ fn require_root() -> Result<()> {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_counts() {
+        let line = "ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count_before(line, " passed"), 12);
+        assert_eq!(count_before(line, " failed"), 3);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " passed"), 0);
+    }
 }

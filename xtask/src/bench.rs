@@ -1,0 +1,53 @@
+//! `cargo xtask bench`: runs `migr-bench` (tests/src/bin/migr-bench.rs) as root,
+//! in release mode, and checks the JSON it writes.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+pub fn bench(quick: bool, json: Option<&str>) -> Result<()> {
+    let default_json = run::workspace_root().join("target/bench.json");
+    let json = json.map(std::path::PathBuf::from).unwrap_or(default_json);
+    let mut cmd = run::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "migr-tests",
+        "--bin",
+        "migr-bench",
+        "--",
+    ])
+    .arg("--json")
+    .arg(&json);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run::status(&mut cmd)?;
+    check_json(&json)?;
+    println!("[bench] results in {}", json.display());
+    Ok(())
+}
+
+/// The file parses as JSON and has the fixed schema's fields in every case.
+pub fn check_json(path: &std::path::Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if doc["schema"] != "migr-bench/1" {
+        bail!("{}: unexpected schema {}", path.display(), doc["schema"]);
+    }
+    let cases = doc["cases"].as_array().context("no cases array")?;
+    if cases.is_empty() {
+        bail!("{}: no cases", path.display());
+    }
+    for case in cases {
+        for field in ["group", "name", "unit", "value", "baseline", "ratio"] {
+            if case.get(field).is_none() {
+                bail!("{}: a case lacks {field}: {case}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
