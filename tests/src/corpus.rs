@@ -186,14 +186,14 @@ pub fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
 /// xorshift64*: a small deterministic generator for the corpus.
 pub struct Rng(pub u64);
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -201,7 +201,7 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
     let svc = 1 + rng.below(8) as u32;
     let port = if rng.below(5) == 0 { 9 } else { port_of(svc) };
     let sport = 30000 + rng.below(200) as u16;
-    let payload: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+    let payload: Vec<u8> = (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect();
     match rng.below(9) {
         0 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
             .payload(&payload)
@@ -224,7 +224,7 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         ),
         4 => udp(
             QUIC_PORT,
-            &quic::initial(&[rng.next() as u8; 8], &[2; 8], &[], &payload),
+            &quic::initial(&[rng.next_u64() as u8; 8], &[2; 8], &[], &payload),
         ),
         5 => FrameBuilder::tcp_v4(CLIENT, sport, [10, 1, 0, 99], 8080)
             .flags(TCP_SYN)
@@ -234,14 +234,14 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
                 if rng.below(2) == 0 {
                     0xfeed_f00d
                 } else {
-                    rng.next() as u32
+                    rng.next_u64() as u32
                 },
                 7,
             ))
             .build(),
         6 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port_of(MPTCP_SVC))
             .flags(TCP_ACK)
-            .tcp_options(&mptcp::capable_ack(1, 1, rng.next(), rng.next()))
+            .tcp_options(&mptcp::capable_ack(1, 1, rng.next_u64(), rng.next_u64()))
             .build(),
         7 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
             .vlan(rng.below(4000) as u16)
@@ -267,7 +267,7 @@ pub fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
         }
         _ => {
             let i = rng.below(frame.len() as u64) as usize;
-            frame[i] = rng.next() as u8;
+            frame[i] = rng.next_u64() as u8;
         }
     }
 }

@@ -14,7 +14,7 @@ const FRAMES: usize = 1_000_000;
 
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
     let len = 14 + rng.below(600) as usize;
-    let mut frame: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    let mut frame: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
     // Half of them claim to be IP, so the parsers get past Ethernet.
     match rng.below(4) {
         0 => frame[12..14].copy_from_slice(&[0x08, 0x00]),
