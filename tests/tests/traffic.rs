@@ -400,21 +400,25 @@ fn mptcp_socket() -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
-fn mptcp_listener(at: SocketAddr) -> std::net::TcpListener {
-    use std::os::fd::{AsRawFd as _, IntoRawFd as _};
-    let fd = mptcp_socket();
-    let one: libc::c_int = 1;
+fn sockaddr_in(at: SocketAddr) -> libc::sockaddr_in {
     let SocketAddr::V4(v4addr) = at else {
-        unreachable!()
+        panic!("IPv4 only: {at}")
     };
-    let sa = libc::sockaddr_in {
+    libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: v4addr.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from_ne_bytes(v4addr.ip().octets()),
         },
         sin_zero: [0; 8],
-    };
+    }
+}
+
+fn mptcp_listener(at: SocketAddr) -> std::net::TcpListener {
+    use std::os::fd::{AsRawFd as _, IntoRawFd as _};
+    let fd = mptcp_socket();
+    let one: libc::c_int = 1;
+    let sa = sockaddr_in(at);
     // SAFETY: valid fd and sockaddr.
     unsafe {
         libc::setsockopt(
@@ -442,17 +446,7 @@ fn mptcp_listener(at: SocketAddr) -> std::net::TcpListener {
 fn mptcp_connect(to: SocketAddr) -> std::net::TcpStream {
     use std::os::fd::{AsRawFd as _, IntoRawFd as _};
     let fd = mptcp_socket();
-    let SocketAddr::V4(v4addr) = to else {
-        unreachable!()
-    };
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4addr.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let sa = sockaddr_in(to);
     // SAFETY: valid fd and sockaddr.
     unsafe {
         assert_eq!(
