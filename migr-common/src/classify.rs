@@ -9,7 +9,7 @@ use crate::{
     Frame,
     maps::{
         Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry,
-        ListenerKey, NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_MPTCP, ServiceEntry,
+        ListenerKey, NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
     },
     wire::{
         mptcp::{self, CapableKind, JoinKind, MptcpOption},
@@ -245,6 +245,40 @@ pub fn lookup_stage<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T, out: &m
     }
 }
 
+/// The action a classified frame finally gets, given whether the agent is
+/// replaying it (`replay`, from [`crate::maps::ReplayMeta`]) and, for a
+/// [`SERVICE_HOLD`] service, whether the park ring still holds records the
+/// agent has not consumed (`ring_backlog`, only asked when it matters).
+///
+/// - A frame of no service, or of an inactive service: its classified action (PASS).
+/// - A replayed frame: the action the agent asked for.
+/// - A fresh frame of a held service whose action is PASS or FORWARD, while the
+///   ring has a backlog: PARK, so it queues behind the older parked frames.
+/// - Anything else: the service's action.
+#[inline(always)]
+pub fn final_action(
+    c: &Classification,
+    replay: Option<Action>,
+    ring_backlog: impl FnOnce() -> bool,
+) -> Action {
+    let Some(entry) = c.service else {
+        return c.action;
+    };
+    if c.service_id == NO_SERVICE || entry.flags & SERVICE_ACTIVE == 0 {
+        return c.action;
+    }
+    if let Some(action) = replay {
+        return action;
+    }
+    if entry.flags & SERVICE_HOLD != 0
+        && matches!(c.action, Action::Pass | Action::Forward)
+        && ring_backlog()
+    {
+        return Action::Park;
+    }
+    c.action
+}
+
 /// The service a QUIC packet on a QUIC listener routes to by the server id in
 /// its DCID, if any.
 #[inline(always)]
@@ -283,4 +317,65 @@ fn quic_service<F: Frame + ?Sized, T: Tables>(
         reasons.add(Reason::QuicUnknownServerId);
     }
     owner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(action: Action, flags: u32) -> Classification {
+        Classification {
+            service_id: 7,
+            action,
+            service: Some(ServiceEntry {
+                action: action as u32,
+                flags,
+                forward: Default::default(),
+            }),
+            ..Classification::EMPTY
+        }
+    }
+
+    #[test]
+    fn final_action_without_hold_or_replay_is_the_services() {
+        for action in [Action::Pass, Action::Park, Action::Forward, Action::Drop] {
+            let c = classified(action, SERVICE_ACTIVE);
+            assert_eq!(final_action(&c, None, || panic!("not asked")), action);
+        }
+        assert_eq!(
+            final_action(&Classification::EMPTY, Some(Action::Forward), || true),
+            Action::Pass,
+            "a replayed frame of no service passes"
+        );
+    }
+
+    #[test]
+    fn replayed_frames_get_the_agents_action() {
+        let parked = classified(Action::Park, SERVICE_ACTIVE | SERVICE_HOLD);
+        assert_eq!(
+            final_action(&parked, Some(Action::Forward), || true),
+            Action::Forward
+        );
+        assert_eq!(
+            final_action(&parked, Some(Action::Pass), || true),
+            Action::Pass
+        );
+        let inactive = classified(Action::Park, 0);
+        assert_eq!(
+            final_action(&inactive, Some(Action::Forward), || true),
+            Action::Park,
+            "inactive entries are ignored (their classified action stands)"
+        );
+    }
+
+    #[test]
+    fn held_services_park_fresh_frames_while_the_ring_has_a_backlog() {
+        for action in [Action::Pass, Action::Forward] {
+            let c = classified(action, SERVICE_ACTIVE | SERVICE_HOLD);
+            assert_eq!(final_action(&c, None, || true), Action::Park);
+            assert_eq!(final_action(&c, None, || false), action);
+        }
+        let drop = classified(Action::Drop, SERVICE_ACTIVE | SERVICE_HOLD);
+        assert_eq!(final_action(&drop, None, || true), Action::Drop);
+    }
 }

@@ -146,6 +146,51 @@ pub struct ServiceEntry {
 pub const SERVICE_ACTIVE: u32 = 1 << 0;
 /// Report MP_CAPABLE keys seen on this service's flows and learn MP_JOIN subflows.
 pub const SERVICE_MPTCP: u32 = 1 << 1;
+/// Ordered hand-over after a replay: while set, a fresh frame whose action is
+/// PASS or FORWARD is parked instead whenever the `PARKED` ring holds records
+/// the agent has not consumed yet. The agent consumes a record of such a
+/// service only after it has replayed it, so no fresh frame overtakes an
+/// older parked one. Frames the agent replays (see [`ReplayMeta`]) are exempt.
+pub const SERVICE_HOLD: u32 = 1 << 2;
+
+/// XDP metadata the agent puts in front of a frame it replays through
+/// BPF_PROG_TEST_RUN (live frames, `xdp_md.data` = the metadata's size): the
+/// frame is classified as usual, but gets `action` (PASS or FORWARD) instead
+/// of its service's current action, and ignores [`SERVICE_HOLD`]. The program
+/// strips the metadata before the frame goes anywhere. Only privileged code
+/// can attach XDP metadata, so frames from the wire never carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplayMeta {
+    /// [`REPLAY_META_MAGIC`].
+    pub magic: u32,
+    /// [`Action`] as u32: `Pass` or `Forward`; anything else is ignored.
+    pub action: u32,
+}
+
+/// `ReplayMeta::magic` ("mgrp" little-endian).
+pub const REPLAY_META_MAGIC: u32 = 0x7072_676d;
+
+impl ReplayMeta {
+    /// The replay action this metadata asks for, if it is a valid replay tag.
+    pub const fn replay_action(&self) -> Option<Action> {
+        if self.magic != REPLAY_META_MAGIC {
+            return None;
+        }
+        match Action::from_u32(self.action) {
+            Some(Action::Pass) => Some(Action::Pass),
+            Some(Action::Forward) => Some(Action::Forward),
+            _ => None,
+        }
+    }
+
+    /// The 8 bytes the agent prepends to a replayed frame.
+    pub const fn to_bytes(action: Action) -> [u8; 8] {
+        let m = REPLAY_META_MAGIC.to_le_bytes();
+        let a = (action as u32).to_le_bytes();
+        [m[0], m[1], m[2], m[3], a[0], a[1], a[2], a[3]]
+    }
+}
 
 /// Key of the `LISTENERS` hash: a service's address as clients reach it.
 #[repr(C)]
@@ -277,10 +322,14 @@ pub enum Reason {
     FlowsLearned = 14,
     /// The frame's checksum could not be updated (not enough bytes visible).
     ChecksumUnreachable = 15,
+    /// A frame the agent replayed (carried [`ReplayMeta`]).
+    Replayed = 16,
+    /// A fresh frame of a [`SERVICE_HOLD`] service parked behind unconsumed records.
+    HeldBehindBacklog = 17,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -298,6 +347,8 @@ impl Reason {
         Self::MptcpKeysReported,
         Self::FlowsLearned,
         Self::ChecksumUnreachable,
+        Self::Replayed,
+        Self::HeldBehindBacklog,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -318,6 +369,8 @@ impl Reason {
             Self::MptcpKeysReported => "mptcp_keys_reported",
             Self::FlowsLearned => "flows_learned",
             Self::ChecksumUnreachable => "checksum_unreachable",
+            Self::Replayed => "replayed",
+            Self::HeldBehindBacklog => "held_behind_backlog",
         }
     }
 }
@@ -417,6 +470,31 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<ParkedHeader>(), 24);
         assert_eq!(size_of::<Event>(), 8 + 40 + 16 + 8);
+        assert_eq!(size_of::<ReplayMeta>(), 8);
+    }
+
+    #[test]
+    fn replay_meta_round_trips_and_rejects_other_actions() {
+        for action in [Action::Pass, Action::Forward] {
+            let bytes = ReplayMeta::to_bytes(action);
+            let meta = ReplayMeta {
+                magic: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                action: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            };
+            assert_eq!(meta.replay_action(), Some(action));
+        }
+        for action in [Action::Park as u32, Action::Drop as u32, 99] {
+            let meta = ReplayMeta {
+                magic: REPLAY_META_MAGIC,
+                action,
+            };
+            assert_eq!(meta.replay_action(), None);
+        }
+        let wrong_magic = ReplayMeta {
+            magic: 0,
+            action: Action::Pass as u32,
+        };
+        assert_eq!(wrong_magic.replay_action(), None);
     }
 
     #[test]

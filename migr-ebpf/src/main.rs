@@ -17,7 +17,7 @@
 //! | `SERVICE_COUNTERS` | per-CPU array | service id (0: no service) | [`ServiceCounters`]: packets, bytes per [`Verdict`] | this program |
 //! | `REASONS` | per-CPU array | [`Reason`] | count | this program |
 //! | `PROTO_COUNTERS` | per-CPU array | [`ProtoClass`] | count | this program |
-//! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes) |
+//! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes; a `SERVICE_HOLD` service parks while it is not empty) |
 //! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows) | this program (agent consumes) |
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
 #![no_std]
@@ -27,17 +27,20 @@ mod frame;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use migr_common::{
-    classify::{Classification, Report, Tables, lookup_stage, parse_stage},
+    classify::{Classification, Report, Tables, final_action, lookup_stage, parse_stage},
     maps::{
         Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FlowKey,
         ForwardMode, ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX,
-        ParkedHeader, ParkedRecord, ProtoClass, Reason, ServiceCounters, ServiceEntry, Verdict,
+        ParkedHeader, ParkedRecord, ProtoClass, Reason, ReplayMeta, ServiceCounters, ServiceEntry,
+        Verdict,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
 };
@@ -52,6 +55,10 @@ const DEFAULT_FLOWS: u32 = 65_536;
 const DEFAULT_PARK_RING_BYTES: u32 = 16 << 20;
 const DEFAULT_EVENT_RING_BYTES: u32 = 256 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// `bpf_ringbuf_query` flag: bytes produced but not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// [`take_replay_meta`]'s answer for a frame that is not a replay.
+const NOT_A_REPLAY: u32 = u32::MAX;
 
 #[map]
 static SERVICES: Array<ServiceEntry> = Array::with_max_entries(MAX_SERVICES, 0);
@@ -115,6 +122,8 @@ impl Tables for MapTables {
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
 #[xdp(frags)]
 pub fn migr(ctx: XdpContext) -> u32 {
+    // Frames the agent replays carry a tag in their XDP metadata (stripped here).
+    let replay = Action::from_u32(take_replay_meta(ctx.ctx));
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
@@ -124,7 +133,13 @@ pub fn migr(ctx: XdpContext) -> u32 {
     count_proto(decision);
     count_reasons(decision.reasons.0);
 
-    let (verdict, xdp) = match decision.action {
+    let action = final_action(decision, replay, || PARKED.query(BPF_RB_AVAIL_DATA) != 0);
+    if replay.is_some() {
+        count_reason(Reason::Replayed);
+    } else if action == Action::Park && decision.action != Action::Park {
+        count_reason(Reason::HeldBehindBacklog);
+    }
+    let (verdict, xdp) = match action {
         Action::Pass => (Verdict::Pass, xdp_action::XDP_PASS),
         Action::Drop => (Verdict::Drop, xdp_action::XDP_DROP),
         Action::Park => match park(ctx.ctx, decision.service_id) {
@@ -194,6 +209,33 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
     };
     lookup_stage(&XdpFrame::from_raw(ctx), &MapTables, out);
     0
+}
+
+/// Reads the agent's replay tag ([`ReplayMeta`]) from the XDP metadata and
+/// strips it, so that the frame leaves (TX, REDIRECT, PASS) without it.
+/// Returns the requested action as u32, or [`NOT_A_REPLAY`].
+#[inline(never)]
+fn take_replay_meta(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: `ctx` is the program's context; volatile loads keep the verifier's
+    // packet-pointer types (see `XdpFrame::from_raw`).
+    let (meta, data) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_meta)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
+        )
+    };
+    if meta + size_of::<ReplayMeta>() > data {
+        return NOT_A_REPLAY;
+    }
+    // SAFETY: the check above proves the metadata holds a whole ReplayMeta
+    // (metadata is 4-byte aligned by the kernel).
+    let tag = unsafe { (meta as *const ReplayMeta).read() };
+    let Some(action) = tag.replay_action() else {
+        return NOT_A_REPLAY;
+    };
+    // SAFETY: plain helper call; a positive delta shrinks the metadata.
+    unsafe { bpf_xdp_adjust_meta(ctx, size_of::<ReplayMeta>() as i32) };
+    action as u32
 }
 
 /// Passes everything. Attached to veth peers so that XDP_REDIRECT into them

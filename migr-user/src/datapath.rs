@@ -1,16 +1,24 @@
 //! Loading, attaching and reading the XDP datapath.
 
-use std::fmt;
+use std::{
+    fmt,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use migr_common::maps::{
-    Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass, Reason,
-    ServiceCounters, ServiceEntry, Verdict,
+    Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
+    Reason, ReplayMeta, ServiceCounters, ServiceEntry, Verdict,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -120,6 +128,50 @@ pub struct ParkedFrame {
     pub frame: Vec<u8>,
 }
 
+/// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
+/// them (and re-opens them when they are pinned already).
+pub const PINNED_MAPS: [&str; 12] = [
+    "SERVICES",
+    "LISTENERS",
+    "SERVER_IDS",
+    "TOKENS",
+    "FLOWS",
+    "FORWARD_DEVICES",
+    "SERVICE_COUNTERS",
+    "REASONS",
+    "PROTO_COUNTERS",
+    "PARKED",
+    "EVENTS",
+    "EVENT_BUDGET",
+];
+
+/// An XDP attachment that is pinned in bpffs: it stays attached when the
+/// process ends (also on SIGKILL) until its pin is removed.
+#[derive(Debug)]
+pub struct AttachedLink {
+    pub iface: String,
+    pub mode: Option<XdpMode>,
+    pub pin: PathBuf,
+    /// Re-used from a previous agent (the program was replaced in place).
+    pub reused: bool,
+    link: FdLink,
+}
+
+impl AttachedLink {
+    /// Removes the pin and closes the link: the program is detached.
+    pub fn detach(self) -> Result<()> {
+        std::fs::remove_file(&self.pin)
+            .with_context(|| format!("removing the link pin {}", self.pin.display()))?;
+        drop(self.link);
+        Ok(())
+    }
+
+    /// Closes the link but keeps the pin: the program stays attached.
+    pub fn keep(self) {
+        drop(self.link);
+    }
+}
+
 /// The loaded XDP object.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -133,17 +185,36 @@ impl Datapath {
 
     /// Loads the object and every program in it into the kernel (not attached).
     pub fn load_with(config: &DatapathConfig) -> Result<Self> {
+        Self::load_inner(config, None)
+    }
+
+    /// Like [`Self::load_with`], but the state maps ([`PINNED_MAPS`]) live in
+    /// `pin_dir` (which must exist, on bpffs): maps pinned there already are
+    /// re-used, with everything in them, and new ones are pinned there. The
+    /// table sizes of re-used maps are the ones they were created with.
+    pub fn load_pinned(config: &DatapathConfig, pin_dir: &Path) -> Result<Self> {
+        Self::load_inner(config, Some(pin_dir))
+    }
+
+    fn load_inner(config: &DatapathConfig, pin_dir: Option<&Path>) -> Result<Self> {
         if !config.park_ring_bytes.is_power_of_two() || config.park_ring_bytes < 4096 {
             bail!(
                 "park ring size {} must be a power of two of at least 4096 bytes",
                 config.park_ring_bytes
             );
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("FLOWS", config.flows)
             .map_max_entries("SERVER_IDS", config.server_ids)
             .map_max_entries("TOKENS", config.tokens)
-            .map_max_entries("PARKED", config.park_ring_bytes)
+            .map_max_entries("PARKED", config.park_ring_bytes);
+        if let Some(dir) = pin_dir {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(XDP_OBJECT)
             .context("loading the migr XDP object into the kernel (needs root or CAP_BPF)")?;
         for name in [MAIN_PROGRAM, PASS_PROGRAM] {
@@ -161,22 +232,143 @@ impl Datapath {
     /// Attaches `program` to `iface` (in the calling thread's network namespace).
     /// Returns the mode that took.
     pub fn attach(&mut self, program: &str, iface: &str, mode: AttachMode) -> Result<XdpMode> {
+        self.attach_with_id(program, iface, mode).map(|(m, _)| m)
+    }
+
+    fn attach_with_id(
+        &mut self,
+        program: &str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(XdpMode, XdpLinkId)> {
         let prog = self.program(program)?;
         let try_attach = |prog: &mut Xdp, m: XdpMode| {
             prog.attach(iface, m)
+                .map(|id| (m, id))
                 .with_context(|| format!("attaching {program} to {iface} in {m:?} mode"))
         };
         match mode {
-            AttachMode::Native => try_attach(prog, XdpMode::Driver).map(|_| XdpMode::Driver),
-            AttachMode::Skb => try_attach(prog, XdpMode::Skb).map(|_| XdpMode::Skb),
+            AttachMode::Native => try_attach(prog, XdpMode::Driver),
+            AttachMode::Skb => try_attach(prog, XdpMode::Skb),
             AttachMode::Auto => match try_attach(prog, XdpMode::Driver) {
-                Ok(_) => Ok(XdpMode::Driver),
+                Ok(took) => Ok(took),
                 Err(native_err) => {
                     tracing::warn!(%iface, error = %format!("{native_err:#}"), "native XDP refused, falling back to skb mode");
-                    try_attach(prog, XdpMode::Skb).map(|_| XdpMode::Skb)
+                    try_attach(prog, XdpMode::Skb)
                 }
             },
         }
+    }
+
+    /// Attaches `program` to `iface` through a bpf_link pinned at `pin`, so
+    /// that it stays attached when this process ends. If `pin` holds a link
+    /// already (left by a previous agent), the program in that link is
+    /// replaced atomically (no moment without a program); if that link is
+    /// dead (its interface went away), it is replaced by a new one.
+    pub fn attach_pinned(
+        &mut self,
+        program: &str,
+        iface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<AttachedLink> {
+        if pin.exists() {
+            match self.replace_in_pinned_link(program, pin) {
+                Ok(link) => {
+                    return Ok(AttachedLink {
+                        iface: iface.to_string(),
+                        mode: None,
+                        pin: pin.to_path_buf(),
+                        reused: true,
+                        link,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(%iface, pin = %pin.display(), error = %format!("{e:#}"),
+                        "the pinned link cannot be re-used; attaching anew");
+                    std::fs::remove_file(pin)
+                        .with_context(|| format!("removing the stale pin {}", pin.display()))?;
+                }
+            }
+        }
+        let (took, id) = self.attach_with_id(program, iface, mode)?;
+        // Out of aya's link set, so that dropping the program does not detach it.
+        let link = self.program(program)?.take_link(id)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            anyhow!("{iface}: the kernel attached XDP through netlink, not a bpf_link ({e}); a restart-safe agent needs Linux 5.9 or later")
+        })?;
+        let pinned = fd_link
+            .pin(pin)
+            .with_context(|| format!("pinning the XDP link of {iface} at {}", pin.display()))?;
+        Ok(AttachedLink {
+            iface: iface.to_string(),
+            mode: Some(took),
+            pin: pin.to_path_buf(),
+            reused: false,
+            link: FdLink::from(pinned),
+        })
+    }
+
+    fn replace_in_pinned_link(&mut self, program: &str, pin: &Path) -> Result<FdLink> {
+        let pinned = PinnedLink::from_pin(pin)
+            .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| anyhow!("{} is not an XDP link: {e}", pin.display()))?;
+        let prog = self.program(program)?;
+        let id = prog
+            .attach_to_link(link)
+            .context("replacing the program in the pinned link")?;
+        let link = prog.take_link(id)?;
+        FdLink::try_from(link).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A duplicate of a map's file descriptor, and the map's `max_entries`
+    /// and kernel id.
+    pub fn map_fd(&self, name: &str) -> Result<(OwnedFd, u32, u32)> {
+        let data = match self.map(name)? {
+            Map::RingBuf(d) | Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) => d,
+            Map::DevMap(d) | Map::LruHashMap(d) => d,
+            _ => bail!("map {name} has an unexpected type"),
+        };
+        let info = data.info()?;
+        let fd = data.fd().as_fd().try_clone_to_owned()?;
+        Ok((fd, info.max_entries(), info.id()))
+    }
+
+    /// Runs one parked frame through the classifier again, for real (XDP
+    /// live frames), as if it arrived on `ifindex` (resolved in the calling
+    /// thread's network namespace), tagged with [`ReplayMeta`] so that it
+    /// gets `action` (PASS: into the local stack; FORWARD: the service's
+    /// rewrite and TX/REDIRECT) whatever the service's current state is.
+    pub fn replay_frame(&mut self, frame: &[u8], ifindex: u32, action: Action) -> Result<()> {
+        const META: usize = size_of::<ReplayMeta>();
+        if frame.len() > MAX_REPLAY_FRAME {
+            bail!(
+                "a {}-byte frame cannot be replayed (live frames take at most {MAX_REPLAY_FRAME} bytes)",
+                frame.len()
+            );
+        }
+        let mut data = Vec::with_capacity(META + frame.len());
+        data.extend_from_slice(&ReplayMeta::to_bytes(action));
+        data.extend_from_slice(frame);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. `data` is the metadata's length.
+        let mut ctx = [0u8; 24];
+        ctx[0..4].copy_from_slice(&(META as u32).to_ne_bytes());
+        ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        self.program(MAIN_PROGRAM)?
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .with_context(|| {
+                format!("replaying a {}-byte frame (BPF_PROG_TEST_RUN)", frame.len())
+            })?;
+        Ok(())
     }
 
     /// Packets seen per protocol class, summed over CPUs.
@@ -238,6 +430,27 @@ impl Datapath {
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
         map.insert(server_id, service_id, 0)?;
         Ok(())
+    }
+
+    pub fn remove_server_id(&mut self, server_id: u32) -> Result<()> {
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
+        match map.remove(&server_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn listeners(&self) -> Result<Vec<(ListenerKey, ListenerEntry)>> {
+        let map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map("LISTENERS")?)?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn remove_token(&mut self, token: u32) -> Result<()> {
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
+        match map.remove(&token) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn set_token(&mut self, token: u32, service_id: u32) -> Result<()> {
@@ -346,6 +559,11 @@ impl Datapath {
         })
     }
 }
+
+/// Largest frame BPF_PROG_TEST_RUN takes in live-frame mode (a page minus
+/// headroom and the shared info; 3408 bytes on x86-64 with 4 KiB pages,
+/// minus the replay metadata).
+pub const MAX_REPLAY_FRAME: usize = 3408 - size_of::<ReplayMeta>();
 
 fn check_service_id(service_id: u32) -> Result<()> {
     if service_id == 0 || service_id >= MAX_SERVICES {

@@ -1,4 +1,12 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
+pub mod agent;
+pub mod api;
 pub mod btf_fixup;
+pub mod ctl;
 pub mod datapath;
+pub mod engine;
+pub mod metrics;
+pub mod parkring;
+pub mod phase;
+pub mod spool;
 pub mod tables;

@@ -5,6 +5,7 @@ mod demo;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,21 @@ enum Command {
         #[arg(long)]
         json: Option<String>,
     },
+    /// The privileged tests under Debian's LTS kernels (6.1, 6.12) in QEMU (docs/vm-tests.md).
+    VmTest {
+        /// Which kernel(s) to boot.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: vm::KernelArg,
+        /// How QEMU runs the guest: auto probes KVM with a short boot and falls back to TCG.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: vm::AccelArg,
+        /// Seconds before a guest is killed (per kernel).
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Extra arguments for every test binary in the guest (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
 }
 
 fn main() {
@@ -49,6 +65,12 @@ fn main() {
         Command::Test { filter } => test::test(&filter),
         Command::Demo => demo::demo(),
         Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
+        Command::VmTest {
+            kernel,
+            accel,
+            timeout,
+            filter,
+        } => vm::vm_test(&vm::Options::new(kernel, accel, timeout, filter)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -100,7 +100,116 @@ fn steps() -> Vec<Step> {
             },
             hint: "make sure llvm-22-dev is installed (the apt step) and ~/.cargo/bin is in PATH",
         },
+        // The VM tests (`cargo xtask vm-test`, docs/vm-tests.md).
+        Step {
+            name: "apt bookworm-backports",
+            done: has_backports_source,
+            commands: || {
+                // The entry is a copy of the machine's own bookworm entry with another suite,
+                // so no mirror's host name is written here.
+                let (path, entry) = backports_entry().unwrap_or(("", String::new()));
+                let mut write = Command::new("sh");
+                write.args(["-c", r#"test -n "$1" && printf '%s' "$1" > "$2""#, "sh"]);
+                write.args([entry.as_str(), path]);
+                let mut update = Command::new("apt-get");
+                update.args(["update", "-q"]);
+                vec![write, update]
+            },
+            hint: "no bookworm entry found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list to copy",
+        },
+        Step {
+            name: "qemu-system-x86 backports",
+            done: || run::stdout(Command::new("qemu-system-x86_64").arg("--version")).is_some(),
+            // bookworm's qemu-system-x86 (7.2) would remove the image's backports qemu-utils.
+            commands: || apt_install(&["-t", "bookworm-backports", "qemu-system-x86"]),
+            hint: "the apt suite bookworm-backports must be reachable (previous step)",
+        },
+        Step {
+            name: "busybox-static",
+            done: || dpkg_installed("busybox-static"),
+            commands: || apt_install(&["busybox-static"]),
+            hint: "run it as root on Debian (bookworm) with its package sources reachable",
+        },
     ]
+}
+
+/// Is some apt source for bookworm-backports configured?
+fn has_backports_source() -> bool {
+    let mut files = vec![std::path::PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")),
+        );
+    }
+    files.iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#'))
+                .any(|l| l.split_whitespace().any(|w| w == "bookworm-backports"))
+        })
+    })
+}
+
+/// A source entry for bookworm-backports, copied from the machine's bookworm entry, and the
+/// file it goes to.
+fn backports_entry() -> Option<(&'static str, String)> {
+    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources") {
+        for stanza in text.split("\n\n") {
+            let is_bookworm = stanza.lines().any(|l| {
+                l.strip_prefix("Suites:")
+                    .is_some_and(|s| s.split_whitespace().any(|w| w == "bookworm"))
+            });
+            if is_bookworm {
+                let lines: Vec<String> = stanza
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(|l| match l.starts_with("Suites:") {
+                        true => "Suites: bookworm-backports".to_string(),
+                        false => l.to_string(),
+                    })
+                    .collect();
+                let path = "/etc/apt/sources.list.d/migr-bookworm-backports.sources";
+                return Some((path, lines.join("\n") + "\n"));
+            }
+        }
+    }
+    // One-line style: `deb [options] URI bookworm main ...`.
+    let text = std::fs::read_to_string("/etc/apt/sources.list").ok()?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("deb ") && l.split_whitespace().any(|w| w == "bookworm"))?;
+    let words: Vec<&str> = line
+        .split_whitespace()
+        .map(|w| {
+            if w == "bookworm" {
+                "bookworm-backports"
+            } else {
+                w
+            }
+        })
+        .collect();
+    let path = "/etc/apt/sources.list.d/migr-bookworm-backports.list";
+    Some((path, words.join(" ") + "\n"))
+}
+
+fn apt_install(args: &[&str]) -> Vec<Command> {
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    let mut install = Command::new("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(args);
+    vec![update, install]
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    run::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
 }
 
 fn missing_apt_packages() -> Vec<&'static str> {

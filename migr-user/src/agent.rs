@@ -1,0 +1,420 @@
+//! `migr-agent`: the daemon shell around the [`crate::engine`]: command
+//! line, bpffs, the control socket, the metrics endpoint and signals.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    api::{self, ApiError, ErrorCode, Op, ParkLimit, Response},
+    datapath::{AttachMode, DatapathConfig},
+    engine::{Engine, EngineConfig, EngineHandle, ensure_bpffs},
+    metrics,
+    phase::Timing,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/migr/agent.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/migr";
+pub const DEFAULT_STATE_DIR: &str = "/run/migr";
+
+#[derive(Parser)]
+#[command(
+    name = "migr-agent",
+    version,
+    about = "migr's per-node agent: turns migration phases into XDP datapath state, keeps parked packets safe and replays them in order",
+    long_about = None,
+    after_help = "Operate it with migrctl; the control protocol is in docs/control-api.md, the design in docs/agent.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the datapath, pin its state, and serve the control API until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Detach a datapath left attached (--keep-attached) and remove its pins and stored state.
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", required = true, value_name = "IF")]
+    ifaces: Vec<String>,
+    /// XDP mode: auto (native, else skb), native or skb.
+    #[arg(long, default_value = "auto")]
+    mode: AttachMode,
+    /// Control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Let this group use the control socket too (mode 0660); by default only root can (0600).
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Where the maps and XDP links are pinned (on bpffs; /sys/fs/bpf is mounted if missing).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where the service state and the parked-frame stores live (tmpfs).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Serve Prometheus metrics on this address (http://ADDR/metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT leave the XDP program attached (pinned) so that a restarted
+    /// agent takes over without a gap; by default the agent detaches.
+    #[arg(long)]
+    keep_attached: bool,
+    /// Default bound of a service's parked-frame store, in frames.
+    #[arg(long, default_value_t = 65_536)]
+    park_limit_frames: u64,
+    /// Default bound of a service's parked-frame store, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    park_limit_bytes: u64,
+    /// Size of the kernel park ring in bytes (a power of two; fixed when the maps are first created).
+    #[arg(long, default_value_t = 16 << 20)]
+    ring_bytes: u32,
+    /// Default time a source keeps forwarding after `done`, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    drain_ms: u64,
+    /// How long fresh frames stay held behind unconsumed parked records after a replay, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    settle_ms: u64,
+    /// Default pace of backlog replays, in frames per second (0: unpaced). A
+    /// replay delivers a burst the receiving socket has to absorb; pacing keeps
+    /// it from overflowing.
+    #[arg(long, default_value_t = 10_000)]
+    replay_rate: u64,
+    /// Frames a paced replay sends at once.
+    #[arg(long, default_value_t = 16)]
+    replay_burst: u64,
+    /// Print the datapath's per-protocol packet counters every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    interval: Option<f64>,
+    /// Exit (as on SIGTERM) after printing the counters this many times.
+    #[arg(long, requires = "interval")]
+    count: Option<u64>,
+}
+
+/// The agent's `main`.
+pub fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Cleanup { pin_dir, state_dir } => cleanup(&pin_dir, &state_dir),
+    }
+}
+
+fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        for entry in std::fs::read_dir(pin_dir)? {
+            let entry = entry?;
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+        std::fs::remove_dir(pin_dir)?;
+        tracing::info!(pin_dir = %pin_dir.display(), "removed the pins (links detached, maps freed)");
+    }
+    let state = state_dir.join("state.json");
+    if state.exists() {
+        std::fs::remove_file(&state)?;
+    }
+    let spool = state_dir.join("spool");
+    if spool.exists() {
+        std::fs::remove_dir_all(&spool)?;
+    }
+    tracing::info!(state_dir = %state_dir.display(), "removed the stored state");
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    if let Some(i) = args.interval
+        && !(i.is_finite() && i > 0.0)
+    {
+        bail!("--interval must be a positive number of seconds, got {i}");
+    }
+    if args.park_limit_frames == 0 || args.park_limit_bytes == 0 {
+        bail!("--park-limit-frames and --park-limit-bytes must be at least 1");
+    }
+    let group = args.socket_group.as_deref().map(group_id).transpose()?;
+    ensure_bpffs(&args.pin_dir)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    let cfg = EngineConfig {
+        ifaces: args.ifaces.clone(),
+        mode: args.mode,
+        pin_dir: args.pin_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        datapath: DatapathConfig {
+            park_ring_bytes: args.ring_bytes,
+            ..Default::default()
+        },
+        default_limit: ParkLimit {
+            frames: args.park_limit_frames,
+            bytes: args.park_limit_bytes,
+        },
+        timing: Timing {
+            drain_ms: args.drain_ms,
+            settle_ms: args.settle_ms,
+        },
+        replay_rate: args.replay_rate,
+        replay_burst: args.replay_burst.max(1),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The socket first: refuse to start next to a running agent before
+    // touching its datapath.
+    let listener = runtime.block_on(bind_socket(&args.socket, group))?;
+    let (engine, thread) = match Engine::start(cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.socket);
+            return Err(e);
+        }
+    };
+    tracing::info!(socket = %args.socket.display(), ifaces = ?args.ifaces,
+        version = env!("CARGO_PKG_VERSION"), "migr-agent serving");
+    let result = runtime.block_on(serve(listener, engine.clone(), &args));
+    let detach = !args.keep_attached;
+    runtime.block_on(engine.shutdown(detach));
+    let _ = thread.join();
+    let _ = std::fs::remove_file(&args.socket);
+    result
+}
+
+fn group_id(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("--socket-group: no group {name:?}");
+    }
+    // SAFETY: non-null group entry.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+async fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another agent is serving on {} (stop it first, or use --socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = if let Some(gid) = group {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: chown with a valid path; uid -1 keeps the owner.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
+            bail!(
+                "chown of {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+async fn serve(listener: UnixListener, engine: EngineHandle, args: &RunArgs) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    if let Some(addr) = args.metrics {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(serve_metrics(tcp, engine.clone()));
+    }
+    let mut ticker = args
+        .interval
+        .map(|i| tokio::time::interval(Duration::from_secs_f64(i)));
+    if let Some(t) = ticker.as_mut() {
+        t.tick().await;
+    }
+    let mut printed = 0u64;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_client(stream, engine.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
+            },
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                print_counters(&engine).await;
+                printed += 1;
+                if args.count.is_some_and(|c| printed >= c) {
+                    tracing::info!("printed the counters {printed} times; exiting");
+                    return Ok(());
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()); }
+        }
+    }
+}
+
+async fn print_counters(engine: &EngineHandle) {
+    match engine.call(Op::Stats, Instant::now()).await {
+        Ok(v) => match serde_json::from_value::<api::Stats>(v) {
+            Ok(stats) => {
+                let line: Vec<String> = stats
+                    .protocols
+                    .iter()
+                    .map(|(class, n)| format!("{class}={n}"))
+                    .collect();
+                println!("packets: {}", line.join(" "));
+            }
+            Err(e) => println!("stats failed: {e}"),
+        },
+        Err(e) => println!("stats failed: {e}"),
+    }
+}
+
+async fn serve_client(stream: UnixStream, engine: EngineHandle) {
+    let peer = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = api::MAX_REQUEST_BYTES as u64 + 1;
+        let n = match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection read failed");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let received = Instant::now();
+        let too_long = line.len() > api::MAX_REQUEST_BYTES && !line.ends_with(b"\n");
+        let response = if too_long {
+            Response::err(
+                None,
+                ApiError::bad(format!(
+                    "request longer than {} bytes",
+                    api::MAX_REQUEST_BYTES
+                )),
+            )
+        } else {
+            let text = String::from_utf8_lossy(&line);
+            let (id, parsed) = api::parse_request(text.trim());
+            match parsed {
+                Ok(op) => {
+                    if op.mutates() {
+                        tracing::debug!(peer_pid = ?peer.and_then(|p| p.pid()),
+                            peer_uid = ?peer.map(|p| p.uid()), ?op, "control request");
+                    }
+                    match engine.call(op, received).await {
+                        Ok(v) => Response::ok(id, v),
+                        Err(e) => Response::err(id, e),
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(peer_pid = ?peer.and_then(|p| p.pid()), error = %e,
+                        "refused a malformed control request");
+                    Response::err(id, e)
+                }
+            }
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_else(|e| {
+            serde_json::to_vec(&Response::err(
+                None,
+                ApiError::new(ErrorCode::Internal, e.to_string()),
+            ))
+            .unwrap_or_default()
+        });
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() || too_long {
+            return;
+        }
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, engine: EngineHandle) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let request_line = String::from_utf8_lossy(&head);
+            let first = request_line.lines().next().unwrap_or("");
+            let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
+                match engine.call(Op::Stats, Instant::now()).await {
+                    Ok(v) => match serde_json::from_value::<api::Stats>(v) {
+                        Ok(stats) => ("200 OK", metrics::render(&stats)),
+                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                    },
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                }
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}

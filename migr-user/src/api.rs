@@ -1,0 +1,885 @@
+//! The control protocol between `migrctl` (or any client) and `migr-agent`:
+//! one JSON object per line over a Unix stream socket. Documented in
+//! `docs/control-api.md`; this module is its single definition.
+//!
+//! Parsing never panics: every malformed, unknown or out-of-range input
+//! becomes an [`ApiError`] with a message that names the problem.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use migr_common::{cid::CidConfig, maps::MAX_SERVICES};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::phase::{PhaseCommand, Role, TimelineEntry};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line the agent reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Machine-readable error classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is not valid JSON, misses a field, has an unknown field or a bad value.
+    BadRequest,
+    /// `v` is not a version this agent speaks.
+    UnsupportedVersion,
+    /// `op` is not an operation this agent knows.
+    UnknownOp,
+    /// No such service.
+    NotFound,
+    /// The service id, name or an address is taken.
+    Conflict,
+    /// The phase command is not allowed in the service's current state.
+    InvalidTransition,
+    /// The datapath refused an update (the message has the kernel's error).
+    Datapath,
+    /// Anything else.
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = serde_json::to_value(self.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        write!(f, "{} ({code})", self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A request line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Protocol version; must be [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Echoed back in the response; any JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub args: Value,
+}
+
+/// A response line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl Response {
+    pub fn ok(id: Option<Value>, result: Value) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn err(id: Option<Value>, error: ApiError) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// A service, by id (a number, or a string of digits) or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServiceRef {
+    Id(u32),
+    Name(String),
+}
+
+impl ServiceRef {
+    /// Parses a command-line argument: digits are an id, anything else a name.
+    pub fn parse(s: &str) -> Self {
+        match s.parse::<u32>() {
+            Ok(id) => Self::Id(id),
+            Err(_) => Self::Name(s.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Transport a match rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleProto {
+    Udp,
+    Tcp,
+    /// UDP carrying QUIC: classified by the server id in the connection ID.
+    Quic,
+    /// TCP carrying MPTCP: the tokens of its flows are learned, so joins to
+    /// other addresses follow.
+    Mptcp,
+}
+
+/// Where the server id sits in the service's QUIC connection IDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidSpec {
+    /// Length of the CIDs the server issues.
+    pub len: u8,
+    /// Byte offset of the server id inside a CID.
+    pub offset: u8,
+    /// Length of the server id, 1..=4 bytes.
+    pub id_len: u8,
+}
+
+/// One way a client's packet is recognised as the service's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRule {
+    pub proto: RuleProto,
+    /// The service's address as clients reach it (ip:port).
+    pub addr: SocketAddr,
+    /// QUIC: the service's server ids (QUIC-LB style).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_ids: Vec<u32>,
+    /// QUIC: where the server id is in the CIDs (required for QUIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<CidSpec>,
+    /// QUIC: the server accepts a greased fixed bit (RFC 9287).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grease: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardModeSpec {
+    /// New destination address and port, checksums updated (QUIC, MPTCP).
+    #[default]
+    AddressChanging,
+    /// Same IP at the new node (TCP with `--tcp-established`): only MACs change.
+    SameIp,
+}
+
+/// Where frames go when the service has left this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    #[serde(default)]
+    pub mode: ForwardModeSpec,
+    /// Address-changing: the service's new ip:port (port 0 keeps the original).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// Egress interface toward the new node.
+    pub iface: String,
+    /// MAC of the next hop. If absent, looked up in the neighbour table
+    /// (for `next_hop`, else for `addr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mac: Option<String>,
+    /// IP of the next hop (a router), for the neighbour-table lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<IpAddr>,
+}
+
+/// Bounds of a service's parked-frame store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkLimit {
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+/// `service.add`'s arguments: everything about a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// 1..4095; also the index of the service's datapath entry.
+    pub id: u32,
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<MatchRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardSpec>,
+    /// Defaults to the agent's `--park-limit-frames`/`--park-limit-bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub park_limit: Option<ParkLimit>,
+    /// Default drain time of `done`, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
+    /// Pace of backlog replays in frames per second (0: unpaced). Defaults
+    /// to the agent's `--replay-rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_rate: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceArgs {
+    pub service: ServiceRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveArgs {
+    pub service: ServiceRef,
+    /// Remove even though parked frames are still stored (they are discarded).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseArgs {
+    pub service: ServiceRef,
+    pub phase: PhaseCommand,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriuArgs {
+    pub service: ServiceRef,
+    /// `CRTOOLS_SCRIPT_ACTION`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+/// A parsed, validated request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Hello,
+    ServiceAdd(ServiceSpec),
+    ServiceRemove(RemoveArgs),
+    ServiceList,
+    ServiceShow(ServiceArgs),
+    Phase(PhaseArgs),
+    Criu(CriuArgs),
+    Stats,
+}
+
+/// Every operation, for error messages and docs.
+pub const OPS: [&str; 8] = [
+    "hello",
+    "service.add",
+    "service.remove",
+    "service.list",
+    "service.show",
+    "phase",
+    "criu",
+    "stats",
+];
+
+impl Op {
+    /// Does this operation change state (and so must be logged)?
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Self::ServiceAdd(_) | Self::ServiceRemove(_) | Self::Phase(_) | Self::Criu(_)
+        )
+    }
+}
+
+fn args<T: serde::de::DeserializeOwned + Default>(op: &str, v: Value) -> Result<T, ApiError> {
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("arguments of {op}: {e}")))
+}
+
+fn required<T: serde::de::DeserializeOwned>(op: &str, v: Value) -> Result<T, ApiError> {
+    if v.is_null() {
+        return Err(ApiError::bad(format!("{op} needs arguments (\"args\")")));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("arguments of {op}: {e}")))
+}
+
+/// Parses one request line. Returns the request id (when one could be read)
+/// alongside the result, so that even an error response can echo it.
+pub fn parse_request(line: &str) -> (Option<Value>, Result<Op, ApiError>) {
+    let raw: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(ApiError::bad(format!("not valid JSON: {e}")))),
+    };
+    let id = raw.get("id").cloned();
+    if !raw.is_object() {
+        return (id, Err(ApiError::bad("a request must be a JSON object")));
+    }
+    if let Some(v) = raw.get("v")
+        && let Some(n) = v.as_u64()
+        && n != u64::from(PROTOCOL_VERSION)
+    {
+        return (
+            id,
+            Err(ApiError::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {n} is not supported; this agent speaks version {PROTOCOL_VERSION}"
+                ),
+            )),
+        );
+    }
+    let req: Request = match serde_json::from_value(raw) {
+        Ok(r) => r,
+        Err(e) => return (id, Err(ApiError::bad(format!("request: {e}")))),
+    };
+    (id, parse_op(&req.op, req.args))
+}
+
+fn parse_op(op: &str, a: Value) -> Result<Op, ApiError> {
+    let parsed = match op {
+        "hello" => args::<NoArgs>(op, a).map(|_| Op::Hello)?,
+        "service.add" => Op::ServiceAdd(required(op, a)?),
+        "service.remove" => Op::ServiceRemove(required(op, a)?),
+        "service.list" => args::<NoArgs>(op, a).map(|_| Op::ServiceList)?,
+        "service.show" => Op::ServiceShow(required(op, a)?),
+        "phase" => Op::Phase(required(op, a)?),
+        "criu" => Op::Criu(required(op, a)?),
+        "stats" => args::<NoArgs>(op, a).map(|_| Op::Stats)?,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::UnknownOp,
+                format!(
+                    "unknown operation {other:?}: expected one of {}",
+                    OPS.join(", ")
+                ),
+            ));
+        }
+    };
+    if let Op::ServiceAdd(spec) = &parsed {
+        validate_spec(spec)?;
+    }
+    Ok(parsed)
+}
+
+/// Longest service name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a service spec for values the datapath cannot take.
+pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
+    if spec.id == 0 || spec.id >= MAX_SERVICES {
+        return Err(ApiError::bad(format!(
+            "service id {} is out of range: use 1..={}",
+            spec.id,
+            MAX_SERVICES - 1
+        )));
+    }
+    validate_name(&spec.name)?;
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("rule {} ({:?} {})", i + 1, rule.proto, rule.addr);
+        if rule.addr.port() == 0 {
+            return Err(ApiError::bad(format!("{at}: port 0 matches nothing")));
+        }
+        if rule.addr.ip().is_unspecified() {
+            return Err(ApiError::bad(format!(
+                "{at}: give the service's address, not an unspecified one"
+            )));
+        }
+        match rule.proto {
+            RuleProto::Quic => {
+                let Some(cid) = rule.cid else {
+                    return Err(ApiError::bad(format!(
+                        "{at}: a QUIC rule needs its CID config (cid: len, offset, id_len)"
+                    )));
+                };
+                let config = CidConfig::new(cid.len, cid.offset, cid.id_len)
+                    .map_err(|e| ApiError::bad(format!("{at}: CID config: {e}")))?;
+                for id in &rule.server_ids {
+                    if *id > config.max_server_id() {
+                        return Err(ApiError::bad(format!(
+                            "{at}: server id {id} does not fit in {} bytes",
+                            cid.id_len
+                        )));
+                    }
+                }
+            }
+            _ => {
+                if !rule.server_ids.is_empty() || rule.cid.is_some() || rule.grease {
+                    return Err(ApiError::bad(format!(
+                        "{at}: server_ids, cid and grease only apply to QUIC rules"
+                    )));
+                }
+            }
+        }
+        for other in &spec.rules[..i] {
+            if other.addr == rule.addr && l4(other.proto) == l4(rule.proto) {
+                return Err(ApiError::bad(format!(
+                    "{at}: the address is listed twice for the same transport"
+                )));
+            }
+        }
+    }
+    if let Some(fwd) = &spec.forward {
+        if fwd.iface.is_empty() || fwd.iface.len() > 15 {
+            return Err(ApiError::bad(format!(
+                "forward.iface {:?} is not an interface name",
+                fwd.iface
+            )));
+        }
+        if let Some(mac) = &fwd.next_hop_mac {
+            parse_mac(mac).map_err(|e| ApiError::bad(format!("forward.next_hop_mac: {e}")))?;
+        }
+        match fwd.mode {
+            ForwardModeSpec::AddressChanging => {
+                let Some(addr) = fwd.addr else {
+                    return Err(ApiError::bad(
+                        "forward.addr is required in address-changing mode",
+                    ));
+                };
+                if addr.ip().is_unspecified() {
+                    return Err(ApiError::bad("forward.addr must be a real address"));
+                }
+                for rule in &spec.rules {
+                    if rule.addr.is_ipv4() != addr.is_ipv4() {
+                        return Err(ApiError::bad(format!(
+                            "forward.addr {addr} and rule address {} are of different IP families",
+                            rule.addr
+                        )));
+                    }
+                }
+            }
+            ForwardModeSpec::SameIp => {
+                if fwd.addr.is_some() {
+                    return Err(ApiError::bad(
+                        "forward.addr does not apply in same-ip mode (the address stays)",
+                    ));
+                }
+                if fwd.next_hop_mac.is_none() && fwd.next_hop.is_none() {
+                    return Err(ApiError::bad(
+                        "same-ip mode needs forward.next_hop_mac or forward.next_hop (the service's own address is local here)",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(limit) = spec.park_limit
+        && (limit.frames == 0 || limit.bytes == 0)
+    {
+        return Err(ApiError::bad(
+            "park_limit frames and bytes must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn l4(p: RuleProto) -> u8 {
+    match p {
+        RuleProto::Udp | RuleProto::Quic => 17,
+        RuleProto::Tcp | RuleProto::Mptcp => 6,
+    }
+}
+
+/// IP protocol number of a rule's transport.
+pub fn rule_ip_proto(p: RuleProto) -> u8 {
+    l4(p)
+}
+
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ApiError::bad(format!(
+            "service name must be 1..={MAX_NAME_LEN} characters"
+        )));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ApiError::bad(format!(
+            "service name {name:?} may only contain letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if name.chars().all(|c| c.is_ascii_digit()) {
+        return Err(ApiError::bad(format!(
+            "service name {name:?} must not be all digits (it would read as an id)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        *slot = u8::from_str_radix(part, 16)
+            .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The parked-frame store of one service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedStats {
+    /// Stored and not replayed yet.
+    pub pending_frames: u64,
+    pub pending_bytes: u64,
+    /// Stored since the service was added.
+    pub stored_frames: u64,
+    pub stored_bytes: u64,
+    /// Dropped because the store was at its limit.
+    pub overflow_frames: u64,
+    pub overflow_bytes: u64,
+    pub limit_frames: u64,
+    pub limit_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayStats {
+    pub replayed_frames: u64,
+    pub replayed_bytes: u64,
+    /// Frames BPF_PROG_TEST_RUN refused (e.g. larger than a page); dropped.
+    pub failed_frames: u64,
+    /// Replays started (one per restored/abort).
+    pub replays: u64,
+    /// The last completed backlog replay.
+    pub last_frames: u64,
+    pub last_duration_us: u64,
+    /// Frames per second of the last backlog replay.
+    pub last_rate_fps: f64,
+    /// Frames whose replay may not have happened: the agent was killed
+    /// between marking and replaying them (at most one per kill).
+    pub uncertain_frames: u64,
+}
+
+/// Everything about one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub spec: ServiceSpec,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `backlog`, `settling` or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_stage: Option<String>,
+    /// What the datapath does now: pass, park, forward (+hold).
+    pub datapath: String,
+    /// Verdict counters of the XDP program, by verdict name.
+    pub verdicts: BTreeMap<String, Count>,
+    pub parked: ParkedStats,
+    pub replay: ReplayStats,
+    /// Microseconds from receiving the last phase command to the datapath update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_phase_latency_us: Option<u64>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// `stats`' result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub agent: AgentInfo,
+    /// Global reason counters of the XDP program.
+    pub reasons: BTreeMap<String, u64>,
+    /// Packets the XDP program saw, per protocol class (all services and none).
+    pub protocols: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub protocol: u32,
+    pub interfaces: Vec<String>,
+    pub pin_dir: String,
+    pub uptime_s: u64,
+    /// Records in the park ring that the agent has not consumed.
+    pub ring_backlog_bytes: u64,
+    /// Parked records of services this agent does not know (consumed and dropped).
+    pub unknown_service_records: u64,
+}
+
+/// `phase`' and `criu`'s result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseResult {
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub unchanged: bool,
+    pub datapath: String,
+    /// Microseconds from receiving the request to the datapath update.
+    pub latency_us: u64,
+    /// For `criu`: the phase the action mapped to, or why nothing happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(line: &str) -> Result<Op, ApiError> {
+        parse_request(line).1
+    }
+
+    fn spec_json(extra: &str) -> String {
+        format!(
+            r#"{{"v":1,"op":"service.add","args":{{"id":3,"name":"echo","rules":[{{"proto":"udp","addr":"10.0.0.2:7000"}}]{extra}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_full_service_parses() {
+        let line = r#"{"v":1,"id":"r1","op":"service.add","args":{"id":7,"name":"web-1",
+            "rules":[{"proto":"udp","addr":"10.0.0.2:7000"},{"proto":"tcp","addr":"10.0.0.2:443"},
+                     {"proto":"quic","addr":"10.0.0.2:4433","server_ids":[258],"cid":{"len":8,"offset":1,"id_len":2},"grease":true},
+                     {"proto":"mptcp","addr":"10.0.0.2:8080"}],
+            "forward":{"mode":"address-changing","addr":"10.0.1.2:7000","iface":"eth1","next_hop_mac":"02:00:00:00:00:01"},
+            "park_limit":{"frames":10,"bytes":10000},"drain_ms":500}}"#;
+        let (id, parsed) = parse_request(line);
+        assert_eq!(id, Some(Value::String("r1".into())));
+        let Op::ServiceAdd(spec) = parsed.unwrap() else {
+            panic!("not an add")
+        };
+        assert_eq!(spec.rules.len(), 4);
+        assert_eq!(spec.rules[2].server_ids, [258]);
+        assert_eq!(spec.forward.unwrap().iface, "eth1");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        for (line, needle) in [
+            ("", "not valid JSON"),
+            ("{", "not valid JSON"),
+            ("[1,2]", "must be a JSON object"),
+            (r#"{"v":1}"#, "missing field `op`"),
+            (r#"{"op":"stats"}"#, "missing field `v`"),
+            (r#"{"v":"one","op":"stats"}"#, "invalid type"),
+            (r#"{"v":1,"op":"stats","extra":1}"#, "unknown field `extra`"),
+            (
+                r#"{"v":1,"op":"stats","args":{"x":1}}"#,
+                "unknown field `x`",
+            ),
+            (r#"{"v":1,"op":"phase"}"#, "needs arguments"),
+            (
+                r#"{"v":1,"op":"phase","args":{"service":"a","phase":"melt"}}"#,
+                "unknown variant `melt`",
+            ),
+            (
+                r#"{"v":1,"op":"phase","args":{"service":"a","phase":"freeze","role":"middle"}}"#,
+                "unknown variant `middle`",
+            ),
+            (
+                r#"{"v":1,"op":"phase","args":{"service":-1,"phase":"freeze"}}"#,
+                "did not match any variant",
+            ),
+            (
+                r#"{"v":1,"op":"phase","args":{"service":"a","phase":"freeze","drain_ms":-5}}"#,
+                "invalid value",
+            ),
+        ] {
+            let e = op(line).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{line}: {e}");
+            assert!(e.message.contains(needle), "{line}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn versions_and_ops_are_checked() {
+        let e = op(r#"{"v":2,"op":"stats"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+        let e = op(r#"{"v":1,"op":"explode"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownOp);
+        assert!(e.message.contains("service.add"));
+        assert_eq!(op(r#"{"v":1,"op":"stats"}"#).unwrap(), Op::Stats);
+        assert_eq!(
+            op(r#"{"v":1,"op":"service.show","args":{"service":"12"}}"#).unwrap(),
+            Op::ServiceShow(ServiceArgs {
+                service: ServiceRef::Name("12".into())
+            })
+        );
+    }
+
+    #[test]
+    fn bad_values_in_a_spec_are_refused() {
+        for (extra, needle) in [
+            (r#","forward":{"iface":"eth0"}"#, "forward.addr is required"),
+            (
+                r#","forward":{"iface":"eth0","addr":"[fd00::1]:1"}"#,
+                "different IP families",
+            ),
+            (
+                r#","forward":{"iface":"eth0","addr":"10.0.0.9:1","next_hop_mac":"zz"}"#,
+                "not a MAC",
+            ),
+            (
+                r#","forward":{"iface":"eth0","mode":"same-ip"}"#,
+                "same-ip mode needs",
+            ),
+            (
+                r#","forward":{"iface":"eth0","mode":"teleport"}"#,
+                "unknown variant",
+            ),
+            (r#","park_limit":{"frames":0,"bytes":1}"#, "at least 1"),
+            (r#","colour":"red""#, "unknown field `colour`"),
+        ] {
+            let e = op(&spec_json(extra)).unwrap_err();
+            assert!(
+                e.message.contains(needle),
+                "{extra}: {e:?} lacks {needle:?}"
+            );
+        }
+        let bad_rules = [
+            (r#"{"proto":"udp","addr":"10.0.0.2:0"}"#, "port 0"),
+            (r#"{"proto":"udp","addr":"0.0.0.0:53"}"#, "unspecified"),
+            (
+                r#"{"proto":"quic","addr":"10.0.0.2:443"}"#,
+                "needs its CID config",
+            ),
+            (
+                r#"{"proto":"quic","addr":"10.0.0.2:443","cid":{"len":4,"offset":3,"id_len":2}}"#,
+                "exceeds the CID length",
+            ),
+            (
+                r#"{"proto":"quic","addr":"10.0.0.2:443","server_ids":[70000],"cid":{"len":8,"offset":1,"id_len":2}}"#,
+                "does not fit",
+            ),
+            (
+                r#"{"proto":"udp","addr":"10.0.0.2:53","server_ids":[1]}"#,
+                "only apply to QUIC",
+            ),
+            (
+                r#"{"proto":"sctp","addr":"10.0.0.2:53"}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"proto":"udp","addr":"10.0.0.2"}"#,
+                "invalid socket address",
+            ),
+        ];
+        for (rule, needle) in bad_rules {
+            let line = format!(
+                r#"{{"v":1,"op":"service.add","args":{{"id":3,"name":"x","rules":[{rule}]}}}}"#
+            );
+            let e = op(&line).unwrap_err();
+            assert!(e.message.contains(needle), "{rule}: {e:?} lacks {needle:?}");
+        }
+        for (id, name, needle) in [
+            (0, "a", "out of range"),
+            (4096, "a", "out of range"),
+            (1, "", "1..=64"),
+            (1, "a b", "may only contain"),
+            (1, "123", "all digits"),
+        ] {
+            let line =
+                format!(r#"{{"v":1,"op":"service.add","args":{{"id":{id},"name":"{name}"}}}}"#);
+            let e = op(&line).unwrap_err();
+            assert!(e.message.contains(needle), "{line}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics() {
+        // A cheap deterministic fuzz: mutate a valid request byte by byte.
+        let base = spec_json(r#","forward":{"iface":"eth0","addr":"10.0.0.9:1"}"#);
+        let bytes = base.as_bytes();
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let mut m = bytes.to_vec();
+            let i = seed as usize % m.len();
+            m[i] = (seed >> 8) as u8;
+            if seed.is_multiple_of(3) {
+                m.truncate(seed as usize % m.len());
+            }
+            let line = String::from_utf8_lossy(&m);
+            let _ = parse_request(&line);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let r = Response::err(Some(Value::from(4)), ApiError::bad("nope"));
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"id":4,"ok":false,"error":{"code":"bad_request","message":"nope"}}"#
+        );
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.error.unwrap().message, "nope");
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:10:01").unwrap(),
+            [2, 10, 255, 0, 16, 1]
+        );
+        assert_eq!(format_mac([2, 10, 255, 0, 16, 1]), "02:0a:ff:00:10:01");
+        for bad in ["", "02:0a", "02:0a:ff:00:10:011", "g2:0a:ff:00:10:01"] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1601 @@
+//! The agent's core: one thread that owns the datapath, the park ring, the
+//! parked-frame stores and the phase machines, and executes control
+//! requests between pumping the ring and replaying frames.
+//!
+//! Everything that touches the datapath happens on this thread, in order, so
+//! a phase change and the replay that follows it can never interleave with
+//! another request. The control socket and the metrics endpoint (tokio) send
+//! requests here over a channel and wake the thread through an eventfd.
+//!
+//! See docs/agent.md for the storage and replay design.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use migr_common::{
+    cid::CidConfig,
+    maps::{
+        Action, EventKind, FAMILY_V4, FAMILY_V6, ForwardMode, ForwardTarget, LISTENER_QUIC,
+        LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, Reason, SERVICE_ACTIVE,
+        SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry, Verdict,
+    },
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::{
+    api::{
+        self, AgentInfo, ApiError, Count, CriuArgs, ErrorCode, ForwardModeSpec, ForwardSpec, Op,
+        ParkLimit, ParkedStats, PhaseArgs, PhaseResult, RemoveArgs, ReplayStats, RuleProto,
+        ServiceRef, ServiceSpec, ServiceStatus, Stats,
+    },
+    datapath::{AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked},
+    parkring::{ParkRing, Peek},
+    phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
+    spool::{Spool, StoredFrame},
+    tables::mptcp_token,
+};
+
+/// Everything the engine needs to start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub datapath: DatapathConfig,
+    pub default_limit: ParkLimit,
+    pub timing: Timing,
+    /// Default pace of backlog replays, in frames per second (0: as fast as
+    /// the kernel takes them). A service's `replay_rate` overrides it.
+    pub replay_rate: u64,
+    /// Frames a paced replay may send at once.
+    pub replay_burst: u64,
+}
+
+/// A request for the engine thread.
+pub enum Call {
+    Op {
+        op: Box<Op>,
+        /// When the request was read from the socket (for the latency figure).
+        received: Instant,
+        reply: oneshot::Sender<Result<Value, ApiError>>,
+    },
+    Shutdown {
+        /// Detach the XDP program (otherwise it stays attached, pinned).
+        detach: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The other threads' handle on the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Call>,
+    wake: Arc<OwnedFd>,
+}
+
+impl EngineHandle {
+    fn send(&self, call: Call) -> bool {
+        if self.tx.send(call).is_err() {
+            return false;
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes to an eventfd we own.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        true
+    }
+
+    /// Runs `op` on the engine thread.
+    pub async fn call(&self, op: Op, received: Instant) -> Result<Value, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Call::Op {
+            op: Box::new(op),
+            received,
+            reply,
+        }) {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "the agent is shutting down",
+            ));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the agent is shutting down",
+            ))
+        })
+    }
+
+    /// Stops the engine; returns when it has stopped.
+    pub async fn shutdown(&self, detach: bool) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Call::Shutdown { detach, reply }) {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// How the forward target resolved on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedForward {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// Counters the agent keeps itself (persisted with the state).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Totals {
+    stored_frames: u64,
+    stored_bytes: u64,
+    overflow_frames: u64,
+    overflow_bytes: u64,
+    replay: ReplayStats,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedService {
+    spec: ServiceSpec,
+    forward: Option<ResolvedForward>,
+    machine: PhaseMachine,
+    totals: Totals,
+    last_latency_us: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedState {
+    version: u32,
+    services: Vec<PersistedService>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+struct ReplayRun {
+    started: Instant,
+    replayed_before: u64,
+}
+
+struct Service {
+    spec: ServiceSpec,
+    forward: Option<ResolvedForward>,
+    machine: PhaseMachine,
+    totals: Totals,
+    spool: Spool,
+    limit: ParkLimit,
+    last_latency_us: Option<u64>,
+    replay_run: Option<ReplayRun>,
+}
+
+impl Service {
+    fn mptcp(&self) -> bool {
+        self.spec.rules.iter().any(|r| r.proto == RuleProto::Mptcp)
+    }
+
+    fn entry(&self, dps: DatapathState) -> ServiceEntry {
+        let mut flags = SERVICE_ACTIVE;
+        if self.mptcp() {
+            flags |= SERVICE_MPTCP;
+        }
+        if dps.hold {
+            flags |= SERVICE_HOLD;
+        }
+        ServiceEntry {
+            action: dps.action as u32,
+            flags,
+            forward: forward_target(&self.spec, self.forward),
+        }
+    }
+}
+
+/// The engine; see the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    dp: Datapath,
+    ring: ParkRing,
+    events_fd: OwnedFd,
+    links: Vec<AttachedLink>,
+    services: BTreeMap<u32, Service>,
+    started: Instant,
+    dirty: bool,
+    last_persist: Instant,
+    unknown_records: u64,
+    rx: mpsc::Receiver<Call>,
+    wake: Arc<OwnedFd>,
+    error_backoff_until: Option<Instant>,
+    /// A paced replay may go on at this time.
+    next_replay_at: Option<Instant>,
+    /// flock on the state directory: one agent per state directory.
+    _lock: std::fs::File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn to_value<T: Serialize>(v: Result<T, ApiError>) -> Result<Value, ApiError> {
+    v.and_then(|x| serde_json::to_value(x).map_err(internal))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn datapath_err(e: anyhow::Error) -> ApiError {
+    ApiError::new(ErrorCode::Datapath, format!("{e:#}"))
+}
+
+impl Engine {
+    /// Loads (or re-opens) the datapath, attaches it, recovers the stored
+    /// state, and starts the engine thread.
+    pub fn start(cfg: EngineConfig) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+        // SAFETY: plain eventfd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            bail!("eventfd: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let (tx, rx) = mpsc::channel();
+        let engine = Self::init(cfg, rx, wake.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("migr-engine".into())
+            .spawn(move || engine.run())?;
+        Ok((EngineHandle { tx, wake }, thread))
+    }
+
+    fn init(cfg: EngineConfig, rx: mpsc::Receiver<Call>, wake: Arc<OwnedFd>) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.pin_dir)
+            .with_context(|| format!("creating the pin directory {}", cfg.pin_dir.display()))?;
+        let spool_dir = cfg.state_dir.join("spool");
+        std::fs::create_dir_all(&spool_dir)
+            .with_context(|| format!("creating {}", spool_dir.display()))?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        let reused = cfg.pin_dir.join("PARKED").exists();
+        let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
+        let (ring_fd, ring_size, ring_id) = dp.map_fd("PARKED")?;
+        let ring = ParkRing::new(ring_fd, ring_size, ring_id)?;
+        let (events_fd, _, _) = dp.map_fd("EVENTS")?;
+        tracing::info!(
+            pin_dir = %cfg.pin_dir.display(),
+            maps = if reused { "re-opened" } else { "created" },
+            ring_bytes = ring_size,
+            ring_backlog = ring.backlog(),
+            "datapath loaded"
+        );
+
+        let mut engine = Self {
+            cfg,
+            dp,
+            ring,
+            events_fd,
+            links: Vec::new(),
+            services: BTreeMap::new(),
+            started: Instant::now(),
+            dirty: false,
+            last_persist: Instant::now(),
+            unknown_records: 0,
+            rx,
+            wake,
+            error_backoff_until: None,
+            next_replay_at: None,
+            _lock: lock,
+        };
+        engine.recover_state()?;
+        engine.deactivate_strangers()?;
+        engine.attach_all()?;
+        engine.persist()?;
+        Ok(engine)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("state.json")
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("spool")
+    }
+
+    /// Re-reads `state.json` and the stores, and re-installs every service's
+    /// datapath entries (idempotent; needed if the pins were lost).
+    fn recover_state(&mut self) -> Result<()> {
+        let path = self.state_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: PersistedState = serde_json::from_str(&text).with_context(|| {
+            format!("parsing {} (move it away to start afresh)", path.display())
+        })?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "{} has state version {}, this agent reads version {STATE_VERSION}",
+                path.display(),
+                state.version
+            );
+        }
+        for ps in state.services {
+            let id = ps.spec.id;
+            let (spool, recovered) = Spool::open(&self.spool_dir(), id, self.ring.map_id)?;
+            let limit = ps.spec.park_limit.unwrap_or(self.cfg.default_limit);
+            let mut svc = Service {
+                spec: ps.spec,
+                forward: ps.forward,
+                machine: ps.machine,
+                totals: ps.totals,
+                spool,
+                limit,
+                last_latency_us: ps.last_latency_us,
+                replay_run: None,
+            };
+            svc.totals.replay.uncertain_frames += recovered.uncertain;
+            if svc.machine.replay == Some(ReplayStage::Backlog) {
+                svc.replay_run = Some(ReplayRun {
+                    started: Instant::now(),
+                    replayed_before: svc.totals.replay.replayed_frames
+                        + svc.totals.replay.failed_frames,
+                });
+            }
+            // The interface may have been re-created: resolve its index again.
+            if let (Some(fwd), Some(resolved)) = (&svc.spec.forward, svc.forward.as_mut())
+                && let Ok(ifindex) = if_index(&fwd.iface)
+            {
+                resolved.ifindex = ifindex;
+            }
+            tracing::info!(
+                service = %svc.spec.name, id,
+                state = svc.machine.state.name(),
+                stored = recovered.frames, pending = recovered.pending,
+                torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
+                "service recovered"
+            );
+            self.install(&svc)
+                .map_err(|e| anyhow!("re-installing service {id}: {e}"))?;
+            self.services.insert(id, svc);
+        }
+        Ok(())
+    }
+
+    /// Active datapath entries this agent has no state for (the state was
+    /// lost, but the pins were not) would park or forward with nobody to
+    /// replay: they are switched off (PASS), failing open.
+    fn deactivate_strangers(&mut self) -> Result<()> {
+        for id in 1..migr_common::maps::MAX_SERVICES {
+            if self.services.contains_key(&id) {
+                continue;
+            }
+            let entry = self.dp.service(id)?;
+            if entry.flags & SERVICE_ACTIVE != 0 {
+                tracing::warn!(
+                    id,
+                    action = entry.action,
+                    "the datapath has a service this agent has no state for; switching it off (PASS)"
+                );
+                self.dp.set_service(id, &ServiceEntry::default())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_all(&mut self) -> Result<()> {
+        let wanted: Vec<String> = self.cfg.ifaces.clone();
+        for iface in &wanted {
+            let pin = self.cfg.pin_dir.join(format!("link-{iface}"));
+            let link = self
+                .dp
+                .attach_pinned(MAIN_PROGRAM, iface, self.cfg.mode, &pin)?;
+            if link.reused {
+                tracing::info!(%iface, "re-used the pinned XDP link (program replaced in place)");
+            } else {
+                tracing::info!(%iface, mode = ?link.mode, "attached");
+            }
+            self.links.push(link);
+        }
+        // Links a previous agent left for interfaces no longer asked for.
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.pin_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(iface) = name.strip_prefix("link-")
+                    && !wanted.iter().any(|w| w == iface)
+                {
+                    tracing::warn!(%iface, "detaching a pinned XDP link left for an interface not in --iface");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<()> {
+        let state = PersistedState {
+            version: STATE_VERSION,
+            services: self
+                .services
+                .values()
+                .map(|s| PersistedService {
+                    spec: s.spec.clone(),
+                    forward: s.forward,
+                    machine: s.machine.clone(),
+                    totals: s.totals.clone(),
+                    last_latency_us: s.last_latency_us,
+                })
+                .collect(),
+        };
+        let path = self.state_path();
+        let tmp = path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&state)?)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        self.dirty = false;
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+
+    fn persist_or_log(&mut self) {
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %format!("{e:#}"), "could not save the agent state");
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // The loop
+
+    fn run(mut self) {
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Call::Op {
+                        op,
+                        received,
+                        reply,
+                    }) => {
+                        let result = self.handle(*op, received);
+                        let _ = reply.send(result);
+                    }
+                    Ok(Call::Shutdown { detach, reply }) => {
+                        self.shutdown(detach);
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.shutdown(false);
+                        return;
+                    }
+                }
+            }
+            let mut busy = false;
+            if self.error_backoff_until.is_none_or(|t| Instant::now() >= t) {
+                match self.pump_ring() {
+                    Ok(n) => busy |= n > 0,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "storing parked frames failed; retrying in 100 ms (the frames stay in the ring)");
+                        self.error_backoff_until =
+                            Some(Instant::now() + Duration::from_millis(100));
+                    }
+                }
+            }
+            busy |= self.replay_backlogs(256);
+            self.tick();
+            if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {
+                self.persist_or_log();
+            }
+            if !busy {
+                self.wait();
+            }
+        }
+    }
+
+    /// Sleeps until the ring or the events ring has data, a request arrives,
+    /// or the next timer is due.
+    fn wait(&mut self) {
+        let now = now_ms();
+        let mut timeout: i64 = 1000;
+        for svc in self.services.values() {
+            if let Some(t) = svc.machine.next_deadline_ms() {
+                timeout = timeout.min(t.saturating_sub(now) as i64);
+            }
+        }
+        for t in [self.error_backoff_until, self.next_replay_at]
+            .into_iter()
+            .flatten()
+        {
+            // Round up: waking early only spins.
+            let us = t.saturating_duration_since(Instant::now()).as_micros() as i64;
+            timeout = timeout.min((us + 999) / 1000);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ring.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.events_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if self.error_backoff_until.is_some() {
+            // Do not spin on a ring we cannot drain right now.
+            fds[0].events = 0;
+        }
+        // SAFETY: poll on three valid fds.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.max(0) as i32,
+            )
+        };
+        if fds[2].revents & libc::POLLIN != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: reading the eventfd counter (non-blocking).
+            unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            self.pump_events();
+        }
+    }
+
+    fn shutdown(&mut self, detach: bool) {
+        self.persist_or_log();
+        for svc in self.services.values() {
+            let pending = svc.spool.pending();
+            if pending > 0 {
+                tracing::warn!(service = %svc.spec.name, pending,
+                    "parked frames remain stored; a restarted agent replays them");
+            }
+        }
+        for link in self.links.drain(..) {
+            let iface = link.iface.clone();
+            if detach {
+                match link.detach() {
+                    Ok(()) => tracing::info!(%iface, "detached"),
+                    Err(e) => tracing::error!(%iface, error = %format!("{e:#}"), "detach failed"),
+                }
+            } else {
+                link.keep();
+                tracing::info!(%iface, "left attached (pinned) for an in-place restart");
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Parked frames
+
+    /// Moves committed records from the ring into the stores (or, for a
+    /// service that is not parking, replays them at once), and consumes them
+    /// afterwards. Returns the number of records handled.
+    fn pump_ring(&mut self) -> Result<usize> {
+        let mut pos = self.ring.consumer_pos();
+        let mut batch: BTreeMap<u32, Vec<StoredFrame>> = BTreeMap::new();
+        let mut handled = 0usize;
+        while handled < 4096 {
+            let (record_pos, next, parsed) = match self.ring.peek(pos) {
+                Peek::Empty | Peek::Busy => break,
+                Peek::Record(r) => {
+                    let parsed = if r.discarded {
+                        None
+                    } else {
+                        Some(decode_parked(r.data))
+                    };
+                    (r.pos, r.next, parsed)
+                }
+            };
+            handled += 1;
+            let Some(parsed) = parsed else {
+                pos = next;
+                continue;
+            };
+            let frame = match parsed {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "skipping an unreadable parked record");
+                    pos = next;
+                    continue;
+                }
+            };
+            let id = frame.header.service_id;
+            let stored = StoredFrame {
+                ring_pos: record_pos,
+                ifindex: frame.header.ifindex,
+                timestamp_ns: frame.header.timestamp_ns,
+                frame: frame.frame,
+            };
+            let Some(svc) = self.services.get_mut(&id) else {
+                self.unknown_records += 1;
+                pos = next;
+                continue;
+            };
+            // Stored already, but not consumed (the agent was killed, or a
+            // write failed and the batch is being retried).
+            let already = svc.spool.max_ring_pos().is_some_and(|p| p >= record_pos);
+            if svc.machine.parking() {
+                if already {
+                    pos = next;
+                    continue;
+                }
+                let queued = batch.get(&id);
+                let queued_frames = queued.map_or(0, Vec::len) as u64;
+                let queued_bytes: u64 =
+                    queued.map_or(0, |q| q.iter().map(|f| f.frame.len() as u64).sum());
+                let len = stored.frame.len() as u64;
+                if svc.spool.pending() as u64 + queued_frames >= svc.limit.frames
+                    || svc.spool.pending_bytes() + queued_bytes + len > svc.limit.bytes
+                {
+                    svc.totals.overflow_frames += 1;
+                    svc.totals.overflow_bytes += len;
+                    if svc.totals.overflow_frames.is_power_of_two() {
+                        tracing::warn!(service = %svc.spec.name,
+                            overflow_frames = svc.totals.overflow_frames,
+                            limit_frames = svc.limit.frames, limit_bytes = svc.limit.bytes,
+                            "parked-frame store full: dropping the newest frames");
+                    }
+                    self.dirty = true;
+                } else {
+                    batch.entry(id).or_default().push(stored);
+                }
+                pos = next;
+                continue;
+            }
+            // Not parking (replay settling or over): this record must be
+            // delivered now, behind everything older, and stay in the ring
+            // (keeping held services parked) until it has been.
+            self.flush_batch(&mut batch)?;
+            self.ring.consume_to(record_pos);
+            let svc = self.services.get_mut(&id).expect("checked above");
+            if !already {
+                svc.totals.stored_frames += 1;
+                svc.totals.stored_bytes += stored.frame.len() as u64;
+                svc.spool.append(vec![stored])?;
+            }
+            let action = svc.machine.target_action();
+            replay_pending(&mut self.dp, svc, action, usize::MAX);
+            self.ring.consume_to(next);
+            if svc.spool.pending() == 0 && svc.spool.len() >= 1024 {
+                compact_if_consumed(svc, next);
+            }
+            self.dirty = true;
+            pos = next;
+        }
+        self.flush_batch(&mut batch)?;
+        self.ring.consume_to(pos);
+        Ok(handled)
+    }
+
+    fn flush_batch(&mut self, batch: &mut BTreeMap<u32, Vec<StoredFrame>>) -> Result<()> {
+        for (id, frames) in std::mem::take(batch) {
+            if let Some(svc) = self.services.get_mut(&id) {
+                svc.totals.stored_frames += frames.len() as u64;
+                svc.totals.stored_bytes += frames.iter().map(|f| f.frame.len() as u64).sum::<u64>();
+                svc.spool.append(frames)?;
+                self.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays up to `budget` stored frames of each service in the backlog
+    /// stage; moves a service on when its store is empty. Returns whether it
+    /// replayed anything.
+    fn replay_backlogs(&mut self, budget: usize) -> bool {
+        let ids: Vec<u32> = self
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                s.machine.replay == Some(ReplayStage::Backlog)
+                    && !matches!(s.machine.state, State::Frozen | State::Restoring)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut did = false;
+        self.next_replay_at = None;
+        for id in ids {
+            let Some(svc) = self.services.get_mut(&id) else {
+                continue;
+            };
+            let action = svc.machine.target_action();
+            let rate = svc.spec.replay_rate.unwrap_or(self.cfg.replay_rate);
+            let run = svc.replay_run.get_or_insert_with(|| ReplayRun {
+                started: Instant::now(),
+                replayed_before: svc.totals.replay.replayed_frames,
+            });
+            let mut allowed = budget;
+            if rate > 0 {
+                // Token bucket: `burst` at once, then `rate` per second.
+                let elapsed = run.started.elapsed().as_secs_f64();
+                let done = svc.totals.replay.replayed_frames + svc.totals.replay.failed_frames
+                    - run.replayed_before;
+                let total = self.cfg.replay_burst as f64 + rate as f64 * elapsed;
+                allowed = allowed.min((total as u64).saturating_sub(done) as usize);
+                if allowed == 0 {
+                    let due = run.started
+                        + Duration::from_secs_f64(
+                            (done + 1).saturating_sub(self.cfg.replay_burst) as f64 / rate as f64,
+                        );
+                    self.next_replay_at = Some(self.next_replay_at.map_or(due, |t| t.min(due)));
+                    continue;
+                }
+            }
+            did |= replay_pending(&mut self.dp, svc, action, allowed) > 0;
+            if svc.spool.pending() > 0 {
+                continue;
+            }
+            let now = now_ms();
+            let Some(dps) = svc.machine.backlog_drained(now) else {
+                continue;
+            };
+            if let Some(run) = svc.replay_run.take() {
+                let frames = svc.totals.replay.replayed_frames + svc.totals.replay.failed_frames
+                    - run.replayed_before;
+                let took = run.started.elapsed();
+                let r = &mut svc.totals.replay;
+                r.last_frames = frames;
+                r.last_duration_us = took.as_micros() as u64;
+                r.last_rate_fps = if took.as_secs_f64() > 0.0 {
+                    frames as f64 / took.as_secs_f64()
+                } else {
+                    0.0
+                };
+                tracing::info!(service = %svc.spec.name, id, frames,
+                    duration_ms = took.as_secs_f64() * 1e3,
+                    rate_fps = r.last_rate_fps.round(),
+                    action = action.name(),
+                    "backlog replayed");
+            }
+            compact_if_consumed(svc, self.ring.consumer_pos());
+            let entry = svc.entry(dps);
+            let name = svc.spec.name.clone();
+            if let Err(e) = self.dp.set_service(id, &entry) {
+                tracing::error!(service = %name, error = %format!("{e:#}"), "datapath update failed");
+            }
+            tracing::info!(service = %name, id, at_ms = now, datapath = %describe(dps),
+                "replay settling: fresh frames pass through, held behind any unconsumed parked record");
+            self.persist_or_log();
+        }
+        did
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        let mut changed = Vec::new();
+        for (id, svc) in &mut self.services {
+            let before = svc.machine.state;
+            if let Some(dps) = svc.machine.tick(now) {
+                changed.push((*id, svc.entry(dps), dps, before, svc.machine.state));
+            }
+        }
+        for (id, entry, dps, before, after) in changed {
+            let name = self.services[&id].spec.name.clone();
+            if let Err(e) = self.dp.set_service(id, &entry) {
+                tracing::error!(service = %name, error = %format!("{e:#}"), "datapath update failed");
+            }
+            if before != after {
+                tracing::info!(service = %name, id, from = before.name(), to = after.name(),
+                    at_ms = now, datapath = %describe(dps), cause = "drain time passed",
+                    "phase transition");
+            } else {
+                tracing::info!(service = %name, id, at_ms = now, datapath = %describe(dps),
+                    "replay done");
+            }
+            self.persist_or_log();
+        }
+    }
+
+    /// MPTCP keys → tokens.
+    fn pump_events(&mut self) {
+        let events = match self.dp.drain_events() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading datapath events failed");
+                return;
+            }
+        };
+        for ev in events {
+            if ev.kind == EventKind::MptcpKeys as u32 {
+                let Some(svc) = self.services.get(&ev.service_id) else {
+                    continue;
+                };
+                if !svc.mptcp() || ev.receiver_key == 0 {
+                    continue;
+                }
+                let token = mptcp_token(ev.receiver_key);
+                match self.dp.set_token(token, ev.service_id) {
+                    Ok(()) => {
+                        tracing::debug!(service = %svc.spec.name, token = format!("{token:08x}"), "learned an MPTCP token")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "installing an MPTCP token failed")
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Requests
+
+    fn handle(&mut self, op: Op, received: Instant) -> Result<Value, ApiError> {
+        match op {
+            Op::Hello => Ok(serde_json::json!({
+                "agent": "migr-agent",
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": api::PROTOCOL_VERSION,
+                "ops": api::OPS,
+            })),
+            Op::ServiceAdd(spec) => to_value(self.service_add(spec)),
+            Op::ServiceRemove(args) => to_value(self.service_remove(args)),
+            Op::ServiceList => {
+                let list: Vec<Value> = self
+                    .services
+                    .values()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.spec.id,
+                            "name": s.spec.name,
+                            "state": s.machine.state.name(),
+                            "datapath": describe(s.machine.datapath()),
+                            "rules": s.spec.rules.len(),
+                            "pending_frames": s.spool.pending(),
+                        })
+                    })
+                    .collect();
+                Ok(Value::Array(list))
+            }
+            Op::ServiceShow(args) => {
+                let id = self.resolve(&args.service)?;
+                to_value(self.status_of(id))
+            }
+            Op::Phase(args) => to_value(self.phase(args, received)),
+            Op::Criu(args) => to_value(self.criu(args, received)),
+            Op::Stats => to_value(self.stats()),
+        }
+    }
+
+    fn resolve(&self, r: &ServiceRef) -> Result<u32, ApiError> {
+        let found = match r {
+            ServiceRef::Id(id) => self.services.get(id).map(|s| s.spec.id),
+            ServiceRef::Name(name) => self
+                .services
+                .values()
+                .find(|s| &s.spec.name == name)
+                .map(|s| s.spec.id)
+                .or_else(|| {
+                    name.parse::<u32>()
+                        .ok()
+                        .and_then(|id| self.services.get(&id).map(|s| s.spec.id))
+                }),
+        };
+        found.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no service {r}")))
+    }
+
+    fn service_add(&mut self, spec: ServiceSpec) -> Result<Value, ApiError> {
+        api::validate_spec(&spec)?;
+        if self.services.contains_key(&spec.id) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("service id {} is taken", spec.id),
+            ));
+        }
+        if let Some(other) = self.services.values().find(|s| s.spec.name == spec.name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "service name {:?} is taken (id {})",
+                    spec.name, other.spec.id
+                ),
+            ));
+        }
+        for rule in &spec.rules {
+            let (key, _) = listener_for(rule, spec.id);
+            for other in self.services.values() {
+                if other
+                    .spec
+                    .rules
+                    .iter()
+                    .any(|r| listener_for(r, other.spec.id).0 == key)
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "{} ({:?}) belongs to service {:?} already",
+                            rule.addr, rule.proto, other.spec.name
+                        ),
+                    ));
+                }
+                for sid in &rule.server_ids {
+                    if other.spec.rules.iter().any(|r| r.server_ids.contains(sid)) {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "QUIC server id {sid} belongs to service {:?} already",
+                                other.spec.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let forward = match &spec.forward {
+            Some(f) => Some(resolve_forward(f)?),
+            None => None,
+        };
+        let (mut spool, _) =
+            Spool::open(&self.spool_dir(), spec.id, self.ring.map_id).map_err(internal)?;
+        // Leftovers of a removed service with the same id are not ours.
+        spool.discard().map_err(internal)?;
+        let limit = spec.park_limit.unwrap_or(self.cfg.default_limit);
+        let timing = Timing {
+            drain_ms: spec.drain_ms.unwrap_or(self.cfg.timing.drain_ms),
+            settle_ms: self.cfg.timing.settle_ms,
+        };
+        let svc = Service {
+            machine: PhaseMachine::new(timing, now_ms()),
+            spec,
+            forward,
+            totals: Totals::default(),
+            spool,
+            limit,
+            last_latency_us: None,
+            replay_run: None,
+        };
+        if let Err(e) = self.install(&svc) {
+            let _ = self.uninstall(&svc);
+            return Err(datapath_err(e));
+        }
+        let id = svc.spec.id;
+        tracing::info!(service = %svc.spec.name, id, rules = svc.spec.rules.len(),
+            forward = ?svc.spec.forward.as_ref().map(|f| f.addr), state = "idle", at_ms = now_ms(),
+            "service added");
+        self.services.insert(id, svc);
+        self.persist().map_err(internal)?;
+        self.status_of(id)
+            .and_then(|s| serde_json::to_value(s).map_err(internal))
+    }
+
+    /// Writes every datapath entry of a service (idempotent).
+    fn install(&mut self, svc: &Service) -> Result<()> {
+        let id = svc.spec.id;
+        for rule in &svc.spec.rules {
+            let (key, entry) = listener_for(rule, id);
+            self.dp.set_listener(&key, &entry)?;
+            for sid in &rule.server_ids {
+                self.dp.set_server_id(*sid, id)?;
+            }
+        }
+        if let Some(f) = svc.forward {
+            self.dp.set_forward_device(id, f.ifindex)?;
+        }
+        self.dp
+            .set_service(id, &svc.entry(svc.machine.datapath()))?;
+        Ok(())
+    }
+
+    fn uninstall(&mut self, svc: &Service) -> Result<()> {
+        let id = svc.spec.id;
+        self.dp.set_service(id, &ServiceEntry::default())?;
+        for rule in &svc.spec.rules {
+            let (key, _) = listener_for(rule, id);
+            if self
+                .dp
+                .listeners()?
+                .iter()
+                .any(|(k, e)| *k == key && e.service_id == id)
+            {
+                self.dp.remove_listener(&key)?;
+            }
+            for sid in &rule.server_ids {
+                self.dp.remove_server_id(*sid)?;
+            }
+        }
+        for (token, owner) in self.dp.tokens()? {
+            if owner == id {
+                self.dp.remove_token(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn service_remove(&mut self, args: RemoveArgs) -> Result<Value, ApiError> {
+        let id = self.resolve(&args.service)?;
+        let svc = &self.services[&id];
+        let pending = svc.spool.pending();
+        if pending > 0 && !args.force {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "service {:?} has {pending} parked frames that are not replayed yet; finish the migration (restored/abort) or remove with force to discard them",
+                    svc.spec.name
+                ),
+            ));
+        }
+        let svc = self.services.remove(&id).expect("resolved");
+        if let Err(e) = self.uninstall(&svc) {
+            let err = datapath_err(e);
+            self.services.insert(id, svc);
+            return Err(err);
+        }
+        let name = svc.spec.name.clone();
+        let _ = svc.spool.remove();
+        tracing::info!(service = %name, id, discarded = pending, at_ms = now_ms(), "service removed");
+        self.persist().map_err(internal)?;
+        Ok(serde_json::json!({ "id": id, "name": name, "discarded_frames": pending }))
+    }
+
+    fn phase(&mut self, args: PhaseArgs, received: Instant) -> Result<PhaseResult, ApiError> {
+        let id = self.resolve(&args.service)?;
+        self.apply_phase(
+            id,
+            args.phase,
+            args.role,
+            args.drain_ms,
+            received,
+            "request",
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_phase(
+        &mut self,
+        id: u32,
+        cmd: crate::phase::PhaseCommand,
+        role: Option<crate::phase::Role>,
+        drain_ms: Option<u64>,
+        received: Instant,
+        via: &str,
+        note: Option<String>,
+    ) -> Result<PhaseResult, ApiError> {
+        let svc = self.services.get_mut(&id).expect("resolved");
+        let now = now_ms();
+        let mut machine = svc.machine.clone();
+        let outcome = machine
+            .command(cmd, role, drain_ms, now)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidTransition, e.message))?;
+        if !outcome.unchanged && machine.target_action() == Action::Forward && svc.forward.is_none()
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidTransition,
+                format!(
+                    "service {:?} has no forward target: it cannot forward to its new node (add it with a forward target)",
+                    svc.spec.name
+                ),
+            ));
+        }
+        let entry = svc.entry(outcome.datapath);
+        self.dp.set_service(id, &entry).map_err(datapath_err)?;
+        let latency = received.elapsed();
+        svc.machine = machine;
+        let latency_us = latency.as_micros() as u64;
+        if !outcome.unchanged {
+            svc.last_latency_us = Some(latency_us);
+        }
+        if outcome.replay.is_some() {
+            svc.totals.replay.replays += 1;
+            svc.replay_run = Some(ReplayRun {
+                started: Instant::now(),
+                replayed_before: svc.totals.replay.replayed_frames
+                    + svc.totals.replay.failed_frames,
+            });
+        }
+        if matches!(outcome.to, State::Frozen | State::Restoring) {
+            svc.replay_run = None;
+        }
+        let name = svc.spec.name.clone();
+        let pending = svc.spool.pending();
+        if outcome.unchanged {
+            tracing::info!(service = %name, id, phase = cmd.name(), state = outcome.to.name(), via,
+                "phase command: already there");
+        } else {
+            tracing::info!(
+                service = %name, id, phase = cmd.name(),
+                from = outcome.from.name(), to = outcome.to.name(),
+                role = ?svc.machine.role.map(|r| r.name()),
+                datapath = %describe(outcome.datapath),
+                replay = ?outcome.replay.map(Action::name),
+                parked_pending = pending,
+                at_ms = now, latency_us, via,
+                "phase transition"
+            );
+            self.persist_or_log();
+        }
+        Ok(PhaseResult {
+            service: name,
+            from: outcome.from.name().into(),
+            to: outcome.to.name().into(),
+            unchanged: outcome.unchanged,
+            datapath: describe(outcome.datapath),
+            latency_us,
+            note,
+        })
+    }
+
+    fn criu(&mut self, args: CriuArgs, received: Instant) -> Result<PhaseResult, ApiError> {
+        let id = self.resolve(&args.service)?;
+        let state = self.services[&id].machine.state;
+        match criu_decision(&args.action, state) {
+            CriuDecision::Phase(cmd) => self.apply_phase(
+                id,
+                cmd,
+                None,
+                None,
+                received,
+                "criu",
+                Some(format!("{} -> {}", args.action, cmd.name())),
+            ),
+            CriuDecision::Ignore(why) => {
+                let svc = &self.services[&id];
+                tracing::info!(service = %svc.spec.name, action = %args.action, why, "CRIU action: nothing to do");
+                Ok(PhaseResult {
+                    service: svc.spec.name.clone(),
+                    from: state.name().into(),
+                    to: state.name().into(),
+                    unchanged: true,
+                    datapath: describe(svc.machine.datapath()),
+                    latency_us: received.elapsed().as_micros() as u64,
+                    note: Some(format!("{}: {why}", args.action)),
+                })
+            }
+        }
+    }
+
+    fn status_of(&self, id: u32) -> Result<ServiceStatus, ApiError> {
+        let svc = &self.services[&id];
+        let counters = self.dp.service_counters(id).map_err(datapath_err)?;
+        let verdicts = Verdict::ALL
+            .iter()
+            .map(|v| {
+                (
+                    v.name().to_string(),
+                    Count {
+                        packets: counters.packets[*v as usize],
+                        bytes: counters.bytes[*v as usize],
+                    },
+                )
+            })
+            .collect();
+        Ok(ServiceStatus {
+            spec: svc.spec.clone(),
+            state: svc.machine.state.name().into(),
+            role: svc.machine.role,
+            replay_stage: svc.machine.replay.map(|r| {
+                match r {
+                    ReplayStage::Backlog => "backlog",
+                    ReplayStage::Settling { .. } => "settling",
+                }
+                .to_string()
+            }),
+            datapath: describe(svc.machine.datapath()),
+            verdicts,
+            parked: ParkedStats {
+                pending_frames: svc.spool.pending() as u64,
+                pending_bytes: svc.spool.pending_bytes(),
+                stored_frames: svc.totals.stored_frames,
+                stored_bytes: svc.totals.stored_bytes,
+                overflow_frames: svc.totals.overflow_frames,
+                overflow_bytes: svc.totals.overflow_bytes,
+                limit_frames: svc.limit.frames,
+                limit_bytes: svc.limit.bytes,
+            },
+            replay: svc.totals.replay,
+            last_phase_latency_us: svc.last_latency_us,
+            timeline: svc.machine.timeline.clone(),
+        })
+    }
+
+    fn stats(&self) -> Result<Stats, ApiError> {
+        let reasons = self.dp.reasons().map_err(datapath_err)?;
+        let protocols = self.dp.proto_counters().map_err(datapath_err)?;
+        let mut services = Vec::new();
+        for id in self.services.keys() {
+            services.push(self.status_of(*id)?);
+        }
+        Ok(Stats {
+            agent: AgentInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: api::PROTOCOL_VERSION,
+                interfaces: self.cfg.ifaces.clone(),
+                pin_dir: self.cfg.pin_dir.display().to_string(),
+                uptime_s: self.started.elapsed().as_secs(),
+                ring_backlog_bytes: self.ring.backlog(),
+                unknown_service_records: self.unknown_records,
+            },
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), reasons[*r as usize]))
+                .collect(),
+            protocols: ProtoClass::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), protocols[*c as usize]))
+                .collect(),
+            services,
+        })
+    }
+}
+
+/// Empties a fully replayed store, but only once the ring has been consumed
+/// past every record in it (else a restarted agent would store them again).
+fn compact_if_consumed(svc: &mut Service, consumer_pos: u64) {
+    if svc.spool.max_ring_pos().is_none_or(|p| p < consumer_pos)
+        && let Err(e) = svc.spool.compact()
+    {
+        tracing::warn!(service = %svc.spec.name, error = %format!("{e:#}"), "compacting the parked-frame store failed");
+    }
+}
+
+/// Replays up to `max` pending frames of `svc` with `action`, in order.
+fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(frame) = svc.spool.next_pending() else {
+            break;
+        };
+        let (bytes, ifindex) = (frame.frame.clone(), frame.ifindex);
+        if let Err(e) = svc.spool.start_one() {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot mark a frame for replay");
+            break;
+        }
+        match dp.replay_frame(&bytes, ifindex, action) {
+            Ok(()) => {
+                svc.totals.replay.replayed_frames += 1;
+                svc.totals.replay.replayed_bytes += bytes.len() as u64;
+            }
+            Err(e) => {
+                svc.totals.replay.failed_frames += 1;
+                if svc.totals.replay.failed_frames.is_power_of_two() {
+                    tracing::warn!(service = %svc.spec.name, error = %format!("{e:#}"),
+                        failed = svc.totals.replay.failed_frames, "a parked frame could not be replayed; dropped");
+                }
+            }
+        }
+        if let Err(e) = svc.spool.finish_one() {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot record a replayed frame");
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// "park", "forward+hold", ...
+pub fn describe(dps: DatapathState) -> String {
+    if dps.hold {
+        format!("{}+hold", dps.action.name())
+    } else {
+        dps.action.name().to_string()
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn listener_for(rule: &api::MatchRule, service_id: u32) -> (ListenerKey, ListenerEntry) {
+    let (addr, family) = ip_bytes(rule.addr.ip());
+    let key = ListenerKey {
+        addr,
+        port: rule.addr.port(),
+        proto: api::rule_ip_proto(rule.proto),
+        family,
+    };
+    let mut entry = ListenerEntry {
+        service_id,
+        ..Default::default()
+    };
+    if rule.proto == RuleProto::Quic {
+        entry.flags |= LISTENER_QUIC;
+        if rule.grease {
+            entry.flags |= LISTENER_QUIC_GREASE;
+        }
+        if let Some(c) = rule.cid
+            && let Ok(cfg) = CidConfig::new(c.len, c.offset, c.id_len)
+        {
+            entry.cid = cfg;
+        }
+    }
+    (key, entry)
+}
+
+fn forward_target(spec: &ServiceSpec, resolved: Option<ResolvedForward>) -> ForwardTarget {
+    let (Some(fwd), Some(r)) = (&spec.forward, resolved) else {
+        return ForwardTarget::default();
+    };
+    let (addr, family, port) = match fwd.addr {
+        Some(a) => {
+            let (addr, family) = ip_bytes(a.ip());
+            (addr, family, a.port())
+        }
+        None => {
+            let family = match spec.rules.first().map(|r| r.addr) {
+                Some(SocketAddr::V6(_)) => FAMILY_V6,
+                _ => FAMILY_V4,
+            };
+            ([0; 16], family, 0)
+        }
+    };
+    ForwardTarget {
+        addr,
+        port,
+        mode: match fwd.mode {
+            ForwardModeSpec::AddressChanging => ForwardMode::AddressChanging,
+            ForwardModeSpec::SameIp => ForwardMode::SameIp,
+        } as u8,
+        family,
+        dst_mac: r.dst_mac,
+        src_mac: r.src_mac,
+        ifindex: r.ifindex,
+    }
+}
+
+fn if_index(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {iface:?} in this network namespace");
+    }
+    Ok(idx)
+}
+
+/// The MAC address of `iface` (SIOCGIFHWADDR: asks the current network
+/// namespace, unlike /sys, which shows the namespace sysfs was mounted in).
+fn if_mac(iface: &str) -> Result<[u8; 6]> {
+    let sock = UdpSocket::bind("0.0.0.0:0").or_else(|_| UdpSocket::bind("[::]:0"))?;
+    // SAFETY: zeroed ifreq is a valid initial value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR with a valid ifreq on a valid socket.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        bail!(
+            "reading the MAC of {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: the kernel filled ifru_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}
+
+fn resolve_forward(f: &ForwardSpec) -> Result<ResolvedForward, ApiError> {
+    let ifindex = if_index(&f.iface).map_err(|e| ApiError::bad(format!("forward.iface: {e}")))?;
+    let src_mac = if_mac(&f.iface).map_err(|e| ApiError::bad(format!("forward.iface: {e:#}")))?;
+    let dst_mac = match &f.next_hop_mac {
+        Some(m) => api::parse_mac(m).map_err(ApiError::bad)?,
+        None => {
+            let hop = f
+                .next_hop
+                .or(f.addr.map(|a| a.ip()))
+                .ok_or_else(|| ApiError::bad("give forward.next_hop_mac or forward.next_hop"))?;
+            neighbour_mac(hop, &f.iface).map_err(|e| {
+                ApiError::bad(format!(
+                    "forward: the next hop's MAC is unknown ({e:#}); give next_hop_mac"
+                ))
+            })?
+        }
+    };
+    Ok(ResolvedForward {
+        ifindex,
+        src_mac,
+        dst_mac,
+    })
+}
+
+/// Looks `ip` up in the neighbour table of `iface`; if it is not there,
+/// provokes a resolution with one empty UDP datagram (port 9, discard) and
+/// waits up to a second.
+fn neighbour_mac(ip: IpAddr, iface: &str) -> Result<[u8; 6]> {
+    if let Some(mac) = lookup_neighbour(ip, iface) {
+        return Ok(mac);
+    }
+    let probe = match ip {
+        IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0"),
+        IpAddr::V6(_) => UdpSocket::bind("[::]:0"),
+    }?;
+    let _ = probe.send_to(&[], SocketAddr::new(ip, 9));
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(mac) = lookup_neighbour(ip, iface) {
+            return Ok(mac);
+        }
+    }
+    bail!("no neighbour entry for {ip} on {iface}")
+}
+
+fn lookup_neighbour(ip: IpAddr, iface: &str) -> Option<[u8; 6]> {
+    match ip {
+        IpAddr::V4(v4) => {
+            // /proc/net is the reading thread's network namespace.
+            let text = std::fs::read_to_string("/proc/net/arp").ok()?;
+            parse_proc_arp(&text, v4, iface)
+        }
+        IpAddr::V6(_) => {
+            let out = std::process::Command::new("ip")
+                .args(["-6", "neigh", "show", &ip.to_string(), "dev", iface])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut words = text.split_whitespace();
+            while let Some(w) = words.next() {
+                if w == "lladdr" {
+                    return words.next().and_then(|m| api::parse_mac(m).ok());
+                }
+            }
+            None
+        }
+    }
+}
+
+fn parse_proc_arp(text: &str, ip: std::net::Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 6 || cols[5] != iface {
+            continue;
+        }
+        if cols[0].parse::<std::net::Ipv4Addr>().ok() != Some(ip) {
+            continue;
+        }
+        let flags = u32::from_str_radix(cols[2].trim_start_matches("0x"), 16).unwrap_or(0);
+        if flags & 0x2 == 0 {
+            continue; // incomplete
+        }
+        return api::parse_mac(cols[3]).ok();
+    }
+    None
+}
+
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another migr-agent uses the state directory {} ({})",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `pin_dir` can be created on bpffs: mounts bpffs on
+/// /sys/fs/bpf if the pin directory is under it and it is not mounted.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !is_bpffs(root) {
+        std::fs::create_dir_all(root)?;
+        let src = std::ffi::CString::new("bpf")?;
+        let target = std::ffi::CString::new("/sys/fs/bpf")?;
+        // SAFETY: mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "mounting bpffs on /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        tracing::info!("mounted bpffs on /sys/fs/bpf");
+    }
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe) {
+        bail!(
+            "the pin directory {} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_arp_lines_parse() {
+        let text = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                    10.40.2.2        0x1         0x2         aa:bb:cc:dd:ee:01     *        v-sd\n\
+                    10.40.2.3        0x1         0x0         00:00:00:00:00:00     *        v-sd\n\
+                    10.40.1.1        0x1         0x2         aa:bb:cc:dd:ee:02     *        v-sc\n";
+        let ip = |s: &str| s.parse().unwrap();
+        assert_eq!(
+            parse_proc_arp(text, ip("10.40.2.2"), "v-sd"),
+            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1])
+        );
+        assert_eq!(
+            parse_proc_arp(text, ip("10.40.2.3"), "v-sd"),
+            None,
+            "incomplete"
+        );
+        assert_eq!(
+            parse_proc_arp(text, ip("10.40.1.1"), "v-sd"),
+            None,
+            "other device"
+        );
+    }
+
+    #[test]
+    fn forward_targets_follow_the_spec() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"id":1,"name":"a","rules":[{"proto":"udp","addr":"10.0.0.1:7"}],
+                "forward":{"addr":"10.0.1.1:8","iface":"eth1","next_hop_mac":"02:00:00:00:00:09"}}"#,
+        )
+        .unwrap();
+        let r = ResolvedForward {
+            ifindex: 5,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 9],
+        };
+        let t = forward_target(&spec, Some(r));
+        assert_eq!(&t.addr[..4], &[10, 0, 1, 1]);
+        assert_eq!((t.port, t.family, t.ifindex), (8, FAMILY_V4, 5));
+        assert_eq!(t.mode, ForwardMode::AddressChanging as u8);
+        assert_eq!(forward_target(&spec, None), ForwardTarget::default());
+        let (key, entry) = listener_for(&spec.rules[0], 1);
+        assert_eq!((key.port, key.proto, entry.service_id), (7, 17, 1));
+    }
+}

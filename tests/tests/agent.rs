@@ -1,0 +1,1335 @@
+//! migr-agent and migrctl end to end, in network namespaces.
+//!
+//! Topology (each test builds its own; `dst` only where needed):
+//!
+//! ```text
+//!   cli --v-cs / v-sc-- src --v-sd / v-ds-- dst
+//!   10.41.1.1      10.41.1.2   10.41.2.1      10.41.2.2
+//!                  (agent on v-sc)            (agent on v-ds)
+//! ```
+//!
+//! The service is a UDP request/response ("echo") process: a request
+//! `seq=N` is answered with `seq=N inst=NAME rx=K`, K counting the requests
+//! that instance received. Sorting the answers by (instance, K) gives the
+//! order in which the service saw the requests, whatever the way back did.
+//!
+//! Every test drives the agents only through the `migrctl` binary (and raw
+//! socket writes in the bad-request test), as an operator or CRIU would.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, UdpSocket},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use migr_tests::{NetNs, netns::full_checksums, require_privileges, veth_pair};
+use serde_json::Value;
+
+const CLIENT_IP: &str = "10.41.1.1";
+const SRC_IP: &str = "10.41.1.2";
+const DST_IP: &str = "10.41.2.2";
+const PORT: u16 = 7000;
+
+// ---------------------------------------------------------------------------
+// Binaries
+
+struct Bins {
+    agent: PathBuf,
+    ctl: PathBuf,
+}
+
+/// Builds migr-agent and migrctl (a no-op when they are fresh) into the
+/// target directory this test binary lives in, and returns their paths.
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries live in target/<profile>/deps")
+            .to_path_buf();
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "-q", "-p", "migr-user", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if std::env::var_os("CARGO_TARGET_DIR").is_none()
+            && let Some(target) = profile_dir.parent()
+        {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo to build migr-agent and migrctl");
+        assert!(status.success(), "building migr-agent and migrctl failed");
+        let bins = Bins {
+            agent: profile_dir.join("migr-agent"),
+            ctl: profile_dir.join("migrctl"),
+        };
+        assert!(
+            bins.agent.exists() && bins.ctl.exists(),
+            "migr-agent/migrctl not found in {}",
+            profile_dir.display()
+        );
+        bins
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The echo service, as its own process (so that it can be SIGSTOPped).
+
+/// Not a test: the echo process the other tests start (re-running this
+/// binary with `--ignored --exact echo_helper`). Does nothing without its
+/// environment.
+#[test]
+#[ignore = "helper process of the agent tests"]
+fn echo_helper() {
+    let Ok(bind) = std::env::var("MIGR_ECHO_BIND") else {
+        return;
+    };
+    let name = std::env::var("MIGR_ECHO_NAME").unwrap_or_default();
+    let socket = UdpSocket::bind(&bind).expect("bind the echo socket");
+    // A replay is a burst, and a just-resumed (debug-build) process may be
+    // slow to start reading: a 2 MiB buffer (about 500 replayed frames) keeps
+    // these tests about migr, not about scheduling. Production sockets rely
+    // on the agent's replay pacing (docs/agent.md).
+    if let Some(bytes) = std::env::var("MIGR_ECHO_RCVBUF")
+        .ok()
+        .or(Some("2097152".into()))
+        .and_then(|v| v.parse::<libc::c_int>().ok())
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setsockopt with an int on our own socket (root may exceed rmem_max).
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    if let Ok(ready) = std::env::var("MIGR_ECHO_READY") {
+        std::fs::write(ready, b"").expect("write the ready file");
+    }
+    let mut buf = [0u8; 2048];
+    let mut rx = 0u64;
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let reply = format!("{request} inst={name} rx={rx}");
+        rx += 1;
+        let _ = socket.send_to(reply.as_bytes(), from);
+    }
+}
+
+/// A process that is SIGKILLed (and reaped) on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program args` in `ns` (network namespace only, like CRIU wants).
+fn spawn_in(
+    ns: &NetNs,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> Proc {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match log {
+        Some(path) => {
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the log");
+            cmd.stdout(f.try_clone().expect("dup the log")).stderr(f);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn in the namespace"),
+    }
+}
+
+fn start_echo(ns: &NetNs, ip: &str, name: &str, scratch: &Path) -> Proc {
+    start_echo_with(ns, ip, name, scratch, &[])
+}
+
+fn start_echo_with(ns: &NetNs, ip: &str, name: &str, scratch: &Path, env: &[(&str, &str)]) -> Proc {
+    let ready = scratch.join(format!("echo-{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let exe = std::env::current_exe().expect("own path");
+    let bind = format!("{ip}:{PORT}");
+    let mut vars = vec![
+        ("MIGR_ECHO_BIND", bind.as_str()),
+        ("MIGR_ECHO_NAME", name),
+        ("MIGR_ECHO_READY", ready.to_str().expect("utf-8 path")),
+    ];
+    vars.extend_from_slice(env);
+    let p = spawn_in(
+        ns,
+        &exe,
+        &[
+            "--ignored",
+            "--exact",
+            "echo_helper",
+            "--test-threads=1",
+            "-q",
+        ],
+        &vars,
+        None,
+    );
+    wait_for(Duration::from_secs(10), "the echo process to bind", || {
+        ready.exists()
+    });
+    p
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Agents
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One node's agent: its files, and the running process.
+struct Agent {
+    name: String,
+    socket: PathBuf,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl Agent {
+    fn new(tag: &str, iface: &str, extra: &[&str]) -> Self {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("migr-t{}-{id}-{tag}", std::process::id());
+        let state_dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let socket = state_dir.join("agent.sock");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let mut args: Vec<String> = [
+            "run",
+            "--iface",
+            iface,
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--pin-dir",
+            pin_dir.to_str().expect("utf-8"),
+            "--state-dir",
+            state_dir.to_str().expect("utf-8"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self {
+            log: state_dir.join("agent.log"),
+            name,
+            socket,
+            pin_dir,
+            state_dir,
+            args,
+            proc: None,
+        }
+    }
+
+    fn start(&mut self, ns: &NetNs) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let agent_bin = &bins().agent;
+        let started = Instant::now();
+        self.proc = Some(spawn_in(
+            ns,
+            agent_bin,
+            &args,
+            &[("RUST_LOG", "info")],
+            Some(&self.log),
+        ));
+        wait_for(Duration::from_secs(20), "the agent to serve", || {
+            if let Some(p) = self.proc.as_mut()
+                && let Ok(Some(status)) = p.child.try_wait()
+            {
+                panic!("the agent exited with {status}:\n{}", self.log_text());
+            }
+            self.ctl(&["service", "list"]).status.success()
+        });
+        println!(
+            "[{}] agent serving after {:.0} ms",
+            self.name,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGKILL);
+            let _ = p.child.wait();
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(&bins().ctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run migrctl")
+    }
+
+    /// Runs migrctl and insists on success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "migrctl {args:?} failed ({}): {}{}\n--- agent log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("migrctl --json prints JSON")
+    }
+
+    /// `migrctl phase SERVICE PHASE --json`; returns the latency in µs.
+    fn phase(&self, service: &str, phase: &str) -> u64 {
+        self.phase_with(service, phase, &[])
+    }
+
+    fn phase_with(&self, service: &str, phase: &str, extra: &[&str]) -> u64 {
+        let started = Instant::now();
+        let mut args = vec!["phase", service, phase];
+        args.extend_from_slice(extra);
+        let v = self.json(&args);
+        let latency = v["latency_us"].as_u64().expect("latency_us");
+        println!(
+            "[{}] {service}: {} -> {} ({}), datapath updated {latency} us after the agent read the request, migrctl round trip {:.2} ms",
+            self.name,
+            v["from"].as_str().unwrap_or("?"),
+            v["to"].as_str().unwrap_or("?"),
+            v["datapath"].as_str().unwrap_or("?"),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        latency
+    }
+
+    fn service(&self, name: &str) -> Value {
+        let stats = self.json(&["stats"]);
+        stats["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["spec"]["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no service {name} in {stats}"))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.proc.take();
+        // Removing the pins detaches the XDP links and frees the maps.
+        if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Topology
+
+/// Fields drop in order: agents and processes first, then the namespaces.
+struct Topology {
+    src_agent: Agent,
+    dst_agent: Option<Agent>,
+    procs: Vec<Proc>,
+    client: NetNs,
+    src: NetNs,
+    dst: Option<NetNs>,
+}
+
+impl Topology {
+    fn new(with_dest: bool, src_extra: &[&str]) -> Self {
+        require_privileges();
+        let client = NetNs::new("cli").unwrap();
+        let src = NetNs::new("src").unwrap();
+        veth_pair(
+            &client,
+            "v-cs",
+            "10.41.1.1/24",
+            &src,
+            "v-sc",
+            "10.41.1.2/24",
+        )
+        .unwrap();
+        // Frames from a real NIC carry full checksums; replayed and rewritten
+        // frames are checked by the receiver.
+        full_checksums(&client, "v-cs").unwrap();
+        client
+            .ip(&["route", "add", "default", "via", SRC_IP])
+            .unwrap();
+        let dst = with_dest.then(|| {
+            let dst = NetNs::new("dst").unwrap();
+            veth_pair(&src, "v-sd", "10.41.2.1/24", &dst, "v-ds", "10.41.2.2/24").unwrap();
+            dst.ip(&["route", "add", "default", "via", "10.41.2.1"])
+                .unwrap();
+            src.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                .unwrap();
+            dst
+        });
+        let mut src_agent = Agent::new("src", "v-sc", src_extra);
+        src_agent.start(&src);
+        let dst_agent = dst.as_ref().map(|dst| {
+            let mut a = Agent::new("dst", "v-ds", &[]);
+            a.start(dst);
+            a
+        });
+        Self {
+            src_agent,
+            dst_agent,
+            procs: Vec::new(),
+            client,
+            src,
+            dst,
+        }
+    }
+
+    fn dst(&self) -> &NetNs {
+        self.dst.as_ref().expect("a destination node")
+    }
+
+    fn dst_agent(&self) -> &Agent {
+        self.dst_agent.as_ref().expect("a destination agent")
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.src_agent.state_dir.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Answer {
+    inst: String,
+    rx: u64,
+    seq: u64,
+}
+
+fn parse_answer(text: &str) -> Option<Answer> {
+    let mut seq = None;
+    let mut inst = None;
+    let mut rx = None;
+    for word in text.split_whitespace() {
+        match word.split_once('=') {
+            Some(("seq", v)) => seq = v.parse().ok(),
+            Some(("inst", v)) => inst = Some(v.to_string()),
+            Some(("rx", v)) => rx = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Answer {
+        inst: inst?,
+        rx: rx?,
+        seq: seq?,
+    })
+}
+
+/// A UDP client in the client namespace: sends `seq=N` requests (by hand,
+/// or every `period` from a thread) and collects the answers.
+struct UdpClient {
+    socket: UdpSocket,
+    next_seq: Arc<Mutex<u64>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    sending: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    target: SocketAddr,
+}
+
+impl UdpClient {
+    fn new(ns: &NetNs, target: &str) -> Self {
+        let socket = ns
+            .run(|| UdpSocket::bind(format!("{CLIENT_IP}:0")))
+            .unwrap()
+            .expect("bind the client socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rx = socket.try_clone().unwrap();
+        let (a, s) = (answers.clone(), stop.clone());
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf)
+                    && let Some(answer) = parse_answer(&String::from_utf8_lossy(&buf[..n]))
+                {
+                    a.lock().unwrap().push(answer);
+                }
+            }
+        });
+        Self {
+            socket,
+            next_seq: Arc::new(Mutex::new(0)),
+            answers,
+            stop,
+            threads: vec![receiver],
+            sending: None,
+            target: target.parse().unwrap(),
+        }
+    }
+
+    fn send(&self, n: usize) {
+        for _ in 0..n {
+            send_one(&self.socket, &self.next_seq, self.target);
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        *self.next_seq.lock().unwrap()
+    }
+
+    fn answered(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    fn start_stream(&mut self, period: Duration) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (socket, seq, target, s) = (
+            self.socket.try_clone().unwrap(),
+            self.next_seq.clone(),
+            self.target,
+            stop.clone(),
+        );
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                send_one(&socket, &seq, target);
+                std::thread::sleep(period);
+            }
+        });
+        self.sending = Some((stop, t));
+    }
+
+    fn stop_stream(&mut self) {
+        if let Some((stop, t)) = self.sending.take() {
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+        }
+    }
+
+    /// Waits (up to `limit`) until `n` answers are in; returns them.
+    fn wait_answers(&self, n: usize, limit: Duration) -> Vec<Answer> {
+        let deadline = Instant::now() + limit;
+        while self.answered() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A moment more, to see duplicates if there were any.
+        std::thread::sleep(Duration::from_millis(100));
+        self.answers.lock().unwrap().clone()
+    }
+}
+
+fn send_one(socket: &UdpSocket, seq: &Mutex<u64>, target: SocketAddr) {
+    let mut s = seq.lock().unwrap();
+    let _ = socket.send_to(format!("seq={}", *s).as_bytes(), target);
+    *s += 1;
+}
+
+impl Drop for UdpClient {
+    fn drop(&mut self) {
+        self.stop_stream();
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every request `0..sent` answered exactly once, and each instance saw its
+/// requests in the order they were sent. Returns the answers per instance.
+fn check_answers(answers: &[Answer], sent: u64) -> (Vec<Answer>, Vec<Answer>) {
+    let seqs: Vec<u64> = answers.iter().map(|a| a.seq).collect();
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "duplicated answers: {seqs:?}");
+    let missing: Vec<u64> = (0..sent).filter(|s| !unique.contains(s)).collect();
+    assert!(missing.is_empty(), "unanswered requests: {missing:?}");
+    let mut sorted = answers.to_vec();
+    sorted.sort();
+    let mut by_inst: std::collections::BTreeMap<String, Vec<Answer>> = Default::default();
+    for a in sorted {
+        by_inst.entry(a.inst.clone()).or_default().push(a);
+    }
+    for (inst, list) in &by_inst {
+        let order: Vec<u64> = list.iter().map(|a| a.seq).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "instance {inst} saw requests out of order: {order:?}"
+        );
+        assert!(
+            list.iter().enumerate().all(|(i, a)| a.rx == i as u64),
+            "instance {inst} answered requests more than once or lost one"
+        );
+    }
+    (
+        by_inst.remove("src").unwrap_or_default(),
+        by_inst.remove("dst").unwrap_or_default(),
+    )
+}
+
+fn verdict(svc: &Value, v: &str) -> u64 {
+    svc["verdicts"][v]["packets"].as_u64().unwrap_or(0)
+}
+
+fn num(svc: &Value, path: &[&str]) -> u64 {
+    let mut v = svc;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in {svc}"))
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+/// The full cycle, driven only through migrctl. The "move" is a stand-in
+/// for CRIU: at freeze the source instance is stopped with SIGSTOP, and an
+/// instance with the same logic is started at the destination (new address)
+/// before restored. The client sends a request every 2 ms throughout.
+#[test]
+fn full_cycle_through_migrctl_answers_every_request_once_and_in_order() {
+    let mut t = Topology::new(true, &["--metrics", "127.0.0.1:9465"]);
+    let scratch = t.scratch();
+    let src_echo = start_echo(&t.src, SRC_IP, "src", &scratch);
+    let dst_port = PORT.to_string();
+    // The next hop's MAC comes from the source's neighbour table.
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "1",
+        "--name",
+        "echo",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+        "--forward-to",
+        &format!("{DST_IP}:{dst_port}"),
+        "--forward-iface",
+        "v-sd",
+    ]);
+    t.dst_agent().ok(&[
+        "service",
+        "add",
+        "--id",
+        "1",
+        "--name",
+        "echo",
+        "--udp",
+        &format!("{DST_IP}:{PORT}"),
+    ]);
+    let listed = t.src_agent.ok(&["service", "list"]);
+    assert!(
+        listed.contains("echo") && listed.contains("idle"),
+        "{listed}"
+    );
+
+    let mut client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    client.start_stream(Duration::from_millis(2));
+    wait_for(
+        Duration::from_secs(5),
+        "answers before the migration",
+        || client.answered() >= 20,
+    );
+
+    let mut latencies = Vec::new();
+    latencies.push(t.src_agent.phase("echo", "prepare"));
+    latencies.push(t.dst_agent().phase("echo", "prepare"));
+    let frozen_at = Instant::now();
+    latencies.push(t.src_agent.phase("echo", "freeze"));
+    // Let the source answer what it had queued before the freeze, then stop it.
+    std::thread::sleep(Duration::from_millis(100));
+    src_echo.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300));
+    latencies.push(t.dst_agent().phase("echo", "restoring"));
+    let dst_echo = start_echo(t.dst(), DST_IP, "dst", &scratch);
+    latencies.push(t.dst_agent().phase("echo", "restored"));
+    latencies.push(t.src_agent.phase("echo", "restored"));
+    let downtime = frozen_at.elapsed();
+    // Keep sending while the backlog is replayed and afterwards (forwarded).
+    std::thread::sleep(Duration::from_millis(400));
+    client.stop_stream();
+    let sent = client.sent();
+    let answers = client.wait_answers(sent as usize, Duration::from_secs(10));
+    latencies.push(
+        t.src_agent
+            .phase_with("echo", "done", &["--drain-ms", "200"]),
+    );
+
+    let (at_src, at_dst) = check_answers(&answers, sent);
+    assert!(!at_src.is_empty() && !at_dst.is_empty());
+    let last_src = at_src.iter().map(|a| a.seq).max().unwrap();
+    let first_dst = at_dst.iter().map(|a| a.seq).min().unwrap();
+    assert!(
+        last_src < first_dst,
+        "every request the destination answered was sent after the last one the source answered"
+    );
+
+    let src = t.src_agent.service("echo");
+    let dst = t.dst_agent().service("echo");
+    println!(
+        "source: {}",
+        serde_json::to_string(&src["verdicts"]).unwrap()
+    );
+    println!(
+        "destination: {}",
+        serde_json::to_string(&dst["verdicts"]).unwrap()
+    );
+    let reasons = t.src_agent.json(&["stats"])["reasons"].clone();
+    println!(
+        "source datapath: {} frames replayed, {} fresh frames held behind unconsumed parked records",
+        reasons["replayed"], reasons["held_behind_backlog"]
+    );
+    assert_eq!(
+        reasons["replayed"].as_u64(),
+        Some(num(&src, &["replay", "replayed_frames"]))
+    );
+    // The counters agree with what the client saw.
+    assert_eq!(
+        verdict(&src, "pass"),
+        at_src.len() as u64,
+        "source: pass = answered by the source"
+    );
+    assert_eq!(
+        verdict(&src, "forward"),
+        at_dst.len() as u64,
+        "source: forward = answered at the destination"
+    );
+    assert_eq!(
+        verdict(&dst, "pass"),
+        at_dst.len() as u64,
+        "destination: pass = answered there"
+    );
+    let parked = verdict(&src, "park");
+    assert!(parked > 50, "the freeze parked requests ({parked})");
+    assert_eq!(num(&src, &["parked", "stored_frames"]), parked);
+    assert_eq!(
+        num(&src, &["replay", "replayed_frames"]),
+        parked,
+        "every parked frame replayed once"
+    );
+    assert_eq!(
+        verdict(&dst, "park"),
+        num(&dst, &["replay", "replayed_frames"])
+    );
+    for svc in [&src, &dst] {
+        assert_eq!(num(svc, &["parked", "overflow_frames"]), 0);
+        assert_eq!(num(svc, &["replay", "failed_frames"]), 0);
+        assert_eq!(num(svc, &["parked", "pending_frames"]), 0);
+        assert_eq!(
+            verdict(svc, "park_failed") + verdict(svc, "forward_failed"),
+            0
+        );
+    }
+    println!(
+        "client: {sent} requests, {} answered by the source, {} by the destination; {parked} parked and replayed in order; freeze to restored {:.0} ms",
+        at_src.len(),
+        at_dst.len(),
+        downtime.as_secs_f64() * 1e3
+    );
+    println!(
+        "replay at the source: {} frames in {:.2} ms = {:.0} frames/s",
+        num(&src, &["replay", "last_frames"]),
+        num(&src, &["replay", "last_duration_us"]) as f64 / 1e3,
+        src["replay"]["last_rate_fps"].as_f64().unwrap_or(0.0)
+    );
+    latencies.sort();
+    println!(
+        "phase-to-datapath latency over {} phase commands: min {} us, median {} us, max {} us",
+        latencies.len(),
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+
+    // The source drains, then stops forwarding.
+    wait_for(Duration::from_secs(10), "the drain time to pass", || {
+        t.src_agent.service("echo")["state"] == "done"
+    });
+    assert_eq!(t.src_agent.service("echo")["datapath"], "pass");
+
+    // The timeline is in the log (with timestamps) and in `service show`.
+    let log = t.src_agent.log_text();
+    for phase in ["frozen", "restored", "draining", "done"] {
+        assert!(
+            log.lines().any(|l| l.contains("phase transition")
+                && l.contains(&format!("to=\"{phase}\""))
+                && l.starts_with("20")),
+            "the log records the transition to {phase}:\n{log}"
+        );
+    }
+    let show = t.src_agent.ok(&["service", "show", "echo"]);
+    assert!(
+        show.contains("timeline") && show.contains("frozen"),
+        "{show}"
+    );
+    println!("{show}");
+    let status = t.src_agent.ok(&["status"]);
+    assert!(
+        status.contains("NAME") && status.contains("echo"),
+        "{status}"
+    );
+    println!("{status}");
+
+    // Prometheus metrics on --metrics.
+    let metrics = t
+        .src
+        .run(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9465")?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            std::io::Result::Ok(text)
+        })
+        .unwrap()
+        .expect("fetch /metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    for needle in [
+        format!(
+            "migr_service_packets_total{{service=\"echo\",id=\"1\",verdict=\"park\"}} {parked}"
+        ),
+        format!("migr_replayed_frames_total{{service=\"echo\",id=\"1\"}} {parked}"),
+        "migr_phase_timestamp_seconds{service=\"echo\",id=\"1\",phase=\"frozen\"}".to_string(),
+        "migr_replay_last_rate_frames_per_second{service=\"echo\",id=\"1\"}".to_string(),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    t.procs.push(src_echo);
+    t.procs.push(dst_echo);
+}
+
+/// Abort, driven through the CRIU hook: pre-dump freezes, network-unlock
+/// (what CRIU runs when the dumped tasks go on running here) aborts. The
+/// parked requests reach the source instance, in order. The replay here is
+/// unpaced (`--replay-rate 0`, and a socket buffer that takes the burst), to
+/// measure the raw replay rate.
+#[test]
+fn abort_replays_parked_requests_to_the_source_in_order() {
+    const PARKED: usize = 1000;
+    let mut t = Topology::new(false, &["--replay-rate", "0"]);
+    let src_echo = start_echo_with(
+        &t.src,
+        SRC_IP,
+        "src",
+        &t.scratch(),
+        &[("MIGR_ECHO_RCVBUF", "8388608")],
+    );
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "7",
+        "--name",
+        "web",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    client.send(5);
+    client.wait_answers(5, Duration::from_secs(5));
+
+    let hook = |action: &str| {
+        let out = Command::new(&bins().ctl)
+            .args([
+                "--socket",
+                t.src_agent.socket.to_str().unwrap(),
+                "criu-hook",
+                "--service",
+                "web",
+            ])
+            .env("CRTOOLS_SCRIPT_ACTION", action)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "criu-hook {action}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = hook("pre-dump");
+    assert!(said.contains("idle -> frozen"), "{said}");
+    src_echo.signal(libc::SIGSTOP);
+    for _ in 0..PARKED / 50 {
+        client.send(50);
+        // Do not outrun the veth's XDP ring.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the parked frames to be stored",
+        || num(&t.src_agent.service("web"), &["parked", "stored_frames"]) == PARKED as u64,
+    );
+    assert_eq!(
+        hook("post-dump"),
+        "",
+        "post-dump does not concern the agent"
+    );
+    // CRIU unlocks the network and thaws the tasks together.
+    src_echo.signal(libc::SIGCONT);
+    let said = hook("network-unlock");
+    assert!(said.contains("frozen -> aborted"), "{said}");
+    let total = PARKED + 5;
+    let answers = client.wait_answers(total, Duration::from_secs(10));
+    let (at_src, _) = check_answers(&answers, total as u64);
+    assert_eq!(at_src.len(), total);
+    let web = t.src_agent.service("web");
+    assert_eq!(verdict(&web, "park"), PARKED as u64);
+    assert_eq!(num(&web, &["replay", "replayed_frames"]), PARKED as u64);
+    assert_eq!(
+        verdict(&web, "pass"),
+        total as u64,
+        "5 before the freeze, the rest replayed"
+    );
+    assert_eq!(web["state"], "aborted");
+    println!(
+        "unpaced local replay: {} frames in {:.2} ms = {:.0} frames/s",
+        num(&web, &["replay", "last_frames"]),
+        num(&web, &["replay", "last_duration_us"]) as f64 / 1e3,
+        web["replay"]["last_rate_fps"].as_f64().unwrap_or(0.0)
+    );
+    // After the abort the service is simply running again.
+    client.send(5);
+    let answers = client.wait_answers(total + 5, Duration::from_secs(5));
+    check_answers(&answers, total as u64 + 5);
+    t.procs.push(src_echo);
+}
+
+/// The agent is SIGKILLed while the service is frozen, more requests arrive
+/// while it is dead, and it is started again: every parked request is
+/// replayed, once, in order.
+#[test]
+fn sigkill_during_a_freeze_loses_no_parked_frame() {
+    let mut t = Topology::new(false, &[]);
+    let src_echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "3",
+        "--name",
+        "kv",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    t.src_agent.phase("kv", "freeze");
+    src_echo.signal(libc::SIGSTOP);
+    client.send(40);
+    wait_for(Duration::from_secs(5), "40 stored frames", || {
+        num(&t.src_agent.service("kv"), &["parked", "stored_frames"]) == 40
+    });
+    t.src_agent.kill9();
+    // The XDP program stays attached (pinned link) and keeps parking into the pinned ring.
+    client.send(40);
+    std::thread::sleep(Duration::from_millis(100));
+    let killed_at = Instant::now();
+    let src = &t.src;
+    t.src_agent.start(src);
+    println!(
+        "agent restarted in {:.0} ms",
+        killed_at.elapsed().as_secs_f64() * 1e3
+    );
+    let log = t.src_agent.log_text();
+    assert!(log.contains("re-used the pinned XDP link"), "{log}");
+    let kv = t.src_agent.service("kv");
+    assert_eq!(kv["state"], "frozen", "the phase survives the restart");
+    wait_for(Duration::from_secs(5), "80 pending frames", || {
+        num(&t.src_agent.service("kv"), &["parked", "pending_frames"]) == 80
+    });
+    src_echo.signal(libc::SIGCONT);
+    t.src_agent.phase("kv", "abort");
+    let answers = client.wait_answers(80, Duration::from_secs(10));
+    let (at_src, _) = check_answers(&answers, 80);
+    assert_eq!(at_src.len(), 80);
+    let kv = t.src_agent.service("kv");
+    assert_eq!(verdict(&kv, "park"), 80);
+    assert_eq!(num(&kv, &["replay", "replayed_frames"]), 80);
+    assert_eq!(num(&kv, &["replay", "uncertain_frames"]), 0);
+    t.procs.push(src_echo);
+}
+
+/// More frames than the store takes: the newest are dropped and counted
+/// exactly, the oldest are replayed, and the service recovers.
+#[test]
+fn overflow_is_counted_exactly_and_the_service_recovers() {
+    let mut t = Topology::new(false, &[]);
+    let src_echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "9",
+        "--name",
+        "small",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+        "--park-limit-frames",
+        "10",
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    t.src_agent.phase("small", "freeze");
+    src_echo.signal(libc::SIGSTOP);
+    client.send(25);
+    wait_for(Duration::from_secs(5), "25 parked frames handled", || {
+        let s = t.src_agent.service("small");
+        num(&s, &["parked", "stored_frames"]) + num(&s, &["parked", "overflow_frames"]) == 25
+    });
+    let s = t.src_agent.service("small");
+    assert_eq!(num(&s, &["parked", "overflow_frames"]), 15);
+    assert_eq!(num(&s, &["parked", "pending_frames"]), 10);
+    assert_eq!(verdict(&s, "park"), 25, "the datapath parked all 25");
+    src_echo.signal(libc::SIGCONT);
+    t.src_agent.phase("small", "abort");
+    let answers = client.wait_answers(10, Duration::from_secs(5));
+    let seqs: Vec<u64> = answers.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>(), "the oldest 10, in order");
+    // Recovered: new requests are answered.
+    client.send(5);
+    let answers = client.wait_answers(15, Duration::from_secs(5));
+    let late: Vec<u64> = answers[10..].iter().map(|a| a.seq).collect();
+    assert_eq!(late, (25..30).collect::<Vec<_>>());
+    let status = t.src_agent.ok(&["status"]);
+    println!("{status}");
+    t.procs.push(src_echo);
+}
+
+/// Malformed requests and bad arguments get clear errors and change nothing.
+#[test]
+fn bad_requests_and_arguments_are_refused_without_a_state_change() {
+    let t = Topology::new(false, &[]);
+    let a = &t.src_agent;
+    a.ok(&[
+        "service",
+        "add",
+        "--id",
+        "2",
+        "--name",
+        "dns",
+        "--udp",
+        &format!("{SRC_IP}:53"),
+    ]);
+    let before = a.json(&["service", "list"]);
+
+    // Raw protocol errors.
+    let raw = |line: &str| -> Value {
+        let mut s = UnixStream::connect(&a.socket).unwrap();
+        s.write_all(line.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.ends_with('\n') {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the agent closed without answering {line}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        serde_json::from_str(&text).unwrap()
+    };
+    for (line, code, needle) in [
+        ("this is not json", "bad_request", "not valid JSON"),
+        (
+            r#"{"v":1,"op":"stats","x":1}"#,
+            "bad_request",
+            "unknown field `x`",
+        ),
+        (
+            r#"{"v":9,"op":"stats"}"#,
+            "unsupported_version",
+            "version 9",
+        ),
+        (
+            r#"{"v":1,"op":"reboot"}"#,
+            "unknown_op",
+            "unknown operation",
+        ),
+        (
+            r#"{"v":1,"op":"phase","args":{"service":"dns","phase":"melt"}}"#,
+            "bad_request",
+            "unknown variant",
+        ),
+        (
+            r#"{"v":1,"op":"phase","args":{"service":"nope","phase":"freeze"}}"#,
+            "not_found",
+            "no service nope",
+        ),
+        (
+            r#"{"v":1,"op":"phase","args":{"service":"dns","phase":"done"}}"#,
+            "invalid_transition",
+            "no migration",
+        ),
+        (
+            r#"{"v":1,"op":"phase","args":{"service":"dns","phase":"restored"}}"#,
+            "invalid_transition",
+            "ambiguous",
+        ),
+        (
+            r#"{"v":1,"op":"service.add","args":{"id":2,"name":"other"}}"#,
+            "conflict",
+            "taken",
+        ),
+        (
+            r#"{"v":1,"op":"service.add","args":{"id":5,"name":"dup","rules":[{"proto":"udp","addr":"10.41.1.2:53"}]}}"#,
+            "conflict",
+            "belongs to service",
+        ),
+        (
+            r#"{"v":1,"op":"service.add","args":{"id":5,"name":"x","forward":{"iface":"nope0","addr":"10.0.0.1:1","next_hop_mac":"02:00:00:00:00:01"}}}"#,
+            "bad_request",
+            "no interface",
+        ),
+        (
+            r#"{"v":1,"id":"abc","op":"service.add","args":{"id":5000,"name":"x"}}"#,
+            "bad_request",
+            "out of range",
+        ),
+    ] {
+        let v = raw(line);
+        assert_eq!(v["ok"], false, "{line} -> {v}");
+        assert_eq!(v["error"]["code"], code, "{line} -> {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{line} -> {msg:?} lacks {needle:?}");
+    }
+    assert_eq!(
+        raw(r#"{"v":1,"id":"abc","op":"bad"}"#)["id"],
+        "abc",
+        "the id is echoed"
+    );
+    let huge = format!(
+        r#"{{"v":1,"op":"stats","args":{{"x":"{}"}}}}"#,
+        "a".repeat(70_000)
+    );
+    assert_eq!(raw(&huge)["error"]["code"], "bad_request");
+
+    // migrctl argument errors: exit 2 and a message, before reaching the agent.
+    for (args, needle) in [
+        (vec!["phase", "dns", "melt"], "invalid value 'melt'"),
+        (vec!["phase", "dns"], "required"),
+        (
+            vec![
+                "service", "add", "--id", "4", "--name", "x", "--udp", "nonsense",
+            ],
+            "invalid value",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "--id",
+                "4",
+                "--name",
+                "x",
+                "--server-id",
+                "1",
+            ],
+            "need a --quic",
+        ),
+        (
+            vec!["service", "add", "--id", "0", "--name", "x"],
+            "out of range",
+        ),
+        (vec!["service", "frobnicate"], "unrecognized subcommand"),
+    ] {
+        let out = a.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    }
+    // Refusals by the agent: exit 1.
+    for (args, needle) in [
+        (vec!["phase", "dns", "done"], "no migration in progress"),
+        (vec!["phase", "ghost", "freeze"], "no service ghost"),
+        (
+            vec!["service", "add", "--id", "2", "--name", "again"],
+            "taken",
+        ),
+    ] {
+        let out = a.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    }
+    // The CRIU hook: unreachable agent, lenient by default, strict on request.
+    let hook = |extra: &[&str], action: &str| {
+        Command::new(&bins().ctl)
+            .args([
+                "--socket",
+                "/nonexistent/agent.sock",
+                "criu-hook",
+                "--service",
+                "dns",
+            ])
+            .args(extra)
+            .env("CRTOOLS_SCRIPT_ACTION", action)
+            .output()
+            .unwrap()
+    };
+    let out = hook(&[], "pre-dump");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+    assert_eq!(hook(&["--strict"], "pre-dump").status.code(), Some(1));
+    let quiet = hook(&["--strict"], "post-dump");
+    assert_eq!(
+        (quiet.status.code(), quiet.stderr.len()),
+        (Some(0), 0),
+        "ignored actions do not contact the agent"
+    );
+
+    // Nothing changed.
+    assert_eq!(a.json(&["service", "list"]), before);
+    assert_eq!(a.service("dns")["state"], "idle");
+    assert_eq!(
+        a.service("dns")["timeline"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let help = a.ok(&["--help"]);
+    for cmd in ["service", "phase", "stats", "status", "criu-hook"] {
+        assert!(help.contains(cmd), "--help lists {cmd}");
+    }
+}
+
+/// SIGTERM detaches and keeps the state; `--keep-attached` leaves the
+/// datapath attached; a restarted agent carries on either way.
+#[test]
+fn sigterm_detaches_or_keeps_the_datapath_and_a_restart_keeps_the_state() {
+    let mut t = Topology::new(false, &[]);
+    let a = &t.src_agent;
+    a.ok(&[
+        "service",
+        "add",
+        "--id",
+        "4",
+        "--name",
+        "ntp",
+        "--udp",
+        &format!("{SRC_IP}:123"),
+    ]);
+    a.phase("ntp", "prepare");
+    let link = t.src_agent.pin_dir.join("link-v-sc");
+    assert!(link.exists(), "the XDP link is pinned while the agent runs");
+    let stop = |agent: &mut Agent| {
+        let mut p = agent.proc.take().expect("running");
+        p.signal(libc::SIGTERM);
+        let status = p.child.wait().unwrap();
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+        assert!(!agent.socket.exists(), "the socket is removed");
+    };
+    stop(&mut t.src_agent);
+    assert!(!link.exists(), "SIGTERM detaches");
+    assert!(
+        t.src_agent.pin_dir.join("SERVICES").exists(),
+        "the maps stay pinned"
+    );
+    let src = &t.src;
+    t.src_agent.start(src);
+    assert_eq!(
+        t.src_agent.service("ntp")["state"],
+        "prepared",
+        "no state lost"
+    );
+    // In-place restart: the datapath stays attached in between.
+    stop(&mut t.src_agent);
+    t.src_agent.args.push("--keep-attached".into());
+    t.src_agent.start(src);
+    stop(&mut t.src_agent);
+    assert!(link.exists(), "--keep-attached leaves the link pinned");
+    t.src_agent.start(src);
+    assert!(
+        t.src_agent
+            .log_text()
+            .contains("re-used the pinned XDP link")
+    );
+    assert_eq!(t.src_agent.service("ntp")["state"], "prepared");
+    // Pins without state (the state directory was wiped): the datapath entry
+    // nobody can serve any more is switched off, failing open.
+    stop(&mut t.src_agent);
+    std::fs::remove_file(t.src_agent.state_dir.join("state.json")).unwrap();
+    t.src_agent.start(src);
+    assert!(
+        t.src_agent
+            .log_text()
+            .contains("has a service this agent has no state for"),
+        "{}",
+        t.src_agent.log_text()
+    );
+    assert_eq!(t.src_agent.json(&["service", "list"]), Value::Array(vec![]));
+}
