@@ -105,23 +105,11 @@ fn echo_helper() {
     // slow to start reading: a 2 MiB buffer (about 500 replayed frames) keeps
     // these tests about migr, not about scheduling. Production sockets rely
     // on the agent's replay pacing (docs/agent.md).
-    if let Some(bytes) = std::env::var("MIGR_ECHO_RCVBUF")
+    let bytes = std::env::var("MIGR_ECHO_RCVBUF")
         .ok()
-        .or(Some("2097152".into()))
-        .and_then(|v| v.parse::<libc::c_int>().ok())
-    {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setsockopt with an int on our own socket (root may exceed rmem_max).
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&bytes as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    }
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2 << 20);
+    force_rcvbuf(&socket, bytes);
     if let Ok(ready) = std::env::var("MIGR_ECHO_READY") {
         std::fs::write(ready, b"").expect("write the ready file");
     }
@@ -136,6 +124,22 @@ fn echo_helper() {
         rx += 1;
         let _ = socket.send_to(reply.as_bytes(), from);
     }
+}
+
+/// Sets a socket's receive buffer to `bytes`, past `rmem_max` (we are root).
+fn force_rcvbuf(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt with an int on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 /// A process that is SIGKILLed (and reaped) on drop.
@@ -526,6 +530,8 @@ impl UdpClient {
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        // The answers to a replayed backlog come as a burst too.
+        force_rcvbuf(&socket, 8 << 20);
         let answers = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let rx = socket.try_clone().unwrap();
