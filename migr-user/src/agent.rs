@@ -236,8 +236,14 @@ async fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Bind under a umask that leaves the socket owner-only from its first
+    // moment; the group, if any, is let in only after the chown below.
+    // SAFETY: umask has no preconditions; nothing else creates files yet.
+    let old_umask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_umask) };
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     let mode = if let Some(gid) = group {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
         // SAFETY: chown with a valid path; uid -1 keeps the owner.
