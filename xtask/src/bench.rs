@@ -8,6 +8,8 @@ use crate::run;
 pub fn bench(quick: bool, json: Option<&str>) -> Result<()> {
     let default_json = run::workspace_root().join("target/bench.json");
     let json = json.map(std::path::PathBuf::from).unwrap_or(default_json);
+    // The agent cases run the real migr-agent and migrctl, built beside the bench.
+    run::status(run::cargo().args(["build", "--release", "--package", "migr-user", "--bins"]))?;
     let mut cmd = run::cargo();
     cmd.args([
         "run",

@@ -2,8 +2,12 @@
 //!
 //! Every figure is printed next to a baseline measured in the same run: the
 //! XDP cases against a trivial XDP_PASS program, map scale against nearly
-//! empty maps, veth throughput against no XDP program. Absolute numbers on a
-//! shared 2-core machine wander; the ratios are what to read.
+//! empty maps, veth throughput against no XDP program, the agent's control
+//! path against writing the map by hand, its replay against sendmmsg.
+//! Absolute numbers on a shared 2-core machine wander; the ratios are what to
+//! read.
+
+mod agent;
 
 use std::{
     collections::HashSet,
@@ -34,20 +38,41 @@ const SERVER: [u8; 4] = [10, 1, 0, 2];
 struct Options {
     quick: bool,
     json: Option<String>,
+    /// Run only these groups (default: all).
+    only: Vec<String>,
+}
+
+const GROUPS: [&str; 4] = ["xdp", "map-scale", "veth", "agent"];
+
+impl Options {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 fn parse_args() -> Result<Options> {
     let mut opts = Options {
         quick: false,
         json: None,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
             "--json" => opts.json = Some(args.next().context("--json needs a path")?),
+            "--only" => {
+                let group = args.next().context("--only needs a group")?;
+                if !GROUPS.contains(&group.as_str()) {
+                    bail!("unknown group {group:?}; groups: {}", GROUPS.join(", "));
+                }
+                opts.only.push(group);
+            }
             "-h" | "--help" => {
-                println!("migr-bench [--quick] [--json PATH]");
+                println!(
+                    "migr-bench [--quick] [--json PATH] [--only GROUP]...\ngroups: {}",
+                    GROUPS.join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -462,6 +487,14 @@ fn veth_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
     Ok(())
 }
 
+/// The unit printed after a value in the table (rates go without).
+fn short_unit(unit: &str) -> &str {
+    match unit {
+        "ns" | "us" => unit,
+        _ => "",
+    }
+}
+
 fn json_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -487,12 +520,22 @@ fn main() -> Result<()> {
     migr_tests::require_privileges();
     let started = Instant::now();
     let mut cases = Vec::new();
-    eprintln!("[bench] XDP cost per packet ...");
-    xdp_cases(opts.quick, &mut cases)?;
-    eprintln!("[bench] map scale ...");
-    scale_cases(opts.quick, &mut cases)?;
-    eprintln!("[bench] veth throughput ...");
-    veth_cases(opts.quick, &mut cases)?;
+    if opts.runs("xdp") {
+        eprintln!("[bench] XDP cost per packet ...");
+        xdp_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("map-scale") {
+        eprintln!("[bench] map scale ...");
+        scale_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("veth") {
+        eprintln!("[bench] veth throughput ...");
+        veth_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("agent") {
+        eprintln!("[bench] control latency and replay throughput (migr-agent) ...");
+        agent::cases(opts.quick, &mut cases)?;
+    }
 
     let machine = machine();
     println!(
@@ -509,9 +552,9 @@ fn main() -> Result<()> {
             c.group,
             c.name,
             c.value,
-            if c.unit == "ns" { "ns" } else { "" },
+            short_unit(c.unit),
             c.baseline,
-            if c.unit == "ns" { "ns" } else { "" },
+            short_unit(c.unit),
             c.ratio()
         );
     }
