@@ -553,3 +553,55 @@ fn sporadic_requests_resume_after_migration() {
         }
     }
 }
+
+#[test]
+fn the_client_takes_datagrams_only_from_known_server_addresses() {
+    // Authentic server datagrams delivered from an address that is no candidate
+    // (not the primary, announced, validated, pool or probed) are dropped before
+    // quinn-proto sees them; the same bytes from the server's address are taken.
+    let crypto = crypto();
+    let pool = vec![addr(POOL_A)];
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::PoolOfAddresses,
+        addr(OLD),
+        pool,
+        EchoClient::new(Mode::BackToBack, 3),
+    );
+    sim.run(RUN_LIMIT, |sim| sim.app.done());
+    let now = sim.now;
+    let server = sim.server.as_migr().unwrap();
+    let ch = server.endpoint.connection_handles()[0];
+    server.endpoint.connection(ch).unwrap().conn.ping();
+    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| server.endpoint.poll_transmit(now))
+        .map(|d| d.contents)
+        .collect();
+    assert!(!sent.is_empty(), "the server sends its PING");
+    let client = sim.client.as_migr().unwrap();
+    assert!(client.endpoint.migration().accepts(addr(POOL_A)));
+    let rx = |c: &mut common::MigrClient| format!("{:?}", c.endpoint.connection().stats().frame_rx);
+    let before = rx(client);
+    let pings = client.endpoint.connection().stats().frame_rx.ping;
+    for stranger in [addr("10.77.9.9:4433"), addr("10.77.1.1:4434")] {
+        for data in &sent {
+            let taken =
+                client
+                    .endpoint
+                    .handle_datagram(now, stranger, bytes::BytesMut::from(&data[..]));
+            assert!(!taken, "a datagram from {stranger} was taken");
+        }
+    }
+    assert_eq!(rx(client), before, "quinn-proto saw none of them");
+    for data in &sent {
+        assert!(
+            client
+                .endpoint
+                .handle_datagram(now, addr(OLD), bytes::BytesMut::from(&data[..]))
+        );
+    }
+    assert_eq!(
+        client.endpoint.connection().stats().frame_rx.ping,
+        pings + 1,
+        "the server's PING arrived from OLD"
+    );
+}
