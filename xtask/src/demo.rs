@@ -11,6 +11,8 @@ use crate::{run, setup};
 struct Topology {
     namespaces: Vec<String>,
     agent: Option<Child>,
+    /// The agent's control socket and state, removed with the namespaces.
+    state_dir: std::path::PathBuf,
 }
 
 impl Drop for Topology {
@@ -22,6 +24,7 @@ impl Drop for Topology {
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         println!(
             "[demo] cleaned up namespaces {}",
             self.namespaces.join(", ")
@@ -46,7 +49,12 @@ pub fn demo() -> Result<()> {
     let mut topo = Topology {
         namespaces: vec![],
         agent: None,
+        // Not the agent's default /run/migr: the demo must neither meet a real agent's
+        // socket and state nor leave its own behind.
+        state_dir: std::path::PathBuf::from(format!("/run/migr-demo{pid}")),
     };
+    let state_dir = topo.state_dir.display().to_string();
+    let socket = format!("{state_dir}/agent.sock");
     for ns in [&client, &node] {
         ip(&["netns", "add", ns])?;
         topo.namespaces.push(ns.clone());
@@ -81,6 +89,10 @@ pub fn demo() -> Result<()> {
             "3",
             "--count",
             "1",
+            "--state-dir",
+            &state_dir,
+            "--socket",
+            &socket,
         ])
         .spawn()
         .context("starting migr-agent")?;
