@@ -20,6 +20,7 @@
 //! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes; a `SERVICE_HOLD` service parks while it is not empty) |
 //! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows) | this program (agent consumes) |
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
+//! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 #![no_std]
 #![no_main]
 
