@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz [--seconds N] [TARGET...]`: runs the cargo-fuzz targets of
 //! `tests/fuzz` (the packet parsers against their reference parsers, the QUIC
-//! extension frame decoder) for N seconds each.
+//! extension frame decoder, the control API request decoder) for N seconds each.
 //!
 //! Each run starts from a copy of the committed seed corpus
 //! (`tests/fuzz/corpus/<target>/`) in a scratch directory under the target
@@ -33,9 +33,10 @@ const MAX_LEN: usize = 4096;
 /// a panic is the finding).
 const BUILD_FLAGS: &[&str] = &["--release", "--debug-assertions", "--sanitizer", "none"];
 
-/// Setup check: is `cargo fuzz` there?
+/// Setup check: is `cargo fuzz` there, in the release setup installs?
 pub fn cargo_fuzz_installed() -> bool {
-    run::stdout(run::cargo().args(["fuzz", "--version"])).is_some()
+    run::stdout(run::cargo().args(["fuzz", "--version"]))
+        .is_some_and(|out| out.contains(CARGO_FUZZ_VERSION))
 }
 
 /// Setup commands: install cargo-fuzz (its fuzz builds use the nightly toolchain,
@@ -52,9 +53,17 @@ pub fn install_cargo_fuzz() -> Vec<Command> {
     vec![cmd]
 }
 
+/// What one target's run did.
+pub struct TargetRun {
+    pub name: String,
+    /// Inputs executed (libFuzzer's "Done N runs"), when it said.
+    pub runs: Option<u64>,
+    pub seconds: f64,
+}
+
 /// Runs `targets` (default: every target in `tests/fuzz/fuzz_targets/`) for
 /// `seconds` each; fails listing every finding.
-pub fn fuzz(seconds: u64, targets: Option<&[String]>) -> Result<()> {
+pub fn fuzz(seconds: u64, targets: Option<&[String]>) -> Result<Vec<TargetRun>> {
     let root = run::workspace_root();
     let fuzz_dir = root.join(FUZZ_DIR);
     let all = list_targets(&fuzz_dir)?;
@@ -90,10 +99,14 @@ pub fn fuzz(seconds: u64, targets: Option<&[String]>) -> Result<()> {
     println!("[fuzz] built in {:.0}s", t.elapsed().as_secs_f64());
 
     let mut findings = Vec::new();
+    let mut done = Vec::new();
     for target in &selected {
-        if let Err(e) = run_target(&root, &target_root, &build_dir, target, seconds) {
-            println!("[fuzz] {target}: FAILED");
-            findings.push(format!("{e:#}"));
+        match run_target(&root, &target_root, &build_dir, target, seconds) {
+            Ok(run) => done.push(run),
+            Err(e) => {
+                println!("[fuzz] {target}: FAILED");
+                findings.push(format!("{e:#}"));
+            }
         }
     }
     if !findings.is_empty() {
@@ -104,11 +117,21 @@ pub fn fuzz(seconds: u64, targets: Option<&[String]>) -> Result<()> {
             findings.join("\n")
         );
     }
+    for r in &done {
+        println!(
+            "[fuzz]   {:<16} {:>10} runs {:>5.1}s",
+            r.name,
+            r.runs.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            r.seconds
+        );
+    }
+    let total: u64 = done.iter().filter_map(|r| r.runs).sum();
     println!(
-        "[fuzz] {} target(s), {seconds} s each: no finding",
-        selected.len()
+        "[fuzz] {} target(s), {seconds} s each: no finding ({total} inputs executed in all, {:.0}s with the build)",
+        selected.len(),
+        t.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(done)
 }
 
 /// The target names: the files in `fuzz_targets/`.
@@ -156,7 +179,7 @@ fn run_target(
     build_dir: &Path,
     target: &str,
     seconds: u64,
-) -> Result<()> {
+) -> Result<TargetRun> {
     let seeds = root.join(FUZZ_DIR).join("corpus").join(target);
     let corpus = fresh_dir(&target_root.join("fuzz-corpus").join(target))?;
     let artifacts = fresh_dir(&target_root.join("fuzz-artifacts").join(target))?;
@@ -192,6 +215,13 @@ fn run_target(
         .arg(format!("-max_len={MAX_LEN}"))
         .arg("-timeout=10")
         .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    let dict = root
+        .join(FUZZ_DIR)
+        .join("dict")
+        .join(format!("{target}.dict"));
+    if dict.is_file() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
     let line = run::render(&cmd);
     let log = std::fs::File::create(&log_path)?;
     let t = Instant::now();
@@ -214,8 +244,9 @@ fn run_target(
         let inputs: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
         let reproduce = match found.first() {
             Some(input) => format!(
-                "rustup run nightly cargo fuzz run --fuzz-dir {FUZZ_DIR} {} {target} {}",
+                "rustup run nightly cargo fuzz run --fuzz-dir {FUZZ_DIR} {} --target-dir {} {target} {}",
                 BUILD_FLAGS.join(" "),
+                build_dir.display(),
                 input.display()
             ),
             None => line.clone(),
@@ -231,25 +262,26 @@ fn run_target(
             why.join("\n  ")
         );
     }
-    let runs = text
-        .lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("Done ")?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|n| format!("{n} runs"))
-        .unwrap_or_else(|| "corpus replayed".to_string());
+    let runs = text.lines().rev().find_map(|l| {
+        l.strip_prefix("Done ")?
+            .split(' ')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    let elapsed = t.elapsed().as_secs_f64();
     let kept = std::fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0);
     println!(
-        "[fuzz] {target}: ok, {runs} in {:.0}s, corpus {seed_count} -> {kept} inputs (scratch: {})",
-        t.elapsed().as_secs_f64(),
+        "[fuzz] {target}: ok, {} in {elapsed:.0}s, corpus {seed_count} -> {kept} inputs (scratch: {})",
+        runs.map(|n| format!("{n} runs"))
+            .unwrap_or_else(|| "corpus replayed".to_string()),
         corpus.display()
     );
-    Ok(())
+    Ok(TargetRun {
+        name: target.to_string(),
+        runs,
+        seconds: elapsed,
+    })
 }
 
 /// The panic message in a libFuzzer log (the lines from "panicked at" to the

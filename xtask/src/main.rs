@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,14 @@ enum Command {
     },
     /// A short live demo on a veth pair in two network namespaces.
     Demo,
+    /// The cargo-fuzz targets of tests/fuzz (parsers vs. reference, QUIC frames, control API).
+    Fuzz {
+        /// Seconds per target (0: only replay the seed corpus).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Benchmarks: XDP cost per packet, map scale, veth throughput (needs root).
     Bench {
         /// A shorter run (under 3 minutes).
@@ -64,6 +73,9 @@ fn main() {
         Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
         Command::Test { filter } => test::test(&filter),
         Command::Demo => demo::demo(),
+        Command::Fuzz { seconds, targets } => {
+            fuzz::fuzz(seconds, (!targets.is_empty()).then_some(&targets[..])).map(|_| ())
+        }
         Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
         Command::VmTest {
             kernel,

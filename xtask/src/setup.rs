@@ -100,6 +100,12 @@ fn steps() -> Vec<Step> {
             },
             hint: "make sure llvm-22-dev is installed (the apt step) and ~/.cargo/bin is in PATH",
         },
+        Step {
+            name: "cargo-fuzz",
+            done: crate::fuzz::cargo_fuzz_installed,
+            commands: crate::fuzz::install_cargo_fuzz,
+            hint: "cargo install needs the package registry; ~/.cargo/bin must be in PATH",
+        },
         // The VM tests (`cargo xtask vm-test`, docs/vm-tests.md).
         Step {
             name: "apt bookworm-backports",

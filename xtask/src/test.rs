@@ -58,6 +58,18 @@ pub fn test(filter: &[String]) -> Result<()> {
             "migr-tests",
         ]))
     })?;
+    stage(
+        &format!(
+            "fuzzing, {} s per target from the seed corpus (tests/fuzz)",
+            crate::fuzz::TEST_SECONDS
+        ),
+        || {
+            let runs = crate::fuzz::fuzz(crate::fuzz::TEST_SECONDS, None)?;
+            // Each target is one test in the closing summary.
+            totals.passed += runs.len() as u64;
+            Ok(())
+        },
+    )?;
     stage("privileged integration tests", || {
         require_root()?;
         let mut cmd = run::cargo();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use migr_common::build::{FrameBuilder, mptcp, quic, tcp_opt};
 use migr_common::wire::{LongPacketType, packet::parse_packet, quic::QUIC_V2};
-use migr_quic::frame::{self, Frame};
+use migr_fuzz_sources::frame::{self, Frame};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -585,5 +585,61 @@ fn main() {
     c.add("non-minimal-varints", &[0x40, 0x00, 0x40, 0x02, 0x40, 0x01]);
     c.add("unusable-port-0", &[0x03, 7, 4, 10, 0, 0, 1, 0, 0]);
     c.add("wrong-stream-type", &[0x00, 0x02, 0x00, 0x01]);
+
+    // control_api: request lines (valid ones of every operation, then refusals)
+    let mut c = Corpus::new(&root, "control_api");
+    let spec = r#""id":7,"name":"web-1","rules":[{"proto":"udp","addr":"10.0.0.2:7000"},{"proto":"tcp","addr":"10.0.0.2:443"},{"proto":"quic","addr":"[2001:db8::2]:4433","server_ids":[258,3],"cid":{"len":8,"offset":1,"id_len":2},"grease":true},{"proto":"mptcp","addr":"10.0.0.2:8080"}]"#;
+    for (name, line) in [
+        ("hello", r#"{"v":1,"op":"hello"}"#.to_string()),
+        ("hello-args", r#"{"v":1,"id":"a","op":"hello","args":{}}"#.to_string()),
+        ("list", r#"{"v":1,"id":1,"op":"service.list"}"#.to_string()),
+        ("stats", r#"{"v":1,"id":null,"op":"stats","args":null}"#.to_string()),
+        (
+            "add-full",
+            format!(
+                r#"{{"v":1,"id":"r1","op":"service.add","args":{{{spec},"forward":{{"mode":"address-changing","addr":"10.0.1.2:7000","iface":"eth1","next_hop_mac":"02:00:00:00:00:01"}},"park_limit":{{"frames":10,"bytes":10000}},"drain_ms":500,"replay_rate":1000}}}}"#
+            ),
+        ),
+        (
+            "add-same-ip",
+            r#"{"v":1,"op":"service.add","args":{"id":4095,"name":"db","rules":[{"proto":"tcp","addr":"10.0.0.3:5432"}],"forward":{"mode":"same-ip","iface":"veth0","next_hop":"10.0.9.1"}}}"#.to_string(),
+        ),
+        (
+            "remove",
+            r#"{"v":1,"id":[1,{"x":2.5}],"op":"service.remove","args":{"service":"web-1","force":true}}"#.to_string(),
+        ),
+        ("show-id", r#"{"v":1,"op":"service.show","args":{"service":7}}"#.to_string()),
+        ("show-digits", r#"{"v":1,"op":"service.show","args":{"service":"12"}}"#.to_string()),
+        (
+            "phase",
+            r#"{"v":1,"id":-3,"op":"phase","args":{"service":"web-1","phase":"freeze","role":"source","drain_ms":0}}"#.to_string(),
+        ),
+        (
+            "criu",
+            r#"{"v":1,"op":"criu","args":{"service":7,"action":"pre-dump"}}"#.to_string(),
+        ),
+        // refusals
+        ("empty", String::new()),
+        ("not-json", "{\"v\":1,".to_string()),
+        ("array", "[1,2]".to_string()),
+        ("version-2", r#"{"v":2,"op":"stats"}"#.to_string()),
+        ("unknown-op", r#"{"v":1,"op":"explode"}"#.to_string()),
+        ("unknown-field", r#"{"v":1,"op":"stats","extra":1}"#.to_string()),
+        ("phase-no-args", r#"{"v":1,"op":"phase"}"#.to_string()),
+        (
+            "bad-cid",
+            r#"{"v":1,"op":"service.add","args":{"id":3,"name":"x","rules":[{"proto":"quic","addr":"10.0.0.2:443","cid":{"len":4,"offset":3,"id_len":2}}]}}"#.to_string(),
+        ),
+        (
+            "bad-forward",
+            r#"{"v":1,"op":"service.add","args":{"id":3,"name":"x","rules":[{"proto":"udp","addr":"10.0.0.2:53"}],"forward":{"iface":"eth0","addr":"[fd00::1]:1"}}}"#.to_string(),
+        ),
+        ("bad-name", r#"{"v":1,"op":"service.add","args":{"id":1,"name":"123"}}"#.to_string()),
+        ("deep", format!("{}{}", "[".repeat(200), "]".repeat(200))),
+        // needs serde_json's float_roundtrip to come back as it went (a finding)
+        ("float-id", r#"{"v":1,"id":1.0000000000000002e-299,"op":"stats"}"#.to_string()),
+    ] {
+        c.add(name, line.as_bytes());
+    }
     println!("seed corpus written under {}", root.display());
 }

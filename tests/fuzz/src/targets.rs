@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use migr_common::cid::{CidConfig, CidConfigError};
 use migr_common::wire::{self, OptionRef, packet::parse_packet, quic};
-use migr_quic::frame::{self, Frame, FrameError};
+use migr_fuzz_sources::api::{self, ApiError, Op, Request, Response};
+use migr_fuzz_sources::frame::{self, Frame, FrameError};
+use serde_json::Value;
 
 use crate::project;
 use crate::reference::{self as r, Bytes};
@@ -24,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "quic",
     "cid",
     "quic_ext_frame",
+    "control_api",
 ];
 
 /// Runs the check of target `name` on `data`.
@@ -36,6 +39,7 @@ pub fn run(name: &str, data: &[u8]) {
         "quic" => quic(data),
         "cid" => cid(data),
         "quic_ext_frame" => quic_ext_frame(data),
+        "control_api" => control_api(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -517,4 +521,104 @@ fn made_up_frame(data: &[u8]) {
         }
         Err(e) => panic!("{f:?} fails to encode: {e:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// migr-user: the control API
+// ---------------------------------------------------------------------------
+
+/// `control_api`: the input is one request line, read the way the agent reads
+/// it (`serve_client`: lossy UTF-8, trimmed). `parse_request` must not panic,
+/// must give the same answer twice, and:
+///
+/// - a refusal has a message, and its error response serialises to one JSON
+///   line that reads back to the same error and id;
+/// - an accepted `service.add` passes `validate_spec`;
+/// - an accepted request, encoded again the way a client builds requests
+///   ([`encode_request`]), decodes to the same operation and id.
+pub fn control_api(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let line = text.trim();
+    let (id, parsed) = api::parse_request(line);
+    let again = api::parse_request(line);
+    assert!(
+        again == (id.clone(), parsed.clone()),
+        "parse_request is not deterministic on {line:?}:\n  first:  {:?}\n  second: {again:?}",
+        (&id, &parsed)
+    );
+    match parsed {
+        Err(e) => {
+            assert!(
+                !e.message.is_empty(),
+                "an error without a message for {line:?}: {e:?}"
+            );
+            check_error_response(line, id, e);
+        }
+        Ok(op) => {
+            if let Op::ServiceAdd(spec) = &op {
+                assert_eq!(
+                    api::validate_spec(spec),
+                    Ok(()),
+                    "service.add accepted an invalid spec from {line:?}"
+                );
+            }
+            let request = encode_request(id.clone(), &op);
+            let encoded = serde_json::to_string(&request)
+                .unwrap_or_else(|e| panic!("{request:?} (from {line:?}) does not serialise: {e}"));
+            assert!(
+                !encoded.contains('\n'),
+                "a request line with a newline: {encoded:?}"
+            );
+            let (id2, op2) = api::parse_request(&encoded);
+            assert!(
+                id2 == id && op2.as_ref() == Ok(&op),
+                "{line:?} decodes to {op:?} (id {id:?}), but its re-encoding {encoded:?} decodes to {op2:?} (id {id2:?})"
+            );
+        }
+    }
+}
+
+/// A request for `op`, as a client builds it: the operation's name and its
+/// arguments serialised with their own `Serialize` (as `migrctl` does).
+pub fn encode_request(id: Option<Value>, op: &Op) -> Request {
+    fn to<T: serde::Serialize + std::fmt::Debug>(args: &T) -> Value {
+        serde_json::to_value(args).unwrap_or_else(|e| panic!("{args:?} does not serialise: {e}"))
+    }
+    let (name, args) = match op {
+        Op::Hello => ("hello", Value::Null),
+        Op::ServiceAdd(spec) => ("service.add", to(spec)),
+        Op::ServiceRemove(a) => ("service.remove", to(a)),
+        Op::ServiceList => ("service.list", Value::Null),
+        Op::ServiceShow(a) => ("service.show", to(a)),
+        Op::Phase(a) => ("phase", to(a)),
+        Op::Criu(a) => ("criu", to(a)),
+        Op::Stats => ("stats", Value::Null),
+    };
+    assert!(api::OPS.contains(&name), "{name} is missing from api::OPS");
+    Request {
+        v: api::PROTOCOL_VERSION,
+        id,
+        op: name.to_string(),
+        args,
+    }
+}
+
+/// The agent answers a refused request with `Response::err(id, e)`; the line
+/// must read back (as `migrctl` reads it) to the same error and id.
+fn check_error_response(line: &str, id: Option<Value>, e: ApiError) {
+    let response = Response::err(id.clone(), e.clone());
+    let out = serde_json::to_string(&response)
+        .unwrap_or_else(|err| panic!("the response to {line:?} does not serialise: {err}"));
+    assert!(
+        !out.contains('\n'),
+        "a response line with a newline: {out:?}"
+    );
+    let back: Response = serde_json::from_str(&out)
+        .unwrap_or_else(|err| panic!("the response {out:?} to {line:?} does not read back: {err}"));
+    // `"id": null` is written as such and reads back as no id.
+    let id = id.filter(|v| !v.is_null());
+    assert!(
+        !back.ok && back.error.as_ref() == Some(&e) && back.id == id,
+        "the response {out:?} to {line:?} reads back as {back:?}"
+    );
 }
