@@ -47,7 +47,9 @@ impl XdpFrame {
 impl Frame for XdpFrame {
     #[inline(always)]
     fn len(&self) -> usize {
-        self.end - self.start
+        // The whole frame, fragments included: `load` reads across them.
+        // SAFETY: plain helper call on the program's context.
+        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
     }
 
     /// Reads through `bpf_xdp_load_bytes`: the helper checks the bounds at run

@@ -5,7 +5,10 @@
 
 use migr_common::{
     build::{FrameBuilder, mptcp, quic, verify_checksums},
-    maps::{Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, Reason, Verdict},
+    maps::{
+        Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, PARK_JUMBO_MAX,
+        Reason, Verdict,
+    },
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
 use migr_tests::{
@@ -437,6 +440,33 @@ fn park_copies_the_whole_frame_in_order() {
     let o = check(&mut f, &big);
     assert_eq!(o.verdict, Verdict::Park);
     assert_eq!(f.dp.drain_parked().unwrap()[0].frame, big);
+}
+
+#[test]
+fn jumbo_frames_park_whole_up_to_the_limit() {
+    // Frames longer than about 3.5 kB reach the program as multi-buffer XDP
+    // (frags): they must be parsed, classified and parked whole too.
+    let mut f = fixture();
+    let headers = udp(port_of(PARK_SVC), &[]).len();
+    for len in [4000, 8000, PARK_JUMBO_MAX] {
+        let frame = udp(port_of(PARK_SVC), &vec![0x5a; len - headers]);
+        let o = f.run(&frame, &ALL).unwrap();
+        assert_eq!(
+            (o.action, o.verdict),
+            (XdpAction::Drop, Verdict::Park),
+            "{len} bytes"
+        );
+        let parked = f.dp.drain_parked().unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].frame, frame, "{len} bytes parked whole");
+    }
+    let too_big = udp(port_of(PARK_SVC), &vec![0x5a; PARK_JUMBO_MAX + 1 - headers]);
+    let o = f.run(&too_big, &[PARK_SVC]).unwrap();
+    assert_eq!(
+        (o.verdict, reason(&o, Reason::Oversize)),
+        (Verdict::ParkFailed, 1)
+    );
+    assert!(f.dp.drain_parked().unwrap().is_empty());
 }
 
 #[test]
