@@ -153,42 +153,65 @@ pub const SERVICE_MPTCP: u32 = 1 << 1;
 /// older parked one. Frames the agent replays (see [`ReplayMeta`]) are exempt.
 pub const SERVICE_HOLD: u32 = 1 << 2;
 
-/// XDP metadata the agent puts in front of a frame it replays through
-/// BPF_PROG_TEST_RUN (live frames, `xdp_md.data` = the metadata's size): the
-/// frame is classified as usual, but gets `action` (PASS or FORWARD) instead
-/// of its service's current action, and ignores [`SERVICE_HOLD`]. The program
-/// strips the metadata before the frame goes anywhere. Only privileged code
-/// can attach XDP metadata, so frames from the wire never carry it.
+/// XDP metadata that marks a BPF_PROG_TEST_RUN call (live frames) as one of
+/// the agent's replay batches. Run `i` of such a call does not classify the
+/// call's input frame: it takes the `i`-th frame the agent wrote into the
+/// `REPLAY_SLOTS` map (the program counts runs in `REPLAY_NEXT`), makes the
+/// frame those bytes, and classifies it with the slot's action (PASS or
+/// FORWARD) instead of its service's current one, ignoring [`SERVICE_HOLD`].
+/// The program strips the tag (the kernel restores each run's context before
+/// the next run). Only privileged code can attach XDP metadata, so frames from
+/// the wire never carry it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReplayMeta {
     /// [`REPLAY_META_MAGIC`].
     pub magic: u32,
-    /// [`Action`] as u32: `Pass` or `Forward`; anything else is ignored.
-    pub action: u32,
+    pub _reserved: u32,
 }
 
 /// `ReplayMeta::magic` ("mgrp" little-endian).
 pub const REPLAY_META_MAGIC: u32 = 0x7072_676d;
 
 impl ReplayMeta {
-    /// The replay action this metadata asks for, if it is a valid replay tag.
+    pub const fn is_replay(&self) -> bool {
+        self.magic == REPLAY_META_MAGIC
+    }
+
+    /// The 8 bytes the agent puts in front of a replay batch's input frame.
+    pub const fn to_bytes() -> [u8; 8] {
+        let m = REPLAY_META_MAGIC.to_le_bytes();
+        [m[0], m[1], m[2], m[3], 0, 0, 0, 0]
+    }
+}
+
+/// Frames the agent replays in one BPF_PROG_TEST_RUN call (the kernel takes
+/// at most 256 live frames per batch): the size of `REPLAY_SLOTS`.
+pub const REPLAY_BATCH: u32 = 64;
+/// Largest frame a replay slot holds. A live frame must fit one page with the
+/// kernel's headroom and shared info: 3408 bytes with 4 KiB pages on x86-64,
+/// minus the tag.
+pub const REPLAY_FRAME_MAX: usize = 3400;
+
+/// One frame of a replay batch, written by the agent into `REPLAY_SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReplaySlot {
+    /// Frame length, 1..=[`REPLAY_FRAME_MAX`].
+    pub len: u32,
+    /// [`Action`] as u32: `Pass` or `Forward`; anything else drops the frame (counted).
+    pub action: u32,
+    pub data: [u8; REPLAY_FRAME_MAX],
+}
+
+impl ReplaySlot {
+    /// The action the agent asked for, if it is one a replay may take.
     pub const fn replay_action(&self) -> Option<Action> {
-        if self.magic != REPLAY_META_MAGIC {
-            return None;
-        }
         match Action::from_u32(self.action) {
             Some(Action::Pass) => Some(Action::Pass),
             Some(Action::Forward) => Some(Action::Forward),
             _ => None,
         }
-    }
-
-    /// The 8 bytes the agent prepends to a replayed frame.
-    pub const fn to_bytes(action: Action) -> [u8; 8] {
-        let m = REPLAY_META_MAGIC.to_le_bytes();
-        let a = (action as u32).to_le_bytes();
-        [m[0], m[1], m[2], m[3], a[0], a[1], a[2], a[3]]
     }
 }
 
@@ -322,14 +345,16 @@ pub enum Reason {
     FlowsLearned = 14,
     /// The frame's checksum could not be updated (not enough bytes visible).
     ChecksumUnreachable = 15,
-    /// A frame the agent replayed (carried [`ReplayMeta`]).
+    /// A frame the agent replayed (a run of a [`ReplayMeta`] batch).
     Replayed = 16,
     /// A fresh frame of a [`SERVICE_HOLD`] service parked behind unconsumed records.
     HeldBehindBacklog = 17,
+    /// A replay run found no valid slot, or could not make the frame its bytes.
+    ReplayFailed = 18,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -349,6 +374,7 @@ impl Reason {
         Self::ChecksumUnreachable,
         Self::Replayed,
         Self::HeldBehindBacklog,
+        Self::ReplayFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -371,6 +397,7 @@ impl Reason {
             Self::ChecksumUnreachable => "checksum_unreachable",
             Self::Replayed => "replayed",
             Self::HeldBehindBacklog => "held_behind_backlog",
+            Self::ReplayFailed => "replay_failed",
         }
     }
 }
@@ -454,6 +481,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for ReplaySlot {}
 }
 
 #[cfg(test)]
@@ -474,27 +502,32 @@ mod tests {
     }
 
     #[test]
-    fn replay_meta_round_trips_and_rejects_other_actions() {
+    fn replay_tags_and_slots_decode() {
+        let bytes = ReplayMeta::to_bytes();
+        let meta = ReplayMeta {
+            magic: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            _reserved: 0,
+        };
+        assert!(meta.is_replay());
+        assert!(!ReplayMeta::default().is_replay());
+        let mut slot = ReplaySlot {
+            len: 60,
+            action: 0,
+            data: [0; REPLAY_FRAME_MAX],
+        };
         for action in [Action::Pass, Action::Forward] {
-            let bytes = ReplayMeta::to_bytes(action);
-            let meta = ReplayMeta {
-                magic: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                action: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-            };
-            assert_eq!(meta.replay_action(), Some(action));
+            slot.action = action as u32;
+            assert_eq!(slot.replay_action(), Some(action));
         }
         for action in [Action::Park as u32, Action::Drop as u32, 99] {
-            let meta = ReplayMeta {
-                magic: REPLAY_META_MAGIC,
-                action,
-            };
-            assert_eq!(meta.replay_action(), None);
+            slot.action = action;
+            assert_eq!(slot.replay_action(), None);
         }
-        let wrong_magic = ReplayMeta {
-            magic: 0,
-            action: Action::Pass as u32,
-        };
-        assert_eq!(wrong_magic.replay_action(), None);
+        assert_eq!(
+            size_of::<ReplaySlot>() % 8,
+            0,
+            "array values stay 8-byte aligned"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes; a `SERVICE_HOLD` service parks while it is not empty) |
 //! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows) | this program (agent consumes) |
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
+//! | `REPLAY_SLOTS` | array, [`REPLAY_BATCH`] | run index in a replay batch | [`ReplaySlot`]: frame bytes and the action to give it | agent (this program reads) |
+//! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 #![no_std]
 #![no_main]
@@ -29,7 +31,8 @@ mod frame;
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -40,8 +43,8 @@ use migr_common::{
     maps::{
         Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FlowKey,
         ForwardMode, ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX,
-        ParkedHeader, ParkedRecord, ProtoClass, Reason, ReplayMeta, ServiceCounters, ServiceEntry,
-        Verdict,
+        ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta,
+        ReplaySlot, ServiceCounters, ServiceEntry, Verdict,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
 };
@@ -58,8 +61,6 @@ const DEFAULT_EVENT_RING_BYTES: u32 = 256 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// `bpf_ringbuf_query` flag: bytes produced but not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// [`take_replay_meta`]'s answer for a frame that is not a replay.
-const NOT_A_REPLAY: u32 = u32::MAX;
 
 #[map]
 static SERVICES: Array<ServiceEntry> = Array::with_max_entries(MAX_SERVICES, 0);
@@ -88,6 +89,13 @@ static PARKED: RingBuf = RingBuf::with_byte_size(DEFAULT_PARK_RING_BYTES, 0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
 #[map]
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+/// The frames of the agent's current replay batch (see [`ReplayMeta`]).
+#[map]
+static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, 0);
+/// [0]: runs of the current replay batch so far, i.e. the next slot. The
+/// agent zeroes it before a batch; after a crash it tells how far one got.
+#[map]
+static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
@@ -123,8 +131,18 @@ impl Tables for MapTables {
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
 #[xdp(frags)]
 pub fn migr(ctx: XdpContext) -> u32 {
-    // Frames the agent replays carry a tag in their XDP metadata (stripped here).
-    let replay = Action::from_u32(take_replay_meta(ctx.ctx));
+    // A run of one of the agent's replay batches: the frame is the next slot's.
+    let replay = if is_replay_batch(ctx.ctx) {
+        match take_replay_slot(ctx.ctx) {
+            Some(action) => Some(action),
+            None => {
+                count_reason(Reason::ReplayFailed);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    } else {
+        None
+    };
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
@@ -212,11 +230,12 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
     0
 }
 
-/// Reads the agent's replay tag ([`ReplayMeta`]) from the XDP metadata and
-/// strips it, so that the frame leaves (TX, REDIRECT, PASS) without it.
-/// Returns the requested action as u32, or [`NOT_A_REPLAY`].
+/// Does the frame carry the agent's replay tag ([`ReplayMeta`]) as XDP
+/// metadata? If so, the tag is stripped: it must not leave with the frame (a
+/// veth hands metadata on to the peer's XDP program, which could be migr).
+/// The kernel restores a changed context before the batch's next run.
 #[inline(never)]
-fn take_replay_meta(ctx: *mut xdp_md) -> u32 {
+fn is_replay_batch(ctx: *mut xdp_md) -> bool {
     // SAFETY: `ctx` is the program's context; volatile loads keep the verifier's
     // packet-pointer types (see `XdpFrame::from_raw`).
     let (meta, data) = unsafe {
@@ -226,17 +245,50 @@ fn take_replay_meta(ctx: *mut xdp_md) -> u32 {
         )
     };
     if meta + size_of::<ReplayMeta>() > data {
-        return NOT_A_REPLAY;
+        return false;
     }
     // SAFETY: the check above proves the metadata holds a whole ReplayMeta
     // (metadata is 4-byte aligned by the kernel).
-    let tag = unsafe { (meta as *const ReplayMeta).read() };
-    let Some(action) = tag.replay_action() else {
-        return NOT_A_REPLAY;
-    };
+    if !unsafe { (meta as *const ReplayMeta).read() }.is_replay() {
+        return false;
+    }
     // SAFETY: plain helper call; a positive delta shrinks the metadata.
     unsafe { bpf_xdp_adjust_meta(ctx, size_of::<ReplayMeta>() as i32) };
-    action as u32
+    true
+}
+
+/// Makes the frame the bytes of the batch's next [`ReplaySlot`]; returns the
+/// slot's action, or None if there is no valid slot (the frame is dropped).
+#[inline(never)]
+fn take_replay_slot(ctx: *mut xdp_md) -> Option<Action> {
+    let next = REPLAY_NEXT.get_ptr_mut(0)?;
+    // SAFETY: the agent runs one replay call at a time, on one CPU, so this
+    // read-modify-write of the shared counter does not race.
+    let index = unsafe { *next };
+    unsafe { *next = index.wrapping_add(1) };
+    let slot = REPLAY_SLOTS.get(index)?;
+    let action = slot.replay_action()?;
+    let len = slot.len;
+    // The store length must be provably in [1, REPLAY_FRAME_MAX]: clamp len-1,
+    // and compare with len only afterwards (an earlier range check lets LLVM
+    // drop the clamp, and the verifier then refuses the store).
+    let mut last = len.wrapping_sub(1);
+    if last > REPLAY_FRAME_MAX as u32 - 1 {
+        last = REPLAY_FRAME_MAX as u32 - 1;
+    }
+    let copy = last + 1;
+    // SAFETY: plain helper calls on the program's own context.
+    let current = unsafe { bpf_xdp_get_buff_len(ctx) } as i64;
+    if unsafe { bpf_xdp_adjust_tail(ctx, (i64::from(copy) - current) as i32) } != 0 {
+        return None;
+    }
+    // SAFETY: `slot.data` is map memory of REPLAY_FRAME_MAX bytes; the frame
+    // is `copy` bytes long now.
+    let rc = unsafe { bpf_xdp_store_bytes(ctx, 0, slot.data.as_ptr() as *mut _, copy) };
+    if copy != len {
+        return None;
+    }
+    (rc == 0).then_some(action)
 }
 
 /// Passes everything. Attached to veth peers so that XDP_REDIRECT into them

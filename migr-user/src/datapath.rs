@@ -18,7 +18,8 @@ use aya::{
 };
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
-    Reason, ReplayMeta, ServiceCounters, ServiceEntry, Verdict,
+    REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
+    Verdict,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -130,7 +131,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     "SERVICES",
     "LISTENERS",
     "SERVER_IDS",
@@ -143,6 +144,8 @@ pub const PINNED_MAPS: [&str; 12] = [
     "PARKED",
     "EVENTS",
     "EVENT_BUDGET",
+    "REPLAY_SLOTS",
+    "REPLAY_NEXT",
 ];
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
@@ -335,39 +338,72 @@ impl Datapath {
         Ok((fd, info.max_entries(), info.id()))
     }
 
-    /// Runs one parked frame through the classifier again, for real (XDP
-    /// live frames), as if it arrived on `ifindex` (resolved in the calling
-    /// thread's network namespace), tagged with [`ReplayMeta`] so that it
-    /// gets `action` (PASS: into the local stack; FORWARD: the service's
-    /// rewrite and TX/REDIRECT) whatever the service's current state is.
-    pub fn replay_frame(&mut self, frame: &[u8], ifindex: u32, action: Action) -> Result<()> {
+    /// Replays `frames` (all received on `ifindex`, resolved in the calling
+    /// thread's network namespace) through the classifier again, for real, in
+    /// one BPF_PROG_TEST_RUN call with XDP live frames: run `i` makes the frame
+    /// `frames[i]` (from `REPLAY_SLOTS`) and gives it `action` (PASS: into the
+    /// local stack; FORWARD: the service's rewrite and TX/REDIRECT), whatever
+    /// the service's current state (see [`ReplayMeta`]). Returns how many runs
+    /// took place; if the call fails, [`Self::replay_progress`] says how many.
+    pub fn replay_batch(&mut self, frames: &[&[u8]], ifindex: u32, action: Action) -> Result<u32> {
         const META: usize = size_of::<ReplayMeta>();
-        if frame.len() > MAX_REPLAY_FRAME {
+        if frames.is_empty() || frames.len() > REPLAY_BATCH as usize {
             bail!(
-                "a {}-byte frame cannot be replayed (live frames take at most {MAX_REPLAY_FRAME} bytes)",
-                frame.len()
+                "a replay batch holds 1..={REPLAY_BATCH} frames, not {}",
+                frames.len()
             );
         }
-        let mut data = Vec::with_capacity(META + frame.len());
-        data.extend_from_slice(&ReplayMeta::to_bytes(action));
-        data.extend_from_slice(frame);
+        {
+            let mut slots = Array::<_, ReplaySlot>::try_from(self.map_mut("REPLAY_SLOTS")?)?;
+            let mut slot = ReplaySlot {
+                len: 0,
+                action: action as u32,
+                data: [0; REPLAY_FRAME_MAX],
+            };
+            for (i, frame) in frames.iter().enumerate() {
+                if !replayable(frame.len()) {
+                    bail!(
+                        "a {}-byte frame cannot be replayed (live frames take {MIN_REPLAY_FRAME}..={REPLAY_FRAME_MAX} bytes)",
+                        frame.len()
+                    );
+                }
+                slot.len = frame.len() as u32;
+                slot.data[..frame.len()].copy_from_slice(frame);
+                slots.set(i as u32, slot, 0)?;
+            }
+        }
+        self.set_replay_progress(0)?;
+        // The input frame only carries the tag: every run replaces its bytes.
+        let mut data = vec![0u8; META + REPLAY_FRAME_MAX];
+        data[..META].copy_from_slice(&ReplayMeta::to_bytes());
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex. `data` is the metadata's length.
         let mut ctx = [0u8; 24];
         ctx[0..4].copy_from_slice(&(META as u32).to_ne_bytes());
         ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let n = frames.len() as u32;
         self.program(MAIN_PROGRAM)?
             .test_run(TestRunOptions {
                 data_in: Some(&data),
                 ctx_in: Some(&ctx),
-                repeat: 1,
-                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                repeat: n,
+                attrs: TestRunAttrs::new().xdp_live_frames(n),
                 ..Default::default()
             })
-            .with_context(|| {
-                format!("replaying a {}-byte frame (BPF_PROG_TEST_RUN)", frame.len())
-            })?;
+            .with_context(|| format!("replaying {n} frames (BPF_PROG_TEST_RUN, live frames)"))?;
+        self.replay_progress()
+    }
+
+    /// Runs of the last (or the interrupted) replay batch.
+    pub fn replay_progress(&self) -> Result<u32> {
+        let map = Array::<_, u32>::try_from(self.map("REPLAY_NEXT")?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    fn set_replay_progress(&mut self, runs: u32) -> Result<()> {
+        let mut map = Array::<_, u32>::try_from(self.map_mut("REPLAY_NEXT")?)?;
+        map.set(0, runs, 0)?;
         Ok(())
     }
 
@@ -560,10 +596,13 @@ impl Datapath {
     }
 }
 
-/// Largest frame BPF_PROG_TEST_RUN takes in live-frame mode (a page minus
-/// headroom and the shared info; 3408 bytes on x86-64 with 4 KiB pages,
-/// minus the replay metadata).
-pub const MAX_REPLAY_FRAME: usize = 3408 - size_of::<ReplayMeta>();
+/// Smallest frame a replay can make (`bpf_xdp_adjust_tail` keeps an Ethernet header).
+pub const MIN_REPLAY_FRAME: usize = 14;
+
+/// Can a frame of `len` bytes be replayed? (See [`REPLAY_FRAME_MAX`].)
+pub const fn replayable(len: usize) -> bool {
+    len >= MIN_REPLAY_FRAME && len <= REPLAY_FRAME_MAX
+}
 
 fn check_service_id(service_id: u32) -> Result<()> {
     if service_id == 0 || service_id >= MAX_SERVICES {

@@ -24,8 +24,9 @@ use migr_common::{
     cid::CidConfig,
     maps::{
         Action, EventKind, FAMILY_V4, FAMILY_V6, ForwardMode, ForwardTarget, LISTENER_QUIC,
-        LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, Reason, SERVICE_ACTIVE,
-        SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry, Verdict,
+        LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, REPLAY_BATCH,
+        REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
+        Verdict,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,9 @@ use crate::{
         ParkLimit, ParkedStats, PhaseArgs, PhaseResult, RemoveArgs, ReplayStats, RuleProto,
         ServiceRef, ServiceSpec, ServiceStatus, Stats,
     },
-    datapath::{AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked},
+    datapath::{
+        AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked, replayable,
+    },
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
@@ -264,7 +267,13 @@ impl Engine {
             .with_context(|| format!("creating {}", spool_dir.display()))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
         let reused = cfg.pin_dir.join("PARKED").exists();
+        let replay_counter_kept = cfg.pin_dir.join("REPLAY_NEXT").exists();
         let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
+        // Runs of the replay batch a killed agent left unfinished (see spool.rs).
+        let batch_runs = match replay_counter_kept {
+            true => Some(u64::from(dp.replay_progress()?)),
+            false => None,
+        };
         let (ring_fd, ring_size, ring_id) = dp.map_fd("PARKED")?;
         let ring = ParkRing::new(ring_fd, ring_size, ring_id)?;
         let (events_fd, _, _) = dp.map_fd("EVENTS")?;
@@ -293,7 +302,7 @@ impl Engine {
             next_replay_at: None,
             _lock: lock,
         };
-        engine.recover_state()?;
+        engine.recover_state(batch_runs)?;
         engine.deactivate_strangers()?;
         engine.attach_all()?;
         engine.persist()?;
@@ -310,7 +319,7 @@ impl Engine {
 
     /// Re-reads `state.json` and the stores, and re-installs every service's
     /// datapath entries (idempotent; needed if the pins were lost).
-    fn recover_state(&mut self) -> Result<()> {
+    fn recover_state(&mut self, batch_runs: Option<u64>) -> Result<()> {
         let path = self.state_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -329,7 +338,8 @@ impl Engine {
         }
         for ps in state.services {
             let id = ps.spec.id;
-            let (spool, recovered) = Spool::open(&self.spool_dir(), id, self.ring.map_id)?;
+            let (spool, recovered) =
+                Spool::open(&self.spool_dir(), id, self.ring.map_id, batch_runs)?;
             let limit = ps.spec.park_limit.unwrap_or(self.cfg.default_limit);
             let mut svc = Service {
                 spec: ps.spec,
@@ -942,7 +952,7 @@ impl Engine {
             None => None,
         };
         let (mut spool, _) =
-            Spool::open(&self.spool_dir(), spec.id, self.ring.map_id).map_err(internal)?;
+            Spool::open(&self.spool_dir(), spec.id, self.ring.map_id, None).map_err(internal)?;
         // Leftovers of a removed service with the same id are not ours.
         spool.discard().map_err(internal)?;
         let limit = spec.park_limit.unwrap_or(self.cfg.default_limit);
@@ -1245,37 +1255,70 @@ fn compact_if_consumed(svc: &mut Service, consumer_pos: u64) {
 }
 
 /// Replays up to `max` pending frames of `svc` with `action`, in order.
+/// Replays up to `max` of the service's pending frames, in order, in batches
+/// of frames that arrived on the same interface. Returns how many it handled
+/// (replayed, or dropped as not replayable).
 fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
-    let mut n = 0;
-    while n < max {
-        let Some(frame) = svc.spool.next_pending() else {
+    let mut handled = 0;
+    while handled < max {
+        let limit = (max - handled).min(REPLAY_BATCH as usize);
+        let pending = svc.spool.pending_frames();
+        let Some(first) = pending.first() else {
             break;
         };
-        let (bytes, ifindex) = (frame.frame.clone(), frame.ifindex);
-        if let Err(e) = svc.spool.start_one() {
-            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot mark a frame for replay");
+        let (ifindex, first_len) = (first.ifindex, first.frame.len());
+        let n = pending
+            .iter()
+            .take(limit)
+            .take_while(|f| f.ifindex == ifindex && replayable(f.frame.len()))
+            .count();
+        let marked = svc.spool.start_batch(n.max(1));
+        if let Err(e) = marked {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot mark frames for replay");
             break;
         }
-        match dp.replay_frame(&bytes, ifindex, action) {
-            Ok(()) => {
-                svc.totals.replay.replayed_frames += 1;
-                svc.totals.replay.replayed_bytes += bytes.len() as u64;
+        let r = &mut svc.totals.replay;
+        if n == 0 {
+            r.failed_frames += 1;
+            if r.failed_frames.is_power_of_two() {
+                tracing::warn!(service = %svc.spec.name, len = first_len, failed = r.failed_frames,
+                    "a parked frame is too large to replay (live frames take at most {REPLAY_FRAME_MAX} bytes); dropped");
             }
-            Err(e) => {
-                svc.totals.replay.failed_frames += 1;
-                if svc.totals.replay.failed_frames.is_power_of_two() {
-                    tracing::warn!(service = %svc.spec.name, error = %format!("{e:#}"),
-                        failed = svc.totals.replay.failed_frames, "a parked frame could not be replayed; dropped");
+        } else {
+            let batch: Vec<&[u8]> = svc.spool.pending_frames()[..n]
+                .iter()
+                .map(|f| f.frame.as_slice())
+                .collect();
+            let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
+            match dp.replay_batch(&batch, ifindex, action) {
+                Ok(runs) if runs as usize >= n => {
+                    r.replayed_frames += n as u64;
+                    r.replayed_bytes += bytes;
+                }
+                outcome => {
+                    // Interrupted or refused: the runs that took place are done.
+                    let runs = match &outcome {
+                        Ok(runs) => *runs as usize,
+                        Err(_) => dp.replay_progress().unwrap_or(0) as usize,
+                    };
+                    r.replayed_frames += runs as u64;
+                    r.failed_frames += (n - runs) as u64;
+                    let error = match outcome {
+                        Ok(runs) => format!("only {runs} of {n} runs took place"),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    tracing::warn!(service = %svc.spec.name, error, failed = r.failed_frames,
+                        "parked frames could not be replayed; dropped");
                 }
             }
         }
-        if let Err(e) = svc.spool.finish_one() {
-            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot record a replayed frame");
+        if let Err(e) = svc.spool.finish_batch(n.max(1)) {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot record replayed frames");
             break;
         }
-        n += 1;
+        handled += n.max(1);
     }
-    n
+    handled
 }
 
 /// "park", "forward+hold", ...

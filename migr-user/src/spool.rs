@@ -8,11 +8,14 @@
 //! copy is skipped, by position), never in neither.
 //!
 //! The cursor file holds two counts: `started` (frames whose replay began)
-//! and `done` (frames whose replay returned). The agent writes `started`
-//! before and `done` after it hands a frame to the kernel, so after a kill a
-//! frame is never replayed twice; if the kill fell exactly between the two
-//! writes (`started > done`), that one frame's fate is unknown and it is
-//! counted as uncertain rather than replayed again.
+//! and `done` (frames whose replay returned). The agent replays in batches:
+//! it writes `started` before and `done` after it hands a batch to the
+//! kernel, so after a kill a frame is never replayed twice. If the kill fell
+//! between the two writes (`started > done`), the datapath's pinned
+//! `REPLAY_NEXT` counter says how many runs of that batch took place; those
+//! frames are done and the rest are replayed. Only if that count is unknown
+//! (the maps were not kept) are the frames of the batch counted as uncertain
+//! rather than replayed again.
 //!
 //! Files live in a directory on tmpfs (/run): the ring they back up is in
 //! memory too, so they only need to survive the agent, not the machine.
@@ -84,8 +87,14 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (or creates) the store of `service_id` in `dir`. `ring_id` is the
-    /// kernel id of the current park ring.
-    pub fn open(dir: &Path, service_id: u32, ring_id: u32) -> Result<(Self, Recovered)> {
+    /// kernel id of the current park ring; `batch_runs` the runs of the last
+    /// replay batch as the datapath counted them, if it kept the counter.
+    pub fn open(
+        dir: &Path,
+        service_id: u32,
+        ring_id: u32,
+        batch_runs: Option<u64>,
+    ) -> Result<(Self, Recovered)> {
         let path = dir.join(format!("{service_id}.frames"));
         let cursor_path = dir.join(format!("{service_id}.cursor"));
         let mut file = OpenOptions::new()
@@ -148,9 +157,18 @@ impl Spool {
             (0, 0)
         };
         if started > done {
-            // Killed between marking a frame and its replay returning.
-            recovered.uncertain = (started - done) as u64;
-            done = started;
+            // Killed between marking a batch and its replay returning.
+            let batch = (started - done) as u64;
+            match batch_runs {
+                Some(runs) => {
+                    done += runs.min(batch) as usize;
+                    started = done;
+                }
+                None => {
+                    recovered.uncertain = batch;
+                    done = started;
+                }
+            }
         }
         started = started.min(frames.len());
         done = done.min(frames.len()).max(started);
@@ -226,20 +244,30 @@ impl Spool {
         Ok(())
     }
 
-    /// Marks the next pending frame as being replayed; call before handing
-    /// it to the kernel, then [`Self::finish_one`].
-    pub fn start_one(&mut self) -> Result<()> {
-        if self.done >= self.frames.len() {
-            bail!("no pending frame to replay");
-        }
-        self.write_cursor(self.done + 1, self.done)
+    /// The frames not replayed yet, oldest first.
+    pub fn pending_frames(&self) -> &[StoredFrame] {
+        &self.frames[self.done..]
     }
 
-    /// The frame marked by [`Self::start_one`] is replayed (or dropped).
-    pub fn finish_one(&mut self) -> Result<()> {
-        let len = self.frames[self.done].frame.len() as u64;
-        self.done += 1;
-        self.pending_bytes -= len;
+    /// Marks the next `n` pending frames as being replayed; call before
+    /// handing them to the kernel, then [`Self::finish_batch`].
+    pub fn start_batch(&mut self, n: usize) -> Result<()> {
+        if n == 0 || self.done + n > self.frames.len() {
+            bail!("{n} frames to replay, {} pending", self.pending());
+        }
+        self.write_cursor(self.done + n, self.done)
+    }
+
+    /// The next `n` frames (of those marked by [`Self::start_batch`]) are
+    /// replayed (or dropped).
+    pub fn finish_batch(&mut self, n: usize) -> Result<()> {
+        let n = n.min(self.pending());
+        let bytes: u64 = self.frames[self.done..self.done + n]
+            .iter()
+            .map(|f| f.frame.len() as u64)
+            .sum();
+        self.done += n;
+        self.pending_bytes -= bytes;
         self.write_cursor(self.done, self.done)
     }
 
@@ -312,21 +340,21 @@ mod tests {
     #[test]
     fn frames_survive_reopening_in_order() {
         let d = dir("reopen");
-        let (mut s, r) = Spool::open(&d, 5, 77).unwrap();
+        let (mut s, r) = Spool::open(&d, 5, 77, Some(0)).unwrap();
         assert_eq!(r, Recovered::default());
         s.append((0..3).map(frame).collect()).unwrap();
         s.append(vec![frame(3)]).unwrap();
-        s.start_one().unwrap();
-        s.finish_one().unwrap();
+        s.start_batch(1).unwrap();
+        s.finish_batch(1).unwrap();
         drop(s);
-        let (s, r) = Spool::open(&d, 5, 77).unwrap();
+        let (s, r) = Spool::open(&d, 5, 77, Some(0)).unwrap();
         assert_eq!((r.frames, r.pending, r.uncertain), (4, 3, 0));
         assert_eq!(s.next_pending(), Some(&frame(1)));
         assert_eq!(s.max_ring_pos(), Some(124));
         assert_eq!(s.pending_bytes(), 61 + 62 + 63);
         // Another ring: positions are not comparable any more.
         drop(s);
-        let (s, _) = Spool::open(&d, 5, 78).unwrap();
+        let (s, _) = Spool::open(&d, 5, 78, None).unwrap();
         assert_eq!(s.max_ring_pos(), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -334,9 +362,9 @@ mod tests {
     #[test]
     fn a_torn_record_is_cut_and_an_interrupted_replay_is_not_repeated() {
         let d = dir("torn");
-        let (mut s, _) = Spool::open(&d, 1, 1).unwrap();
+        let (mut s, _) = Spool::open(&d, 1, 1, None).unwrap();
         s.append((0..2).map(frame).collect()).unwrap();
-        s.start_one().unwrap(); // killed before finish_one
+        s.start_batch(1).unwrap(); // killed before finish_batch
         drop(s);
         // Simulate a kill in the middle of appending a third record.
         let path = d.join("1.frames");
@@ -345,7 +373,8 @@ mod tests {
         frame(2).encode_into(&mut partial);
         bytes.extend_from_slice(&partial[..30]);
         std::fs::write(&path, &bytes).unwrap();
-        let (s, r) = Spool::open(&d, 1, 1).unwrap();
+        // Without the datapath's run count, the marked frame is uncertain.
+        let (s, r) = Spool::open(&d, 1, 1, None).unwrap();
         assert_eq!(r.torn_bytes, 30);
         assert_eq!(r.uncertain, 1);
         assert_eq!((r.frames, r.pending), (2, 1));
@@ -354,18 +383,40 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_batch_resumes_after_the_runs_the_datapath_counted() {
+        let d = dir("batch");
+        let (mut s, _) = Spool::open(&d, 3, 1, Some(0)).unwrap();
+        s.append((0..10).map(frame).collect()).unwrap();
+        s.start_batch(2).unwrap();
+        s.finish_batch(2).unwrap();
+        s.start_batch(6).unwrap(); // killed after 4 of its 6 runs
+        drop(s);
+        let (s, r) = Spool::open(&d, 3, 1, Some(4)).unwrap();
+        assert_eq!((r.frames, r.pending, r.uncertain), (10, 4, 0));
+        assert_eq!(s.next_pending(), Some(&frame(6)));
+        assert_eq!(s.pending_frames().len(), 4);
+        assert_eq!(s.pending_bytes(), (66..70).sum::<u64>());
+        drop(s);
+        // Reopened again: the cursor was rewritten, nothing moves twice.
+        let (s, r) = Spool::open(&d, 3, 1, Some(4)).unwrap();
+        assert_eq!((r.pending, r.uncertain), (4, 0));
+        assert_eq!(s.next_pending(), Some(&frame(6)));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn compacting_empties_a_replayed_store() {
         let d = dir("compact");
-        let (mut s, _) = Spool::open(&d, 2, 1).unwrap();
+        let (mut s, _) = Spool::open(&d, 2, 1, Some(0)).unwrap();
         s.append(vec![frame(0)]).unwrap();
         s.compact().unwrap();
         assert_eq!(s.pending(), 1, "pending frames are kept");
-        s.start_one().unwrap();
-        s.finish_one().unwrap();
+        s.start_batch(1).unwrap();
+        s.finish_batch(1).unwrap();
         s.compact().unwrap();
         assert_eq!((s.pending(), s.max_ring_pos()), (0, None));
         drop(s);
-        let (s, r) = Spool::open(&d, 2, 1).unwrap();
+        let (s, r) = Spool::open(&d, 2, 1, Some(0)).unwrap();
         assert_eq!((r.frames, s.pending()), (0, 0));
         assert!(std::fs::metadata(d.join("2.frames")).unwrap().len() == FILE_HEADER as u64);
         std::fs::remove_dir_all(&d).unwrap();
