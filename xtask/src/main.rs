@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`.
 mod bench;
 mod build;
+mod criu;
 mod demo;
 mod fuzz;
 mod run;

@@ -5,7 +5,10 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, Result};
 
-use crate::run::{self, render};
+use crate::{
+    criu,
+    run::{self, render},
+};
 
 /// Debian packages the build and the tests need.
 const APT_PACKAGES: &[&str] = &[
@@ -13,6 +16,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",    // ip netns / ip link for the tests and the demo
     "util-linux",  // nsenter
     "ethtool",     // tests turn off veth checksum offload (see tests/src/netns.rs)
+    "nftables",    // the testbed removes the tables CRIU's network lock leaves (nft)
+    "iptables",    // CRIU's TCP connection lock (--tcp-established)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -229,6 +234,31 @@ fn missing_apt_packages() -> Vec<&'static str> {
         .collect()
 }
 
+/// A step done by a function; prints the same lines as the others. Returns
+/// whether it did something.
+fn function_step(
+    name: &str,
+    done: fn() -> bool,
+    install: fn() -> Result<()>,
+    hint: &str,
+) -> Result<bool> {
+    if done() {
+        println!("[setup] {name:<26} already done");
+        return Ok(false);
+    }
+    let t = Instant::now();
+    println!("[setup] {name:<26} installing ...");
+    install().with_context(|| format!("setup step '{name}' failed; {hint}"))?;
+    if !done() {
+        anyhow::bail!("setup step '{name}' ran but its check still fails; {hint}");
+    }
+    println!(
+        "[setup] {name:<26} installed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
 pub fn setup() -> Result<()> {
     let started = Instant::now();
     let mut did_something = false;
@@ -262,6 +292,14 @@ pub fn setup() -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    // CRIU for the live-migration testbed (docs/testbed.md): a function, not
+    // a list of commands (download, verify, build, check).
+    did_something |= function_step(
+        &format!("criu {}", criu::VERSION),
+        criu::installed,
+        criu::install,
+        "see shared/notes/criu.md; the build log is in target/criu/",
+    )?;
     if did_something {
         println!("[setup] done in {:.1}s", started.elapsed().as_secs_f64());
     } else {
