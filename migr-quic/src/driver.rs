@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use bytes::BytesMut;
 use quinn_proto::{
     ConnectionError, ConnectionHandle, ConnectionStats, Dir, Event, ReadError, ReadableError,
@@ -323,8 +323,12 @@ impl Drop for SocketEntry {
 }
 
 impl Server {
-    /// Starts a server listening at `listen` (a specific IP, not a wildcard:
-    /// replies leave from the address the client reached).
+    /// Starts a server listening at `listen`. With a specific IP, replies
+    /// leave from the address the client reached. A wildcard (`0.0.0.0:PORT`)
+    /// leaves the reply's source address to the kernel's route lookup, which
+    /// is right for a host with one address, e.g. a container that CRIU
+    /// restores elsewhere with a new IP (a socket bound to the old specific IP
+    /// cannot be restored there).
     pub async fn bind(config: ServerEndpointConfig, listen: SocketAddr) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -368,9 +372,6 @@ impl Server {
                 .with_context(|| format!("binding {address}"))?,
         );
         let local = socket.local_addr()?;
-        if local.ip().is_unspecified() {
-            bail!("listen on a specific IP, not {local}");
-        }
         let reader = tokio::spawn(read_socket(socket.clone(), self.received.clone()));
         lock(&self.sockets).insert(local, SocketEntry { socket, reader });
         Ok(local)

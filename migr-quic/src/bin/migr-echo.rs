@@ -70,7 +70,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Address to listen at (a specific IP). Repeat to listen at several.
+    /// Address to listen at (a specific IP, or 0.0.0.0:PORT for a container
+    /// that moves to another IP). Repeat to listen at several.
     #[arg(long, required = true)]
     listen: Vec<SocketAddr>,
     /// Server id embedded in every connection ID.
@@ -306,7 +307,13 @@ async fn echo_connection(
 }
 
 async fn migrate(server: &Server, address: SocketAddr, leave_old: bool) -> anyhow::Result<()> {
-    if !server.addresses().contains(&address) {
+    // A wildcard listener on the port covers the new address once the
+    // process runs there (e.g. restored by CRIU into another namespace).
+    let covered = server
+        .addresses()
+        .iter()
+        .any(|a| a == &address || (a.ip().is_unspecified() && a.port() == address.port()));
+    if !covered {
         server.add_address(address).await?;
         say(format!("listen {address}"));
     }
