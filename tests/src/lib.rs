@@ -7,6 +7,7 @@
 pub mod corpus;
 pub mod fixture;
 pub mod netns;
+pub mod testbed;
 
 pub use netns::{NetNs, veth_pair};
 

@@ -1,0 +1,211 @@
+//! `migr-testbed`: the live-migration testbed from the command line
+//! (docs/testbed.md). Needs root, CRIU 4.1.1 (`cargo xtask setup`), and
+//! migr-agent, migrctl and migr-echo next to this binary.
+//!
+//! ```text
+//! migr-testbed demo                       one migration with steering on, one off, a summary
+//! migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
+//!                   [--preset none|latency|bandwidth] [--requests N] [--migrate-after K]
+//!                   [--json PATH] [--keep]
+//! migr-testbed topology [--preset P]      build the topology, check it, tear it down
+//! ```
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use migr_tests::testbed::{self, Bins, Preset, QuicRunConfig, Topology, quic};
+
+const USAGE: &str = "usage:
+  migr-testbed demo
+  migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
+                    [--preset none|latency|bandwidth] [--requests N] [--migrate-after K]
+                    [--json PATH] [--keep] [--quiet]
+  migr-testbed topology [--preset none|latency|bandwidth]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("quic") => quic_cmd(&args[1..]),
+        Some("topology") => topology_cmd(&args[1..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!("{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("migr-testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bins() -> Result<Bins> {
+    Bins::in_dir(&Bins::profile_dir()?)
+}
+
+/// `--name value` pairs and `--flag`s.
+struct Opts(Vec<String>);
+
+impl Opts {
+    fn value(&self, name: &str) -> Result<Option<&str>> {
+        match self.0.iter().position(|a| a == name) {
+            Some(i) => self
+                .0
+                .get(i + 1)
+                .map(|v| Some(v.as_str()))
+                .with_context(|| format!("{name} needs a value")),
+            None => Ok(None),
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+
+    fn check(&self, known_values: &[&str], known_flags: &[&str]) -> Result<()> {
+        let mut i = 0;
+        while i < self.0.len() {
+            let a = self.0[i].as_str();
+            if known_values.contains(&a) {
+                i += 2;
+            } else if known_flags.contains(&a) {
+                i += 1;
+            } else {
+                bail!("unknown argument {a:?}\n{USAGE}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn quic_cmd(args: &[String]) -> Result<()> {
+    let o = Opts(args.to_vec());
+    o.check(
+        &[
+            "--steering",
+            "--strategy",
+            "--preset",
+            "--requests",
+            "--migrate-after",
+            "--json",
+        ],
+        &["--keep", "--quiet"],
+    )?;
+    let steering = match o.value("--steering")?.unwrap_or("on") {
+        "on" => true,
+        "off" => false,
+        other => bail!("--steering on|off, not {other:?}"),
+    };
+    let preset = Preset::parse(o.value("--preset")?.unwrap_or("none"))?;
+    let mut cfg = QuicRunConfig::back_to_back(steering, preset);
+    if let Some(s) = o.value("--strategy")? {
+        if !["p-explicit", "r-explicit", "poa"].contains(&s) {
+            bail!("--strategy p-explicit|r-explicit|poa, not {s:?}");
+        }
+        cfg.strategy = s.to_string();
+    }
+    if let Some(n) = o.value("--requests")? {
+        cfg.requests = n.parse().context("--requests")?;
+    }
+    if let Some(n) = o.value("--migrate-after")? {
+        cfg.migrate_after = n.parse().context("--migrate-after")?;
+    }
+    if cfg.migrate_after >= cfg.requests {
+        bail!("--migrate-after must be below --requests");
+    }
+    cfg.keep_files = o.flag("--keep");
+    cfg.verbose = !o.flag("--quiet");
+    let run = quic::run(&bins()?, &cfg)?;
+    println!("{}", run.summary());
+    if cfg.keep_files {
+        println!("files kept in {}", run.work_dir.display());
+    }
+    if let Some(path) = o.value("--json")? {
+        std::fs::write(path, serde_json::to_string_pretty(&run.to_json())? + "\n")
+            .with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
+
+fn topology_cmd(args: &[String]) -> Result<()> {
+    let o = Opts(args.to_vec());
+    o.check(&["--preset"], &[])?;
+    testbed::check_environment()?;
+    let preset = Preset::parse(o.value("--preset")?.unwrap_or("none"))?;
+    let t = Instant::now();
+    let topo = Topology::build(preset)?;
+    println!(
+        "[testbed] built in {:.0} ms ({} preset): {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        preset.name(),
+        topo.names().join(", ")
+    );
+    let names: Vec<String> = topo.names().iter().map(|s| s.to_string()).collect();
+    drop(topo);
+    let left: Vec<&String> = names
+        .iter()
+        .filter(|n| PathBuf::from("/run/netns").join(n).exists())
+        .collect();
+    if !left.is_empty() {
+        bail!("namespaces left after teardown: {left:?}");
+    }
+    println!("[testbed] torn down: no namespace left");
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let bins = bins()?;
+    let started = Instant::now();
+    println!(
+        "[demo] one back-to-back QUIC migration (P-Explicit client, cold CRIU dump and restore \
+         into a new IP), with steering on, then with steering off"
+    );
+    let on = quic::run(&bins, &QuicRunConfig::back_to_back(true, Preset::None))?;
+    println!("[demo] {}", on.summary());
+    let off = quic::run(&bins, &QuicRunConfig::back_to_back(false, Preset::None))?;
+    println!("[demo] {}", off.summary());
+    println!("[demo] summary");
+    println!("  {:<36} {:>12} {:>12}", "", "steering on", "steering off");
+    let row = |name: &str, a: String, b: String| println!("  {name:<36} {a:>12} {b:>12}");
+    row(
+        "downtime (CRIU pre-dump..post-resume)",
+        format!("{:.0} ms", on.downtime_ms),
+        format!("{:.0} ms", off.downtime_ms),
+    );
+    row(
+        "disruption (longest gap, client)",
+        format!("{:.0} ms", on.disruption_ms),
+        format!("{:.0} ms", off.disruption_ms),
+    );
+    row(
+        "disruption / downtime",
+        format!("{:.2}", on.ratio()),
+        format!("{:.2}", off.ratio()),
+    );
+    row("requests lost", on.lost.to_string(), off.lost.to_string());
+    let frames = |r: &quic::QuicRun| {
+        r.src_frames
+            .as_ref()
+            .zip(r.dst_frames.as_ref())
+            .map(|(s, d)| (s.parked + d.parked, s.replayed + d.replayed))
+    };
+    row(
+        "frames parked / replayed by migr",
+        frames(&on).map_or("-".into(), |(p, r)| format!("{p} / {r}")),
+        frames(&off).map_or("- (no agent)".into(), |(p, r)| format!("{p} / {r}")),
+    );
+    row(
+        "QUIC packets lost (client stack)",
+        on.lost_packets().map_or("?".into(), |v| v.to_string()),
+        off.lost_packets().map_or("?".into(), |v| v.to_string()),
+    );
+    println!(
+        "[demo] done in {:.0} s; every namespace, process and CRIU lock table is removed",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The live-migration testbed (docs/testbed.md): a client, a router, two
+//! edge nodes and a "container" network namespace behind each edge node;
+//! `migr-agent` on the edge nodes; a service process checkpointed by CRIU in
+//! the source container and restored into the destination container.
+//!
+//! Used by the tests (`tests/tests/testbed.rs`), by the `migr-testbed`
+//! binary and, through that binary, by `cargo xtask demo` and
+//! `cargo xtask testbed`.
+//!
+//! Everything a run creates (namespaces `migr-t<pid>-<n>-<tag>`, processes,
+//! BPF pins, files under its work directory, the nftables tables CRIU's
+//! network lock leaves) is removed when the run's values are dropped, on
+//! success and on failure; processes are killed by PID.
+
+pub mod agent;
+pub mod criu;
+pub mod proc;
+pub mod quic;
+pub mod stats;
+pub mod topology;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+pub use quic::{QuicRun, QuicRunConfig};
+pub use topology::{Preset, Topology};
+
+/// The programs a run starts.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub agent: PathBuf,
+    pub ctl: PathBuf,
+    pub echo: PathBuf,
+    pub criu: PathBuf,
+}
+
+/// Where `cargo xtask setup` installs CRIU.
+pub const CRIU_PATH: &str = "/usr/local/sbin/criu";
+
+impl Bins {
+    /// The binaries in `dir` (a cargo profile directory, e.g. target/debug).
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let bins = Self {
+            agent: dir.join("migr-agent"),
+            ctl: dir.join("migrctl"),
+            echo: dir.join("migr-echo"),
+            criu: PathBuf::from(CRIU_PATH),
+        };
+        for p in [&bins.agent, &bins.ctl, &bins.echo] {
+            if !p.exists() {
+                bail!(
+                    "{} is missing; build it with `cargo build -p migr-user -p migr-quic --bins`",
+                    p.display()
+                );
+            }
+        }
+        if !bins.criu.exists() {
+            bail!(
+                "{} is missing: the testbed needs CRIU 4.1.1 as `cargo xtask setup` installs it",
+                bins.criu.display()
+            );
+        }
+        Ok(bins)
+    }
+
+    /// The profile directory the running executable belongs to
+    /// (target/debug for target/debug/migr-testbed and target/debug/deps/testbed-…).
+    pub fn profile_dir() -> Result<PathBuf> {
+        let exe = std::env::current_exe().context("own path")?;
+        let mut dir = exe.parent().context("own directory")?.to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
+        Ok(dir)
+    }
+
+    /// Builds migr-agent, migrctl and migr-echo into this executable's
+    /// profile directory with cargo (a no-op when they are fresh), then
+    /// returns them. For tests, which run under cargo.
+    pub fn build() -> Result<Self> {
+        let profile_dir = Self::profile_dir()?;
+        let mut cmd =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "migr-user",
+            "-p",
+            "migr-quic",
+            "--bins",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if std::env::var_os("CARGO_TARGET_DIR").is_none()
+            && let Some(target) = profile_dir.parent()
+        {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building migr-agent, migrctl and migr-echo failed ({status})");
+        }
+        Self::in_dir(&profile_dir)
+    }
+}
+
+/// Fails with a message naming what is missing when the testbed cannot run.
+pub fn check_environment() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the testbed needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF, and what CRIU needs)"
+        );
+    }
+    for (tool, args, package) in [
+        ("ip", &["-V"][..], "iproute2"),
+        ("tc", &["-V"][..], "iproute2"),
+        ("nft", &["--version"][..], "nftables"),
+        ("ethtool", &["--version"][..], "ethtool"),
+        ("nsenter", &["--version"][..], "util-linux"),
+    ] {
+        let ok = std::process::Command::new(tool)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            bail!("the testbed needs `{tool}` ({package}); run `cargo xtask setup`");
+        }
+    }
+    criu_cache_dir()?;
+    let criu = std::process::Command::new(CRIU_PATH)
+        .arg("--version")
+        .output();
+    if !criu.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Version: 4.1.1")) {
+        bail!("the testbed needs CRIU 4.1.1 at {CRIU_PATH}; run `cargo xtask setup`");
+    }
+    Ok(())
+}
+
+/// Where the CRIU that `cargo xtask setup` builds keeps its kernel-feature
+/// cache (its RUNDIR; xtask/src/criu.rs).
+pub const CRIU_RUNDIR: &str = "/run/migr-criu";
+
+/// Makes CRIU's cache directory a root-only tmpfs (CRIU keeps `criu.kdat`
+/// only on a tmpfs; without it every dump and restore first probes the
+/// kernel, ~45 ms of downtime each here). A 1 MiB tmpfs is mounted there if
+/// the directory is not on one already; it stays until reboot.
+pub fn criu_cache_dir() -> Result<()> {
+    let dir = Path::new(CRIU_RUNDIR);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {CRIU_RUNDIR}"))?;
+    // SAFETY: statfs into a zeroed struct we own.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let path = std::ffi::CString::new(CRIU_RUNDIR)?;
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        bail!("statfs {CRIU_RUNDIR}: {}", std::io::Error::last_os_error());
+    }
+    if fs.f_type != libc::TMPFS_MAGIC {
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "mode=0700,size=1m",
+                "migr-criu",
+                CRIU_RUNDIR,
+            ])
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mounting a tmpfs on {CRIU_RUNDIR} failed ({status})");
+        }
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// A fresh work directory for one run under `base`, removed on drop unless
+/// `keep` is set.
+pub struct WorkDir {
+    pub path: PathBuf,
+    pub keep: bool,
+}
+
+impl WorkDir {
+    pub fn new(base: &Path, label: &str) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = base.join(format!("migr-tb{}-{n}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Wall-clock time in seconds since the epoch (the clock CRIU's hooks and the
+/// agents' timelines use too).
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

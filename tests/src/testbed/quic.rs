@@ -1,0 +1,636 @@
+//! One QUIC migration with real CRIU: `migr-echo server` (bound to
+//! 0.0.0.0:4433) in the source container is checkpointed and restored into
+//! the destination container (a new IP), while `migr-echo client` sends
+//! requests back to back.
+//!
+//! Steering on: migr-agent on both edge nodes; CRIU's action script runs
+//! `migrctl criu-hook` on each side (pre-dump/network-lock: source freeze;
+//! pre-restore: destination restoring; post-resume: destination restored),
+//! and the orchestration sends what no hook covers: `prepare` on both,
+//! `restoring` on the destination before the announcement (a P-Explicit
+//! client sends to the new address from the acknowledgement on, while the
+//! service still runs at the source: those packets are parked at the
+//! destination rather than refused), `restored` on the source once the
+//! restore returned (it forwards what it parked, and stragglers), and `done`.
+//!
+//! Steering off: no agents, what users have today: CRIU's own network lock,
+//! and every packet that arrives while the service is down is lost and
+//! retransmitted by the client's QUIC stack.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{
+    Bins, WorkDir,
+    agent::{Agent, write_hook},
+    criu::{self, dir_bytes, phase_time, read_phases},
+    now_s,
+    proc::{Adopted, Proc, Spawn, become_subreaper, pid_free, reap},
+    stats::{self, Request},
+    topology::{DST_CT_IP, DST_UPLINK, Preset, SRC_CT_IP, SRC_UPLINK, Topology},
+};
+
+pub const SERVICE: &str = "echo";
+pub const PORT: u16 = 4433;
+const SERVER_ID: &str = "7";
+
+#[derive(Clone, Debug)]
+pub struct QuicRunConfig {
+    pub steering: bool,
+    /// p-explicit, r-explicit or poa.
+    pub strategy: String,
+    pub preset: Preset,
+    /// Requests the client sends in all.
+    pub requests: usize,
+    /// Requests answered before the migration starts.
+    pub migrate_after: usize,
+    /// Where the run's work directory goes.
+    pub work_base: PathBuf,
+    /// Keep the work directory (logs, images, CSV) after the run.
+    pub keep_files: bool,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+impl QuicRunConfig {
+    /// A back-to-back run with P-Explicit, sized for about one second of
+    /// requests before the migration and one after.
+    pub fn back_to_back(steering: bool, preset: Preset) -> Self {
+        let (requests, migrate_after) = match preset {
+            Preset::None | Preset::Bandwidth => (3000, 1000),
+            Preset::Latency => (300, 60),
+        };
+        Self {
+            steering,
+            strategy: "p-explicit".into(),
+            preset,
+            requests,
+            migrate_after,
+            work_base: std::env::temp_dir(),
+            keep_files: false,
+            verbose: true,
+        }
+    }
+
+    fn label(&self) -> String {
+        format!(
+            "quic-{}-{}-{}",
+            self.strategy,
+            if self.steering { "on" } else { "off" },
+            self.preset.name()
+        )
+    }
+}
+
+/// Frame counters of one agent's service, from `migrctl stats --json`.
+#[derive(Clone, Debug, Default)]
+pub struct Frames {
+    pub passed: u64,
+    pub parked: u64,
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub replayed: u64,
+    pub overflow: u64,
+    pub replay_failed: u64,
+    pub park_failed: u64,
+    pub forward_failed: u64,
+}
+
+impl Frames {
+    fn from_stats(svc: &Value) -> Self {
+        let v = |k: &str| svc["verdicts"][k]["packets"].as_u64().unwrap_or(0);
+        Self {
+            passed: v("pass"),
+            parked: v("park"),
+            forwarded: v("forward"),
+            dropped: v("drop"),
+            park_failed: v("park_failed"),
+            forward_failed: v("forward_failed"),
+            replayed: svc["replay"]["replayed_frames"].as_u64().unwrap_or(0),
+            overflow: svc["parked"]["overflow_frames"].as_u64().unwrap_or(0),
+            replay_failed: svc["replay"]["failed_frames"].as_u64().unwrap_or(0),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "passed": self.passed, "parked": self.parked, "forwarded": self.forwarded,
+            "dropped": self.dropped, "replayed": self.replayed, "overflow": self.overflow,
+            "replay_failed": self.replay_failed, "park_failed": self.park_failed,
+            "forward_failed": self.forward_failed,
+        })
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct QuicRun {
+    pub label: String,
+    pub steering: bool,
+    pub strategy: String,
+    pub preset: Preset,
+    pub requests: usize,
+    pub answered: usize,
+    /// Requests without a response (`requests - answered`).
+    pub lost: usize,
+    /// The client's exit status was success (every response arrived and
+    /// echoed its request).
+    pub client_ok: bool,
+    pub client_error: Option<String>,
+    /// Server address of the last response.
+    pub final_server: String,
+    /// CRIU's pre-dump action to the restore's post-resume action.
+    pub downtime_ms: f64,
+    pub dump_ms: f64,
+    pub transfer_ms: f64,
+    pub restore_ms: f64,
+    /// From the orchestrator starting `criu dump` to the source agent
+    /// forwarding (steering off: to post-resume).
+    pub total_migration_ms: f64,
+    /// From pre-dump (the announcement) to the client's acknowledgement.
+    pub announce_to_ack_ms: f64,
+    /// The longest time without a response, and the request that ended it.
+    pub disruption_ms: f64,
+    pub disruption_at: Option<usize>,
+    pub median_service_ms: f64,
+    pub max_service_ms: f64,
+    pub image_bytes: u64,
+    pub client_summary: std::collections::BTreeMap<String, String>,
+    pub src_frames: Option<Frames>,
+    pub dst_frames: Option<Frames>,
+    pub src_phases: Vec<(String, f64)>,
+    pub dst_phases: Vec<(String, f64)>,
+    pub lock_tables_removed: Vec<String>,
+    pub requests_detail: Vec<Request>,
+    pub work_dir: PathBuf,
+}
+
+impl QuicRun {
+    fn summary_u64(&self, key: &str) -> Option<u64> {
+        self.client_summary.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// QUIC packets the client's stack declared lost.
+    pub fn lost_packets(&self) -> Option<u64> {
+        self.summary_u64("lost_packets")
+    }
+
+    pub fn pto_count(&self) -> Option<u64> {
+        self.summary_u64("pto_count")
+    }
+
+    /// Disruption over downtime.
+    pub fn ratio(&self) -> f64 {
+        if self.downtime_ms > 0.0 {
+            self.disruption_ms / self.downtime_ms
+        } else {
+            0.0
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let phases = |p: &[(String, f64)]| -> Value {
+            p.iter()
+                .map(|(a, t)| json!({"action": a, "time_s": t}))
+                .collect()
+        };
+        json!({
+            "label": self.label,
+            "protocol": "quic",
+            "steering": self.steering,
+            "strategy": self.strategy,
+            "preset": self.preset.name(),
+            "technique": "cold",
+            "requests": self.requests,
+            "answered": self.answered,
+            "requests_lost": self.lost,
+            "client_ok": self.client_ok,
+            "client_error": self.client_error,
+            "final_server": self.final_server,
+            "downtime_ms": self.downtime_ms,
+            "dump_ms": self.dump_ms,
+            "transfer_ms": self.transfer_ms,
+            "restore_ms": self.restore_ms,
+            "total_migration_ms": self.total_migration_ms,
+            "announce_to_ack_ms": self.announce_to_ack_ms,
+            "disruption_ms": self.disruption_ms,
+            "disruption_at_request": self.disruption_at,
+            "disruption_over_downtime": self.ratio(),
+            "median_service_ms": self.median_service_ms,
+            "max_service_ms": self.max_service_ms,
+            "image_bytes": self.image_bytes,
+            "client": {
+                "lost_packets": self.lost_packets(),
+                "pto_count": self.pto_count(),
+                "loss_detected": self.summary_u64("loss_detected"),
+                "congestion_events": self.summary_u64("congestion_events"),
+            },
+            "frames": {
+                "source": self.src_frames.as_ref().map(Frames::to_json),
+                "destination": self.dst_frames.as_ref().map(Frames::to_json),
+            },
+            "criu_actions": {
+                "dump": phases(&self.src_phases),
+                "restore": phases(&self.dst_phases),
+            },
+            "lock_tables_removed": self.lock_tables_removed,
+        })
+    }
+
+    /// A few human lines.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "steering {}: {} of {} requests answered, {} lost; downtime {:.0} ms (dump {:.0}, transfer {:.0}, restore {:.0}); \
+             client-perceived disruption {:.0} ms ({:.2} x downtime); median service time {:.2} ms",
+            if self.steering { "on " } else { "off" },
+            self.answered,
+            self.requests,
+            self.lost,
+            self.downtime_ms,
+            self.dump_ms,
+            self.transfer_ms,
+            self.restore_ms,
+            self.disruption_ms,
+            self.ratio(),
+            self.median_service_ms,
+        );
+        match (&self.src_frames, &self.dst_frames) {
+            (Some(src), Some(dst)) => s.push_str(&format!(
+                "\n               frames: source parked {} forwarded {} replayed {}; destination parked {} replayed {}; dropped or overflowed {}",
+                src.parked,
+                src.forwarded,
+                src.replayed,
+                dst.parked,
+                dst.replayed,
+                src.overflow + dst.overflow + src.replay_failed + dst.replay_failed + src.dropped + dst.dropped
+            )),
+            _ => s.push_str("\n               frames: no agents (CRIU's network lock only)"),
+        }
+        s.push_str(&format!(
+            "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
+            self.lost_packets().map_or("?".into(), |v| v.to_string()),
+            self.pto_count().map_or("?".into(), |v| v.to_string()),
+            self.final_server
+        ));
+        s
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn file_has(path: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+}
+
+/// Runs one migration and returns its measurements. Everything it created
+/// is gone when it returns, also when it fails.
+pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
+    super::check_environment()?;
+    become_subreaper()?;
+    let say = |line: String| {
+        if cfg.verbose {
+            println!("[testbed] {line}");
+        }
+    };
+    let label = cfg.label();
+    let mut dir = WorkDir::new(&cfg.work_base, &label)?;
+    dir.keep = cfg.keep_files;
+    let d = dir.path.clone();
+    let topo = Topology::build(cfg.preset)?;
+    say(format!(
+        "topology up ({} preset): {}",
+        cfg.preset.name(),
+        topo.names().join(", ")
+    ));
+
+    let old = format!("{SRC_CT_IP}:{PORT}");
+    let new = format!("{DST_CT_IP}:{PORT}");
+    let (src_phases_file, dst_phases_file) = (d.join("phases-src"), d.join("phases-dst"));
+    let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
+    let agents = if cfg.steering {
+        let src = Agent::start(bins, &topo.src, SRC_UPLINK, &d, "src")?;
+        let dst = Agent::start(bins, &topo.dst, DST_UPLINK, &d, "dst")?;
+        let mac = topo.router_mac_to_src()?;
+        src.ok(&[
+            "service",
+            "add",
+            "--id",
+            "1",
+            "--name",
+            SERVICE,
+            "--quic",
+            &old,
+            "--server-id",
+            SERVER_ID,
+            "--cid",
+            "8,1,2",
+            "--quic-grease",
+            "--forward-to",
+            &new,
+            "--forward-iface",
+            SRC_UPLINK,
+            "--next-hop-mac",
+            &mac,
+        ])?;
+        dst.ok(&[
+            "service",
+            "add",
+            "--id",
+            "1",
+            "--name",
+            SERVICE,
+            "--quic",
+            &new,
+            "--server-id",
+            SERVER_ID,
+            "--cid",
+            "8,1,2",
+            "--quic-grease",
+        ])?;
+        src.phase(SERVICE, "prepare", &[])?;
+        dst.phase(SERVICE, "prepare", &[])?;
+        say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
+        Some((src, dst))
+    } else {
+        None
+    };
+
+    // The service, in the source container.
+    let cert = d.join("cert.der");
+    let ctl_file = d.join("server.ctl");
+    let server_log = d.join("server.log");
+    let mut server_cmd = Command::new(&bins.echo);
+    server_cmd
+        .arg("server")
+        .args(["--listen", &format!("0.0.0.0:{PORT}")])
+        .arg("--cert-out")
+        .arg(&cert)
+        .args([
+            "--server-id",
+            SERVER_ID,
+            "--cid-len",
+            "8",
+            "--cid-offset",
+            "1",
+        ])
+        .args(["--server-id-len", "2"])
+        .arg("--control-file")
+        .arg(&ctl_file);
+    if cfg.strategy == "poa" {
+        server_cmd.args(["--pool", &new]);
+    }
+    let mut server = Proc::spawn(
+        "migr-echo server",
+        &mut server_cmd,
+        Spawn {
+            netns: Some(topo.src_ct.name()),
+            setsid: true,
+            stdout: Some(&server_log),
+            stderr: Some(&d.join("server.err")),
+        },
+    )?;
+    wait_until(Duration::from_secs(20), "the server to listen", || {
+        if let Some(status) = server.try_exit() {
+            bail!(
+                "migr-echo server exited with {status}: {}",
+                std::fs::read_to_string(d.join("server.err")).unwrap_or_default()
+            );
+        }
+        Ok(file_has(&server_log, "listening") && cert.exists())
+    })?;
+    let server_pid = server.pid();
+    // CRIU's action scripts. On pre-dump, the last moment the service still
+    // runs, the source's script has the server announce the destination
+    // address and waits for the client's acknowledgement (seed 000, step 4:
+    // the container moves only after it), so that the client leaves the old
+    // address as late as possible; then the agent freezes.
+    let announce = (cfg.strategy != "poa").then(|| {
+        format!(
+            "printf 'announce {new}\\n' > '{ctl}' && kill -USR1 {server_pid}\n\
+             i=0\n\
+             until grep -q migration-acknowledged '{log}'; do\n\
+             \x20 i=$((i+1)); if [ $i -gt 5000 ]; then echo 'migr testbed: no acknowledgement' >&2; break; fi\n\
+             \x20 sleep 0.001\n\
+             done\n\
+             echo \"acknowledged $(date +%s.%N)\" >> '{phases}'",
+            ctl = ctl_file.display(),
+            log = server_log.display(),
+            phases = src_phases_file.display(),
+        )
+    });
+    let (src_then, dst_then) = match &agents {
+        Some((src, dst)) => (
+            Some(src.hook_command(SERVICE)),
+            Some(dst.hook_command(SERVICE)),
+        ),
+        None => (None, None),
+    };
+    write_hook(
+        &src_hook,
+        &src_phases_file,
+        announce.as_deref(),
+        src_then.as_deref(),
+    )?;
+    write_hook(&dst_hook, &dst_phases_file, None, dst_then.as_deref())?;
+
+    // The client.
+    let csv = d.join("client.csv");
+    let client_err = d.join("client.err");
+    let mut client_cmd = Command::new(&bins.echo);
+    client_cmd
+        .arg("client")
+        .args(["--server", &old])
+        .arg("--ca")
+        .arg(&cert)
+        .args(["--strategy", &cfg.strategy, "--mode", "back-to-back"])
+        .args(["--count", &cfg.requests.to_string()])
+        .arg("--csv")
+        .arg(&csv);
+    let mut client = Proc::spawn(
+        "migr-echo client",
+        &mut client_cmd,
+        Spawn {
+            netns: Some(topo.client.name()),
+            setsid: false,
+            stdout: None,
+            stderr: Some(&client_err),
+        },
+    )?;
+    wait_until(
+        Duration::from_secs(120),
+        "requests before the migration",
+        || {
+            if let Some(status) = client.try_exit() {
+                bail!(
+                    "the client exited early ({status}): {}",
+                    std::fs::read_to_string(&client_err).unwrap_or_default()
+                );
+            }
+            Ok(stats::rows_so_far(&csv) >= cfg.migrate_after)
+        },
+    )?;
+    say(format!(
+        "{} requests answered by the source container; migrating (cold, CRIU)",
+        cfg.migrate_after
+    ));
+
+    // The migration.
+    if let Some((_, dst)) = &agents {
+        dst.phase(SERVICE, "restoring", &[])?;
+    }
+    let t_start = now_s();
+    let images = d.join("images-src");
+    let dump = criu::dump(
+        bins,
+        server_pid,
+        &topo.src_ct,
+        &images,
+        &src_hook,
+        &d.join("dump.log"),
+        &[],
+    )?;
+    // CRIU killed the dumped tree; reap it here, so that its PID is free
+    // for the restore at once.
+    server.wait_exit(Duration::from_secs(5))?;
+    if announce.is_some() && !file_has(&server_log, "migration-acknowledged") {
+        bail!(
+            "the client did not acknowledge the announcement:\n{}",
+            std::fs::read_to_string(&server_log).unwrap_or_default()
+        );
+    }
+    let t_transfer = Instant::now();
+    let images_dst = d.join("images-dst");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&images)
+        .arg(&images_dst)
+        .status()?;
+    if !status.success() {
+        bail!("copying the images failed");
+    }
+    let transfer_ms = t_transfer.elapsed().as_secs_f64() * 1e3;
+    wait_until(Duration::from_secs(5), "the dumped PID to be free", || {
+        Ok(pid_free(server_pid))
+    })?;
+    let (restore, restored_pid) = criu::restore(
+        bins,
+        &images_dst,
+        &topo.dst_ct,
+        &dst_hook,
+        &d.join("restore.log"),
+        &[],
+    )?;
+    let mut restored = Adopted {
+        name: "migr-echo server (restored)".into(),
+        pid: restored_pid,
+    };
+    let mut t_forward = now_s();
+    if let Some((src, _)) = &agents {
+        src.phase(SERVICE, "restored", &[])?;
+        t_forward = now_s();
+    }
+    let mut lock_tables_removed = criu::remove_lock_tables(&topo.src_ct)?;
+    lock_tables_removed.extend(criu::remove_lock_tables(&topo.dst_ct)?);
+    say(format!(
+        "dumped in {:.0} ms, copied in {transfer_ms:.0} ms, restored in {:.0} ms into the destination container (PID {restored_pid})",
+        dump.seconds * 1e3,
+        restore.seconds * 1e3
+    ));
+
+    // The rest of the requests, then the numbers.
+    let client_status = client.wait_exit(Duration::from_secs(300))?;
+    if let Some((src, _)) = &agents {
+        src.phase(SERVICE, "done", &["--drain-ms", "100"])?;
+    }
+    let requests_detail = stats::read_requests(&csv)?;
+    let client_summary = stats::client_summary(&client_err);
+    let client_error = (!client_status.success()).then(|| {
+        std::fs::read_to_string(&client_err)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("rror"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    let (src_frames, dst_frames) = match &agents {
+        Some((src, dst)) => (
+            Some(Frames::from_stats(&src.service(SERVICE)?)),
+            Some(Frames::from_stats(&dst.service(SERVICE)?)),
+        ),
+        None => (None, None),
+    };
+    let src_phases = read_phases(&src_phases_file);
+    let dst_phases = read_phases(&dst_phases_file);
+    let pre_dump = phase_time(&src_phases, "pre-dump").context("no pre-dump action recorded")?;
+    let post_dump = phase_time(&src_phases, "post-dump").context("no post-dump action recorded")?;
+    let pre_restore =
+        phase_time(&dst_phases, "pre-restore").context("no pre-restore action recorded")?;
+    let post_resume =
+        phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
+    let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
+    let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
+    let run = QuicRun {
+        label,
+        steering: cfg.steering,
+        strategy: cfg.strategy.clone(),
+        preset: cfg.preset,
+        requests: cfg.requests,
+        answered: requests_detail.len(),
+        lost: cfg.requests.saturating_sub(requests_detail.len()),
+        client_ok: client_status.success(),
+        client_error,
+        final_server: requests_detail
+            .last()
+            .map(|r| r.server.clone())
+            .unwrap_or_default(),
+        downtime_ms: (post_resume - pre_dump) * 1e3,
+        dump_ms: (post_dump - pre_dump) * 1e3,
+        transfer_ms,
+        restore_ms: (post_resume - pre_restore) * 1e3,
+        total_migration_ms: (t_forward.max(post_resume) - t_start) * 1e3,
+        announce_to_ack_ms: (acknowledged - pre_dump) * 1e3,
+        disruption_ms,
+        disruption_at,
+        median_service_ms: stats::median_service(&requests_detail),
+        max_service_ms: requests_detail
+            .iter()
+            .map(|r| r.service_ms)
+            .fold(0.0, f64::max),
+        image_bytes: dir_bytes(&images),
+        client_summary,
+        src_frames,
+        dst_frames,
+        src_phases,
+        dst_phases,
+        lock_tables_removed,
+        requests_detail,
+        work_dir: d.clone(),
+    };
+    // Teardown, in order: the restored service, the agents, the namespaces.
+    restored.kill();
+    drop(agents);
+    drop(topo);
+    if !reap(restored_pid, Duration::from_millis(100)) {
+        say(format!(
+            "restored PID {restored_pid} still present after kill"
+        ));
+    }
+    Ok(run)
+}

@@ -1,0 +1,140 @@
+//! What the clients wrote, turned into the numbers a run reports.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result};
+
+/// One answered request (a row of `migr-echo client --csv`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub index: usize,
+    /// Milliseconds since the client started.
+    pub send_ms: f64,
+    pub response_ms: f64,
+    pub service_ms: f64,
+    pub server: String,
+}
+
+pub fn read_requests(csv: &Path) -> Result<Vec<Request>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let (Ok(index), Ok(send_ms), Ok(response_ms), Ok(service_ms)) =
+            (f[0].parse(), f[1].parse(), f[2].parse(), f[3].parse())
+        else {
+            continue;
+        };
+        out.push(Request {
+            index,
+            send_ms,
+            response_ms,
+            service_ms,
+            server: f[4].to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Rows in a CSV file written so far (its header excluded).
+pub fn rows_so_far(csv: &Path) -> usize {
+    std::fs::read(csv)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// The longest time without a response: the largest gap between two
+/// consecutive responses (in milliseconds), and the index of the request
+/// whose response ended it.
+pub fn disruption(requests: &[Request]) -> (f64, Option<usize>) {
+    let mut worst = (0.0, None);
+    for w in requests.windows(2) {
+        let gap = w[1].response_ms - w[0].response_ms;
+        if gap > worst.0 {
+            worst = (gap, Some(w[1].index));
+        }
+    }
+    worst
+}
+
+/// The median service time (milliseconds).
+pub fn median_service(requests: &[Request]) -> f64 {
+    let mut v: Vec<f64> = requests.iter().map(|r| r.service_ms).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The client's closing `summary key=value ...` line from its stderr.
+pub fn client_summary(stderr: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("summary "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mean and 95% confidence half-width (Student's t) of `xs`.
+pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    // t(0.975, n-1) for n-1 = 1..30, then the normal quantile.
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let t = T.get(n - 2).copied().unwrap_or(1.96);
+    (mean, t * (var / n as f64).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(index: usize, response_ms: f64) -> Request {
+        Request {
+            index,
+            send_ms: response_ms - 1.0,
+            response_ms,
+            service_ms: 1.0,
+            server: String::new(),
+        }
+    }
+
+    #[test]
+    fn disruption_is_the_largest_gap_between_responses() {
+        let rs = [req(0, 1.0), req(1, 2.0), req(2, 250.0), req(3, 251.0)];
+        assert_eq!(disruption(&rs), (248.0, Some(2)));
+        assert_eq!(disruption(&rs[..1]), (0.0, None));
+    }
+
+    #[test]
+    fn confidence_interval_of_known_samples() {
+        let (m, h) = mean_ci95(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-9);
+        // s = 1, n = 3: 4.303 / sqrt(3)
+        assert!((h - 4.303 / 3f64.sqrt()).abs() < 1e-9);
+        assert_eq!(mean_ci95(&[5.0]), (5.0, 0.0));
+    }
+}
