@@ -31,7 +31,7 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
     },
-    /// A short live demo on a veth pair in two network namespaces.
+    /// The live-migration demo: one QUIC migration with real CRIU, steering on and off (docs/testbed.md).
     Demo,
     /// The cargo-fuzz targets of tests/fuzz (parsers vs. reference, QUIC frames, control API).
     Fuzz {

@@ -1,0 +1,116 @@
+//! Live migrations with real CRIU on the testbed (docs/testbed.md): six
+//! network namespaces (client, router, two edge nodes, a container behind
+//! each), migr-agent on the edge nodes, the service checkpointed in the
+//! source container and restored into the destination container.
+//!
+//! Needs root and CRIU 4.1.1 as `cargo xtask setup` installs it; fails with
+//! a message naming what is missing otherwise. The runs take a few seconds
+//! each and are serialised (they share the two cores with the rest).
+
+use std::sync::Mutex;
+
+use migr_tests::testbed::{
+    self, Bins, Preset, QuicRunConfig,
+    quic::{self, QuicRun},
+    topology::DST_CT_IP,
+};
+
+/// One testbed run at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn run_quic(steering: bool) -> QuicRun {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    testbed::check_environment().unwrap_or_else(|e| panic!("{e:#}"));
+    let bins = Bins::build().unwrap_or_else(|e| panic!("{e:#}"));
+    let cfg = QuicRunConfig::back_to_back(steering, Preset::None);
+    let run = quic::run(&bins, &cfg).unwrap_or_else(|e| panic!("the testbed run failed: {e:#}"));
+    println!("{}", run.summary());
+    println!("{}", serde_json::to_string_pretty(&run.to_json()).unwrap());
+    run
+}
+
+/// The brief's case: P-Explicit, back to back, cold CRIU migration to a new
+/// IP, steering on. The connection survives, no request is lost, and the
+/// client sees no longer gap than the downtime plus 100 ms.
+#[test]
+fn quic_migration_with_criu_and_steering_loses_nothing() {
+    let run = run_quic(true);
+    assert!(run.client_ok, "the client failed: {:?}", run.client_error);
+    assert_eq!(run.lost, 0, "requests without a response");
+    assert_eq!(run.answered, run.requests);
+    assert_eq!(
+        run.final_server,
+        format!("{DST_CT_IP}:{}", quic::PORT),
+        "the connection continued with the restored server at its new address"
+    );
+    assert!(
+        run.downtime_ms > 0.0 && run.dump_ms > 0.0 && run.restore_ms > 0.0,
+        "CRIU's actions were recorded: {:?} {:?}",
+        run.src_phases,
+        run.dst_phases
+    );
+    assert!(
+        run.disruption_ms <= run.downtime_ms + 100.0,
+        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
+        run.disruption_ms,
+        run.downtime_ms
+    );
+    // The requests sent while the service was down were parked at the
+    // destination and replayed, every one of them, none dropped.
+    let src = run.src_frames.as_ref().expect("source agent counters");
+    let dst = run.dst_frames.as_ref().expect("destination agent counters");
+    assert!(
+        dst.parked > 0,
+        "the destination parked the client's packets sent during the downtime"
+    );
+    assert_eq!(dst.replayed, dst.parked, "every parked frame replayed once");
+    assert_eq!(
+        src.replayed, src.parked,
+        "the source replayed what it parked"
+    );
+    for f in [src, dst] {
+        assert_eq!(
+            f.overflow + f.replay_failed + f.park_failed + f.forward_failed + f.dropped,
+            0,
+            "{f:?}"
+        );
+    }
+    assert_eq!(
+        run.lost_packets(),
+        Some(0),
+        "the client's QUIC stack declared no packet lost"
+    );
+    assert!(
+        run.lock_tables_removed.iter().any(|t| t.contains("CRIU")),
+        "CRIU's network-lock table was found and removed: {:?}",
+        run.lock_tables_removed
+    );
+}
+
+/// The same migration without migr (what users have today: CRIU's network
+/// lock, packets during the downtime lost). The connection survives thanks
+/// to QUIC's retransmission; the test records that packets were lost and
+/// requests delayed, not how much.
+#[test]
+fn quic_migration_with_criu_without_steering_relies_on_retransmission() {
+    let run = run_quic(false);
+    assert!(run.client_ok, "the client failed: {:?}", run.client_error);
+    assert_eq!(
+        run.answered, run.requests,
+        "QUIC retransmitted every request"
+    );
+    assert!(run.src_frames.is_none() && run.dst_frames.is_none());
+    let lost = run.lost_packets().expect("the client's summary line");
+    let pto = run.pto_count().unwrap_or(0);
+    assert!(
+        lost + pto > 0,
+        "without steering the client's packets sent during the downtime are lost and retransmitted"
+    );
+    println!(
+        "steering off: {lost} packets lost, {pto} probe timeouts; longest gap {:.0} ms over a downtime of {:.0} ms (ratio {:.2}); worst request {:.0} ms",
+        run.disruption_ms,
+        run.downtime_ms,
+        run.ratio(),
+        run.max_service_ms
+    );
+}
