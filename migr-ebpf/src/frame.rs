@@ -3,7 +3,9 @@
 use aya_ebpf::{
     bindings::xdp_md,
     cty::c_void,
-    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_loop, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use migr_common::wire::{
@@ -12,6 +14,49 @@ use migr_common::wire::{
 };
 use migr_common::{Frame, frame::MAX_PARSE_OFFSET};
 
+/// Bytes of the current packet's headers kept by [`fill_header_cache`] (a
+/// power of two: reads mask their offset with it).
+const HEADER_CACHE_BYTES: usize = 256;
+/// Room after the cached bytes, so that a masked offset plus a read of up to
+/// this many bytes stays inside the array, whatever LLVM does to the checks.
+const HEADER_CACHE_SLACK: usize = 64;
+
+/// The first bytes of the packet being classified, copied with one helper
+/// call, so that the parsers' many small reads cost a map access each
+/// instead of a `bpf_xdp_load_bytes` call each.
+#[repr(C)]
+pub struct HeaderCache {
+    /// Valid bytes (0 when the copy failed: every read then takes the helper).
+    len: u32,
+    bytes: [u8; HEADER_CACHE_BYTES + HEADER_CACHE_SLACK],
+}
+
+/// Per-CPU: an XDP program runs to completion on its CPU.
+#[map]
+static HEADER_CACHE: PerCpuArray<HeaderCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the packet's first bytes into this CPU's [`HeaderCache`]; call once
+/// per packet, before the packet is read through a cached [`XdpFrame`].
+#[inline(always)]
+pub fn fill_header_cache(ctx: *mut xdp_md) {
+    let Some(cache) = HEADER_CACHE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it while the program runs.
+    let cache = unsafe { &mut *cache };
+    // SAFETY: plain helper call on the program's context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
+    // The copy length must be provably in [1, HEADER_CACHE_BYTES]: clamp len-1.
+    let mut last = len.wrapping_sub(1);
+    if last > HEADER_CACHE_BYTES as u32 - 1 {
+        last = HEADER_CACHE_BYTES as u32 - 1;
+    }
+    let copy = last + 1;
+    // SAFETY: `bytes` has room for `copy` <= HEADER_CACHE_BYTES bytes.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx, 0, cache.bytes.as_mut_ptr().cast(), copy) };
+    cache.len = if rc == 0 { copy } else { 0 };
+}
+
 /// The packet between `data` and `data_end`. Every read is checked against
 /// `data_end` in a form the verifier can follow: the offset is first clamped
 /// to [`MAX_PARSE_OFFSET`], then `start + offset + N` is compared with `end`.
@@ -19,12 +64,22 @@ pub struct XdpFrame {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
+    /// Reads may come from the [`HeaderCache`] (never after a write).
+    cached: bool,
 }
 
 impl XdpFrame {
+    /// A frame to rewrite: every read sees the packet as it is now.
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
-        Self::from_raw(ctx.ctx)
+    pub fn uncached(ctx: &XdpContext) -> Self {
+        Self::from_raw(ctx.ctx, false)
+    }
+
+    /// A frame to parse, whose reads come from the [`HeaderCache`] where it
+    /// holds them ([`fill_header_cache`] must have run for this packet).
+    #[inline(always)]
+    pub fn cached(ctx: *mut xdp_md) -> Self {
+        Self::from_raw(ctx, true)
     }
 
     /// Reads `data`/`data_end` from the context with volatile loads. In a
@@ -32,13 +87,14 @@ impl XdpFrame {
     /// caller and passing plain integers, which the verifier would no longer
     /// treat as packet pointers.
     #[inline(always)]
-    pub fn from_raw(ctx: *mut xdp_md) -> Self {
+    fn from_raw(ctx: *mut xdp_md, cached: bool) -> Self {
         // SAFETY: `ctx` is the program's context pointer.
         unsafe {
             Self {
                 ctx,
                 start: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
                 end: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
+                cached,
             }
         }
     }
@@ -60,6 +116,22 @@ impl Frame for XdpFrame {
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         if offset > MAX_PARSE_OFFSET {
             return None;
+        }
+        if self.cached
+            && N <= HEADER_CACHE_SLACK
+            && let Some(cache) = HEADER_CACHE.get_ptr(0)
+        {
+            // SAFETY: this CPU's slot, filled for this packet.
+            let cache = unsafe { &*cache };
+            if offset + N <= cache.len as usize {
+                // `cache.len` <= HEADER_CACHE_BYTES, so the mask changes nothing;
+                // it is what bounds the access for the verifier.
+                let at = offset & (HEADER_CACHE_BYTES - 1);
+                // SAFETY: at + N <= HEADER_CACHE_BYTES + HEADER_CACHE_SLACK.
+                return Some(unsafe {
+                    core::ptr::read_unaligned(cache.bytes.as_ptr().add(at).cast::<[u8; N]>())
+                });
+            }
         }
         let mut out = [0u8; N];
         // SAFETY: `out` is N writable bytes on the stack; the helper checks
@@ -108,7 +180,7 @@ struct LoopState {
 extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // SAFETY: bpf_loop hands back the pointer given to it above.
     let state = unsafe { &mut *state };
-    let frame = XdpFrame::from_raw(state.ctx);
+    let frame = XdpFrame::cached(state.ctx);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
 

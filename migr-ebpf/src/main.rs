@@ -22,6 +22,7 @@
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
 //! | `REPLAY_SLOTS` | array, [`REPLAY_BATCH`] | run index in a replay batch | [`ReplaySlot`]: frame bytes and the action to give it | agent (this program reads) |
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
+//! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`frame.rs`) | this program |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 #![no_std]
 #![no_main]
@@ -49,7 +50,7 @@ use migr_common::{
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
 };
 
-use crate::frame::XdpFrame;
+use crate::frame::{XdpFrame, fill_header_cache};
 
 /// Default sizes; the agent may override them at load time.
 const DEFAULT_LISTENERS: u32 = 4096;
@@ -148,6 +149,7 @@ pub fn migr(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
     let decision = unsafe { &mut *decision };
+    fill_header_cache(ctx.ctx);
     classify_into(&ctx, decision);
     count_proto(decision);
     count_reasons(decision.reasons.0);
@@ -213,7 +215,7 @@ pub unsafe extern "C" fn migr_parse(ctx: *mut xdp_md, out: *mut Classification) 
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
     };
-    u32::from(parse_stage(&XdpFrame::from_raw(ctx), out))
+    u32::from(parse_stage(&XdpFrame::cached(ctx), out))
 }
 
 /// Stage 2 (`migr_common::classify::lookup_stage`).
@@ -226,7 +228,7 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
     };
-    lookup_stage(&XdpFrame::from_raw(ctx), &MapTables, out);
+    lookup_stage(&XdpFrame::cached(ctx), &MapTables, out);
     0
 }
 
@@ -367,7 +369,7 @@ fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<u32, Reason> {
         return Err(Reason::ForwardUnsupported);
     };
     let target = &service.forward;
-    let mut frame = XdpFrame::new(ctx);
+    let mut frame = XdpFrame::uncached(ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
         Some(ForwardMode::SameIp) => Ok(()),
