@@ -15,6 +15,8 @@
 
 #[path = "../src/mptcp/freeze.rs"]
 mod freeze;
+#[path = "../src/mptcp/handover.rs"]
+mod handover;
 #[path = "../src/mptcp/lab.rs"]
 mod lab;
 
@@ -48,6 +50,7 @@ fn learned_tokens_equal_the_kernels_for_two_connections_with_two_subflows() {
         bins(),
         &Options {
             connections: 2,
+            replay_rate: None,
             join: true,
             period: PERIOD,
         },
@@ -99,6 +102,7 @@ fn freeze_with_steering_parks_both_subflows_and_loses_nothing() {
         bins(),
         &Options {
             connections: 2,
+            replay_rate: None,
             join: true,
             period: PERIOD,
         },
@@ -155,6 +159,7 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
         bins(),
         &Options {
             connections: 2,
+            replay_rate: None,
             join: false,
             period: PERIOD,
         },
@@ -210,4 +215,66 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
     assert_eq!(verdict(&svc, "park_failed"), 0);
     assert_eq!(num(&svc, &["replay", "failed_frames"]), 0);
     println!("{records} records echoed intact; parked {parked} = replayed {replayed}");
+}
+
+/// Seed 001's handover with steering: the service moves from A (behind node
+/// A) to B (behind node B). B is announced before the service is there: the
+/// clients' MP_JOIN SYNs reach node B early and are parked, not refused;
+/// the A-subflow packets of the downtime are parked at node A. At ready both
+/// agents replay (B locally, A through the forward target), the joins
+/// complete, REMOVE_ADDR A leaves every connection on B, nothing is lost.
+#[test]
+fn handover_with_steering_parks_early_joins_and_loses_nothing() {
+    let mut lab = handover::HandoverLab::new(bins(), 2, None).unwrap();
+    let r = handover::handover_once(&mut lab, true, Duration::from_millis(1000)).unwrap();
+    println!("{r:#?}");
+    assert_eq!(
+        r.b_subflows_before_ready, 0,
+        "no join completed before ready"
+    );
+    assert_eq!(
+        r.icmp_before_ready, 0,
+        "no join was refused: the client got no ICMP error"
+    );
+    assert!(r.parked_at_b >= 2, "both MP_JOIN SYNs parked at node B");
+    assert_eq!(r.replayed_at_b, r.parked_at_b);
+    assert!(
+        r.parked_at_a > 0,
+        "A-subflow packets of the downtime parked"
+    );
+    assert_eq!(r.replayed_at_a, r.parked_at_a);
+    assert_eq!(r.lost_in_datapath, 0);
+    assert_eq!(r.announcements, 1, "the proactive announcement sufficed");
+    assert!(r.server["MPTcpExtMPJoinAckRx"] >= 2, "both joins completed");
+    assert!(r.records > 0);
+    println!(
+        "handover with steering: joins {:.1} ms and switch {:.1} ms after ready, backlog served \
+         {:.1} ms after ready, longest stall {:.0} ms (downtime {:.0} ms); client retransmissions {}",
+        r.join_ms,
+        r.switch_ms,
+        r.recovery_ms,
+        r.stall_ms,
+        r.downtime_ms,
+        r.client["TcpRetransSegs"]
+    );
+}
+
+/// The same handover without steering: the early joins are refused at node
+/// B (ICMP), the kernel does not retry them, and B must be announced again
+/// once the service is there; the connections still end up on B, intact.
+#[test]
+fn handover_without_steering_refuses_early_joins() {
+    let mut lab = handover::HandoverLab::new(bins(), 2, None).unwrap();
+    let r = handover::handover_once(&mut lab, false, Duration::from_millis(1000)).unwrap();
+    println!("{r:#?}");
+    assert_eq!(r.b_subflows_before_ready, 0);
+    assert!(r.icmp_before_ready >= 2, "both early joins refused");
+    assert_eq!(r.parked_at_a + r.parked_at_b, 0);
+    assert_eq!(r.announcements, 2);
+    assert!(r.server["MPTcpExtMPJoinAckRx"] >= 2);
+    println!(
+        "handover without steering: joins {:.1} ms and switch {:.1} ms after ready, backlog \
+         served {:.1} ms after ready, longest stall {:.0} ms; client retransmissions {}",
+        r.join_ms, r.switch_ms, r.recovery_ms, r.stall_ms, r.client["TcpRetransSegs"]
+    );
 }

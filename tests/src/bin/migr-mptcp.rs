@@ -84,24 +84,25 @@ const CONNECTIONS: u32 = 2;
 const PERIOD: Duration = Duration::from_millis(5);
 
 fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> Result<Value> {
-    let mut per: [(bool, Vec<Value>); 2] = [(true, Vec::new()), (false, Vec::new())];
+    let mut per = handover::variants();
     let mut failures = Vec::new();
     for i in 0..runs {
-        for (steering, list) in per.iter_mut() {
-            let tag = if *steering { "steering" } else { "no-steering" };
+        for v in per.iter_mut() {
             let once = || -> Result<Value> {
                 let mut lab = freeze::FreezeLab::new(
                     bins,
                     &freeze::Options {
                         connections: CONNECTIONS,
+                        replay_rate: v.replay_rate,
                         join: true,
                         period: PERIOD,
                     },
                 )?;
-                let r = freeze::freeze_once(&mut lab, *steering, freeze)?;
+                let r = freeze::freeze_once(&mut lab, v.steering, freeze)?;
                 Ok(json!({
                     "freeze_ms": r.freeze_ms,
                     "recovery_ms": r.recovery_ms,
+                    "first_echo_ms": r.first_echo_ms,
                     "stall_ms": r.stall_ms,
                     "records": r.records,
                     "client": r.client,
@@ -118,28 +119,30 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
                 }))
             };
             match once() {
-                Ok(v) => {
+                Ok(r) => {
                     println!(
-                        "run {}/{runs} {tag}: recovery {:.1} ms, stall {:.0} ms, client retrans {}, RTOs {}, parked {} replayed {}",
+                        "run {}/{runs} {}: recovery {:.1} ms, stall {:.0} ms, client retrans {}, RTOs {}, parked {} replayed {}",
                         i + 1,
-                        v["recovery_ms"].as_f64().unwrap_or(f64::NAN),
-                        v["stall_ms"].as_f64().unwrap_or(f64::NAN),
-                        v["client"]["TcpRetransSegs"],
-                        v["client"]["TcpExtTCPTimeouts"],
-                        v["parked_frames"],
-                        v["replayed_frames"]
+                        v.name,
+                        r["recovery_ms"].as_f64().unwrap_or(f64::NAN),
+                        r["stall_ms"].as_f64().unwrap_or(f64::NAN),
+                        r["client"]["TcpRetransSegs"],
+                        r["client"]["TcpExtTCPTimeouts"],
+                        r["parked_frames"],
+                        r["replayed_frames"]
                     );
-                    list.push(v);
+                    v.runs.push(r);
                 }
                 Err(e) => {
-                    println!("run {}/{runs} {tag}: FAILED: {e:#}", i + 1);
-                    failures.push(json!({"run": i, "variant": tag, "error": format!("{e:#}")}));
+                    println!("run {}/{runs} {}: FAILED: {e:#}", i + 1, v.name);
+                    failures.push(json!({"run": i, "variant": v.name, "error": format!("{e:#}")}));
                 }
             }
         }
     }
     let metrics: &[(&str, &[&str])] = &[
         ("recovery_ms", &["recovery_ms"]),
+        ("first_echo_ms", &["first_echo_ms"]),
         ("stall_ms", &["stall_ms"]),
         ("client_retrans_segs", &["client", "TcpRetransSegs"]),
         ("client_rto_timeouts", &["client", "TcpExtTCPTimeouts"]),
@@ -154,17 +157,21 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
         ("replay_ms", &["replay_ms"]),
     ];
     let mut variants = serde_json::Map::new();
-    for (steering, list) in &per {
-        let tag = if *steering { "steering" } else { "no-steering" };
+    for v in &per {
         variants.insert(
-            tag.into(),
-            json!({"summary": summarize(list, metrics), "runs": list}),
+            v.name.into(),
+            json!({
+                "steering": v.steering,
+                "replay_rate": v.replay_rate,
+                "summary": lab::summarize(&v.runs, metrics),
+                "runs": v.runs,
+            }),
         );
     }
     Ok(json!({
-        "schema": SCHEMA,
+        "schema": lab::SCHEMA,
         "scenario": "mptcp-freeze",
-        "environment": environment(),
+        "environment": lab::environment(),
         "params": {
             "runs": runs,
             "freeze_ms": freeze.as_millis() as u64,
@@ -177,89 +184,4 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
         "variants": variants,
         "failures": failures,
     }))
-}
-
-pub const SCHEMA: &str = "migr-mptcp-result/1";
-
-pub fn environment() -> Value {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    json!({
-        "kernel": kernel,
-        "cpus": cpus,
-        "unix_time": unix,
-        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-        "congestion_control": std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-            .unwrap_or_default().trim(),
-    })
-}
-
-/// mean, sample standard deviation and the 95% confidence interval of the
-/// mean (Student's t) of each metric over the runs.
-pub fn summarize(runs: &[Value], metrics: &[(&str, &[&str])]) -> Value {
-    let mut out = serde_json::Map::new();
-    for (name, path) in metrics {
-        let xs: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| {
-                let mut v = r;
-                for p in *path {
-                    v = &v[*p];
-                }
-                v.as_f64()
-            })
-            .filter(|x| x.is_finite())
-            .collect();
-        out.insert((*name).into(), stats(&xs));
-    }
-    Value::Object(out)
-}
-
-pub fn stats(xs: &[f64]) -> Value {
-    let n = xs.len();
-    if n == 0 {
-        return json!({"n": 0});
-    }
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    let (sd, half) = if n > 1 {
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        let sd = var.sqrt();
-        (sd, t975(n - 1) * sd / (n as f64).sqrt())
-    } else {
-        (0.0, f64::NAN)
-    };
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let r = |x: f64| (x * 1000.0).round() / 1000.0;
-    json!({
-        "n": n,
-        "mean": r(mean),
-        "sd": r(sd),
-        "ci95_low": if half.is_finite() { json!(r(mean - half)) } else { Value::Null },
-        "ci95_high": if half.is_finite() { json!(r(mean + half)) } else { Value::Null },
-        "min": r(min),
-        "max": r(max),
-    })
-}
-
-/// The 0.975 quantile of Student's t with `df` degrees of freedom.
-fn t975(df: usize) -> f64 {
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
-    ];
-    match df {
-        0 => f64::NAN,
-        1..=30 => T[df - 1],
-        31..=60 => 2.000,
-        61..=120 => 1.980,
-        _ => 1.960,
-    }
 }

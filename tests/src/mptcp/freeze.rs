@@ -49,6 +49,9 @@ pub struct FreezeLab {
 
 pub struct Options {
     pub connections: u32,
+    /// The service's `--replay-rate` (frames/s, 0 unpaced); `None`: the
+    /// agent's default (10,000/s).
+    pub replay_rate: Option<u64>,
     /// Announce B and wait for the joins before returning.
     pub join: bool,
     pub period: Duration,
@@ -100,16 +103,16 @@ impl FreezeLab {
         ])?;
         let server = lab::start_server(bins, &node, &format!("0.0.0.0:{PORT}"), &scratch.0)?;
         let agent = Agent::start(bins, &node, &["v-n1", "v-n2"], "node")?;
-        agent.ok(&[
-            "service",
-            "add",
-            "--id",
-            &SERVICE_ID.to_string(),
-            "--name",
-            SERVICE,
-            "--mptcp",
-            &format!("{A}:{PORT}"),
-        ])?;
+        let id = SERVICE_ID.to_string();
+        let mptcp = format!("{A}:{PORT}");
+        let rate = opts.replay_rate.map(|r| r.to_string());
+        let mut add = vec![
+            "service", "add", "--id", &id, "--name", SERVICE, "--mptcp", &mptcp,
+        ];
+        if let Some(rate) = &rate {
+            add.extend(["--replay-rate", rate]);
+        }
+        agent.ok(&add)?;
         let mut lab = Self {
             streams: Vec::new(),
             server,
@@ -200,8 +203,12 @@ impl FreezeLab {
 pub struct FreezeRun {
     pub steering: bool,
     pub freeze_ms: f64,
-    /// Thaw → the first echo on every connection (the slowest connection).
+    /// Thaw → the echo of the last record each connection wrote before the
+    /// thaw (the downtime's backlog served), the slowest connection.
     pub recovery_ms: f64,
+    /// Thaw → the first echo on every connection (the slowest connection);
+    /// it may be a server retransmission of an echo from before the freeze.
+    pub first_echo_ms: f64,
     /// The longest time between two echoes on any connection (freeze included).
     pub stall_ms: f64,
     pub client: BTreeMap<&'static str, u64>,
@@ -257,9 +264,11 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
     std::thread::sleep(freeze);
     // Downtime ends: the lock goes, the tasks run, the hook (abort: the
     // service resumes on this node) replays what was parked.
+    // The thaw instant is taken before the first step of the thaw, so that
+    // every variant's recovery includes its own steps.
+    let thawed = Instant::now();
     lab::unlock(&lab.node)?;
     lab.server.signal(libc::SIGCONT);
-    let thawed = Instant::now();
     let freeze_ms = thawed.duration_since(frozen_at).as_secs_f64() * 1e3;
     if steering {
         let r = lab.agent.phase(SERVICE, "abort", &[])?;
@@ -308,6 +317,11 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
     let recovery_ms = lab
         .streams
         .iter()
+        .map(|s| s.backlog_served_after_ms(thawed).unwrap_or(f64::NAN))
+        .fold(0.0, f64::max);
+    let first_echo_ms = lab
+        .streams
+        .iter()
         .map(|s| s.first_echo_after_ms(thawed).unwrap_or(f64::NAN))
         .fold(0.0, f64::max);
     let stall_ms = lab
@@ -320,6 +334,7 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
         steering,
         freeze_ms,
         recovery_ms,
+        first_echo_ms,
         stall_ms,
         client: CLIENT_COUNTERS
             .iter()

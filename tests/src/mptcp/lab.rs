@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use migr_tests::NetNs;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
 // Binaries
@@ -634,6 +634,8 @@ fn record(conn: u32, seq: u64) -> [u8; RECORD] {
 struct StreamState {
     /// Arrival time of every echoed record, in order.
     arrivals: Vec<Instant>,
+    /// When each record was written (handed to the socket).
+    sends: Vec<Instant>,
     error: Option<String>,
 }
 
@@ -699,6 +701,7 @@ impl Stream {
                         .get_or_insert(format!("write: {e}"));
                     return;
                 }
+                st.lock().unwrap().sends.push(Instant::now());
                 n.store(seq + 1, Ordering::Relaxed);
                 next += period;
                 if let Some(d) = next.checked_duration_since(Instant::now()) {
@@ -768,6 +771,16 @@ impl Stream {
             .map(|a| a.duration_since(t).as_secs_f64() * 1e3)
     }
 
+    /// Milliseconds from `t` until the echo of the last record written
+    /// before `t` arrived: the backlog of the downtime has been served.
+    pub fn backlog_served_after_ms(&self, t: Instant) -> Option<f64> {
+        let s = self.state.lock().unwrap();
+        let last = s.sends.iter().rposition(|w| *w < t)?;
+        s.arrivals
+            .get(last)
+            .map(|a| a.saturating_duration_since(t).as_secs_f64() * 1e3)
+    }
+
     /// The longest time between consecutive echoes, in milliseconds.
     pub fn longest_gap_ms(&self) -> f64 {
         self.arrivals()
@@ -806,4 +819,92 @@ pub fn tcp_rtt_ms(client: &NetNs, to: SocketAddr, n: usize) -> Result<f64> {
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+pub const SCHEMA: &str = "migr-mptcp-result/1";
+
+pub fn environment() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({
+        "kernel": kernel,
+        "cpus": cpus,
+        "unix_time": unix,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "congestion_control": std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .unwrap_or_default().trim(),
+    })
+}
+
+/// mean, sample standard deviation and the 95% confidence interval of the
+/// mean (Student's t) of each metric over the runs.
+pub fn summarize(runs: &[Value], metrics: &[(&str, &[&str])]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, path) in metrics {
+        let xs: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| {
+                let mut v = r;
+                for p in *path {
+                    v = &v[*p];
+                }
+                v.as_f64()
+            })
+            .filter(|x| x.is_finite())
+            .collect();
+        out.insert((*name).into(), stats(&xs));
+    }
+    Value::Object(out)
+}
+
+pub fn stats(xs: &[f64]) -> Value {
+    let n = xs.len();
+    if n == 0 {
+        return json!({"n": 0});
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let (sd, half) = if n > 1 {
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let sd = var.sqrt();
+        (sd, t975(n - 1) * sd / (n as f64).sqrt())
+    } else {
+        (0.0, f64::NAN)
+    };
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "n": n,
+        "mean": r(mean),
+        "sd": r(sd),
+        "ci95_low": if half.is_finite() { json!(r(mean - half)) } else { Value::Null },
+        "ci95_high": if half.is_finite() { json!(r(mean + half)) } else { Value::Null },
+        "min": r(min),
+        "max": r(max),
+    })
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => T[df - 1],
+        31..=60 => 2.000,
+        61..=120 => 1.980,
+        _ => 1.960,
+    }
 }
