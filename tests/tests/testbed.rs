@@ -10,20 +10,20 @@
 use std::sync::Mutex;
 
 use migr_tests::testbed::{
-    self, Bins, Preset, QuicRunConfig,
-    quic::{self, QuicRun},
-    topology::DST_CT_IP,
+    self, Bins, Preset, Run, RunConfig,
+    migration::{self, PORT, TCP_PORT},
+    topology::{DST_CT_IP, SAME_IP},
 };
 
 /// One testbed run at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn run_quic(steering: bool) -> QuicRun {
+fn run(cfg: RunConfig) -> Run {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     testbed::check_environment().unwrap_or_else(|e| panic!("{e:#}"));
     let bins = Bins::build().unwrap_or_else(|e| panic!("{e:#}"));
-    let cfg = QuicRunConfig::back_to_back(steering, Preset::None);
-    let run = quic::run(&bins, &cfg).unwrap_or_else(|e| panic!("the testbed run failed: {e:#}"));
+    let run =
+        migration::run(&bins, &cfg).unwrap_or_else(|e| panic!("the testbed run failed: {e:#}"));
     println!("{}", run.summary());
     println!("{}", serde_json::to_string_pretty(&run.to_json()).unwrap());
     run
@@ -34,13 +34,13 @@ fn run_quic(steering: bool) -> QuicRun {
 /// client sees no longer gap than the downtime plus 100 ms.
 #[test]
 fn quic_migration_with_criu_and_steering_loses_nothing() {
-    let run = run_quic(true);
+    let run = run(RunConfig::back_to_back(true, Preset::None));
     assert!(run.client_ok, "the client failed: {:?}", run.client_error);
     assert_eq!(run.lost, 0, "requests without a response");
     assert_eq!(run.answered, run.requests);
     assert_eq!(
         run.final_server,
-        format!("{DST_CT_IP}:{}", quic::PORT),
+        format!("{DST_CT_IP}:{PORT}"),
         "the connection continued with the restored server at its new address"
     );
     assert!(
@@ -93,7 +93,7 @@ fn quic_migration_with_criu_and_steering_loses_nothing() {
 /// requests delayed, not how much.
 #[test]
 fn quic_migration_with_criu_without_steering_relies_on_retransmission() {
-    let run = run_quic(false);
+    let run = run(RunConfig::back_to_back(false, Preset::None));
     assert!(run.client_ok, "the client failed: {:?}", run.client_error);
     assert_eq!(
         run.answered, run.requests,
@@ -112,5 +112,56 @@ fn quic_migration_with_criu_without_steering_relies_on_retransmission() {
         run.downtime_ms,
         run.ratio(),
         run.max_service_ms
+    );
+}
+
+/// TCP, the COAT case: the same IP in both containers, `criu dump` and
+/// `criu restore` with `--tcp-established`, the router's route to the
+/// service IP moved to the destination node once the restore returned;
+/// steering on. The connection survives, no request is lost, and the
+/// segments the client sent while the service was down were parked at the
+/// source and forwarded (same-IP mode: only the MACs change) to the
+/// destination, none dropped.
+#[test]
+fn tcp_same_ip_migration_with_criu_and_steering_loses_nothing() {
+    let run = run(RunConfig::tcp_back_to_back(true, Preset::None));
+    assert!(run.client_ok, "the client failed: {:?}", run.client_error);
+    assert_eq!(run.lost, 0, "requests without a response");
+    assert_eq!(run.answered, run.requests);
+    assert_eq!(run.final_server, format!("{SAME_IP}:{TCP_PORT}"));
+    assert!(
+        run.disruption_ms <= run.downtime_ms + 100.0,
+        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
+        run.disruption_ms,
+        run.downtime_ms
+    );
+    let src = run.src_frames.as_ref().expect("source agent counters");
+    let dst = run.dst_frames.as_ref().expect("destination agent counters");
+    assert!(
+        src.parked > 0,
+        "the source parked the segments sent after the freeze"
+    );
+    assert_eq!(src.replayed, src.parked, "every parked frame replayed once");
+    assert!(
+        src.forwarded >= src.replayed,
+        "the parked segments went to the destination: {src:?}"
+    );
+    assert!(
+        dst.passed > 0,
+        "the destination passed the forwarded segments"
+    );
+    for f in [src, dst] {
+        assert_eq!(
+            f.overflow + f.replay_failed + f.park_failed + f.forward_failed + f.dropped,
+            0,
+            "{f:?}"
+        );
+    }
+    println!(
+        "TCP steering on: {} segments retransmitted by the client's kernel; longest gap {:.0} ms over a downtime of {:.0} ms (ratio {:.2})",
+        run.tcp_retransmits().map_or("?".into(), |v| v.to_string()),
+        run.disruption_ms,
+        run.downtime_ms,
+        run.ratio()
     );
 }

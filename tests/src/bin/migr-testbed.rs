@@ -7,26 +7,36 @@
 //! migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
 //!                   [--preset none|latency|bandwidth] [--requests N] [--migrate-after K]
 //!                   [--json PATH] [--keep]
+//! migr-testbed tcp [--steering on|off] [--preset P] [--requests N] [--migrate-after K]
+//!                   [--json PATH] [--keep]         the same-IP TCP case (COAT)
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
+//! migr-testbed tcp-server|tcp-client ...  the TCP workload (the runs start these)
 //! ```
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use migr_tests::testbed::{self, Bins, Preset, QuicRunConfig, Topology, quic};
+use migr_tests::testbed::{self, Bins, Preset, Run, RunConfig, Topology, migration, tcpecho};
 
 const USAGE: &str = "usage:
   migr-testbed demo
   migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
                     [--preset none|latency|bandwidth] [--requests N] [--migrate-after K]
                     [--json PATH] [--keep] [--quiet]
-  migr-testbed topology [--preset none|latency|bandwidth]";
+  migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
+                   [--migrate-after K] [--json PATH] [--keep] [--quiet]
+  migr-testbed topology [--preset none|latency|bandwidth]
+  migr-testbed tcp-server --listen ADDR
+  migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(),
-        Some("quic") => quic_cmd(&args[1..]),
+        Some("quic") => run_cmd(&args[1..], testbed::Protocol::Quic),
+        Some("tcp") => run_cmd(&args[1..], testbed::Protocol::Tcp),
+        Some("tcp-server") => tcpecho::main_server(&args[1..]),
+        Some("tcp-client") => tcpecho::main_client(&args[1..]),
         Some("topology") => topology_cmd(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
@@ -82,7 +92,7 @@ impl Opts {
     }
 }
 
-fn quic_cmd(args: &[String]) -> Result<()> {
+fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
     let o = Opts(args.to_vec());
     o.check(
         &[
@@ -101,8 +111,14 @@ fn quic_cmd(args: &[String]) -> Result<()> {
         other => bail!("--steering on|off, not {other:?}"),
     };
     let preset = Preset::parse(o.value("--preset")?.unwrap_or("none"))?;
-    let mut cfg = QuicRunConfig::back_to_back(steering, preset);
+    let mut cfg = match protocol {
+        testbed::Protocol::Quic => RunConfig::back_to_back(steering, preset),
+        testbed::Protocol::Tcp => RunConfig::tcp_back_to_back(steering, preset),
+    };
     if let Some(s) = o.value("--strategy")? {
+        if protocol == testbed::Protocol::Tcp {
+            bail!("--strategy is for QUIC runs");
+        }
         if !["p-explicit", "r-explicit", "poa"].contains(&s) {
             bail!("--strategy p-explicit|r-explicit|poa, not {s:?}");
         }
@@ -119,7 +135,7 @@ fn quic_cmd(args: &[String]) -> Result<()> {
     }
     cfg.keep_files = o.flag("--keep");
     cfg.verbose = !o.flag("--quiet");
-    let run = quic::run(&bins()?, &cfg)?;
+    let run = migration::run(&bins()?, &cfg)?;
     println!("{}", run.summary());
     if cfg.keep_files {
         println!("files kept in {}", run.work_dir.display());
@@ -164,9 +180,9 @@ fn demo() -> Result<()> {
         "[demo] one back-to-back QUIC migration (P-Explicit client, cold CRIU dump and restore \
          into a new IP), with steering on, then with steering off"
     );
-    let on = quic::run(&bins, &QuicRunConfig::back_to_back(true, Preset::None))?;
+    let on = migration::run(&bins, &RunConfig::back_to_back(true, Preset::None))?;
     println!("[demo] {}", on.summary());
-    let off = quic::run(&bins, &QuicRunConfig::back_to_back(false, Preset::None))?;
+    let off = migration::run(&bins, &RunConfig::back_to_back(false, Preset::None))?;
     println!("[demo] {}", off.summary());
     println!("[demo] summary");
     println!("  {:<36} {:>12} {:>12}", "", "steering on", "steering off");
@@ -187,7 +203,7 @@ fn demo() -> Result<()> {
         format!("{:.2}", off.ratio()),
     );
     row("requests lost", on.lost.to_string(), off.lost.to_string());
-    let frames = |r: &quic::QuicRun| {
+    let frames = |r: &Run| {
         r.src_frames
             .as_ref()
             .zip(r.dst_frames.as_ref())

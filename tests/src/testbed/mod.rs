@@ -14,16 +14,17 @@
 
 pub mod agent;
 pub mod criu;
+pub mod migration;
 pub mod proc;
-pub mod quic;
 pub mod stats;
+pub mod tcpecho;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-pub use quic::{QuicRun, QuicRunConfig};
+pub use migration::{Protocol, Run, RunConfig};
 pub use topology::{Preset, Topology};
 
 /// The programs a run starts.
@@ -32,6 +33,8 @@ pub struct Bins {
     pub agent: PathBuf,
     pub ctl: PathBuf,
     pub echo: PathBuf,
+    /// migr-testbed itself (its tcp-server and tcp-client commands).
+    pub testbed: PathBuf,
     pub criu: PathBuf,
 }
 
@@ -45,12 +48,13 @@ impl Bins {
             agent: dir.join("migr-agent"),
             ctl: dir.join("migrctl"),
             echo: dir.join("migr-echo"),
+            testbed: dir.join("migr-testbed"),
             criu: PathBuf::from(CRIU_PATH),
         };
-        for p in [&bins.agent, &bins.ctl, &bins.echo] {
+        for p in [&bins.agent, &bins.ctl, &bins.echo, &bins.testbed] {
             if !p.exists() {
                 bail!(
-                    "{} is missing; build it with `cargo build -p migr-user -p migr-quic --bins`",
+                    "{} is missing; build it with `cargo build -p migr-user -p migr-quic -p migr-tests --bins`",
                     p.display()
                 );
             }
@@ -75,7 +79,7 @@ impl Bins {
         Ok(dir)
     }
 
-    /// Builds migr-agent, migrctl and migr-echo into this executable's
+    /// Builds migr-agent, migrctl, migr-echo and migr-testbed into this executable's
     /// profile directory with cargo (a no-op when they are fresh), then
     /// returns them. For tests, which run under cargo.
     pub fn build() -> Result<Self> {
@@ -102,7 +106,7 @@ impl Bins {
         }
         let status = cmd.status().context("running cargo build")?;
         if !status.success() {
-            bail!("building migr-agent, migrctl and migr-echo failed ({status})");
+            bail!("building migr-agent, migrctl, migr-echo and migr-testbed failed ({status})");
         }
         Self::in_dir(&profile_dir)
     }

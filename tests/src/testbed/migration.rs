@@ -1,21 +1,27 @@
-//! One QUIC migration with real CRIU: `migr-echo server` (bound to
-//! 0.0.0.0:4433) in the source container is checkpointed and restored into
-//! the destination container (a new IP), while `migr-echo client` sends
-//! requests back to back.
+//! One live migration with real CRIU, cold (dump, copy, restore), while a
+//! client sends requests back to back.
+//!
+//! - QUIC: `migr-echo server` (bound to 0.0.0.0:4433) moves from the source
+//!   container (10.60.11.2) to the destination container (10.60.12.2, a new
+//!   IP); the client follows the server's announcement (seed 000).
+//! - TCP, the COAT case (seed 002): `migr-testbed tcp-server` on the same IP
+//!   (10.60.20.2:5000) in both containers, dumped and restored with
+//!   `--tcp-established`; once the restore returned, the router's route to
+//!   that IP moves to the destination node (COAT's flow update).
 //!
 //! Steering on: migr-agent on both edge nodes; CRIU's action script runs
 //! `migrctl criu-hook` on each side (pre-dump/network-lock: source freeze;
-//! pre-restore: destination restoring; post-resume: destination restored),
-//! and the orchestration sends what no hook covers: `prepare` on both,
-//! `restoring` on the destination before the announcement (a P-Explicit
-//! client sends to the new address from the acknowledgement on, while the
-//! service still runs at the source: those packets are parked at the
-//! destination rather than refused), `restored` on the source once the
-//! restore returned (it forwards what it parked, and stragglers), and `done`.
+//! pre-restore: destination restoring; post-resume: destination restored).
+//! The orchestration sends what no hook covers: `prepare` on both,
+//! `restoring` on the destination before the dump (a P-Explicit client sends
+//! to the new address from its acknowledgement on, while the service still
+//! runs at the source: those packets are parked at the destination rather
+//! than refused), `restored` on the source once the restore returned (it
+//! forwards what it parked, and stragglers), and `done`.
 //!
 //! Steering off: no agents, what users have today: CRIU's own network lock,
 //! and every packet that arrives while the service is down is lost and
-//! retransmitted by the client's QUIC stack.
+//! retransmitted by the client's transport.
 
 use std::{
     path::PathBuf,
@@ -31,19 +37,41 @@ use super::{
     agent::{Agent, write_hook},
     criu::{self, dir_bytes, phase_time, read_phases},
     now_s,
-    proc::{Adopted, Proc, Spawn, become_subreaper, pid_free, reap},
+    proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
-    topology::{DST_CT_IP, DST_UPLINK, Preset, SRC_CT_IP, SRC_UPLINK, Topology},
+    topology::{DST_CT_IP, DST_UPLINK, Preset, SAME_IP, SRC_CT_IP, SRC_UPLINK, Topology},
 };
 
 pub const SERVICE: &str = "echo";
+/// The QUIC service's port.
 pub const PORT: u16 = 4433;
+/// The TCP (same-IP) service's port.
+pub const TCP_PORT: u16 = 5000;
 const SERVER_ID: &str = "7";
 
+/// What moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// QUIC to a new IP (migr-echo).
+    Quic,
+    /// TCP with `--tcp-established`, same IP (COAT).
+    Tcp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
-pub struct QuicRunConfig {
+pub struct RunConfig {
+    pub protocol: Protocol,
     pub steering: bool,
-    /// p-explicit, r-explicit or poa.
+    /// QUIC: p-explicit, r-explicit or poa (ignored for TCP).
     pub strategy: String,
     pub preset: Preset,
     /// Requests the client sends in all.
@@ -58,15 +86,16 @@ pub struct QuicRunConfig {
     pub verbose: bool,
 }
 
-impl QuicRunConfig {
-    /// A back-to-back run with P-Explicit, sized for about one second of
-    /// requests before the migration and one after.
+impl RunConfig {
+    /// A back-to-back QUIC run with P-Explicit, sized for about one second
+    /// of requests before the migration and one after.
     pub fn back_to_back(steering: bool, preset: Preset) -> Self {
         let (requests, migrate_after) = match preset {
             Preset::None | Preset::Bandwidth => (3000, 1000),
             Preset::Latency => (300, 60),
         };
         Self {
+            protocol: Protocol::Quic,
             steering,
             strategy: "p-explicit".into(),
             preset,
@@ -78,9 +107,19 @@ impl QuicRunConfig {
         }
     }
 
+    /// The same, TCP (COAT case).
+    pub fn tcp_back_to_back(steering: bool, preset: Preset) -> Self {
+        Self {
+            protocol: Protocol::Tcp,
+            strategy: "tcp".into(),
+            ..Self::back_to_back(steering, preset)
+        }
+    }
+
     fn label(&self) -> String {
         format!(
-            "quic-{}-{}-{}",
+            "{}-{}-{}-{}",
+            self.protocol.name(),
             self.strategy,
             if self.steering { "on" } else { "off" },
             self.preset.name()
@@ -130,8 +169,9 @@ impl Frames {
 
 /// What one run measured.
 #[derive(Clone, Debug)]
-pub struct QuicRun {
+pub struct Run {
     pub label: String,
+    pub protocol: Protocol,
     pub steering: bool,
     pub strategy: String,
     pub preset: Preset,
@@ -171,7 +211,7 @@ pub struct QuicRun {
     pub work_dir: PathBuf,
 }
 
-impl QuicRun {
+impl Run {
     fn summary_u64(&self, key: &str) -> Option<u64> {
         self.client_summary.get(key).and_then(|v| v.parse().ok())
     }
@@ -183,6 +223,11 @@ impl QuicRun {
 
     pub fn pto_count(&self) -> Option<u64> {
         self.summary_u64("pto_count")
+    }
+
+    /// TCP segments the client's kernel retransmitted (TCP_INFO).
+    pub fn tcp_retransmits(&self) -> Option<u64> {
+        self.summary_u64("retransmits")
     }
 
     /// Disruption over downtime.
@@ -202,7 +247,7 @@ impl QuicRun {
         };
         json!({
             "label": self.label,
-            "protocol": "quic",
+            "protocol": self.protocol.name(),
             "steering": self.steering,
             "strategy": self.strategy,
             "preset": self.preset.name(),
@@ -230,6 +275,7 @@ impl QuicRun {
                 "pto_count": self.pto_count(),
                 "loss_detected": self.summary_u64("loss_detected"),
                 "congestion_events": self.summary_u64("congestion_events"),
+                "tcp_retransmits": self.tcp_retransmits(),
             },
             "frames": {
                 "source": self.src_frames.as_ref().map(Frames::to_json),
@@ -246,8 +292,9 @@ impl QuicRun {
     /// A few human lines.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "steering {}: {} of {} requests answered, {} lost; downtime {:.0} ms (dump {:.0}, transfer {:.0}, restore {:.0}); \
+            "{} steering {}: {} of {} requests answered, {} lost; downtime {:.0} ms (dump {:.0}, transfer {:.0}, restore {:.0}); \
              client-perceived disruption {:.0} ms ({:.2} x downtime); median service time {:.2} ms",
+            self.protocol.name(),
             if self.steering { "on " } else { "off" },
             self.answered,
             self.requests,
@@ -272,12 +319,18 @@ impl QuicRun {
             )),
             _ => s.push_str("\n               frames: no agents (CRIU's network lock only)"),
         }
-        s.push_str(&format!(
-            "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
-            self.lost_packets().map_or("?".into(), |v| v.to_string()),
-            self.pto_count().map_or("?".into(), |v| v.to_string()),
-            self.final_server
-        ));
+        match self.protocol {
+            Protocol::Quic => s.push_str(&format!(
+                "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
+                self.lost_packets().map_or("?".into(), |v| v.to_string()),
+                self.pto_count().map_or("?".into(), |v| v.to_string()),
+                self.final_server
+            )),
+            Protocol::Tcp => s.push_str(&format!(
+                "\n               client TCP: {} segments retransmitted by the kernel",
+                self.tcp_retransmits().map_or("?".into(), |v| v.to_string()),
+            )),
+        }
         s
     }
 }
@@ -301,7 +354,7 @@ fn file_has(path: &std::path::Path, needle: &str) -> bool {
 
 /// Runs one migration and returns its measurements. Everything it created
 /// is gone when it returns, also when it fails.
-pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
+pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     super::check_environment()?;
     become_subreaper()?;
     let say = |line: String| {
@@ -309,6 +362,7 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
             println!("[testbed] {line}");
         }
     };
+    let quic = cfg.protocol == Protocol::Quic;
     let label = cfg.label();
     let mut dir = WorkDir::new(&cfg.work_base, &label)?;
     dir.keep = cfg.keep_files;
@@ -319,51 +373,51 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
         cfg.preset.name(),
         topo.names().join(", ")
     ));
+    // The addresses the client reaches the service at, before and after.
+    let (old, new) = if quic {
+        (format!("{SRC_CT_IP}:{PORT}"), format!("{DST_CT_IP}:{PORT}"))
+    } else {
+        let same = format!("{SAME_IP}:{TCP_PORT}");
+        for ct in [&topo.src_ct, &topo.dst_ct] {
+            ct.ip(&["addr", "add", &format!("{SAME_IP}/32"), "dev", "eth0"])?;
+        }
+        (same.clone(), same)
+    };
 
-    let old = format!("{SRC_CT_IP}:{PORT}");
-    let new = format!("{DST_CT_IP}:{PORT}");
     let (src_phases_file, dst_phases_file) = (d.join("phases-src"), d.join("phases-dst"));
     let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
     let agents = if cfg.steering {
         let src = Agent::start(bins, &topo.src, SRC_UPLINK, &d, "src")?;
         let dst = Agent::start(bins, &topo.dst, DST_UPLINK, &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
-        src.ok(&[
-            "service",
-            "add",
-            "--id",
-            "1",
-            "--name",
-            SERVICE,
-            "--quic",
-            &old,
-            "--server-id",
-            SERVER_ID,
-            "--cid",
-            "8,1,2",
-            "--quic-grease",
-            "--forward-to",
-            &new,
-            "--forward-iface",
-            SRC_UPLINK,
-            "--next-hop-mac",
-            &mac,
-        ])?;
-        dst.ok(&[
-            "service",
-            "add",
-            "--id",
-            "1",
-            "--name",
-            SERVICE,
-            "--quic",
-            &new,
-            "--server-id",
-            SERVER_ID,
-            "--cid",
-            "8,1,2",
-            "--quic-grease",
-        ])?;
+        let base = ["service", "add", "--id", "1", "--name", SERVICE];
+        let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
+        let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
+        let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic {
+            (
+                [
+                    &base[..],
+                    &["--quic", &old],
+                    &quic_rule,
+                    &["--forward-to", &new],
+                    &forward,
+                ]
+                .concat(),
+                [&base[..], &["--quic", &new], &quic_rule].concat(),
+            )
+        } else {
+            (
+                [
+                    &base[..],
+                    &["--tcp", &old, "--forward-mode", "same-ip"],
+                    &forward,
+                ]
+                .concat(),
+                [&base[..], &["--tcp", &new]].concat(),
+            )
+        };
+        src.ok(&src_args)?;
+        dst.ok(&dst_args)?;
         src.phase(SERVICE, "prepare", &[])?;
         dst.phase(SERVICE, "prepare", &[])?;
         say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
@@ -376,28 +430,34 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
     let cert = d.join("cert.der");
     let ctl_file = d.join("server.ctl");
     let server_log = d.join("server.log");
-    let mut server_cmd = Command::new(&bins.echo);
-    server_cmd
-        .arg("server")
-        .args(["--listen", &format!("0.0.0.0:{PORT}")])
-        .arg("--cert-out")
-        .arg(&cert)
-        .args([
-            "--server-id",
-            SERVER_ID,
-            "--cid-len",
-            "8",
-            "--cid-offset",
-            "1",
-        ])
-        .args(["--server-id-len", "2"])
-        .arg("--control-file")
-        .arg(&ctl_file);
-    if cfg.strategy == "poa" {
-        server_cmd.args(["--pool", &new]);
+    let mut server_cmd;
+    if quic {
+        server_cmd = Command::new(&bins.echo);
+        server_cmd
+            .arg("server")
+            .args(["--listen", &format!("0.0.0.0:{PORT}")])
+            .arg("--cert-out")
+            .arg(&cert)
+            .args([
+                "--server-id",
+                SERVER_ID,
+                "--cid-len",
+                "8",
+                "--cid-offset",
+                "1",
+            ])
+            .args(["--server-id-len", "2"])
+            .arg("--control-file")
+            .arg(&ctl_file);
+        if cfg.strategy == "poa" {
+            server_cmd.args(["--pool", &new]);
+        }
+    } else {
+        server_cmd = Command::new(&bins.testbed);
+        server_cmd.args(["tcp-server", "--listen", &old]);
     }
     let mut server = Proc::spawn(
-        "migr-echo server",
+        "the server",
         &mut server_cmd,
         Spawn {
             netns: Some(topo.src_ct.name()),
@@ -409,19 +469,19 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
     wait_until(Duration::from_secs(20), "the server to listen", || {
         if let Some(status) = server.try_exit() {
             bail!(
-                "migr-echo server exited with {status}: {}",
+                "the server exited with {status}: {}",
                 std::fs::read_to_string(d.join("server.err")).unwrap_or_default()
             );
         }
-        Ok(file_has(&server_log, "listening") && cert.exists())
+        Ok(file_has(&server_log, "listening") && (!quic || cert.exists()))
     })?;
     let server_pid = server.pid();
     // CRIU's action scripts. On pre-dump, the last moment the service still
-    // runs, the source's script has the server announce the destination
+    // runs, the source's script has the QUIC server announce the destination
     // address and waits for the client's acknowledgement (seed 000, step 4:
     // the container moves only after it), so that the client leaves the old
     // address as late as possible; then the agent freezes.
-    let announce = (cfg.strategy != "poa").then(|| {
+    let announce = (quic && cfg.strategy != "poa").then(|| {
         format!(
             "printf 'announce {new}\\n' > '{ctl}' && kill -USR1 {server_pid}\n\
              i=0\n\
@@ -453,18 +513,25 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
     // The client.
     let csv = d.join("client.csv");
     let client_err = d.join("client.err");
-    let mut client_cmd = Command::new(&bins.echo);
+    let mut client_cmd;
+    if quic {
+        client_cmd = Command::new(&bins.echo);
+        client_cmd
+            .arg("client")
+            .args(["--server", &old])
+            .arg("--ca")
+            .arg(&cert)
+            .args(["--strategy", &cfg.strategy, "--mode", "back-to-back"]);
+    } else {
+        client_cmd = Command::new(&bins.testbed);
+        client_cmd.args(["tcp-client", "--server", &old]);
+    }
     client_cmd
-        .arg("client")
-        .args(["--server", &old])
-        .arg("--ca")
-        .arg(&cert)
-        .args(["--strategy", &cfg.strategy, "--mode", "back-to-back"])
         .args(["--count", &cfg.requests.to_string()])
         .arg("--csv")
         .arg(&csv);
     let mut client = Proc::spawn(
-        "migr-echo client",
+        "the client",
         &mut client_cmd,
         Spawn {
             netns: Some(topo.client.name()),
@@ -495,6 +562,7 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
     if let Some((_, dst)) = &agents {
         dst.phase(SERVICE, "restoring", &[])?;
     }
+    let criu_extra: &[&str] = if quic { &[] } else { &["--tcp-established"] };
     let t_start = now_s();
     let images = d.join("images-src");
     let dump = criu::dump(
@@ -504,7 +572,7 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
         &images,
         &src_hook,
         &d.join("dump.log"),
-        &[],
+        criu_extra,
     )?;
     // CRIU killed the dumped tree; reap it here, so that its PID is free
     // for the restore at once.
@@ -535,12 +603,17 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
         &topo.dst_ct,
         &dst_hook,
         &d.join("restore.log"),
-        &[],
+        criu_extra,
     )?;
     let mut restored = Adopted {
-        name: "migr-echo server (restored)".into(),
+        name: "the restored server".into(),
         pid: restored_pid,
     };
+    if !quic {
+        // COAT's flow update: the service's IP is reachable at the
+        // destination node from now on.
+        topo.move_same_ip(true)?;
+    }
     let mut t_forward = now_s();
     if let Some((src, _)) = &agents {
         src.phase(SERVICE, "restored", &[])?;
@@ -565,7 +638,7 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
         std::fs::read_to_string(&client_err)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("rror"))
+            .filter(|l| l.contains("rror") || l.contains("request"))
             .collect::<Vec<_>>()
             .join("; ")
     });
@@ -586,8 +659,9 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
         phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
     let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
     let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
-    let run = QuicRun {
+    let run = Run {
         label,
+        protocol: cfg.protocol,
         steering: cfg.steering,
         strategy: cfg.strategy.clone(),
         preset: cfg.preset,
@@ -627,10 +701,5 @@ pub fn run(bins: &Bins, cfg: &QuicRunConfig) -> Result<QuicRun> {
     restored.kill();
     drop(agents);
     drop(topo);
-    if !reap(restored_pid, Duration::from_millis(100)) {
-        say(format!(
-            "restored PID {restored_pid} still present after kill"
-        ));
-    }
     Ok(run)
 }

@@ -1,0 +1,140 @@
+//! The TCP workload of the COAT case: a blocking echo server (one thread per
+//! connection, what CRIU checkpoints) and a back-to-back client that writes
+//! the same CSV as `migr-echo client`, plus a `summary` line with the
+//! kernel's retransmission count for its connection (TCP_INFO).
+//! `migr-testbed tcp-server` and `migr-testbed tcp-client` run these.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Serves forever: every connection gets its bytes echoed back.
+pub fn serve(listen: SocketAddr, ready: Option<&Path>) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening {listen}");
+    if let Some(p) = ready {
+        std::fs::write(p, b"")?;
+    }
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        println!(
+            "connection {}",
+            stream.peer_addr().map_or("?".into(), |a| a.to_string())
+        );
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Sends `count` requests of `size` bytes back to back over one connection,
+/// each after the previous echo arrived in full; one CSV row per request.
+pub fn client(server: SocketAddr, count: usize, size: usize, csv: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {server}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(csv).with_context(|| format!("creating {}", csv.display()))?,
+    );
+    writeln!(
+        out,
+        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
+    )?;
+    out.flush()?;
+    let mut echo = vec![0u8; size];
+    let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
+    let mut result = Ok(());
+    for index in 0..count {
+        let request: Vec<u8> = (0..size).map(|i| (i + index) as u8).collect();
+        let sent = Instant::now();
+        if let Err(e) = stream
+            .write_all(&request)
+            .and_then(|()| stream.read_exact(&mut echo))
+        {
+            result = Err(anyhow::anyhow!("request {index}: {e}"));
+            break;
+        }
+        let received = Instant::now();
+        if echo != request {
+            result = Err(anyhow::anyhow!("request {index}: the echo differs"));
+            break;
+        }
+        writeln!(
+            out,
+            "{index},{:.3},{:.3},{:.3},{server}",
+            ms(sent),
+            ms(received),
+            (received - sent).as_secs_f64() * 1e3
+        )?;
+        out.flush()?;
+    }
+    let info = tcp_info(&stream);
+    eprintln!(
+        "summary requests={count} retransmits={} lost={} rto_us={}",
+        info.map_or("?".into(), |i| i.tcpi_total_retrans.to_string()),
+        info.map_or("?".into(), |i| i.tcpi_lost.to_string()),
+        info.map_or("?".into(), |i| i.tcpi_rto.to_string()),
+    );
+    result
+}
+
+fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
+    // SAFETY: getsockopt into a zeroed tcp_info of the right size.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info)
+    }
+}
+
+/// Parses `--name value` style arguments for the two commands.
+pub fn main_server(args: &[String]) -> Result<()> {
+    let listen = arg(args, "--listen")?.context("--listen ADDR")?.parse()?;
+    let ready = arg(args, "--ready")?.map(std::path::PathBuf::from);
+    serve(listen, ready.as_deref())
+}
+
+pub fn main_client(args: &[String]) -> Result<()> {
+    let server = arg(args, "--server")?.context("--server ADDR")?.parse()?;
+    let count = arg(args, "--count")?.unwrap_or("1000").parse()?;
+    let size = arg(args, "--size")?.unwrap_or("1024").parse()?;
+    let csv = arg(args, "--csv")?.context("--csv PATH")?;
+    client(server, count, size, Path::new(csv))
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => match args.get(i + 1) {
+            Some(v) => Ok(Some(v)),
+            None => bail!("{name} needs a value"),
+        },
+        None => Ok(None),
+    }
+}
