@@ -4,6 +4,7 @@
 //! Every namespace is named `migr-t<pid>-<n>-<tag>` and deleted on drop, so a
 //! failing (panicking) test cleans up too. Processes started in a namespace are
 //! killed by PID when it is dropped.
+pub mod agent_harness;
 pub mod corpus;
 pub mod fixture;
 pub mod netns;
