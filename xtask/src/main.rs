@@ -7,6 +7,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod testbed;
 mod vm;
 
 use anyhow::Result;
@@ -40,6 +41,21 @@ enum Command {
         seconds: u64,
         /// Targets to run (default: all).
         targets: Vec<String>,
+    },
+    /// The testbed's experiments: live migrations with real CRIU, results in results/NAME.json.
+    Testbed {
+        /// The scenario to run (`--list` shows them).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Runs of the scenario (default: the scenario's own, 10).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+        /// Every scenario.
+        #[arg(long)]
+        all: bool,
     },
     /// Benchmarks: XDP cost per packet, map scale, veth throughput (needs root).
     Bench {
@@ -77,6 +93,17 @@ fn main() {
         Command::Fuzz { seconds, targets } => {
             fuzz::fuzz(seconds, (!targets.is_empty()).then_some(&targets[..])).map(|_| ())
         }
+        Command::Testbed {
+            scenario,
+            runs,
+            list,
+            all,
+        } => testbed::testbed(&testbed::Options {
+            scenario,
+            runs,
+            list,
+            all,
+        }),
         Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
         Command::VmTest {
             kernel,

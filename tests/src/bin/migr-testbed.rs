@@ -10,13 +10,17 @@
 //! migr-testbed tcp [--steering on|off] [--preset P] [--requests N] [--migrate-after K]
 //!                   [--json PATH] [--keep]         the same-IP TCP case (COAT)
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
+//! migr-testbed scenarios                  list the named experiments
+//! migr-testbed scenario NAME|all [--runs N] [--out DIR]   run them: DIR/NAME.json, DIR/NAME/*.csv
 //! migr-testbed tcp-server|tcp-client ...  the TCP workload (the runs start these)
 //! ```
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use migr_tests::testbed::{self, Bins, Preset, Run, RunConfig, Topology, migration, tcpecho};
+use migr_tests::testbed::{
+    self, Bins, Preset, Run, RunConfig, Topology, migration, scenarios, tcpecho,
+};
 
 const USAGE: &str = "usage:
   migr-testbed demo
@@ -26,6 +30,8 @@ const USAGE: &str = "usage:
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed topology [--preset none|latency|bandwidth]
+  migr-testbed scenarios
+  migr-testbed scenario NAME|all [--runs N] [--out DIR]
   migr-testbed tcp-server --listen ADDR
   migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]";
 
@@ -35,6 +41,13 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("quic") => run_cmd(&args[1..], testbed::Protocol::Quic),
         Some("tcp") => run_cmd(&args[1..], testbed::Protocol::Tcp),
+        Some("scenarios") => {
+            for sc in scenarios::all() {
+                println!("{:<48} {}", sc.name, sc.description);
+            }
+            Ok(())
+        }
+        Some("scenario") => scenario_cmd(&args[1..]),
         Some("tcp-server") => tcpecho::main_server(&args[1..]),
         Some("tcp-client") => tcpecho::main_client(&args[1..]),
         Some("topology") => topology_cmd(&args[1..]),
@@ -143,6 +156,43 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
     if let Some(path) = o.value("--json")? {
         std::fs::write(path, serde_json::to_string_pretty(&run.to_json())? + "\n")
             .with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
+
+fn scenario_cmd(args: &[String]) -> Result<()> {
+    let name = args.first().context("scenario NAME|all")?;
+    let o = Opts(args[1..].to_vec());
+    o.check(&["--runs", "--out"], &[])?;
+    let out = PathBuf::from(o.value("--out")?.unwrap_or("results"));
+    let chosen = if name == "all" {
+        scenarios::all()
+    } else {
+        vec![scenarios::find(name)?]
+    };
+    let bins = bins()?;
+    for sc in &chosen {
+        let runs = match o.value("--runs")? {
+            Some(n) => n.parse().context("--runs")?,
+            None => sc.default_runs,
+        };
+        let doc = scenarios::run(&bins, sc, runs, &out)?;
+        let s = &doc["summary"];
+        let m = |k: &str| {
+            format!(
+                "{:.1} ± {:.1}",
+                s[k]["mean"].as_f64().unwrap_or(f64::NAN),
+                s[k]["ci95"].as_f64().unwrap_or(f64::NAN)
+            )
+        };
+        println!(
+            "[testbed] {}: {runs} runs; downtime {} ms, disruption {} ms, ratio {}, requests lost {}",
+            sc.name,
+            m("downtime_ms"),
+            m("disruption_ms"),
+            m("disruption_over_downtime"),
+            m("requests_lost")
+        );
     }
     Ok(())
 }

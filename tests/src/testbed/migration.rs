@@ -67,6 +67,24 @@ impl Protocol {
     }
 }
 
+/// The client's request pattern (seed 000, sections 4.2 and 4.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Each request right after the previous response.
+    BackToBack,
+    /// One request every `period_ms` (QUIC only).
+    Sporadic { period_ms: u64 },
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BackToBack => "back-to-back",
+            Self::Sporadic { .. } => "sporadic",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub protocol: Protocol,
@@ -74,10 +92,17 @@ pub struct RunConfig {
     /// QUIC: p-explicit, r-explicit or poa (ignored for TCP).
     pub strategy: String,
     pub preset: Preset,
+    pub mode: Mode,
+    /// MiB of touched memory in the server process (the container's size).
+    pub ballast_mb: usize,
     /// Requests the client sends in all.
     pub requests: usize,
     /// Requests answered before the migration starts.
     pub migrate_after: usize,
+    /// Stop the client this long after the restore returned, instead of
+    /// after `requests` (the TCP client; a fast transport would otherwise
+    /// need millions of requests to be sure to outlast the migration).
+    pub stop_after_restore_ms: Option<u64>,
     /// Where the run's work directory goes.
     pub work_base: PathBuf,
     /// Keep the work directory (logs, images, CSV) after the run.
@@ -99,6 +124,9 @@ impl RunConfig {
             steering,
             strategy: "p-explicit".into(),
             preset,
+            mode: Mode::BackToBack,
+            ballast_mb: 0,
+            stop_after_restore_ms: None,
             requests,
             migrate_after,
             work_base: std::env::temp_dir(),
@@ -107,19 +135,37 @@ impl RunConfig {
         }
     }
 
+    /// Seed 000's scenario 1: a request every 10 s, the migration between
+    /// requests 2 and 3 (it is over long before request 3 is sent).
+    pub fn sporadic(steering: bool, preset: Preset, strategy: &str) -> Self {
+        Self {
+            strategy: strategy.into(),
+            mode: Mode::Sporadic { period_ms: 10_000 },
+            requests: 4,
+            migrate_after: 2,
+            ..Self::back_to_back(steering, preset)
+        }
+    }
+
     /// The same, TCP (COAT case).
     pub fn tcp_back_to_back(steering: bool, preset: Preset) -> Self {
         Self {
             protocol: Protocol::Tcp,
             strategy: "tcp".into(),
+            // About 30,000 requests a second here: a second before the
+            // migration, a second and a half after the restore.
+            requests: 10_000_000,
+            migrate_after: 30_000,
+            stop_after_restore_ms: Some(1500),
             ..Self::back_to_back(steering, preset)
         }
     }
 
     fn label(&self) -> String {
         format!(
-            "{}-{}-{}-{}",
+            "{}-{}-{}-{}-{}",
             self.protocol.name(),
+            self.mode.name(),
             self.strategy,
             if self.steering { "on" } else { "off" },
             self.preset.name()
@@ -175,6 +221,8 @@ pub struct Run {
     pub steering: bool,
     pub strategy: String,
     pub preset: Preset,
+    pub mode: Mode,
+    pub ballast_mb: usize,
     pub requests: usize,
     pub answered: usize,
     /// Requests without a response (`requests - answered`).
@@ -200,6 +248,10 @@ pub struct Run {
     pub disruption_at: Option<usize>,
     pub median_service_ms: f64,
     pub max_service_ms: f64,
+    /// Sporadic mode: the service time of the first request sent after the
+    /// migration (request `migrate_after`, i.e. request 3 of seed 000's
+    /// scenario 1). Back to back: None (the longest gap says more).
+    pub after_migration_service_ms: Option<f64>,
     pub image_bytes: u64,
     pub client_summary: std::collections::BTreeMap<String, String>,
     pub src_frames: Option<Frames>,
@@ -252,6 +304,10 @@ impl Run {
             "strategy": self.strategy,
             "preset": self.preset.name(),
             "technique": "cold",
+            "mode": self.mode.name(),
+            "period_ms": match self.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
+            "ballast_mb": self.ballast_mb,
+            "after_migration_service_ms": self.after_migration_service_ms,
             "requests": self.requests,
             "answered": self.answered,
             "requests_lost": self.lost,
@@ -452,9 +508,11 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         if cfg.strategy == "poa" {
             server_cmd.args(["--pool", &new]);
         }
+        server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     } else {
         server_cmd = Command::new(&bins.testbed);
         server_cmd.args(["tcp-server", "--listen", &old]);
+        server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     }
     let mut server = Proc::spawn(
         "the server",
@@ -521,10 +579,21 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .args(["--server", &old])
             .arg("--ca")
             .arg(&cert)
-            .args(["--strategy", &cfg.strategy, "--mode", "back-to-back"]);
+            .args(["--strategy", &cfg.strategy]);
+        match cfg.mode {
+            Mode::BackToBack => client_cmd.args(["--mode", "back-to-back"]),
+            Mode::Sporadic { period_ms } => {
+                client_cmd.args(["--mode", "sporadic", "--period-ms", &period_ms.to_string()])
+            }
+        };
     } else {
+        if cfg.mode != Mode::BackToBack {
+            bail!("the TCP workload is back to back only");
+        }
         client_cmd = Command::new(&bins.testbed);
-        client_cmd.args(["tcp-client", "--server", &old]);
+        client_cmd
+            .args(["tcp-client", "--server", &old, "--stop-file"])
+            .arg(d.join("client.stop"));
     }
     client_cmd
         .args(["--count", &cfg.requests.to_string()])
@@ -550,6 +619,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
                     std::fs::read_to_string(&client_err).unwrap_or_default()
                 );
             }
+            // Counting rows reads the file: not every millisecond.
+            std::thread::sleep(Duration::from_millis(4));
             Ok(stats::rows_so_far(&csv) >= cfg.migrate_after)
         },
     )?;
@@ -628,6 +699,10 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     ));
 
     // The rest of the requests, then the numbers.
+    if let Some(ms) = cfg.stop_after_restore_ms {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::fs::write(d.join("client.stop"), b"")?;
+    }
     let client_status = client.wait_exit(Duration::from_secs(300))?;
     if let Some((src, _)) = &agents {
         src.phase(SERVICE, "done", &["--drain-ms", "100"])?;
@@ -659,15 +734,22 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
     let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
     let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
+    // What the client sent (its summary says when it stopped early).
+    let requests = client_summary
+        .get("requests")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cfg.requests);
     let run = Run {
         label,
         protocol: cfg.protocol,
         steering: cfg.steering,
         strategy: cfg.strategy.clone(),
         preset: cfg.preset,
-        requests: cfg.requests,
+        mode: cfg.mode,
+        ballast_mb: cfg.ballast_mb,
+        requests,
         answered: requests_detail.len(),
-        lost: cfg.requests.saturating_sub(requests_detail.len()),
+        lost: requests.saturating_sub(requests_detail.len()),
         client_ok: client_status.success(),
         client_error,
         final_server: requests_detail
@@ -687,6 +769,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .iter()
             .map(|r| r.service_ms)
             .fold(0.0, f64::max),
+        after_migration_service_ms: match cfg.mode {
+            Mode::Sporadic { .. } => requests_detail
+                .iter()
+                .find(|r| r.index == cfg.migrate_after)
+                .map(|r| r.service_ms),
+            Mode::BackToBack => None,
+        },
         image_bytes: dir_bytes(&images),
         client_summary,
         src_frames,

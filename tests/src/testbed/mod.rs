@@ -16,6 +16,7 @@ pub mod agent;
 pub mod criu;
 pub mod migration;
 pub mod proc;
+pub mod scenarios;
 pub mod stats;
 pub mod tcpecho;
 pub mod topology;

@@ -47,16 +47,22 @@ pub fn rows_so_far(csv: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// The longest time without a response: the largest gap between two
-/// consecutive responses (in milliseconds), and the index of the request
-/// whose response ended it.
+/// The longest time the client waited without a response: over the
+/// requests, the time from when the client was last served (or sent the
+/// request, if later) to the request's response. Back to back this is the
+/// longest gap between two responses; with sporadic requests, the longest
+/// service time. In milliseconds, with the index of the request whose
+/// response ended it.
 pub fn disruption(requests: &[Request]) -> (f64, Option<usize>) {
     let mut worst = (0.0, None);
-    for w in requests.windows(2) {
-        let gap = w[1].response_ms - w[0].response_ms;
-        if gap > worst.0 {
-            worst = (gap, Some(w[1].index));
+    let mut last_response: Option<f64> = None;
+    for r in requests {
+        let from = last_response.map_or(r.send_ms, |t| t.max(r.send_ms));
+        let wait = r.response_ms - from;
+        if wait > worst.0 {
+            worst = (wait, Some(r.index));
         }
+        last_response = Some(r.response_ms);
     }
     worst
 }
@@ -123,10 +129,21 @@ mod tests {
     }
 
     #[test]
-    fn disruption_is_the_largest_gap_between_responses() {
+    fn disruption_is_the_longest_wait_for_a_response() {
+        // Back to back: each request sent when the previous answer came.
         let rs = [req(0, 1.0), req(1, 2.0), req(2, 250.0), req(3, 251.0)];
-        assert_eq!(disruption(&rs), (248.0, Some(2)));
-        assert_eq!(disruption(&rs[..1]), (0.0, None));
+        let mut b2b = rs.to_vec();
+        for i in 1..b2b.len() {
+            b2b[i].send_ms = b2b[i - 1].response_ms;
+        }
+        assert_eq!(disruption(&b2b), (248.0, Some(2)));
+        // Sporadic: the idle time between requests is no disruption.
+        let sporadic = [req(0, 1.0), req(1, 10_001.0), req(2, 20_040.0)];
+        assert_eq!(disruption(&sporadic), (1.0, Some(0)));
+        let mut slow = sporadic.to_vec();
+        slow[2].send_ms = 20_000.0;
+        assert_eq!(disruption(&slow), (40.0, Some(2)));
+        assert_eq!(disruption(&[]), (0.0, None));
     }
 
     #[test]

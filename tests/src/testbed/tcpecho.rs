@@ -14,8 +14,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Serves forever: every connection gets its bytes echoed back.
-pub fn serve(listen: SocketAddr, ready: Option<&Path>) -> Result<()> {
+/// Serves forever: every connection gets its bytes echoed back. Keeps
+/// `ballast_mb` MiB of touched memory (the state a migration moves).
+pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Result<()> {
+    let mut ballast = vec![0u8; ballast_mb << 20];
+    for (i, byte) in ballast.iter_mut().step_by(4096).enumerate() {
+        *byte = (i as u8) | 1;
+    }
+    let _ballast = std::hint::black_box(ballast);
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
     if let Some(p) = ready {
@@ -45,9 +51,16 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Sends `count` requests of `size` bytes back to back over one connection,
-/// each after the previous echo arrived in full; one CSV row per request.
-pub fn client(server: SocketAddr, count: usize, size: usize, csv: &Path) -> Result<()> {
+/// Sends up to `count` requests of `size` bytes back to back over one
+/// connection, each after the previous echo arrived in full, and stops early
+/// once `stop` exists; one CSV row per request.
+pub fn client(
+    server: SocketAddr,
+    count: usize,
+    size: usize,
+    csv: &Path,
+    stop: Option<&Path>,
+) -> Result<()> {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))
         .with_context(|| format!("connecting to {server}"))?;
@@ -64,7 +77,12 @@ pub fn client(server: SocketAddr, count: usize, size: usize, csv: &Path) -> Resu
     let mut echo = vec![0u8; size];
     let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
     let mut result = Ok(());
+    let mut sent = 0;
     for index in 0..count {
+        if stop.is_some_and(Path::exists) {
+            break;
+        }
+        sent += 1;
         let request: Vec<u8> = (0..size).map(|i| (i + index) as u8).collect();
         let sent = Instant::now();
         if let Err(e) = stream
@@ -90,7 +108,7 @@ pub fn client(server: SocketAddr, count: usize, size: usize, csv: &Path) -> Resu
     }
     let info = tcp_info(&stream);
     eprintln!(
-        "summary requests={count} retransmits={} lost={} rto_us={}",
+        "summary requests={sent} retransmits={} lost={} rto_us={}",
         info.map_or("?".into(), |i| i.tcpi_total_retrans.to_string()),
         info.map_or("?".into(), |i| i.tcpi_lost.to_string()),
         info.map_or("?".into(), |i| i.tcpi_rto.to_string()),
@@ -118,7 +136,8 @@ fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
 pub fn main_server(args: &[String]) -> Result<()> {
     let listen = arg(args, "--listen")?.context("--listen ADDR")?.parse()?;
     let ready = arg(args, "--ready")?.map(std::path::PathBuf::from);
-    serve(listen, ready.as_deref())
+    let ballast = arg(args, "--ballast-mb")?.unwrap_or("0").parse()?;
+    serve(listen, ready.as_deref(), ballast)
 }
 
 pub fn main_client(args: &[String]) -> Result<()> {
@@ -126,7 +145,8 @@ pub fn main_client(args: &[String]) -> Result<()> {
     let count = arg(args, "--count")?.unwrap_or("1000").parse()?;
     let size = arg(args, "--size")?.unwrap_or("1024").parse()?;
     let csv = arg(args, "--csv")?.context("--csv PATH")?;
-    client(server, count, size, Path::new(csv))
+    let stop = arg(args, "--stop-file")?.map(Path::new);
+    client(server, count, size, Path::new(csv), stop)
 }
 
 fn arg<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {

@@ -1,0 +1,245 @@
+//! Named experiments (docs/testbed.md): each is one [`RunConfig`], run N
+//! times; the results go to `results/NAME.json` (schema `migr-testbed/1`)
+//! and each run's client CSV to `results/NAME/run-K.csv` (the 1500 requests
+//! either side of the one that ended the disruption).
+
+use std::{path::Path, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{
+    Bins,
+    migration::{self, Mode, Protocol, Run, RunConfig},
+    stats::mean_ci95,
+    topology::Preset,
+};
+
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub config: RunConfig,
+    /// Runs when `--runs` is not given.
+    pub default_runs: usize,
+}
+
+const STRATEGIES: [&str; 3] = ["p-explicit", "r-explicit", "poa"];
+/// The CSV of a run keeps the requests within this many of the one that
+/// ended the disruption.
+const CSV_WINDOW: usize = 1500;
+/// Seed 000's container sizes, as touched memory of the server process.
+const SIZES: [(&str, usize); 2] = [("small", 28), ("large", 280)];
+
+/// Every scenario, in the order `--list` prints them.
+pub fn all() -> Vec<Scenario> {
+    let mut out = Vec::new();
+    let onoff = |s: bool| if s { "on" } else { "off" };
+    for (size, mb) in SIZES {
+        for strategy in STRATEGIES {
+            for steering in [true, false] {
+                let mut config = RunConfig::back_to_back(steering, Preset::None);
+                config.strategy = strategy.into();
+                config.ballast_mb = mb;
+                out.push(Scenario {
+                    name: format!("quic-b2b-{strategy}-{size}-steering-{}", onoff(steering)),
+                    description: format!(
+                        "QUIC, back-to-back 1 kB requests, {strategy}, cold CRIU migration to a new IP, \
+                         {mb} MB container, steering {}",
+                        onoff(steering)
+                    ),
+                    config,
+                    default_runs: 10,
+                });
+            }
+        }
+    }
+    for strategy in STRATEGIES {
+        for steering in [true, false] {
+            out.push(Scenario {
+                name: format!("quic-sporadic-{strategy}-steering-{}", onoff(steering)),
+                description: format!(
+                    "QUIC, a request every 10 s, migration between requests 2 and 3 (seed 000 \
+                     scenario 1), {strategy}, cold, 28 MB container, steering {}",
+                    onoff(steering)
+                ),
+                config: RunConfig {
+                    ballast_mb: 28,
+                    ..RunConfig::sporadic(steering, Preset::None, strategy)
+                },
+                default_runs: 10,
+            });
+        }
+    }
+    for (size, mb) in SIZES {
+        for steering in [true, false] {
+            let mut config = RunConfig::tcp_back_to_back(steering, Preset::None);
+            config.ballast_mb = mb;
+            out.push(Scenario {
+                name: format!("tcp-b2b-{size}-steering-{}", onoff(steering)),
+                description: format!(
+                    "TCP (COAT: same IP, --tcp-established, route moved after the restore), \
+                     back-to-back 1 kB echo, cold, {mb} MB container, steering {}",
+                    onoff(steering)
+                ),
+                config,
+                default_runs: 10,
+            });
+        }
+    }
+    for steering in [true, false] {
+        let mut config = RunConfig::back_to_back(steering, Preset::Bandwidth);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!(
+                "quic-b2b-p-explicit-small-bandwidth-steering-{}",
+                onoff(steering)
+            ),
+            description: format!(
+                "as quic-b2b-p-explicit-small-steering-{0}, links shaped as seed 002's bandwidth \
+                 setting (100 Mbit/s at the source node, 500 Mbit/s elsewhere)",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
+    out
+}
+
+pub fn find(name: &str) -> Result<Scenario> {
+    all()
+        .into_iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no scenario {name:?}; `--list` shows them"))
+}
+
+fn stat(xs: &[f64]) -> Value {
+    if xs.is_empty() {
+        return Value::Null;
+    }
+    let (mean, ci95) = mean_ci95(xs);
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    json!({"n": xs.len(), "mean": mean, "ci95": ci95, "min": min, "max": max})
+}
+
+/// The per-metric summary over runs.
+pub fn summarize(runs: &[Run]) -> Value {
+    let f = |g: &dyn Fn(&Run) -> Option<f64>| -> Value {
+        stat(&runs.iter().filter_map(g).collect::<Vec<_>>())
+    };
+    let frames = |g: &dyn Fn(&migration::Frames) -> u64| -> Value {
+        f(&|r: &Run| {
+            r.src_frames
+                .as_ref()
+                .zip(r.dst_frames.as_ref())
+                .map(|(s, d)| (g(s) + g(d)) as f64)
+        })
+    };
+    json!({
+        "downtime_ms": f(&|r| Some(r.downtime_ms)),
+        "disruption_ms": f(&|r| Some(r.disruption_ms)),
+        "disruption_over_downtime": f(&|r| Some(r.ratio())),
+        "dump_ms": f(&|r| Some(r.dump_ms)),
+        "transfer_ms": f(&|r| Some(r.transfer_ms)),
+        "restore_ms": f(&|r| Some(r.restore_ms)),
+        "total_migration_ms": f(&|r| Some(r.total_migration_ms)),
+        "announce_to_ack_ms": f(&|r| Some(r.announce_to_ack_ms)),
+        "median_service_ms": f(&|r| Some(r.median_service_ms)),
+        "max_service_ms": f(&|r| Some(r.max_service_ms)),
+        "after_migration_service_ms": f(&|r| r.after_migration_service_ms),
+        "image_bytes": f(&|r| Some(r.image_bytes as f64)),
+        "requests_lost": f(&|r| Some(r.lost as f64)),
+        "client_lost_packets": f(&|r| r.lost_packets().map(|v| v as f64)),
+        "client_pto_count": f(&|r| r.pto_count().map(|v| v as f64)),
+        "client_tcp_retransmits": f(&|r| r.tcp_retransmits().map(|v| v as f64)),
+        "frames_parked": frames(&|x| x.parked),
+        "frames_forwarded": frames(&|x| x.forwarded),
+        "frames_replayed": frames(&|x| x.replayed),
+        "frames_lost": frames(&|x| x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped),
+        "client_ok": runs.iter().all(|r| r.client_ok),
+    })
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let criu = std::process::Command::new(super::CRIU_PATH)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    json!({"kernel": kernel, "cpus": cpus, "criu": criu})
+}
+
+/// Runs `scenario` `runs` times, writes `out/NAME.json` and the CSVs, and
+/// returns the JSON.
+pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<Value> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let started = Instant::now();
+    let started_at = super::now_s();
+    let csv_dir = out.join(&scenario.name);
+    std::fs::create_dir_all(&csv_dir).with_context(|| format!("creating {}", csv_dir.display()))?;
+    let mut results = Vec::new();
+    for k in 1..=runs {
+        println!("[testbed] {} run {k}/{runs}", scenario.name);
+        let run = migration::run(bins, &scenario.config)?;
+        println!("[testbed] {}", run.summary());
+        // Rows around the disruption only (a TCP run answers tens of
+        // thousands of requests).
+        let around = run.disruption_at.unwrap_or(0);
+        let mut csv =
+            String::from("index,send_time_ms,response_time_ms,service_time_ms,server_address\n");
+        for r in run
+            .requests_detail
+            .iter()
+            .filter(|r| r.index + CSV_WINDOW >= around && r.index <= around + CSV_WINDOW)
+        {
+            csv.push_str(&format!(
+                "{},{:.3},{:.3},{:.3},{}\n",
+                r.index, r.send_ms, r.response_ms, r.service_ms, r.server
+            ));
+        }
+        std::fs::write(csv_dir.join(format!("run-{k}.csv")), csv)?;
+        results.push(run);
+    }
+    let c = &scenario.config;
+    let doc = json!({
+        "schema": "migr-testbed/1",
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "config": {
+            "protocol": c.protocol.name(),
+            "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
+            "steering": c.steering,
+            "technique": "cold",
+            "preset": c.preset.name(),
+            "mode": c.mode.name(),
+            "period_ms": match c.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
+            "ballast_mb": c.ballast_mb,
+            "requests": c.requests,
+            "migrate_after": c.migrate_after,
+        },
+        "machine": machine(),
+        "started_at": started_at,
+        "seconds": started.elapsed().as_secs_f64(),
+        "summary": summarize(&results),
+        "runs": results.iter().map(Run::to_json).collect::<Vec<_>>(),
+    });
+    let path = out.join(format!("{}.json", scenario.name));
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("[testbed] wrote {}", path.display());
+    Ok(doc)
+}
