@@ -110,6 +110,10 @@ struct ServerArgs {
     /// File with commands, read on SIGUSR1.
     #[arg(long)]
     control_file: Option<PathBuf>,
+    /// Touch this many MiB of memory and keep it: the state a migration
+    /// moves (seed 000's small and large containers are 28 and 280 MB).
+    #[arg(long, default_value_t = 0)]
+    ballast_mb: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +184,12 @@ fn say(line: impl AsRef<str>) {
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    // One written byte per page makes every page resident (and dumped).
+    let mut ballast = vec![0u8; args.ballast_mb << 20];
+    for (i, byte) in ballast.iter_mut().step_by(4096).enumerate() {
+        *byte = (i as u8) | 1;
+    }
+    let _ballast = std::hint::black_box(ballast);
     let cid = CidConfig::new(args.cid_len, args.cid_offset, args.server_id_len)
         .map_err(|e| anyhow::anyhow!("CID config: {e}"))?;
     let generator = RoutableCidGenerator::new(cid, args.server_id)
