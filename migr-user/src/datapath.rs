@@ -188,7 +188,7 @@ impl Datapath {
 
     /// Loads the object and every program in it into the kernel (not attached).
     pub fn load_with(config: &DatapathConfig) -> Result<Self> {
-        Self::load_inner(config, None)
+        Self::load_inner(config, None).map_err(crate::features::explain)
     }
 
     /// Like [`Self::load_with`], but the state maps ([`PINNED_MAPS`]) live in
@@ -196,7 +196,7 @@ impl Datapath {
     /// re-used, with everything in them, and new ones are pinned there. The
     /// table sizes of re-used maps are the ones they were created with.
     pub fn load_pinned(config: &DatapathConfig, pin_dir: &Path) -> Result<Self> {
-        Self::load_inner(config, Some(pin_dir))
+        Self::load_inner(config, Some(pin_dir)).map_err(crate::features::explain)
     }
 
     fn load_inner(config: &DatapathConfig, pin_dir: Option<&Path>) -> Result<Self> {

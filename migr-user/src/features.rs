@@ -110,6 +110,18 @@ pub const FEATURES: &[Feature] = &[
         probe: Probe::Helper(BpfHelper::BPF_FUNC_xdp_get_buff_len),
     },
     Feature {
+        name: "bpf_xdp_store_bytes",
+        since: (5, 18),
+        used_for: "writing replayed frames back into a live frame",
+        probe: Probe::Helper(BpfHelper::BPF_FUNC_xdp_store_bytes),
+    },
+    Feature {
+        name: "BPF_PROG_TEST_RUN with live XDP frames",
+        since: (5, 18),
+        used_for: "replaying parked frames",
+        probe: Probe::Version,
+    },
+    Feature {
         name: "XDP multi-buffer programs (xdp.frags)",
         since: (5, 18),
         used_for: "jumbo frames",
@@ -247,7 +259,10 @@ pub fn explain(err: anyhow::Error) -> anyhow::Error {
         let checked = if unknown.is_empty() {
             "every kernel feature migr needs is present".to_string()
         } else {
-            format!("no kernel feature migr needs is missing, but these could not be probed: {}", unknown.join(", "))
+            format!(
+                "no kernel feature migr needs is missing, but these could not be probed: {}",
+                unknown.join(", ")
+            )
         };
         return err.context(format!(
             "the verifier of Linux {} refused the datapath although {checked}{at}",
@@ -258,18 +273,23 @@ pub fn explain(err: anyhow::Error) -> anyhow::Error {
 }
 
 /// The verifier's output from a load error anywhere in the chain.
-fn verifier_log(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|cause| match cause.downcast_ref::<ProgramError>() {
-        Some(ProgramError::LoadError { verifier_log, .. }) => Some(verifier_log.to_string()),
-        _ => None,
-    })
+pub fn verifier_log(err: &anyhow::Error) -> Option<String> {
+    err.chain()
+        .find_map(|cause| match cause.downcast_ref::<ProgramError>() {
+            Some(ProgramError::LoadError { verifier_log, .. }) => Some(verifier_log.to_string()),
+            _ => None,
+        })
 }
 
 /// Where the verifier stopped, in one line: the function it was validating, the last
 /// instruction it printed, and its message, e.g. "in migr_lookup() at insn 1421
 /// (call bpf_map_lookup_elem#1): R2 type=mem expected=fp, ...".
 fn verifier_stop(log: &str) -> Option<String> {
-    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let is_stats = |l: &&str| {
         l.starts_with("verification time")
             || l.starts_with("stack depth")
@@ -450,7 +470,10 @@ mod tests {
             verdict.contains("migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes"),
             "{verdict}"
         );
-        assert!(verdict.contains("this kernel is 5.15.0-91-generic"), "{verdict}");
+        assert!(
+            verdict.contains("this kernel is 5.15.0-91-generic"),
+            "{verdict}"
+        );
         assert!(verdict.contains("Linux ≥ 5.17 for bpf_loop"), "{verdict}");
     }
 }

@@ -5,6 +5,7 @@ pub mod btf_fixup;
 pub mod ctl;
 pub mod datapath;
 pub mod engine;
+pub mod features;
 pub mod metrics;
 pub mod parkring;
 pub mod phase;

@@ -104,6 +104,12 @@ const TEST_MODULES: &[&str] = &["veth", "inet_diag", "tcp_diag", "udp_diag", "mp
 const GUEST_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
 /// The programs the load check reports.
 const PROGRAMS: &[&str] = &["migr", "migr_pass"];
+/// The test binaries of `migr-tests` the guest runs: BPF_PROG_TEST_RUN fixtures and veth
+/// traffic. Not `agent` (agent, CRIU) nor `storm` (a million frames: minutes under TCG).
+const GUEST_TESTS: &[&str] = &["foundation", "datapath", "traffic"];
+/// How long one binary may run in the guest before busybox's timeout kills it (a hung test
+/// must not hold the whole VM until the host's timeout).
+const GUEST_BINARY_TIMEOUT: Duration = Duration::from_secs(600);
 /// The initramfs's directories (busybox --install puts links into the first four).
 const GUEST_DIRS: &[&str] = &[
     "bin",
@@ -158,7 +164,7 @@ pub fn vm_test(opts: &Options) -> Result<()> {
     let failed: Vec<&str> = results
         .iter()
         .filter(|r| !r.passed())
-        .map(|r| r.series.name())
+        .map(KernelResult::name)
         .collect();
     println!(
         "[vm] {} kernel(s) in {:.0}s",
@@ -255,14 +261,22 @@ struct HostBinaries {
 
 fn build_host_binaries() -> Result<HostBinaries> {
     let t = Instant::now();
-    let tests_out = cargo_json(&["test", "--package", "migr-tests", "--no-run"])?;
-    let mut tests: Vec<(String, PathBuf)> = artifacts(&tests_out, "test");
-    tests.sort();
-    if tests.is_empty() {
-        bail!("`cargo test --package migr-tests --no-run` reported no test executables");
+    // The same build as `cargo test --package migr-tests` (the privileged stage of `cargo
+    // xtask test`), so that the two share the executables.
+    let mut args = vec!["test", "--no-run", "--package", "migr-tests"];
+    for name in GUEST_TESTS {
+        args.extend(["--test", name]);
     }
-    let example_out = cargo_json(&["build", "--package", "migr-user", "--example", "verifier"])?;
-    let verifier = artifacts(&example_out, "example")
+    let out = cargo_json(&args)?;
+    let mut tests: Vec<(String, PathBuf)> = artifacts(&out, "test");
+    tests.sort_by_key(|(name, _)| GUEST_TESTS.iter().position(|t| t == name));
+    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
+    if names != GUEST_TESTS {
+        bail!("cargo built the test executables {names:?}, expected {GUEST_TESTS:?} (migr-tests)");
+    }
+    // `cargo build`, not `cargo test`: the latter builds the example with a test harness.
+    let out = cargo_json(&["build", "--package", "migr-user", "--example", "verifier"])?;
+    let verifier = artifacts(&out, "example")
         .into_iter()
         .find(|(name, _)| name == "verifier")
         .map(|(_, path)| path)
@@ -687,19 +701,20 @@ echo "VMTEST-BTF $(test -r /sys/kernel/btf/vmlinux && echo yes || echo no)"
 echo "VMTEST-READY uptime=$(up)"
 # Runs a host binary in the host's root, in the test crate's directory, as cargo would.
 in_host() {{
-  chroot /host /usr/bin/env -i PATH={path} HOME=/root USER=root {backtrace}\
+  timeout {bin_timeout} chroot /host /usr/bin/env -i PATH={path} HOME=/root USER=root {backtrace}\
     /bin/sh -c 'cd "$0" && exec "$@"' {workdir} "$@"
 }}
 rc=0
+echo "VMTEST-LOAD-BEGIN uptime=$(up)"
 in_host {verifier} > /host/tmp/verifier.out 2>&1
-echo "VMTEST-LOAD-RC=$?"
-if [ "$(grep -c ': loaded; ' /host/tmp/verifier.out)" = {programs} ]; then
-  sed 's/^/VMTEST-LOAD| /' /host/tmp/verifier.out
-else
-  echo "VMTEST-LOAD-FAILED"
-  grep -v '^ *$' /host/tmp/verifier.out | tail -n 40 | sed 's/^/VMTEST-LOAD| /'
+load_rc=$?
+sed 's/^/VMTEST-LOAD| /' /host/tmp/verifier.out
+echo "VMTEST-LOAD-RC=$load_rc uptime=$(up)"
+if [ $load_rc != 0 ] || [ "$(grep -c ': loaded; ' /host/tmp/verifier.out)" != {programs} ]; then
   rc=1
-fi
+  echo "VMTEST-SKIP the datapath did not load: no test binary runs"
+else
+  :
 "#,
         boot = load_modules(BOOT_MODULES),
         test = load_modules(TEST_MODULES),
@@ -709,6 +724,7 @@ fi
         workdir = q(&bins.workdir),
         verifier = q(&bins.verifier),
         programs = PROGRAMS.len(),
+        bin_timeout = GUEST_BINARY_TIMEOUT.as_secs(),
         backtrace = std::env::var("RUST_BACKTRACE")
             .map(|v| format!("RUST_BACKTRACE={} ", sh_quote(&v)))
             .unwrap_or_default(),
@@ -728,7 +744,8 @@ echo "VMTEST-END {name} rc=$r uptime=$(up)"
         );
     }
     s.push_str(
-        r#"echo "VMTEST-DONE uptime=$(up)"
+        r#"fi
+echo "VMTEST-DONE uptime=$(up)"
 echo "VMTEST-RC=$rc"
 sync
 poweroff -f
@@ -1046,37 +1063,55 @@ struct TestBinResult {
     failures: Vec<String>,
 }
 
+#[derive(Default)]
 struct KernelResult {
-    series: Series,
+    series: Option<Series>,
     kver: String,
     version: String,
-    /// Some(true) when both programs loaded, Some(false) when not, None when never tried.
+    /// Some(true) when every program loaded, Some(false) when not, None when never tried.
     loaded: Option<bool>,
-    /// Verified instructions per program.
+    /// Verified instructions per program (`verified_insns` of BPF_OBJ_GET_INFO_BY_FD).
     insns: Vec<(String, String)>,
-    /// The load check's last lines, when loading failed.
+    /// The load check's outermost error ("migr needs Linux ≥ ..."), when loading failed.
+    verdict: Option<String>,
+    /// Features the load check's probe found missing.
+    missing: Vec<String>,
+    /// The load check's output, when loading failed: its causes and the verifier log's tail.
     load_log: Vec<String>,
     tests: Vec<TestBinResult>,
     expected_tests: usize,
+    /// QEMU start to the guest's "ready" (kernel boot, modules, 9p and the mounts).
     boot: Option<Duration>,
+    /// The load check alone.
+    load_time: Option<Duration>,
+    /// The first test binary's start to the last one's end.
     test_time: Option<Duration>,
     rc: Option<i32>,
     error: Option<String>,
     btf: Option<bool>,
+    skipped: Option<String>,
 }
 
 impl KernelResult {
     fn passed(&self) -> bool {
         self.rc == Some(0)
+            && self.error.is_none()
             && self.loaded == Some(true)
             && self.tests.len() == self.expected_tests
-            && self.tests.iter().all(|t| t.rc == Some(0) && t.failed == 0)
+            && self
+                .tests
+                .iter()
+                .all(|t| t.rc == Some(0) && t.failed == 0 && t.passed > 0)
     }
 
     fn totals(&self) -> (u32, u32) {
         self.tests
             .iter()
             .fold((0, 0), |(p, f), t| (p + t.passed, f + t.failed))
+    }
+
+    fn name(&self) -> &'static str {
+        self.series.map_or("?", Series::name)
     }
 }
 
@@ -1097,22 +1132,16 @@ fn boot_and_test(
     let mut log = fs::File::create(&guest.console_log)
         .with_context(|| format!("creating {}", guest.console_log.display()))?;
     let mut r = KernelResult {
-        series: kernel.series,
+        series: Some(kernel.series),
         kver: kernel.kver.clone(),
         version: kernel.version.clone(),
-        loaded: None,
-        insns: Vec::new(),
-        load_log: Vec::new(),
-        tests: Vec::new(),
         expected_tests: guest.tests.len(),
-        boot: None,
-        test_time: None,
-        rc: None,
-        error: None,
-        btf: None,
+        ..Default::default()
     };
-    let started = Instant::now();
-    let mut ready_at = None;
+    let mut clock = Clock {
+        started: Some(Instant::now()),
+        ..Default::default()
+    };
     let mut tail: Vec<String> = Vec::new();
     let exited = run_qemu(cmd, timeout, |line| {
         use std::io::Write as _;
@@ -1123,7 +1152,7 @@ fn boot_and_test(
         if tail.len() > 30 {
             tail.remove(0);
         }
-        parse_line(&mut r, &line.text, line.at, started, &mut ready_at);
+        parse_line(&mut r, &line.text, line.at, &mut clock);
     })?;
     if !exited {
         r.error = Some(format!(
@@ -1140,14 +1169,16 @@ fn boot_and_test(
     Ok(r)
 }
 
+/// When the phases of a guest's run began (host clock: the guest's clock runs slow under TCG).
+#[derive(Default)]
+struct Clock {
+    started: Option<Instant>,
+    load_begin: Option<Instant>,
+    tests_begin: Option<Instant>,
+}
+
 /// Reads one console line into the result.
-fn parse_line(
-    r: &mut KernelResult,
-    text: &str,
-    at: Instant,
-    started: Instant,
-    ready_at: &mut Option<Instant>,
-) {
+fn parse_line(r: &mut KernelResult, text: &str, at: Instant, clock: &mut Clock) {
     if let Some(test) = r.tests.last_mut().filter(|t| t.rc.is_none()) {
         // libtest: "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
         if let Some(rest) = text.trim().strip_prefix("test result: ") {
@@ -1184,24 +1215,21 @@ fn parse_line(
             .map(str::to_string)
     };
     if marker.starts_with("READY") {
-        *ready_at = Some(at);
-        r.boot = Some(at - started);
+        r.boot = clock.started.map(|s| at - s);
     } else if let Some(v) = marker.strip_prefix("BTF ") {
         r.btf = Some(v.trim() == "yes");
+    } else if marker.starts_with("LOAD-BEGIN") {
+        clock.load_begin = Some(at);
     } else if let Some(rest) = marker.strip_prefix("LOAD| ") {
-        // "migr: loaded; verified instructions Some(1234), size 5678 bytes"
-        if let Some((program, info)) = rest.split_once(": loaded; verified instructions ") {
-            let count = info.split(',').next().unwrap_or(info);
-            let count = count.trim_start_matches("Some(").trim_end_matches(')');
-            r.insns.push((program.to_string(), count.to_string()));
-        }
-        r.load_log.push(rest.to_string());
-    } else if marker.starts_with("LOAD-FAILED") {
-        r.loaded = Some(false);
+        parse_load_line(r, rest);
+    } else if let Some(rest) = marker.strip_prefix("LOAD-RC=") {
+        let rc: Option<i32> = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        r.loaded = Some(rc == Some(0) && r.insns.len() == PROGRAMS.len());
+        r.load_time = clock.load_begin.map(|b| at - b);
+    } else if let Some(why) = marker.strip_prefix("SKIP ") {
+        r.skipped = Some(why.trim().to_string());
     } else if marker.starts_with("BEGIN ") {
-        if r.loaded.is_none() {
-            r.loaded = Some(r.insns.len() == PROGRAMS.len());
-        }
+        clock.tests_begin.get_or_insert(at);
         let name = marker.split_whitespace().nth(1).unwrap_or_default();
         r.tests.push(TestBinResult {
             name: name.to_string(),
@@ -1211,17 +1239,35 @@ fn parse_line(
         if let Some(t) = r.tests.last_mut() {
             t.rc = word("rc=").and_then(|v| v.parse().ok());
         }
-    } else if marker.starts_with("DONE") {
-        if r.loaded.is_none() {
-            r.loaded = Some(r.insns.len() == PROGRAMS.len());
-        }
-        if let Some(ready) = *ready_at {
-            r.test_time = Some(at - ready);
-        }
+        r.test_time = clock.tests_begin.map(|b| at - b);
     } else if let Some(rc) = marker.strip_prefix("RC=") {
         r.rc = rc.trim().parse().ok();
     } else if let Some(what) = marker.strip_prefix("ERROR ") {
         r.error = Some(format!("in the guest: {what}"));
+    }
+}
+
+/// One line of the load check (migr-user/examples/verifier.rs).
+fn parse_load_line(r: &mut KernelResult, line: &str) {
+    if let Some((program, info)) = line.split_once(": loaded; verified instructions ") {
+        // "migr: loaded; verified instructions 26838, translated size 27872 bytes"
+        let count = info.split(',').next().unwrap_or(info).trim();
+        r.insns.push((program.to_string(), count.to_string()));
+    } else if let Some(rest) = line.strip_prefix("feature | ") {
+        // "feature | bpf_loop | 5.17 | MISSING"
+        let parts: Vec<&str> = rest.split(" | ").collect();
+        if let [name, since, state] = parts[..]
+            && state != "yes"
+        {
+            r.missing.push(format!(
+                "{name} (Linux ≥ {since}): {}",
+                state.to_lowercase()
+            ));
+        }
+    } else if let Some(verdict) = line.strip_prefix("load failed: ") {
+        r.verdict = Some(verdict.to_string());
+    } else if line.starts_with("cause: ") || line.starts_with("log | ") {
+        r.load_log.push(line.to_string());
     }
 }
 
@@ -1232,59 +1278,103 @@ fn print_report(results: &[KernelResult], accel: AccelArg) {
     };
     println!();
     println!("[vm] results ({accel}):");
-    println!(
-        "[vm] {:<26} {:<6} {:<8} {:<16} {:<18} {:>7} {:>8}  result",
-        "kernel", "btf", "loaded", "verified insns", "tests", "boot", "tests"
-    );
-    for r in results {
-        let secs =
-            |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
-        let (passed, failed) = r.totals();
-        let insns = r
-            .insns
+    let header = [
+        "kernel",
+        "btf",
+        "loaded",
+        "verified insns",
+        "tests",
+        "boot",
+        "load",
+        "tests",
+        "result",
+    ];
+    let rows: Vec<[String; 9]> = results
+        .iter()
+        .map(|r| {
+            let secs = |d: Option<Duration>| {
+                d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+            };
+            let yes_no = |b: Option<bool>| match b {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            let (passed, failed) = r.totals();
+            let insns = r
+                .insns
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            [
+                format!("{} ({})", r.name(), r.kver),
+                yes_no(r.btf).to_string(),
+                yes_no(r.loaded).to_string(),
+                if insns.is_empty() { "-".into() } else { insns },
+                if r.skipped.is_some() {
+                    "not run".to_string()
+                } else {
+                    format!("{passed} passed, {failed} failed")
+                },
+                secs(r.boot),
+                secs(r.load_time),
+                secs(r.test_time),
+                if r.passed() { "ok" } else { "FAILED" }.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::from("[vm] |");
+        for (cell, w) in cells.iter().zip(&widths) {
+            let pad = w - cell.chars().count();
+            let _ = write!(out, " {cell}{} |", " ".repeat(pad));
+        }
+        println!("{out}");
+    };
+    line(header.to_vec());
+    line(
+        widths
             .iter()
-            .map(|(_, n)| n.as_str())
+            .map(|w| "-".repeat(*w))
             .collect::<Vec<_>>()
-            .join(" / ");
-        println!(
-            "[vm] {:<26} {:<6} {:<8} {:<16} {:<18} {:>7} {:>8}  {}",
-            format!("{} ({})", r.series.name(), r.kver),
-            match r.btf {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "-",
-            },
-            match r.loaded {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "-",
-            },
-            if insns.is_empty() {
-                "-".to_string()
-            } else {
-                insns
-            },
-            format!("{passed} passed, {failed} failed"),
-            secs(r.boot),
-            secs(r.test_time),
-            if r.passed() { "ok" } else { "FAILED" },
-        );
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
     }
     println!(
-        "[vm] (verified insns: {}; boot: QEMU start to tests ready)",
+        "[vm] (verified insns: {}; boot: QEMU start to tests ready; load: the load check)",
         PROGRAMS.join(" / ")
     );
     for r in results.iter().filter(|r| !r.passed()) {
         println!();
         println!("[vm] Linux {} ({}) failed:", r.kver, r.version);
         if r.loaded == Some(false) {
-            println!("[vm]   the datapath did not load; the load check's last lines:");
+            println!(
+                "[vm]   the datapath did not load: {}",
+                r.verdict.as_deref().unwrap_or("(no message)")
+            );
+            for m in &r.missing {
+                println!("[vm]   feature {m}");
+            }
             for l in &r.load_log {
                 println!("[vm]   | {l}");
             }
         }
+        if let Some(why) = &r.skipped {
+            println!("[vm]   {why}");
+        }
         for t in &r.tests {
-            if t.rc != Some(0) || t.failed > 0 {
+            if t.rc != Some(0) || t.failed > 0 || t.passed == 0 {
                 println!(
                     "[vm]   {}: exit {}, {} passed, {} failed {}",
                     t.name,
@@ -1295,7 +1385,7 @@ fn print_report(results: &[KernelResult], accel: AccelArg) {
                 );
             }
         }
-        if r.tests.len() != r.expected_tests {
+        if r.skipped.is_none() && r.tests.len() != r.expected_tests {
             println!(
                 "[vm]   {} of {} test binaries ran",
                 r.tests.len(),
