@@ -25,7 +25,8 @@ use migr_tests::testbed::{
 const USAGE: &str = "usage:
   migr-testbed demo
   migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
-                    [--preset none|latency|bandwidth] [--requests N] [--migrate-after K]
+                    [--preset none|latency|bandwidth] [--mode back-to-back|sporadic]
+                    [--ballast-mb MB] [--requests N] [--migrate-after K]
                     [--json PATH] [--keep] [--quiet]
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
@@ -115,6 +116,8 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             "--requests",
             "--migrate-after",
             "--json",
+            "--mode",
+            "--ballast-mb",
         ],
         &["--keep", "--quiet"],
     )?;
@@ -136,6 +139,20 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             bail!("--strategy p-explicit|r-explicit|poa, not {s:?}");
         }
         cfg.strategy = s.to_string();
+    }
+    match o.value("--mode")? {
+        None | Some("back-to-back") => {}
+        Some("sporadic") => {
+            let strategy = cfg.strategy.clone();
+            cfg = RunConfig {
+                protocol: cfg.protocol,
+                ..RunConfig::sporadic(steering, preset, &strategy)
+            };
+        }
+        Some(other) => bail!("--mode back-to-back|sporadic, not {other:?}"),
+    }
+    if let Some(n) = o.value("--ballast-mb")? {
+        cfg.ballast_mb = n.parse().context("--ballast-mb")?;
     }
     if let Some(n) = o.value("--requests")? {
         cfg.requests = n.parse().context("--requests")?;

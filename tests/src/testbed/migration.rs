@@ -786,6 +786,17 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         requests_detail,
         work_dir: d.clone(),
     };
+    // The containers' IP/UDP/TCP counters (checksum errors, drops), for
+    // the record in the work directory.
+    for (ct, name) in [
+        (&topo.src_ct, "snmp-src-container"),
+        (&topo.dst_ct, "snmp-dst-container"),
+        (&topo.client, "snmp-client"),
+    ] {
+        if let Ok(text) = ct.exec(&["cat", "/proc/net/snmp"]) {
+            let _ = std::fs::write(d.join(name), text);
+        }
+    }
     // Teardown, in order: the restored service, the agents, the namespaces.
     restored.kill();
     drop(agents);
