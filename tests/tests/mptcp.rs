@@ -51,6 +51,7 @@ fn learned_tokens_equal_the_kernels_for_two_connections_with_two_subflows() {
         &Options {
             connections: 2,
             replay_rate: None,
+            server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: true,
             period: PERIOD,
         },
@@ -103,6 +104,7 @@ fn freeze_with_steering_parks_both_subflows_and_loses_nothing() {
         &Options {
             connections: 2,
             replay_rate: None,
+            server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: true,
             period: PERIOD,
         },
@@ -160,6 +162,7 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
         &Options {
             connections: 2,
             replay_rate: None,
+            server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: false,
             period: PERIOD,
         },
@@ -225,7 +228,8 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
 /// complete, REMOVE_ADDR A leaves every connection on B, nothing is lost.
 #[test]
 fn handover_with_steering_parks_early_joins_and_loses_nothing() {
-    let mut lab = handover::HandoverLab::new(bins(), 2, None).unwrap();
+    let mut lab =
+        handover::HandoverLab::new(bins(), 2, None, Some(lab::TEST_SERVER_RCVBUF)).unwrap();
     let r = handover::handover_once(&mut lab, true, Duration::from_millis(1000)).unwrap();
     println!("{r:#?}");
     assert_eq!(
@@ -264,7 +268,8 @@ fn handover_with_steering_parks_early_joins_and_loses_nothing() {
 /// once the service is there; the connections still end up on B, intact.
 #[test]
 fn handover_without_steering_refuses_early_joins() {
-    let mut lab = handover::HandoverLab::new(bins(), 2, None).unwrap();
+    let mut lab =
+        handover::HandoverLab::new(bins(), 2, None, Some(lab::TEST_SERVER_RCVBUF)).unwrap();
     let r = handover::handover_once(&mut lab, false, Duration::from_millis(1000)).unwrap();
     println!("{r:#?}");
     assert_eq!(r.b_subflows_before_ready, 0);

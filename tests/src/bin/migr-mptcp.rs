@@ -27,12 +27,13 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("serve") {
         let bind = flag(&args, "--bind")?.context("serve needs --bind IP:PORT")?;
         let ready = flag(&args, "--ready")?.map(PathBuf::from);
-        return lab::serve(bind.parse()?, ready.as_deref());
+        let rcvbuf = flag(&args, "--rcvbuf")?.map(|v| v.parse()).transpose()?;
+        return lab::serve(bind.parse()?, ready.as_deref(), rcvbuf);
     }
     if args.iter().any(|a| a == "--help" || a == "-h") || args.is_empty() {
         println!(
             "usage: migr-mptcp --scenario mptcp-freeze|mptcp-handover [--runs N] \
-             [--freeze-ms T] [--downtime-ms T] [--out PATH]\n       migr-mptcp serve --bind IP:PORT [--ready FILE]"
+             [--freeze-ms T] [--downtime-ms T] [--variant steering|steering-paced|no-steering] [--server-rcvbuf BYTES] [--out PATH]\n       migr-mptcp serve --bind IP:PORT [--ready FILE]"
         );
         return Ok(());
     }
@@ -48,15 +49,31 @@ fn main() -> Result<()> {
     let out = flag(&args, "--out")?
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("results").join(format!("{scenario}.json")));
+    let only = flag(&args, "--variant")?;
+    let rcvbuf: Option<u32> = flag(&args, "--server-rcvbuf")?
+        .map(|v| v.parse())
+        .transpose()?;
     let bins = lab::bins(std::env::current_exe()?);
     let result = match scenario.as_str() {
         "mptcp-freeze" => {
             let ms: u64 = flag(&args, "--freeze-ms")?.map_or(Ok(2000), |v| v.parse())?;
-            freeze_scenario(bins, runs, Duration::from_millis(ms))?
+            freeze_scenario(
+                bins,
+                runs,
+                Duration::from_millis(ms),
+                only.as_deref(),
+                rcvbuf,
+            )?
         }
         "mptcp-handover" => {
             let ms: u64 = flag(&args, "--downtime-ms")?.map_or(Ok(1000), |v| v.parse())?;
-            handover::scenario(bins, runs, Duration::from_millis(ms))?
+            handover::scenario(
+                bins,
+                runs,
+                Duration::from_millis(ms),
+                only.as_deref(),
+                rcvbuf,
+            )?
         }
         other => bail!("unknown scenario {other:?} (mptcp-freeze, mptcp-handover)"),
     };
@@ -83,8 +100,14 @@ fn flag(args: &[String], name: &str) -> Result<Option<String>> {
 const CONNECTIONS: u32 = 2;
 const PERIOD: Duration = Duration::from_millis(5);
 
-fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> Result<Value> {
-    let mut per = handover::variants();
+fn freeze_scenario(
+    bins: &'static lab::Bins,
+    runs: usize,
+    freeze: Duration,
+    only: Option<&str>,
+    rcvbuf: Option<u32>,
+) -> Result<Value> {
+    let mut per = handover::variants(only)?;
     let mut failures = Vec::new();
     for i in 0..runs {
         for v in per.iter_mut() {
@@ -94,6 +117,7 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
                     &freeze::Options {
                         connections: CONNECTIONS,
                         replay_rate: v.replay_rate,
+                        server_rcvbuf: rcvbuf,
                         join: true,
                         period: PERIOD,
                     },
@@ -103,6 +127,7 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
                     "freeze_ms": r.freeze_ms,
                     "recovery_ms": r.recovery_ms,
                     "first_echo_ms": r.first_echo_ms,
+                    "steps_ms": r.steps_ms,
                     "stall_ms": r.stall_ms,
                     "records": r.records,
                     "client": r.client,
@@ -143,6 +168,7 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
     let metrics: &[(&str, &[&str])] = &[
         ("recovery_ms", &["recovery_ms"]),
         ("first_echo_ms", &["first_echo_ms"]),
+        ("steps_ms", &["steps_ms"]),
         ("stall_ms", &["stall_ms"]),
         ("client_retrans_segs", &["client", "TcpRetransSegs"]),
         ("client_rto_timeouts", &["client", "TcpExtTCPTimeouts"]),
@@ -175,6 +201,7 @@ fn freeze_scenario(bins: &'static lab::Bins, runs: usize, freeze: Duration) -> R
         "params": {
             "runs": runs,
             "freeze_ms": freeze.as_millis() as u64,
+            "server_rcvbuf": rcvbuf,
             "connections": CONNECTIONS,
             "subflows_per_connection": 2,
             "record_bytes": lab::RECORD,

@@ -52,6 +52,8 @@ pub struct Options {
     /// The service's `--replay-rate` (frames/s, 0 unpaced); `None`: the
     /// agent's default (10,000/s).
     pub replay_rate: Option<u64>,
+    /// The server's fixed receive buffer (`None`: kernel autotuning).
+    pub server_rcvbuf: Option<u32>,
     /// Announce B and wait for the joins before returning.
     pub join: bool,
     pub period: Duration,
@@ -101,7 +103,13 @@ impl FreezeLab {
             "add_addr_accepted",
             "2",
         ])?;
-        let server = lab::start_server(bins, &node, &format!("0.0.0.0:{PORT}"), &scratch.0)?;
+        let server = lab::start_server(
+            bins,
+            &node,
+            &format!("0.0.0.0:{PORT}"),
+            &scratch.0,
+            opts.server_rcvbuf,
+        )?;
         let agent = Agent::start(bins, &node, &["v-n1", "v-n2"], "node")?;
         let id = SERVICE_ID.to_string();
         let mptcp = format!("{A}:{PORT}");
@@ -190,6 +198,43 @@ impl FreezeLab {
         self.agent.service(SERVICE)
     }
 
+    /// What the kernels and the agent show, for a failure's message.
+    pub fn diagnose(&self, t: Instant) -> String {
+        let mut out = String::new();
+        for s in &self.streams {
+            let a = s.arrivals();
+            out += &format!(
+                "connection {}: sent {}, echoed {}, last echo {:?} ms after the thaw\n",
+                s.id,
+                s.sent(),
+                a.len(),
+                a.last().map(|l| l.saturating_duration_since(t).as_millis())
+            );
+        }
+        for (name, ns) in [("client", &self.client), ("node", &self.node)] {
+            for cmd in [&["ss", "-tnmi"][..], &["ss", "-Mni"][..]] {
+                out += &format!(
+                    "--- {name}: {cmd:?}\n{}\n",
+                    ns.exec(cmd).unwrap_or_else(|e| e.to_string())
+                );
+            }
+            if let Ok(n) = nstat(ns) {
+                let mptcp: Vec<String> = n
+                    .iter()
+                    .filter(|(k, v)| **v > 0 && (k.starts_with("MPTcp") || k.contains("Retrans")))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                out += &format!("--- {name} nstat: {}\n", mptcp.join(" "));
+            }
+        }
+        out += &format!(
+            "--- agent: {}\n",
+            self.service()
+                .map_or_else(|e| e.to_string(), |v| v.to_string())
+        );
+        out
+    }
+
     pub fn drops(&self) -> Result<[u64; 2]> {
         Ok([
             xdp_drops(&self.node, "v-n1")?,
@@ -209,6 +254,9 @@ pub struct FreezeRun {
     /// Thaw → the first echo on every connection (the slowest connection);
     /// it may be a server retransmission of an echo from before the freeze.
     pub first_echo_ms: f64,
+    /// Thaw → the thaw's own steps done (unlock, SIGCONT, and with steering
+    /// the `abort` command returned): orchestration time inside `recovery_ms`.
+    pub steps_ms: f64,
     /// The longest time between two echoes on any connection (freeze included).
     pub stall_ms: f64,
     pub client: BTreeMap<&'static str, u64>,
@@ -274,6 +322,7 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
         let r = lab.agent.phase(SERVICE, "abort", &[])?;
         ensure!(r["to"] == "aborted", "abort answered {r}");
     }
+    let steps_ms = thawed.elapsed().as_secs_f64() * 1e3;
     // Every connection answers again (or the run fails).
     wait_until(
         Duration::from_secs(20),
@@ -292,9 +341,11 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let mut records = 0;
-    for s in &mut lab.streams {
-        s.finish(Duration::from_secs(20))?;
-        records += s.sent();
+    for i in 0..lab.streams.len() {
+        if let Err(e) = lab.streams[i].finish(Duration::from_secs(20)) {
+            return Err(e.context(lab.diagnose(thawed)));
+        }
+        records += lab.streams[i].sent();
     }
     let mut replay_ms = 0.0;
     let svc = if steering {
@@ -335,6 +386,7 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
         freeze_ms,
         recovery_ms,
         first_echo_ms,
+        steps_ms,
         stall_ms,
         client: CLIENT_COUNTERS
             .iter()

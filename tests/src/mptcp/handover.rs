@@ -98,8 +98,15 @@ pub struct Rtts {
 }
 
 impl HandoverLab {
-    /// `replay_rate`: the services' `--replay-rate` (`None`: the agent's default).
-    pub fn new(bins: &Bins, connections: u32, replay_rate: Option<u64>) -> Result<Self> {
+    /// `replay_rate`: the services' `--replay-rate` (`None`: the agent's
+    /// default); `rcvbuf`: the server's fixed receive buffer (`None`: kernel
+    /// autotuning).
+    pub fn new(
+        bins: &Bins,
+        connections: u32,
+        replay_rate: Option<u64>,
+        rcvbuf: Option<u32>,
+    ) -> Result<Self> {
         lab::require_tools()?;
         let scratch = Scratch::new("handover")?;
         let client = NetNs::new("hcli")?;
@@ -175,8 +182,8 @@ impl HandoverLab {
         ])?;
         let mut pass = Datapath::load()?;
         svc.run(|| pass.attach(PASS_PROGRAM, "v-sa", AttachMode::Native))??;
-        let server = lab::start_server(bins, &svc, &format!("0.0.0.0:{PORT}"), &scratch.0)?;
-        let backhaul_echo = lab::start_server(bins, &node_b, "10.72.5.2:7001", &scratch.0)?;
+        let server = lab::start_server(bins, &svc, &format!("0.0.0.0:{PORT}"), &scratch.0, rcvbuf)?;
+        let backhaul_echo = lab::start_server(bins, &node_b, "10.72.5.2:7001", &scratch.0, None)?;
         let agent_a = Agent::start(bins, &node_a, &["v-ac"], "nodea")?;
         let agent_b = Agent::start(bins, &node_b, &["v-bc"], "nodeb")?;
         let svc_mac = mac_of(&svc, "v-sa")?;
@@ -287,6 +294,10 @@ pub struct HandoverRun {
     pub lost_in_datapath: u64,
     /// Announcements of B needed (1: the proactive one sufficed).
     pub announcements: u32,
+    /// Ready → the ready steps done (unlock, SIGCONT, routes; with steering
+    /// both `restored` commands returned, without the re-announcement):
+    /// orchestration time inside the other times.
+    pub steps_ms: f64,
     /// Ready → every connection has its subflow to B (the server's kernel).
     pub join_ms: f64,
     /// Ready → the client has no subflow to A left (the switch is complete).
@@ -389,6 +400,7 @@ pub fn handover_once(
         lab.svc.ip(&["mptcp", "endpoint", "delete", "id", "2"])?;
         lab.announce_b()?;
     }
+    let steps_ms = ready.elapsed().as_secs_f64() * 1e3;
     wait_until(
         Duration::from_secs(10),
         "every connection's subflow to B",
@@ -454,6 +466,7 @@ pub fn handover_once(
             + parked_at_b.saturating_sub(replayed_at_b)
             + failed,
         announcements,
+        steps_ms,
         join_ms,
         switch_ms,
         recovery_ms,
@@ -501,6 +514,7 @@ pub fn run_json(r: &HandoverRun, rtts: &Rtts) -> Value {
         "replayed_at_a": r.replayed_at_a,
         "forwarded_at_a": r.forwarded_at_a,
         "lost_in_datapath": r.lost_in_datapath,
+        "steps_ms": r.steps_ms,
         "join_ms": r.join_ms,
         "switch_ms": r.switch_ms,
         "recovery_ms": r.recovery_ms,
@@ -514,14 +528,20 @@ pub fn run_json(r: &HandoverRun, rtts: &Rtts) -> Value {
 
 /// The runner's scenario: `runs` handovers with and without steering,
 /// alternating, each on a fresh lab.
-pub fn scenario(bins: &'static Bins, runs: usize, downtime: Duration) -> Result<Value> {
+pub fn scenario(
+    bins: &'static Bins,
+    runs: usize,
+    downtime: Duration,
+    only: Option<&str>,
+    rcvbuf: Option<u32>,
+) -> Result<Value> {
     const CONNECTIONS: u32 = 2;
-    let mut per = variants();
+    let mut per = variants(only)?;
     let mut failures = Vec::new();
     for i in 0..runs {
         for v in per.iter_mut() {
             let once = || -> Result<Value> {
-                let mut lab = HandoverLab::new(bins, CONNECTIONS, v.replay_rate)?;
+                let mut lab = HandoverLab::new(bins, CONNECTIONS, v.replay_rate, rcvbuf)?;
                 let rtts = lab.rtts().context("measuring RTTs")?;
                 let r = handover_once(&mut lab, v.steering, downtime)?;
                 Ok(run_json(&r, &rtts))
@@ -553,6 +573,7 @@ pub fn scenario(bins: &'static Bins, runs: usize, downtime: Duration) -> Result<
         }
     }
     let metrics: &[(&str, &[&str])] = &[
+        ("steps_ms", &["steps_ms"]),
         ("join_ms", &["join_ms"]),
         ("switch_ms", &["switch_ms"]),
         ("recovery_ms", &["recovery_ms"]),
@@ -604,6 +625,7 @@ pub fn scenario(bins: &'static Bins, runs: usize, downtime: Duration) -> Result<
         "params": {
             "runs": runs,
             "downtime_ms": downtime.as_millis() as u64,
+            "server_rcvbuf": rcvbuf,
             "connections": CONNECTIONS,
             "record_bytes": lab::RECORD,
             "record_period_ms": PERIOD.as_millis() as u64,
@@ -630,8 +652,9 @@ pub struct Variant {
     pub runs: Vec<Value>,
 }
 
-pub fn variants() -> Vec<Variant> {
-    vec![
+/// The variants, or only the one named `only`.
+pub fn variants(only: Option<&str>) -> Result<Vec<Variant>> {
+    let all = vec![
         Variant {
             name: "steering",
             steering: true,
@@ -650,5 +673,16 @@ pub fn variants() -> Vec<Variant> {
             replay_rate: None,
             runs: Vec::new(),
         },
-    ]
+    ];
+    match only {
+        None => Ok(all),
+        Some(name) => {
+            let v: Vec<Variant> = all.into_iter().filter(|v| v.name == name).collect();
+            ensure!(
+                !v.is_empty(),
+                "no variant {name:?} (steering, steering-paced, no-steering)"
+            );
+            Ok(v)
+        }
+    }
 }

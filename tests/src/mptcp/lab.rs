@@ -202,27 +202,38 @@ impl Drop for Scratch {
     }
 }
 
+/// The receive buffer the tests give the MPTCP server (docs/mptcp.md, "A
+/// receive-path stall").
+pub const TEST_SERVER_RCVBUF: u32 = 4 << 20;
+
 // ---------------------------------------------------------------------------
 // The MPTCP echo server (the stand-in for the container's workload)
 
 /// Starts the echo server in `ns` (`migr-mptcp serve`), listening with an
 /// IPPROTO_MPTCP socket on `bind`, and waits until it listens.
-pub fn start_server(bins: &Bins, ns: &NetNs, bind: &str, scratch: &Path) -> Result<Proc> {
+/// `rcvbuf`: a fixed receive buffer for the server's sockets (`None`: the
+/// kernel's autotuning; see docs/mptcp.md for why the tests fix it).
+pub fn start_server(
+    bins: &Bins,
+    ns: &NetNs,
+    bind: &str,
+    scratch: &Path,
+    rcvbuf: Option<u32>,
+) -> Result<Proc> {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let ready = scratch.join(format!("server-{id}.ready"));
-    let mut p = spawn_in(
-        ns,
-        &bins.server,
-        &[
-            "serve",
-            "--bind",
-            bind,
-            "--ready",
-            ready.to_str().expect("utf-8"),
-        ],
-        &[],
-        None,
-    )?;
+    let rcvbuf = rcvbuf.map(|r| r.to_string());
+    let mut args = vec![
+        "serve",
+        "--bind",
+        bind,
+        "--ready",
+        ready.to_str().expect("utf-8"),
+    ];
+    if let Some(r) = &rcvbuf {
+        args.extend(["--rcvbuf", r]);
+    }
+    let mut p = spawn_in(ns, &bins.server, &args, &[], None)?;
     wait_until(
         Duration::from_secs(10),
         "the MPTCP server to listen",
@@ -237,8 +248,26 @@ pub fn start_server(bins: &Bins, ns: &NetNs, bind: &str, scratch: &Path) -> Resu
 }
 
 /// The server's main loop: accepts MPTCP connections and echoes every byte.
-pub fn serve(bind: SocketAddr, ready: Option<&Path>) -> Result<()> {
+/// `rcvbuf`: a fixed receive buffer (SO_RCVBUFFORCE) instead of autotuning.
+pub fn serve(bind: SocketAddr, ready: Option<&Path>, rcvbuf: Option<i32>) -> Result<()> {
     let listener = mptcp_listener(bind)?;
+    if let Some(bytes) = rcvbuf {
+        // SAFETY: setsockopt with an int on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "SO_RCVBUFFORCE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     if let Some(ready) = ready {
         std::fs::write(ready, b"")?;
     }
