@@ -15,13 +15,13 @@ use std::mem;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ClientConfig, ConnectError, Connection, ConnectionHandle, DatagramEvent, Endpoint,
-    EndpointConfig, Event, FrameStats,
+    ClientConfig, ConnectError, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir,
+    Endpoint, EndpointConfig, Event, FrameStats, StreamEvent, VarInt,
 };
 
-use crate::control::{ChannelOutput, ControlChannel, MessageTag};
+use crate::control::{self, ChannelOutput, ControlChannel, IncomingUniStream, MessageTag};
 use crate::frame::{Frame, FrameError, VERSION};
 
 /// How the client follows a moving server (seed 000, sections 3.2 and 3.3).
@@ -115,7 +115,8 @@ pub enum ClientEvent {
     ProbingEnded { primary: SocketAddr },
     /// The server validated our path from `address` and we answered it.
     PathChallengeAnswered { address: SocketAddr },
-    /// The server sent a malformed control stream; the extension is now off.
+    /// The server sent a malformed control stream or a frame it must not
+    /// send; the client closed the connection with [`control::error_code`].
     ProtocolError(FrameError),
 }
 
@@ -161,7 +162,8 @@ pub struct ClientMigration {
     channel: ControlChannel,
     hello_sent: bool,
     negotiated: bool,
-    disabled: bool,
+    /// The connection was closed for a protocol error.
+    closed: bool,
     trigger_tags: Vec<MessageTag>,
     unanswered_since: Option<Instant>,
     lost_packets_seen: u64,
@@ -172,6 +174,8 @@ pub struct ClientMigration {
     rx_seen: FrameStats,
     rebind_pending: bool,
     events: VecDeque<ClientEvent>,
+    uni_streams: VecDeque<IncomingUniStream>,
+    app_events: VecDeque<Event>,
 }
 
 impl ClientMigration {
@@ -190,7 +194,7 @@ impl ClientMigration {
             channel: ControlChannel::default(),
             hello_sent: false,
             negotiated: false,
-            disabled: false,
+            closed: false,
             trigger_tags: Vec::new(),
             unanswered_since: None,
             lost_packets_seen: 0,
@@ -199,6 +203,8 @@ impl ClientMigration {
             rx_seen: FrameStats::default(),
             rebind_pending: false,
             events: VecDeque::new(),
+            uni_streams: VecDeque::new(),
+            app_events: VecDeque::new(),
         }
     }
 
@@ -221,7 +227,7 @@ impl ClientMigration {
     }
 
     pub fn is_negotiated(&self) -> bool {
-        self.negotiated && !self.disabled
+        self.negotiated && !self.closed
     }
 
     pub fn probe_targets(&self) -> Option<&[SocketAddr]> {
@@ -258,8 +264,11 @@ impl ClientMigration {
     }
 
     /// Feed every event of the connection. Returns true when the event
-    /// belonged to the extension and must not reach the application.
-    pub fn handle_event(&mut self, conn: &mut Connection, event: &Event) -> bool {
+    /// belonged to the extension (control streams) and must not reach the
+    /// application. Afterwards, pass the events of
+    /// [`ClientMigration::poll_app_event`] to the application too. `now` is
+    /// only used to close the connection on a protocol error.
+    pub fn handle_event(&mut self, now: Instant, conn: &mut Connection, event: &Event) -> bool {
         match event {
             Event::Connected => {
                 self.negotiate(conn);
@@ -269,12 +278,27 @@ impl ClientMigration {
                 let mut outputs = Vec::new();
                 let consumed = self.channel.handle(conn, stream_event, &mut outputs);
                 for output in outputs {
-                    self.on_channel_output(conn, output);
+                    self.on_channel_output(now, conn, output);
                 }
                 consumed
             }
             _ => false,
         }
+    }
+
+    /// Events the extension owes the application: an
+    /// `Event::Stream(StreamEvent::Opened { dir: Dir::Uni })` whenever
+    /// unidirectional streams that are not control streams wait in
+    /// [`ClientMigration::accept_uni`] (quinn-proto's own `Opened` events for
+    /// unidirectional streams are the extension's).
+    pub fn poll_app_event(&mut self) -> Option<Event> {
+        self.app_events.pop_front()
+    }
+
+    /// Next unidirectional stream from the server that is not a control
+    /// stream, with the first bytes the extension read from it.
+    pub fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        self.uni_streams.pop_front()
     }
 
     /// Call after quinn-proto processed a datagram that came from `from`.
@@ -380,11 +404,11 @@ impl ClientMigration {
             .send(conn, &[Frame::Hello { version: VERSION }]);
     }
 
-    fn on_channel_output(&mut self, conn: &mut Connection, output: ChannelOutput) {
+    fn on_channel_output(&mut self, now: Instant, conn: &mut Connection, output: ChannelOutput) {
         match output {
             ChannelOutput::Frames(frames) => {
                 for frame in frames {
-                    self.on_frame(conn, frame);
+                    self.on_frame(now, conn, frame);
                 }
             }
             ChannelOutput::Delivered(tag) | ChannelOutput::Refused(tag) => {
@@ -393,12 +417,17 @@ impl ClientMigration {
                     self.events.push_back(ClientEvent::TriggerAcknowledged);
                 }
             }
-            ChannelOutput::Malformed(error) => self.fail(error),
+            ChannelOutput::Malformed(error) => self.fail(now, conn, error),
+            ChannelOutput::Foreign(stream) => {
+                self.uni_streams.push_back(stream);
+                self.app_events
+                    .push_back(Event::Stream(StreamEvent::Opened { dir: Dir::Uni }));
+            }
         }
     }
 
-    fn on_frame(&mut self, conn: &mut Connection, frame: Frame) {
-        if self.disabled {
+    fn on_frame(&mut self, now: Instant, conn: &mut Connection, frame: Frame) {
+        if self.closed {
             return;
         }
         match frame {
@@ -419,9 +448,13 @@ impl ClientMigration {
                 self.mark_negotiated();
                 self.on_announcement(conn, address);
             }
-            Frame::Trigger => self.fail(FrameError::WrongDirection {
-                frame_type: frame.frame_type(),
-            }),
+            Frame::Trigger => self.fail(
+                now,
+                conn,
+                FrameError::WrongDirection {
+                    frame_type: frame.frame_type(),
+                },
+            ),
         }
     }
 
@@ -542,10 +575,21 @@ impl ClientMigration {
             .push_back(ClientEvent::PrimaryChanged { from, to: address });
     }
 
-    fn fail(&mut self, error: FrameError) {
-        if !self.disabled {
-            self.disabled = true;
+    /// A protocol error: close the connection with the extension's error code.
+    fn fail(&mut self, now: Instant, conn: &mut Connection, error: FrameError) {
+        if !self.closed {
+            self.closed = true;
+            conn.close(
+                now,
+                VarInt::from_u32(control::error_code(&error)),
+                Bytes::from(control::reason_phrase(&error)),
+            );
             self.events.push_back(ClientEvent::ProtocolError(error));
+            // quinn-proto reports no local close to the application; it must
+            // learn that its connection is gone.
+            self.app_events.push_back(Event::ConnectionLost {
+                reason: ConnectionError::LocallyClosed,
+            });
         }
     }
 
@@ -609,6 +653,8 @@ pub struct ClientEndpoint {
     app_events: VecDeque<Event>,
     responses: VecDeque<ClientDatagram>,
     buf: Vec<u8>,
+    /// The latest time the endpoint was given (for closes from `process`).
+    now: Instant,
 }
 
 impl ClientEndpoint {
@@ -635,12 +681,14 @@ impl ClientEndpoint {
             app_events: VecDeque::new(),
             responses: VecDeque::new(),
             buf: Vec::new(),
+            now,
         })
     }
 
     /// A datagram arrived from `from`. Returns false when it was dropped
     /// because `from` is not one of the server's known addresses.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) -> bool {
+        self.now = now;
         if !self.migration.accepts(from) {
             return false;
         }
@@ -671,6 +719,7 @@ impl ClientEndpoint {
 
     /// Next datagram to send, if any.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<ClientDatagram> {
+        self.now = now;
         if let Some(response) = self.responses.pop_front() {
             return Some(response);
         }
@@ -693,6 +742,7 @@ impl ClientEndpoint {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
@@ -708,7 +758,13 @@ impl ClientEndpoint {
             }
         }
         while let Some(event) = self.conn.poll() {
-            if !self.migration.handle_event(&mut self.conn, &event) {
+            if !self
+                .migration
+                .handle_event(self.now, &mut self.conn, &event)
+            {
+                self.app_events.push_back(event);
+            }
+            while let Some(event) = self.migration.poll_app_event() {
                 self.app_events.push_back(event);
             }
         }
@@ -730,8 +786,16 @@ impl ClientEndpoint {
     }
 
     /// Next event for the application (never a control-stream event).
+    /// `Opened { dir: Uni }` means: take the streams from
+    /// [`ClientEndpoint::accept_uni`], not from quinn-proto.
     pub fn poll_app_event(&mut self) -> Option<Event> {
         self.app_events.pop_front()
+    }
+
+    /// Next unidirectional stream of the server's that is not a control
+    /// stream; read its first bytes from `prefix`, the rest from the connection.
+    pub fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        self.migration.accept_uni()
     }
 
     /// Next event of the migration extension.

@@ -3,7 +3,10 @@
 //! Every message goes out on its own unidirectional stream, which is finished
 //! right after the message; quinn-proto reports `StreamEvent::Finished` once the
 //! peer has acknowledged all of it, and that is our acknowledgement of the
-//! message. Incoming control streams are read to their end, then decoded.
+//! message. Incoming unidirectional streams are read only as far as needed to
+//! tell a control stream (it begins with [`frame::STREAM_TYPE_BYTES`]) from
+//! any other: other streams go to the application with the bytes read so far
+//! ([`IncomingUniStream`]); control streams are read to their end, then decoded.
 
 use std::collections::HashMap;
 
@@ -12,17 +15,59 @@ use quinn_proto::{
     WriteError,
 };
 
-use crate::frame::{self, Frame, FrameError, MAX_CONTROL_STREAM_LEN};
+use crate::frame::{self, Frame, FrameError, MAX_CONTROL_STREAM_LEN, STREAM_TYPE_BYTES};
 
-/// Application error code sent with STOP_SENDING on a malformed control stream.
+/// Application error code with which an endpoint closes the connection when
+/// the peer sent a control stream that does not decode (truncated, oversized,
+/// trailing bytes, bad address, longer than [`MAX_CONTROL_STREAM_LEN`]).
 pub const MIGR_FRAME_ERROR: u32 = 0x6d69_0001;
-/// Application error code sent with STOP_SENDING on a unidirectional stream that
-/// is not a control stream (a migr endpoint reserves unidirectional streams).
-pub const MIGR_STREAM_REFUSED: u32 = 0x6d69_0002;
+/// Application error code with which an endpoint closes the connection when
+/// the peer sent a well-formed frame it must not send (a frame of the other
+/// direction, or TRIGGER before negotiation).
+pub const MIGR_PROTOCOL_VIOLATION: u32 = 0x6d69_0002;
+
+/// The connection error code for `error` ([`MIGR_PROTOCOL_VIOLATION`] or [`MIGR_FRAME_ERROR`]).
+pub fn error_code(error: &FrameError) -> u32 {
+    match error {
+        FrameError::WrongDirection { .. } => MIGR_PROTOCOL_VIOLATION,
+        _ => MIGR_FRAME_ERROR,
+    }
+}
+
+/// The reason phrase sent with the connection close for `error`.
+pub fn reason_phrase(error: &FrameError) -> String {
+    format!("migr control stream: {error}")
+}
 
 /// Identifies one outgoing message until it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageTag(pub u64);
+
+/// How a unidirectional stream handed to the application had already ended
+/// when the extension gave it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UniStreamEnd {
+    /// The peer finished it: [`IncomingUniStream::prefix`] is the whole stream,
+    /// and quinn-proto has forgotten it (reading it again fails).
+    Finished,
+    /// The peer reset it with this error code; quinn-proto has forgotten it.
+    Reset(VarInt),
+}
+
+/// A unidirectional stream from the peer that is not a migration control
+/// stream. It belongs to the application, which must read its first bytes
+/// from `prefix` (the extension read them to tell what the stream is) and
+/// then, unless `end` is set, the rest from quinn-proto as usual: right away,
+/// because data that arrived before the hand-over raises no new
+/// `StreamEvent::Readable`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncomingUniStream {
+    pub id: StreamId,
+    /// The stream's first bytes, at most `STREAM_TYPE_BYTES.len()` (8).
+    pub prefix: Vec<u8>,
+    /// `None`: the stream is still open in quinn-proto.
+    pub end: Option<UniStreamEnd>,
+}
 
 /// What the channel observed while handling a stream event.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,8 +78,10 @@ pub(crate) enum ChannelOutput {
     Delivered(MessageTag),
     /// The peer refused the message's stream (STOP_SENDING).
     Refused(MessageTag),
-    /// An incoming stream was malformed; it was dropped.
+    /// An incoming control stream was malformed.
     Malformed(FrameError),
+    /// An incoming unidirectional stream is not a control stream.
+    Foreign(IncomingUniStream),
 }
 
 struct Outgoing {
@@ -48,6 +95,8 @@ struct Outgoing {
 #[derive(Default)]
 pub(crate) struct ControlChannel {
     outgoing: Vec<Outgoing>,
+    /// Incoming unidirectional streams the channel still owns: being told
+    /// apart (fewer than 8 bytes read) or control streams being read.
     incoming: HashMap<StreamId, Vec<u8>>,
     next_tag: u64,
 }
@@ -74,9 +123,9 @@ impl ControlChannel {
         Ok(tag)
     }
 
-    /// Handles a stream event if it concerns a unidirectional stream, which a
-    /// migr endpoint reserves for control streams. Returns false for events the
-    /// application must see.
+    /// Handles a stream event if it concerns one of the channel's streams.
+    /// Returns false for events the application must see (bidirectional
+    /// streams, and unidirectional streams that are not control streams).
     pub(crate) fn handle(
         &mut self,
         conn: &mut Connection,
@@ -84,6 +133,8 @@ impl ControlChannel {
         out: &mut Vec<ChannelOutput>,
     ) -> bool {
         match *event {
+            // Every new unidirectional stream is the channel's until its first
+            // bytes show whether it is a control stream.
             StreamEvent::Opened { dir: Dir::Uni } => {
                 while let Some(id) = conn.streams().accept(Dir::Uni) {
                     self.incoming.insert(id, Vec::new());
@@ -91,34 +142,36 @@ impl ControlChannel {
                 }
                 true
             }
-            StreamEvent::Readable { id } if id.dir() == Dir::Uni => {
-                if self.incoming.contains_key(&id) {
-                    self.read(conn, id, out);
-                }
+            StreamEvent::Readable { id } if self.incoming.contains_key(&id) => {
+                self.read(conn, id, out);
                 true
             }
             StreamEvent::Writable { id } if id.dir() == Dir::Uni => {
+                let ours = self.position(id).is_some();
                 self.pump(conn);
-                true
+                ours
             }
+            // The application may be waiting for stream credit too.
             StreamEvent::Available { dir: Dir::Uni } => {
                 self.pump(conn);
-                true
+                false
             }
-            StreamEvent::Finished { id } if id.dir() == Dir::Uni => {
-                if let Some(pos) = self.position(id) {
+            StreamEvent::Finished { id } => match self.position(id) {
+                Some(pos) => {
                     let done = self.outgoing.remove(pos);
                     out.push(ChannelOutput::Delivered(done.tag));
+                    true
                 }
-                true
-            }
-            StreamEvent::Stopped { id, .. } if id.dir() == Dir::Uni => {
-                if let Some(pos) = self.position(id) {
+                None => false,
+            },
+            StreamEvent::Stopped { id, .. } => match self.position(id) {
+                Some(pos) => {
                     let refused = self.outgoing.remove(pos);
                     out.push(ChannelOutput::Refused(refused.tag));
+                    true
                 }
-                true
-            }
+                None => false,
+            },
             _ => false,
         }
     }
@@ -165,56 +218,85 @@ impl ControlChannel {
         let Some(buffer) = self.incoming.get_mut(&id) else {
             return;
         };
-        let mut complete = false;
-        let mut dropped = false;
-        let mut refusal = None;
+        let mut end = None;
+        let mut gone = false;
         let mut recv = conn.recv_stream(id);
         match recv.read(true) {
             Ok(mut chunks) => {
                 loop {
-                    match chunks.next(MAX_CONTROL_STREAM_LEN + 1) {
+                    // While the stream's kind is unknown, read no byte past the
+                    // stream type: the rest may be the application's.
+                    let want = if buffer.len() < STREAM_TYPE_BYTES.len() {
+                        STREAM_TYPE_BYTES.len() - buffer.len()
+                    } else {
+                        MAX_CONTROL_STREAM_LEN + 1 - buffer.len()
+                    };
+                    match chunks.next(want) {
                         Ok(Some(chunk)) => {
                             buffer.extend_from_slice(&chunk.bytes);
-                            if buffer.len() > MAX_CONTROL_STREAM_LEN {
-                                refusal = Some((FrameError::StreamTooLong, MIGR_FRAME_ERROR));
-                                break;
-                            }
-                            if let Some(e) = frame::refuses_stream_prefix(buffer) {
-                                refusal = Some((e, MIGR_STREAM_REFUSED));
+                            if !frame::may_be_control_stream(buffer)
+                                || buffer.len() > MAX_CONTROL_STREAM_LEN
+                            {
                                 break;
                             }
                         }
                         Ok(None) => {
-                            complete = true;
+                            end = Some(UniStreamEnd::Finished);
                             break;
                         }
                         Err(ReadError::Blocked) => break,
-                        Err(ReadError::Reset(_)) => {
-                            dropped = true;
+                        Err(ReadError::Reset(code)) => {
+                            end = Some(UniStreamEnd::Reset(code));
                             break;
                         }
                     }
                 }
                 let _ = chunks.finalize();
             }
-            Err(ReadableError::ClosedStream) => dropped = true,
-            Err(ReadableError::IllegalOrderedRead) => dropped = true,
-        }
-        if let Some((error, code)) = refusal {
-            let _ = conn.recv_stream(id).stop(VarInt::from_u32(code));
-            self.incoming.remove(&id);
-            out.push(ChannelOutput::Malformed(error));
-            return;
-        }
-        if dropped {
-            self.incoming.remove(&id);
-            return;
-        }
-        if complete && let Some(data) = self.incoming.remove(&id) {
-            match frame::decode_stream(&data) {
-                Ok(frames) => out.push(ChannelOutput::Frames(frames)),
-                Err(e) => out.push(ChannelOutput::Malformed(e)),
+            // Already freed (cannot happen for a stream we have not finished
+            // reading) or unordered reads (never used here): forget it.
+            Err(ReadableError::ClosedStream) | Err(ReadableError::IllegalOrderedRead) => {
+                gone = true
             }
+        }
+
+        let control =
+            buffer.len() >= STREAM_TYPE_BYTES.len() && frame::may_be_control_stream(buffer);
+        if !control {
+            // Not a control stream, or it ended before it could be one.
+            if !frame::may_be_control_stream(buffer) || end.is_some() || gone {
+                let prefix = self.incoming.remove(&id).unwrap_or_default();
+                if !gone {
+                    out.push(ChannelOutput::Foreign(IncomingUniStream {
+                        id,
+                        prefix,
+                        end,
+                    }));
+                }
+            }
+            return;
+        }
+        if buffer.len() > MAX_CONTROL_STREAM_LEN {
+            self.incoming.remove(&id);
+            out.push(ChannelOutput::Malformed(FrameError::StreamTooLong));
+            return;
+        }
+        match end {
+            Some(UniStreamEnd::Finished) => {
+                let data = self.incoming.remove(&id).unwrap_or_default();
+                match frame::decode_stream(&data) {
+                    Ok(frames) => out.push(ChannelOutput::Frames(frames)),
+                    Err(e) => out.push(ChannelOutput::Malformed(e)),
+                }
+            }
+            // The sender abandoned the message: nothing to decode.
+            Some(UniStreamEnd::Reset(_)) => {
+                self.incoming.remove(&id);
+            }
+            None if gone => {
+                self.incoming.remove(&id);
+            }
+            None => {}
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::client::{ClientEndpoint, ClientEvent, ClientMigrationConfig, TriggerError};
+use crate::control::{IncomingUniStream, UniStreamEnd};
 use crate::server::{MigrationId, ServerEndpoint, ServerEndpointConfig, ServerEvent};
 
 const MAX_DATAGRAM: usize = 65_535;
@@ -48,6 +49,8 @@ pub trait Role: Send + 'static {
     fn conn(&mut self, ch: ConnectionHandle) -> Option<&mut quinn_proto::Connection>;
     /// Bookkeeping after the application touched a connection.
     fn process(&mut self, ch: ConnectionHandle);
+    /// The peer's next unidirectional stream that is not a control stream.
+    fn accept_uni(&mut self, ch: ConnectionHandle) -> Option<IncomingUniStream>;
 }
 
 struct Shared<R> {
@@ -114,6 +117,10 @@ pub struct SendStream<R: Role> {
 pub struct RecvStream<R: Role> {
     conn: Connection<R>,
     id: StreamId,
+    /// First bytes the extension already read (unidirectional streams).
+    prefix: Vec<u8>,
+    /// How the stream had ended by then, if it had.
+    end: Option<UniStreamEnd>,
 }
 
 fn lost<R>(state: &State<R>, ch: ConnectionHandle) -> Option<anyhow::Result<()>> {
@@ -159,6 +166,49 @@ impl<R: Role> Connection<R> {
         Ok(self.halves(id))
     }
 
+    /// Opens a unidirectional stream of the application's (waits for
+    /// stream credit, which the extension's control streams share).
+    pub async fn open_uni(&self) -> anyhow::Result<SendStream<R>> {
+        let ch = self.ch;
+        let id = self
+            .shared
+            .until(|state| {
+                if let Some(Err(e)) = lost(state, ch) {
+                    return Some(Err(e));
+                }
+                let id = state.role.conn(ch)?.streams().open(Dir::Uni)?;
+                state.role.process(ch);
+                Some(Ok(id))
+            })
+            .await?;
+        Ok(SendStream {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// Waits for the peer's next unidirectional stream that is not a
+    /// migration control stream. The stream arrives intact: its reads start
+    /// with the bytes the extension looked at.
+    pub async fn accept_uni(&self) -> anyhow::Result<RecvStream<R>> {
+        let ch = self.ch;
+        let incoming = self
+            .shared
+            .until(|state| {
+                if let Some(Err(e)) = lost(state, ch) {
+                    return Some(Err(e));
+                }
+                state.role.accept_uni(ch).map(Ok)
+            })
+            .await?;
+        Ok(RecvStream {
+            conn: self.clone(),
+            id: incoming.id,
+            prefix: incoming.prefix,
+            end: incoming.end,
+        })
+    }
+
     fn halves(&self, id: StreamId) -> (SendStream<R>, RecvStream<R>) {
         (
             SendStream {
@@ -168,6 +218,8 @@ impl<R: Role> Connection<R> {
             RecvStream {
                 conn: self.clone(),
                 id,
+                prefix: Vec::new(),
+                end: None,
             },
         )
     }
@@ -241,11 +293,31 @@ impl<R: Role> SendStream<R> {
     }
 }
 
+impl<R: Role> SendStream<R> {
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+}
+
 impl<R: Role> RecvStream<R> {
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
     /// Reads until the peer finishes the stream; fails beyond `limit` bytes.
     pub async fn read_to_end(&mut self, limit: usize) -> anyhow::Result<Vec<u8>> {
         let (ch, id) = (self.conn.ch, self.id);
-        let mut data = Vec::new();
+        let mut data = std::mem::take(&mut self.prefix);
+        if data.len() > limit {
+            return Err(anyhow!("stream exceeds {limit} bytes"));
+        }
+        match self.end.take() {
+            Some(UniStreamEnd::Finished) => return Ok(data),
+            Some(UniStreamEnd::Reset(code)) => {
+                return Err(anyhow!("stream reset by peer ({code})"));
+            }
+            None => {}
+        }
         self.conn
             .shared
             .until(|state| {
@@ -293,6 +365,10 @@ impl Role for ServerEndpoint {
 
     fn process(&mut self, ch: ConnectionHandle) {
         ServerEndpoint::process(self, ch);
+    }
+
+    fn accept_uni(&mut self, ch: ConnectionHandle) -> Option<IncomingUniStream> {
+        self.connection(ch)?.accept_uni()
     }
 }
 
@@ -572,6 +648,10 @@ impl Role for ClientEndpoint {
     fn process(&mut self, _: ConnectionHandle) {
         ClientEndpoint::process(self);
     }
+
+    fn accept_uni(&mut self, _: ConnectionHandle) -> Option<IncomingUniStream> {
+        ClientEndpoint::accept_uni(self)
+    }
 }
 
 pub type ClientSendStream = SendStream<ClientEndpoint>;
@@ -641,6 +721,16 @@ impl Client {
 
     pub async fn open_bi(&self) -> anyhow::Result<(ClientSendStream, ClientRecvStream)> {
         self.conn.open_bi().await
+    }
+
+    /// Opens a unidirectional stream of the application's.
+    pub async fn open_uni(&self) -> anyhow::Result<ClientSendStream> {
+        self.conn.open_uni().await
+    }
+
+    /// The server's next unidirectional stream that is not a control stream.
+    pub async fn accept_uni(&self) -> anyhow::Result<ClientRecvStream> {
+        self.conn.accept_uni().await
     }
 
     /// Asks the server to migrate.

@@ -13,6 +13,10 @@ use crate::varint;
 
 /// First varint of every migration control stream ("migr" in ASCII).
 pub const STREAM_TYPE: u64 = 0x6d69_6772;
+/// [`STREAM_TYPE`] on the wire. It needs the 8-byte varint form, the only
+/// encoding of a value above 2^30 - 1, so a stream is a control stream
+/// exactly when its first 8 bytes are these.
+pub const STREAM_TYPE_BYTES: [u8; 8] = [0xc0, 0x00, 0x00, 0x00, 0x6d, 0x69, 0x67, 0x72];
 /// Extension version this implementation speaks.
 pub const VERSION: u64 = 1;
 /// Largest payload any frame of version 1 may declare.
@@ -74,7 +78,7 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Truncated => write!(f, "truncated migration frame"),
+            Self::Truncated => write!(f, "truncated migration frame (input ends inside it)"),
             Self::UnknownType { frame_type, .. } => {
                 write!(f, "unknown migration frame type {frame_type:#x}")
             }
@@ -82,9 +86,11 @@ impl fmt::Display for FrameError {
                 f,
                 "migration frame payload of {declared} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte limit"
             ),
-            Self::TrailingBytes { frame_type } => {
-                write!(f, "migration frame {frame_type:#x} has trailing bytes")
-            }
+            Self::TrailingBytes { frame_type } => write!(
+                f,
+                "migration frame {} has trailing bytes",
+                frame_name(*frame_type)
+            ),
             Self::BadAddressFamily(family) => write!(f, "unknown address family {family}"),
             Self::UnusableAddress(addr) => write!(f, "unusable migration address {addr}"),
             Self::NotAControlStream { stream_type } => {
@@ -100,13 +106,26 @@ impl fmt::Display for FrameError {
             Self::ValueTooLarge(value) => write!(f, "{value} does not fit in a QUIC varint"),
             Self::WrongDirection { frame_type } => write!(
                 f,
-                "migration frame {frame_type:#x} is not allowed from this peer"
+                "migration frame {} is not allowed from this peer",
+                frame_name(*frame_type)
             ),
         }
     }
 }
 
 impl std::error::Error for FrameError {}
+
+/// "TRIGGER (0x01)" and so on, for messages.
+fn frame_name(ty: u64) -> String {
+    let name = match ty {
+        frame_type::HELLO => "HELLO",
+        frame_type::TRIGGER => "TRIGGER",
+        frame_type::SERVER_MIGRATION => "SERVER_MIGRATION",
+        frame_type::POOL_MIGRATION_ADDRESS => "POOL_MIGRATION_ADDRESS",
+        _ => return format!("{ty:#x}"),
+    };
+    format!("{name} ({ty:#04x})")
+}
 
 impl Frame {
     pub fn frame_type(&self) -> u64 {
@@ -213,15 +232,12 @@ pub fn decode_stream(input: &[u8]) -> Result<Vec<Frame>, FrameError> {
     Ok(frames)
 }
 
-/// The error when `prefix` (the first bytes of a stream) already shows that
-/// the stream is not a control stream; `None` while it still could be one.
-pub(crate) fn refuses_stream_prefix(prefix: &[u8]) -> Option<FrameError> {
-    match varint::read(prefix) {
-        Some((stream_type, _)) if stream_type != STREAM_TYPE => {
-            Some(FrameError::NotAControlStream { stream_type })
-        }
-        _ => None,
-    }
+/// Whether a stream that begins with `first_bytes` can still be a control
+/// stream: true while they are a prefix of [`STREAM_TYPE_BYTES`] (or start
+/// with all of it).
+pub fn may_be_control_stream(first_bytes: &[u8]) -> bool {
+    let n = first_bytes.len().min(STREAM_TYPE_BYTES.len());
+    first_bytes[..n] == STREAM_TYPE_BYTES[..n]
 }
 
 fn put_varint(value: u64, out: &mut Vec<u8>) -> Result<(), FrameError> {

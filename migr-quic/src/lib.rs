@@ -26,6 +26,7 @@ pub use client::{
     ClientDatagram, ClientEndpoint, ClientEvent, ClientMigration, ClientMigrationConfig, Route,
     Strategy,
 };
+pub use control::{IncomingUniStream, MIGR_FRAME_ERROR, MIGR_PROTOCOL_VIOLATION, UniStreamEnd};
 pub use frame::{Frame, FrameError};
 pub use server::{
     AnnounceError, MigrationId, ServerConnection, ServerDatagram, ServerEndpoint,

@@ -7,11 +7,14 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-use quinn_proto::{Connection, ConnectionHandle, DatagramEvent, Endpoint, Event, ServerConfig};
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event,
+    ServerConfig, StreamEvent, VarInt,
+};
 
 use crate::cid::RoutableCidGenerator;
-use crate::control::{ChannelOutput, ControlChannel, MessageTag};
+use crate::control::{self, ChannelOutput, ControlChannel, IncomingUniStream, MessageTag};
 use crate::frame::{Frame, FrameError, VERSION};
 
 /// Identifies one `announce_migration` call on a connection.
@@ -37,7 +40,8 @@ pub enum ServerEvent {
         id: MigrationId,
         address: SocketAddr,
     },
-    /// The client sent a malformed control stream; the extension is now off.
+    /// The client sent a malformed control stream or a frame it must not
+    /// send; the server closed the connection with [`control::error_code`].
     ProtocolError(FrameError),
 }
 
@@ -71,11 +75,14 @@ pub struct ServerMigration {
     pool: Vec<SocketAddr>,
     channel: ControlChannel,
     negotiated: bool,
-    disabled: bool,
+    /// The connection was closed for a protocol error.
+    closed: bool,
     hello_tag: Option<MessageTag>,
     announcements: HashMap<MessageTag, (MigrationId, SocketAddr)>,
     next_sequence: u64,
     events: VecDeque<ServerEvent>,
+    uni_streams: VecDeque<IncomingUniStream>,
+    app_events: VecDeque<Event>,
 }
 
 impl ServerMigration {
@@ -85,30 +92,49 @@ impl ServerMigration {
             pool,
             channel: ControlChannel::default(),
             negotiated: false,
-            disabled: false,
+            closed: false,
             hello_tag: None,
             announcements: HashMap::new(),
             next_sequence: 0,
             events: VecDeque::new(),
+            uni_streams: VecDeque::new(),
+            app_events: VecDeque::new(),
         }
     }
 
     pub fn is_negotiated(&self) -> bool {
-        self.negotiated && !self.disabled
+        self.negotiated && !self.closed
     }
 
-    /// Returns true when the event belonged to the extension (unidirectional
-    /// streams are reserved for it) and must not reach the application.
-    pub fn handle_event(&mut self, conn: &mut Connection, event: &Event) -> bool {
+    /// Returns true when the event belonged to the extension (control
+    /// streams) and must not reach the application. Afterwards, pass the
+    /// events of [`ServerMigration::poll_app_event`] to the application too.
+    /// `now` is only used to close the connection on a protocol error.
+    pub fn handle_event(&mut self, now: Instant, conn: &mut Connection, event: &Event) -> bool {
         let Event::Stream(stream_event) = event else {
             return false;
         };
         let mut outputs = Vec::new();
         let consumed = self.channel.handle(conn, stream_event, &mut outputs);
         for output in outputs {
-            self.on_channel_output(conn, output);
+            self.on_channel_output(now, conn, output);
         }
         consumed
+    }
+
+    /// Events the extension owes the application: an
+    /// `Event::Stream(StreamEvent::Opened { dir: Dir::Uni })` whenever
+    /// unidirectional streams that are not control streams wait in
+    /// [`ServerMigration::accept_uni`] (quinn-proto's own `Opened` events for
+    /// unidirectional streams are the extension's).
+    pub fn poll_app_event(&mut self) -> Option<Event> {
+        self.app_events.pop_front()
+    }
+
+    /// Next unidirectional stream from the client that is not a control
+    /// stream, with the first bytes the extension read from it.
+    pub fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        self.uni_streams.pop_front()
     }
 
     /// Tells the client that the server is about to move to `address`. The
@@ -145,11 +171,11 @@ impl ServerMigration {
         self.announcements.len()
     }
 
-    fn on_channel_output(&mut self, conn: &mut Connection, output: ChannelOutput) {
+    fn on_channel_output(&mut self, now: Instant, conn: &mut Connection, output: ChannelOutput) {
         match output {
             ChannelOutput::Frames(frames) => {
                 for frame in frames {
-                    self.on_frame(conn, frame);
+                    self.on_frame(now, conn, frame);
                 }
             }
             ChannelOutput::Delivered(tag) => {
@@ -168,12 +194,17 @@ impl ServerMigration {
                         .push_back(ServerEvent::MigrationRefused { id, address });
                 }
             }
-            ChannelOutput::Malformed(error) => self.fail(error),
+            ChannelOutput::Malformed(error) => self.fail(now, conn, error),
+            ChannelOutput::Foreign(stream) => {
+                self.uni_streams.push_back(stream);
+                self.app_events
+                    .push_back(Event::Stream(StreamEvent::Opened { dir: Dir::Uni }));
+            }
         }
     }
 
-    fn on_frame(&mut self, conn: &mut Connection, frame: Frame) {
-        if self.disabled {
+    fn on_frame(&mut self, now: Instant, conn: &mut Connection, frame: Frame) {
+        if self.closed {
             return;
         }
         match frame {
@@ -190,7 +221,7 @@ impl ServerMigration {
                         self.hello_tag = Some(tag);
                         self.events.push_back(ServerEvent::Negotiated);
                     }
-                    Err(e) => self.fail(e),
+                    Err(e) => self.fail(now, conn, e),
                 }
             }
             // Another version, or a repeated HELLO: nothing to do.
@@ -199,19 +230,34 @@ impl ServerMigration {
                 self.events.push_back(ServerEvent::TriggerReceived);
             }
             // Server-to-client frames, or TRIGGER before HELLO: the client is
-            // not following the protocol, so stop using the extension with it.
+            // not following the protocol.
             Frame::Trigger | Frame::ServerMigration { .. } | Frame::PoolMigrationAddress { .. } => {
-                self.fail(FrameError::WrongDirection {
-                    frame_type: frame.frame_type(),
-                })
+                self.fail(
+                    now,
+                    conn,
+                    FrameError::WrongDirection {
+                        frame_type: frame.frame_type(),
+                    },
+                )
             }
         }
     }
 
-    fn fail(&mut self, error: FrameError) {
-        if !self.disabled {
-            self.disabled = true;
+    /// A protocol error: close the connection with the extension's error code.
+    fn fail(&mut self, now: Instant, conn: &mut Connection, error: FrameError) {
+        if !self.closed {
+            self.closed = true;
+            conn.close(
+                now,
+                VarInt::from_u32(control::error_code(&error)),
+                Bytes::from(control::reason_phrase(&error)),
+            );
             self.events.push_back(ServerEvent::ProtocolError(error));
+            // quinn-proto reports no local close to the application; it must
+            // learn that its connection is gone.
+            self.app_events.push_back(Event::ConnectionLost {
+                reason: ConnectionError::LocallyClosed,
+            });
         }
     }
 }
@@ -238,9 +284,17 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
-    /// Next event that belongs to the application (never a control-stream event).
+    /// Next event that belongs to the application (never a control-stream
+    /// event). `Opened { dir: Uni }` means: take the streams from
+    /// [`ServerConnection::accept_uni`], not from quinn-proto.
     pub fn poll_app_event(&mut self) -> Option<Event> {
         self.app_events.pop_front()
+    }
+
+    /// Next unidirectional stream of the client's that is not a control
+    /// stream; read its first bytes from `prefix`, the rest from `conn`.
+    pub fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        self.migration.accept_uni()
     }
 }
 
@@ -265,6 +319,8 @@ pub struct ServerEndpoint {
     responses: VecDeque<ServerDatagram>,
     last_sender: ConnectionHandle,
     buf: Vec<u8>,
+    /// The latest time the endpoint was given (for closes from `process`).
+    now: Instant,
 }
 
 impl ServerEndpoint {
@@ -286,6 +342,7 @@ impl ServerEndpoint {
             responses: VecDeque::new(),
             last_sender: ConnectionHandle(0),
             buf: Vec::new(),
+            now: Instant::now(),
         }
     }
 
@@ -302,6 +359,7 @@ impl ServerEndpoint {
         remote: SocketAddr,
         data: BytesMut,
     ) {
+        self.now = now;
         self.buf.clear();
         let event = self
             .endpoint
@@ -359,6 +417,7 @@ impl ServerEndpoint {
 
     /// Next datagram to send, if any.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<ServerDatagram> {
+        self.now = now;
         if let Some(response) = self.responses.pop_front() {
             return Some(response);
         }
@@ -396,6 +455,7 @@ impl ServerEndpoint {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         let due: Vec<ConnectionHandle> = self
             .connections
             .iter_mut()
@@ -428,8 +488,11 @@ impl ServerEndpoint {
         while let Some(event) = connection.conn.poll() {
             if !connection
                 .migration
-                .handle_event(&mut connection.conn, &event)
+                .handle_event(self.now, &mut connection.conn, &event)
             {
+                connection.app_events.push_back(event);
+            }
+            while let Some(event) = connection.migration.poll_app_event() {
                 connection.app_events.push_back(event);
             }
         }

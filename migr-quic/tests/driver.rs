@@ -91,3 +91,80 @@ async fn clients_follow_the_server_to_its_new_address() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Unidirectional streams of the application's cross the driver whole, in
+/// both directions, next to the extension's control streams: one that looks
+/// like an HTTP/3 control stream, one that begins like a control stream and
+/// ends early (the extension read all of it), and a long one.
+#[tokio::test(flavor = "current_thread")]
+async fn application_uni_streams_pass_through_the_driver() -> anyhow::Result<()> {
+    let cert = SelfSigned::generate(&["migr.test"])?;
+    let config = ServerEndpointConfig {
+        server_config: Arc::new(cert.server_config(TransportConfig::default())?),
+        cid_generator: RoutableCidGenerator::new(CidConfig::new(8, 1, 2).unwrap(), 7).unwrap(),
+        pool: vec!["127.0.0.2:4433".parse()?],
+    };
+    let server = Arc::new(Server::bind(config, "127.0.0.1:0".parse()?).await?);
+    let address = server.addresses()[0];
+    let mut long = vec![0x21];
+    long.extend((0..50_000u32).map(|i| (i % 253) as u8));
+    let streams: Vec<Vec<u8>> = vec![vec![0x00, 0x04, 0x00], vec![0xc0, 0x00, 0x00], long];
+
+    // The server application reads each stream and sends it back on one of its own.
+    let acceptor = server.clone();
+    let count = streams.len();
+    let server_task = tokio::spawn(async move {
+        let conn = acceptor.accept().await.expect("a connection");
+        for _ in 0..count {
+            let mut recv = conn.accept_uni().await?;
+            let data = recv.read_to_end(1 << 20).await?;
+            let mut send = conn.open_uni().await?;
+            send.write_all(&data).await?;
+            send.finish()?;
+        }
+        anyhow::Ok(conn)
+    });
+
+    let client_config = tls::client_config(cert.cert_der.clone(), TransportConfig::default())?;
+    let client = Client::connect(
+        client_config,
+        ClientMigrationConfig::new(Strategy::PoolOfAddresses),
+        "127.0.0.1:0".parse()?,
+        address,
+        "migr.test",
+    )
+    .await?;
+    let run = async {
+        for data in &streams {
+            let mut send = client.open_uni().await?;
+            send.write_all(data).await?;
+            send.finish()?;
+            let mut recv = client.accept_uni().await?;
+            let back = recv.read_to_end(1 << 20).await?;
+            anyhow::ensure!(
+                back == *data,
+                "stream of {} bytes came back changed",
+                data.len()
+            );
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), run).await??;
+    tokio::time::timeout(Duration::from_secs(5), server_task).await???;
+    // The extension worked alongside: negotiated, and the pool arrived.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.is_negotiated() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    let events = client.try_events();
+    assert!(
+        events.iter().any(|e| *e
+            == migr_quic::ClientEvent::PoolAddress {
+                address: "127.0.0.2:4433".parse().unwrap()
+            }),
+        "{events:?}"
+    );
+    Ok(())
+}

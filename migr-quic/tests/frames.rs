@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use migr_quic::frame::{
-    self, Frame, FrameError, MAX_CONTROL_STREAM_LEN, MAX_FRAME_PAYLOAD, STREAM_TYPE, frame_type,
+    self, Frame, FrameError, MAX_CONTROL_STREAM_LEN, MAX_FRAME_PAYLOAD, STREAM_TYPE,
+    STREAM_TYPE_BYTES, frame_type,
 };
 use migr_quic::varint;
 
@@ -188,7 +189,42 @@ fn a_stream_of_another_type_is_not_a_control_stream() {
 }
 
 #[test]
+fn a_control_stream_is_told_by_its_first_eight_bytes() {
+    let mut encoded = Vec::new();
+    varint::write(STREAM_TYPE, &mut encoded).unwrap();
+    assert_eq!(
+        encoded, STREAM_TYPE_BYTES,
+        "the only encoding of STREAM_TYPE"
+    );
+    // Every prefix of the stream type may still become a control stream ...
+    for n in 0..=STREAM_TYPE_BYTES.len() {
+        assert!(frame::may_be_control_stream(&STREAM_TYPE_BYTES[..n]), "{n}");
+    }
+    let mut with_frames = STREAM_TYPE_BYTES.to_vec();
+    with_frames.extend_from_slice(&[0x01, 0x00]);
+    assert!(frame::may_be_control_stream(&with_frames));
+    // ... one differing byte anywhere in it and it cannot.
+    for at in 0..STREAM_TYPE_BYTES.len() {
+        let mut other = STREAM_TYPE_BYTES;
+        other[at] ^= 0x01;
+        assert!(!frame::may_be_control_stream(&other[..=at]), "byte {at}");
+    }
+    // HTTP/3's control, QPACK encoder and decoder stream types.
+    for h3 in [0x00u8, 0x02, 0x03] {
+        assert!(!frame::may_be_control_stream(&[h3]));
+    }
+}
+
+#[test]
 fn errors_read_clearly() {
+    assert_eq!(
+        FrameError::WrongDirection { frame_type: 0x01 }.to_string(),
+        "migration frame TRIGGER (0x01) is not allowed from this peer"
+    );
+    assert_eq!(
+        FrameError::TrailingBytes { frame_type: 0x02 }.to_string(),
+        "migration frame SERVER_MIGRATION (0x02) has trailing bytes"
+    );
     let message = FrameError::Oversized { declared: 999 }.to_string();
     assert!(
         message.contains("999") && message.contains("64"),

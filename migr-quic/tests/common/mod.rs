@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,12 @@ use bytes::BytesMut;
 use migr_common::cid::CidConfig;
 use migr_quic::tls::{self, SelfSigned};
 use migr_quic::{
-    ClientEndpoint, ClientEvent, ClientMigrationConfig, RoutableCidGenerator, ServerEndpoint,
-    ServerEndpointConfig, ServerEvent, Strategy,
+    ClientEndpoint, ClientEvent, ClientMigrationConfig, IncomingUniStream, RoutableCidGenerator,
+    ServerEndpoint, ServerEndpointConfig, ServerEvent, Strategy, UniStreamEnd,
 };
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
-    Event, ServerConfig, StreamEvent, StreamId, TransportConfig,
+    ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint,
+    EndpointConfig, Event, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
 };
 
 pub const PAYLOAD_LEN: usize = 1024;
@@ -46,11 +46,85 @@ pub fn crypto() -> Crypto {
 
 // ---------------------------------------------------------------- echo apps
 
-/// Server application: echoes every bidirectional stream back, then finishes it.
+/// One unidirectional stream as an application received it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceivedUni {
+    pub data: Vec<u8>,
+    pub finished: bool,
+    pub reset: Option<VarInt>,
+}
+
+/// The unidirectional streams an application received from its peer, whole.
+#[derive(Default, Debug)]
+pub struct UniStreams {
+    pub streams: BTreeMap<StreamId, ReceivedUni>,
+}
+
+impl UniStreams {
+    /// Takes a stream handed over by the extension (or accepted from a
+    /// plain quinn-proto connection, with an empty prefix) and reads on.
+    pub fn accept(&mut self, conn: &mut Connection, stream: IncomingUniStream) {
+        let received = ReceivedUni {
+            data: stream.prefix,
+            finished: stream.end == Some(UniStreamEnd::Finished),
+            reset: match stream.end {
+                Some(UniStreamEnd::Reset(code)) => Some(code),
+                _ => None,
+            },
+        };
+        let ended = stream.end.is_some();
+        self.streams.insert(stream.id, received);
+        if !ended {
+            self.read(conn, stream.id);
+        }
+    }
+
+    /// Reads what arrived on `id`; false if `id` is none of these streams.
+    pub fn read(&mut self, conn: &mut Connection, id: StreamId) -> bool {
+        let Some(received) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        if received.finished || received.reset.is_some() {
+            return true;
+        }
+        if let Ok(mut chunks) = conn.recv_stream(id).read(true) {
+            loop {
+                match chunks.next(usize::MAX) {
+                    Ok(Some(chunk)) => received.data.extend_from_slice(&chunk.bytes),
+                    Ok(None) => {
+                        received.finished = true;
+                        break;
+                    }
+                    Err(ReadError::Reset(code)) => {
+                        received.reset = Some(code);
+                        break;
+                    }
+                    Err(ReadError::Blocked) => break,
+                }
+            }
+            let _ = chunks.finalize();
+        }
+        true
+    }
+}
+
+fn plain_uni_stream(conn: &mut Connection) -> Option<IncomingUniStream> {
+    conn.streams().accept(Dir::Uni).map(|id| IncomingUniStream {
+        id,
+        prefix: Vec::new(),
+        end: None,
+    })
+}
+
+/// Server application: echoes every bidirectional stream back, then
+/// finishes it; collects unidirectional streams.
 #[derive(Default)]
 pub struct EchoServer {
     requests: HashMap<StreamId, Vec<u8>>,
     replies: HashMap<StreamId, (Vec<u8>, usize)>,
+    pub uni: UniStreams,
+    /// How the connection ended, once it did.
+    pub lost: Option<ConnectionError>,
 }
 
 impl EchoServer {
@@ -62,8 +136,17 @@ impl EchoServer {
                     self.read(conn, id);
                 }
             }
-            Event::Stream(StreamEvent::Readable { id }) => self.read(conn, id),
+            // Plain quinn-proto: the streams are in the connection.
+            Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                while let Some(stream) = plain_uni_stream(conn) {
+                    self.uni.accept(conn, stream);
+                }
+            }
+            Event::Stream(StreamEvent::Readable { id }) if !self.uni.read(conn, id) => {
+                self.read(conn, id)
+            }
             Event::Stream(StreamEvent::Writable { id }) => self.write(conn, id),
+            Event::ConnectionLost { reason } => self.lost = Some(reason),
             _ => {}
         }
     }
@@ -135,6 +218,9 @@ pub struct EchoClient {
     pub mode: Mode,
     pub total: usize,
     pub records: Vec<RequestRecord>,
+    pub uni: UniStreams,
+    /// How the connection ended, once it did.
+    pub lost: Option<ConnectionError>,
     in_flight: Option<InFlight>,
     next_index: usize,
     next_send_at: Option<Instant>,
@@ -158,6 +244,8 @@ impl EchoClient {
             mode,
             total,
             records: Vec::new(),
+            uni: UniStreams::default(),
+            lost: None,
             in_flight: None,
             next_index: 0,
             next_send_at: None,
@@ -219,9 +307,17 @@ impl EchoClient {
         conn: &mut Connection,
         event: Event,
     ) {
-        let Event::Stream(StreamEvent::Readable { id }) = event else {
-            return;
+        let id = match event {
+            Event::Stream(StreamEvent::Readable { id }) => id,
+            Event::ConnectionLost { reason } => {
+                self.lost = Some(reason);
+                return;
+            }
+            _ => return,
         };
+        if self.uni.read(conn, id) {
+            return;
+        }
         let Some(flight) = self.in_flight.as_mut().filter(|f| f.id == id) else {
             return;
         };
@@ -270,6 +366,9 @@ pub trait ServerNode {
     fn as_migr(&mut self) -> Option<&mut MigrServer> {
         None
     }
+    fn as_plain(&mut self) -> Option<&mut PlainServer> {
+        None
+    }
 }
 
 /// Anything that can play the client.
@@ -281,6 +380,8 @@ pub trait ClientNode {
     fn handle_timeout(&mut self, now: Instant);
     fn conn(&mut self) -> &mut Connection;
     fn poll_app_event(&mut self) -> Option<Event>;
+    /// After an `Opened { dir: Uni }` app event: the next such stream.
+    fn accept_uni(&mut self) -> Option<IncomingUniStream>;
     /// After the application touched the connection.
     fn process(&mut self);
     /// The server address requests currently go to.
@@ -349,7 +450,15 @@ impl ServerNode for MigrServer {
             let app = self.apps.entry(ch).or_default();
             if let Some(connection) = self.endpoint.connection(ch) {
                 while let Some(event) = connection.poll_app_event() {
-                    app.on_event(&mut connection.conn, event);
+                    // migr: the extension hands over the streams that are
+                    // not its own, with their first bytes.
+                    if let Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) = event {
+                        while let Some(stream) = connection.accept_uni() {
+                            app.uni.accept(&mut connection.conn, stream);
+                        }
+                    } else {
+                        app.on_event(&mut connection.conn, event);
+                    }
                 }
             }
             self.endpoint.process(ch);
@@ -478,6 +587,20 @@ impl ServerNode for PlainServer {
             self.drive(ch);
         }
     }
+
+    fn as_plain(&mut self) -> Option<&mut PlainServer> {
+        Some(self)
+    }
+}
+
+impl PlainServer {
+    /// The first connection and its echo app.
+    pub fn first(&mut self) -> Option<(&mut Connection, &mut EchoServer)> {
+        self.conns
+            .values_mut()
+            .next()
+            .map(|(conn, app, _)| (conn, app))
+    }
 }
 
 pub struct MigrClient {
@@ -551,6 +674,10 @@ impl ClientNode for MigrClient {
 
     fn poll_app_event(&mut self) -> Option<Event> {
         self.endpoint.poll_app_event()
+    }
+
+    fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        self.endpoint.accept_uni()
     }
 
     fn process(&mut self) {
@@ -634,6 +761,10 @@ impl ClientNode for PlainClient {
         }
     }
 
+    fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        plain_uni_stream(&mut self.conn)
+    }
+
     fn process(&mut self) {
         while let Some(ev) = self.conn.poll_endpoint_events() {
             if let Some(cev) = self.endpoint.handle_event(self.ch, ev) {
@@ -658,17 +789,141 @@ struct Packet {
     data: Vec<u8>,
 }
 
-/// Per-address traffic counters.
+/// Per-address traffic counters (of the main client; other clients only
+/// count in `lost`).
 #[derive(Default, Debug)]
 pub struct Traffic {
     /// Datagrams the client sent, per destination.
     pub client_sent: HashMap<SocketAddr, usize>,
     /// Datagrams that reached an address nobody listened at.
     pub dropped: HashMap<SocketAddr, usize>,
+    /// Datagrams a [`LossRule`] dropped, per destination.
+    pub lost: HashMap<SocketAddr, usize>,
     /// Short-header datagrams the client sent whose DCID carries [`SERVER_ID`].
     pub routable_short_headers: usize,
     /// ... and those whose DCID does not.
     pub unroutable_short_headers: usize,
+}
+
+impl Traffic {
+    pub fn lost_total(&self) -> usize {
+        self.lost.values().sum()
+    }
+}
+
+/// Which way a [`LossRule`] drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From a client to the server.
+    ToServer,
+    /// From the server to a client.
+    ToClient,
+    Both,
+}
+
+/// Which of the datagrams a [`LossRule`] matches it drops. Counting starts
+/// at 1 with the first matching datagram sent after the rule was added.
+#[derive(Clone, Debug)]
+pub enum LossPattern {
+    /// The next `n` matching datagrams.
+    Next(usize),
+    /// Exactly these (1-based) matching datagrams.
+    Nth(Vec<u64>),
+    /// Every k-th matching datagram: the k-th, the 2k-th, ...
+    EveryKth(u64),
+    /// Each matching datagram with probability `per_million` / 10^6, drawn
+    /// from a xorshift generator seeded with `seed`: the same seed drops the
+    /// same datagrams of the same run.
+    Random { per_million: u32, seed: u64 },
+}
+
+/// Deterministic loss on the simulated network: datagrams between the
+/// clients and `server` (any server address when `None`) in `direction`
+/// that `pattern` selects vanish on the wire.
+#[derive(Clone, Debug)]
+pub struct LossRule {
+    pub server: Option<SocketAddr>,
+    pub direction: Direction,
+    pub pattern: LossPattern,
+    /// Matching datagrams seen so far.
+    pub matched: u64,
+    /// Matching datagrams dropped so far.
+    pub dropped: u64,
+    rng: u64,
+}
+
+impl LossRule {
+    pub fn new(server: Option<SocketAddr>, direction: Direction, pattern: LossPattern) -> Self {
+        let rng = match pattern {
+            // xorshift must not start at 0.
+            LossPattern::Random { seed, .. } => seed | 1,
+            _ => 0,
+        };
+        Self {
+            server,
+            direction,
+            pattern,
+            matched: 0,
+            dropped: 0,
+            rng,
+        }
+    }
+
+    /// Counts the datagram if it matches; returns whether to drop it.
+    fn drops(&mut self, to_server: bool, server_side: SocketAddr) -> bool {
+        let direction = match self.direction {
+            Direction::ToServer => to_server,
+            Direction::ToClient => !to_server,
+            Direction::Both => true,
+        };
+        if !direction || self.server.is_some_and(|s| s != server_side) {
+            return false;
+        }
+        self.matched += 1;
+        let n = self.matched;
+        let drop = match &self.pattern {
+            LossPattern::Next(count) => n <= *count as u64,
+            LossPattern::Nth(which) => which.contains(&n),
+            LossPattern::EveryKth(k) => *k > 0 && n.is_multiple_of(*k),
+            LossPattern::Random { per_million, .. } => {
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                self.rng % 1_000_000 < u64::from(*per_million)
+            }
+        };
+        self.dropped += u64::from(drop);
+        drop
+    }
+}
+
+/// Where a simulated client sits: its IP and the ports it has used.
+struct ClientAddrs {
+    ip: IpAddr,
+    port: u16,
+    ports: HashSet<u16>,
+}
+
+impl ClientAddrs {
+    fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            port: 40000,
+            ports: HashSet::from([40000]),
+        }
+    }
+
+    fn current(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// A further client on the same network (its own IP), with its own echo app.
+pub struct Peer {
+    pub node: Box<dyn ClientNode>,
+    pub app: EchoClient,
+    addrs: ClientAddrs,
+    pub rebinds: usize,
 }
 
 pub struct Sim {
@@ -678,13 +933,16 @@ pub struct Sim {
     pub server: Box<dyn ServerNode>,
     pub client: Box<dyn ClientNode>,
     pub app: EchoClient,
+    /// More clients (see [`Sim::add_client`]).
+    pub others: Vec<Peer>,
     /// Addresses the server receives at (and may send from).
     pub listening: HashSet<SocketAddr>,
     /// While frozen (container downtime) the server processes nothing.
     pub frozen: bool,
-    client_ip: std::net::IpAddr,
-    client_port: u16,
-    client_ports: HashSet<u16>,
+    /// Loss on the wire, applied in order (a datagram counts in every rule
+    /// that matches it until one drops it).
+    pub loss: Vec<LossRule>,
+    client_addrs: ClientAddrs,
     in_flight: BTreeMap<(Instant, u64), Packet>,
     seq: u64,
     scheduled: Vec<(Instant, NetChange)>,
@@ -692,12 +950,75 @@ pub struct Sim {
     pub rebinds: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum NetChange {
     Listen(SocketAddr),
     Unlisten(SocketAddr),
     Freeze,
     Thaw,
+    /// Adds a loss rule.
+    Lose(LossRule),
+}
+
+/// Feeds a client's app events to its echo app, lets the app send, and
+/// collects what the client puts on the wire. Returns whether it sent anything.
+#[allow(clippy::too_many_arguments)]
+fn pump_client(
+    now: Instant,
+    start: Instant,
+    node: &mut dyn ClientNode,
+    app: &mut EchoClient,
+    addrs: &mut ClientAddrs,
+    rebinds: &mut usize,
+    mut traffic: Option<&mut Traffic>,
+    out: &mut Vec<Packet>,
+) -> bool {
+    let mut progressed = false;
+    node.process();
+    while let Some(event) = node.poll_app_event() {
+        let server = node.server_address();
+        if let Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) = event {
+            while let Some(stream) = node.accept_uni() {
+                app.uni.accept(node.conn(), stream);
+            }
+        } else {
+            app.on_event(now, start, server, node.conn(), event);
+        }
+    }
+    if app.maybe_send(now, start, node.conn()) {
+        node.process();
+    }
+    while let Some((destinations, fresh, data)) = node.poll_transmit(now) {
+        progressed = true;
+        if fresh {
+            addrs.port += 1;
+            addrs.ports.insert(addrs.port);
+            *rebinds += 1;
+        }
+        if let Some(traffic) = traffic.as_deref_mut() {
+            // Short header: the DCID (length known to the server) follows the first byte.
+            if data.first().is_some_and(|b| b & 0x80 == 0) {
+                let dcid = &data[1..];
+                if cid_config().server_id(dcid) == Some(SERVER_ID) {
+                    traffic.routable_short_headers += 1;
+                } else {
+                    traffic.unroutable_short_headers += 1;
+                }
+            }
+        }
+        let from = addrs.current();
+        for to in destinations {
+            if let Some(traffic) = traffic.as_deref_mut() {
+                *traffic.client_sent.entry(to).or_default() += 1;
+            }
+            out.push(Packet {
+                from,
+                to,
+                data: data.clone(),
+            });
+        }
+    }
+    progressed
 }
 
 impl Sim {
@@ -715,17 +1036,34 @@ impl Sim {
             server,
             client,
             app,
+            others: Vec::new(),
             listening: HashSet::from([server_address]),
             frozen: false,
-            client_ip: "10.77.0.2".parse().unwrap(),
-            client_port: 40000,
-            client_ports: HashSet::from([40000]),
+            loss: Vec::new(),
+            client_addrs: ClientAddrs::new("10.77.0.2".parse().unwrap()),
             in_flight: BTreeMap::new(),
             seq: 0,
             scheduled: Vec::new(),
             traffic: Traffic::default(),
             rebinds: 0,
         }
+    }
+
+    /// Adds a client at `ip` (not 10.77.0.2, the main client's) with its own
+    /// echo app; it runs alongside the main one. Returns its index in `others`.
+    pub fn add_client(&mut self, ip: &str, node: Box<dyn ClientNode>, app: EchoClient) -> usize {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert!(
+            ip != self.client_addrs.ip && self.others.iter().all(|p| p.addrs.ip != ip),
+            "{ip} is taken"
+        );
+        self.others.push(Peer {
+            node,
+            app,
+            addrs: ClientAddrs::new(ip),
+            rebinds: 0,
+        });
+        self.others.len() - 1
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -736,11 +1074,23 @@ impl Sim {
         self.scheduled.push((at, change));
     }
 
-    fn client_address(&self) -> SocketAddr {
-        SocketAddr::new(self.client_ip, self.client_port)
+    fn is_client_ip(&self, ip: IpAddr) -> bool {
+        ip == self.client_addrs.ip || self.others.iter().any(|p| p.addrs.ip == ip)
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if !self.loss.is_empty() {
+            let to_server = self.is_client_ip(from.ip());
+            let server_side = if to_server { to } else { from };
+            if self
+                .loss
+                .iter_mut()
+                .any(|rule| rule.drops(to_server, server_side))
+            {
+                *self.traffic.lost.entry(to).or_default() += 1;
+                return;
+            }
+        }
         self.seq += 1;
         self.in_flight.insert(
             (self.now + self.one_way, self.seq),
@@ -750,41 +1100,32 @@ impl Sim {
 
     /// Moves every endpoint's pending output onto the wire.
     fn flush(&mut self) {
+        let mut out = Vec::new();
         loop {
-            let mut progressed = false;
-            self.client.process();
-            while let Some(event) = self.client.poll_app_event() {
-                let server = self.client.server_address();
-                self.app
-                    .on_event(self.now, self.start, server, self.client.conn(), event);
+            let mut progressed = pump_client(
+                self.now,
+                self.start,
+                self.client.as_mut(),
+                &mut self.app,
+                &mut self.client_addrs,
+                &mut self.rebinds,
+                Some(&mut self.traffic),
+                &mut out,
+            );
+            for peer in &mut self.others {
+                progressed |= pump_client(
+                    self.now,
+                    self.start,
+                    peer.node.as_mut(),
+                    &mut peer.app,
+                    &mut peer.addrs,
+                    &mut peer.rebinds,
+                    None,
+                    &mut out,
+                );
             }
-            if self
-                .app
-                .maybe_send(self.now, self.start, self.client.conn())
-            {
-                self.client.process();
-            }
-            while let Some((destinations, fresh, data)) = self.client.poll_transmit(self.now) {
-                progressed = true;
-                if fresh {
-                    self.client_port += 1;
-                    self.client_ports.insert(self.client_port);
-                    self.rebinds += 1;
-                }
-                // Short header: the DCID (length known to the server) follows the first byte.
-                if data.first().is_some_and(|b| b & 0x80 == 0) {
-                    let dcid = &data[1..];
-                    if cid_config().server_id(dcid) == Some(SERVER_ID) {
-                        self.traffic.routable_short_headers += 1;
-                    } else {
-                        self.traffic.unroutable_short_headers += 1;
-                    }
-                }
-                let from = self.client_address();
-                for to in destinations {
-                    *self.traffic.client_sent.entry(to).or_default() += 1;
-                    self.send(from, to, data.clone());
-                }
+            for packet in out.drain(..) {
+                self.send(packet.from, packet.to, packet.data);
             }
             if !self.frozen {
                 self.server.run_app();
@@ -821,6 +1162,12 @@ impl Sim {
             .into_iter()
             .flatten()
             .min();
+            for peer in &mut self.others {
+                next = [next, peer.node.poll_timeout(), peer.app.next_wakeup()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+            }
             if !self.frozen {
                 next = [next, self.server.poll_timeout()]
                     .into_iter()
@@ -846,14 +1193,15 @@ impl Sim {
     fn step(&mut self) {
         let now = self.now;
         let mut due = Vec::new();
-        self.scheduled.retain(|(at, change)| {
-            if *at <= now {
-                due.push(*change);
-                false
+        let mut later = Vec::new();
+        for (at, change) in self.scheduled.drain(..) {
+            if at <= now {
+                due.push(change);
             } else {
-                true
+                later.push((at, change));
             }
-        });
+        }
+        self.scheduled = later;
         for change in due {
             match change {
                 NetChange::Listen(a) => {
@@ -864,15 +1212,24 @@ impl Sim {
                 }
                 NetChange::Freeze => self.frozen = true,
                 NetChange::Thaw => self.frozen = false,
+                NetChange::Lose(rule) => self.loss.push(rule),
             }
         }
         if let Some(entry) = self.in_flight.first_entry()
             && entry.key().0 <= now
         {
             let packet = entry.remove();
-            if packet.to.ip() == self.client_ip {
-                if self.client_ports.contains(&packet.to.port()) {
+            if packet.to.ip() == self.client_addrs.ip {
+                if self.client_addrs.ports.contains(&packet.to.port()) {
                     self.client.handle_datagram(now, packet.from, &packet.data);
+                }
+            } else if let Some(peer) = self
+                .others
+                .iter_mut()
+                .find(|p| p.addrs.ip == packet.to.ip())
+            {
+                if peer.addrs.ports.contains(&packet.to.port()) {
+                    peer.node.handle_datagram(now, packet.from, &packet.data);
                 }
             } else if self.listening.contains(&packet.to) && !self.frozen {
                 self.server
@@ -884,6 +1241,11 @@ impl Sim {
         }
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
+        }
+        for peer in &mut self.others {
+            if peer.node.poll_timeout().is_some_and(|t| t <= now) {
+                peer.node.handle_timeout(now);
+            }
         }
         if !self.frozen && self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now);
