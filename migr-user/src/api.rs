@@ -629,6 +629,12 @@ pub struct ServiceStatus {
     pub verdicts: BTreeMap<String, Count>,
     pub parked: ParkedStats,
     pub replay: ReplayStats,
+    /// For a service with a forward target: its egress interface's state,
+    /// `up`, `no-carrier` (the link or its peer is down), `down` (set down
+    /// here) or `missing` (gone, or re-created since the service was added).
+    /// Only `up` delivers what the datapath forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_link: Option<String>,
     /// Microseconds from receiving the last phase command to the datapath update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_phase_latency_us: Option<u64>,

@@ -553,6 +553,15 @@ fn describe_forward(f: Option<&ForwardSpec>) -> String {
     }
 }
 
+/// A forward link state (`ServiceStatus::forward_link`) in words.
+fn describe_link(state: &str) -> &str {
+    match state {
+        "no-carrier" => "no carrier",
+        "missing" => "missing (gone or re-created)",
+        other => other,
+    }
+}
+
 fn phase_cmd(
     client: &Client,
     service: &str,
@@ -659,7 +668,14 @@ fn print_service(st: &ServiceStatus) {
             r.addr
         );
     }
-    println!("  forward   {}", describe_forward(st.spec.forward.as_ref()));
+    println!(
+        "  forward   {}{}",
+        describe_forward(st.spec.forward.as_ref()),
+        st.forward_link
+            .as_deref()
+            .map(|l| format!(", link {}", describe_link(l)))
+            .unwrap_or_default()
+    );
     let v: Vec<String> = st
         .verdicts
         .iter()
@@ -762,6 +778,30 @@ fn status(client: &Client) -> Result<(), CtlError> {
         ],
         &rows,
     );
+    for st in &s.services {
+        if let (Some(link), Some(f)) = (st.forward_link.as_deref(), st.spec.forward.as_ref())
+            && link != "up"
+        {
+            let (problem, fate) = match link {
+                "no-carrier" => ("has no carrier", "dropped by the kernel"),
+                "down" => ("is down", "dropped by the kernel"),
+                _ => (
+                    "is missing (gone, or re-created since the service was added)",
+                    "counted forward_failed",
+                ),
+            };
+            println!(
+                "warning: {}: forward interface {} {problem}: {}",
+                st.spec.name,
+                f.iface,
+                if st.datapath.starts_with("forward") {
+                    format!("the frames it forwards now are lost ({fate})")
+                } else {
+                    "it cannot forward (restored is refused, parked frames stay parked)".into()
+                }
+            );
+        }
+    }
     Ok(())
 }
 

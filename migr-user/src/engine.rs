@@ -153,6 +153,20 @@ struct PersistedService {
     machine: PhaseMachine,
     totals: Totals,
     last_latency_us: Option<u64>,
+    /// The store as it was when `totals` were saved.
+    #[serde(default)]
+    spool_mark: Option<SpoolMark>,
+}
+
+/// Where a service's store stood when the state was saved. The state is
+/// saved at most once a second during a replay, the store's cursor on every
+/// batch; a restarted agent counts the frames stored and replayed in
+/// between from the store ([`catch_up_totals`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SpoolMark {
+    first_ring_pos: Option<u64>,
+    len: u64,
+    done: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -351,6 +365,9 @@ impl Engine {
                 last_latency_us: ps.last_latency_us,
                 replay_run: None,
             };
+            if let Some(mark) = ps.spool_mark {
+                catch_up_totals(&mut svc, mark, recovered.uncertain);
+            }
             svc.totals.replay.uncertain_frames += recovered.uncertain;
             if svc.machine.replay == Some(ReplayStage::Backlog) {
                 svc.replay_run = Some(ReplayRun {
@@ -441,6 +458,11 @@ impl Engine {
                     machine: s.machine.clone(),
                     totals: s.totals.clone(),
                     last_latency_us: s.last_latency_us,
+                    spool_mark: Some(SpoolMark {
+                        first_ring_pos: s.spool.first_ring_pos(),
+                        len: s.spool.len() as u64,
+                        done: s.spool.done() as u64,
+                    }),
                 })
                 .collect(),
         };
@@ -518,7 +540,9 @@ impl Engine {
         let mut timeout: i64 = 1000;
         for svc in self.services.values() {
             if let Some(t) = svc.machine.next_deadline_ms() {
-                timeout = timeout.min(t.saturating_sub(now) as i64);
+                // Clamped before the cast: a far deadline (drain_ms = u64::MAX)
+                // would wrap negative and turn the poll below into a spin.
+                timeout = timeout.min(t.saturating_sub(now).min(1000) as i64);
             }
         }
         for t in [self.error_backoff_until, self.next_replay_at]
@@ -1093,6 +1117,27 @@ impl Engine {
                 ),
             ));
         }
+        // A source starts forwarding (and replays its parked frames) only
+        // over a link that delivers; otherwise they stay parked.
+        if !outcome.unchanged
+            && outcome.to == State::Restored
+            && machine.target_action() == Action::Forward
+            && let Some(link) = forward_link(svc).filter(|l| *l != "up")
+        {
+            let iface = svc.spec.forward.as_ref().map_or("?", |f| f.iface.as_str());
+            let why = match link {
+                "no-carrier" => "has no carrier (the link or its peer is down)",
+                "down" => "is down",
+                _ => "no longer exists (or was re-created since the service was added)",
+            };
+            return Err(ApiError::new(
+                ErrorCode::InvalidTransition,
+                format!(
+                    "service {:?} cannot forward: its forward interface {iface} {why}; the parked frames stay parked (fix the link and retry, or abort)",
+                    svc.spec.name
+                ),
+            ));
+        }
         let entry = svc.entry(outcome.datapath);
         self.dp.set_service(id, &entry).map_err(datapath_err)?;
         let latency = received.elapsed();
@@ -1209,6 +1254,7 @@ impl Engine {
                 limit_bytes: svc.limit.bytes,
             },
             replay: svc.totals.replay,
+            forward_link: forward_link(svc).map(str::to_string),
             last_phase_latency_us: svc.last_latency_us,
             timeline: svc.machine.timeline.clone(),
         })
@@ -1242,6 +1288,38 @@ impl Engine {
             services,
         })
     }
+}
+
+/// Adds to the saved counters what a killed agent stored and replayed after
+/// its last save, as its store records it: frames appended since (stored),
+/// and frames the cursor passed since (replayed, or failed if too large to
+/// replay), less the `uncertain` ones of an interrupted batch. If the store
+/// was emptied in between (all replayed, then compacted), the frames that
+/// were pending at the save count as replayed (their sizes are gone).
+fn catch_up_totals(svc: &mut Service, mark: SpoolMark, uncertain: u64) {
+    let (len, done) = (svc.spool.len() as u64, svc.spool.done() as u64);
+    let same_store = svc.spool.first_ring_pos() == mark.first_ring_pos && len >= mark.len;
+    let (stored_from, replayed_from, earlier) = if same_store {
+        (mark.len, mark.done.min(done), 0)
+    } else {
+        (0, 0, mark.len.saturating_sub(mark.done))
+    };
+    let t = &mut svc.totals;
+    for f in svc.spool.frames_in(stored_from as usize, len as usize) {
+        t.stored_frames += 1;
+        t.stored_bytes += f.frame.len() as u64;
+    }
+    let passed = svc.spool.frames_in(replayed_from as usize, done as usize);
+    let certain = passed.len().saturating_sub(uncertain as usize);
+    for f in &passed[..certain] {
+        if replayable(f.frame.len()) {
+            t.replay.replayed_frames += 1;
+            t.replay.replayed_bytes += f.frame.len() as u64;
+        } else {
+            t.replay.failed_frames += 1;
+        }
+    }
+    t.replay.replayed_frames += earlier;
 }
 
 /// Empties a fully replayed store, but only once the ring has been consumed
@@ -1406,6 +1484,64 @@ fn if_index(iface: &str) -> Result<u32> {
         bail!("no interface {iface:?} in this network namespace");
     }
     Ok(idx)
+}
+
+/// The state of a service's forward interface (see `ServiceStatus::forward_link`).
+fn forward_link(svc: &Service) -> Option<&'static str> {
+    let (spec, resolved) = (svc.spec.forward.as_ref()?, svc.forward?);
+    Some(match if_index(&spec.iface) {
+        Ok(index) if index == resolved.ifindex => match if_link(&spec.iface) {
+            Some((false, _)) => "down",
+            Some((true, false)) => "no-carrier",
+            Some((true, true)) => "up",
+            None => "missing",
+        },
+        _ => "missing",
+    })
+}
+
+/// Whether `iface` is up (IFF_UP) and has a carrier, in the current network
+/// namespace. The carrier comes from ETHTOOL_GLINK (the driver's own view,
+/// at once), else from IFF_RUNNING (the operational state, which the kernel
+/// may update up to a second late).
+fn if_link(iface: &str) -> Option<(bool, bool)> {
+    const ETHTOOL_GLINK: u32 = 0x0a;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0")
+        .or_else(|_| UdpSocket::bind("[::]:0"))
+        .ok()?;
+    // SAFETY: zeroed ifreq is a valid initial value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    let name = req.ifr_name;
+    // SAFETY: SIOCGIFFLAGS with a valid ifreq on a valid socket.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled ifru_flags.
+    let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
+    let up = flags & libc::IFF_UP != 0;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GLINK,
+        data: 0,
+    };
+    // SAFETY: zeroed ifreq is a valid initial value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = name;
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL with ifr_data pointing to a live ethtool_value.
+    let carrier = if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } == 0 {
+        value.data != 0
+    } else {
+        flags & libc::IFF_RUNNING != 0
+    };
+    Some((up, up && carrier))
 }
 
 /// The MAC address of `iface` (SIOCGIFHWADDR: asks the current network

@@ -304,6 +304,7 @@ mod tests {
                     ..Default::default()
                 },
                 replay: ReplayStats::default(),
+                forward_link: None,
                 last_phase_latency_us: Some(120),
                 timeline: vec![
                     TimelineEntry {

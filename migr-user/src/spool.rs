@@ -208,6 +208,23 @@ impl Spool {
         self.pending_bytes
     }
 
+    /// Frames whose replay has returned (the cursor).
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    /// Ring position of the oldest stored frame: tells a store from the one
+    /// that follows it after a compaction.
+    pub fn first_ring_pos(&self) -> Option<u64> {
+        self.frames.first().map(|f| f.ring_pos)
+    }
+
+    /// Stored frames `from..to` (clamped), replayed or not.
+    pub fn frames_in(&self, from: usize, to: usize) -> &[StoredFrame] {
+        let to = to.min(self.frames.len());
+        &self.frames[from.min(to)..to]
+    }
+
     /// The next frame to replay.
     pub fn next_pending(&self) -> Option<&StoredFrame> {
         self.frames.get(self.done)
