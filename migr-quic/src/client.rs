@@ -666,12 +666,27 @@ impl ClientEndpoint {
         server: SocketAddr,
         server_name: &str,
     ) -> Result<Self, ConnectError> {
-        let mut endpoint = Endpoint::new(
-            std::sync::Arc::new(EndpointConfig::default()),
-            None,
-            true,
-            None,
-        );
+        Self::connect_with_endpoint_config(
+            now,
+            EndpointConfig::default(),
+            client_config,
+            migration_config,
+            server,
+            server_name,
+        )
+    }
+
+    /// Like [`ClientEndpoint::connect`] with quinn-proto endpoint settings of
+    /// the caller's, e.g. `rng_seed` for a reproducible simulation.
+    pub fn connect_with_endpoint_config(
+        now: Instant,
+        endpoint_config: EndpointConfig,
+        client_config: ClientConfig,
+        migration_config: ClientMigrationConfig,
+        server: SocketAddr,
+        server_name: &str,
+    ) -> Result<Self, ConnectError> {
+        let mut endpoint = Endpoint::new(std::sync::Arc::new(endpoint_config), None, true, None);
         let (handle, conn) = endpoint.connect(now, client_config, server, server_name)?;
         Ok(Self {
             endpoint,

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, Event,
-    ServerConfig, StreamEvent, VarInt,
+    Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig,
+    Event, ServerConfig, StreamEvent, VarInt,
 };
 
 use crate::cid::RoutableCidGenerator;
@@ -325,9 +325,20 @@ pub struct ServerEndpoint {
 
 impl ServerEndpoint {
     pub fn new(config: ServerEndpointConfig) -> Self {
-        let endpoint_config = Arc::new(config.cid_generator.endpoint_config());
+        Self::with_endpoint_config(config, |_| {})
+    }
+
+    /// Like [`ServerEndpoint::new`], with a chance to adjust quinn-proto's
+    /// `EndpointConfig` first (the routable CID generator is already in it),
+    /// e.g. `rng_seed` for a reproducible simulation.
+    pub fn with_endpoint_config(
+        config: ServerEndpointConfig,
+        adjust: impl FnOnce(&mut EndpointConfig),
+    ) -> Self {
+        let mut endpoint_config = config.cid_generator.endpoint_config();
+        adjust(&mut endpoint_config);
         let endpoint = Endpoint::new(
-            endpoint_config,
+            Arc::new(endpoint_config),
             Some(config.server_config.clone()),
             true,
             None,

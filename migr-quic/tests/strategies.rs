@@ -38,6 +38,7 @@ struct Outcome {
     /// When it started answering at NEW.
     up_at: Duration,
     traffic: Traffic,
+    loss: Vec<LossRule>,
     client_lost_packets: u64,
     client_path_responses: u64,
     server_path_challenges_seen_by_client: u64,
@@ -129,6 +130,7 @@ fn run(
     cue: MoveCue,
     mode: Mode,
     total: usize,
+    loss: Vec<LossRule>,
 ) -> Outcome {
     let crypto = crypto();
     let mut sim = migr_pair(
@@ -138,6 +140,7 @@ fn run(
         pool,
         EchoClient::new(mode, total),
     );
+    sim.loss = loss;
     let mut moved_at = None;
     let mut announced = false;
     let mut trigger_sent = false;
@@ -209,6 +212,7 @@ fn run(
         moved_at,
         up_at: moved_at + downtime,
         traffic: std::mem::take(&mut sim.traffic),
+        loss: std::mem::take(&mut sim.loss),
         client_lost_packets: stats.path.lost_packets,
         client_path_responses: stats.frame_tx.path_response,
         server_path_challenges_seen_by_client: stats.frame_rx.path_challenge,
@@ -251,6 +255,7 @@ fn explicit(strategy: Strategy, downtime_ms: u64) -> Outcome {
         },
         Mode::BackToBack,
         TOTAL,
+        Vec::new(),
     );
     outcome.check_no_request_lost(TOTAL);
     outcome.check_path_validated();
@@ -391,6 +396,7 @@ fn pool_of_addresses_probes_every_pool_entry_and_the_current_one() {
             },
             Mode::BackToBack,
             TOTAL,
+            Vec::new(),
         );
         outcome.report("poa");
         outcome.check_no_request_lost(TOTAL);
@@ -488,6 +494,7 @@ fn client_trigger_reaches_the_migration_management() {
         },
         Mode::BackToBack,
         TOTAL,
+        Vec::new(),
     );
     outcome.check_no_request_lost(TOTAL);
     let triggered = outcome
@@ -532,6 +539,7 @@ fn sporadic_requests_resume_after_migration() {
             cue,
             Mode::Sporadic(Duration::from_secs(10)),
             4,
+            Vec::new(),
         );
         outcome.check_no_request_lost(4);
         let third = &outcome.records[2];
@@ -604,4 +612,288 @@ fn the_client_takes_datagrams_only_from_known_server_addresses() {
         pings + 1,
         "the server's PING arrived from OLD"
     );
+}
+
+// ---------------------------------------------------------------- loss
+
+/// R-Explicit's trigger is a packet loss, not the old address going away: a
+/// loss injected on the path to OLD, while the server still answers there
+/// (it listens at OLD and NEW), makes it probe the announced NEW and move.
+#[test]
+fn r_explicit_switches_on_a_loss_while_the_old_address_still_answers() {
+    const LOSS_AFTER: usize = 10;
+    let crypto = crypto();
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::ReactiveExplicit,
+        addr(OLD),
+        Vec::new(),
+        EchoClient::new(Mode::BackToBack, 25),
+    );
+    sim.listening.insert(addr(NEW));
+    let mut announced = false;
+    let mut loss_at = None;
+    sim.run(RUN_LIMIT, |sim| {
+        let done = sim.app.records.len();
+        if done >= 5 && !announced {
+            announced = true;
+            let server = sim.server.as_migr().unwrap();
+            assert_eq!(
+                server.endpoint.announce_migration_to_all(addr(NEW)).len(),
+                1
+            );
+        }
+        if done >= LOSS_AFTER && loss_at.is_none() {
+            // The next datagram to OLD is the next request.
+            loss_at = Some(sim.elapsed());
+            sim.loss.push(LossRule::new(
+                Some(addr(OLD)),
+                Direction::ToServer,
+                LossPattern::Next(1),
+            ));
+        }
+        sim.app.done()
+    });
+    let loss_at = loss_at.unwrap();
+    let events = take_client_events(&mut sim);
+    let at = |wanted: &dyn Fn(&ClientEvent) -> bool| {
+        events.iter().find(|(_, e)| wanted(e)).map(|(t, _)| *t)
+    };
+    let acknowledged = sim
+        .server
+        .as_migr()
+        .unwrap()
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, ServerEvent::MigrationAcknowledged { .. }))
+        .map(|(t, _)| *t - sim.start)
+        .expect("the announcement was acknowledged");
+    let detected = at(&|e| matches!(e, ClientEvent::LossDetected { .. })).expect("a loss detected");
+    let switched = at(&|e| matches!(e, ClientEvent::PrimaryChanged { to, .. } if *to == addr(NEW)))
+        .expect("R-Explicit moved to NEW");
+    println!(
+        "[r-explicit, loss on the old path] acknowledged at {acknowledged:?}, datagram dropped \
+         at {loss_at:?}, loss detected at {detected:?}, switched to NEW at {switched:?}"
+    );
+    assert!(acknowledged < loss_at, "it stayed at OLD after the ack");
+    assert!(detected > loss_at && switched > detected);
+    assert_eq!(sim.loss[0].dropped, 1);
+    assert_eq!(sim.traffic.lost.get(&addr(OLD)), Some(&1));
+    assert!(
+        sim.listening.contains(&addr(OLD)),
+        "OLD answered throughout"
+    );
+    assert_eq!(
+        sim.traffic.dropped.get(&addr(OLD)),
+        None,
+        "nothing else lost"
+    );
+    // Every request completed, in order; the early ones at OLD, the late ones at NEW.
+    assert_eq!(sim.app.records.len(), 25);
+    for (i, record) in sim.app.records.iter().enumerate() {
+        assert_eq!(record.index, i);
+    }
+    assert!(
+        sim.app.records[..LOSS_AFTER]
+            .iter()
+            .all(|r| r.server == addr(OLD))
+    );
+    assert_eq!(sim.app.records.last().unwrap().server, addr(NEW));
+}
+
+/// Migration under seeded random loss on every path, both ways: each strategy
+/// still loses no request and ends at NEW.
+#[test]
+fn no_request_is_lost_under_seeded_random_loss() {
+    const RATE_PER_MILLION: u32 = 50_000; // 5 %
+    for strategy in [
+        Strategy::ProactiveExplicit,
+        Strategy::ReactiveExplicit,
+        Strategy::PoolOfAddresses,
+    ] {
+        for seed in 1..=5 {
+            let (pool, cue) = match strategy {
+                Strategy::PoolOfAddresses => (
+                    vec![addr(POOL_A), addr(NEW), addr(POOL_C)],
+                    MoveCue::Silent {
+                        after_requests: MIGRATE_AFTER,
+                    },
+                ),
+                _ => (
+                    Vec::new(),
+                    MoveCue::Announce {
+                        after_requests: MIGRATE_AFTER,
+                    },
+                ),
+            };
+            let loss = LossRule::new(
+                None,
+                Direction::Both,
+                LossPattern::Random {
+                    per_million: RATE_PER_MILLION,
+                    seed,
+                },
+            );
+            let outcome = run(
+                strategy,
+                Duration::from_millis(100),
+                pool,
+                cue,
+                Mode::BackToBack,
+                TOTAL,
+                vec![loss],
+            );
+            let rule = &outcome.loss[0];
+            println!(
+                "[random loss 5%] strategy={strategy} seed={seed}: {} of {} datagrams dropped; \
+                 resume delay {:?}; worst request +{:?} over the median {:?}",
+                rule.dropped,
+                rule.matched,
+                outcome.resume_delay(),
+                outcome.extra_delay(),
+                outcome.baseline(),
+            );
+            assert!(rule.dropped >= 1, "the loss knob dropped something");
+            assert_eq!(outcome.traffic.lost_total() as u64, rule.dropped);
+            outcome.check_no_request_lost(TOTAL);
+            outcome.check_routable();
+        }
+    }
+}
+
+/// The loss knob itself: each pattern drops exactly the datagrams it selects.
+#[test]
+fn the_loss_knob_drops_exactly_what_it_selects() {
+    let crypto = crypto();
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::ProactiveExplicit,
+        addr(OLD),
+        Vec::new(),
+        EchoClient::new(Mode::BackToBack, 40),
+    );
+    sim.loss = vec![
+        LossRule::new(
+            Some(addr(OLD)),
+            Direction::ToServer,
+            LossPattern::EveryKth(7),
+        ),
+        LossRule::new(
+            None,
+            Direction::ToClient,
+            LossPattern::Nth(vec![20, 21, 40]),
+        ),
+        // Matches nothing: nobody talks to NEW.
+        LossRule::new(Some(addr(NEW)), Direction::Both, LossPattern::Next(5)),
+    ];
+    sim.run(RUN_LIMIT, |sim| sim.app.done());
+    assert_eq!(sim.app.records.len(), 40, "QUIC repaired every loss");
+    let every_7th = &sim.loss[0];
+    assert!(every_7th.matched >= 40);
+    assert_eq!(every_7th.dropped, every_7th.matched / 7);
+    let nth = &sim.loss[1];
+    assert!(nth.matched >= 40);
+    assert_eq!(nth.dropped, 3);
+    assert_eq!((sim.loss[2].matched, sim.loss[2].dropped), (0, 0));
+    assert_eq!(
+        sim.traffic.lost.get(&addr(OLD)).copied().unwrap_or(0) as u64,
+        every_7th.dropped
+    );
+    assert_eq!(
+        sim.traffic.lost_total() as u64,
+        every_7th.dropped + nth.dropped
+    );
+
+    // The same seed drops the same datagrams; another seed others.
+    let dropped_with = |seed| {
+        let mut rule = LossRule::new(
+            None,
+            Direction::Both,
+            LossPattern::Random {
+                per_million: 100_000,
+                seed,
+            },
+        );
+        (0..1000u32)
+            .filter(|_| rule.drops(true, addr(OLD)))
+            .collect::<Vec<_>>()
+    };
+    let first = dropped_with(7);
+    assert_eq!(first, dropped_with(7));
+    assert_ne!(first, dropped_with(8));
+    // About 10 % of 1000.
+    assert!((60..=140).contains(&first.len()), "{}", first.len());
+}
+
+/// P-Explicit when the datagram carrying its acknowledgement of
+/// SERVER_MIGRATION is lost: the client already sends only to NEW, the server
+/// (still at OLD, unacknowledged) does not move, and only the fallback to
+/// previously validated addresses (`fallback_after`, 2 s) brings the
+/// acknowledgement to OLD. Nothing is lost, but the stall is that long.
+#[test]
+fn p_explicit_recovers_through_the_fallback_when_its_acknowledgement_is_lost() {
+    let crypto = crypto();
+    let mut sim = migr_pair(
+        &crypto,
+        Strategy::ProactiveExplicit,
+        addr(OLD),
+        Vec::new(),
+        EchoClient::new(Mode::BackToBack, TOTAL),
+    );
+    let mut announced_at = None;
+    let mut acknowledged_at = None;
+    sim.run(RUN_LIMIT, |sim| {
+        if sim.app.records.len() >= MIGRATE_AFTER && announced_at.is_none() {
+            announced_at = Some(sim.elapsed());
+            let server = sim.server.as_migr().unwrap();
+            assert_eq!(
+                server.endpoint.announce_migration_to_all(addr(NEW)).len(),
+                1
+            );
+            // The client's next datagram to OLD carries the acknowledgement.
+            sim.loss.push(LossRule::new(
+                Some(addr(OLD)),
+                Direction::ToServer,
+                LossPattern::Next(1),
+            ));
+        }
+        let server = sim.server.as_migr().unwrap();
+        let acknowledged = server
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, ServerEvent::MigrationAcknowledged { .. }));
+        if acknowledged && acknowledged_at.is_none() {
+            acknowledged_at = Some(sim.elapsed());
+            sim.listening.remove(&addr(OLD));
+            sim.listening.insert(addr(NEW));
+        }
+        sim.app.done()
+    });
+    let (announced_at, acknowledged_at) = (announced_at.unwrap(), acknowledged_at.unwrap());
+    let events = take_client_events(&mut sim);
+    let widened = events
+        .iter()
+        .filter(|(_, e)| matches!(e, ClientEvent::ProbingStarted { targets } if targets.contains(&addr(OLD))))
+        .map(|(t, _)| *t)
+        .next()
+        .expect("the client fell back to OLD");
+    let worst = sim
+        .app
+        .records
+        .iter()
+        .map(|r| r.service_time())
+        .max()
+        .unwrap();
+    println!(
+        "[p-explicit, acknowledgement lost] announced at {announced_at:?}, fell back to OLD at \
+         {widened:?}, server saw the acknowledgement at {acknowledged_at:?}; worst request {worst:?}"
+    );
+    assert_eq!(sim.loss[0].dropped, 1);
+    assert!(widened >= announced_at + Duration::from_secs(2));
+    assert!(
+        acknowledged_at >= widened,
+        "the acknowledgement reached OLD only then"
+    );
+    assert_eq!(sim.app.records.len(), TOTAL, "no request lost");
+    assert_eq!(sim.app.records.last().unwrap().server, addr(NEW));
 }

@@ -36,6 +36,18 @@ pub struct Crypto {
     pub client: ClientConfig,
 }
 
+/// quinn-proto draws random numbers (packet-number skips, key-update
+/// intervals, path challenges) that change packet timing a little; seeded,
+/// every run of a simulation is the same. One seed per endpoint role.
+pub fn seeded(seed: u8) -> EndpointConfig {
+    let mut config = EndpointConfig::default();
+    config.rng_seed(Some([seed; 32]));
+    config
+}
+
+const SERVER_SEED: u8 = 1;
+const CLIENT_SEED: u8 = 2;
+
 pub fn crypto() -> Crypto {
     let cert = SelfSigned::generate(&["migr.test"]).unwrap();
     Crypto {
@@ -402,11 +414,16 @@ impl MigrServer {
     pub fn new(crypto: &Crypto, pool: Vec<SocketAddr>) -> Self {
         let generator = RoutableCidGenerator::new(cid_config(), SERVER_ID).unwrap();
         Self {
-            endpoint: ServerEndpoint::new(ServerEndpointConfig {
-                server_config: crypto.server.clone(),
-                cid_generator: generator,
-                pool,
-            }),
+            endpoint: ServerEndpoint::with_endpoint_config(
+                ServerEndpointConfig {
+                    server_config: crypto.server.clone(),
+                    cid_generator: generator,
+                    pool,
+                },
+                |config| {
+                    config.rng_seed(Some([SERVER_SEED; 32]));
+                },
+            ),
             apps: HashMap::new(),
             events: Vec::new(),
             now: Instant::now(),
@@ -485,7 +502,7 @@ impl PlainServer {
     pub fn new(crypto: &Crypto) -> Self {
         Self {
             endpoint: Endpoint::new(
-                Arc::new(EndpointConfig::default()),
+                Arc::new(seeded(SERVER_SEED)),
                 Some(crypto.server.clone()),
                 true,
                 None,
@@ -617,8 +634,9 @@ impl MigrClient {
         server: SocketAddr,
     ) -> Self {
         Self {
-            endpoint: ClientEndpoint::connect(
+            endpoint: ClientEndpoint::connect_with_endpoint_config(
                 now,
+                seeded(CLIENT_SEED),
                 crypto.client.clone(),
                 config,
                 server,
@@ -705,7 +723,7 @@ pub struct PlainClient {
 
 impl PlainClient {
     pub fn connect(now: Instant, crypto: &Crypto, server: SocketAddr) -> Self {
-        let mut endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
+        let mut endpoint = Endpoint::new(Arc::new(seeded(CLIENT_SEED)), None, true, None);
         let (ch, conn) = endpoint
             .connect(now, crypto.client.clone(), server, "migr.test")
             .unwrap();
@@ -855,8 +873,13 @@ pub struct LossRule {
 impl LossRule {
     pub fn new(server: Option<SocketAddr>, direction: Direction, pattern: LossPattern) -> Self {
         let rng = match pattern {
-            // xorshift must not start at 0.
-            LossPattern::Random { seed, .. } => seed | 1,
+            // splitmix64 spreads nearby seeds apart; xorshift must not start at 0.
+            LossPattern::Random { seed, .. } => {
+                let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)).max(1)
+            }
             _ => 0,
         };
         Self {
@@ -869,8 +892,9 @@ impl LossRule {
         }
     }
 
-    /// Counts the datagram if it matches; returns whether to drop it.
-    fn drops(&mut self, to_server: bool, server_side: SocketAddr) -> bool {
+    /// Counts a datagram (to the server or not; `server_side` is the server's
+    /// address on it) if it matches; returns whether to drop it.
+    pub fn drops(&mut self, to_server: bool, server_side: SocketAddr) -> bool {
         let direction = match self.direction {
             Direction::ToServer => to_server,
             Direction::ToClient => !to_server,
