@@ -54,6 +54,7 @@ fn learned_tokens_equal_the_kernels_for_two_connections_with_two_subflows() {
             server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: true,
             period: PERIOD,
+            announce_first: false,
         },
     )
     .unwrap();
@@ -107,6 +108,7 @@ fn freeze_with_steering_parks_both_subflows_and_loses_nothing() {
             server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: true,
             period: PERIOD,
+            announce_first: false,
         },
     )
     .unwrap();
@@ -165,6 +167,7 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
             server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
             join: false,
             period: PERIOD,
+            announce_first: false,
         },
     )
     .unwrap();

@@ -75,7 +75,10 @@ fn main() -> Result<()> {
                 rcvbuf,
             )?
         }
-        other => bail!("unknown scenario {other:?} (mptcp-freeze, mptcp-handover)"),
+        "mptcp-join-race" => join_race(bins, runs)?,
+        other => {
+            bail!("unknown scenario {other:?} (mptcp-freeze, mptcp-handover, mptcp-join-race)")
+        }
     };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -100,6 +103,66 @@ fn flag(args: &[String], name: &str) -> Result<Option<String>> {
 const CONNECTIONS: u32 = 2;
 const PERIOD: Duration = Duration::from_millis(5);
 
+/// B's endpoint configured before the connections: how many joins does the
+/// datapath classify (their token learned before the MP_JOIN SYN arrived)?
+fn join_race(bins: &'static lab::Bins, runs: usize) -> Result<Value> {
+    let mut list = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..runs {
+        let once = || -> Result<Value> {
+            let lab = freeze::FreezeLab::new(
+                bins,
+                &freeze::Options {
+                    connections: CONNECTIONS,
+                    replay_rate: None,
+                    server_rcvbuf: None,
+                    join: false,
+                    period: PERIOD,
+                    announce_first: true,
+                },
+            )?;
+            let stats = lab.agent.stats()?;
+            let joins = lab.kernel()?.iter().map(|c| c.subflows - 1).sum::<u32>();
+            Ok(json!({
+                "joins": joins,
+                "joins_learned": lab::num(&stats, &["reasons", "flows_learned"]),
+                "joins_unknown_token": lab::num(&stats, &["reasons", "mptcp_unknown_token"]),
+                "tokens_learned": lab.agent.tokens()?.len(),
+            }))
+        };
+        match once() {
+            Ok(v) => {
+                println!(
+                    "run {}/{runs}: {} joins, {} learned, {} with a token unknown on arrival",
+                    i + 1,
+                    v["joins"],
+                    v["joins_learned"],
+                    v["joins_unknown_token"]
+                );
+                list.push(v);
+            }
+            Err(e) => {
+                println!("run {}/{runs}: FAILED: {e:#}", i + 1);
+                failures.push(json!({"run": i, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    let joins: u64 = list.iter().filter_map(|v| v["joins"].as_u64()).sum();
+    let learned: u64 = list
+        .iter()
+        .filter_map(|v| v["joins_learned"].as_u64())
+        .sum();
+    Ok(json!({
+        "schema": lab::SCHEMA,
+        "scenario": "mptcp-join-race",
+        "environment": lab::environment(),
+        "params": {"runs": runs, "connections": CONNECTIONS},
+        "total": {"joins": joins, "joins_learned": learned},
+        "runs": list,
+        "failures": failures,
+    }))
+}
+
 fn freeze_scenario(
     bins: &'static lab::Bins,
     runs: usize,
@@ -120,6 +183,7 @@ fn freeze_scenario(
                         server_rcvbuf: rcvbuf,
                         join: true,
                         period: PERIOD,
+                        announce_first: false,
                     },
                 )?;
                 let r = freeze::freeze_once(&mut lab, v.steering, freeze)?;

@@ -57,6 +57,11 @@ pub struct Options {
     /// Announce B and wait for the joins before returning.
     pub join: bool,
     pub period: Duration,
+    /// Configure B's signal endpoint before the connections exist (as a
+    /// deployment would), so that each join races the agent's learning of
+    /// the connection's token; `new` then returns once the joins are done,
+    /// learned or not (the join-race measurement).
+    pub announce_first: bool,
 }
 
 impl FreezeLab {
@@ -129,12 +134,24 @@ impl FreezeLab {
             node,
             scratch,
         };
+        if opts.announce_first {
+            lab.announce_b()?;
+        }
         let to: SocketAddr = format!("{A}:{PORT}").parse()?;
         for id in 0..opts.connections {
             lab.streams
                 .push(Stream::connect(&lab.client, to, id, opts.period)?);
         }
         let n = opts.connections as usize;
+        if opts.announce_first {
+            lab.wait_subflows(2)?;
+            wait_until(Duration::from_secs(10), "the tokens learned", || {
+                Ok(lab.agent.tokens()?.len() == n)
+            })?;
+            // Give a learned join's event time to arrive.
+            std::thread::sleep(Duration::from_millis(200));
+            return Ok(lab);
+        }
         wait_until(
             Duration::from_secs(10),
             "the agent to learn every connection's token",
@@ -149,6 +166,7 @@ impl FreezeLab {
                         == n)
             },
         )?;
+        lab.check_tokens()?;
         if opts.join {
             lab.announce_b()?;
             lab.wait_subflows(2)?;
@@ -157,6 +175,25 @@ impl FreezeLab {
             })?;
         }
         Ok(lab)
+    }
+
+    /// The tokens the agent installed for the service are exactly the
+    /// server kernel's tokens of its connections.
+    pub fn check_tokens(&self) -> Result<()> {
+        let kernel: std::collections::BTreeSet<u32> =
+            self.kernel()?.iter().map(|c| c.token).collect();
+        let learned: std::collections::BTreeSet<u32> = self
+            .agent
+            .tokens()?
+            .into_iter()
+            .filter(|(_, s)| *s == SERVICE_ID)
+            .map(|(t, _)| t)
+            .collect();
+        ensure!(
+            kernel == learned,
+            "learned tokens {learned:08x?} differ from the kernel's {kernel:08x?}"
+        );
+        Ok(())
     }
 
     /// The server's MPTCP connections, as its kernel sees them.

@@ -252,6 +252,16 @@ impl HandoverLab {
                         == n)
             },
         )?;
+        let kernel: std::collections::BTreeSet<u32> = lab::kernel_conns(&lab.svc)?
+            .iter()
+            .map(|c| c.token)
+            .collect();
+        let learned: std::collections::BTreeSet<u32> =
+            lab.agent_a.tokens()?.into_iter().map(|(t, _)| t).collect();
+        ensure!(
+            kernel == learned,
+            "node A's learned tokens {learned:08x?} differ from the kernel's {kernel:08x?}"
+        );
         Ok(lab)
     }
 
