@@ -152,10 +152,14 @@ impl RunConfig {
         Self {
             protocol: Protocol::Tcp,
             strategy: "tcp".into(),
-            // About 30,000 requests a second here: a second before the
-            // migration, a second and a half after the restore.
+            // About 30,000 requests a second here (45 with the latency
+            // preset): a second or two before the migration, a second and a
+            // half after the restore.
             requests: 10_000_000,
-            migrate_after: 30_000,
+            migrate_after: match preset {
+                Preset::Latency => 60,
+                Preset::None | Preset::Bandwidth => 30_000,
+            },
             stop_after_restore_ms: Some(1500),
             ..Self::back_to_back(steering, preset)
         }
@@ -259,6 +263,9 @@ pub struct Run {
     pub src_phases: Vec<(String, f64)>,
     pub dst_phases: Vec<(String, f64)>,
     pub lock_tables_removed: Vec<String>,
+    /// Latency preset: frames its delay lines failed to pass on (0 is the
+    /// only good value).
+    pub delay_line_failures: u64,
     pub requests_detail: Vec<Request>,
     pub work_dir: PathBuf,
 }
@@ -342,6 +349,7 @@ impl Run {
                 "restore": phases(&self.dst_phases),
             },
             "lock_tables_removed": self.lock_tables_removed,
+            "delay_line_failures": self.delay_line_failures,
         })
     }
 
@@ -701,6 +709,18 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     // The rest of the requests, then the numbers.
     if let Some(ms) = cfg.stop_after_restore_ms {
         std::thread::sleep(Duration::from_millis(ms));
+        // The connection's TCP state on both ends, for the record.
+        for (ns, name) in [
+            (&topo.client, "ss-client"),
+            (&topo.dst_ct, "ss-dst-container"),
+        ] {
+            if let Ok(text) = ns.exec(&["ss", "-tinoe"]) {
+                let _ = std::fs::write(d.join(name), text);
+            }
+            if let Ok(text) = ns.exec(&["cat", "/proc/net/netstat"]) {
+                let _ = std::fs::write(d.join(format!("{name}.netstat")), text);
+            }
+        }
         std::fs::write(d.join("client.stop"), b"")?;
     }
     let client_status = client.wait_exit(Duration::from_secs(300))?;
@@ -783,6 +803,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         src_phases,
         dst_phases,
         lock_tables_removed,
+        delay_line_failures: topo.delay_failures(),
         requests_detail,
         work_dir: d.clone(),
     };

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod criu;
+pub mod delay;
 pub mod migration;
 pub mod proc;
 pub mod scenarios;

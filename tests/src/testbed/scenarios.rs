@@ -103,6 +103,34 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
+    for steering in [true, false] {
+        let mut config = RunConfig::back_to_back(steering, Preset::Latency);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!(
+                "quic-b2b-p-explicit-small-latency-steering-{}",
+                onoff(steering)
+            ),
+            description: format!(
+                "as quic-b2b-p-explicit-small-steering-{0}, with seed 002's latency setting \
+                 (20 ms at the source node, 2 ms elsewhere; delay lines, no netem here)",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+        let mut config = RunConfig::tcp_back_to_back(steering, Preset::Latency);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!("tcp-b2b-small-latency-steering-{}", onoff(steering)),
+            description: format!(
+                "as tcp-b2b-small-steering-{0}, with seed 002's latency setting",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
     out
 }
 

@@ -40,6 +40,11 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Res
                 match stream.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
+                        // CRIU 4.1.1 does not carry TCP_NODELAY over a
+                        // checkpoint: a restored socket would run Nagle
+                        // (and stall on the client's delayed ACKs). Set
+                        // it again before every write.
+                        let _ = stream.set_nodelay(true);
                         if stream.write_all(&buf[..n]).is_err() {
                             return;
                         }

@@ -21,6 +21,9 @@
 
 use anyhow::{Context as _, Result, bail};
 
+use std::time::Duration;
+
+use super::delay::DelayLine;
 use crate::{NetNs, netns::mac_of, veth_pair};
 
 pub const CLIENT_IP: &str = "10.60.0.2";
@@ -48,8 +51,8 @@ pub enum Preset {
     /// No qdisc: veth speed.
     None,
     /// Seed 002's latency setting: 20 ms on the source node's link, 2 ms on
-    /// the destination node's and the client's (netem delay on each host's
-    /// egress towards the router).
+    /// the destination node's and the client's (each host's egress towards
+    /// the router; a delay line in a namespace in the middle of the link).
     Latency,
     /// Seed 002's bandwidth setting: 100 Mbit/s on the source node's link,
     /// 500 Mbit/s on the destination node's and the client's (tbf).
@@ -76,51 +79,27 @@ impl Preset {
 
     /// The qdisc for (source node, destination node, client) egress.
     /// This kernel has tbf and htb but no netem (CONFIG_NET_SCH_NETEM is
-    /// off) and no fq, so delay cannot be set with tc here.
+    /// off) and no fq, so delays are not a qdisc here but a delay line
+    /// (tests/src/testbed/delay.rs) in the middle of each link.
     fn qdiscs(self) -> Result<Option<[Vec<&'static str>; 3]>> {
         let tbf = |rate| vec!["tbf", "rate", rate, "burst", "64kb", "latency", "100ms"];
         Ok(match self {
             Self::None => None,
-            Self::Latency => {
-                let probe = netem_available();
-                if !probe {
-                    bail!(
-                        "the latency preset needs tc's netem qdisc, which this kernel lacks \
-                         (CONFIG_NET_SCH_NETEM is not set)"
-                    );
-                }
-                Some([
-                    vec!["netem", "delay", "20ms", "limit", "100000"],
-                    vec!["netem", "delay", "2ms", "limit", "100000"],
-                    vec!["netem", "delay", "2ms", "limit", "100000"],
-                ])
-            }
+            // Delay lines instead (see `build`).
+            Self::Latency => None,
             Self::Bandwidth => Some([tbf("100mbit"), tbf("500mbit"), tbf("500mbit")]),
         })
     }
-}
-
-/// Does this kernel have the netem qdisc? (Tried on a veth in a scratch namespace.)
-fn netem_available() -> bool {
-    let Ok(ns) = NetNs::new("probe") else {
-        return false;
-    };
-    let ok = ns
-        .ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"])
-        .is_ok()
-        && ns
-            .exec(&[
-                "tc", "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms",
-            ])
-            .is_ok();
-    drop(ns);
-    ok
 }
 
 /// The namespaces; dropping it kills what still runs in them (by PID) and
 /// deletes them.
 pub struct Topology {
     pub preset: Preset,
+    /// The latency preset's delay lines (stopped before the namespaces go).
+    delays: Vec<DelayLine>,
+    /// Their namespaces, one in the middle of each delayed link.
+    delay_ns: Vec<NetNs>,
     pub client: NetNs,
     pub router: NetNs,
     pub src: NetNs,
@@ -131,8 +110,10 @@ pub struct Topology {
 
 impl Topology {
     pub fn build(preset: Preset) -> Result<Self> {
-        let t = Self {
+        let mut t = Self {
             preset,
+            delays: Vec::new(),
+            delay_ns: Vec::new(),
             client: NetNs::new("cli")?,
             router: NetNs::new("rtr")?,
             src: NetNs::new("src")?,
@@ -140,30 +121,77 @@ impl Topology {
             src_ct: NetNs::new("sct")?,
             dst_ct: NetNs::new("dct")?,
         };
-        veth_pair(
-            &t.client,
-            "c-r",
-            &format!("{CLIENT_IP}/24"),
-            &t.router,
-            "r-c",
-            &format!("{ROUTER_CLIENT_IP}/24"),
-        )?;
-        veth_pair(
-            &t.router,
-            ROUTER_TO_SRC,
-            &format!("{ROUTER_SRC_IP}/24"),
-            &t.src,
-            SRC_UPLINK,
-            &format!("{SRC_NODE_IP}/24"),
-        )?;
-        veth_pair(
-            &t.router,
-            ROUTER_TO_DST,
-            &format!("{ROUTER_DST_IP}/24"),
-            &t.dst,
-            DST_UPLINK,
-            &format!("{DST_NODE_IP}/24"),
-        )?;
+        // The three links through the router; with the latency preset each
+        // has a delay line in the middle (seed 002: the hosts' egress).
+        let ms = Duration::from_millis;
+        let delayed = preset == Preset::Latency;
+        for (a, a_if, a_addr, b, b_if, b_addr, a_to_b, b_to_a) in [
+            (
+                &t.client,
+                "c-r",
+                CLIENT_IP,
+                &t.router,
+                "r-c",
+                ROUTER_CLIENT_IP,
+                ms(2),
+                ms(0),
+            ),
+            (
+                &t.router,
+                ROUTER_TO_SRC,
+                ROUTER_SRC_IP,
+                &t.src,
+                SRC_UPLINK,
+                SRC_NODE_IP,
+                ms(0),
+                ms(20),
+            ),
+            (
+                &t.router,
+                ROUTER_TO_DST,
+                ROUTER_DST_IP,
+                &t.dst,
+                DST_UPLINK,
+                DST_NODE_IP,
+                ms(0),
+                ms(2),
+            ),
+        ] {
+            let (a_addr, b_addr) = (format!("{a_addr}/24"), format!("{b_addr}/24"));
+            if !delayed {
+                veth_pair(a, a_if, &a_addr, b, b_if, &b_addr)?;
+                continue;
+            }
+            let mid = NetNs::new("dly")?;
+            for (ns, dev, peer, addr) in [(a, a_if, "m-a", &a_addr), (b, b_if, "m-b", &b_addr)] {
+                ns.ip(&[
+                    "link",
+                    "add",
+                    "name",
+                    dev,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    peer,
+                    "netns",
+                    mid.name(),
+                ])?;
+                ns.ip(&["addr", "add", addr, "dev", dev])?;
+                ns.ip(&["link", "set", dev, "up"])?;
+                mid.ip(&["link", "set", peer, "up"])?;
+                // Full checksums; NAPI (GRO) so that XDP_TX from the host's
+                // end reaches the middle.
+                mid.exec(&["ethtool", "-K", peer, "tx", "off", "gro", "on"])?;
+                // But GRO must merge nothing: a merged TCP packet reaches
+                // the packet socket with its first segment's checksum, and
+                // the line would send it on broken.
+                mid.ip(&["link", "set", peer, "gro_max_size", "1"])?;
+            }
+            t.delays
+                .push(DelayLine::start(&mid, "m-a", "m-b", a_to_b, b_to_a)?);
+            t.delay_ns.push(mid);
+        }
         veth_pair(
             &t.src,
             "s-ct",
@@ -224,6 +252,9 @@ impl Topology {
         // A frame an agent sends back out with XDP_TX reaches the router's
         // end of the veth only if that end has NAPI, which GRO turns on.
         for dev in [ROUTER_TO_SRC, ROUTER_TO_DST] {
+            if delayed {
+                break;
+            }
             t.router
                 .exec(&["ethtool", "-K", dev, "gro", "on"])
                 .with_context(|| format!("ethtool -K {dev} gro on"))?;
@@ -250,6 +281,14 @@ impl Topology {
             let _ = arp_warm(ns, target);
         }
         Ok(t)
+    }
+
+    /// Frames the delay lines could not pass on (0 without delay lines).
+    pub fn delay_failures(&self) -> u64 {
+        self.delays
+            .iter()
+            .map(|d| d.failed.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// All namespace names, for messages.
