@@ -26,7 +26,8 @@ const USAGE: &str = "usage:
   migr-testbed demo
   migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
                     [--preset none|latency|bandwidth] [--mode back-to-back|sporadic]
-                    [--ballast-mb MB] [--requests N] [--migrate-after K]
+                    [--ballast-mb MB] [--technique cold|post-copy-local]
+                    [--requests N] [--migrate-after K]
                     [--json PATH] [--keep] [--quiet]
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
@@ -118,6 +119,7 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             "--json",
             "--mode",
             "--ballast-mb",
+            "--technique",
         ],
         &["--keep", "--quiet"],
     )?;
@@ -150,6 +152,11 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             };
         }
         Some(other) => bail!("--mode back-to-back|sporadic, not {other:?}"),
+    }
+    match o.value("--technique")? {
+        None | Some("cold") => {}
+        Some("post-copy-local") => cfg.technique = migration::Technique::PostCopyLocal,
+        Some(other) => bail!("--technique cold|post-copy-local, not {other:?}"),
     }
     if let Some(n) = o.value("--ballast-mb")? {
         cfg.ballast_mb = n.parse().context("--ballast-mb")?;

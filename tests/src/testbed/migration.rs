@@ -85,6 +85,28 @@ impl Mode {
     }
 }
 
+/// How CRIU moves the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Technique {
+    /// Dump everything, copy, restore everything.
+    Cold,
+    /// Post-copy with CRIU's lazy pages, the local variant: a plain dump
+    /// and copy, then `criu lazy-pages` at the destination serves the pages
+    /// from the copied images while `criu restore --lazy-pages` starts the
+    /// tasks without filling their memory (the remote page server fails
+    /// here: shared/notes/criu.md).
+    PostCopyLocal,
+}
+
+impl Technique {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::PostCopyLocal => "post-copy-local",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub protocol: Protocol,
@@ -93,6 +115,7 @@ pub struct RunConfig {
     pub strategy: String,
     pub preset: Preset,
     pub mode: Mode,
+    pub technique: Technique,
     /// MiB of touched memory in the server process (the container's size).
     pub ballast_mb: usize,
     /// Requests the client sends in all.
@@ -125,6 +148,7 @@ impl RunConfig {
             strategy: "p-explicit".into(),
             preset,
             mode: Mode::BackToBack,
+            technique: Technique::Cold,
             ballast_mb: 0,
             stop_after_restore_ms: None,
             requests,
@@ -167,8 +191,9 @@ impl RunConfig {
 
     fn label(&self) -> String {
         format!(
-            "{}-{}-{}-{}-{}",
+            "{}-{}-{}-{}-{}-{}",
             self.protocol.name(),
+            self.technique.name(),
             self.mode.name(),
             self.strategy,
             if self.steering { "on" } else { "off" },
@@ -226,6 +251,7 @@ pub struct Run {
     pub strategy: String,
     pub preset: Preset,
     pub mode: Mode,
+    pub technique: Technique,
     pub ballast_mb: usize,
     pub requests: usize,
     pub answered: usize,
@@ -257,6 +283,9 @@ pub struct Run {
     /// scenario 1). Back to back: None (the longest gap says more).
     pub after_migration_service_ms: Option<f64>,
     pub image_bytes: u64,
+    /// Post-copy: from post-resume until the lazy-pages daemon had served
+    /// every page and exited.
+    pub lazy_pages_ms: Option<f64>,
     pub client_summary: std::collections::BTreeMap<String, String>,
     pub src_frames: Option<Frames>,
     pub dst_frames: Option<Frames>,
@@ -310,7 +339,8 @@ impl Run {
             "steering": self.steering,
             "strategy": self.strategy,
             "preset": self.preset.name(),
-            "technique": "cold",
+            "technique": self.technique.name(),
+            "lazy_pages_ms": self.lazy_pages_ms,
             "mode": self.mode.name(),
             "period_ms": match self.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
             "ballast_mb": self.ballast_mb,
@@ -676,13 +706,36 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     wait_until(Duration::from_secs(5), "the dumped PID to be free", || {
         Ok(pid_free(server_pid))
     })?;
+    let mut restore_extra = criu_extra.to_vec();
+    let mut lazy = None;
+    if cfg.technique == Technique::PostCopyLocal {
+        let mut cmd = Command::new(&bins.criu);
+        cmd.arg("lazy-pages")
+            .arg("-D")
+            .arg(&images_dst)
+            .args(["-v4", "-o"])
+            .arg(d.join("lazy-pages.log"));
+        lazy = Some(Proc::spawn(
+            "criu lazy-pages",
+            &mut cmd,
+            Spawn {
+                stderr: Some(&d.join("lazy-pages.err")),
+                ..Spawn::default()
+            },
+        )?);
+        let socket = images_dst.join("lazy-pages.socket");
+        wait_until(Duration::from_secs(10), "the lazy-pages daemon", || {
+            Ok(socket.exists())
+        })?;
+        restore_extra.push("--lazy-pages");
+    }
     let (restore, restored_pid) = criu::restore(
         bins,
         &images_dst,
         &topo.dst_ct,
         &dst_hook,
         &d.join("restore.log"),
-        criu_extra,
+        &restore_extra,
     )?;
     let mut restored = Adopted {
         name: "the restored server".into(),
@@ -723,7 +776,31 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         }
         std::fs::write(d.join("client.stop"), b"")?;
     }
-    let client_status = client.wait_exit(Duration::from_secs(300))?;
+    // Wait for the client; post-copy: note when the lazy-pages daemon,
+    // which exits once it served every page, is done.
+    let mut lazy_done = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let client_status = loop {
+        if lazy_done.is_none()
+            && let Some(p) = lazy.as_mut()
+            && p.try_exit().is_some()
+        {
+            lazy_done = Some(now_s());
+        }
+        if let Some(status) = client.try_exit() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!("the client did not finish within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    if let Some(p) = lazy.as_mut()
+        && lazy_done.is_none()
+    {
+        p.wait_exit(Duration::from_secs(60))?;
+        lazy_done = Some(now_s());
+    }
     if let Some((src, _)) = &agents {
         src.phase(SERVICE, "done", &["--drain-ms", "100"])?;
     }
@@ -766,6 +843,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         strategy: cfg.strategy.clone(),
         preset: cfg.preset,
         mode: cfg.mode,
+        technique: cfg.technique,
         ballast_mb: cfg.ballast_mb,
         requests,
         answered: requests_detail.len(),
@@ -797,6 +875,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             Mode::BackToBack => None,
         },
         image_bytes: dir_bytes(&images),
+        lazy_pages_ms: lazy_done.map(|t| (t - post_resume) * 1e3),
         client_summary,
         src_frames,
         dst_frames,

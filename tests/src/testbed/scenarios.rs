@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{
     Bins,
-    migration::{self, Mode, Protocol, Run, RunConfig},
+    migration::{self, Mode, Protocol, Run, RunConfig, Technique},
     stats::mean_ci95,
     topology::Preset,
 };
@@ -103,6 +103,26 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
+    for (size, mb) in SIZES {
+        for steering in [true, false] {
+            let mut config = RunConfig::back_to_back(steering, Preset::None);
+            config.ballast_mb = mb;
+            config.technique = Technique::PostCopyLocal;
+            out.push(Scenario {
+                name: format!(
+                    "quic-b2b-p-explicit-{size}-postcopy-steering-{}",
+                    onoff(steering)
+                ),
+                description: format!(
+                    "as quic-b2b-p-explicit-{size}-steering-{0}, post-copy: CRIU lazy pages, the \
+                     local daemon at the destination serving the copied images",
+                    onoff(steering)
+                ),
+                config,
+                default_runs: 10,
+            });
+        }
+    }
     for steering in [true, false] {
         let mut config = RunConfig::back_to_back(steering, Preset::Latency);
         config.ballast_mb = 28;
@@ -176,6 +196,7 @@ pub fn summarize(runs: &[Run]) -> Value {
         "median_service_ms": f(&|r| Some(r.median_service_ms)),
         "max_service_ms": f(&|r| Some(r.max_service_ms)),
         "after_migration_service_ms": f(&|r| r.after_migration_service_ms),
+        "lazy_pages_ms": f(&|r| r.lazy_pages_ms),
         "image_bytes": f(&|r| Some(r.image_bytes as f64)),
         "requests_lost": f(&|r| Some(r.lost as f64)),
         "client_lost_packets": f(&|r| r.lost_packets().map(|v| v as f64)),
@@ -251,7 +272,7 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
             "protocol": c.protocol.name(),
             "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
             "steering": c.steering,
-            "technique": "cold",
+            "technique": c.technique.name(),
             "preset": c.preset.name(),
             "mode": c.mode.name(),
             "period_ms": match c.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
