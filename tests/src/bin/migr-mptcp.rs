@@ -33,7 +33,7 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") || args.is_empty() {
         println!(
             "usage: migr-mptcp --scenario mptcp-freeze|mptcp-handover [--runs N] \
-             [--freeze-ms T] [--downtime-ms T] [--variant steering|steering-paced|no-steering] [--server-rcvbuf BYTES] [--out PATH]\n       migr-mptcp serve --bind IP:PORT [--ready FILE]"
+             [--freeze-ms T] [--downtime-ms T] [--variant steering|steering-paced|no-steering|no-steering-reannounce] [--server-rcvbuf BYTES] [--out PATH]\n       migr-mptcp serve --bind IP:PORT [--ready FILE]"
         );
         return Ok(());
     }
@@ -171,6 +171,11 @@ fn freeze_scenario(
     rcvbuf: Option<u32>,
 ) -> Result<Value> {
     let mut per = handover::variants(only)?;
+    // Re-announcing is a handover matter.
+    per.retain(|v| !v.reannounce);
+    if per.is_empty() {
+        bail!("that variant is for the handover only");
+    }
     let mut failures = Vec::new();
     for i in 0..runs {
         for v in per.iter_mut() {

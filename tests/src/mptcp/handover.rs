@@ -36,8 +36,10 @@
 //!   forward target, then A-subflow packets of the switch window are
 //!   forwarded; the target is the service's new place, same IP, reached
 //!   here over its A link, the tunnel of seed 000's Fig. 7). Without
-//!   steering the refused joins are not retried by the kernel, so the
-//!   orchestrator announces B again at once.
+//!   steering the refused joins can complete only by the clients' own SYN
+//!   retransmissions (variant `no-steering`; if there is no subflow to B 5 s
+//!   after ready, the orchestrator announces B again), or the orchestrator
+//!   announces B again at once (`no-steering-reannounce`).
 //! - **switch**: once every connection has its B subflow, REMOVE_ADDR A
 //!   (`ip mptcp endpoint delete id 0 A`); the switch is complete when the
 //!   client has no subflow to A left.
@@ -304,6 +306,9 @@ pub struct HandoverRun {
     pub lost_in_datapath: u64,
     /// Announcements of B needed (1: the proactive one sufficed).
     pub announcements: u32,
+    /// Variant `no-steering`: subflows to B that the clients' own SYN
+    /// retransmissions completed within `NAIVE_WAIT` after ready.
+    pub joins_by_retry: Option<usize>,
     /// Ready → the ready steps done (unlock, SIGCONT, routes; with steering
     /// both `restored` commands returned, without the re-announcement):
     /// orchestration time inside the other times.
@@ -337,10 +342,15 @@ pub const SERVER_COUNTERS: &[&str] = &[
     "MPTcpExtDuplicateData",
 ];
 
+/// Without steering and without re-announcing: how long the orchestrator
+/// waits for the clients' own SYN retransmissions before announcing B again.
+pub const NAIVE_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs one handover on a fresh lab (see the module's description).
 pub fn handover_once(
     lab: &mut HandoverLab,
     steering: bool,
+    reannounce: bool,
     downtime: Duration,
 ) -> Result<HandoverRun> {
     let n = lab.streams.len();
@@ -403,14 +413,31 @@ pub fn handover_once(
     }
     let mut announcements = 1;
     let joined = |lab: &HandoverLab| -> Result<bool> { Ok(lab.subflows_to(&lab.svc, B)? >= n) };
-    if !steering {
-        // The proactive joins were refused, and the kernel does not retry
-        // them: the orchestrator announces B again now that it is there.
+    if reannounce {
+        // The proactive joins were refused; rather than wait for the
+        // clients' SYN retransmissions (1 s, 3 s, ... after the first SYN),
+        // the orchestrator announces B again now that it is there.
         announcements += 1;
         lab.svc.ip(&["mptcp", "endpoint", "delete", "id", "2"])?;
         lab.announce_b()?;
     }
     let steps_ms = ready.elapsed().as_secs_f64() * 1e3;
+    let mut joins_by_retry = None;
+    if !steering && !reannounce {
+        // One announcement, as with steering: the refused joins can only
+        // complete by the clients' own SYN retransmissions. An orchestrator
+        // that sees no subflow to B after NAIVE_WAIT announces B again.
+        let deadline = ready + NAIVE_WAIT;
+        while !joined(lab)? && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        joins_by_retry = Some(lab.subflows_to(&lab.svc, B)?);
+        if !joined(lab)? {
+            announcements += 1;
+            lab.svc.ip(&["mptcp", "endpoint", "delete", "id", "2"])?;
+            lab.announce_b()?;
+        }
+    }
     wait_until(
         Duration::from_secs(10),
         "every connection's subflow to B",
@@ -476,6 +503,7 @@ pub fn handover_once(
             + parked_at_b.saturating_sub(replayed_at_b)
             + failed,
         announcements,
+        joins_by_retry,
         steps_ms,
         join_ms,
         switch_ms,
@@ -515,6 +543,7 @@ pub fn run_json(r: &HandoverRun, rtts: &Rtts) -> Value {
     json!({
         "downtime_ms": r.downtime_ms,
         "announcements": r.announcements,
+        "joins_by_retry": r.joins_by_retry,
         "icmp_unreachable_at_client": r.icmp_unreachable_at_client,
         "icmp_before_ready": r.icmp_before_ready,
         "b_subflows_before_ready": r.b_subflows_before_ready,
@@ -553,7 +582,7 @@ pub fn scenario(
             let once = || -> Result<Value> {
                 let mut lab = HandoverLab::new(bins, CONNECTIONS, v.replay_rate, rcvbuf)?;
                 let rtts = lab.rtts().context("measuring RTTs")?;
-                let r = handover_once(&mut lab, v.steering, downtime)?;
+                let r = handover_once(&mut lab, v.steering, v.reannounce, downtime)?;
                 Ok(run_json(&r, &rtts))
             };
             match once() {
@@ -589,6 +618,7 @@ pub fn scenario(
         ("recovery_ms", &["recovery_ms"]),
         ("stall_ms", &["stall_ms"]),
         ("announcements", &["announcements"]),
+        ("joins_by_retry", &["joins_by_retry"]),
         (
             "icmp_unreachable_at_client",
             &["icmp_unreachable_at_client"],
@@ -639,7 +669,7 @@ pub fn scenario(
             "connections": CONNECTIONS,
             "record_bytes": lab::RECORD,
             "record_period_ms": PERIOD.as_millis() as u64,
-            "announce": "proactive at the trigger; without steering again at ready (the refused joins are not retried by the kernel)",
+            "announce": "proactive at the trigger; no-steering: again if no subflow to B 5 s after ready; no-steering-reannounce: again at ready",
         },
         "variants": variants,
         "rtt_ms": rtt,
@@ -658,6 +688,8 @@ pub fn scenario(
 pub struct Variant {
     pub name: &'static str,
     pub steering: bool,
+    /// Handover only: announce B again at ready.
+    pub reannounce: bool,
     pub replay_rate: Option<u64>,
     pub runs: Vec<Value>,
 }
@@ -668,18 +700,28 @@ pub fn variants(only: Option<&str>) -> Result<Vec<Variant>> {
         Variant {
             name: "steering",
             steering: true,
+            reannounce: false,
             replay_rate: Some(0),
             runs: Vec::new(),
         },
         Variant {
             name: "steering-paced",
             steering: true,
+            reannounce: false,
             replay_rate: None,
             runs: Vec::new(),
         },
         Variant {
             name: "no-steering",
             steering: false,
+            reannounce: false,
+            replay_rate: None,
+            runs: Vec::new(),
+        },
+        Variant {
+            name: "no-steering-reannounce",
+            steering: false,
+            reannounce: true,
             replay_rate: None,
             runs: Vec::new(),
         },
