@@ -180,9 +180,18 @@ struct LoopState {
 extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // SAFETY: bpf_loop hands back the pointer given to it above.
     let state = unsafe { &mut *state };
-    let frame = XdpFrame::cached(state.ctx);
+    // Helper reads, not the header cache: a read from the cache makes the walk's offset a
+    // precise scalar (map value arithmetic), and verifiers that check a bpf_loop callback
+    // until its states converge (Linux 6.8 and later) then see a new state for every offset
+    // and stop at the complexity limit (seen on 6.12: 1M instructions in migr_parse). The
+    // helper's offset argument stays imprecise, so the states converge.
+    let frame = XdpFrame::from_raw(state.ctx, false);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
+
+/// All ones up to [`MAX_PARSE_OFFSET`]: `offset & STORE_OFFSET_MASK == offset` for every
+/// offset a store accepts.
+const STORE_OFFSET_MASK: usize = (MAX_PARSE_OFFSET + 1).next_power_of_two() - 1;
 
 impl migr_common::frame::FrameMut for XdpFrame {
     #[inline(always)]
@@ -190,6 +199,10 @@ impl migr_common::frame::FrameMut for XdpFrame {
         if offset > MAX_PARSE_OFFSET {
             return None;
         }
+        // The mask changes nothing (offset <= MAX_PARSE_OFFSET); it bounds the offset for
+        // verifiers that do not carry the check above over to the register used below
+        // (Linux 6.1 saw an offset of up to 65537 here and refused the store).
+        let offset = core::hint::black_box(offset) & STORE_OFFSET_MASK;
         let at = checked_pointer(self.start + offset);
         if at + N > self.end {
             return None;

@@ -105,28 +105,42 @@ static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0
 struct MapTables;
 
 impl Tables for MapTables {
+    // Every key is copied onto this function's stack first: the callers' keys live in the
+    // per-CPU scratch slot behind a global function's pointer argument, and Linux 6.1 refuses
+    // such memory as a map key ("R2 type=mem expected=fp, ..."; 6.12 accepts it).
     #[inline(always)]
     fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry> {
+        let key = on_stack(key);
         // SAFETY: the value is copied out at once; a concurrent update can at
         // worst give a stale entry, which the next packet corrects.
         unsafe { LISTENERS.get(key) }.copied()
     }
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<u32> {
+        let key = on_stack(key);
         unsafe { FLOWS.get(key) }.copied()
     }
     #[inline(always)]
     fn server_id(&self, server_id: u32) -> Option<u32> {
-        unsafe { SERVER_IDS.get(server_id) }.copied()
+        let key = on_stack(&server_id);
+        unsafe { SERVER_IDS.get(key) }.copied()
     }
     #[inline(always)]
     fn token(&self, token: u32) -> Option<u32> {
-        unsafe { TOKENS.get(token) }.copied()
+        let key = on_stack(&token);
+        unsafe { TOKENS.get(key) }.copied()
     }
     #[inline(always)]
     fn service(&self, service_id: u32) -> Option<ServiceEntry> {
         SERVICES.get(service_id).copied()
     }
+}
+
+/// A copy of `value` that LLVM cannot fold back into a pointer to the original.
+#[inline(always)]
+fn on_stack<T: Copy>(value: &T) -> T {
+    // SAFETY: `value` is a valid reference.
+    unsafe { core::ptr::read_volatile(value) }
 }
 
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
