@@ -77,6 +77,9 @@ enum Command {
         /// Seconds before a guest is killed (per kernel).
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Test binaries of migr-tests to run (default: foundation,datapath,traffic).
+        #[arg(long, value_delimiter = ',')]
+        tests: Vec<String>,
         /// Extra arguments for every test binary in the guest (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
@@ -109,8 +112,9 @@ fn main() {
             kernel,
             accel,
             timeout,
+            tests,
             filter,
-        } => vm::vm_test(&vm::Options::new(kernel, accel, timeout, filter)),
+        } => vm::vm_test(&vm::Options::new(kernel, accel, timeout, filter).with_tests(tests)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -51,6 +51,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Arguments for every test binary (name filters, `--skip`).
     pub filter: Vec<String>,
+    /// The test binaries of `migr-tests` to run, in this order.
+    pub tests: Vec<String>,
 }
 
 impl Options {
@@ -65,7 +67,16 @@ impl Options {
             accel,
             timeout: Duration::from_secs(timeout_secs),
             filter,
+            tests: GUEST_TESTS.iter().map(|t| t.to_string()).collect(),
         }
+    }
+
+    /// Runs only these test binaries of `migr-tests` (none given: [`GUEST_TESTS`]).
+    pub fn with_tests(mut self, tests: Vec<String>) -> Self {
+        if !tests.is_empty() {
+            self.tests = tests;
+        }
+        self
     }
 }
 
@@ -104,9 +115,12 @@ const TEST_MODULES: &[&str] = &["veth", "inet_diag", "tcp_diag", "udp_diag", "mp
 const GUEST_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
 /// The programs the load check reports.
 const PROGRAMS: &[&str] = &["migr", "migr_pass"];
-/// The test binaries of `migr-tests` the guest runs: BPF_PROG_TEST_RUN fixtures and veth
-/// traffic. Not `agent` (agent, CRIU) nor `storm` (a million frames: minutes under TCG).
+/// The test binaries of `migr-tests` the guest runs by default: BPF_PROG_TEST_RUN fixtures
+/// and veth traffic. Not `agent` (agent, CRIU) nor `storm` (a million frames: minutes under
+/// TCG).
 const GUEST_TESTS: &[&str] = &["foundation", "datapath", "traffic"];
+/// The guest's net.core.rmem_default (and rmem_max), in bytes: see the init script.
+const GUEST_RMEM_DEFAULT: u32 = 4 << 20;
 /// How long one binary may run in the guest before busybox's timeout kills it (a hung test
 /// must not hold the whole VM until the host's timeout).
 const GUEST_BINARY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -130,7 +144,7 @@ const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 pub fn vm_test(opts: &Options) -> Result<()> {
     let started = Instant::now();
     let tools = preflight()?;
-    let bins = build_host_binaries()?;
+    let bins = build_host_binaries(&opts.tests)?;
     let vm_dir = run::workspace_root().join("target/vm");
     fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
 
@@ -259,20 +273,20 @@ struct HostBinaries {
     workdir: PathBuf,
 }
 
-fn build_host_binaries() -> Result<HostBinaries> {
+fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
     let t = Instant::now();
     // The same build as `cargo test --package migr-tests` (the privileged stage of `cargo
     // xtask test`), so that the two share the executables.
     let mut args = vec!["test", "--no-run", "--package", "migr-tests"];
-    for name in GUEST_TESTS {
+    for name in wanted {
         args.extend(["--test", name]);
     }
     let out = cargo_json(&args)?;
     let mut tests: Vec<(String, PathBuf)> = artifacts(&out, "test");
-    tests.sort_by_key(|(name, _)| GUEST_TESTS.iter().position(|t| t == name));
+    tests.sort_by_key(|(name, _)| wanted.iter().position(|t| t == name));
     let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
-    if names != GUEST_TESTS {
-        bail!("cargo built the test executables {names:?}, expected {GUEST_TESTS:?} (migr-tests)");
+    if names != wanted {
+        bail!("cargo built the test executables {names:?}, expected {wanted:?} (migr-tests)");
     }
     // `cargo build`, not `cargo test`: the latter builds the example with a test harness.
     let out = cargo_json(&["build", "--package", "migr-user", "--example", "verifier"])?;
@@ -697,6 +711,12 @@ mount -t tmpfs tmpfs /host/dev/shm
 mount -t bpf bpf /host/sys/fs/bpf || fail "mounting bpffs"
 mount -t tmpfs tmpfs /host/run || fail "mounting /run"
 mount -t tmpfs tmpfs /host/tmp || fail "mounting /tmp"
+# Linux 6.1 hands a frame that native XDP on a veth passed to the stack as a whole page
+# (truesize about 4.3 kB), so the default 208 kB socket buffer holds only 49 unread
+# datagrams, with or without migr (a bare XDP_PASS program loses the same). The tests send
+# a batch and read it afterwards: give sockets room for it (docs/vm-tests.md).
+echo {rmem} > /proc/sys/net/core/rmem_max
+echo {rmem} > /proc/sys/net/core/rmem_default
 echo "VMTEST-BTF $(test -r /sys/kernel/btf/vmlinux && echo yes || echo no)"
 echo "VMTEST-READY uptime=$(up)"
 # Runs a host binary in the host's root, in the test crate's directory, as cargo would.
@@ -724,6 +744,7 @@ else
         workdir = q(&bins.workdir),
         verifier = q(&bins.verifier),
         programs = PROGRAMS.len(),
+        rmem = GUEST_RMEM_DEFAULT,
         bin_timeout = GUEST_BINARY_TIMEOUT.as_secs(),
         backtrace = std::env::var("RUST_BACKTRACE")
             .map(|v| format!("RUST_BACKTRACE={} ", sh_quote(&v)))
