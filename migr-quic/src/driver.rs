@@ -63,7 +63,35 @@ struct Shared<R> {
 
 struct State<R> {
     role: R,
+    /// Why a connection ended, for its current generation only.
     closed: HashMap<ConnectionHandle, ConnectionError>,
+    /// quinn-proto reuses a handle once its connection is drained: each
+    /// acceptance of a handle starts a new generation, and an application
+    /// handle of an older generation sees its connection as lost instead of
+    /// reaching the new one (and the new one does not inherit the old loss).
+    generations: HashMap<ConnectionHandle, u64>,
+}
+
+impl<R> State<R> {
+    fn new(role: R) -> Self {
+        Self {
+            role,
+            closed: HashMap::new(),
+            generations: HashMap::new(),
+        }
+    }
+
+    fn generation(&self, ch: ConnectionHandle) -> u64 {
+        self.generations.get(&ch).copied().unwrap_or(0)
+    }
+
+    /// A new connection took `ch`: forget the previous one's loss.
+    fn reuse(&mut self, ch: ConnectionHandle) -> u64 {
+        self.closed.remove(&ch);
+        let generation = self.generations.entry(ch).or_insert(0);
+        *generation += 1;
+        *generation
+    }
 }
 
 impl<R: Role> Shared<R> {
@@ -96,6 +124,8 @@ impl<R: Role> Shared<R> {
 pub struct Connection<R: Role> {
     shared: Arc<Shared<R>>,
     ch: ConnectionHandle,
+    /// Which connection behind `ch` this is (see [`State::generations`]).
+    generation: u64,
 }
 
 impl<R: Role> Clone for Connection<R> {
@@ -103,6 +133,7 @@ impl<R: Role> Clone for Connection<R> {
         Self {
             shared: self.shared.clone(),
             ch: self.ch,
+            generation: self.generation,
         }
     }
 }
@@ -123,7 +154,13 @@ pub struct RecvStream<R: Role> {
     end: Option<UniStreamEnd>,
 }
 
-fn lost<R>(state: &State<R>, ch: ConnectionHandle) -> Option<anyhow::Result<()>> {
+fn lost<R>(
+    state: &State<R>,
+    (ch, generation): (ConnectionHandle, u64),
+) -> Option<anyhow::Result<()>> {
+    if state.generation(ch) != generation {
+        return Some(Err(anyhow!("connection lost: its handle was reused")));
+    }
     state
         .closed
         .get(&ch)
@@ -133,11 +170,11 @@ fn lost<R>(state: &State<R>, ch: ConnectionHandle) -> Option<anyhow::Result<()>>
 impl<R: Role> Connection<R> {
     /// Opens a bidirectional stream (waits for stream credit).
     pub async fn open_bi(&self) -> anyhow::Result<(SendStream<R>, RecvStream<R>)> {
-        let ch = self.ch;
+        let (ch, key) = (self.ch, self.key());
         let id = self
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 let id = state.role.conn(ch)?.streams().open(Dir::Bi)?;
@@ -150,11 +187,11 @@ impl<R: Role> Connection<R> {
 
     /// Waits for the peer's next bidirectional stream.
     pub async fn accept_bi(&self) -> anyhow::Result<(SendStream<R>, RecvStream<R>)> {
-        let ch = self.ch;
+        let (ch, key) = (self.ch, self.key());
         let id = self
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 let conn = state.role.conn(ch)?;
@@ -169,11 +206,11 @@ impl<R: Role> Connection<R> {
     /// Opens a unidirectional stream of the application's (waits for
     /// stream credit, which the extension's control streams share).
     pub async fn open_uni(&self) -> anyhow::Result<SendStream<R>> {
-        let ch = self.ch;
+        let (ch, key) = (self.ch, self.key());
         let id = self
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 let id = state.role.conn(ch)?.streams().open(Dir::Uni)?;
@@ -191,11 +228,11 @@ impl<R: Role> Connection<R> {
     /// migration control stream. The stream arrives intact: its reads start
     /// with the bytes the extension looked at.
     pub async fn accept_uni(&self) -> anyhow::Result<RecvStream<R>> {
-        let ch = self.ch;
+        let (ch, key) = (self.ch, self.key());
         let incoming = self
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 state.role.accept_uni(ch).map(Ok)
@@ -207,6 +244,15 @@ impl<R: Role> Connection<R> {
             prefix: incoming.prefix,
             end: incoming.end,
         })
+    }
+
+    fn key(&self) -> (ConnectionHandle, u64) {
+        (self.ch, self.generation)
+    }
+
+    /// This connection is still the one behind its handle.
+    fn current(&self, state: &State<R>) -> bool {
+        state.generation(self.ch) == self.generation
     }
 
     fn halves(&self, id: StreamId) -> (SendStream<R>, RecvStream<R>) {
@@ -227,12 +273,18 @@ impl<R: Role> Connection<R> {
     /// quinn-proto's statistics of this connection.
     pub fn stats(&self) -> Option<ConnectionStats> {
         let mut state = self.shared.lock();
+        if !self.current(&state) {
+            return None;
+        }
         state.role.conn(self.ch).map(|c| c.stats())
     }
 
     /// Closes the connection with an application error code.
     pub fn close(&self, code: u32, reason: &[u8]) {
         let mut state = self.shared.lock();
+        if !self.current(&state) {
+            return;
+        }
         if let Some(conn) = state.role.conn(self.ch) {
             conn.close(
                 Instant::now(),
@@ -251,12 +303,12 @@ impl<R: Role> Connection<R> {
 
 impl<R: Role> SendStream<R> {
     pub async fn write_all(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        let (ch, id) = (self.conn.ch, self.id);
+        let (ch, key, id) = (self.conn.ch, self.conn.key(), self.id);
         let mut written = 0;
         self.conn
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 let conn = state.role.conn(ch)?;
@@ -280,6 +332,9 @@ impl<R: Role> SendStream<R> {
     /// Ends the stream; the data already written is still delivered.
     pub fn finish(&mut self) -> anyhow::Result<()> {
         let mut state = self.conn.shared.lock();
+        if !self.conn.current(&state) {
+            return Err(anyhow!("connection gone"));
+        }
         let conn = state
             .role
             .conn(self.conn.ch)
@@ -306,7 +361,7 @@ impl<R: Role> RecvStream<R> {
 
     /// Reads until the peer finishes the stream; fails beyond `limit` bytes.
     pub async fn read_to_end(&mut self, limit: usize) -> anyhow::Result<Vec<u8>> {
-        let (ch, id) = (self.conn.ch, self.id);
+        let (ch, key, id) = (self.conn.ch, self.conn.key(), self.id);
         let mut data = std::mem::take(&mut self.prefix);
         if data.len() > limit {
             return Err(anyhow!("stream exceeds {limit} bytes"));
@@ -321,7 +376,7 @@ impl<R: Role> RecvStream<R> {
         self.conn
             .shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, ch) {
+                if let Some(Err(e)) = lost(state, key) {
                     return Some(Err(e));
                 }
                 let conn = state.role.conn(ch)?;
@@ -381,7 +436,7 @@ pub struct Server {
     shared: Arc<Shared<ServerEndpoint>>,
     sockets: Arc<Mutex<HashMap<SocketAddr, SocketEntry>>>,
     received: mpsc::Sender<Received>,
-    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<ConnectionHandle>>,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<(ConnectionHandle, u64)>>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(ConnectionHandle, ServerEvent)>>,
     acks: Arc<Mutex<Vec<(ConnectionHandle, ServerEvent)>>>,
     io_task: JoinHandle<()>,
@@ -407,10 +462,7 @@ impl Server {
     /// cannot be restored there).
     pub async fn bind(config: ServerEndpointConfig, listen: SocketAddr) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                role: ServerEndpoint::new(config),
-                closed: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(ServerEndpoint::new(config))),
             changed: Notify::new(),
             io: Notify::new(),
         });
@@ -469,10 +521,11 @@ impl Server {
 
     /// Next accepted connection; `None` once the server is gone.
     pub async fn accept(&self) -> Option<ServerConnection> {
-        let ch = self.incoming.lock().await.recv().await?;
+        let (ch, generation) = self.incoming.lock().await.recv().await?;
         Some(Connection {
             shared: self.shared.clone(),
             ch,
+            generation,
         })
     }
 
@@ -557,7 +610,7 @@ async fn server_io(
     shared: Arc<Shared<ServerEndpoint>>,
     sockets: Arc<Mutex<HashMap<SocketAddr, SocketEntry>>>,
     mut received: mpsc::Receiver<Received>,
-    incoming: mpsc::UnboundedSender<ConnectionHandle>,
+    incoming: mpsc::UnboundedSender<(ConnectionHandle, u64)>,
     events: mpsc::UnboundedSender<(ConnectionHandle, ServerEvent)>,
     acks: Arc<Mutex<Vec<(ConnectionHandle, ServerEvent)>>>,
 ) {
@@ -566,10 +619,11 @@ async fn server_io(
         let timeout = {
             let mut state = shared.lock();
             let now = Instant::now();
-            let State { role, closed } = &mut *state;
-            while let Some(ch) = role.accept() {
-                let _ = incoming.send(ch);
+            while let Some(ch) = state.role.accept() {
+                let generation = state.reuse(ch);
+                let _ = incoming.send((ch, generation));
             }
+            let State { role, closed, .. } = &mut *state;
             while let Some((ch, event)) = role.poll_event() {
                 if matches!(
                     event,
@@ -683,10 +737,7 @@ impl Client {
         )
         .map_err(|e| anyhow!("connect: {e}"))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                role: endpoint,
-                closed: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(endpoint)),
             changed: Notify::new(),
             io: Notify::new(),
         });
@@ -698,6 +749,7 @@ impl Client {
         let conn = Connection {
             shared: shared.clone(),
             ch: CLIENT,
+            generation: 0,
         };
         let client = Self {
             conn,
@@ -706,7 +758,7 @@ impl Client {
         };
         shared
             .until(|state| {
-                if let Some(Err(e)) = lost(state, CLIENT) {
+                if let Some(Err(e)) = lost(state, (CLIENT, 0)) {
                     return Some(Err(e));
                 }
                 (!state.role.connection().is_handshaking()).then_some(Ok(()))
@@ -798,7 +850,7 @@ async fn client_io(
         let timeout = {
             let mut state = shared.lock();
             let now = Instant::now();
-            let State { role, closed } = &mut *state;
+            let State { role, closed, .. } = &mut *state;
             while let Some(event) = role.poll_app_event() {
                 if let Event::ConnectionLost { reason } = event {
                     closed.insert(CLIENT, reason);

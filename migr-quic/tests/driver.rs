@@ -168,3 +168,86 @@ async fn application_uni_streams_pass_through_the_driver() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// quinn-proto gives a drained connection's handle to the next connection.
+/// The driver used to keep the first connection's loss under that handle, so
+/// the second client's connection counted as lost at once and its requests
+/// went unanswered. Two clients one after the other on one server: the
+/// second gets the first one's handle and must still be served, and the
+/// first connection's application handle must not reach the second one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reused_connection_handle_is_a_new_connection() -> anyhow::Result<()> {
+    let cert = SelfSigned::generate(&["migr.test"])?;
+    let config = ServerEndpointConfig {
+        server_config: Arc::new(cert.server_config(TransportConfig::default())?),
+        cid_generator: RoutableCidGenerator::new(CidConfig::new(8, 1, 2).unwrap(), 7).unwrap(),
+        pool: Vec::new(),
+    };
+    let server = Arc::new(Server::bind(config, "127.0.0.1:0".parse()?).await?);
+    let address = server.addresses()[0];
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(conn) = acceptor.accept().await {
+            let _ = accepted_tx.send(conn.clone());
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let request = recv.read_to_end(1 << 16).await?;
+                        send.write_all(&request).await?;
+                        send.finish()
+                    });
+                }
+            });
+        }
+    });
+
+    let connect = || async {
+        let client_config = tls::client_config(cert.cert_der.clone(), TransportConfig::default())?;
+        Client::connect(
+            client_config,
+            ClientMigrationConfig::new(Strategy::ReactiveExplicit),
+            "127.0.0.1:0".parse()?,
+            address,
+            "migr.test",
+        )
+        .await
+    };
+
+    let first = connect().await?;
+    for index in 0..3 {
+        echo(&first, index).await?;
+    }
+    let first_conn = accepted.recv().await.expect("first connection");
+    first.close().await;
+    drop(first);
+    // The server forgets the first connection once it is drained.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.open_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+
+    let second = connect().await?;
+    let second_conn = accepted.recv().await.expect("second connection");
+    assert_eq!(
+        second_conn.handle(),
+        first_conn.handle(),
+        "quinn-proto reused the handle (the case under test)"
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for index in 0..10 {
+            echo(&second, index).await?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    // The first connection's handle stays lost, and does not touch the second.
+    assert!(first_conn.accept_bi().await.is_err());
+    assert!(first_conn.stats().is_none());
+    first_conn.close(1, b"stale");
+    echo(&second, 99).await?;
+    assert_eq!(server.open_connections(), 1);
+    Ok(())
+}
