@@ -114,7 +114,8 @@ fn main() {
             timeout,
             tests,
             filter,
-        } => vm::vm_test(&vm::Options::new(kernel, accel, timeout, filter).with_tests(tests)),
+        } => vm::vm_test(&vm::Options::new(kernel, accel, timeout, filter).with_tests(tests))
+            .map(|_| ()),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -78,6 +78,15 @@ pub fn test(filter: &[String]) -> Result<()> {
         totals.run(&mut cmd)
     })?;
     stage(
+        "VM tests: the datapath under Linux 6.1 and 6.12 in QEMU (docs/vm-tests.md)",
+        || {
+            let vm = crate::vm::vm_test(&crate::vm::Options::for_test_suite())?;
+            totals.passed += vm.passed;
+            totals.failed += vm.failed;
+            Ok(())
+        },
+    )?;
+    stage(
         "benchmarks, quick mode (must complete with valid JSON; numbers are not judged)",
         || bench::bench(true, None),
     )?;

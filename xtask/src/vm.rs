@@ -71,6 +71,13 @@ impl Options {
         }
     }
 
+    /// The VM stage of `cargo xtask test`: both kernels (each has refused a datapath that
+    /// 6.18 accepted, for different reasons), the default test binaries, KVM probed; about
+    /// two minutes under TCG (docs/vm-tests.md).
+    pub fn for_test_suite() -> Self {
+        Self::new(KernelArg::All, AccelArg::Auto, 900, Vec::new())
+    }
+
     /// Runs only these test binaries of `migr-tests` (none given: [`GUEST_TESTS`]).
     pub fn with_tests(mut self, tests: Vec<String>) -> Self {
         if !tests.is_empty() {
@@ -141,7 +148,14 @@ const GUEST_DIRS: &[&str] = &[
 ];
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn vm_test(opts: &Options) -> Result<()> {
+/// Test counts over every kernel's guest, for the closing summary of `cargo xtask test`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+pub fn vm_test(opts: &Options) -> Result<Totals> {
     let started = Instant::now();
     let tools = preflight()?;
     let bins = build_host_binaries(&opts.tests)?;
@@ -192,7 +206,13 @@ pub fn vm_test(opts: &Options) -> Result<()> {
             vm_dir.display()
         );
     }
-    Ok(())
+    Ok(results.iter().fold(Totals::default(), |t, r| {
+        let (passed, failed) = r.totals();
+        Totals {
+            passed: t.passed + u64::from(passed),
+            failed: t.failed + u64::from(failed),
+        }
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,37 +225,56 @@ struct Tools {
 
 /// Fails naming exactly what is missing: the VM step must never pass by doing nothing.
 fn preflight() -> Result<Tools> {
-    let mut missing = Vec::new();
-    let qemu = which("qemu-system-x86_64");
-    if qemu.is_none() {
-        missing
-            .push("`qemu-system-x86_64` (Debian package qemu-system-x86, from bookworm-backports)");
-    }
+    let qemu = match std::env::var_os(QEMU_ENV) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => which("qemu-system-x86_64"),
+    };
     let busybox = Path::new("/bin/busybox");
-    let is_static = fs::read(busybox).is_ok_and(|elf| is_static_elf(&elf));
-    if !is_static {
-        missing.push("a static busybox at /bin/busybox (Debian package busybox-static)");
-    }
-    for (tool, package) in [
-        ("apt-get", "`apt-get` (apt)"),
-        ("apt-cache", "`apt-cache` (apt)"),
-        ("dpkg-deb", "`dpkg-deb` (dpkg)"),
-    ] {
-        if which(tool).is_none() {
-            missing.push(package);
-        }
-    }
+    let busybox_static = fs::read(busybox).is_ok_and(|elf| is_static_elf(&elf));
+    let missing = missing_tools(qemu.is_some(), busybox_static, |tool| which(tool).is_some());
     if !missing.is_empty() {
-        bail!(
-            "the VM tests cannot start a VM on this machine: missing {}. Run `cargo xtask setup` \
-             (as root, on Debian bookworm) to install them",
-            missing.join("; ")
-        );
+        bail!("{}", missing_message(&missing));
     }
     Ok(Tools {
         qemu: qemu.unwrap_or_default(),
         busybox: busybox.to_path_buf(),
     })
+}
+
+/// Overrides the QEMU binary (default: `qemu-system-x86_64` on PATH).
+const QEMU_ENV: &str = "MIGR_VM_QEMU";
+
+fn missing_tools(qemu: bool, busybox_static: bool, found: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !qemu {
+        missing.push(match std::env::var(QEMU_ENV) {
+            Ok(path) => format!("the QEMU binary {path} ({QEMU_ENV})"),
+            Err(_) => "`qemu-system-x86_64` (Debian package qemu-system-x86, from \
+                       bookworm-backports)"
+                .to_string(),
+        });
+    }
+    if !busybox_static {
+        missing.push("a static busybox at /bin/busybox (Debian package busybox-static)".into());
+    }
+    for (tool, package) in [
+        ("apt-get", "apt"),
+        ("apt-cache", "apt"),
+        ("dpkg-deb", "dpkg"),
+    ] {
+        if !found(tool) {
+            missing.push(format!("`{tool}` (Debian package {package})"));
+        }
+    }
+    missing
+}
+
+fn missing_message(missing: &[String]) -> String {
+    format!(
+        "the VM tests cannot start a VM on this machine: missing {}. Run `cargo xtask setup` \
+         (as root, on Debian bookworm) to install them",
+        missing.join("; ")
+    )
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -1416,5 +1455,146 @@ fn print_report(results: &[KernelResult], accel: AccelArg) {
         if let Some(e) = &r.error {
             println!("[vm]   {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_qemu_is_named() {
+        let missing = missing_tools(false, true, |_| true);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        let message = missing_message(&missing);
+        assert!(message.contains("qemu-system-x86_64"), "{message}");
+        assert!(message.contains("qemu-system-x86"), "{message}");
+        assert!(missing_tools(true, true, |_| true).is_empty());
+        let missing = missing_tools(true, false, |t| t != "dpkg-deb");
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].contains("busybox-static") && missing[1].contains("dpkg-deb"));
+    }
+
+    /// A guest's console as the init script and the load check print it.
+    fn transcript(load: &str, datapath_result: &str) -> KernelResult {
+        let console = format!(
+            "VMTEST-INIT uptime=3.1 kernel=6.1.0-57-amd64\n\
+             VMTEST-BTF yes\n\
+             VMTEST-READY uptime=4.0\n\
+             VMTEST-LOAD-BEGIN uptime=4.0\n\
+             VMTEST-LOAD| kernel: 6.1.0-57-amd64\n\
+             VMTEST-LOAD| feature | bpf_loop | 5.17 | yes\n\
+             {load}\
+             VMTEST-BEGIN foundation uptime=5\n\
+             test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             VMTEST-END foundation rc=0 uptime=9\n\
+             VMTEST-BEGIN datapath uptime=9\n\
+             test park_copies_the_whole_frame_in_order ... FAILED\n\
+             test result: {datapath_result}\n\
+             VMTEST-END datapath rc=0 uptime=20\n\
+             VMTEST-DONE uptime=20\n\
+             VMTEST-RC=0\n"
+        );
+        let mut r = KernelResult {
+            expected_tests: 2,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let mut clock = Clock {
+            started: Some(start),
+            ..Default::default()
+        };
+        for (i, line) in console.lines().enumerate() {
+            let at = start + Duration::from_secs(i as u64);
+            // Markers are found anywhere in a line (kernel messages may run into them).
+            let line = if line.starts_with("VMTEST-") {
+                format!("[   1.0] {line}")
+            } else {
+                line.to_string()
+            };
+            parse_line(&mut r, &line, at, &mut clock);
+        }
+        r
+    }
+
+    const LOADED: &str = "VMTEST-LOAD| migr: loaded; verified instructions 25418, translated size 1 bytes\n\
+                          VMTEST-LOAD| migr_pass: loaded; verified instructions 2, translated size 16 bytes\n\
+                          VMTEST-LOAD-RC=0 uptime=5\n";
+
+    #[test]
+    fn the_console_gives_counts_times_and_instruction_counts() {
+        let r = transcript(LOADED, "ok. 13 passed; 0 failed; 0 ignored");
+        assert_eq!(r.loaded, Some(true));
+        assert_eq!(r.btf, Some(true));
+        let insns: Vec<&str> = r.insns.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(insns, ["25418", "2"]);
+        assert_eq!(r.totals(), (16, 0));
+        assert_eq!(r.boot, Some(Duration::from_secs(2)));
+        assert_eq!(r.load_time, Some(Duration::from_secs(5)));
+        assert_eq!(r.test_time, Some(Duration::from_secs(6)));
+        assert!(r.passed());
+    }
+
+    #[test]
+    fn a_failed_test_or_an_empty_binary_fails_the_kernel() {
+        let r = transcript(LOADED, "FAILED. 12 passed; 1 failed; 0 ignored");
+        assert_eq!(r.totals(), (15, 1));
+        assert_eq!(
+            r.tests[1].failures,
+            ["park_copies_the_whole_frame_in_order"]
+        );
+        assert!(!r.passed());
+        let r = transcript(LOADED, "ok. 0 passed; 0 failed; 0 ignored");
+        assert!(!r.passed(), "a binary that ran no test must not pass");
+    }
+
+    #[test]
+    fn a_refused_load_keeps_the_verdict_and_the_verifier_tail() {
+        let load = "VMTEST-LOAD| feature | bpf_xdp_load_bytes | 5.18 | MISSING\n\
+                    VMTEST-LOAD| load failed: migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes\n\
+                    VMTEST-LOAD| cause: the verifier refused program migr\n\
+                    VMTEST-LOAD| log | processed 10 insns\n\
+                    VMTEST-LOAD-RC=1 uptime=5\n";
+        let r = transcript(load, "ok. 13 passed; 0 failed");
+        assert_eq!(r.loaded, Some(false));
+        assert_eq!(
+            r.verdict.as_deref(),
+            Some("migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes")
+        );
+        assert_eq!(r.missing, ["bpf_xdp_load_bytes (Linux ≥ 5.18): missing"]);
+        assert_eq!(r.load_log.len(), 2);
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn the_initramfs_is_newc_cpio() {
+        let mut cpio = Cpio::default();
+        cpio.dir("bin");
+        cpio.file("init", 0o755, b"#!/bin/sh\n");
+        let out = cpio.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("init\0") && text.contains("TRAILER!!!\0"));
+        // The file entry: mode 0100755, size 10.
+        let at = text.find("init\0").unwrap();
+        let header = &text[at - 110..at];
+        assert_eq!(&header[14..22], "000081ed");
+        assert_eq!(&header[54..62], "0000000a");
+    }
+
+    #[test]
+    fn module_names_and_static_elves() {
+        assert_eq!(
+            module_name("kernel/net/9p/9pnet_virtio.ko.xz"),
+            "9pnet_virtio"
+        );
+        assert_eq!(module_name("kernel/drivers/net/veth.ko"), "veth");
+        let busybox = fs::read("/bin/busybox").unwrap_or_default();
+        if !busybox.is_empty() {
+            assert!(is_static_elf(&busybox), "Debian's busybox-static is static");
+        }
+        let dynamic = fs::read("/bin/ls").unwrap();
+        assert!(!is_static_elf(&dynamic));
     }
 }
