@@ -817,6 +817,8 @@ pub struct Traffic {
     pub dropped: HashMap<SocketAddr, usize>,
     /// Datagrams a [`LossRule`] dropped, per destination.
     pub lost: HashMap<SocketAddr, usize>,
+    /// Datagrams [`Sim::forward`] forwarded, per original destination.
+    pub forwarded: HashMap<SocketAddr, usize>,
     /// Short-header datagrams the client sent whose DCID carries [`SERVER_ID`].
     pub routable_short_headers: usize,
     /// ... and those whose DCID does not.
@@ -966,6 +968,10 @@ pub struct Sim {
     /// Loss on the wire, applied in order (a datagram counts in every rule
     /// that matches it until one drops it).
     pub loss: Vec<LossRule>,
+    /// Steering at the source edge node: datagrams to a key address that no
+    /// server listens at any more are forwarded to the value address (the
+    /// destination rewritten, as the datapath's FORWARD does).
+    pub forward: HashMap<SocketAddr, SocketAddr>,
     client_addrs: ClientAddrs,
     in_flight: BTreeMap<(Instant, u64), Packet>,
     seq: u64,
@@ -1064,6 +1070,7 @@ impl Sim {
             listening: HashSet::from([server_address]),
             frozen: false,
             loss: Vec::new(),
+            forward: HashMap::new(),
             client_addrs: ClientAddrs::new("10.77.0.2".parse().unwrap()),
             in_flight: BTreeMap::new(),
             seq: 0,
@@ -1242,7 +1249,13 @@ impl Sim {
         if let Some(entry) = self.in_flight.first_entry()
             && entry.key().0 <= now
         {
-            let packet = entry.remove();
+            let mut packet = entry.remove();
+            if !self.listening.contains(&packet.to)
+                && let Some(to) = self.forward.get(&packet.to)
+            {
+                *self.traffic.forwarded.entry(packet.to).or_default() += 1;
+                packet.to = *to;
+            }
             if packet.to.ip() == self.client_addrs.ip {
                 if self.client_addrs.ports.contains(&packet.to.port()) {
                     self.client.handle_datagram(now, packet.from, &packet.data);
