@@ -4,6 +4,7 @@ mod build;
 mod criu;
 mod demo;
 mod fuzz;
+mod report;
 mod run;
 mod setup;
 mod test;
@@ -57,6 +58,12 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Plots (SVG) and a Markdown summary of results/*.json: results/README.md, results/plots/.
+    Report {
+        /// The results directory (default: results/ of the workspace).
+        #[arg(long)]
+        results: Option<std::path::PathBuf>,
+    },
     /// Benchmarks: XDP cost per packet, map scale, veth throughput (needs root).
     Bench {
         /// A shorter run (under 3 minutes).
@@ -93,6 +100,7 @@ fn main() {
         Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
         Command::Test { filter } => test::test(&filter),
         Command::Demo => demo::demo(),
+        Command::Report { results } => report::report(results),
         Command::Fuzz { seconds, targets } => {
             fuzz::fuzz(seconds, (!targets.is_empty()).then_some(&targets[..])).map(|_| ())
         }

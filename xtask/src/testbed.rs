@@ -51,11 +51,76 @@ pub fn testbed(o: &Options) -> Result<()> {
     };
     setup::setup()?;
     build()?;
+    let bin = snapshot_bins()?;
     let out = run::workspace_root().join("results");
-    let mut cmd = Command::new(testbed_bin());
-    cmd.args(["scenario", &name, "--out"]).arg(&out);
-    if let Some(n) = o.runs {
-        cmd.args(["--runs", &n.to_string()]);
+    let names = if o.all {
+        scenario_names(&bin)?
+    } else {
+        vec![name]
+    };
+    // Every scenario of --all is run even when one fails; the failures are
+    // named at the end.
+    let mut failed = Vec::new();
+    for name in &names {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["scenario", name, "--out"]).arg(&out);
+        if let Some(n) = o.runs {
+            cmd.args(["--runs", &n.to_string()]);
+        }
+        if let Err(e) = run::status(&mut cmd) {
+            eprintln!("[testbed] {name} failed: {e:#}");
+            failed.push(name.clone());
+        }
     }
-    run::status(&mut cmd)
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} scenarios failed: {}",
+            failed.len(),
+            names.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Copies the testbed's programs into `target/testbed-bin/` and returns
+/// migr-testbed's path there. CRIU dumps a process whose executable is a
+/// file: when another build replaces `target/debug/migr-echo` during a run
+/// (the old inode unlinked), the dump fails ("Can't create link remap"). A
+/// private copy, made once per command, does not change under it.
+fn snapshot_bins() -> Result<std::path::PathBuf> {
+    let from = testbed_bin();
+    let from = from.parent().context("target directory")?;
+    let to = from
+        .parent()
+        .context("target directory")?
+        .join("testbed-bin");
+    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    for b in ["migr-agent", "migrctl", "migr-echo", "migr-testbed"] {
+        let (src, dst) = (from.join(b), to.join(b));
+        // Written under a temporary name and renamed: a running copy keeps its inode.
+        let tmp = to.join(format!(".{b}.tmp"));
+        std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
+    }
+    Ok(to.join("migr-testbed"))
+}
+
+/// The scenario names, from `migr-testbed scenarios` (the first column).
+fn scenario_names(bin: &std::path::Path) -> Result<Vec<String>> {
+    let out = Command::new(bin)
+        .arg("scenarios")
+        .output()
+        .with_context(|| format!("running {} scenarios", bin.display()))?;
+    if !out.status.success() {
+        bail!("`{} scenarios` failed ({})", bin.display(), out.status);
+    }
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    if names.is_empty() {
+        bail!("`{} scenarios` listed no scenario", bin.display());
+    }
+    Ok(names)
 }
