@@ -374,10 +374,10 @@ fn lines(
     root.present().map_err(plot_err)
 }
 
-/// A run's service times against send time, 0 at the send of the request
-/// that waited longest, from 500 ms before it to 1000 ms after its response;
-/// at most 1500 points (the maximum of each bucket: a TCP run answers
-/// tens of thousands of requests a second).
+/// A run's service time per request, the request that waited longest at
+/// index 0, from 300 requests before it to 300 after (back to back, the
+/// next request leaves when the previous answer arrives: nothing is sent
+/// during the gap, so the disruption is one request's service time).
 fn service_series(rows: &[Row]) -> Vec<(f64, f64)> {
     let Some(peak) = rows
         .iter()
@@ -385,26 +385,10 @@ fn service_series(rows: &[Row]) -> Vec<(f64, f64)> {
     else {
         return Vec::new();
     };
-    let (t0, t1) = (-500.0, peak.service_ms + 1000.0);
-    let pts: Vec<(f64, f64)> = rows
-        .iter()
-        .map(|r| (r.send_ms - peak.send_ms, r.service_ms))
-        .filter(|(x, _)| (t0..=t1).contains(x))
-        .collect();
-    const MAX: usize = 1500;
-    if pts.len() <= MAX {
-        return pts;
-    }
-    let width = (t1 - t0) / MAX as f64;
-    let mut buckets: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
-    for (x, y) in pts {
-        let k = ((x - t0) / width) as i64;
-        let e = buckets.entry(k).or_insert((x, y));
-        if y > e.1 {
-            *e = (x, y);
-        }
-    }
-    buckets.into_values().collect()
+    rows.iter()
+        .map(|r| (r.index as f64 - peak.index as f64, r.service_ms))
+        .filter(|(x, _)| x.abs() <= 300.0)
+        .collect()
 }
 
 // --------------------------------------------------------------- tables
@@ -665,7 +649,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
         lines(
             &dir.join(&file),
             &format!("{base}: service time per request (run 1)"),
-            "send time, ms (0: the request that waited longest)",
+            "request, relative to the one that waited longest",
             "service time, ms",
             &series,
         )?;
