@@ -135,7 +135,9 @@ struct Limitation {
     pattern: &'static str,
     /// What the kernel does not accept.
     name: &'static str,
-    /// The oldest release migr has seen accept it (tested: 6.1 refuses, 6.12 accepts).
+    /// The oldest release migr has seen accept it (tested: 6.1 refuses, 6.12 accepts). The
+    /// datapath avoids the one below (keys are copied to the stack); it is kept so that a
+    /// regression gets a clear message, not only the verifier's.
     since: (u32, u32),
 }
 
@@ -188,14 +190,36 @@ impl KernelFeatures {
             .map(|(f, _)| f)
     }
 
-    /// "migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes (this kernel is 5.15.0-91-generic)",
-    /// one clause per missing feature; None if nothing is missing.
+    /// "migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes (copying ...; this kernel is
+    /// 5.15.0-91-generic)" for one missing feature; for several, the newest minimum first and
+    /// then each feature with its own: "migr needs Linux ≥ 5.18; this kernel,
+    /// 5.10.0-32-amd64, lacks: bpf_loop (Linux ≥ 5.17, for walking ...); ...". None if
+    /// nothing is missing.
     pub fn verdict(&self) -> Option<String> {
-        let clauses: Vec<String> = self
-            .missing()
-            .map(|f| needs(f.since, f.name, f.used_for, &self.release))
-            .collect();
-        (!clauses.is_empty()).then(|| clauses.join("; "))
+        let missing: Vec<&Feature> = self.missing().collect();
+        match missing[..] {
+            [] => None,
+            [f] => Some(needs(f.since, f.name, f.used_for, &self.release)),
+            _ => {
+                let newest = missing.iter().map(|f| f.since).max().unwrap_or_default();
+                let each: Vec<String> = missing
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} (Linux ≥ {}.{}, for {})",
+                            f.name, f.since.0, f.since.1, f.used_for
+                        )
+                    })
+                    .collect();
+                Some(format!(
+                    "migr needs Linux ≥ {}.{}; this kernel, {}, lacks: {}",
+                    newest.0,
+                    newest.1,
+                    self.release,
+                    each.join("; ")
+                ))
+            }
+        }
     }
 }
 
@@ -467,13 +491,42 @@ mod tests {
         };
         let verdict = features.verdict().unwrap();
         assert!(
-            verdict.contains("migr needs Linux ≥ 5.18 for bpf_xdp_load_bytes"),
+            verdict.starts_with("migr needs Linux ≥ 5.18; this kernel, 5.15.0-91-generic, lacks: "),
             "{verdict}"
         );
         assert!(
-            verdict.contains("this kernel is 5.15.0-91-generic"),
+            verdict.contains("bpf_loop (Linux ≥ 5.17, for "),
             "{verdict}"
         );
-        assert!(verdict.contains("Linux ≥ 5.17 for bpf_loop"), "{verdict}");
+        assert!(
+            verdict.contains("bpf_xdp_load_bytes (Linux ≥ 5.18, for "),
+            "{verdict}"
+        );
+        assert!(!verdict.contains("per-CPU array maps"), "{verdict}");
+        // One missing feature: one clause with both kernels.
+        let one = KernelFeatures {
+            features: features
+                .features
+                .iter()
+                .map(|(f, p)| {
+                    let p = if f.name == "bpf_loop" {
+                        p.clone()
+                    } else {
+                        Presence::Present
+                    };
+                    (*f, p)
+                })
+                .collect(),
+            ..features.clone()
+        };
+        let verdict = one.verdict().unwrap();
+        assert!(
+            verdict.starts_with("migr needs Linux ≥ 5.17 for bpf_loop ("),
+            "{verdict}"
+        );
+        assert!(
+            verdict.ends_with("; this kernel is 5.15.0-91-generic)"),
+            "{verdict}"
+        );
     }
 }
