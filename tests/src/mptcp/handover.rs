@@ -275,6 +275,39 @@ impl HandoverLab {
         })
     }
 
+    /// What the kernels and the agents show, for a failure's message.
+    pub fn diagnose(&self, t: Instant) -> String {
+        let mut out = String::new();
+        for s in &self.streams {
+            let a = s.arrivals();
+            out += &format!(
+                "connection {}: sent {}, echoed {}, last echo {:?} ms after ready, error {:?}\n",
+                s.id,
+                s.sent(),
+                a.len(),
+                a.last().map(|l| l.saturating_duration_since(t).as_millis()),
+                s.error()
+            );
+        }
+        for (name, ns) in [("client", &self.client), ("svc", &self.svc)] {
+            for cmd in [&["ss", "-tnmi"][..], &["ss", "-Mni"][..]] {
+                out += &format!(
+                    "--- {name}: {cmd:?}\n{}\n",
+                    ns.exec(cmd).unwrap_or_else(|e| e.to_string())
+                );
+            }
+            if let Ok(n) = nstat(ns) {
+                let v: Vec<String> = n
+                    .iter()
+                    .filter(|(k, v)| **v > 0 && (k.starts_with("MPTcp") || k.contains("Retrans")))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                out += &format!("--- {name} nstat: {}\n", v.join(" "));
+            }
+        }
+        out
+    }
+
     fn announce_b(&self) -> Result<()> {
         self.svc.ip(&[
             "mptcp", "endpoint", "add", B, "dev", "v-sb", "id", "2", "signal",
@@ -458,9 +491,11 @@ pub fn handover_once(
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut records = 0;
-    for s in &mut lab.streams {
-        s.finish(Duration::from_secs(20))?;
-        records += s.sent();
+    for i in 0..lab.streams.len() {
+        if let Err(e) = lab.streams[i].finish(Duration::from_secs(20)) {
+            return Err(e.context(lab.diagnose(ready)));
+        }
+        records += lab.streams[i].sent();
     }
     ensure!(
         lab.subflows_to(&lab.svc, B)? == n && lab.subflows_to(&lab.svc, A)? == 0,
