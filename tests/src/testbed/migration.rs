@@ -122,6 +122,8 @@ pub struct RunConfig {
     pub requests: usize,
     /// Requests answered before the migration starts.
     pub migrate_after: usize,
+    /// Bytes per request (TCP: the echo's size; 1 MiB for the bulk transfer).
+    pub request_bytes: usize,
     /// Stop the client this long after the restore returned, instead of
     /// after `requests` (the TCP client; a fast transport would otherwise
     /// need millions of requests to be sure to outlast the migration).
@@ -153,6 +155,7 @@ impl RunConfig {
             stop_after_restore_ms: None,
             requests,
             migrate_after,
+            request_bytes: 1024,
             work_base: std::env::temp_dir(),
             keep_files: false,
             verbose: true,
@@ -631,7 +634,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         client_cmd = Command::new(&bins.testbed);
         client_cmd
             .args(["tcp-client", "--server", &old, "--stop-file"])
-            .arg(d.join("client.stop"));
+            .arg(d.join("client.stop"))
+            .args(["--size", &cfg.request_bytes.to_string()]);
     }
     client_cmd
         .args(["--count", &cfg.requests.to_string()])

@@ -151,6 +151,25 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
+    for steering in [true, false] {
+        // The bulk transfer: 1 MiB requests echoed back to back (a window's
+        // worth of segments in flight in both directions when the dump
+        // starts); the migration after 50 of them.
+        let mut config = RunConfig::tcp_back_to_back(steering, Preset::None);
+        config.ballast_mb = 28;
+        config.request_bytes = 1 << 20;
+        config.migrate_after = 50;
+        out.push(Scenario {
+            name: format!("tcp-bulk-small-steering-{}", onoff(steering)),
+            description: format!(
+                "TCP (COAT) bulk transfer: 1 MiB requests echoed back to back, cold, 28 MB \
+                 container, steering {}",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
     out
 }
 
@@ -279,6 +298,7 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
             "ballast_mb": c.ballast_mb,
             "requests": c.requests,
             "migrate_after": c.migrate_after,
+            "request_bytes": c.request_bytes,
         },
         "machine": machine(),
         "started_at": started_at,
