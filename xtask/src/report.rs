@@ -523,10 +523,16 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     md.push_str(
         "Written by `cargo xtask report` from the files here (`cargo xtask testbed --all --runs N` \
          writes them; docs/testbed.md describes the scenarios and every field). Means with the \
-         half-width of their 95% confidence interval (Student's t); with n = 2 that interval is \
-         wide (t = 12.7). Debug builds on a 2-vCPU machine shared with other work: the downtime \
+         half-width of their 95% confidence interval (Student's t: with few runs that interval \
+         is wide). Debug builds on a 2-vCPU machine shared with other work: the downtime \
          varies with the load, read the ratios.\n\n",
     );
+    if let Some(t) = [12.71, 4.30, 3.18, 2.78, 2.57].get(rmin.wrapping_sub(2)) {
+        let _ = writeln!(
+            md,
+            "With n = {rmin} the half-width is {t} standard errors.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "{} testbed scenarios, {rmin}-{rmax} runs each.\n",
