@@ -21,6 +21,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::run;
 
+/// The suite that 5.10 comes from.
+const BULLSEYE: &str = "bullseye";
+
 /// A kernel series the suite knows how to fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelArg {
@@ -133,7 +136,7 @@ impl Series {
         if self != Self::V5_10 {
             return Ok(Vec::new());
         }
-        private_apt(vm_dir, "bullseye")
+        private_apt(vm_dir, BULLSEYE)
     }
 }
 
@@ -461,31 +464,50 @@ impl Kernel {
 const COMPLETE: &str = ".migr-complete";
 
 fn fetch_kernel(vm_dir: &Path, series: Series) -> Result<Kernel> {
-    let resolved = series
-        .apt_options(vm_dir)
-        .and_then(|apt| Ok((resolve_package(series, &apt)?, apt)));
-    let ((package, version), apt) = match resolved {
-        Ok(found) => found,
-        Err(err) => {
-            // Offline, or apt's lists are gone: a kernel of this series fetched before will do.
-            match cached_kernels(vm_dir, series).pop() {
-                Some(kernel) => {
-                    println!(
-                        "[vm] could not ask apt for the {} kernel ({err:#}); using the cached {}",
-                        series.name(),
-                        kernel.package
-                    );
-                    return Ok(kernel);
-                }
-                None => return Err(err),
-            }
-        }
+    let err = match fetch_current(vm_dir, series) {
+        Ok(kernel) => return Ok(kernel),
+        Err(err) => err,
     };
+    // Stale lists name a package the archive no longer has; missing lists name none.
+    println!("[vm] {err:#}; refreshing apt's package lists and trying again");
+    let retried = refresh_apt_lists(vm_dir, series).and_then(|()| fetch_current(vm_dir, series));
+    match retried {
+        Ok(kernel) => Ok(kernel),
+        // Offline: a kernel of this series fetched before will do.
+        Err(err) => match cached_kernels(vm_dir, series).pop() {
+            Some(kernel) => {
+                println!(
+                    "[vm] could not fetch the current {} kernel ({err:#}); using the cached {}",
+                    series.name(),
+                    kernel.package
+                );
+                Ok(kernel)
+            }
+            None => Err(err),
+        },
+    }
+}
+
+/// The series' current package, downloaded and unpacked unless it is already.
+fn fetch_current(vm_dir: &Path, series: Series) -> Result<Kernel> {
+    let apt = series.apt_options(vm_dir)?;
+    let (package, version) = resolve_package(series, &apt)?;
     let dir = vm_dir.join(format!("{package}_{version}"));
     if !dir.join(COMPLETE).exists() {
         download_and_unpack(vm_dir, &apt, &package, &version, &dir)?;
     }
     kernel_in(series, &dir, package, version)
+}
+
+/// `apt-get update` for the series' sources: the machine's, or the private ones (whose
+/// next use then updates them).
+fn refresh_apt_lists(vm_dir: &Path, series: Series) -> Result<()> {
+    if series == Series::V5_10 {
+        let stamp = vm_dir.join(format!("apt-{BULLSEYE}/updated"));
+        let _ = fs::remove_file(stamp);
+        return Ok(());
+    }
+    run::status(Command::new("apt-get").args(["-q", "update"])).context("apt-get update (as root)")
 }
 
 /// apt options that read `suite` from a source entry of its own (copied from the machine's
