@@ -297,6 +297,42 @@ impl Bed {
     }
 }
 
+/// Another migr-echo server on the service's port in the destination
+/// container: CRIU cannot bind the restored socket there.
+fn squat_destination_port(bed: &mut Bed) -> Result<()> {
+    let d = bed.d();
+    let squat_log = d.join("squatter.log");
+    let mut cmd = Command::new(&bed.bins.echo);
+    cmd.arg("server")
+        .args(["--listen", &format!("0.0.0.0:{PORT}")])
+        .arg("--cert-out")
+        .arg(d.join("squatter.der"));
+    let mut squatter = Proc::spawn(
+        "the port squatter",
+        &mut cmd,
+        Spawn {
+            netns: Some(bed.topo.dst_ct.name()),
+            stdout: Some(&squat_log),
+            ..Spawn::default()
+        },
+    )?;
+    wait_until(Duration::from_secs(20), "the squatter to listen", || {
+        if let Some(status) = squatter.try_exit() {
+            bail!("the squatter exited with {status}");
+        }
+        Ok(file_has(&squat_log, "listening"))
+    })?;
+    bed.extra.push(squatter);
+    Ok(())
+}
+
+fn actions(path: &Path) -> Vec<String> {
+    criu::read_phases(path)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect()
+}
+
 fn report(label: &str, bed: &Bed, answered: usize, worst_ms: f64, extra: &str) -> Result<()> {
     let (src, src_state) = Frames::of(&bed.src)?;
     let (dst, dst_state) = Frames::of(&bed.dst)?;
@@ -420,29 +456,7 @@ fn criu_restore_fails_both_nodes_abort_and_the_source_is_restored_in_place() {
     let mut bed = Bed::up("faults-criu-restore").unwrap_or_else(|e| panic!("{e:#}"));
     let result = (|| -> Result<()> {
         let d = bed.d();
-        // The squatter: another migr-echo server on the port in the destination container.
-        let squat_log = d.join("squatter.log");
-        let mut cmd = Command::new(&bed.bins.echo);
-        cmd.arg("server")
-            .args(["--listen", &format!("0.0.0.0:{PORT}")])
-            .arg("--cert-out")
-            .arg(d.join("squatter.der"));
-        let mut squatter = Proc::spawn(
-            "the port squatter",
-            &mut cmd,
-            Spawn {
-                netns: Some(bed.topo.dst_ct.name()),
-                stdout: Some(&squat_log),
-                ..Spawn::default()
-            },
-        )?;
-        wait_until(Duration::from_secs(20), "the squatter to listen", || {
-            if let Some(status) = squatter.try_exit() {
-                bail!("the squatter exited with {status}");
-            }
-            Ok(file_has(&squat_log, "listening"))
-        })?;
-        bed.extra.push(squatter);
+        squat_destination_port(&mut bed)?;
 
         let (src_phases, dst_phases) = (d.join("phases-src"), d.join("phases-dst"));
         let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
@@ -554,6 +568,173 @@ fn criu_restore_fails_both_nodes_abort_and_the_source_is_restored_in_place() {
                 (t_failed - t_dumped) * 1e3,
                 (t_aborted - t_failed) * 1e3,
                 (t_aborted - t0) * 1e3,
+            ),
+        )?;
+        Ok(())
+    })();
+    drop(bed);
+    result.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `criu dump` of a wrong PID (one no process has) after the orchestrator
+/// froze the service: CRIU fails before it seizes anything, the
+/// orchestrator aborts, and the frames parked since the freeze go back to
+/// the source instance, which never stopped.
+#[test]
+fn criu_dump_of_a_wrong_pid_fails_and_the_orchestrator_aborts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bed = Bed::up("faults-criu-wrong-pid").unwrap_or_else(|e| panic!("{e:#}"));
+    let result = (|| -> Result<()> {
+        let d = bed.d();
+        let (phases, hook) = (d.join("phases-src"), d.join("hook-src.sh"));
+        write_hook(&hook, &phases, Some(&bed.src), None);
+        bed.wait_rows(MIGRATE_AFTER, Duration::from_secs(120))?;
+        // A PID nobody has: above every PID in use, below pid_max.
+        let wrong = (bed.server_pid + 100_000..4_000_000)
+            .find(|&p| pid_free(p))
+            .unwrap();
+        let t0 = now_s();
+        bed.src.phase(SERVICE, "freeze", &[])?;
+        // Requests keep coming while the orchestrator runs the dump.
+        std::thread::sleep(Duration::from_millis(50));
+        let dump = criu::dump(
+            &bed.bins,
+            wrong,
+            &bed.topo.src_ct,
+            &d.join("images-src"),
+            &hook,
+            &d.join("dump.log"),
+            &[],
+        );
+        let error = match dump {
+            Ok(_) => bail!("criu dump of PID {wrong} succeeded"),
+            Err(e) => format!("{e:#}"),
+        };
+        println!("[faults_criu] the dump failed as intended: {error}");
+        let actions = actions(&phases);
+        let (_, state) = Frames::of(&bed.src)?;
+        // The orchestrator's abort (unless a hook already did it).
+        let by = if state == "frozen" {
+            bed.src.phase(SERVICE, "abort", &[])?;
+            "the orchestrator"
+        } else {
+            "a CRIU hook"
+        };
+        let t_aborted = now_s();
+        bed.dst.phase(SERVICE, "abort", &[])?;
+        let tables = bed.remove_lock_tables()?;
+        let (answered, worst) = bed.finish_client()?;
+        assert!(
+            is_alive(bed.server_pid),
+            "the real server was never touched"
+        );
+        let (src, src_state) = Frames::of(&bed.src)?;
+        assert_eq!(src_state, "aborted", "{src:?}");
+        assert!(
+            src.parked > 0,
+            "requests sent during the freeze were parked: {src:?}"
+        );
+        assert_eq!(
+            src.replayed, src.parked,
+            "every parked frame back to the source: {src:?}"
+        );
+        assert_eq!(src.lost(), 0, "{src:?}");
+        assert_eq!(src.forwarded, 0, "{src:?}");
+        report(
+            "dump of a wrong PID after the freeze",
+            &bed,
+            answered,
+            worst,
+            &format!(
+                "aborted by {by}; frozen for {:.0} ms; CRIU actions {actions:?}; tables removed {tables:?}",
+                (t_aborted - t0) * 1e3,
+            ),
+        )?;
+        Ok(())
+    })();
+    drop(bed);
+    result.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `criu dump --leave-running`, then the restore fails at the destination:
+/// the source instance still runs with the PIDs CRIU must restore (one host,
+/// no PID namespace: "Can't fork for PID: File exists"), and a squatter
+/// holds the port there besides. With `--leave-running` CRIU unlocks the
+/// network when the dump ends and the tasks go on; the hook turns that into
+/// `abort` at the source at once, so the source never waits for the
+/// restore's outcome. The orchestrator aborts the destination when the
+/// restore fails.
+#[test]
+fn criu_restore_fails_after_a_leave_running_dump_and_the_source_went_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bed = Bed::up("faults-criu-leave-running").unwrap_or_else(|e| panic!("{e:#}"));
+    let result = (|| -> Result<()> {
+        let d = bed.d();
+        squat_destination_port(&mut bed)?;
+        let (src_phases, dst_phases) = (d.join("phases-src"), d.join("phases-dst"));
+        let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
+        write_hook(&src_hook, &src_phases, Some(&bed.src), None);
+        write_hook(&dst_hook, &dst_phases, Some(&bed.dst), None);
+        bed.wait_rows(MIGRATE_AFTER, Duration::from_secs(120))?;
+        let t0 = now_s();
+        bed.dst.phase(SERVICE, "restoring", &[])?;
+        let images = d.join("images-src");
+        criu::dump(
+            &bed.bins,
+            bed.server_pid,
+            &bed.topo.src_ct,
+            &images,
+            &src_hook,
+            &d.join("dump.log"),
+            &["--leave-running"],
+        )?;
+        let t_dumped = now_s();
+        let (_, src_state) = Frames::of(&bed.src)?;
+        assert_eq!(
+            src_state, "aborted",
+            "network-unlock after a --leave-running dump is abort"
+        );
+        assert!(
+            bed.server.as_mut().unwrap().try_exit().is_none(),
+            "the source instance still runs"
+        );
+        let restore = criu::restore(
+            &bed.bins,
+            &images,
+            &bed.topo.dst_ct,
+            &dst_hook,
+            &d.join("restore.log"),
+            &[],
+        );
+        match restore {
+            Ok((_, pid)) => {
+                bed.restored = Some(Adopted {
+                    name: "unexpectedly restored".into(),
+                    pid,
+                });
+                bail!("criu restore succeeded although the port was taken");
+            }
+            Err(e) => println!("[faults_criu] the restore failed as intended: {e:#}"),
+        }
+        bed.dst.phase(SERVICE, "abort", &[])?;
+        let t_failed = now_s();
+        let tables = bed.remove_lock_tables()?;
+        let (answered, worst) = bed.finish_client()?;
+        let (src, dst) = check_lossless(&bed)?;
+        assert_eq!(dst.parked, 0, "{dst:?}");
+        report(
+            "--leave-running dump, restore fails",
+            &bed,
+            answered,
+            worst,
+            &format!(
+                "dump {:.0} ms (source parked {} frames meanwhile), failed restore and abort {:.0} ms; \
+                 source actions {:?}; destination actions {:?}; tables removed {tables:?}",
+                (t_dumped - t0) * 1e3,
+                src.parked,
+                (t_failed - t_dumped) * 1e3,
+                actions(&src_phases),
+                actions(&dst_phases),
             ),
         )?;
         Ok(())
