@@ -45,6 +45,12 @@ pub enum Report {
     LearnFlow {
         token: u32,
     },
+    /// An MP_JOIN SYN whose token is not installed (yet): a join can overtake
+    /// the agent's learning of its connection's token, so the agent keeps these
+    /// for a while and learns the subflow once the token is known.
+    UnknownJoin {
+        token: u32,
+    },
 }
 
 /// Bit set of [`Reason`]s.
@@ -210,7 +216,10 @@ pub fn lookup_stage<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T, out: &m
                             service_id = owner;
                             out.report = Report::LearnFlow { token };
                         }
-                        None => out.reasons.add(Reason::MptcpUnknownToken),
+                        None => {
+                            out.reasons.add(Reason::MptcpUnknownToken);
+                            out.report = Report::UnknownJoin { token };
+                        }
                     }
                 }
             }

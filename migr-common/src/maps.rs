@@ -437,6 +437,8 @@ pub enum EventKind {
     MptcpKeys = 1,
     /// A subflow 5-tuple was learned from an MP_JOIN SYN.
     FlowLearned = 2,
+    /// An MP_JOIN SYN with a token no service has (yet): its 5-tuple and token.
+    UnknownJoin = 3,
 }
 
 /// A report from the datapath to user space. The datapath never acts on

@@ -18,7 +18,7 @@
 //! | `REASONS` | per-CPU array | [`Reason`] | count | this program |
 //! | `PROTO_COUNTERS` | per-CPU array | [`ProtoClass`] | count | this program |
 //! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes; a `SERVICE_HOLD` service parks while it is not empty) |
-//! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows) | this program (agent consumes) |
+//! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows, joins of unknown tokens) | this program (agent consumes) |
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
 //! | `REPLAY_SLOTS` | array, [`REPLAY_BATCH`] | run index in a replay batch | [`ReplaySlot`]: frame bytes and the action to give it | agent (this program reads) |
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
@@ -426,6 +426,7 @@ fn report(decision: &Classification) {
             }
             (EventKind::FlowLearned, 0, 0, token)
         }
+        Report::UnknownJoin { token } => (EventKind::UnknownJoin, 0, 0, token),
     };
     if !take_event_budget() {
         count_reason(Reason::EventsRateLimited);

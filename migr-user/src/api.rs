@@ -663,6 +663,9 @@ pub struct AgentInfo {
     pub ring_backlog_bytes: u64,
     /// Parked records of services this agent does not know (consumed and dropped).
     pub unknown_service_records: u64,
+    /// MPTCP subflows learned from MP_JOINs that arrived before their token.
+    #[serde(default)]
+    pub late_joins_learned: u64,
 }
 
 /// `phase`' and `criu`'s result.

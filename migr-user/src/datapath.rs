@@ -489,6 +489,16 @@ impl Datapath {
         }
     }
 
+    /// The service an MPTCP token is installed for.
+    pub fn token(&self, token: u32) -> Result<Option<u32>> {
+        let map = HashMap::<_, u32, u32>::try_from(self.map("TOKENS")?)?;
+        match map.get(&token, 0) {
+            Ok(id) => Ok(Some(id)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn set_token(&mut self, token: u32, service_id: u32) -> Result<()> {
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
         map.insert(token, service_id, 0)?;

@@ -23,8 +23,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use migr_common::{
     cid::CidConfig,
     maps::{
-        Action, EventKind, FAMILY_V4, FAMILY_V6, ForwardMode, ForwardTarget, LISTENER_QUIC,
-        LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, REPLAY_BATCH,
+        Action, EventKind, FAMILY_V4, FAMILY_V6, FlowKey, ForwardMode, ForwardTarget,
+        LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, REPLAY_BATCH,
         REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
         Verdict,
     },
@@ -42,6 +42,7 @@ use crate::{
     datapath::{
         AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked, replayable,
     },
+    early_joins::EarlyJoins,
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
@@ -226,6 +227,9 @@ pub struct Engine {
     dirty: bool,
     last_persist: Instant,
     unknown_records: u64,
+    /// MP_JOINs that arrived before their token, kept until it is installed.
+    early_joins: EarlyJoins,
+    late_joins_learned: u64,
     rx: mpsc::Receiver<Call>,
     wake: Arc<OwnedFd>,
     error_backoff_until: Option<Instant>,
@@ -310,6 +314,8 @@ impl Engine {
             dirty: false,
             last_persist: Instant::now(),
             unknown_records: 0,
+            early_joins: EarlyJoins::default(),
+            late_joins_learned: 0,
             rx,
             wake,
             error_backoff_until: None,
@@ -837,7 +843,7 @@ impl Engine {
         }
     }
 
-    /// MPTCP keys → tokens.
+    /// MPTCP keys → tokens; joins that overtook their token → learned late.
     fn pump_events(&mut self) {
         let events = match self.dp.drain_events() {
             Ok(e) => e,
@@ -846,23 +852,53 @@ impl Engine {
                 return;
             }
         };
+        let now = Instant::now();
         for ev in events {
-            if ev.kind == EventKind::MptcpKeys as u32 {
-                let Some(svc) = self.services.get(&ev.service_id) else {
-                    continue;
-                };
-                if !svc.mptcp() || ev.receiver_key == 0 {
-                    continue;
+            if ev.kind == EventKind::UnknownJoin as u32 {
+                // The token may have been installed since the SYN went by.
+                match self.dp.token(ev.token) {
+                    Ok(Some(service_id)) => self.learn_late_join(&ev.flow, service_id, ev.token),
+                    _ => self.early_joins.note(now, ev.token, ev.flow),
                 }
-                let token = mptcp_token(ev.receiver_key);
-                match self.dp.set_token(token, ev.service_id) {
-                    Ok(()) => {
-                        tracing::debug!(service = %svc.spec.name, token = format!("{token:08x}"), "learned an MPTCP token")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "installing an MPTCP token failed")
+                continue;
+            }
+            if ev.kind != EventKind::MptcpKeys as u32 {
+                continue;
+            }
+            let Some(svc) = self.services.get(&ev.service_id) else {
+                continue;
+            };
+            if !svc.mptcp() || ev.receiver_key == 0 {
+                continue;
+            }
+            let token = mptcp_token(ev.receiver_key);
+            match self.dp.set_token(token, ev.service_id) {
+                Ok(()) => {
+                    tracing::debug!(service = %svc.spec.name, token = format!("{token:08x}"), "learned an MPTCP token");
+                    for flow in self.early_joins.take(now, token) {
+                        self.learn_late_join(&flow, ev.service_id, token);
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "installing an MPTCP token failed")
+                }
+            }
+        }
+    }
+
+    /// Learns the subflow of an MP_JOIN that arrived before its token.
+    fn learn_late_join(&mut self, flow: &FlowKey, service_id: u32, token: u32) {
+        match self.dp.set_flow(flow, service_id) {
+            Ok(()) => {
+                self.late_joins_learned += 1;
+                tracing::debug!(
+                    id = service_id,
+                    token = format!("{token:08x}"),
+                    "learned an MP_JOIN subflow that arrived before its token"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "learning an MP_JOIN subflow failed")
             }
         }
     }
@@ -1276,6 +1312,7 @@ impl Engine {
                 uptime_s: self.started.elapsed().as_secs(),
                 ring_backlog_bytes: self.ring.backlog(),
                 unknown_service_records: self.unknown_records,
+                late_joins_learned: self.late_joins_learned,
             },
             reasons: Reason::ALL
                 .iter()

@@ -4,6 +4,7 @@ pub mod api;
 pub mod btf_fixup;
 pub mod ctl;
 pub mod datapath;
+pub mod early_joins;
 pub mod engine;
 pub mod features;
 pub mod metrics;

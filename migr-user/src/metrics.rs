@@ -66,6 +66,16 @@ pub fn render(stats: &Stats) -> String {
         stats.agent.unknown_service_records,
     );
     o.family(
+        "migr_mptcp_late_joins_learned_total",
+        "counter",
+        "MPTCP subflows learned from MP_JOINs that arrived before their token.",
+    );
+    o.sample(
+        "migr_mptcp_late_joins_learned_total",
+        &[],
+        stats.agent.late_joins_learned,
+    );
+    o.family(
         "migr_datapath_packets_total",
         "counter",
         "Packets the XDP program saw, by protocol class.",
@@ -281,6 +291,7 @@ mod tests {
                 uptime_s: 5,
                 ring_backlog_bytes: 0,
                 unknown_service_records: 0,
+                late_joins_learned: 0,
             },
             reasons: [("replayed".to_string(), 3u64)].into_iter().collect(),
             protocols: [("udp".to_string(), 9u64)].into_iter().collect(),

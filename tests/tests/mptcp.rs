@@ -153,6 +153,47 @@ fn freeze_with_steering_parks_both_subflows_and_loses_nothing() {
     );
 }
 
+/// The joins race the token learning here: the second address is announced
+/// before the connections open, so a join SYN often reaches the node before
+/// the agent has installed its token. The datapath reports such joins, and
+/// the agent learns their subflows once the token is in: every join ends up
+/// learned, and a freeze parks both paths of every connection.
+#[test]
+fn joins_that_overtake_their_token_are_learned_late() {
+    let mut lab = FreezeLab::new(
+        bins(),
+        &Options {
+            connections: 2,
+            replay_rate: None,
+            server_rcvbuf: Some(lab::TEST_SERVER_RCVBUF),
+            join: false,
+            period: PERIOD,
+            announce_first: true,
+        },
+    )
+    .unwrap();
+    let joins: u64 = lab
+        .kernel()
+        .unwrap()
+        .iter()
+        .map(|c| u64::from(c.subflows - 1))
+        .sum();
+    assert_eq!(joins, 2, "each connection joined on the second path");
+    let stats = lab.agent.stats().unwrap();
+    let on_arrival = num(&stats, &["reasons", "flows_learned"]);
+    let late = num(&stats, &["agent", "late_joins_learned"]);
+    println!("joins: {joins}, learned on arrival {on_arrival}, learned late {late}");
+    assert_eq!(on_arrival + late, joins, "every join's subflow is learned");
+    let run = freeze::freeze_once(&mut lab, true, Duration::from_millis(1000)).unwrap();
+    assert!(
+        run.xdp_drops[0] > 0 && run.xdp_drops[1] > 0,
+        "packets of both paths were parked: {:?}",
+        run.xdp_drops
+    );
+    assert_eq!(run.parked, run.replayed);
+    assert_eq!(run.subflows_after, vec![2, 2], "both subflows survive");
+}
+
 /// An MP_JOIN that arrives while the service is parked is parked too
 /// (classified by its token, which only the agent's learning can know), the
 /// kernel never sees it; replayed at the thaw, the join completes: the

@@ -125,7 +125,8 @@ fn join_race(bins: &'static lab::Bins, runs: usize) -> Result<Value> {
             let joins = lab.kernel()?.iter().map(|c| c.subflows - 1).sum::<u32>();
             Ok(json!({
                 "joins": joins,
-                "joins_learned": lab::num(&stats, &["reasons", "flows_learned"]),
+                "joins_learned_on_arrival": lab::num(&stats, &["reasons", "flows_learned"]),
+                "joins_learned_late": lab::num(&stats, &["agent", "late_joins_learned"]),
                 "joins_unknown_token": lab::num(&stats, &["reasons", "mptcp_unknown_token"]),
                 "tokens_learned": lab.agent.tokens()?.len(),
             }))
@@ -133,10 +134,11 @@ fn join_race(bins: &'static lab::Bins, runs: usize) -> Result<Value> {
         match once() {
             Ok(v) => {
                 println!(
-                    "run {}/{runs}: {} joins, {} learned, {} with a token unknown on arrival",
+                    "run {}/{runs}: {} joins, {} learned on arrival, {} learned late (token unknown on arrival: {})",
                     i + 1,
                     v["joins"],
-                    v["joins_learned"],
+                    v["joins_learned_on_arrival"],
+                    v["joins_learned_late"],
                     v["joins_unknown_token"]
                 );
                 list.push(v);
@@ -148,16 +150,15 @@ fn join_race(bins: &'static lab::Bins, runs: usize) -> Result<Value> {
         }
     }
     let joins: u64 = list.iter().filter_map(|v| v["joins"].as_u64()).sum();
-    let learned: u64 = list
-        .iter()
-        .filter_map(|v| v["joins_learned"].as_u64())
-        .sum();
+    let sum = |key: &str| -> u64 { list.iter().filter_map(|v| v[key].as_u64()).sum() };
+    let (on_arrival, late) = (sum("joins_learned_on_arrival"), sum("joins_learned_late"));
     Ok(json!({
         "schema": lab::SCHEMA,
         "scenario": "mptcp-join-race",
         "environment": lab::environment(),
         "params": {"runs": runs, "connections": CONNECTIONS},
-        "total": {"joins": joins, "joins_learned": learned},
+        "total": {"joins": joins, "joins_learned_on_arrival": on_arrival, "joins_learned_late": late,
+                  "joins_learned": on_arrival + late},
         "runs": list,
         "failures": failures,
     }))
