@@ -449,6 +449,7 @@ impl Datapath {
     }
 
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
+        check_service_id(entry.service_id)?;
         let mut map =
             HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map_mut("LISTENERS")?)?;
         map.insert(key, entry, 0)?;
@@ -463,6 +464,7 @@ impl Datapath {
     }
 
     pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
+        check_service_id(service_id)?;
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
         map.insert(server_id, service_id, 0)?;
         Ok(())
@@ -500,6 +502,7 @@ impl Datapath {
     }
 
     pub fn set_token(&mut self, token: u32, service_id: u32) -> Result<()> {
+        check_service_id(service_id)?;
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
         map.insert(token, service_id, 0)?;
         Ok(())
@@ -511,6 +514,7 @@ impl Datapath {
     }
 
     pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
+        check_service_id(service_id)?;
         let mut map = HashMap::<_, FlowKey, u32>::try_from(self.map_mut("FLOWS")?)?;
         map.insert(key, service_id, 0)?;
         Ok(())
