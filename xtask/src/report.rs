@@ -354,7 +354,8 @@ fn lines(
         .y_desc(ydesc)
         .draw()
         .map_err(plot_err)?;
-    for (j, (name, p)) in series.iter().enumerate() {
+    // The first series last, on top (steering on: its peak is the lower one).
+    for (j, (name, p)) in series.iter().enumerate().rev() {
         let color = COLORS[j % COLORS.len()];
         chart
             .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))
@@ -540,6 +541,9 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     );
     for n in &r.notes {
         let _ = writeln!(md, "- note: {n}");
+    }
+    if !r.notes.is_empty() {
+        md.push('\n');
     }
 
     // Steering on versus off.
