@@ -22,10 +22,9 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -170,31 +169,9 @@ pub fn force_rcvbuf(socket: &UdpSocket, bytes: libc::c_int) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
-/// A process that is SIGKILLed (and reaped) on drop.
-pub struct Proc {
-    pub child: Child,
-}
+pub use crate::process::Proc;
 
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `program args` in `ns` (network namespace only, like CRIU wants).
-/// nsenter execs the program, so the child's PID is the program's.
+/// [`crate::process::spawn_in`], for tests: a process that cannot start fails the test.
 pub fn spawn_in(
     ns: &NetNs,
     program: &Path,
@@ -202,31 +179,7 @@ pub fn spawn_in(
     env: &[(&str, &str)],
     log: Option<&Path>,
 ) -> Proc {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    match log {
-        Some(path) => {
-            let f = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .expect("open the log");
-            cmd.stdout(f.try_clone().expect("dup the log")).stderr(f);
-        }
-        None => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
-    Proc {
-        child: cmd.spawn().expect("spawn in the namespace"),
-    }
+    crate::process::spawn_in(ns, program, args, env, log).expect("spawn in the namespace")
 }
 
 pub fn start_echo(ns: &NetNs, ip: &str, name: &str, scratch: &Path) -> Proc {

@@ -8,6 +8,7 @@ pub mod agent_harness;
 pub mod corpus;
 pub mod fixture;
 pub mod netns;
+pub mod process;
 pub mod testbed;
 
 pub use netns::{NetNs, veth_pair};

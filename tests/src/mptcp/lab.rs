@@ -9,12 +9,11 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -108,65 +107,7 @@ pub fn require_tools() -> Result<()> {
 // ---------------------------------------------------------------------------
 // Processes
 
-/// A process that is SIGKILLed (and reaped) on drop.
-pub struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `program args` in `ns` (network namespace only, like CRIU wants).
-pub fn spawn_in(
-    ns: &NetNs,
-    program: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    log: Option<&Path>,
-) -> Result<Proc> {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    match log {
-        Some(path) => {
-            let f = File::options().create(true).append(true).open(path)?;
-            cmd.stdout(f.try_clone()?).stderr(f);
-        }
-        None => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-        }
-    }
-    Ok(Proc {
-        child: cmd
-            .spawn()
-            .with_context(|| format!("spawning {} in {}", program.display(), ns.name()))?,
-    })
-}
+pub use migr_tests::process::{Proc, spawn_in};
 
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + limit;

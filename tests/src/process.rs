@@ -1,0 +1,79 @@
+//! Processes the tests start inside a network namespace, killed (by PID) and
+//! reaped when dropped, so a failing test leaves none behind.
+
+use std::{
+    fs::File,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::NetNs;
+
+/// A process that is SIGKILLed (and reaped) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Its exit status, if it has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program args` in `ns` (network namespace only, as CRIU wants it:
+/// `ip netns exec` would add a private mount namespace). nsenter execs the
+/// program, so the child's PID is the program's. Output goes to `log`
+/// (appended), or nowhere.
+pub fn spawn_in(
+    ns: &NetNs,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> Result<Proc> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match log {
+        Some(path) => {
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log {}", path.display()))?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {} in {}", program.display(), ns.name()))?;
+    Ok(Proc { child })
+}
