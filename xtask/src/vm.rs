@@ -148,6 +148,9 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 const TEST_MODULES: &[&str] = &["inet_diag", "tcp_diag", "udp_diag", "mptcp_diag"];
 /// Host paths the guest replaces with its own mounts: nothing the guest runs may live there.
 const GUEST_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
+/// Those of [`GUEST_MOUNTS`] that are a fresh tmpfs in the guest: host directories under them
+/// are bind-mounted back.
+const GUEST_TMPFS: &[&str] = &["/run", "/tmp"];
 /// The programs the load check reports.
 const PROGRAMS: &[&str] = &["migr", "migr_pass"];
 /// The test binaries of `migr-tests` the guest runs by default: BPF_PROG_TEST_RUN fixtures
@@ -338,6 +341,9 @@ struct HostBinaries {
     verifier: PathBuf,
     /// The test crate's directory (the tests' working directory, as under cargo).
     workdir: PathBuf,
+    /// Host directories under a path the guest mounts a tmpfs on (/run, /tmp) that the
+    /// guest must still see: a checkout or target directory under /tmp, say.
+    keep: Vec<PathBuf>,
 }
 
 fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
@@ -362,19 +368,32 @@ fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
         .find(|(name, _)| name == "verifier")
         .map(|(_, path)| path)
         .context("cargo reported no executable for migr-user's `verifier` example")?;
-    let bins = HostBinaries {
+    let mut bins = HostBinaries {
         tests,
         verifier,
         workdir: run::workspace_root().join("tests"),
+        keep: Vec::new(),
     };
+    // The guest's tmpfs mounts would hide these; it bind-mounts them back (`init_script`).
+    let root = run::workspace_root();
     let all = bins.tests.iter().map(|(_, p)| p).chain([&bins.verifier]);
     for path in all.chain([&bins.workdir]) {
-        if let Some(hidden) = GUEST_MOUNTS.iter().find(|m| path.starts_with(m)) {
+        let Some(hidden) = GUEST_MOUNTS.iter().find(|m| path.starts_with(m)) else {
+            continue;
+        };
+        if !GUEST_TMPFS.contains(hidden) {
             bail!(
                 "{} is under {hidden}, which the guest mounts over; use a target directory \
                  elsewhere (CARGO_TARGET_DIR)",
                 path.display()
             );
+        }
+        let dir = match path.starts_with(&root) {
+            true => root.clone(),
+            false => path.parent().unwrap_or(path).to_path_buf(),
+        };
+        if !bins.keep.iter().any(|k| dir.starts_with(k)) {
+            bins.keep.push(dir);
         }
     }
     println!(
@@ -847,6 +866,26 @@ fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// Shell lines that set host directories aside before the guest's tmpfs mounts hide them
+/// (`save`), or put them back in place afterwards.
+fn keep_lines(keep: &[PathBuf], save: bool) -> String {
+    let mut out = String::new();
+    for (i, dir) in keep.iter().enumerate() {
+        let host = sh_quote(&format!("/host{}", dir.display()));
+        let _ = match save {
+            true => writeln!(
+                out,
+                "mkdir -p /keep{i} && mount --bind {host} /keep{i} || fail \"keeping {host}\""
+            ),
+            false => writeln!(
+                out,
+                "mkdir -p {host} && mount --bind /keep{i} {host} || fail \"restoring {host}\""
+            ),
+        };
+    }
+    out
+}
+
 fn init_script(
     kernel: &Kernel,
     bins: &HostBinaries,
@@ -890,9 +929,9 @@ mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount -t bpf bpf /host/sys/fs/bpf || fail "mounting bpffs"
-mount -t tmpfs tmpfs /host/run || fail "mounting /run"
+{keep_save}mount -t tmpfs tmpfs /host/run || fail "mounting /run"
 mount -t tmpfs tmpfs /host/tmp || fail "mounting /tmp"
-# Linux 6.1 hands a frame that native XDP on a veth passed to the stack as a whole page
+{keep_restore}# Linux 6.1 hands a frame that native XDP on a veth passed to the stack as a whole page
 # (truesize about 4.3 kB), so the default 208 kB socket buffer holds only 49 unread
 # datagrams, with or without migr (a bare XDP_PASS program loses the same). The tests send
 # a batch and read it afterwards: give sockets room for it (docs/vm-tests.md).
@@ -924,6 +963,8 @@ else
         path = GUEST_PATH,
         workdir = q(&bins.workdir),
         verifier = q(&bins.verifier),
+        keep_save = keep_lines(&bins.keep, true),
+        keep_restore = keep_lines(&bins.keep, false),
         programs = PROGRAMS.len(),
         rmem = GUEST_RMEM_DEFAULT,
         bin_timeout = GUEST_BINARY_TIMEOUT.as_secs(),
@@ -1209,6 +1250,7 @@ fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result<AccelArg> 
             tests: Vec::new(),
             verifier: PathBuf::new(),
             workdir: PathBuf::new(),
+            keep: Vec::new(),
         },
         &deps,
         &[],
