@@ -399,18 +399,23 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.proc.take();
-        // Removing the pins detaches the XDP links and frees the maps.
-        if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
         if std::thread::panicking() {
             eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        remove_agent_files(&self.pin_dir, &self.state_dir);
     }
+}
+
+/// Removes a stopped agent's pins (which detaches its XDP links and frees its maps) and its
+/// state directory.
+pub fn remove_agent_files(pin_dir: &Path, state_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    let _ = std::fs::remove_dir_all(state_dir);
 }
 
 // ---------------------------------------------------------------------------

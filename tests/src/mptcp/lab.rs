@@ -436,17 +436,10 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.proc.take();
-        // Removing the pins detaches the XDP links and frees the maps.
-        if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
         if std::thread::panicking() {
             eprintln!("--- log of agent {} ---\n{}", self.name, self.log_text());
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        migr_tests::agent_harness::remove_agent_files(&self.pin_dir, &self.state_dir);
     }
 }
 
