@@ -12,12 +12,13 @@ use crate::{
 
 /// Debian packages the build and the tests need.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev", // bpf-linker links against libLLVM 22
-    "iproute2",    // ip netns / ip link for the tests and the demo
-    "util-linux",  // nsenter
-    "ethtool",     // tests turn off veth checksum offload (see tests/src/netns.rs)
-    "nftables",    // the testbed removes the tables CRIU's network lock leaves (nft)
-    "iptables",    // CRIU's TCP connection lock (--tcp-established)
+    "llvm-22-dev",  // bpf-linker links against libLLVM 22
+    "iproute2",     // ip netns / ip link for the tests and the demo
+    "util-linux",   // nsenter
+    "ethtool",      // tests turn off veth checksum offload (see tests/src/netns.rs)
+    "nftables",     // the testbed removes the tables CRIU's network lock leaves (nft)
+    "iptables",     // CRIU's TCP connection lock (--tcp-established)
+    "dnsmasq-base", // the TCP+DNS baseline's name server (testbed scenarios tcp-dns-*)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -9,6 +9,8 @@
 //!                   [--json PATH] [--keep]
 //! migr-testbed tcp [--steering on|off] [--preset P] [--requests N] [--migrate-after K]
 //!                   [--json PATH] [--keep]         the same-IP TCP case (COAT)
+//! migr-testbed tcp-dns [--ttl S] [--preset P] [--json PATH] [--keep]
+//!                   the TCP+DNS baseline: reconnect to the name once the TTL expired
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
 //! migr-testbed scenarios                  list the named experiments
 //! migr-testbed scenario NAME|all [--runs N] [--out DIR]   run them: DIR/NAME.json, DIR/NAME/*.csv
@@ -31,11 +33,15 @@ const USAGE: &str = "usage:
                     [--json PATH] [--keep] [--quiet]
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
+  migr-testbed tcp-dns [--ttl SECONDS] [--preset none|latency|bandwidth]
+                       [--requests N] [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed topology [--preset none|latency|bandwidth]
   migr-testbed scenarios
   migr-testbed scenario NAME|all [--runs N] [--out DIR]
   migr-testbed tcp-server --listen ADDR
-  migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]";
+  migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]
+  migr-testbed dns-client --dns ADDR:PORT --port PORT --count N --csv PATH [--name NAME]
+                          [--size BYTES] [--stop-file PATH]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +49,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("quic") => run_cmd(&args[1..], testbed::Protocol::Quic),
         Some("tcp") => run_cmd(&args[1..], testbed::Protocol::Tcp),
+        Some("tcp-dns") => run_cmd(&args[1..], testbed::Protocol::TcpDns),
         Some("scenarios") => {
             for sc in scenarios::all() {
                 println!("{:<48} {}", sc.name, sc.description);
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
         Some("scenario") => scenario_cmd(&args[1..]),
         Some("tcp-server") => tcpecho::main_server(&args[1..]),
         Some("tcp-client") => tcpecho::main_client(&args[1..]),
+        Some("dns-client") => testbed::dns::main_client(&args[1..]),
         Some("topology") => topology_cmd(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
@@ -120,10 +128,16 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             "--mode",
             "--ballast-mb",
             "--technique",
+            "--ttl",
         ],
         &["--keep", "--quiet"],
     )?;
-    let steering = match o.value("--steering")?.unwrap_or("on") {
+    let default_steering = if protocol == testbed::Protocol::TcpDns {
+        "off"
+    } else {
+        "on"
+    };
+    let steering = match o.value("--steering")?.unwrap_or(default_steering) {
         "on" => true,
         "off" => false,
         other => bail!("--steering on|off, not {other:?}"),
@@ -132,9 +146,16 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
     let mut cfg = match protocol {
         testbed::Protocol::Quic => RunConfig::back_to_back(steering, preset),
         testbed::Protocol::Tcp => RunConfig::tcp_back_to_back(steering, preset),
+        testbed::Protocol::TcpDns => {
+            if steering {
+                bail!("tcp-dns is the baseline without steering: --steering off");
+            }
+            let ttl = o.value("--ttl")?.unwrap_or("5").parse().context("--ttl")?;
+            RunConfig::tcp_dns(ttl, preset)
+        }
     };
     if let Some(s) = o.value("--strategy")? {
-        if protocol == testbed::Protocol::Tcp {
+        if protocol != testbed::Protocol::Quic {
             bail!("--strategy is for QUIC runs");
         }
         if !["p-explicit", "r-explicit", "poa"].contains(&s) {

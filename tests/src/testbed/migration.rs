@@ -36,10 +36,12 @@ use super::{
     Bins, WorkDir,
     agent::{Agent, write_hook},
     criu::{self, dir_bytes, phase_time, read_phases},
-    now_s,
+    dns, now_s,
     proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
-    topology::{DST_CT_IP, DST_UPLINK, Preset, SAME_IP, SRC_CT_IP, SRC_UPLINK, Topology},
+    topology::{
+        DST_CT_IP, DST_UPLINK, Preset, ROUTER_CLIENT_IP, SAME_IP, SRC_CT_IP, SRC_UPLINK, Topology,
+    },
 };
 
 pub const SERVICE: &str = "echo";
@@ -56,6 +58,10 @@ pub enum Protocol {
     Quic,
     /// TCP with `--tcp-established`, same IP (COAT).
     Tcp,
+    /// The TCP+DNS baseline (seed 000): no steering; the server moves to a
+    /// new IP (dumped with `--tcp-close`), the DNS record is updated, and
+    /// the client reconnects once its cached record expired.
+    TcpDns,
 }
 
 impl Protocol {
@@ -63,6 +69,7 @@ impl Protocol {
         match self {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::TcpDns => "tcp-dns",
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct RunConfig {
     pub keep_files: bool,
     /// Print progress lines.
     pub verbose: bool,
+    /// TCP+DNS: the TTL of the service's DNS record, in seconds.
+    pub dns_ttl_s: u32,
 }
 
 impl RunConfig {
@@ -159,6 +168,7 @@ impl RunConfig {
             work_base: std::env::temp_dir(),
             keep_files: false,
             verbose: true,
+            dns_ttl_s: 5,
         }
     }
 
@@ -189,6 +199,19 @@ impl RunConfig {
             },
             stop_after_restore_ms: Some(1500),
             ..Self::back_to_back(steering, preset)
+        }
+    }
+
+    /// The TCP+DNS baseline: back-to-back echo to the service's name, no
+    /// steering, a cached DNS record with `ttl_s`.
+    pub fn tcp_dns(ttl_s: u32, preset: Preset) -> Self {
+        Self {
+            protocol: Protocol::TcpDns,
+            dns_ttl_s: ttl_s,
+            // Two seconds after the restore returned beyond the TTL: the
+            // client has reconnected by then.
+            stop_after_restore_ms: Some(u64::from(ttl_s) * 1000 + 2000),
+            ..Self::tcp_back_to_back(false, preset)
         }
     }
 
@@ -336,7 +359,7 @@ impl Run {
                 .map(|(a, t)| json!({"action": a, "time_s": t}))
                 .collect()
         };
-        json!({
+        let mut doc = json!({
             "label": self.label,
             "protocol": self.protocol.name(),
             "steering": self.steering,
@@ -383,7 +406,20 @@ impl Run {
             },
             "lock_tables_removed": self.lock_tables_removed,
             "delay_line_failures": self.delay_line_failures,
-        })
+        });
+        if self.protocol == Protocol::TcpDns {
+            // The DNS client's counts and times (ms since it started).
+            for key in [
+                "dns_queries",
+                "reconnects",
+                "broke_at_ms",
+                "record_age_at_break_ms",
+                "reconnected_at_ms",
+            ] {
+                doc["client"][key] = json!(self.summary_u64(key));
+            }
+        }
+        doc
     }
 
     /// A few human lines.
@@ -423,6 +459,14 @@ impl Run {
                 self.pto_count().map_or("?".into(), |v| v.to_string()),
                 self.final_server
             )),
+            Protocol::TcpDns => s.push_str(&format!(
+                "\n               client DNS: connection broke at {} ms with a {} ms old record, connected again at {} ms ({} queries); last response from {}",
+                self.summary_u64("broke_at_ms").map_or("?".into(), |v| v.to_string()),
+                self.summary_u64("record_age_at_break_ms").map_or("?".into(), |v| v.to_string()),
+                self.summary_u64("reconnected_at_ms").map_or("?".into(), |v| v.to_string()),
+                self.summary_u64("dns_queries").map_or("?".into(), |v| v.to_string()),
+                self.final_server
+            )),
             Protocol::Tcp => s.push_str(&format!(
                 "\n               client TCP: {} segments retransmitted by the kernel",
                 self.tcp_retransmits().map_or("?".into(), |v| v.to_string()),
@@ -460,6 +504,10 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         }
     };
     let quic = cfg.protocol == Protocol::Quic;
+    let tcp_dns = cfg.protocol == Protocol::TcpDns;
+    if tcp_dns && cfg.steering {
+        bail!("the TCP+DNS baseline runs without steering");
+    }
     let label = cfg.label();
     let mut dir = WorkDir::new(&cfg.work_base, &label)?;
     dir.keep = cfg.keep_files;
@@ -473,6 +521,11 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     // The addresses the client reaches the service at, before and after.
     let (old, new) = if quic {
         (format!("{SRC_CT_IP}:{PORT}"), format!("{DST_CT_IP}:{PORT}"))
+    } else if tcp_dns {
+        (
+            format!("{SRC_CT_IP}:{TCP_PORT}"),
+            format!("{DST_CT_IP}:{TCP_PORT}"),
+        )
     } else {
         let same = format!("{SAME_IP}:{TCP_PORT}");
         for ct in [&topo.src_ct, &topo.dst_ct] {
@@ -552,7 +605,14 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     } else {
         server_cmd = Command::new(&bins.testbed);
-        server_cmd.args(["tcp-server", "--listen", &old]);
+        // TCP+DNS: the wildcard address, which the restored listener keeps
+        // at the destination's new IP.
+        let listen = if tcp_dns {
+            format!("0.0.0.0:{TCP_PORT}")
+        } else {
+            old.clone()
+        };
+        server_cmd.args(["tcp-server", "--listen", &listen]);
         server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     }
     let mut server = Proc::spawn(
@@ -609,6 +669,34 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     )?;
     write_hook(&dst_hook, &dst_phases_file, None, dst_then.as_deref())?;
 
+    // TCP+DNS: the name server, in the router, on its client-side address.
+    let dns_server = if tcp_dns {
+        let server = dns::DnsServer::start(
+            &topo.router,
+            ROUTER_CLIENT_IP.parse()?,
+            cfg.dns_ttl_s,
+            SRC_CT_IP,
+            &d,
+        )?;
+        let name = dns::NAME;
+        let log = d.join("dnsmasq.log");
+        let hosts = d.join("dns-hosts").display().to_string();
+        wait_until(
+            Duration::from_secs(10),
+            "dnsmasq to read its hosts file",
+            || Ok(file_has(&log, &format!("read {hosts}"))),
+        )?;
+        say(format!(
+            "dnsmasq (PID {}) on {}: {name} A {SRC_CT_IP}, TTL {} s",
+            server.pid(),
+            server.listen,
+            cfg.dns_ttl_s
+        ));
+        Some(server)
+    } else {
+        None
+    };
+
     // The client.
     let csv = d.join("client.csv");
     let client_err = d.join("client.err");
@@ -627,6 +715,21 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
                 client_cmd.args(["--mode", "sporadic", "--period-ms", &period_ms.to_string()])
             }
         };
+    } else if tcp_dns {
+        client_cmd = Command::new(&bins.testbed);
+        client_cmd
+            .args(["dns-client", "--dns"])
+            .arg(
+                dns_server
+                    .as_ref()
+                    .expect("a DNS server")
+                    .listen
+                    .to_string(),
+            )
+            .args(["--name", dns::NAME, "--port", &TCP_PORT.to_string()])
+            .arg("--stop-file")
+            .arg(d.join("client.stop"))
+            .args(["--size", &cfg.request_bytes.to_string()]);
     } else {
         if cfg.mode != Mode::BackToBack {
             bail!("the TCP workload is back to back only");
@@ -675,7 +778,15 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     if let Some((_, dst)) = &agents {
         dst.phase(SERVICE, "restoring", &[])?;
     }
-    let criu_extra: &[&str] = if quic { &[] } else { &["--tcp-established"] };
+    // TCP+DNS: the connection cannot survive the new IP; CRIU dumps it and
+    // restores it closed (the listener is restored as it was).
+    let criu_extra: &[&str] = if quic {
+        &[]
+    } else if tcp_dns {
+        &["--tcp-close"]
+    } else {
+        &["--tcp-established"]
+    };
     let t_start = now_s();
     let images = d.join("images-src");
     let dump = criu::dump(
@@ -745,7 +856,10 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         name: "the restored server".into(),
         pid: restored_pid,
     };
-    if !quic {
+    if let Some(server) = &dns_server {
+        // The orchestration updates the service's record.
+        server.update(DST_CT_IP)?;
+    } else if !quic {
         // COAT's flow update: the service's IP is reachable at the
         // destination node from now on.
         topo.move_same_ip(true)?;
@@ -903,6 +1017,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     }
     // Teardown, in order: the restored service, the agents, the namespaces.
     restored.kill();
+    drop(dns_server);
     drop(agents);
     drop(topo);
     Ok(run)

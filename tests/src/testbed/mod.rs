@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod criu;
 pub mod delay;
+pub mod dns;
 pub mod migration;
 pub mod proc;
 pub mod scenarios;

@@ -170,6 +170,23 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
+    for ttl in [1, 5, 60] {
+        // The TCP+DNS baseline (seed 000): what users have without migr and
+        // without QUIC's connection migration.
+        let mut config = RunConfig::tcp_dns(ttl, Preset::None);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!("tcp-dns-ttl{ttl}"),
+            description: format!(
+                "TCP+DNS baseline (seed 000): back-to-back 1 kB echo to a name (dnsmasq in the \
+                 router, A record TTL {ttl} s); cold CRIU migration to a new IP (--tcp-close), the \
+                 record updated at the restore; the client reconnects once its cached record \
+                 expired; 28 MB container, no steering"
+            ),
+            config,
+            default_runs: 3,
+        });
+    }
     out
 }
 
@@ -299,6 +316,7 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
             "requests": c.requests,
             "migrate_after": c.migrate_after,
             "request_bytes": c.request_bytes,
+            "dns_ttl_s": if c.protocol == Protocol::TcpDns { Some(c.dns_ttl_s) } else { None },
         },
         "machine": machine(),
         "started_at": started_at,
