@@ -552,8 +552,15 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     md.push_str("| experiment | downtime on | downtime off | disruption on | disruption off | disruption/downtime on | disruption/downtime off | disruption on/off | downtime on/off | client lost pkts on / off |\n");
     md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let mut groups = Vec::new();
+    // Scenarios with only one side (baselines such as TCP+DNS) get a table of their own
+    // below: next to each other on one scale they would squash the pairs.
+    let mut unpaired = Vec::new();
     for (base, on, off) in pairs(r) {
         let st = |s: Option<&Scenario>, k: &str| s.and_then(|s| s.stat(k));
+        if on.is_none() || off.is_none() {
+            unpaired.push((base, on.or(off)));
+            continue;
+        }
         let lost = |s: Option<&Scenario>| {
             fmt_stat(
                 st(s, "client_lost_packets").or_else(|| st(s, "client_tcp_retransmits")),
@@ -598,6 +605,26 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     )?;
     written.push("plots/steering.svg".to_string());
     md.push_str("\n![steering on versus off](plots/steering.svg)\n");
+    if !unpaired.is_empty() {
+        md.push_str("\n## Scenarios without a steering counterpart\n\n");
+        md.push_str("| scenario | steering | downtime | disruption | disruption/downtime |\n");
+        md.push_str("| --- | --- | --- | --- | --- |\n");
+        for (base, s) in unpaired {
+            let st = |k: &str| s.and_then(|s| s.stat(k));
+            let _ = writeln!(
+                md,
+                "| {base} | {} | {} | {} | {} |",
+                if s.is_some_and(|s| s.steering) {
+                    "on"
+                } else {
+                    "off"
+                },
+                fmt_stat(st("downtime_ms"), 0),
+                fmt_stat(st("disruption_ms"), 0),
+                fmt_stat(st("disruption_over_downtime"), 2),
+            );
+        }
+    }
 
     // Sporadic: the service time of the first request after the migration (Fig. 4).
     let sporadic: Vec<&Scenario> = r.testbed.iter().filter(|s| s.mode == "sporadic").collect();
