@@ -143,6 +143,9 @@ pub struct RunConfig {
     pub verbose: bool,
     /// TCP+DNS: the TTL of the service's DNS record, in seconds.
     pub dns_ttl_s: u32,
+    /// QUIC PoA: addresses in the server's pool (1: only the new address; more: addresses
+    /// of the destination's subnet that nobody answers at, which the client probes too).
+    pub pool_size: usize,
 }
 
 impl RunConfig {
@@ -169,6 +172,7 @@ impl RunConfig {
             keep_files: false,
             verbose: true,
             dns_ttl_s: 5,
+            pool_size: 1,
         }
     }
 
@@ -600,7 +604,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .arg("--control-file")
             .arg(&ctl_file);
         if cfg.strategy == "poa" {
-            server_cmd.args(["--pool", &new]);
+            server_cmd.args(["--pool", &pool(&new, cfg.pool_size)]);
         }
         server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     } else {
@@ -1021,4 +1025,32 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     drop(agents);
     drop(topo);
     Ok(run)
+}
+
+/// The PoA pool: `new`, then `size - 1` addresses next to it that nobody answers at.
+fn pool(new: &str, size: usize) -> String {
+    let mut addrs = vec![new.to_string()];
+    if let Some((ip, port)) = new.rsplit_once(':')
+        && let Ok(ip) = ip.parse::<std::net::Ipv4Addr>()
+    {
+        let [a, b, c, d] = ip.octets();
+        for i in 1..size {
+            addrs.push(format!("{a}.{b}.{c}.{}:{port}", d.wrapping_add(i as u8)));
+        }
+    }
+    addrs.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool;
+
+    #[test]
+    fn the_pool_is_the_new_address_then_silent_neighbours() {
+        assert_eq!(pool("10.60.12.2:4433", 1), "10.60.12.2:4433");
+        assert_eq!(
+            pool("10.60.12.2:4433", 3),
+            "10.60.12.2:4433,10.60.12.3:4433,10.60.12.4:4433"
+        );
+    }
 }

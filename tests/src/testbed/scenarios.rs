@@ -53,6 +53,26 @@ pub fn all() -> Vec<Scenario> {
             }
         }
     }
+    // PoA with larger pools: the new address and 1 or 2 that never answer.
+    for pool_size in [2, 3] {
+        for steering in [true, false] {
+            let mut config = RunConfig::back_to_back(steering, Preset::None);
+            config.strategy = "poa".into();
+            config.ballast_mb = 28;
+            config.pool_size = pool_size;
+            out.push(Scenario {
+                name: format!("quic-b2b-poa{pool_size}-small-steering-{}", onoff(steering)),
+                description: format!(
+                    "QUIC, back-to-back 1 kB requests, poa with a pool of {pool_size} (the new \
+                     address and {} that never answer), cold, 28 MB container, steering {}",
+                    pool_size - 1,
+                    onoff(steering)
+                ),
+                config,
+                default_runs: 10,
+            });
+        }
+    }
     for strategy in STRATEGIES {
         for steering in [true, false] {
             out.push(Scenario {
@@ -317,6 +337,7 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
             "migrate_after": c.migrate_after,
             "request_bytes": c.request_bytes,
             "dns_ttl_s": if c.protocol == Protocol::TcpDns { Some(c.dns_ttl_s) } else { None },
+            "pool_size": if c.strategy == "poa" && c.protocol == Protocol::Quic { Some(c.pool_size) } else { None },
         },
         "machine": machine(),
         "started_at": started_at,
