@@ -59,27 +59,8 @@ pub struct Bins {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let exe = std::env::current_exe().expect("own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binaries live in target/<profile>/deps")
-            .to_path_buf();
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args(["build", "-q", "-p", "migr-user", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if std::env::var_os("CARGO_TARGET_DIR").is_none()
-            && let Some(target) = profile_dir.parent()
-        {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo to build migr-agent and migrctl");
-        assert!(status.success(), "building migr-agent and migrctl failed");
+        let profile_dir = crate::process::build_binaries(&["migr-user"])
+            .expect("building migr-agent and migrctl");
         let bins = Bins {
             agent: profile_dir.join("migr-agent"),
             ctl: profile_dir.join("migrctl"),

@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
 };
 
@@ -76,4 +76,41 @@ pub fn spawn_in(
         .spawn()
         .with_context(|| format!("spawning {} in {}", program.display(), ns.name()))?;
     Ok(Proc { child })
+}
+
+/// The profile directory the running executable belongs to (`target/debug` for
+/// `target/debug/migr-testbed` and for `target/debug/deps/agent-…`).
+pub fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("own path")?;
+    let mut dir = exe.parent().context("own directory")?.to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Builds the binaries of `packages` with cargo (a no-op when they are fresh) into the
+/// profile directory of the running executable, and returns that directory. For tests
+/// and tools that run from cargo's target directory.
+pub fn build_binaries(packages: &[&str]) -> Result<PathBuf> {
+    let dir = profile_dir()?;
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["build", "-q", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if std::env::var_os("CARGO_TARGET_DIR").is_none()
+        && let Some(target) = dir.parent()
+    {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        anyhow::bail!("building the binaries of {packages:?} failed ({status})");
+    }
+    Ok(dir)
 }

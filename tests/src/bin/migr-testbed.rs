@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 }
 
 fn bins() -> Result<Bins> {
-    Bins::in_dir(&Bins::profile_dir()?)
+    Bins::in_dir(&migr_tests::process::profile_dir()?)
 }
 
 /// `--name value` pairs and `--flag`s.

@@ -42,26 +42,8 @@ pub struct Bins {
 pub fn bins(server: PathBuf) -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let exe = std::env::current_exe().expect("own path");
-        let mut dir = exe.parent().expect("a directory").to_path_buf();
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dir.pop();
-        }
-        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args(["build", "-q", "-p", "migr-user", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if std::env::var_os("CARGO_TARGET_DIR").is_none()
-            && let Some(target) = dir.parent()
-        {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo to build migr-agent and migrctl");
-        assert!(status.success(), "building migr-agent and migrctl failed");
+        let dir = migr_tests::process::build_binaries(&["migr-user"])
+            .expect("building migr-agent and migrctl");
         let bins = Bins {
             agent: dir.join("migr-agent"),
             ctl: dir.join("migrctl"),

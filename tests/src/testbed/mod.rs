@@ -71,47 +71,12 @@ impl Bins {
         Ok(bins)
     }
 
-    /// The profile directory the running executable belongs to
-    /// (target/debug for target/debug/migr-testbed and target/debug/deps/testbed-…).
-    pub fn profile_dir() -> Result<PathBuf> {
-        let exe = std::env::current_exe().context("own path")?;
-        let mut dir = exe.parent().context("own directory")?.to_path_buf();
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dir.pop();
-        }
-        Ok(dir)
-    }
-
     /// Builds migr-agent, migrctl, migr-echo and migr-testbed into this executable's
     /// profile directory with cargo (a no-op when they are fresh), then
     /// returns them. For tests, which run under cargo.
     pub fn build() -> Result<Self> {
-        let profile_dir = Self::profile_dir()?;
-        let mut cmd =
-            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "migr-user",
-            "-p",
-            "migr-quic",
-            "--bins",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if std::env::var_os("CARGO_TARGET_DIR").is_none()
-            && let Some(target) = profile_dir.parent()
-        {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("building migr-agent, migrctl, migr-echo and migr-testbed failed ({status})");
-        }
-        Self::in_dir(&profile_dir)
+        let dir = crate::process::build_binaries(&["migr-user", "migr-quic"])?;
+        Self::in_dir(&dir)
     }
 }
 
