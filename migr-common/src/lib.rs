@@ -6,6 +6,7 @@
 
 #[cfg(any(test, feature = "std"))]
 pub mod build;
+pub mod checksum;
 pub mod cid;
 pub mod classify;
 pub mod frame;

@@ -129,7 +129,69 @@ pub struct ForwardTarget {
     /// Egress interface; the `FORWARD_DEVICES` DEVMAP holds it under the service id.
     /// When it equals the ingress interface the frame leaves with XDP_TX.
     pub ifindex: u32,
+    /// [`ForwardPath`] as u8.
+    pub path: u8,
+    pub _pad: [u8; 3],
 }
+
+/// How a FORWARD leaves the node. The agent picks it per egress device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ForwardPath {
+    /// The XDP program rewrites the frame and sends it with XDP_TX or a
+    /// DEVMAP redirect. Right for physical NICs in native mode: they transmit
+    /// XDP frames on their own TX ring, and frames from the wire carry full
+    /// checksums.
+    #[default]
+    Xdp = 0,
+    /// The XDP program passes the frame with a [`ForwardMeta`] in front of
+    /// it; the `migr_tc` program at the same device's TC ingress rewrites it
+    /// with the kernel's checksum helpers (which honour a partial checksum
+    /// the sender left for offload) and redirects it to the egress device's
+    /// transmit path. Needed wherever XDP_TX and redirected XDP frames are
+    /// lost: a veth whose peer runs no XDP program, generic (skb) mode.
+    Tc = 1,
+}
+
+impl ForwardPath {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Xdp),
+            1 => Some(Self::Tc),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+        }
+    }
+}
+
+/// XDP metadata with which the XDP program hands a FORWARD to `migr_tc`
+/// ([`ForwardPath::Tc`]): which service, and where the headers start (the
+/// frame was parsed once already). Only privileged code can attach XDP
+/// metadata, so frames from the wire never carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ForwardMeta {
+    /// [`FORWARD_META_MAGIC`].
+    pub magic: u32,
+    pub service_id: u32,
+    /// Frame offsets of the IP and the UDP/TCP header.
+    pub l3_offset: u16,
+    pub l4_offset: u16,
+    /// 4 or 6 (as [`FAMILY_V4`], [`FAMILY_V6`]).
+    pub family: u8,
+    /// 17 (UDP) or 6 (TCP).
+    pub ip_proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `ForwardMeta::magic` ("mgfw" little-endian).
+pub const FORWARD_META_MAGIC: u32 = 0x7766_676d;
 
 /// One entry of the `SERVICES` array (index = service id). Written by the agent.
 #[repr(C)]
@@ -351,10 +413,13 @@ pub enum Reason {
     HeldBehindBacklog = 17,
     /// A replay run found no valid slot, or could not make the frame its bytes.
     ReplayFailed = 18,
+    /// A FORWARD handed to the TC program ([`ForwardPath::Tc`]); the TC program
+    /// counts the verdict when it has redirected the frame.
+    ForwardViaTc = 19,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -375,6 +440,7 @@ impl Reason {
         Self::Replayed,
         Self::HeldBehindBacklog,
         Self::ReplayFailed,
+        Self::ForwardViaTc,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -398,6 +464,7 @@ impl Reason {
             Self::Replayed => "replayed",
             Self::HeldBehindBacklog => "held_behind_backlog",
             Self::ReplayFailed => "replay_failed",
+            Self::ForwardViaTc => "forward_via_tc",
         }
     }
 }
@@ -493,7 +560,15 @@ mod tests {
 
     #[test]
     fn shared_types_have_no_implicit_padding() {
-        assert_eq!(size_of::<ForwardTarget>(), 16 + 2 + 1 + 1 + 6 + 6 + 4);
+        assert_eq!(
+            size_of::<ForwardTarget>(),
+            16 + 2 + 1 + 1 + 6 + 6 + 4 + 1 + 3
+        );
+        assert_eq!(
+            size_of::<ForwardMeta>(),
+            16,
+            "XDP metadata: a multiple of 4, at most 32"
+        );
         assert_eq!(size_of::<ServiceEntry>(), 8 + size_of::<ForwardTarget>());
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(size_of::<ListenerEntry>(), 12);

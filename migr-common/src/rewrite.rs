@@ -44,7 +44,7 @@ fn checksum_replace_bytes<const N: usize>(mut check: u16, old: &[u8; N], new: &[
 
 /// Offset of the transport checksum and whether 0 means "no checksum" (UDP over IPv4).
 #[inline(always)]
-fn l4_checksum_offset(info: &PacketInfo) -> Result<(usize, bool), RewriteError> {
+pub fn l4_checksum_offset(info: &PacketInfo) -> Result<(usize, bool), RewriteError> {
     let l4 = info.l4_offset as usize;
     match info.l4 {
         L4Info::Udp { .. } => Ok((l4 + 6, info.family == IpFamily::V4)),

@@ -28,6 +28,7 @@
 #![no_main]
 
 mod frame;
+mod tc;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
@@ -42,12 +43,14 @@ use aya_ebpf::{
 use migr_common::{
     classify::{Classification, Report, Tables, final_action, lookup_stage, parse_stage},
     maps::{
-        Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FlowKey,
-        ForwardMode, ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX,
-        ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta,
-        ReplaySlot, ServiceCounters, ServiceEntry, Verdict,
+        Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FAMILY_V4,
+        FAMILY_V6, FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath,
+        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX, ParkedHeader,
+        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+        ServiceCounters, ServiceEntry, Verdict,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
+    wire::{ip::IpFamily, packet::PacketInfo},
 };
 
 use crate::frame::{XdpFrame, fill_header_cache};
@@ -185,7 +188,15 @@ pub fn migr(ctx: XdpContext) -> u32 {
             }
         },
         Action::Forward => match forward(ctx.ctx, decision) {
-            Ok(action) => (Verdict::Forward, action),
+            Ok(Forwarded::Sent(action)) => (Verdict::Forward, action),
+            Ok(Forwarded::ViaTc) => {
+                // `migr_tc` counts the verdict once it has sent the frame on.
+                count_reason(Reason::ForwardViaTc);
+                if decision.report != Report::None {
+                    report(decision);
+                }
+                return xdp_action::XDP_PASS;
+            }
             Err(reason) => {
                 count_reason(reason);
                 (Verdict::ForwardFailed, xdp_action::XDP_DROP)
@@ -375,14 +386,26 @@ fn park_into<const N: usize>(ctx: &XdpContext, service_id: u32, len: usize) -> R
     Ok(())
 }
 
-/// Rewrites the frame toward the service's new place and returns the XDP action.
+/// How [`forward`] sent a frame on.
+enum Forwarded {
+    /// Rewritten here; the XDP action (XDP_TX or XDP_REDIRECT) sends it.
+    Sent(u32),
+    /// Passed with a [`ForwardMeta`] for `migr_tc` ([`ForwardPath::Tc`]).
+    ViaTc,
+}
+
+/// Rewrites the frame toward the service's new place and returns the XDP
+/// action, or hands it to the TC program.
 #[inline(never)]
-fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<u32, Reason> {
+fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<Forwarded, Reason> {
     let ctx = &XdpContext::new(ctx);
     let (Some(service), Some(info)) = (&decision.service, &decision.packet) else {
         return Err(Reason::ForwardUnsupported);
     };
     let target = &service.forward;
+    if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
+        return hand_to_tc(ctx.ctx, decision.service_id, info).map(|()| Forwarded::ViaTc);
+    }
     let mut frame = XdpFrame::uncached(ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
@@ -398,11 +421,50 @@ fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<u32, Reason> {
         return Err(Reason::Malformed);
     }
     if target.ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok(xdp_action::XDP_TX);
+        return Ok(Forwarded::Sent(xdp_action::XDP_TX));
     }
     FORWARD_DEVICES
         .redirect(decision.service_id, 0)
+        .map(Forwarded::Sent)
         .map_err(|_| Reason::NoRedirectTarget)
+}
+
+/// Puts a [`ForwardMeta`] in front of the frame for `migr_tc`.
+#[inline(always)]
+fn hand_to_tc(ctx: *mut xdp_md, service_id: u32, info: &PacketInfo) -> Result<(), Reason> {
+    let size = size_of::<ForwardMeta>() as i32;
+    // SAFETY: plain helper call; a negative delta grows the metadata.
+    if unsafe { bpf_xdp_adjust_meta(ctx, -size) } != 0 {
+        return Err(Reason::NoRedirectTarget);
+    }
+    // SAFETY: `ctx` is the program's context; volatile loads keep the
+    // verifier's packet-pointer types (see `is_replay_batch`).
+    let (meta, data) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_meta)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
+        )
+    };
+    if meta + size_of::<ForwardMeta>() > data {
+        return Err(Reason::NoRedirectTarget);
+    }
+    let family = match info.family {
+        IpFamily::V4 => FAMILY_V4,
+        IpFamily::V6 => FAMILY_V6,
+    };
+    // SAFETY: the check above proves the metadata holds a whole ForwardMeta.
+    unsafe {
+        (meta as *mut ForwardMeta).write(ForwardMeta {
+            magic: FORWARD_META_MAGIC,
+            service_id,
+            l3_offset: info.l3_offset,
+            l4_offset: info.l4_offset,
+            family,
+            ip_proto: info.ip_proto,
+            _pad: [0; 2],
+        })
+    };
+    Ok(())
 }
 
 /// Sends reports to user space, within the per-CPU event budget.

@@ -20,6 +20,7 @@ use crate::{
     api::{self, ApiError, ErrorCode, Op, ParkLimit, Response},
     datapath::{AttachMode, DatapathConfig},
     engine::{Engine, EngineConfig, EngineHandle, ensure_bpffs},
+    forward_path::ForwardPathChoice,
     metrics,
     phase::Timing,
 };
@@ -62,6 +63,11 @@ struct RunArgs {
     /// XDP mode: auto (native, else skb), native or skb.
     #[arg(long, default_value = "auto")]
     mode: AttachMode,
+    /// How FORWARDs leave: auto (XDP_TX/redirect on a bus device attached
+    /// natively, else the TC program, which also delivers through veths),
+    /// xdp or tc.
+    #[arg(long, default_value = "auto")]
+    forward_path: ForwardPathChoice,
     /// Control socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -184,6 +190,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         replay_rate: args.replay_rate,
         replay_burst: args.replay_burst.max(1),
+        forward_path: args.forward_path,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -591,6 +591,14 @@ pub struct ParkedStats {
     /// Dropped because the store was at its limit.
     pub overflow_frames: u64,
     pub overflow_bytes: u64,
+    /// Stored frames whose UDP/TCP checksum the sender had left to offload
+    /// (partial): completed before replay, or the receiver would drop them.
+    #[serde(default)]
+    pub checksums_completed: u64,
+    /// Stored frames whose checksum is wrong and not partial: replayed as
+    /// they are (their receiver drops them, as it would have anyway).
+    #[serde(default)]
+    pub checksums_bad: u64,
     pub limit_frames: u64,
     pub limit_bytes: u64,
 }
@@ -635,6 +643,9 @@ pub struct ServiceStatus {
     /// Only `up` delivers what the datapath forwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_link: Option<String>,
+    /// How its FORWARDs leave this node: `xdp` or `tc` (see docs/datapath.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_path: Option<String>,
     /// Microseconds from receiving the last phase command to the datapath update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_phase_latency_us: Option<u64>,

@@ -11,8 +11,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp,
+        XdpMode,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -29,6 +31,9 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub const MAIN_PROGRAM: &str = "migr";
 /// A program that only passes (for veth peers and as a benchmark baseline).
 pub const PASS_PROGRAM: &str = "migr_pass";
+/// The TC ingress program that sends on FORWARDs the classifier handed over
+/// ([`migr_common::maps::ForwardPath::Tc`]).
+pub const TC_PROGRAM: &str = "migr_tc";
 
 /// XDP return codes (linux/bpf.h `enum xdp_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +230,54 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("the verifier refused program {name}"))?;
         }
+        tc_program_mut(&mut ebpf)?
+            .load()
+            .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
         Ok(Self { ebpf })
+    }
+
+    /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress through a bpf_link
+    /// (TCX, Linux >= 6.6) pinned at `pin`, like [`Self::attach_pinned`]; a
+    /// link left at `pin` by a previous agent is replaced by a new one.
+    pub fn attach_tc_pinned(&mut self, iface: &str, pin: &Path) -> Result<AttachedLink> {
+        if pin.exists() {
+            std::fs::remove_file(pin)
+                .with_context(|| format!("removing the previous TC link pin {}", pin.display()))?;
+        }
+        let prog = tc_program_mut(&mut self.ebpf)?;
+        let id = prog
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {TC_PROGRAM} to the TC ingress of {iface} (TCX needs Linux >= 6.6)"
+                )
+            })?;
+        let link = prog.take_link(id)?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| anyhow!("{iface}: the TC link is not a bpf_link ({e})"))?;
+        let pinned = fd_link
+            .pin(pin)
+            .with_context(|| format!("pinning the TC link of {iface} at {}", pin.display()))?;
+        Ok(AttachedLink {
+            iface: iface.to_string(),
+            mode: None,
+            pin: pin.to_path_buf(),
+            reused: false,
+            link: FdLink::from(pinned),
+        })
+    }
+
+    /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress for as long as this
+    /// datapath lives (tests).
+    pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
+        tc_program_mut(&mut self.ebpf)?
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {TC_PROGRAM} to the TC ingress of {iface}"))?;
+        Ok(())
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -644,6 +696,13 @@ pub fn decode_parked(record: &[u8]) -> Result<ParkedFrame> {
         })?
         .to_vec();
     Ok(ParkedFrame { header, frame })
+}
+
+fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(TC_PROGRAM)
+        .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {TC_PROGRAM} is not a TC classifier"))
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

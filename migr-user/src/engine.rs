@@ -20,10 +20,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::XdpMode;
 use migr_common::{
+    checksum::{L4Checksum, complete_partial},
     cid::CidConfig,
     maps::{
-        Action, EventKind, FAMILY_V4, FAMILY_V6, FlowKey, ForwardMode, ForwardTarget,
+        Action, EventKind, FAMILY_V4, FAMILY_V6, FlowKey, ForwardMode, ForwardPath, ForwardTarget,
         LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, ProtoClass, REPLAY_BATCH,
         REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
         Verdict,
@@ -43,6 +45,7 @@ use crate::{
         AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked, replayable,
     },
     early_joins::EarlyJoins,
+    forward_path::{self, EgressFacts, ForwardPathChoice},
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
@@ -64,6 +67,8 @@ pub struct EngineConfig {
     pub replay_rate: u64,
     /// Frames a paced replay may send at once.
     pub replay_burst: u64,
+    /// How FORWARDs leave the node (see `forward_path`).
+    pub forward_path: ForwardPathChoice,
 }
 
 /// A request for the engine thread.
@@ -135,6 +140,9 @@ pub struct ResolvedForward {
     pub ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// The frames leave through the TC program ([`ForwardPath::Tc`]).
+    #[serde(default)]
+    pub tc: bool,
 }
 
 /// Counters the agent keeps itself (persisted with the state).
@@ -144,6 +152,10 @@ struct Totals {
     stored_bytes: u64,
     overflow_frames: u64,
     overflow_bytes: u64,
+    #[serde(default)]
+    checksums_completed: u64,
+    #[serde(default)]
+    checksums_bad: u64,
     replay: ReplayStats,
 }
 
@@ -222,6 +234,11 @@ pub struct Engine {
     ring: ParkRing,
     events_fd: OwnedFd,
     links: Vec<AttachedLink>,
+    /// The TC ingress links of `migr_tc`, one per interface in `links`.
+    tc_links: Vec<AttachedLink>,
+    /// Why `migr_tc` could not be attached, if it could not (FORWARDs on
+    /// the TC path are then refused).
+    tc_error: Option<String>,
     services: BTreeMap<u32, Service>,
     started: Instant,
     dirty: bool,
@@ -309,6 +326,8 @@ impl Engine {
             ring,
             events_fd,
             links: Vec::new(),
+            tc_links: Vec::new(),
+            tc_error: None,
             services: BTreeMap::new(),
             started: Instant::now(),
             dirty: false,
@@ -436,12 +455,21 @@ impl Engine {
                 tracing::info!(%iface, mode = ?link.mode, "attached");
             }
             self.links.push(link);
+            let tc_pin = self.cfg.pin_dir.join(format!("tc-{iface}"));
+            match self.dp.attach_tc_pinned(iface, &tc_pin) {
+                Ok(link) => self.tc_links.push(link),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    tracing::warn!(%iface, error = %e, "the TC forward program is not attached: FORWARDs through veths and in skb mode will be refused");
+                    self.tc_error = Some(e);
+                }
+            }
         }
         // Links a previous agent left for interfaces no longer asked for.
         if let Ok(entries) = std::fs::read_dir(&self.cfg.pin_dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(iface) = name.strip_prefix("link-")
+                if let Some(iface) = name.strip_prefix("link-").or(name.strip_prefix("tc-"))
                     && !wanted.iter().any(|w| w == iface)
                 {
                     tracing::warn!(%iface, "detaching a pinned XDP link left for an interface not in --iface");
@@ -607,7 +635,8 @@ impl Engine {
                     "parked frames remain stored; a restarted agent replays them");
             }
         }
-        for link in self.links.drain(..) {
+        let tc_links: Vec<AttachedLink> = self.tc_links.drain(..).collect();
+        for link in self.links.drain(..).chain(tc_links) {
             let iface = link.iface.clone();
             if detach {
                 match link.detach() {
@@ -657,16 +686,16 @@ impl Engine {
                 }
             };
             let id = frame.header.service_id;
+            let Some(svc) = self.services.get_mut(&id) else {
+                self.unknown_records += 1;
+                pos = next;
+                continue;
+            };
             let stored = StoredFrame {
                 ring_pos: record_pos,
                 ifindex: frame.header.ifindex,
                 timestamp_ns: frame.header.timestamp_ns,
                 frame: frame.frame,
-            };
-            let Some(svc) = self.services.get_mut(&id) else {
-                self.unknown_records += 1;
-                pos = next;
-                continue;
             };
             // Stored already, but not consumed (the agent was killed, or a
             // write failed and the batch is being retried).
@@ -706,9 +735,11 @@ impl Engine {
             self.ring.consume_to(record_pos);
             let svc = self.services.get_mut(&id).expect("checked above");
             if !already {
+                let mut frames = vec![stored];
+                complete_checksums(&mut svc.totals, &mut frames);
                 svc.totals.stored_frames += 1;
-                svc.totals.stored_bytes += stored.frame.len() as u64;
-                svc.spool.append(vec![stored])?;
+                svc.totals.stored_bytes += frames[0].frame.len() as u64;
+                svc.spool.append(frames)?;
             }
             let action = svc.machine.target_action();
             replay_pending(&mut self.dp, svc, action, usize::MAX);
@@ -725,8 +756,9 @@ impl Engine {
     }
 
     fn flush_batch(&mut self, batch: &mut BTreeMap<u32, Vec<StoredFrame>>) -> Result<()> {
-        for (id, frames) in std::mem::take(batch) {
+        for (id, mut frames) in std::mem::take(batch) {
             if let Some(svc) = self.services.get_mut(&id) {
+                complete_checksums(&mut svc.totals, &mut frames);
                 svc.totals.stored_frames += frames.len() as u64;
                 svc.totals.stored_bytes += frames.iter().map(|f| f.frame.len() as u64).sum::<u64>();
                 svc.spool.append(frames)?;
@@ -1008,7 +1040,7 @@ impl Engine {
             }
         }
         let forward = match &spec.forward {
-            Some(f) => Some(resolve_forward(f)?),
+            Some(f) => Some(self.resolve_forward(f)?),
             None => None,
         };
         let (mut spool, _) =
@@ -1286,11 +1318,16 @@ impl Engine {
                 stored_bytes: svc.totals.stored_bytes,
                 overflow_frames: svc.totals.overflow_frames,
                 overflow_bytes: svc.totals.overflow_bytes,
+                checksums_completed: svc.totals.checksums_completed,
+                checksums_bad: svc.totals.checksums_bad,
                 limit_frames: svc.limit.frames,
                 limit_bytes: svc.limit.bytes,
             },
             replay: svc.totals.replay,
             forward_link: forward_link(svc).map(str::to_string),
+            forward_path: svc
+                .forward
+                .map(|f| if f.tc { "tc" } else { "xdp" }.to_string()),
             last_phase_latency_us: svc.last_latency_us,
             timeline: svc.machine.timeline.clone(),
         })
@@ -1373,6 +1410,18 @@ fn compact_if_consumed(svc: &mut Service, consumer_pos: u64) {
 /// Replays up to `max` of the service's pending frames, in order, in batches
 /// of frames that arrived on the same interface. Returns how many it handled
 /// (replayed, or dropped as not replayable).
+/// Completes the checksums that senders left to offload, so that the frames
+/// survive replay (see `migr_common::checksum`), and counts what it found.
+fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
+    for f in frames {
+        match complete_partial(&mut f.frame) {
+            L4Checksum::Completed => totals.checksums_completed += 1,
+            L4Checksum::Bad => totals.checksums_bad += 1,
+            L4Checksum::Valid | L4Checksum::Absent | L4Checksum::NotApplicable => {}
+        }
+    }
+}
+
 fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
     let mut handled = 0;
     while handled < max {
@@ -1510,6 +1559,12 @@ fn forward_target(spec: &ServiceSpec, resolved: Option<ResolvedForward>) -> Forw
         dst_mac: r.dst_mac,
         src_mac: r.src_mac,
         ifindex: r.ifindex,
+        path: if r.tc {
+            ForwardPath::Tc
+        } else {
+            ForwardPath::Xdp
+        } as u8,
+        _pad: [0; 3],
     }
 }
 
@@ -1607,6 +1662,29 @@ fn if_mac(iface: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+impl Engine {
+    /// Resolves a forward target on this node, with the path its frames take.
+    fn resolve_forward(&self, f: &ForwardSpec) -> Result<ResolvedForward, ApiError> {
+        let mut resolved = resolve_forward(f)?;
+        let facts = EgressFacts {
+            on_a_bus: forward_path::on_a_bus(&f.iface),
+            all_native: !self.links.is_empty()
+                && self.links.iter().all(|l| l.mode == Some(XdpMode::Driver)),
+        };
+        let path = forward_path::choose(self.cfg.forward_path, facts);
+        if path == ForwardPath::Tc
+            && let Some(e) = &self.tc_error
+        {
+            return Err(ApiError::bad(format!(
+                "forward.iface {}: frames to it must leave through the TC program ({facts:?}), which could not be attached ({e}); start the agent with --forward-path xdp only if this device transmits XDP frames",
+                f.iface
+            )));
+        }
+        resolved.tc = path == ForwardPath::Tc;
+        Ok(resolved)
+    }
+}
+
 fn resolve_forward(f: &ForwardSpec) -> Result<ResolvedForward, ApiError> {
     let ifindex = if_index(&f.iface).map_err(|e| ApiError::bad(format!("forward.iface: {e}")))?;
     let src_mac = if_mac(&f.iface).map_err(|e| ApiError::bad(format!("forward.iface: {e:#}")))?;
@@ -1628,6 +1706,7 @@ fn resolve_forward(f: &ForwardSpec) -> Result<ResolvedForward, ApiError> {
         ifindex,
         src_mac,
         dst_mac,
+        tc: false,
     })
 }
 
@@ -1805,11 +1884,15 @@ mod tests {
             ifindex: 5,
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 9],
+            tc: false,
         };
         let t = forward_target(&spec, Some(r));
         assert_eq!(&t.addr[..4], &[10, 0, 1, 1]);
         assert_eq!((t.port, t.family, t.ifindex), (8, FAMILY_V4, 5));
         assert_eq!(t.mode, ForwardMode::AddressChanging as u8);
+        assert_eq!(t.path, ForwardPath::Xdp as u8);
+        let t = forward_target(&spec, Some(ResolvedForward { tc: true, ..r }));
+        assert_eq!(t.path, ForwardPath::Tc as u8);
         assert_eq!(forward_target(&spec, None), ForwardTarget::default());
         let (key, entry) = listener_for(&spec.rules[0], 1);
         assert_eq!((key.port, key.proto, entry.service_id), (7, 17, 1));

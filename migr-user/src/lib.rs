@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod early_joins;
 pub mod engine;
 pub mod features;
+pub mod forward_path;
 pub mod metrics;
 pub mod parkring;
 pub mod phase;

@@ -93,7 +93,7 @@ pub fn render(stats: &Stats) -> String {
     }
 
     type Getter = fn(&crate::api::ServiceStatus) -> String;
-    let per_service: [(&str, &str, &str, Getter); 14] = [
+    let per_service: [(&str, &str, &str, Getter); 16] = [
         (
             "migr_parked_pending_frames",
             "gauge",
@@ -117,6 +117,18 @@ pub fn render(stats: &Stats) -> String {
             "counter",
             "Bytes of parked frames stored.",
             |s| s.parked.stored_bytes.to_string(),
+        ),
+        (
+            "migr_parked_checksums_completed_total",
+            "counter",
+            "Parked frames whose offloaded (partial) UDP/TCP checksum was completed before replay.",
+            |s| s.parked.checksums_completed.to_string(),
+        ),
+        (
+            "migr_parked_checksums_bad_total",
+            "counter",
+            "Parked frames with a wrong, not partial, checksum (replayed as they are).",
+            |s| s.parked.checksums_bad.to_string(),
         ),
         (
             "migr_park_overflow_frames_total",
@@ -316,6 +328,7 @@ mod tests {
                 },
                 replay: ReplayStats::default(),
                 forward_link: None,
+                forward_path: None,
                 last_phase_latency_us: Some(120),
                 timeline: vec![
                     TimelineEntry {

@@ -76,6 +76,7 @@ pub fn forward_v4(addr: [u8; 4], port: u16, mode: ForwardMode, ifindex: u32) -> 
         dst_mac: [0x02, 0xd5, 0, 0, 0, 0x01],
         src_mac: [0x02, 0x5c, 0, 0, 0, 0x02],
         ifindex,
+        ..ForwardTarget::default()
     }
 }
 
@@ -88,6 +89,7 @@ pub fn forward_v6(addr: [u8; 16], port: u16, ifindex: u32) -> ForwardTarget {
         dst_mac: [0x02, 0xd6, 0, 0, 0, 0x01],
         src_mac: [0x02, 0x6c, 0, 0, 0, 0x02],
         ifindex,
+        ..ForwardTarget::default()
     }
 }
 

@@ -133,6 +133,7 @@ impl Topology {
             dst_mac: mac_of(&self.dest, "v-d").unwrap(),
             src_mac: mac_of(&self.node, "v-nd").unwrap(),
             ifindex,
+            ..ForwardTarget::default()
         }
     }
 }

@@ -1,0 +1,173 @@
+//! `migr_tc`: the TC ingress half of a FORWARD on [`ForwardPath::Tc`].
+//!
+//! On a veth whose peer runs no XDP program (containers, virtual nodes,
+//! every namespace topology) a frame sent with XDP_TX or redirected as an
+//! XDP frame never arrives, and frames a local sender left with a partial
+//! checksum are dropped once they become XDP frames. So for such egress
+//! devices the XDP program only decides: it passes the frame with a
+//! [`ForwardMeta`] in front of it, and this program, at the same device's
+//! TC ingress, rewrites it with the kernel's checksum helpers (which update
+//! a full or a partial checksum as the skb says it is) and redirects it to
+//! the egress device's transmit path, which delivers on any device.
+//!
+//! Frames without the tag pass untouched (the first check, a few
+//! instructions). The verdict is counted here, once the frame is handed to
+//! the egress device: the XDP program counted only `forward_via_tc`.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{bpf_csum_diff, bpf_redirect},
+    macros::classifier,
+    programs::TcContext,
+};
+use migr_common::maps::{
+    FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, ForwardMeta, ForwardMode, ForwardPath, ForwardTarget,
+    Reason, SERVICE_ACTIVE, Verdict,
+};
+
+use crate::{SERVICES, count_reason, count_verdict};
+
+const PROTO_UDP: u8 = 17;
+
+#[classifier]
+pub fn migr_tc(ctx: TcContext) -> i32 {
+    let Some(meta) = take_forward_meta(&ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    let bytes = u64::from(ctx.len());
+    let outcome = SERVICES
+        .get(meta.service_id)
+        .filter(|s| s.flags & SERVICE_ACTIVE != 0)
+        .ok_or(Reason::NoRedirectTarget)
+        .and_then(|s| rewrite_and_redirect(&ctx, &meta, &s.forward));
+    match outcome {
+        Ok(action) => {
+            count_verdict(meta.service_id, Verdict::Forward, bytes);
+            action
+        }
+        Err(reason) => {
+            count_reason(reason);
+            count_verdict(meta.service_id, Verdict::ForwardFailed, bytes);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// The frame's [`ForwardMeta`], if the XDP program left one; the tag is
+/// cleared, so that the frame is never taken for a hand-over again.
+#[inline(always)]
+fn take_forward_meta(ctx: &TcContext) -> Option<ForwardMeta> {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the program's context; the verifier turns these loads
+    // into packet pointers, checked against each other below.
+    let meta = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*skb).data_meta)) } as usize;
+    let data = ctx.data();
+    if meta + size_of::<ForwardMeta>() > data {
+        return None;
+    }
+    let at = meta as *mut ForwardMeta;
+    // SAFETY: the check above proves the metadata holds a whole ForwardMeta
+    // (metadata is 4-byte aligned by the kernel).
+    let found = unsafe { at.read() };
+    if found.magic != FORWARD_META_MAGIC {
+        return None;
+    }
+    // SAFETY: as above; TC programs may write their metadata.
+    unsafe { core::ptr::addr_of_mut!((*at).magic).write(0) };
+    Some(found)
+}
+
+#[inline(always)]
+fn rewrite_and_redirect(
+    ctx: &TcContext,
+    meta: &ForwardMeta,
+    target: &ForwardTarget,
+) -> Result<i32, Reason> {
+    if ForwardPath::from_u8(target.path) != Some(ForwardPath::Tc) || target.ifindex == 0 {
+        return Err(Reason::NoRedirectTarget);
+    }
+    match ForwardMode::from_u8(target.mode) {
+        Some(ForwardMode::AddressChanging) => rewrite_destination(ctx, meta, target)?,
+        Some(ForwardMode::SameIp) => {}
+        None => return Err(Reason::ForwardUnsupported),
+    }
+    let macs = Macs {
+        dst: target.dst_mac,
+        src: target.src_mac,
+    };
+    ctx.store(0, &macs, 0).map_err(|_| Reason::Malformed)?;
+    // SAFETY: plain helper call; flags 0: the egress device's transmit path.
+    let action = unsafe { bpf_redirect(target.ifindex, 0) } as i32;
+    if action == TC_ACT_REDIRECT as i32 {
+        Ok(action)
+    } else {
+        Err(Reason::NoRedirectTarget)
+    }
+}
+
+#[repr(C)]
+struct Macs {
+    dst: [u8; 6],
+    src: [u8; 6],
+}
+
+/// The address-changing rewrite through the kernel's checksum helpers:
+/// `bpf_l4_csum_replace` with `BPF_F_PSEUDO_HDR` updates a partial checksum
+/// as a partial one and a full one as a full one.
+#[inline(always)]
+fn rewrite_destination(
+    ctx: &TcContext,
+    meta: &ForwardMeta,
+    target: &ForwardTarget,
+) -> Result<(), Reason> {
+    if meta.family != target.family {
+        return Err(Reason::ForwardUnsupported);
+    }
+    let (l3, l4) = (usize::from(meta.l3_offset), usize::from(meta.l4_offset));
+    let (check_at, mangled_0) = match meta.ip_proto {
+        PROTO_UDP => (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
+        6 => (l4 + 16, 0),
+        _ => return Err(Reason::ForwardUnsupported),
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
+    let unreachable = |_| Reason::ChecksumUnreachable;
+    match target.family {
+        FAMILY_V4 => {
+            let old: u32 = ctx.load(l3 + 16).map_err(unreachable)?;
+            let new = u32::from_ne_bytes([
+                target.addr[0],
+                target.addr[1],
+                target.addr[2],
+                target.addr[3],
+            ]);
+            ctx.l4_csum_replace(check_at, u64::from(old), u64::from(new), pseudo | 4)
+                .map_err(unreachable)?;
+            ctx.l3_csum_replace(l3 + 10, u64::from(old), u64::from(new), 4)
+                .map_err(unreachable)?;
+            ctx.store(l3 + 16, &new, 0).map_err(unreachable)?;
+        }
+        FAMILY_V6 => {
+            let mut old: [u8; 16] = ctx.load(l3 + 24).map_err(unreachable)?;
+            let mut new = target.addr;
+            // SAFETY: both buffers are 16 bytes on this stack.
+            let diff = unsafe {
+                bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0)
+            };
+            if diff < 0 {
+                return Err(Reason::ChecksumUnreachable);
+            }
+            ctx.l4_csum_replace(check_at, 0, diff as u64, pseudo)
+                .map_err(unreachable)?;
+            ctx.store(l3 + 24, &new, 0).map_err(unreachable)?;
+        }
+        _ => return Err(Reason::ForwardUnsupported),
+    }
+    if target.port != 0 {
+        let old: u16 = ctx.load(l4 + 2).map_err(unreachable)?;
+        let new = target.port.to_be();
+        ctx.l4_csum_replace(check_at, u64::from(old), u64::from(new), mangled_0 | 2)
+            .map_err(unreachable)?;
+        ctx.store(l4 + 2, &new, 0).map_err(unreachable)?;
+    }
+    Ok(())
+}
