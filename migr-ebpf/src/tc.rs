@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_csum_diff, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_csum_diff, bpf_redirect},
     macros::classifier,
     programs::TcContext,
 };
@@ -84,6 +84,13 @@ fn rewrite_and_redirect(
     target: &ForwardTarget,
 ) -> Result<i32, Reason> {
     if ForwardPath::from_u8(target.path) != Some(ForwardPath::Tc) || target.ifindex == 0 {
+        return Err(Reason::NoRedirectTarget);
+    }
+    // `bpf_redirect` takes any index, and the frame is dropped later if no
+    // device has it; `bpf_check_mtu` looks the device up now (-EINVAL: none).
+    let mut mtu = 0u32;
+    // SAFETY: plain helper call on the program's context and a stack u32.
+    if unsafe { bpf_check_mtu(ctx.skb.skb.cast(), target.ifindex, &mut mtu, 0, 0) } < 0 {
         return Err(Reason::NoRedirectTarget);
     }
     match ForwardMode::from_u8(target.mode) {

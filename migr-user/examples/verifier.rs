@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 
 use migr_user::{
-    datapath::{Datapath, MAIN_PROGRAM, PASS_PROGRAM},
+    datapath::{Datapath, MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM},
     features::{self, KernelFeatures, Presence},
 };
 
@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     }
     match Datapath::load() {
         Ok(mut datapath) => {
-            for name in [MAIN_PROGRAM, PASS_PROGRAM] {
-                let info = datapath.program(name).and_then(|p| Ok(p.info()?));
+            for name in [MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM] {
+                let info = datapath.program_info(name);
                 match info {
                     Ok(info) => println!(
                         "{name}: loaded; verified instructions {}, translated size {} bytes",

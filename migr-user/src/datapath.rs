@@ -280,6 +280,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// What the kernel says about a loaded program (any of the object's).
+    pub fn program_info(&self, name: &str) -> Result<aya::programs::ProgramInfo> {
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        Ok(program.info()?)
+    }
+
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         program_mut(&mut self.ebpf, name)
     }

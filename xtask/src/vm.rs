@@ -152,7 +152,7 @@ const GUEST_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
 /// are bind-mounted back.
 const GUEST_TMPFS: &[&str] = &["/run", "/tmp"];
 /// The programs the load check reports.
-const PROGRAMS: &[&str] = &["migr", "migr_pass"];
+const PROGRAMS: &[&str] = &["migr", "migr_pass", "migr_tc"];
 /// The test binaries of `migr-tests` the guest runs by default: BPF_PROG_TEST_RUN fixtures
 /// and veth traffic. Not `agent` (agent, CRIU) nor `storm` (a million frames: minutes under
 /// TCG).
@@ -1738,6 +1738,7 @@ mod tests {
 
     const LOADED: &str = "VMTEST-LOAD| migr: loaded; verified instructions 25418, translated size 1 bytes\n\
                           VMTEST-LOAD| migr_pass: loaded; verified instructions 2, translated size 16 bytes\n\
+                          VMTEST-LOAD| migr_tc: loaded; verified instructions 554, translated size 900 bytes\n\
                           VMTEST-LOAD-RC=0 uptime=5\n";
 
     #[test]
@@ -1746,10 +1747,10 @@ mod tests {
         assert_eq!(r.loaded, Some(true));
         assert_eq!(r.btf, Some(true));
         let insns: Vec<&str> = r.insns.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(insns, ["25418", "2"]);
+        assert_eq!(insns, ["25418", "2", "554"]);
         assert_eq!(r.totals(), (16, 0));
         assert_eq!(r.boot, Some(Duration::from_secs(2)));
-        assert_eq!(r.load_time, Some(Duration::from_secs(5)));
+        assert_eq!(r.load_time, Some(Duration::from_secs(6)));
         assert_eq!(r.test_time, Some(Duration::from_secs(6)));
         assert!(r.passed());
     }

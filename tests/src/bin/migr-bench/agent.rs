@@ -10,7 +10,7 @@
 use std::{
     net::UdpSocket,
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -350,6 +350,7 @@ fn control_latency(
         Command::new(&ctl_bin).arg("--version").output()?;
         bare.push(micros(started.elapsed()));
     }
+    hook_wall_time(bench, &ctl_bin, hooks, cases)?;
     for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
         cases.push(Case {
             group: "control",
@@ -362,6 +363,55 @@ fn control_latency(
                 "{hooks} runs of `migrctl criu-hook` as CRIU runs it; baseline: `migrctl --version` start to exit"
             ),
         });
+    }
+    Ok(())
+}
+
+/// What `migrctl criu-hook` adds to a CRIU step: its wall time (start to
+/// exit, which CRIU waits for) for a phase action and for an action that is
+/// no phase boundary, against the same hook on a node where no agent runs
+/// (the "without migr" arm of the testbed runs exactly that).
+fn hook_wall_time(bench: &Bench, ctl_bin: &Path, runs: usize, cases: &mut Vec<Case>) -> Result<()> {
+    let run = |socket: &Path, action: &str| -> Result<f64> {
+        let started = Instant::now();
+        let out = Command::new(ctl_bin)
+            .arg("--socket")
+            .arg(socket)
+            .args(["criu-hook", "--service", SERVICE])
+            .env("CRTOOLS_SCRIPT_ACTION", action)
+            .output()?;
+        let took = micros(started.elapsed());
+        if !out.status.success() {
+            bail!("criu-hook {action} failed: {out:?}");
+        }
+        Ok(took)
+    };
+    let nowhere = bench.socket.with_extension("absent");
+    let (mut phase, mut other, mut idle) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        // Interleaved, so that the machine's load hits all three alike.
+        phase.push(run(&bench.socket, "pre-dump")?);
+        bench.phase("abort")?;
+        other.push(run(&bench.socket, "post-dump")?);
+        idle.push(run(&nowhere, "pre-dump")?);
+    }
+    for (samples, what) in [
+        (phase, "phase action (pre-dump)"),
+        (other, "other action (post-dump)"),
+    ] {
+        for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+            cases.push(Case {
+                group: "control",
+                name: format!("criu-hook wall time, {what}, {name}"),
+                value: percentile(samples.clone(), p),
+                baseline: percentile(idle.clone(), p),
+                unit: "us",
+                lower_is_better: true,
+                detail: format!(
+                    "{runs} runs each, interleaved; baseline: the same `migrctl criu-hook` where no agent runs (the testbed's steering-off arm)"
+                ),
+            });
+        }
     }
     Ok(())
 }
