@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         );
     }
     match Datapath::load() {
-        Ok(mut datapath) => {
+        Ok(datapath) => {
             for name in [MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM] {
                 let info = datapath.program_info(name);
                 match info {

@@ -145,9 +145,10 @@ fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<()> {
         std::fs::remove_dir(pin_dir)?;
         tracing::info!(pin_dir = %pin_dir.display(), "removed the pins (links detached, maps freed)");
     }
-    let state = state_dir.join("state.json");
-    if state.exists() {
-        std::fs::remove_file(&state)?;
+    for state in crate::statefile::all_paths(state_dir) {
+        if state.exists() {
+            std::fs::remove_file(&state)?;
+        }
     }
     let spool = state_dir.join("spool");
     if spool.exists() {

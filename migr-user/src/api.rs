@@ -288,6 +288,11 @@ pub struct CriuArgs {
     pub service: ServiceRef,
     /// `CRTOOLS_SCRIPT_ACTION`.
     pub action: String,
+    /// The hook gives up (and CRIU goes on) after this many milliseconds; a
+    /// request the agent reaches later is refused unapplied, so that no
+    /// phase lands after CRIU has moved past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

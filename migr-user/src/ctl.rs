@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -894,7 +894,13 @@ pub const HOOKED_ACTIONS: [&str; 5] = [
     "post-resume",
 ];
 
+/// Microseconds since `started` (the hook's own time, for CRIU's log).
+fn hook_us(started: Instant) -> u128 {
+    started.elapsed().as_micros()
+}
+
 fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
+    let started = Instant::now();
     let env_strict = std::env::var("MIGR_CRIU_STRICT").is_ok_and(|v| v == "1" || v == "true");
     let Ok(action) = std::env::var("CRTOOLS_SCRIPT_ACTION") else {
         eprintln!(
@@ -955,23 +961,33 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
                 .map_or(client.timeout, Duration::from_millis),
         ),
     };
+    let deadline_ms = client.timeout.as_millis() as u64;
     match client.call(
         "criu",
-        json!({ "service": service_arg(&service), "action": action }),
+        json!({ "service": service_arg(&service), "action": action, "deadline_ms": deadline_ms }),
     ) {
         Ok(v) => {
             match serde_json::from_value::<PhaseResult>(v) {
                 Ok(r) if r.unchanged => eprintln!(
-                    "migr criu-hook: {action}: {} stays {} ({})",
+                    "migr criu-hook: {action}: {} stays {} ({}); hook {} us",
                     r.service,
                     r.to,
-                    r.note.unwrap_or_default()
+                    r.note.unwrap_or_default(),
+                    hook_us(started)
                 ),
                 Ok(r) => eprintln!(
-                    "migr criu-hook: {action}: {} {} -> {} (datapath {}) in {} us",
-                    r.service, r.from, r.to, r.datapath, r.latency_us
+                    "migr criu-hook: {action}: {} {} -> {} (datapath {}) in {} us; hook {} us",
+                    r.service,
+                    r.from,
+                    r.to,
+                    r.datapath,
+                    r.latency_us,
+                    hook_us(started)
                 ),
-                Err(_) => eprintln!("migr criu-hook: {action}: done"),
+                Err(_) => eprintln!(
+                    "migr criu-hook: {action}: done; hook {} us",
+                    hook_us(started)
+                ),
             }
             0
         }

@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -49,6 +48,7 @@ use crate::{
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
+    statefile::StateFile,
     tables::mptcp_token,
 };
 
@@ -77,6 +77,8 @@ pub enum Call {
         op: Box<Op>,
         /// When the request was read from the socket (for the latency figure).
         received: Instant,
+        /// A `service.add`'s forward target, resolved off the engine thread.
+        resolved: Option<Result<ResolvedForward, ApiError>>,
         reply: oneshot::Sender<Result<Value, ApiError>>,
     },
     Shutdown {
@@ -106,10 +108,26 @@ impl EngineHandle {
 
     /// Runs `op` on the engine thread.
     pub async fn call(&self, op: Op, received: Instant) -> Result<Value, ApiError> {
+        // Finding a next hop's MAC may wait up to a second for ARP: not on
+        // the engine thread, where it would hold up every other request.
+        let resolved = match &op {
+            Op::ServiceAdd(ServiceSpec {
+                forward: Some(f), ..
+            }) => {
+                let f = f.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || resolve_forward(&f))
+                        .await
+                        .unwrap_or_else(|e| Err(internal(e))),
+                )
+            }
+            _ => None,
+        };
         let (reply, rx) = oneshot::channel();
         if !self.send(Call::Op {
             op: Box::new(op),
             received,
+            resolved,
             reply,
         }) {
             return Err(ApiError::new(
@@ -236,6 +254,8 @@ pub struct Engine {
     links: Vec<AttachedLink>,
     /// The TC ingress links of `migr_tc`, one per interface in `links`.
     tc_links: Vec<AttachedLink>,
+    /// Where the state is saved.
+    state_file: StateFile,
     /// Why `migr_tc` could not be attached, if it could not (FORWARDs on
     /// the TC path are then refused).
     tc_error: Option<String>,
@@ -321,6 +341,7 @@ impl Engine {
         );
 
         let mut engine = Self {
+            state_file: StateFile::new(&cfg.state_dir),
             cfg,
             dp,
             ring,
@@ -348,30 +369,27 @@ impl Engine {
         Ok(engine)
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.cfg.state_dir.join("state.json")
-    }
-
     fn spool_dir(&self) -> PathBuf {
         self.cfg.state_dir.join("spool")
     }
 
-    /// Re-reads `state.json` and the stores, and re-installs every service's
-    /// datapath entries (idempotent; needed if the pins were lost).
+    /// Re-reads the saved state and the stores, and re-installs every
+    /// service's datapath entries (idempotent; needed if the pins were lost).
     fn recover_state(&mut self, batch_runs: Option<u64>) -> Result<()> {
-        let path = self.state_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        let dir = self.cfg.state_dir.clone();
+        let Some(text) = self.state_file.load()? else {
+            return Ok(());
         };
-        let state: PersistedState = serde_json::from_str(&text).with_context(|| {
-            format!("parsing {} (move it away to start afresh)", path.display())
+        let state: PersistedState = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "parsing the saved state in {} (`migr-agent reset` starts afresh)",
+                dir.display()
+            )
         })?;
         if state.version != STATE_VERSION {
             bail!(
-                "{} has state version {}, this agent reads version {STATE_VERSION}",
-                path.display(),
+                "the saved state in {} has version {}, this agent reads version {STATE_VERSION}",
+                dir.display(),
                 state.version
             );
         }
@@ -500,13 +518,7 @@ impl Engine {
                 })
                 .collect(),
         };
-        let path = self.state_path();
-        let tmp = path.with_extension("json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&state)?)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        self.state_file.save(&serde_json::to_vec(&state)?)?;
         self.dirty = false;
         self.last_persist = Instant::now();
         Ok(())
@@ -528,9 +540,10 @@ impl Engine {
                     Ok(Call::Op {
                         op,
                         received,
+                        resolved,
                         reply,
                     }) => {
-                        let result = self.handle(*op, received);
+                        let result = self.handle(*op, received, resolved);
                         let _ = reply.send(result);
                     }
                     Ok(Call::Shutdown { detach, reply }) => {
@@ -938,7 +951,12 @@ impl Engine {
     // -----------------------------------------------------------------
     // Requests
 
-    fn handle(&mut self, op: Op, received: Instant) -> Result<Value, ApiError> {
+    fn handle(
+        &mut self,
+        op: Op,
+        received: Instant,
+        resolved: Option<Result<ResolvedForward, ApiError>>,
+    ) -> Result<Value, ApiError> {
         match op {
             Op::Hello => Ok(serde_json::json!({
                 "agent": "migr-agent",
@@ -946,7 +964,7 @@ impl Engine {
                 "protocol": api::PROTOCOL_VERSION,
                 "ops": api::OPS,
             })),
-            Op::ServiceAdd(spec) => to_value(self.service_add(spec)),
+            Op::ServiceAdd(spec) => to_value(self.service_add(spec, resolved)),
             Op::ServiceRemove(args) => to_value(self.service_remove(args)),
             Op::ServiceList => {
                 let list: Vec<Value> = self
@@ -992,7 +1010,11 @@ impl Engine {
         found.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no service {r}")))
     }
 
-    fn service_add(&mut self, spec: ServiceSpec) -> Result<Value, ApiError> {
+    fn service_add(
+        &mut self,
+        spec: ServiceSpec,
+        resolved: Option<Result<ResolvedForward, ApiError>>,
+    ) -> Result<Value, ApiError> {
         api::validate_spec(&spec)?;
         if self.services.contains_key(&spec.id) {
             return Err(ApiError::new(
@@ -1040,7 +1062,13 @@ impl Engine {
             }
         }
         let forward = match &spec.forward {
-            Some(f) => Some(self.resolve_forward(f)?),
+            Some(f) => {
+                let found = match resolved {
+                    Some(r) => r?,
+                    None => resolve_forward(f)?,
+                };
+                Some(self.with_forward_path(f, found)?)
+            }
             None => None,
         };
         let (mut spool, _) =
@@ -1256,6 +1284,19 @@ impl Engine {
 
     fn criu(&mut self, args: CriuArgs, received: Instant) -> Result<PhaseResult, ApiError> {
         let id = self.resolve(&args.service)?;
+        if let Some(ms) = args.deadline_ms
+            && received.elapsed() > Duration::from_millis(ms)
+        {
+            tracing::warn!(action = %args.action, waited_ms = received.elapsed().as_millis() as u64,
+                "a CRIU action reached the engine after its hook had given up; not applied");
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "{}: the hook gave up after {ms} ms; not applied",
+                    args.action
+                ),
+            ));
+        }
         let state = self.services[&id].machine.state;
         match criu_decision(&args.action, state) {
             CriuDecision::Phase(cmd) => self.apply_phase(
@@ -1663,9 +1704,12 @@ fn if_mac(iface: &str) -> Result<[u8; 6]> {
 }
 
 impl Engine {
-    /// Resolves a forward target on this node, with the path its frames take.
-    fn resolve_forward(&self, f: &ForwardSpec) -> Result<ResolvedForward, ApiError> {
-        let mut resolved = resolve_forward(f)?;
+    /// Picks the path a resolved forward target's frames take.
+    fn with_forward_path(
+        &self,
+        f: &ForwardSpec,
+        mut resolved: ResolvedForward,
+    ) -> Result<ResolvedForward, ApiError> {
         let facts = EgressFacts {
             on_a_bus: forward_path::on_a_bus(&f.iface),
             all_native: !self.links.is_empty()

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod parkring;
 pub mod phase;
 pub mod spool;
+pub mod statefile;
 pub mod tables;

@@ -689,7 +689,14 @@ fn sigterm_detaches_or_keeps_the_datapath_and_a_restart_keeps_the_state() {
     // Pins without state (the state directory was wiped): the datapath entry
     // nobody can serve any more is switched off, failing open.
     stop(&mut t.src_agent);
-    std::fs::remove_file(t.src_agent.state_dir.join("state.json")).unwrap();
+    for f in migr_user::statefile::all_paths(&t.src_agent.state_dir) {
+        let _ = std::fs::remove_file(f);
+    }
+    assert!(
+        migr_user::statefile::all_paths(&t.src_agent.state_dir)
+            .iter()
+            .all(|f| !f.exists())
+    );
     t.src_agent.start(src);
     assert!(
         t.src_agent
