@@ -38,6 +38,9 @@ pub fn all_paths(dir: &Path) -> [PathBuf; 3] {
 
 pub struct StateFile {
     slots: [PathBuf; 2],
+    /// The slots, opened on their first save and kept open (an open costs
+    /// as much as the write).
+    open: [Option<File>; 2],
     legacy: PathBuf,
     /// The sequence number of the last save (or of what was loaded).
     seq: u64,
@@ -47,6 +50,7 @@ impl StateFile {
     pub fn new(dir: &Path) -> Self {
         Self {
             slots: slot_paths(dir),
+            open: [None, None],
             legacy: dir.join(LEGACY),
             seq: 0,
         }
@@ -89,13 +93,19 @@ impl StateFile {
     /// Saves `body` into the older slot.
     pub fn save(&mut self, body: &[u8]) -> Result<()> {
         let seq = self.seq + 1;
-        let path = &self.slots[(seq % 2) as usize];
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let slot = (seq % 2) as usize;
+        let path = &self.slots[slot];
+        let file = match &mut self.open[slot] {
+            Some(f) => f,
+            empty => empty.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+        };
         let bytes = encode(seq, body);
         file.write_all_at(&bytes, 0)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -10,29 +10,14 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
-use crate::{run, setup};
+use crate::{run, setup, testbed};
 
 pub fn demo() -> Result<()> {
     let started = Instant::now();
     setup::setup()?;
-    println!("[demo] building migr-agent, migrctl, migr-echo and migr-testbed");
-    run::status(run::cargo().args([
-        "build",
-        "-q",
-        "--package",
-        "migr-user",
-        "--package",
-        "migr-quic",
-        "--package",
-        "migr-tests",
-        "--bins",
-    ]))
-    .context("building the demo's programs")?;
-    let bin = run::workspace_root().join("target/debug/migr-testbed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| std::path::PathBuf::from(t).join("debug/migr-testbed"))
-        .unwrap_or(bin);
-    run::status(std::process::Command::new(&target).arg("demo"))
+    println!("[demo] building migr-agent, migrctl, migr-echo and migr-testbed (release)");
+    testbed::build().context("building the demo's programs")?;
+    run::status(std::process::Command::new(testbed::testbed_bin()).arg("demo"))
         .context("the demo failed (it removed what it had created)")?;
     println!(
         "[demo] finished in {:.0} s (setup and build included)",

@@ -57,6 +57,10 @@ enum Command {
         /// Every scenario.
         #[arg(long)]
         all: bool,
+        /// What the CRIU hook adds to the downtime: steering on and off in
+        /// interleaved pairs (--runs pairs, default 10); results/hook-cost.json.
+        #[arg(long)]
+        hook_cost: bool,
     },
     /// Plots (SVG) and a Markdown summary of results/*.json: results/README.md, results/plots/.
     Report {
@@ -109,11 +113,13 @@ fn main() {
             runs,
             list,
             all,
+            hook_cost,
         } => testbed::testbed(&testbed::Options {
             scenario,
             runs,
             list,
             all,
+            hook_cost,
         }),
         Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
         Command::VmTest {

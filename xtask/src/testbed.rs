@@ -13,19 +13,25 @@ pub struct Options {
     pub runs: Option<usize>,
     pub list: bool,
     pub all: bool,
+    pub hook_cost: bool,
 }
 
-fn testbed_bin() -> std::path::PathBuf {
+/// `migr-testbed` of the release build: the hook, the agents and the
+/// workloads run as users run them (a debug migrctl alone adds a
+/// millisecond to every CRIU step).
+pub fn testbed_bin() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| run::workspace_root().join("target"))
-        .join("debug/migr-testbed")
+        .join("release/migr-testbed")
 }
 
-fn build() -> Result<()> {
+/// Builds the testbed's programs (release).
+pub fn build() -> Result<()> {
     run::status(run::cargo().args([
         "build",
         "-q",
+        "--release",
         "--package",
         "migr-user",
         "--package",
@@ -42,11 +48,24 @@ pub fn testbed(o: &Options) -> Result<()> {
         build()?;
         return run::status(Command::new(testbed_bin()).arg("scenarios"));
     }
+    if o.hook_cost {
+        setup::setup()?;
+        build()?;
+        let bin = snapshot_bins()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("hook-cost")
+            .arg("--out")
+            .arg(run::workspace_root().join("results"));
+        if let Some(n) = o.runs {
+            cmd.args(["--pairs", &n.to_string()]);
+        }
+        return run::status(&mut cmd);
+    }
     let name = match (&o.scenario, o.all) {
         (Some(name), false) => name.clone(),
         (None, true) => "all".to_string(),
         _ => bail!(
-            "give --scenario NAME, --all or --list (cargo xtask testbed --list shows the names)"
+            "give --scenario NAME, --all, --hook-cost or --list (cargo xtask testbed --list shows the names)"
         ),
     };
     setup::setup()?;

@@ -14,6 +14,7 @@
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
 //! migr-testbed scenarios                  list the named experiments
 //! migr-testbed scenario NAME|all [--runs N] [--out DIR]   run them: DIR/NAME.json, DIR/NAME/*.csv
+//! migr-testbed hook-cost [--pairs N] [--preset P] [--out DIR]   what the CRIU hook adds: DIR/hook-cost.json
 //! migr-testbed tcp-server|tcp-client ...  the TCP workload (the runs start these)
 //! ```
 
@@ -38,6 +39,7 @@ const USAGE: &str = "usage:
   migr-testbed topology [--preset none|latency|bandwidth]
   migr-testbed scenarios
   migr-testbed scenario NAME|all [--runs N] [--out DIR]
+  migr-testbed hook-cost [--pairs N] [--preset none|latency|bandwidth] [--out DIR]
   migr-testbed tcp-server --listen ADDR
   migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]
   migr-testbed dns-client --dns ADDR:PORT --port PORT --count N --csv PATH [--name NAME]
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("scenario") => scenario_cmd(&args[1..]),
+        Some("hook-cost") => hook_cost_cmd(&args[1..]),
         Some("tcp-server") => tcpecho::main_server(&args[1..]),
         Some("tcp-client") => tcpecho::main_client(&args[1..]),
         Some("dns-client") => testbed::dns::main_client(&args[1..]),
@@ -239,6 +242,44 @@ fn scenario_cmd(args: &[String]) -> Result<()> {
             m("requests_lost")
         );
     }
+    Ok(())
+}
+
+fn hook_cost_cmd(args: &[String]) -> Result<()> {
+    let o = Opts(args.to_vec());
+    o.check(&["--pairs", "--preset", "--out"], &[])?;
+    let pairs: usize = o
+        .value("--pairs")?
+        .unwrap_or("10")
+        .parse()
+        .context("--pairs")?;
+    let preset = Preset::parse(o.value("--preset")?.unwrap_or("none"))?;
+    let out = PathBuf::from(o.value("--out")?.unwrap_or("results"));
+    let doc = testbed::hook_cost::run(&bins()?, pairs, preset, &out)?;
+    println!(
+        "[hook-cost] {pairs} pairs, {} failed runs",
+        doc["failed_runs"]
+    );
+    println!(
+        "  {:<44} {:>9} {:>9} {:>9}",
+        "step", "on ms", "off ms", "added"
+    );
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    for s in doc["steps"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<44} {:>9} {:>9} {:>9}",
+            s["step"].as_str().unwrap_or_default(),
+            ms(&s["on_median_ms"]),
+            ms(&s["off_median_ms"]),
+            ms(&s["added_ms"])
+        );
+    }
+    let d = &doc["downtime"];
+    let stat =
+        |v: &serde_json::Value| format!("{} ± {} (n {})", ms(&v["mean"]), ms(&v["ci95"]), v["n"]);
+    println!("  downtime on  {} ms", stat(&d["on_ms"]));
+    println!("  downtime off {} ms", stat(&d["off_ms"]));
+    println!("  on / off     {}", stat(&d["on_over_off"]));
     Ok(())
 }
 

@@ -139,12 +139,20 @@ impl Agent {
 
     /// The shell command that hands a CRIU action to this node's agent.
     pub fn hook_command(&self, service: &str) -> String {
-        format!(
-            "exec '{}' --socket '{}' criu-hook --service '{service}'",
-            self.ctl.display(),
-            self.socket.display()
-        )
+        hook_command(&self.ctl, &self.socket, service)
     }
+}
+
+/// `migrctl criu-hook` for the agent at `socket`. Without migr the testbed
+/// runs the very same command against a socket where no agent listens (a
+/// node with migr installed and not running): both arms then pay the same
+/// script start, and what steering adds is measured alone.
+pub fn hook_command(ctl: &Path, socket: &Path, service: &str) -> String {
+    format!(
+        "exec '{}' --socket '{}' criu-hook --service '{service}'",
+        ctl.display(),
+        socket.display()
+    )
 }
 
 /// Writes CRIU's --action-script: one line `ACTION SECONDS.NANOS` per action

@@ -5,6 +5,12 @@
 //!
 //! The latency preset uses it (tests/src/testbed/topology.rs): this
 //! project's kernel has no netem and no fq, so `tc` cannot delay packets.
+//!
+//! Both sockets carry a virtio-net header (PACKET_VNET_HDR) in front of each
+//! frame, which this process hands on untouched: a frame whose checksum its
+//! sender left to offload, or a TSO/GRO super-frame, leaves as it came, the
+//! way a veth passes it. Without it such frames would leave with a partial
+//! checksum that no one completes, or not at all (larger than the MTU).
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -22,6 +28,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::{NetNs, netns::ifindex_of};
 
 const ETH_P_ALL: u16 = 0x0003;
+/// linux/if_packet.h.
+const PACKET_VNET_HDR: libc::c_int = 15;
 const MAX_FRAME: usize = 65_536;
 
 /// Bridges `a` and `b` (interfaces of `ns`) until dropped: frames that
@@ -79,6 +87,23 @@ fn packet_socket(ns: &NetNs, dev: &str) -> Result<Socket> {
         tv_usec: 100_000,
     };
     let big: libc::c_int = 8 << 20;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with an int on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "PACKET_VNET_HDR on {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // SAFETY: setsockopt with values of the right types.
     unsafe {
         libc::setsockopt(

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 use super::{
     Bins, WorkDir,
-    agent::{Agent, write_hook},
+    agent::{Agent, hook_command, write_hook},
     criu::{self, dir_bytes, phase_time, read_phases},
     dns, now_s,
     proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
@@ -663,7 +663,11 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             Some(src.hook_command(SERVICE)),
             Some(dst.hook_command(SERVICE)),
         ),
-        None => (None, None),
+        None => {
+            let nowhere = d.join("no-agent.sock");
+            let idle = hook_command(&bins.ctl, &nowhere, SERVICE);
+            (Some(idle.clone()), Some(idle))
+        }
     };
     write_hook(
         &src_hook,

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod criu;
 pub mod delay;
 pub mod dns;
+pub mod hook_cost;
 pub mod migration;
 pub mod proc;
 pub mod scenarios;

@@ -180,13 +180,6 @@ impl Topology {
                 ns.ip(&["addr", "add", addr, "dev", dev])?;
                 ns.ip(&["link", "set", dev, "up"])?;
                 mid.ip(&["link", "set", peer, "up"])?;
-                // Full checksums; NAPI (GRO) so that XDP_TX from the host's
-                // end reaches the middle.
-                mid.exec(&["ethtool", "-K", peer, "tx", "off", "gro", "on"])?;
-                // But GRO must merge nothing: a merged TCP packet reaches
-                // the packet socket with its first segment's checksum, and
-                // the line would send it on broken.
-                mid.ip(&["link", "set", peer, "gro_max_size", "1"])?;
             }
             t.delays
                 .push(DelayLine::start(&mid, "m-a", "m-b", a_to_b, b_to_a)?);
@@ -231,34 +224,9 @@ impl Topology {
         for ns in [&t.router, &t.src, &t.dst] {
             ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         }
-        // Full checksums on every veth: the agents rewrite and replay frames,
-        // and a receiver checks a rewritten frame's checksum (see
-        // tests/src/netns.rs, full_checksums).
-        for (ns, dev) in [
-            (&t.client, "c-r"),
-            (&t.router, "r-c"),
-            (&t.router, ROUTER_TO_SRC),
-            (&t.router, ROUTER_TO_DST),
-            (&t.src, SRC_UPLINK),
-            (&t.dst, DST_UPLINK),
-            (&t.src, "s-ct"),
-            (&t.dst, "d-ct"),
-            (&t.src_ct, "eth0"),
-            (&t.dst_ct, "eth0"),
-        ] {
-            ns.exec(&["ethtool", "-K", dev, "tx", "off"])
-                .with_context(|| format!("ethtool -K {dev} tx off (run `cargo xtask setup`)"))?;
-        }
-        // A frame an agent sends back out with XDP_TX reaches the router's
-        // end of the veth only if that end has NAPI, which GRO turns on.
-        for dev in [ROUTER_TO_SRC, ROUTER_TO_DST] {
-            if delayed {
-                break;
-            }
-            t.router
-                .exec(&["ethtool", "-K", dev, "gro", "on"])
-                .with_context(|| format!("ethtool -K {dev} gro on"))?;
-        }
+        // Every veth keeps its default offloads (checksums left to offload,
+        // GRO off), as containers and pods have them: migr must deliver
+        // what it replays and forwards without any tuning.
         if let Some([src, dst, client]) = preset.qdiscs()? {
             for (ns, dev, args) in [
                 (&t.src, SRC_UPLINK, src),
