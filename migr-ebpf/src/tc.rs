@@ -32,7 +32,7 @@ const PROTO_UDP: u8 = 17;
 #[classifier]
 pub fn migr_tc(ctx: TcContext) -> i32 {
     let Some(meta) = take_forward_meta(&ctx) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let bytes = u64::from(ctx.len());
     let outcome = SERVICES
@@ -48,7 +48,7 @@ pub fn migr_tc(ctx: TcContext) -> i32 {
         Err(reason) => {
             count_reason(reason);
             count_verdict(meta.service_id, Verdict::ForwardFailed, bytes);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -105,7 +105,7 @@ fn rewrite_and_redirect(
     ctx.store(0, &macs, 0).map_err(|_| Reason::Malformed)?;
     // SAFETY: plain helper call; flags 0: the egress device's transmit path.
     let action = unsafe { bpf_redirect(target.ifindex, 0) } as i32;
-    if action == TC_ACT_REDIRECT as i32 {
+    if action == TC_ACT_REDIRECT {
         Ok(action)
     } else {
         Err(Reason::NoRedirectTarget)

@@ -59,12 +59,47 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// How the client keeps probing while the server does not answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProbeMode {
+    /// A PING every `probe_interval` for as long as it probes: resumes
+    /// within one interval of the server's return.
+    #[default]
+    Fast,
+    /// Only quinn-proto's own loss recovery (RFC 9002: probe timeouts that
+    /// double each time), as a client without this extension's help, such
+    /// as the seed's aioquic, recovers. The baseline of the evaluation.
+    Rfc9002,
+}
+
+impl std::str::FromStr for ProbeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fast" => Ok(Self::Fast),
+            "rfc9002" => Ok(Self::Rfc9002),
+            other => Err(format!("unknown probing {other:?} (fast, rfc9002)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fast => "fast",
+            Self::Rfc9002 => "rfc9002",
+        })
+    }
+}
+
 /// Client-side settings of the extension.
 #[derive(Clone, Debug)]
 pub struct ClientMigrationConfig {
     pub strategy: Strategy,
-    /// Interval between PING probes while probing. `None`: twice the
-    /// smoothed RTT, clamped to 5..=500 ms.
+    /// Whether the client sends its own PINGs while probing.
+    pub probing: ProbeMode,
+    /// Interval between PING probes while probing ([`ProbeMode::Fast`]).
+    /// `None`: twice the smoothed RTT, clamped to 5..=500 ms.
     pub probe_interval: Option<Duration>,
     /// How long ack-eliciting data may stay unacknowledged before the client
     /// counts it as a packet loss. `None`: 3 x RTT + 35 ms, i.e. RFC 9002's
@@ -86,6 +121,7 @@ impl ClientMigrationConfig {
     pub fn new(strategy: Strategy) -> Self {
         Self {
             strategy,
+            probing: ProbeMode::Fast,
             probe_interval: None,
             loss_timeout: None,
             fallback_after: Duration::from_secs(2),
@@ -353,10 +389,15 @@ impl ClientMigration {
 
     /// Next instant at which `handle_timeout` has work to do.
     pub fn poll_timeout(&self, conn: &Connection) -> Option<Instant> {
+        let fast = self.config.probing == ProbeMode::Fast;
         let probing = self
             .probing
             .as_ref()
-            .map(|p| p.widen_at.map_or(p.next_ping, |w| w.min(p.next_ping)));
+            .and_then(|p| match (fast, p.widen_at) {
+                (true, Some(w)) => Some(w.min(p.next_ping)),
+                (true, None) => Some(p.next_ping),
+                (false, widen_at) => widen_at,
+            });
         let loss_armed = self.probing.is_none()
             && self.switch_after_ack.is_none()
             && !self.loss_targets().is_empty();
@@ -377,7 +418,9 @@ impl ClientMigration {
         if now >= probing.next_ping {
             // Keep probing cyclically: quinn-proto's own probe timeouts back off
             // exponentially, the server may come up at any moment.
-            conn.ping();
+            if self.config.probing == ProbeMode::Fast {
+                conn.ping();
+            }
             probing.next_ping = now + interval;
         }
         if probing.widen_at.is_some_and(|at| now >= at) {

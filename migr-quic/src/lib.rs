@@ -23,8 +23,8 @@ pub mod varint;
 
 pub use cid::RoutableCidGenerator;
 pub use client::{
-    ClientDatagram, ClientEndpoint, ClientEvent, ClientMigration, ClientMigrationConfig, Route,
-    Strategy,
+    ClientDatagram, ClientEndpoint, ClientEvent, ClientMigration, ClientMigrationConfig, ProbeMode,
+    Route, Strategy,
 };
 pub use control::{IncomingUniStream, MIGR_FRAME_ERROR, MIGR_PROTOCOL_VIOLATION, UniStreamEnd};
 pub use frame::{Frame, FrameError};

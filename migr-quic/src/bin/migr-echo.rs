@@ -14,8 +14,8 @@ use migr_common::cid::CidConfig;
 use migr_quic::driver::{Client, Server, ServerConnection};
 use migr_quic::tls::{self, SelfSigned};
 use migr_quic::{
-    ClientEvent, ClientMigrationConfig, RoutableCidGenerator, ServerEndpointConfig, ServerEvent,
-    Strategy,
+    ClientEvent, ClientMigrationConfig, ProbeMode, RoutableCidGenerator, ServerEndpointConfig,
+    ServerEvent, Strategy,
 };
 use quinn_proto::TransportConfig;
 use rustls::pki_types::CertificateDer;
@@ -141,6 +141,11 @@ struct ClientArgs {
     /// Migration strategy: p-explicit, r-explicit or poa.
     #[arg(long, default_value = "p-explicit")]
     strategy: Strategy,
+    /// While the server does not answer: fast (a PING every 2 x SRTT,
+    /// 5..500 ms) or rfc9002 (only QUIC's own probe timeouts, which double:
+    /// how a client without migr recovers).
+    #[arg(long, default_value = "fast")]
+    probing: ProbeMode,
     #[arg(long, value_enum, default_value = "sporadic")]
     mode: Mode,
     /// Period of sporadic requests.
@@ -410,7 +415,10 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     let client_config = tls::client_config(CertificateDer::from(cert), TransportConfig::default())?;
     let client = Client::connect(
         client_config,
-        ClientMigrationConfig::new(args.strategy),
+        ClientMigrationConfig {
+            probing: args.probing,
+            ..ClientMigrationConfig::new(args.strategy)
+        },
         args.bind,
         args.server,
         &args.name,

@@ -120,6 +120,10 @@ pub struct RunConfig {
     pub steering: bool,
     /// QUIC: p-explicit, r-explicit or poa (ignored for TCP).
     pub strategy: String,
+    /// QUIC: how the client probes while the server is silent: `fast`
+    /// (migr-quic's PINGs) or `rfc9002` (QUIC's own probe timeouts only, as
+    /// a client without migr: the baseline).
+    pub client_probing: String,
     pub preset: Preset,
     pub mode: Mode,
     pub technique: Technique,
@@ -160,6 +164,7 @@ impl RunConfig {
             protocol: Protocol::Quic,
             steering,
             strategy: "p-explicit".into(),
+            client_probing: "fast".into(),
             preset,
             mode: Mode::BackToBack,
             technique: Technique::Cold,
@@ -279,6 +284,7 @@ pub struct Run {
     pub protocol: Protocol,
     pub steering: bool,
     pub strategy: String,
+    pub client_probing: String,
     pub preset: Preset,
     pub mode: Mode,
     pub technique: Technique,
@@ -368,6 +374,7 @@ impl Run {
             "protocol": self.protocol.name(),
             "steering": self.steering,
             "strategy": self.strategy,
+            "client_probing": self.client_probing,
             "preset": self.preset.name(),
             "technique": self.technique.name(),
             "lazy_pages_ms": self.lazy_pages_ms,
@@ -716,7 +723,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .args(["--server", &old])
             .arg("--ca")
             .arg(&cert)
-            .args(["--strategy", &cfg.strategy]);
+            .args(["--strategy", &cfg.strategy])
+            .args(["--probing", &cfg.client_probing]);
         match cfg.mode {
             Mode::BackToBack => client_cmd.args(["--mode", "back-to-back"]),
             Mode::Sporadic { period_ms } => {
@@ -967,6 +975,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         protocol: cfg.protocol,
         steering: cfg.steering,
         strategy: cfg.strategy.clone(),
+        client_probing: cfg.client_probing.clone(),
         preset: cfg.preset,
         mode: cfg.mode,
         technique: cfg.technique,
