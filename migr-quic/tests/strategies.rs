@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use migr_quic::{ClientEvent, ServerEvent, Strategy};
+use migr_quic::{ClientEvent, ClientMigrationConfig, ProbeMode, ServerEvent, Strategy};
 
 const OLD: &str = "10.77.1.1:4433";
 const NEW: &str = "10.77.2.1:4433";
@@ -132,10 +132,24 @@ fn run(
     total: usize,
     loss: Vec<LossRule>,
 ) -> Outcome {
+    let config = ClientMigrationConfig::new(strategy);
+    run_with(config, downtime, pool, cue, mode, total, loss)
+}
+
+fn run_with(
+    config: ClientMigrationConfig,
+    downtime: Duration,
+    pool: Vec<SocketAddr>,
+    cue: MoveCue,
+    mode: Mode,
+    total: usize,
+    loss: Vec<LossRule>,
+) -> Outcome {
+    let strategy = config.strategy;
     let crypto = crypto();
-    let mut sim = migr_pair(
+    let mut sim = migr_pair_with(
         &crypto,
-        strategy,
+        config,
         addr(OLD),
         pool,
         EchoClient::new(mode, total),
@@ -298,6 +312,45 @@ fn p_explicit_switches_right_after_the_ack_without_any_loss() {
     assert!(
         outcome.switched_to_new_at() <= outcome.up_at + Duration::from_millis(20),
         "adopted NEW within one RTT of it coming up"
+    );
+}
+
+/// The baseline client (QUIC's own probe timeouts, which double) resumes
+/// well after the server is back; migr-quic's fast probing within a few ms.
+#[test]
+fn rfc9002_probing_waits_for_backed_off_probe_timeouts() {
+    let outcome = |probing: ProbeMode| {
+        let config = ClientMigrationConfig {
+            probing,
+            ..ClientMigrationConfig::new(Strategy::ProactiveExplicit)
+        };
+        let o = run_with(
+            config,
+            Duration::from_millis(300),
+            Vec::new(),
+            MoveCue::Announce {
+                after_requests: MIGRATE_AFTER,
+            },
+            Mode::BackToBack,
+            TOTAL,
+            Vec::new(),
+        );
+        o.check_no_request_lost(TOTAL);
+        o.report(&format!("p-explicit, {probing} probing"));
+        o
+    };
+    let (fast, rfc9002) = (outcome(ProbeMode::Fast), outcome(ProbeMode::Rfc9002));
+    let sent_to_new = |o: &Outcome| o.traffic.dropped.get(&addr(NEW)).copied().unwrap_or(0);
+    assert!(fast.resume_delay() <= Duration::from_millis(20));
+    assert!(
+        rfc9002.resume_delay() > fast.resume_delay() + Duration::from_millis(20),
+        "rfc9002 resumed {:?} after the server, fast {:?}",
+        rfc9002.resume_delay(),
+        fast.resume_delay()
+    );
+    assert!(
+        sent_to_new(&rfc9002) < sent_to_new(&fast),
+        "without its own PINGs the client sends fewer probes into the outage"
     );
 }
 

@@ -1298,14 +1298,26 @@ pub fn migr_pair(
     pool: Vec<SocketAddr>,
     app: EchoClient,
 ) -> Sim {
-    let start = Instant::now();
-    let server = MigrServer::new(crypto, pool);
-    let client = MigrClient::connect(
-        start,
+    migr_pair_with(
         crypto,
         ClientMigrationConfig::new(strategy),
         server_address,
-    );
+        pool,
+        app,
+    )
+}
+
+/// [`migr_pair`] with the client's settings given whole.
+pub fn migr_pair_with(
+    crypto: &Crypto,
+    config: ClientMigrationConfig,
+    server_address: SocketAddr,
+    pool: Vec<SocketAddr>,
+    app: EchoClient,
+) -> Sim {
+    let start = Instant::now();
+    let server = MigrServer::new(crypto, pool);
+    let client = MigrClient::connect(start, crypto, config, server_address);
     Sim::new(
         start,
         Box::new(server),
