@@ -3,8 +3,9 @@
 //! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
 //! `migr-testbed demo`: the six-namespace topology, one back-to-back QUIC
 //! migration of `migr-echo server` with real CRIU (P-Explicit client, cold
-//! dump and restore into a new IP) with steering on, then the same with
-//! steering off, a short summary of each, and everything torn down again.
+//! dump and restore into a new IP) with migr, then the same as users have it
+//! without migr (no datapath, a client with QUIC's own loss recovery), a
+//! short summary of each, and everything torn down again.
 
 use std::time::Instant;
 

@@ -311,6 +311,10 @@ pub struct Run {
     pub announce_to_ack_ms: f64,
     /// The longest time without a response, and the request that ended it.
     pub disruption_ms: f64,
+    /// Milliseconds the client waited beyond its median wait, summed over the run.
+    pub excess_wait_ms: f64,
+    /// Every wait over twice the median (a split outage shows as several).
+    pub long_gaps_ms: Vec<f64>,
     pub disruption_at: Option<usize>,
     pub median_service_ms: f64,
     pub max_service_ms: f64,
@@ -395,6 +399,8 @@ impl Run {
             "total_migration_ms": self.total_migration_ms,
             "announce_to_ack_ms": self.announce_to_ack_ms,
             "disruption_ms": self.disruption_ms,
+            "excess_wait_ms": self.excess_wait_ms,
+            "long_gaps_ms": self.long_gaps_ms,
             "disruption_at_request": self.disruption_at,
             "disruption_over_downtime": self.ratio(),
             "median_service_ms": self.median_service_ms,
@@ -965,6 +971,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
     let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
     let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
+    let (excess_wait_ms, long_gaps_ms) = stats::excess_and_long_gaps(&requests_detail);
     // What the client sent (its summary says when it stopped early).
     let requests = client_summary
         .get("requests")
@@ -997,6 +1004,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         announce_to_ack_ms: (acknowledged - pre_dump) * 1e3,
         disruption_ms,
         disruption_at,
+        excess_wait_ms,
+        long_gaps_ms,
         median_service_ms: stats::median_service(&requests_detail),
         max_service_ms: requests_detail
             .iter()

@@ -67,6 +67,39 @@ pub fn disruption(requests: &[Request]) -> (f64, Option<usize>) {
     worst
 }
 
+/// What the client waited for each response (the waits [`disruption`]
+/// takes the longest of), in milliseconds.
+pub fn waits(requests: &[Request]) -> Vec<f64> {
+    let mut last_response: Option<f64> = None;
+    requests
+        .iter()
+        .map(|r| {
+            let from = last_response.map_or(r.send_ms, |t| t.max(r.send_ms));
+            last_response = Some(r.response_ms);
+            r.response_ms - from
+        })
+        .collect()
+}
+
+/// An outage split into pieces is not one long gap: the time the client
+/// waited beyond the usual (the sum, over every wait, of what exceeds the
+/// median wait), and every wait over twice the median and 1 ms, in order.
+pub fn excess_and_long_gaps(requests: &[Request]) -> (f64, Vec<f64>) {
+    let w = waits(requests);
+    if w.is_empty() {
+        return (0.0, Vec::new());
+    }
+    let mut sorted = w.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let excess = w.iter().map(|x| (x - median).max(0.0)).sum();
+    let long = w
+        .into_iter()
+        .filter(|x| *x > 2.0 * median && *x > 1.0)
+        .collect();
+    (excess, long)
+}
+
 /// The median service time (milliseconds).
 pub fn median_service(requests: &[Request]) -> f64 {
     let mut v: Vec<f64> = requests.iter().map(|r| r.service_ms).collect();
@@ -144,6 +177,34 @@ mod tests {
         slow[2].send_ms = 20_000.0;
         assert_eq!(disruption(&slow), (40.0, Some(2)));
         assert_eq!(disruption(&[]), (0.0, None));
+    }
+
+    #[test]
+    fn split_outages_add_up() {
+        // Back to back, 1 ms apart, with two outages: 117 ms and 226 ms.
+        let mut t = 0.0;
+        let mut reqs = Vec::new();
+        for i in 0..20 {
+            let sent = t;
+            t += match i {
+                5 => 117.0,
+                12 => 226.0,
+                _ => 1.0,
+            };
+            reqs.push(Request {
+                send_ms: sent,
+                ..req(i, t)
+            });
+        }
+        let (excess, long) = excess_and_long_gaps(&reqs);
+        assert_eq!(long, vec![117.0, 226.0]);
+        assert!((excess - (116.0 + 225.0)).abs() < 1e-9);
+        assert_eq!(
+            disruption(&reqs).0,
+            226.0,
+            "the longest gap alone misses the first"
+        );
+        assert_eq!(excess_and_long_gaps(&[]), (0.0, Vec::new()));
     }
 
     #[test]
