@@ -45,7 +45,7 @@ enum Command {
     },
     /// The testbed's experiments: live migrations with real CRIU, results in results/NAME.json.
     Testbed {
-        /// The scenario to run (`--list` shows them).
+        /// The scenario to run, or several, comma-separated, run interleaved (`--list` shows them).
         #[arg(long)]
         scenario: Option<String>,
         /// Runs of the scenario (default: the scenario's own, 10).

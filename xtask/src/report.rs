@@ -25,6 +25,8 @@ pub struct Scenario {
     pub steering: bool,
     pub mode: String,
     pub runs: usize,
+    /// `(run number, reason)` of the runs that failed (`failed_runs`).
+    pub failed: Vec<(u64, String)>,
     summary: serde_json::Map<String, Value>,
     /// `NAME/run-K.csv`, in run order (those that exist).
     pub csvs: Vec<PathBuf>,
@@ -133,12 +135,28 @@ pub fn parse_scenario(doc: &Value, file: &Path) -> Result<Scenario> {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
+    // Files written before failed runs were kept have none.
+    let failed = doc
+        .get("failed_runs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["run"].as_u64().unwrap_or_default(),
+                        f["error"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Scenario {
         protocol: str_field(doc, "config.protocol", file)?,
         strategy: opt_str("config.strategy"),
         steering,
         mode: str_field(doc, "config.mode", file)?,
         runs,
+        failed,
         summary,
         csvs,
         name,
@@ -411,6 +429,86 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> String {
     }
 }
 
+/// The suffix of the scenarios that run what users have without migr: no
+/// datapath and a client with QUIC's own loss recovery (docs/testbed.md).
+const BASELINE_SUFFIX: &str = "-baseline";
+
+/// migr (`X-steering-on`) against what users have without it (`X-baseline`).
+fn with_and_without(r: &Results, md: &mut String) {
+    let rows: Vec<(&str, &Scenario, &Scenario)> = r
+        .testbed
+        .iter()
+        .filter_map(|b| {
+            let base = b.name.strip_suffix(BASELINE_SUFFIX)?;
+            let on_name = format!("{base}-steering-on");
+            let on = r.testbed.iter().find(|s| s.name == on_name)?;
+            Some((base, on, b))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str(
+        "
+## With migr versus without it
+
+",
+    );
+    md.push_str("Without migr: no datapath, and a client that recovers with QUIC's own probe timeouts (RFC 9002), as the seed's client does. disruption - downtime: how much longer than the service was down the client waited (mean of the runs' differences is the difference of the means).
+
+");
+    md.push_str("| experiment | n with / without | downtime with | downtime without | disruption - downtime with | without | disruption with/without | requests lost with / without |
+");
+    md.push_str(
+        "| --- | --- | --- | --- | --- | --- | --- | --- |
+",
+    );
+    for (base, on, off) in rows {
+        let st = |s: &Scenario, k: &str| s.stat(k);
+        let excess = |s: &Scenario| match (st(s, "disruption_ms"), st(s, "downtime_ms")) {
+            (Some(d), Some(t)) => format!("{:+.0} ms", d.mean - t.mean),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {base} | {} / {} | {} | {} | {} | {} | {} | {} / {} |",
+            on.runs,
+            off.runs,
+            fmt_stat(st(on, "downtime_ms"), 0),
+            fmt_stat(st(off, "downtime_ms"), 0),
+            excess(on),
+            excess(off),
+            ratio(st(on, "disruption_ms"), st(off, "disruption_ms")),
+            fmt_stat(st(on, "requests_lost"), 1),
+            fmt_stat(st(off, "requests_lost"), 1),
+        );
+    }
+}
+
+/// Every failed run, with its reason: a scenario's statistics leave them out.
+fn failed_runs(r: &Results, md: &mut String) {
+    let failed: Vec<&Scenario> = r.testbed.iter().filter(|s| !s.failed.is_empty()).collect();
+    md.push_str(
+        "
+## Failed runs
+
+",
+    );
+    if failed.is_empty() {
+        md.push_str(
+            "None recorded.
+",
+        );
+        return;
+    }
+    for s in failed {
+        for (k, why) in &s.failed {
+            let why = why.lines().next().unwrap_or_default();
+            let _ = writeln!(md, "- {} run {k}: {why}", s.name);
+        }
+    }
+}
+
 /// Steering on and off of each base name, in the order of first appearance.
 fn pairs(r: &Results) -> Vec<(&str, Option<&Scenario>, Option<&Scenario>)> {
     let mut order: Vec<&str> = Vec::new();
@@ -557,6 +655,9 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     let mut unpaired = Vec::new();
     for (base, on, off) in pairs(r) {
         let st = |s: Option<&Scenario>, k: &str| s.and_then(|s| s.stat(k));
+        if base.ends_with(BASELINE_SUFFIX) {
+            continue;
+        }
         if on.is_none() || off.is_none() {
             unpaired.push((base, on.or(off)));
             continue;
@@ -625,6 +726,9 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
             );
         }
     }
+
+    with_and_without(r, &mut md);
+    failed_runs(r, &mut md);
 
     // Sporadic: the service time of the first request after the migration (Fig. 4).
     let sporadic: Vec<&Scenario> = r.testbed.iter().filter(|s| s.mode == "sporadic").collect();
@@ -869,10 +973,20 @@ mod tests {
             std::fs::write(d.join(name).join("run-1.csv"), csv).unwrap();
         }
         std::fs::write(d.join("other.json"), r#"{"schema": "something-else/1"}"#).unwrap();
+        let mut baseline: Value =
+            serde_json::from_str(&scenario_json("q-baseline", false)).unwrap();
+        baseline["summary"]["disruption_ms"]["mean"] = 450.0.into();
+        baseline["failed_runs"] =
+            serde_json::json!([{"run": 3, "error": "criu dump failed\nmore"}]);
+        std::fs::write(d.join("q-baseline.json"), baseline.to_string()).unwrap();
         let r = load(&d).unwrap();
-        assert_eq!(r.testbed.len(), 2);
+        assert_eq!(r.testbed.len(), 3);
         assert_eq!(r.notes.len(), 1);
-        let s = &r.testbed[0];
+        let s = r
+            .testbed
+            .iter()
+            .find(|s| s.name == "q-steering-on")
+            .unwrap();
         assert_eq!(s.base(), "q");
         assert_eq!(s.stat("downtime_ms").map(|x| x.mean), Some(150.0));
         assert_eq!(s.stat("dump_ms").and_then(|x| x.ci95), None);
@@ -889,6 +1003,18 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("No `results/mptcp-*.json` here"), "{md}");
+        assert!(
+            md.contains("| q | 2 / 2 | 150 ± 10 | 150 ± 10 | +5 ms | +300 ms | 0.34 |"),
+            "migr against the baseline: {md}"
+        );
+        assert!(
+            md.contains("- q-baseline run 3: criu dump failed\n"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("| q-baseline | off |"),
+            "the baseline is not an unpaired scenario: {md}"
+        );
         let svg = std::fs::read_to_string(d.join("plots/phases.svg")).unwrap();
         assert!(svg.contains("q-steering-on"));
         let _ = std::fs::remove_dir_all(&d);

@@ -72,34 +72,14 @@ pub fn testbed(o: &Options) -> Result<()> {
     build()?;
     let bin = snapshot_bins()?;
     let out = run::workspace_root().join("results");
-    let names = if o.all {
-        scenario_names(&bin)?
-    } else {
-        vec![name]
-    };
-    // Every scenario of --all is run even when one fails; the failures are
-    // named at the end.
-    let mut failed = Vec::new();
-    for name in &names {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["scenario", name, "--out"]).arg(&out);
-        if let Some(n) = o.runs {
-            cmd.args(["--runs", &n.to_string()]);
-        }
-        if let Err(e) = run::status(&mut cmd) {
-            eprintln!("[testbed] {name} failed: {e:#}");
-            failed.push(name.clone());
-        }
+    // One invocation: the scenarios run interleaved, one run of each per
+    // round, and a failed run is recorded in its scenario's JSON.
+    let mut cmd = Command::new(&bin);
+    cmd.args(["scenario", &name, "--out"]).arg(&out);
+    if let Some(n) = o.runs {
+        cmd.args(["--runs", &n.to_string()]);
     }
-    if !failed.is_empty() {
-        bail!(
-            "{} of {} scenarios failed: {}",
-            failed.len(),
-            names.len(),
-            failed.join(", ")
-        );
-    }
-    Ok(())
+    run::status(&mut cmd)
 }
 
 /// Copies the testbed's programs into `target/testbed-bin/` and returns
@@ -123,23 +103,4 @@ fn snapshot_bins() -> Result<std::path::PathBuf> {
         std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
     }
     Ok(to.join("migr-testbed"))
-}
-
-/// The scenario names, from `migr-testbed scenarios` (the first column).
-fn scenario_names(bin: &std::path::Path) -> Result<Vec<String>> {
-    let out = Command::new(bin)
-        .arg("scenarios")
-        .output()
-        .with_context(|| format!("running {} scenarios", bin.display()))?;
-    if !out.status.success() {
-        bail!("`{} scenarios` failed ({})", bin.display(), out.status);
-    }
-    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    if names.is_empty() {
-        bail!("`{} scenarios` listed no scenario", bin.display());
-    }
-    Ok(names)
 }

@@ -13,7 +13,7 @@
 //!                   the TCP+DNS baseline: reconnect to the name once the TTL expired
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
 //! migr-testbed scenarios                  list the named experiments
-//! migr-testbed scenario NAME|all [--runs N] [--out DIR]   run them: DIR/NAME.json, DIR/NAME/*.csv
+//! migr-testbed scenario NAME[,NAME...]|all [--runs N] [--out DIR]   run them, interleaved: DIR/NAME.json, DIR/NAME/*.csv
 //! migr-testbed hook-cost [--pairs N] [--preset P] [--out DIR]   what the CRIU hook adds: DIR/hook-cost.json
 //! migr-testbed tcp-server|tcp-client ...  the TCP workload (the runs start these)
 //! ```
@@ -38,7 +38,7 @@ const USAGE: &str = "usage:
                        [--requests N] [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed topology [--preset none|latency|bandwidth]
   migr-testbed scenarios
-  migr-testbed scenario NAME|all [--runs N] [--out DIR]
+  migr-testbed scenario NAME[,NAME...]|all [--runs N] [--out DIR]
   migr-testbed hook-cost [--pairs N] [--preset none|latency|bandwidth] [--out DIR]
   migr-testbed tcp-server --listen ADDR
   migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]
@@ -209,22 +209,24 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
 }
 
 fn scenario_cmd(args: &[String]) -> Result<()> {
-    let name = args.first().context("scenario NAME|all")?;
+    let name = args.first().context("scenario NAME[,NAME...]|all")?;
     let o = Opts(args[1..].to_vec());
     o.check(&["--runs", "--out"], &[])?;
     let out = PathBuf::from(o.value("--out")?.unwrap_or("results"));
     let chosen = if name == "all" {
         scenarios::all()
     } else {
-        vec![scenarios::find(name)?]
+        name.split(',')
+            .map(scenarios::find)
+            .collect::<Result<Vec<_>>>()?
     };
-    let bins = bins()?;
-    for sc in &chosen {
-        let runs = match o.value("--runs")? {
-            Some(n) => n.parse().context("--runs")?,
-            None => sc.default_runs,
-        };
-        let doc = scenarios::run(&bins, sc, runs, &out)?;
+    let runs = match o.value("--runs")? {
+        Some(n) => n.parse().context("--runs")?,
+        None => chosen.iter().map(|s| s.default_runs).max().unwrap_or(1),
+    };
+    // One run of each per round: arms to compare share the machine's state.
+    let docs = scenarios::run_interleaved(&bins()?, &chosen, runs, &out)?;
+    for doc in &docs {
         let s = &doc["summary"];
         let m = |k: &str| {
             format!(
@@ -234,8 +236,10 @@ fn scenario_cmd(args: &[String]) -> Result<()> {
             )
         };
         println!(
-            "[testbed] {}: {runs} runs; downtime {} ms, disruption {} ms, ratio {}, requests lost {}",
-            sc.name,
+            "[testbed] {}: {} runs ({} failed); downtime {} ms, disruption {} ms, ratio {}, requests lost {}",
+            doc["scenario"].as_str().unwrap_or_default(),
+            doc["runs"].as_array().map_or(0, Vec::len),
+            doc["failed_runs"].as_array().map_or(0, Vec::len),
             m("downtime_ms"),
             m("disruption_ms"),
             m("disruption_over_downtime"),

@@ -40,8 +40,10 @@ use super::{
     proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
     topology::{
-        DST_CT_IP, DST_UPLINK, Preset, ROUTER_CLIENT_IP, SAME_IP, SRC_CT_IP, SRC_UPLINK, Topology,
+        DST_CT_IP, DST_NODE_IP, DST_UPLINK, Preset, ROUTER_CLIENT_IP, SAME_IP, SRC_CT_IP,
+        SRC_UPLINK, Topology,
     },
+    transfer,
 };
 
 pub const SERVICE: &str = "echo";
@@ -831,14 +833,9 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     }
     let t_transfer = Instant::now();
     let images_dst = d.join("images-dst");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(&images)
-        .arg(&images_dst)
-        .status()?;
-    if !status.success() {
-        bail!("copying the images failed");
-    }
+    // Over the links, through the router: the presets shape it.
+    transfer::copy_over_network(&topo.src, &topo.dst, DST_NODE_IP, &images, &images_dst)
+        .context("moving the images from the source node to the destination node")?;
     let transfer_ms = t_transfer.elapsed().as_secs_f64() * 1e3;
     wait_until(Duration::from_secs(5), "the dumped PID to be free", || {
         Ok(pid_free(server_pid))

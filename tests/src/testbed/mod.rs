@@ -23,6 +23,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod tcpecho;
 pub mod topology;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 

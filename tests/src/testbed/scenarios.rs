@@ -53,6 +53,26 @@ pub fn all() -> Vec<Scenario> {
             }
         }
     }
+    // The baseline (what users have without migr): no datapath, and a client
+    // that recovers as RFC 9002 says, with backed-off probe timeouts (the
+    // seed's aioquic client does). The steering-off scenarios above keep
+    // migr-quic's fast probing: they show what the client side alone buys.
+    for (size, mb) in SIZES {
+        for strategy in STRATEGIES {
+            let mut config = RunConfig::back_to_back(false, Preset::None);
+            config.strategy = strategy.into();
+            config.ballast_mb = mb;
+            config.client_probing = "rfc9002".into();
+            out.push(Scenario {
+                name: format!("quic-b2b-{strategy}-{size}-baseline"),
+                description: format!(
+                    "as quic-b2b-{strategy}-{size}-steering-off, with a client that recovers                      with QUIC's own probe timeouts (RFC 9002, no fast probing): what users                      have without migr"
+                ),
+                config,
+                default_runs: 10,
+            });
+        }
+    }
     // PoA with larger pools: the new address and 1 or 2 that never answer.
     for pool_size in [2, 3] {
         for steering in [true, false] {
@@ -289,36 +309,97 @@ fn machine() -> Value {
 /// Runs `scenario` `runs` times, writes `out/NAME.json` and the CSVs, and
 /// returns the JSON.
 pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<Value> {
+    let mut docs = run_interleaved(bins, std::slice::from_ref(scenario), runs, out)?;
+    Ok(docs.remove(0))
+}
+
+/// What one scenario has so far.
+struct Progress {
+    started: Instant,
+    started_at: f64,
+    runs: Vec<Run>,
+    /// `(run number, error)` of the runs that failed.
+    failed: Vec<(usize, String)>,
+}
+
+/// Runs `runs` rounds of every scenario in `scenarios`, one run of each
+/// per round (so that arms meant to be compared share the machine's ups
+/// and downs), writes each scenario's JSON after every round, and returns
+/// them. A failed run is recorded with its reason and the rounds go on.
+pub fn run_interleaved(
+    bins: &Bins,
+    scenarios: &[Scenario],
+    runs: usize,
+    out: &Path,
+) -> Result<Vec<Value>> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let started = Instant::now();
-    let started_at = super::now_s();
-    let csv_dir = out.join(&scenario.name);
-    std::fs::create_dir_all(&csv_dir).with_context(|| format!("creating {}", csv_dir.display()))?;
-    let mut results = Vec::new();
+    let mut progress: Vec<Progress> = scenarios
+        .iter()
+        .map(|_| Progress {
+            started: Instant::now(),
+            started_at: super::now_s(),
+            runs: Vec::new(),
+            failed: Vec::new(),
+        })
+        .collect();
+    let mut docs = Vec::new();
     for k in 1..=runs {
-        println!("[testbed] {} run {k}/{runs}", scenario.name);
-        let run = migration::run(bins, &scenario.config)?;
-        println!("[testbed] {}", run.summary());
-        // Rows around the disruption only (a TCP run answers tens of
-        // thousands of requests).
-        let around = run.disruption_at.unwrap_or(0);
-        let mut csv =
-            String::from("index,send_time_ms,response_time_ms,service_time_ms,server_address\n");
-        for r in run
-            .requests_detail
-            .iter()
-            .filter(|r| r.index + CSV_WINDOW >= around && r.index <= around + CSV_WINDOW)
-        {
-            csv.push_str(&format!(
-                "{},{:.3},{:.3},{:.3},{}\n",
-                r.index, r.send_ms, r.response_ms, r.service_ms, r.server
-            ));
+        docs.clear();
+        for (scenario, p) in scenarios.iter().zip(&mut progress) {
+            println!("[testbed] {} run {k}/{runs}", scenario.name);
+            match migration::run(bins, &scenario.config) {
+                Ok(run) => {
+                    println!("[testbed] {}", run.summary());
+                    write_csv(out, &scenario.name, k, &run)?;
+                    p.runs.push(run);
+                }
+                Err(e) => {
+                    println!("[testbed] {} run {k} failed: {e:#}", scenario.name);
+                    p.failed.push((k, format!("{e:#}")));
+                }
+            }
+            docs.push(write_doc(scenario, p, out)?);
         }
-        std::fs::write(csv_dir.join(format!("run-{k}.csv")), csv)?;
-        results.push(run);
     }
+    for (scenario, p) in scenarios.iter().zip(&progress) {
+        if p.runs.is_empty() {
+            bail!(
+                "every run of {} failed; the first: {}",
+                scenario.name,
+                p.failed.first().map_or("", |(_, e)| e.as_str())
+            );
+        }
+    }
+    Ok(docs)
+}
+
+/// The client's requests around the disruption (a TCP run answers tens of
+/// thousands of requests): `out/NAME/run-K.csv`.
+fn write_csv(out: &Path, name: &str, k: usize, run: &Run) -> Result<()> {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let around = run.disruption_at.unwrap_or(0);
+    let mut csv =
+        String::from("index,send_time_ms,response_time_ms,service_time_ms,server_address\n");
+    for r in run
+        .requests_detail
+        .iter()
+        .filter(|r| r.index + CSV_WINDOW >= around && r.index <= around + CSV_WINDOW)
+    {
+        csv.push_str(&format!(
+            "{},{:.3},{:.3},{:.3},{}\n",
+            r.index, r.send_ms, r.response_ms, r.service_ms, r.server
+        ));
+    }
+    std::fs::write(dir.join(format!("run-{k}.csv")), csv)?;
+    Ok(())
+}
+
+/// Writes `out/NAME.json` with what `p` has so far; returns it.
+fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
+    let (started, started_at, results) = (p.started, p.started_at, &p.runs);
     let c = &scenario.config;
     let doc = json!({
         "schema": "migr-testbed/1",
@@ -327,6 +408,7 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
         "config": {
             "protocol": c.protocol.name(),
             "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
+            "client_probing": if c.protocol == Protocol::Quic { Some(&c.client_probing) } else { None },
             "steering": c.steering,
             "technique": c.technique.name(),
             "preset": c.preset.name(),
@@ -342,8 +424,9 @@ pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<
         "machine": machine(),
         "started_at": started_at,
         "seconds": started.elapsed().as_secs_f64(),
-        "summary": summarize(&results),
+        "summary": summarize(results),
         "runs": results.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "failed_runs": p.failed.iter().map(|(k, e)| json!({"run": k, "error": e})).collect::<Vec<_>>(),
     });
     let path = out.join(format!("{}.json", scenario.name));
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
