@@ -126,6 +126,23 @@ pub fn all() -> Vec<Scenario> {
             });
         }
     }
+    // The baseline under the shaped links, where QUIC's probe timeouts are
+    // longer (latency) or the transfer is (bandwidth).
+    for preset in [Preset::Bandwidth, Preset::Latency] {
+        let mut config = RunConfig::back_to_back(false, preset);
+        config.ballast_mb = 28;
+        config.client_probing = "rfc9002".into();
+        out.push(Scenario {
+            name: format!("quic-b2b-p-explicit-small-{}-baseline", preset.name()),
+            description: format!(
+                "as quic-b2b-p-explicit-small-{0}-steering-off, with a client that recovers with \
+                 QUIC's own probe timeouts (RFC 9002): what users have without migr",
+                preset.name()
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
     for steering in [true, false] {
         let mut config = RunConfig::back_to_back(steering, Preset::Bandwidth);
         config.ballast_mb = 28;
