@@ -126,8 +126,9 @@ pub struct ForwardTarget {
     pub dst_mac: [u8; 6],
     /// Source MAC: the egress interface's own.
     pub src_mac: [u8; 6],
-    /// Egress interface; the `FORWARD_DEVICES` DEVMAP holds it under the service id.
-    /// When it equals the ingress interface the frame leaves with XDP_TX.
+    /// Egress interface. On the XDP path the `FORWARD_DEVICES` DEVMAP holds it
+    /// under the service id, and when it equals the ingress interface the
+    /// frame leaves with XDP_TX; on the TC path `migr_tc` redirects to it.
     pub ifindex: u32,
     /// [`ForwardPath`] as u8.
     pub path: u8,
@@ -389,7 +390,7 @@ pub enum Reason {
     MptcpMalformed = 5,
     /// An MP_JOIN SYN whose token no service owns.
     MptcpUnknownToken = 6,
-    /// A frame too large to park.
+    /// A frame too large to park, or to forward through the egress device's MTU.
     Oversize = 7,
     /// The park ring buffer was full.
     ParkOverflow = 8,

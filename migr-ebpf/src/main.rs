@@ -192,10 +192,7 @@ pub fn migr(ctx: XdpContext) -> u32 {
             Ok(Forwarded::ViaTc) => {
                 // `migr_tc` counts the verdict once it has sent the frame on.
                 count_reason(Reason::ForwardViaTc);
-                if decision.report != Report::None {
-                    report(decision);
-                }
-                return xdp_action::XDP_PASS;
+                (Verdict::Forward, xdp_action::XDP_PASS)
             }
             Err(reason) => {
                 count_reason(reason);
@@ -206,7 +203,10 @@ pub fn migr(ctx: XdpContext) -> u32 {
     if decision.report != Report::None {
         report(decision);
     }
-    count_verdict(decision.service_id, verdict, buff_len(&ctx));
+    // A hand-over to `migr_tc` is counted there, when the frame has left.
+    if !(verdict == Verdict::Forward && xdp == xdp_action::XDP_PASS) {
+        count_verdict(decision.service_id, verdict, buff_len(&ctx));
+    }
     xdp
 }
 
@@ -429,7 +429,9 @@ fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<Forwarded, Rea
         .map_err(|_| Reason::NoRedirectTarget)
 }
 
-/// Puts a [`ForwardMeta`] in front of the frame for `migr_tc`.
+/// Puts a [`ForwardMeta`] in front of the frame for `migr_tc`. On a replay
+/// run it takes the place of the stripped `ReplayMeta` (and more): safe
+/// because every run of a replay call has its own page (batch = repeat).
 #[inline(always)]
 fn hand_to_tc(ctx: *mut xdp_md, service_id: u32, info: &PacketInfo) -> Result<(), Reason> {
     let size = size_of::<ForwardMeta>() as i32;
@@ -570,12 +572,18 @@ fn count_reasons(mut bits: u32) {
 
 #[inline(always)]
 fn count_verdict(service_id: u32, verdict: Verdict, bytes: u64) {
+    count_verdicts(service_id, verdict, 1, bytes);
+}
+
+/// `packets` frames (a GRO-merged skb's segments) of `bytes` in all.
+#[inline(always)]
+fn count_verdicts(service_id: u32, verdict: Verdict, packets: u32, bytes: u64) {
     if let Some(counters) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         let counters = unsafe { &mut *counters };
         let v = verdict as usize;
         if v < Verdict::COUNT {
-            counters.packets[v] += 1;
+            counters.packets[v] += u64::from(packets);
             counters.bytes[v] += bytes;
         }
     }

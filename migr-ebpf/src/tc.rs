@@ -12,7 +12,9 @@
 //!
 //! Frames without the tag pass untouched (the first check, a few
 //! instructions). The verdict is counted here, once the frame is handed to
-//! the egress device: the XDP program counted only `forward_via_tc`.
+//! the egress device: the XDP program counted only `forward_via_tc`. GRO
+//! may have merged frames between the two programs, so a merged skb counts
+//! as the segments it holds.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -25,9 +27,11 @@ use migr_common::maps::{
     Reason, SERVICE_ACTIVE, Verdict,
 };
 
-use crate::{SERVICES, count_reason, count_verdict};
+use crate::{SERVICES, count_reason, count_verdicts};
 
 const PROTO_UDP: u8 = 17;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 
 #[classifier]
 pub fn migr_tc(ctx: TcContext) -> i32 {
@@ -35,6 +39,8 @@ pub fn migr_tc(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let bytes = u64::from(ctx.len());
+    // SAFETY: `skb` is the program's context; a plain field read.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
     let outcome = SERVICES
         .get(meta.service_id)
         .filter(|s| s.flags & SERVICE_ACTIVE != 0)
@@ -42,12 +48,12 @@ pub fn migr_tc(ctx: TcContext) -> i32 {
         .and_then(|s| rewrite_and_redirect(&ctx, &meta, &s.forward));
     match outcome {
         Ok(action) => {
-            count_verdict(meta.service_id, Verdict::Forward, bytes);
+            count_verdicts(meta.service_id, Verdict::Forward, segments, bytes);
             action
         }
         Err(reason) => {
             count_reason(reason);
-            count_verdict(meta.service_id, Verdict::ForwardFailed, bytes);
+            count_verdicts(meta.service_id, Verdict::ForwardFailed, segments, bytes);
             TC_ACT_SHOT
         }
     }
@@ -87,11 +93,17 @@ fn rewrite_and_redirect(
         return Err(Reason::NoRedirectTarget);
     }
     // `bpf_redirect` takes any index, and the frame is dropped later if no
-    // device has it; `bpf_check_mtu` looks the device up now (-EINVAL: none).
+    // device has it, or if it does not fit the device's MTU; `bpf_check_mtu`
+    // looks the device up now (negative: none) and checks the size
+    // (positive: too large, also per segment of a GSO frame).
     let mut mtu = 0u32;
     // SAFETY: plain helper call on the program's context and a stack u32.
-    if unsafe { bpf_check_mtu(ctx.skb.skb.cast(), target.ifindex, &mut mtu, 0, 0) } < 0 {
+    let fits = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), target.ifindex, &mut mtu, 0, 0) };
+    if fits < 0 {
         return Err(Reason::NoRedirectTarget);
+    }
+    if fits > 0 {
+        return Err(Reason::Oversize);
     }
     match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(ctx, meta, target)?,
@@ -130,7 +142,17 @@ fn rewrite_destination(
     if meta.family != target.family {
         return Err(Reason::ForwardUnsupported);
     }
-    let (l3, l4) = (usize::from(meta.l3_offset), usize::from(meta.l4_offset));
+    // The XDP program measured the offsets on the frame as it came in; by
+    // TC ingress the kernel has taken an 802.1Q tag out of the frame into
+    // the skb (and a NIC with VLAN offload never showed it to XDP). So the
+    // IP header starts where this frame's Ethernet header says.
+    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| Reason::Malformed)?);
+    let l3 = if matches!(ethertype, ETH_P_8021Q | ETH_P_8021AD) {
+        18
+    } else {
+        14
+    };
+    let l4 = l3 + usize::from(meta.l4_offset.wrapping_sub(meta.l3_offset));
     let (check_at, mangled_0) = match meta.ip_proto {
         PROTO_UDP => (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
         6 => (l4 + 16, 0),

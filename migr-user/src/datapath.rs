@@ -237,13 +237,11 @@ impl Datapath {
     }
 
     /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress through a bpf_link
-    /// (TCX, Linux >= 6.6) pinned at `pin`, like [`Self::attach_pinned`]; a
-    /// link left at `pin` by a previous agent is replaced by a new one.
+    /// (TCX, Linux >= 6.6) pinned at `pin`, like [`Self::attach_pinned`]. A
+    /// link left at `pin` by a previous agent is detached only once the new
+    /// one is attached: for that moment both run, and the first to see a
+    /// hand-over takes it (it clears the tag), so none is lost.
     pub fn attach_tc_pinned(&mut self, iface: &str, pin: &Path) -> Result<AttachedLink> {
-        if pin.exists() {
-            std::fs::remove_file(pin)
-                .with_context(|| format!("removing the previous TC link pin {}", pin.display()))?;
-        }
         let prog = tc_program_mut(&mut self.ebpf)?;
         let id = prog
             .attach_with_options(
@@ -259,6 +257,10 @@ impl Datapath {
         let link = prog.take_link(id)?;
         let fd_link = FdLink::try_from(link)
             .map_err(|e| anyhow!("{iface}: the TC link is not a bpf_link ({e})"))?;
+        if pin.exists() {
+            std::fs::remove_file(pin)
+                .with_context(|| format!("removing the previous TC link pin {}", pin.display()))?;
+        }
         let pinned = fd_link
             .pin(pin)
             .with_context(|| format!("pinning the TC link of {iface} at {}", pin.display()))?;
@@ -269,15 +271,6 @@ impl Datapath {
             reused: false,
             link: FdLink::from(pinned),
         })
-    }
-
-    /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress for as long as this
-    /// datapath lives (tests).
-    pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        tc_program_mut(&mut self.ebpf)?
-            .attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {TC_PROGRAM} to the TC ingress of {iface}"))?;
-        Ok(())
     }
 
     /// What the kernel says about a loaded program (any of the object's).

@@ -45,6 +45,7 @@ use crate::{
     },
     early_joins::EarlyJoins,
     forward_path::{self, EgressFacts, ForwardPathChoice},
+    netdev::{if_link, if_mac},
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
@@ -365,6 +366,7 @@ impl Engine {
         engine.recover_state(batch_runs)?;
         engine.deactivate_strangers()?;
         engine.attach_all()?;
+        engine.refresh_forward_paths();
         engine.persist()?;
         Ok(engine)
     }
@@ -382,7 +384,7 @@ impl Engine {
         };
         let state: PersistedState = serde_json::from_slice(&text).with_context(|| {
             format!(
-                "parsing the saved state in {} (`migr-agent reset` starts afresh)",
+                "parsing the saved state in {} (`migr-agent cleanup` starts afresh)",
                 dir.display()
             )
         })?;
@@ -460,6 +462,46 @@ impl Engine {
         Ok(())
     }
 
+    /// Picks the FORWARD path of every recovered service again: the saved
+    /// one was chosen with another agent's attachments (or before paths
+    /// existed), and the TC program may not have attached this time.
+    fn refresh_forward_paths(&mut self) {
+        let ids: Vec<u32> = self.services.keys().copied().collect();
+        for id in ids {
+            let svc = &self.services[&id];
+            let (Some(spec), Some(resolved)) = (svc.spec.forward.clone(), svc.forward) else {
+                continue;
+            };
+            let name = svc.spec.name.clone();
+            let chosen = match self.with_forward_path(&spec, resolved) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(service = %name, error = %e,
+                        "this service's FORWARDs cannot leave the node: its frames pass to the local stack unforwarded");
+                    ResolvedForward {
+                        tc: true,
+                        ..resolved
+                    }
+                }
+            };
+            if chosen == resolved {
+                continue;
+            }
+            let svc = self.services.get_mut(&id).expect("listed above");
+            svc.forward = Some(chosen);
+            let entry = svc.entry(svc.machine.datapath());
+            match self.dp.set_service(id, &entry) {
+                Ok(()) => {
+                    tracing::info!(service = %name, path = if chosen.tc { "tc" } else { "xdp" },
+                    "forward path chosen anew")
+                }
+                Err(e) => tracing::error!(service = %name, error = %format!("{e:#}"),
+                    "could not update the forward path"),
+            }
+            self.dirty = true;
+        }
+    }
+
     fn attach_all(&mut self) -> Result<()> {
         let wanted: Vec<String> = self.cfg.ifaces.clone();
         for iface in &wanted {
@@ -490,7 +532,7 @@ impl Engine {
                 if let Some(iface) = name.strip_prefix("link-").or(name.strip_prefix("tc-"))
                     && !wanted.iter().any(|w| w == iface)
                 {
-                    tracing::warn!(%iface, "detaching a pinned XDP link left for an interface not in --iface");
+                    tracing::warn!(%iface, pin = %name, "detaching a pinned link left for an interface not in --iface");
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -1447,10 +1489,6 @@ fn compact_if_consumed(svc: &mut Service, consumer_pos: u64) {
     }
 }
 
-/// Replays up to `max` pending frames of `svc` with `action`, in order.
-/// Replays up to `max` of the service's pending frames, in order, in batches
-/// of frames that arrived on the same interface. Returns how many it handled
-/// (replayed, or dropped as not replayable).
 /// Completes the checksums that senders left to offload, so that the frames
 /// survive replay (see `migr_common::checksum`), and counts what it found.
 fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
@@ -1463,6 +1501,9 @@ fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
     }
 }
 
+/// Replays up to `max` of the service's pending frames with `action`, in
+/// order, in batches of frames that arrived on the same interface. Returns
+/// how many it handled (replayed, or dropped as not replayable).
 fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
     let mut handled = 0;
     while handled < max {
@@ -1633,76 +1674,6 @@ fn forward_link(svc: &Service) -> Option<&'static str> {
     })
 }
 
-/// Whether `iface` is up (IFF_UP) and has a carrier, in the current network
-/// namespace. The carrier comes from ETHTOOL_GLINK (the driver's own view,
-/// at once), else from IFF_RUNNING (the operational state, which the kernel
-/// may update up to a second late).
-fn if_link(iface: &str) -> Option<(bool, bool)> {
-    const ETHTOOL_GLINK: u32 = 0x0a;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let sock = UdpSocket::bind("0.0.0.0:0")
-        .or_else(|_| UdpSocket::bind("[::]:0"))
-        .ok()?;
-    // SAFETY: zeroed ifreq is a valid initial value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    let name = req.ifr_name;
-    // SAFETY: SIOCGIFFLAGS with a valid ifreq on a valid socket.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
-        return None;
-    }
-    // SAFETY: the kernel filled ifru_flags.
-    let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
-    let up = flags & libc::IFF_UP != 0;
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_GLINK,
-        data: 0,
-    };
-    // SAFETY: zeroed ifreq is a valid initial value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    req.ifr_name = name;
-    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    // SAFETY: SIOCETHTOOL with ifr_data pointing to a live ethtool_value.
-    let carrier = if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } == 0 {
-        value.data != 0
-    } else {
-        flags & libc::IFF_RUNNING != 0
-    };
-    Some((up, up && carrier))
-}
-
-/// The MAC address of `iface` (SIOCGIFHWADDR: asks the current network
-/// namespace, unlike /sys, which shows the namespace sysfs was mounted in).
-fn if_mac(iface: &str) -> Result<[u8; 6]> {
-    let sock = UdpSocket::bind("0.0.0.0:0").or_else(|_| UdpSocket::bind("[::]:0"))?;
-    // SAFETY: zeroed ifreq is a valid initial value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR with a valid ifreq on a valid socket.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-    if rc != 0 {
-        bail!(
-            "reading the MAC of {iface}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: the kernel filled ifru_hwaddr.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (m, d) in mac.iter_mut().zip(data.iter()) {
-        *m = *d as u8;
-    }
-    Ok(mac)
-}
-
 impl Engine {
     /// Picks the path a resolved forward target's frames take.
     fn with_forward_path(
@@ -1710,8 +1681,11 @@ impl Engine {
         f: &ForwardSpec,
         mut resolved: ResolvedForward,
     ) -> Result<ResolvedForward, ApiError> {
+        // Frames come in on any attached interface: a veth among them
+        // brings partial checksums that only the TC path handles.
         let facts = EgressFacts {
-            on_a_bus: forward_path::on_a_bus(&f.iface),
+            on_a_bus: forward_path::on_a_bus(&f.iface)
+                && self.links.iter().all(|l| forward_path::on_a_bus(&l.iface)),
             all_native: !self.links.is_empty()
                 && self.links.iter().all(|l| l.mode == Some(XdpMode::Driver)),
         };

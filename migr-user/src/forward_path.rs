@@ -7,7 +7,7 @@
 //! mode they are lost without a trace. The TC path delivers everywhere, at
 //! the cost of an skb; the XDP path is chosen only where it is known to work.
 
-use std::{fmt, net::UdpSocket, os::fd::AsRawFd as _};
+use std::fmt;
 
 use anyhow::{Result, bail};
 use migr_common::maps::ForwardPath;
@@ -70,47 +70,7 @@ pub fn choose(choice: ForwardPathChoice, facts: EgressFacts) -> ForwardPath {
 /// the current network namespace). A device that cannot be asked counts as
 /// a software device: the TC path then works either way.
 pub fn on_a_bus(iface: &str) -> bool {
-    driver_info(iface).is_some_and(|(_, bus)| !bus.is_empty() && bus != "N/A")
-}
-
-/// The driver's name and bus address of `iface`.
-pub fn driver_info(iface: &str) -> Option<(String, String)> {
-    const ETHTOOL_GDRVINFO: u32 = 0x03;
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        version: [u8; 32],
-        fw_version: [u8; 32],
-        bus_info: [u8; 32],
-        erom_version: [u8; 32],
-        reserved2: [u8; 12],
-        n_priv_flags: u32,
-        n_stats: u32,
-        testinfo_len: u32,
-        eedump_len: u32,
-        regdump_len: u32,
-    }
-    let sock = UdpSocket::bind("0.0.0.0:0")
-        .or_else(|_| UdpSocket::bind("[::]:0"))
-        .ok()?;
-    // SAFETY: all-zero bytes are a valid DrvInfo and ifreq.
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: SIOCETHTOOL with ifr_data pointing to a live ethtool_drvinfo.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } != 0 {
-        return None;
-    }
-    let text = |b: &[u8]| {
-        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-        String::from_utf8_lossy(&b[..end]).into_owned()
-    };
-    Some((text(&info.driver), text(&info.bus_info)))
+    crate::netdev::driver_info(iface).is_some_and(|(_, bus)| !bus.is_empty() && bus != "N/A")
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod features;
 pub mod forward_path;
 pub mod metrics;
+pub mod netdev;
 pub mod parkring;
 pub mod phase;
 pub mod spool;

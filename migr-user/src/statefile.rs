@@ -30,7 +30,7 @@ pub fn slot_paths(dir: &Path) -> [PathBuf; 2] {
     [dir.join("state.0"), dir.join("state.1")]
 }
 
-/// Every file that holds saved state in `dir` (for `migr-agent reset`).
+/// Every file that holds saved state in `dir` (for `migr-agent cleanup`).
 pub fn all_paths(dir: &Path) -> [PathBuf; 3] {
     let [a, b] = slot_paths(dir);
     [a, b, dir.join(LEGACY)]

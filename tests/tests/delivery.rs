@@ -43,6 +43,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Self {
+        Self::with_agent(&[])
+    }
+
+    /// The lab, its agent started with `agent_args` too.
+    fn with_agent(agent_args: &[&str]) -> Self {
         require_privileges();
         let client = NetNs::new("dcli").unwrap();
         let router = NetNs::new("drtr").unwrap();
@@ -85,7 +90,7 @@ impl Lab {
             features.contains("tx-checksumming: on"),
             "the client's veth offloads checksums (the default): {features}"
         );
-        let mut agent = Agent::new("delivery", "s0", &[]);
+        let mut agent = Agent::new("delivery", "s0", agent_args);
         agent.start(&src);
         Self {
             agent,
@@ -121,6 +126,25 @@ impl Lab {
             .expect("ForwDatagrams in /proc/net/snmp");
         values.split_whitespace().nth(i).unwrap().parse().unwrap()
     }
+}
+
+/// `migrctl service add` of a UDP service at `at` (id 1), with `forward`.
+fn add_service(agent: &Agent, name: &str, at: &str, forward: &[&str]) {
+    let mut args = vec!["service", "add", "--id", "1", "--name", name, "--udp", at];
+    args.extend_from_slice(forward);
+    agent.ok(&args);
+}
+
+/// The address-changing forward target: DST_IP through the router.
+fn via_router(to: &str) -> [&str; 6] {
+    [
+        "--forward-to",
+        to,
+        "--forward-iface",
+        "s0",
+        "--next-hop",
+        "10.42.2.1",
+    ]
 }
 
 /// Sends `n` datagrams 200 ms apart to `to`; each must arrive at `receiver`
@@ -170,22 +194,12 @@ fn move_away(agent: &Agent, service: &str) {
 fn stragglers_reach_the_new_address_through_a_plain_router() {
     let lab = Lab::new();
     let to = format!("{DST_IP}:{PORT}");
-    lab.agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "1",
-        "--name",
+    add_service(
+        &lab.agent,
         "moved",
-        "--udp",
         &format!("{SRC_IP}:{PORT}"),
-        "--forward-to",
-        &to,
-        "--forward-iface",
-        "s0",
-        "--next-hop",
-        "10.42.2.1",
-    ]);
+        &via_router(&to),
+    );
     let receiver = Lab::socket(&lab.dst, &to);
     move_away(&lab.agent, "moved");
     let before = lab.router_forwarded();
@@ -200,27 +214,56 @@ fn stragglers_reach_the_new_address_through_a_plain_router() {
 fn stragglers_reach_the_same_ip_at_its_new_place() {
     let lab = Lab::new();
     let at = format!("{MOVED_IP}:{PORT}");
-    lab.agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "1",
-        "--name",
+    add_service(
+        &lab.agent,
         "same-ip",
-        "--udp",
         &at,
-        "--forward-mode",
-        "same-ip",
-        "--forward-iface",
-        "s-d",
-        "--next-hop",
-        "10.42.4.2",
-    ]);
+        &[
+            "--forward-mode",
+            "same-ip",
+            "--forward-iface",
+            "s-d",
+            "--next-hop",
+            "10.42.4.2",
+        ],
+    );
     let receiver = Lab::socket(&lab.dst, &at);
     move_away(&lab.agent, "same-ip");
     let client = lab.client_socket();
     let delays = stragglers(&client, &at, &receiver, 5);
     assert_forwarded(&lab.agent, "same-ip", 5, &delays);
+}
+
+/// The trap the TC path avoids, kept in view: with `--forward-path xdp`
+/// the frames leave with XDP_TX into a veth whose peer runs no XDP
+/// program, are counted `forward`, and never arrive. If a kernel starts
+/// delivering them, this fails, and `auto` may pick XDP on veths again.
+#[test]
+fn xdp_tx_on_a_plain_veth_never_arrives() {
+    let lab = Lab::with_agent(&["--forward-path", "xdp"]);
+    let to = format!("{DST_IP}:{PORT}");
+    add_service(
+        &lab.agent,
+        "moved",
+        &format!("{SRC_IP}:{PORT}"),
+        &via_router(&to),
+    );
+    let receiver = Lab::socket(&lab.dst, &to);
+    move_away(&lab.agent, "moved");
+    let client = lab.client_socket();
+    for i in 0..5 {
+        client
+            .send_to(format!("lost {i}").as_bytes(), format!("{SRC_IP}:{PORT}"))
+            .unwrap();
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        receiver.recv(&mut buf).is_err(),
+        "an XDP_TX'd frame reached the destination through a plain veth"
+    );
+    let svc = lab.agent.service("moved");
+    assert_eq!(svc["forward_path"], "xdp");
+    assert_eq!(verdict(&svc, "forward"), 5, "counted as sent all the same");
 }
 
 /// Frames parked while the service is frozen, sent by a client whose veth
@@ -265,8 +308,7 @@ fn assert_completed(agent: &Agent, n: u64) {
 fn frames_with_offloaded_checksums_are_replayed_to_the_local_socket() {
     let lab = Lab::new();
     let at = format!("{SRC_IP}:{PORT}");
-    lab.agent
-        .ok(&["service", "add", "--id", "1", "--name", "svc", "--udp", &at]);
+    add_service(&lab.agent, "svc", &at, &[]);
     let receiver = Lab::socket(&lab.src, &at);
     lab.agent.phase("svc", "prepare");
     lab.agent.phase("svc", "freeze");
@@ -280,22 +322,7 @@ fn frames_with_offloaded_checksums_are_replayed_to_the_local_socket() {
 fn frames_with_offloaded_checksums_are_replayed_to_the_destination() {
     let lab = Lab::new();
     let (at, to) = (format!("{SRC_IP}:{PORT}"), format!("{DST_IP}:{PORT}"));
-    lab.agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "1",
-        "--name",
-        "svc",
-        "--udp",
-        &at,
-        "--forward-to",
-        &to,
-        "--forward-iface",
-        "s0",
-        "--next-hop",
-        "10.42.2.1",
-    ]);
+    add_service(&lab.agent, "svc", &at, &via_router(&to));
     let receiver = Lab::socket(&lab.dst, &to);
     lab.agent.phase("svc", "prepare");
     lab.agent.phase("svc", "freeze");

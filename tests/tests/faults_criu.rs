@@ -162,8 +162,8 @@ impl Bed {
         let d = dir.path.clone();
         let topo = Topology::build(Preset::None)?;
         let (old, new) = (format!("{SRC_CT_IP}:{PORT}"), format!("{DST_CT_IP}:{PORT}"));
-        let src = Agent::start(&bins, &topo.src, SRC_UPLINK, &d, "src")?;
-        let dst = Agent::start(&bins, &topo.dst, DST_UPLINK, &d, "dst")?;
+        let src = Agent::start(&bins, &topo.src, SRC_UPLINK, "auto", &d, "src")?;
+        let dst = Agent::start(&bins, &topo.dst, DST_UPLINK, "auto", &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
         let base = ["service", "add", "--id", "1", "--name", SERVICE];
         let quic_rule = ["--server-id", "7", "--cid", "8,1,2", "--quic-grease"];

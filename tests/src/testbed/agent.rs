@@ -26,9 +26,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts migr-agent in `ns` on `iface`, its files under `dir`, and
-    /// waits until it answers.
-    pub fn start(bins: &Bins, ns: &NetNs, iface: &str, dir: &Path, tag: &str) -> Result<Self> {
+    /// Starts migr-agent in `ns` on `iface` (XDP `mode`: auto, native or
+    /// skb), its files under `dir`, and waits until it answers.
+    pub fn start(
+        bins: &Bins,
+        ns: &NetNs,
+        iface: &str,
+        mode: &str,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Self> {
         let name = format!("{}-{tag}", ns.name());
         let state_dir = dir.join(format!("agent-{tag}"));
         std::fs::create_dir_all(&state_dir)?;
@@ -37,7 +44,7 @@ impl Agent {
         let log = dir.join(format!("agent-{tag}.log"));
         let mut cmd = Command::new(&bins.agent);
         cmd.arg("run")
-            .args(["--iface", iface])
+            .args(["--iface", iface, "--mode", mode])
             .arg("--socket")
             .arg(&socket)
             .arg("--pin-dir")

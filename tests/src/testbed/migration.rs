@@ -126,6 +126,9 @@ pub struct RunConfig {
     /// (migr-quic's PINGs) or `rfc9002` (QUIC's own probe timeouts only, as
     /// a client without migr: the baseline).
     pub client_probing: String,
+    /// The agents' XDP attach mode (`migr-agent run --mode`): `auto`
+    /// (native on a veth), or `skb`.
+    pub agent_xdp_mode: String,
     pub preset: Preset,
     pub mode: Mode,
     pub technique: Technique,
@@ -167,6 +170,7 @@ impl RunConfig {
             steering,
             strategy: "p-explicit".into(),
             client_probing: "fast".into(),
+            agent_xdp_mode: "auto".into(),
             preset,
             mode: Mode::BackToBack,
             technique: Technique::Cold,
@@ -556,8 +560,9 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     let (src_phases_file, dst_phases_file) = (d.join("phases-src"), d.join("phases-dst"));
     let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
     let agents = if cfg.steering {
-        let src = Agent::start(bins, &topo.src, SRC_UPLINK, &d, "src")?;
-        let dst = Agent::start(bins, &topo.dst, DST_UPLINK, &d, "dst")?;
+        let mode = cfg.agent_xdp_mode.as_str();
+        let src = Agent::start(bins, &topo.src, SRC_UPLINK, mode, &d, "src")?;
+        let dst = Agent::start(bins, &topo.dst, DST_UPLINK, mode, &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
         let base = ["service", "add", "--id", "1", "--name", SERVICE];
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];

@@ -66,12 +66,44 @@ pub fn all() -> Vec<Scenario> {
             out.push(Scenario {
                 name: format!("quic-b2b-{strategy}-{size}-baseline"),
                 description: format!(
-                    "as quic-b2b-{strategy}-{size}-steering-off, with a client that recovers                      with QUIC's own probe timeouts (RFC 9002, no fast probing): what users                      have without migr"
+                    "as quic-b2b-{strategy}-{size}-steering-off, with a client that recovers \
+                     with QUIC's own probe timeouts (RFC 9002, no fast probing): what users \
+                     have without migr"
                 ),
                 config,
                 default_runs: 10,
             });
         }
+    }
+    // The agents in generic (skb) XDP mode: native XDP on a veth copies
+    // every frame and turns off its peer's segmentation offload, which slows
+    // the node's own bulk traffic (the images) about threefold; skb mode
+    // leaves GSO/GRO alone.
+    for (name, mut config) in [
+        (
+            "quic-b2b-p-explicit-small-skb-steering-on",
+            RunConfig::back_to_back(true, Preset::None),
+        ),
+        (
+            "quic-b2b-p-explicit-large-skb-steering-on",
+            RunConfig::back_to_back(true, Preset::None),
+        ),
+        (
+            "tcp-b2b-small-skb-steering-on",
+            RunConfig::tcp_back_to_back(true, Preset::None),
+        ),
+    ] {
+        config.ballast_mb = if name.contains("large") { 280 } else { 28 };
+        config.agent_xdp_mode = "skb".into();
+        out.push(Scenario {
+            name: name.into(),
+            description: format!(
+                "as {}, the agents' XDP in generic (skb) mode instead of native",
+                name.replace("-skb", "")
+            ),
+            config,
+            default_runs: 10,
+        });
     }
     // PoA with larger pools: the new address and 1 or 2 that never answer.
     for pool_size in [2, 3] {
@@ -426,6 +458,7 @@ fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
             "protocol": c.protocol.name(),
             "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
             "client_probing": if c.protocol == Protocol::Quic { Some(&c.client_probing) } else { None },
+            "agent_xdp_mode": if c.steering { Some(&c.agent_xdp_mode) } else { None },
             "steering": c.steering,
             "technique": c.technique.name(),
             "preset": c.preset.name(),

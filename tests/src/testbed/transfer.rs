@@ -33,7 +33,7 @@ pub fn copy_over_network(
     let at: SocketAddr = listener.local_addr()?;
     let into = dst.to_path_buf();
     let receiver = std::thread::spawn(move || -> Result<u64> {
-        let (stream, _) = listener.accept()?;
+        let stream = accept_within(&listener, Duration::from_secs(15))?;
         stream.set_read_timeout(Some(Duration::from_secs(120)))?;
         receive(BufReader::with_capacity(1 << 20, stream), &into)
     });
@@ -70,6 +70,28 @@ pub fn copy_over_network(
         bail!("sent {sent} bytes of images, received {received}");
     }
     Ok(sent)
+}
+
+/// The first connection within `limit` (a sender that never connects must
+/// fail the run, not hang it).
+fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    bail!("no sender connected within {limit:?}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Regular files under `dir`, relative to it, sorted.
