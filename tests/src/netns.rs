@@ -177,11 +177,12 @@ pub fn veth_pair(
     Ok(())
 }
 
-/// Makes `dev` send fully checksummed packets. A veth offloads checksums by
-/// default, so locally sent packets carry only a partial (pseudo-header)
-/// checksum that the receiver never checks; once XDP redirects such a frame,
-/// or rewrites it, the receiver does check and drops it. Frames from a real
-/// NIC always carry full checksums, which is what the tests must model.
+/// Makes `dev` send fully checksummed packets, as frames from a real NIC
+/// carry them: the tests that model a remote client use it. A veth offloads
+/// checksums by default, so locally sent packets carry only a partial
+/// (pseudo-header) checksum; migr handles those too (completed before a
+/// replay, updated as partial on the TC forward path), and
+/// `tests/tests/delivery.rs` and the testbed run with the defaults.
 pub fn full_checksums(ns: &NetNs, dev: &str) -> Result<()> {
     ns.exec(&["ethtool", "-K", dev, "tx", "off"])
         .map(|_| ())
