@@ -623,8 +623,11 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
         "Written by `cargo xtask report` from the files here (`cargo xtask testbed --all --runs N` \
          writes them; docs/testbed.md describes the scenarios and every field). Means with the \
          half-width of their 95% confidence interval (Student's t: with few runs that interval \
-         is wide). Debug builds on a 2-vCPU machine shared with other work: the downtime \
-         varies with the load, read the ratios.\n\n",
+         is wide). The testbed runs release builds on a 2-vCPU machine, veths with their \
+         default offloads, the images moved over the links, the scenarios of one command \
+         interleaved; the downtime varies with the load, read the ratios. Steering off is \
+         no datapath with migr-quic's fast-probing client; the baseline (what users have \
+         without migr) is no datapath with an RFC 9002 client.\n\n",
     );
     if let Some(t) = [12.71, 4.30, 3.18, 2.78, 2.57].get(rmin.wrapping_sub(2)) {
         let _ = writeln!(
