@@ -190,9 +190,9 @@ fn move_away(agent: &Agent, service: &str) {
     agent.phase(service, "restored");
 }
 
-#[test]
-fn stragglers_reach_the_new_address_through_a_plain_router() {
-    let lab = Lab::new();
+/// Service `moved` (SRC_IP:PORT, address-changing to DST_IP:PORT through
+/// the router) added and moved; returns the socket at its new address.
+fn moved_through_the_router(lab: &Lab) -> UdpSocket {
     let to = format!("{DST_IP}:{PORT}");
     add_service(
         &lab.agent,
@@ -202,6 +202,13 @@ fn stragglers_reach_the_new_address_through_a_plain_router() {
     );
     let receiver = Lab::socket(&lab.dst, &to);
     move_away(&lab.agent, "moved");
+    receiver
+}
+
+#[test]
+fn stragglers_reach_the_new_address_through_a_plain_router() {
+    let lab = Lab::new();
+    let receiver = moved_through_the_router(&lab);
     let before = lab.router_forwarded();
     let client = lab.client_socket();
     let delays = stragglers(&client, &format!("{SRC_IP}:{PORT}"), &receiver, 5);
@@ -241,15 +248,7 @@ fn stragglers_reach_the_same_ip_at_its_new_place() {
 #[test]
 fn xdp_tx_on_a_plain_veth_never_arrives() {
     let lab = Lab::with_agent(&["--forward-path", "xdp"]);
-    let to = format!("{DST_IP}:{PORT}");
-    add_service(
-        &lab.agent,
-        "moved",
-        &format!("{SRC_IP}:{PORT}"),
-        &via_router(&to),
-    );
-    let receiver = Lab::socket(&lab.dst, &to);
-    move_away(&lab.agent, "moved");
+    let receiver = moved_through_the_router(&lab);
     let client = lab.client_socket();
     for i in 0..5 {
         client
