@@ -177,34 +177,34 @@ pub fn migr(ctx: XdpContext) -> u32 {
     } else if action == Action::Park && decision.action != Action::Park {
         count_reason(Reason::HeldBehindBacklog);
     }
+    // `None`: a hand-over to `migr_tc`, which counts the verdict once the
+    // frame has left.
     let (verdict, xdp) = match action {
-        Action::Pass => (Verdict::Pass, xdp_action::XDP_PASS),
-        Action::Drop => (Verdict::Drop, xdp_action::XDP_DROP),
+        Action::Pass => (Some(Verdict::Pass), xdp_action::XDP_PASS),
+        Action::Drop => (Some(Verdict::Drop), xdp_action::XDP_DROP),
         Action::Park => match park(ctx.ctx, decision.service_id) {
-            Ok(()) => (Verdict::Park, xdp_action::XDP_DROP),
+            Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
             Err(reason) => {
                 count_reason(reason);
-                (Verdict::ParkFailed, xdp_action::XDP_DROP)
+                (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
             }
         },
         Action::Forward => match forward(ctx.ctx, decision) {
-            Ok(Forwarded::Sent(action)) => (Verdict::Forward, action),
+            Ok(Forwarded::Sent(action)) => (Some(Verdict::Forward), action),
             Ok(Forwarded::ViaTc) => {
-                // `migr_tc` counts the verdict once it has sent the frame on.
                 count_reason(Reason::ForwardViaTc);
-                (Verdict::Forward, xdp_action::XDP_PASS)
+                (None, xdp_action::XDP_PASS)
             }
             Err(reason) => {
                 count_reason(reason);
-                (Verdict::ForwardFailed, xdp_action::XDP_DROP)
+                (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
             }
         },
     };
     if decision.report != Report::None {
         report(decision);
     }
-    // A hand-over to `migr_tc` is counted there, when the frame has left.
-    if !(verdict == Verdict::Forward && xdp == xdp_action::XDP_PASS) {
+    if let Some(verdict) = verdict {
         count_verdict(decision.service_id, verdict, buff_len(&ctx));
     }
     xdp

@@ -265,9 +265,11 @@ fn xdp_tx_on_a_plain_veth_never_arrives() {
     assert_eq!(verdict(&svc, "forward"), 5, "counted as sent all the same");
 }
 
-/// Frames parked while the service is frozen, sent by a client whose veth
-/// offloads checksums, so that they carry partial checksums.
-fn park_some(lab: &Lab, service_at: &str, n: usize) -> UdpSocket {
+/// Freezes `svc`, then parks `n` frames from a client whose veth offloads
+/// checksums, so that they carry partial checksums.
+fn freeze_and_park(lab: &Lab, service_at: &str, n: usize) {
+    lab.agent.phase("svc", "prepare");
+    lab.agent.phase("svc", "freeze");
     let client = lab.client_socket();
     for i in 0..n {
         client
@@ -279,7 +281,6 @@ fn park_some(lab: &Lab, service_at: &str, n: usize) -> UdpSocket {
         assert!(Instant::now() < deadline, "the frames were not parked");
         std::thread::sleep(Duration::from_millis(10));
     }
-    client
 }
 
 fn receive_all(receiver: &UdpSocket, n: usize) {
@@ -309,9 +310,7 @@ fn frames_with_offloaded_checksums_are_replayed_to_the_local_socket() {
     let at = format!("{SRC_IP}:{PORT}");
     add_service(&lab.agent, "svc", &at, &[]);
     let receiver = Lab::socket(&lab.src, &at);
-    lab.agent.phase("svc", "prepare");
-    lab.agent.phase("svc", "freeze");
-    park_some(&lab, &at, 20);
+    freeze_and_park(&lab, &at, 20);
     lab.agent.phase("svc", "abort");
     receive_all(&receiver, 20);
     assert_completed(&lab.agent, 20);
@@ -323,9 +322,7 @@ fn frames_with_offloaded_checksums_are_replayed_to_the_destination() {
     let (at, to) = (format!("{SRC_IP}:{PORT}"), format!("{DST_IP}:{PORT}"));
     add_service(&lab.agent, "svc", &at, &via_router(&to));
     let receiver = Lab::socket(&lab.dst, &to);
-    lab.agent.phase("svc", "prepare");
-    lab.agent.phase("svc", "freeze");
-    park_some(&lab, &at, 20);
+    freeze_and_park(&lab, &at, 20);
     lab.agent.phase("svc", "restored");
     receive_all(&receiver, 20);
     assert_completed(&lab.agent, 20);
