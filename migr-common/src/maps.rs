@@ -194,6 +194,29 @@ pub struct ForwardMeta {
 /// `ForwardMeta::magic` ("mgfw" little-endian).
 pub const FORWARD_META_MAGIC: u32 = 0x7766_676d;
 
+/// A CPU's last FORWARD hand-over to `migr_tc`, the way that works in skb
+/// (generic) mode: there the [`ForwardMeta`] the XDP program puts in the
+/// metadata does not reach the TC program (on Linux 6.18 it finds metadata of
+/// the right length holding other bytes), but the TC hook runs right after
+/// the XDP hook, for the same skb, on the same CPU. The TC program takes the
+/// hand-over only if the frame is this one (its length and the first bytes of
+/// its L4 header: ports, and the UDP checksum or the TCP sequence number), so
+/// a hand-over that never reached TC cannot apply to another frame. In native
+/// mode the metadata arrives and this slot is not needed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcHandover {
+    pub meta: ForwardMeta,
+    /// The frame's length; 0: no hand-over pending.
+    pub len: u32,
+    /// The L4 header's first [`TC_HANDOVER_L4_BYTES`] bytes.
+    pub l4_head: [u8; TC_HANDOVER_L4_BYTES],
+    pub _pad: u32,
+}
+
+/// Bytes of the L4 header a [`TcHandover`] keeps to recognise its frame.
+pub const TC_HANDOVER_L4_BYTES: usize = 8;
+
 /// One entry of the `SERVICES` array (index = service id). Written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -245,6 +268,42 @@ impl ReplayMeta {
     pub const fn to_bytes() -> [u8; 8] {
         let m = REPLAY_META_MAGIC.to_le_bytes();
         [m[0], m[1], m[2], m[3], 0, 0, 0, 0]
+    }
+}
+
+/// The XDP metadata a replayed frame leaves with when the program passes it
+/// (into the stack, or to `migr_tc` for a FORWARD), immediately in front of
+/// the frame (after any [`ForwardMeta`]). In skb (generic) mode the kernel
+/// turns a passed live frame into an skb received on the interface and runs
+/// the hook on it again, where the metadata is not in view but its bytes are
+/// still in the headroom: the program looks there, for frames of a service
+/// only, and passes a tagged frame as it is (counted `replay_reentered`)
+/// instead of parking it again behind the backlog it belongs to (a loop) or
+/// forwarding it twice. `len` (the frame's length) makes a stale tag left in
+/// a recycled buffer useless for another frame; the program clears a tag it
+/// has read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplayedTag {
+    /// [`REPLAYED_TAG_MAGIC`].
+    pub magic: u32,
+    pub len: u32,
+}
+
+/// `ReplayedTag::magic` ("mgrd" little-endian).
+pub const REPLAYED_TAG_MAGIC: u32 = 0x6472_676d;
+
+impl ReplayedTag {
+    pub const fn new(len: u32) -> Self {
+        Self {
+            magic: REPLAYED_TAG_MAGIC,
+            len,
+        }
+    }
+
+    /// Is this the tag of a frame `len` bytes long?
+    pub const fn marks(&self, len: u32) -> bool {
+        self.magic == REPLAYED_TAG_MAGIC && self.len == len
     }
 }
 
@@ -417,10 +476,14 @@ pub enum Reason {
     /// A FORWARD handed to the TC program ([`ForwardPath::Tc`]); the TC program
     /// counts the verdict when it has redirected the frame.
     ForwardViaTc = 19,
+    /// A frame the agent replayed met the program again: in skb (generic) mode a
+    /// passed frame is an skb received on the interface, and the hook runs on it
+    /// once more. It carried a [`ReplayedTag`] and was passed as it is.
+    ReplayReentered = 20,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -442,6 +505,7 @@ impl Reason {
         Self::HeldBehindBacklog,
         Self::ReplayFailed,
         Self::ForwardViaTc,
+        Self::ReplayReentered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -466,6 +530,7 @@ impl Reason {
             Self::HeldBehindBacklog => "held_behind_backlog",
             Self::ReplayFailed => "replay_failed",
             Self::ForwardViaTc => "forward_via_tc",
+            Self::ReplayReentered => "replay_reentered",
         }
     }
 }
@@ -577,6 +642,8 @@ mod tests {
         assert_eq!(size_of::<ParkedHeader>(), 24);
         assert_eq!(size_of::<Event>(), 8 + 40 + 16 + 8);
         assert_eq!(size_of::<ReplayMeta>(), 8);
+        assert_eq!(size_of::<ReplayedTag>(), 8);
+        assert_eq!(size_of::<TcHandover>(), 32);
     }
 
     #[test]

@@ -45,9 +45,10 @@ use migr_common::{
     maps::{
         Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FAMILY_V4,
         FAMILY_V6, FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath,
-        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX, ParkedHeader,
-        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
-        ServiceCounters, ServiceEntry, Verdict,
+        ListenerEntry, ListenerKey, MAX_SERVICES, NO_SERVICE, PARK_JUMBO_MAX, PARK_SMALL_MAX,
+        ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta,
+        ReplaySlot, ReplayedTag, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
+        Verdict,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -100,6 +101,10 @@ static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, 0
 /// agent zeroes it before a batch; after a crash it tells how far one got.
 #[map]
 static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
+/// Each CPU's last FORWARD hand-over, for TC in skb mode (see [`TcHandover`]).
+/// Transient, so not pinned: the XDP and the TC program of one load share it.
+#[map]
+static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
@@ -168,6 +173,12 @@ pub fn migr(ctx: XdpContext) -> u32 {
     let decision = unsafe { &mut *decision };
     fill_header_cache(ctx.ctx);
     classify_into(&ctx, decision);
+    if replay.is_none() && decision.service_id != NO_SERVICE && take_replayed_tag(ctx.ctx) {
+        // Counted when it was replayed; a FORWARD's ForwardMeta is still in
+        // the skb's metadata for `migr_tc`.
+        count_reason(Reason::ReplayReentered);
+        return xdp_action::XDP_PASS;
+    }
     count_proto(decision);
     count_reasons(decision.reasons.0);
 
@@ -180,7 +191,12 @@ pub fn migr(ctx: XdpContext) -> u32 {
     // `None`: a hand-over to `migr_tc`, which counts the verdict once the
     // frame has left.
     let (verdict, xdp) = match action {
-        Action::Pass => (Some(Verdict::Pass), xdp_action::XDP_PASS),
+        Action::Pass => {
+            if replay.is_some() {
+                tag_replayed(ctx.ctx);
+            }
+            (Some(Verdict::Pass), xdp_action::XDP_PASS)
+        }
         Action::Drop => (Some(Verdict::Drop), xdp_action::XDP_DROP),
         Action::Park => match park(ctx.ctx, decision.service_id) {
             Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
@@ -189,7 +205,7 @@ pub fn migr(ctx: XdpContext) -> u32 {
                 (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
             }
         },
-        Action::Forward => match forward(ctx.ctx, decision) {
+        Action::Forward => match forward(ctx.ctx, decision, replay.is_some()) {
             Ok(Forwarded::Sent(action)) => (Some(Verdict::Forward), action),
             Ok(Forwarded::ViaTc) => {
                 count_reason(Reason::ForwardViaTc);
@@ -263,14 +279,7 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
 /// The kernel restores a changed context before the batch's next run.
 #[inline(never)]
 fn is_replay_batch(ctx: *mut xdp_md) -> bool {
-    // SAFETY: `ctx` is the program's context; volatile loads keep the verifier's
-    // packet-pointer types (see `XdpFrame::from_raw`).
-    let (meta, data) = unsafe {
-        (
-            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_meta)) as usize,
-            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
-        )
-    };
+    let (meta, data) = meta_and_data(ctx);
     if meta + size_of::<ReplayMeta>() > data {
         return false;
     }
@@ -282,6 +291,70 @@ fn is_replay_batch(ctx: *mut xdp_md) -> bool {
     // SAFETY: plain helper call; a positive delta shrinks the metadata.
     unsafe { bpf_xdp_adjust_meta(ctx, size_of::<ReplayMeta>() as i32) };
     true
+}
+
+/// Grows the metadata by a [`ReplayedTag`] for this frame (see there). If the
+/// driver keeps no metadata the frame leaves untagged: in skb mode it then
+/// meets the program again as a fresh frame.
+#[inline(never)]
+fn tag_replayed(ctx: *mut xdp_md) {
+    const TAG: i32 = size_of::<ReplayedTag>() as i32;
+    // SAFETY: plain helper calls on the program's own context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
+    if unsafe { bpf_xdp_adjust_meta(ctx, -TAG) } != 0 {
+        return;
+    }
+    let (meta, data) = meta_and_data(ctx);
+    if meta + size_of::<ReplayedTag>() > data {
+        return;
+    }
+    // SAFETY: the check above proves the metadata holds a whole tag.
+    unsafe { (meta as *mut ReplayedTag).write(ReplayedTag::new(len)) };
+}
+
+/// Is this frame the skb-mode second sight of a frame the agent replayed (a
+/// [`ReplayedTag`] right in front of it, where skb mode shows no metadata)?
+/// Clears the tag it finds and leaves the metadata as it was.
+#[inline(never)]
+fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
+    const TAG: i32 = size_of::<ReplayedTag>() as i32;
+    // Only where the frame has no metadata is the grown metadata the tag's place.
+    let (meta, data) = meta_and_data(ctx);
+    if meta != data {
+        return false;
+    }
+    // SAFETY: plain helper calls on the program's own context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
+    if unsafe { bpf_xdp_adjust_meta(ctx, -TAG) } != 0 {
+        return false;
+    }
+    let (meta, data) = meta_and_data(ctx);
+    let mut found = false;
+    if meta + size_of::<ReplayedTag>() <= data {
+        let at = meta as *mut ReplayedTag;
+        // SAFETY: the check above proves the 8 bytes lie in the headroom the
+        // helper granted; metadata is 4-byte aligned.
+        found = unsafe { at.read() }.marks(len);
+        if found {
+            unsafe { at.write(ReplayedTag::default()) };
+        }
+    }
+    // SAFETY: as above; a positive delta shrinks the metadata back.
+    unsafe { bpf_xdp_adjust_meta(ctx, TAG) };
+    found
+}
+
+/// The context's `data_meta` and `data`, read so that the verifier keeps their
+/// packet-pointer types (volatile loads; see `XdpFrame::from_raw`).
+#[inline(always)]
+fn meta_and_data(ctx: *mut xdp_md) -> (usize, usize) {
+    // SAFETY: `ctx` is the program's context.
+    unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_meta)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
+        )
+    }
 }
 
 /// Makes the frame the bytes of the batch's next [`ReplaySlot`]; returns the
@@ -397,14 +470,18 @@ enum Forwarded {
 /// Rewrites the frame toward the service's new place and returns the XDP
 /// action, or hands it to the TC program.
 #[inline(never)]
-fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<Forwarded, Reason> {
+fn forward(
+    ctx: *mut xdp_md,
+    decision: &Classification,
+    replayed: bool,
+) -> Result<Forwarded, Reason> {
     let ctx = &XdpContext::new(ctx);
     let (Some(service), Some(info)) = (&decision.service, &decision.packet) else {
         return Err(Reason::ForwardUnsupported);
     };
     let target = &service.forward;
     if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
-        return hand_to_tc(ctx.ctx, decision.service_id, info).map(|()| Forwarded::ViaTc);
+        return hand_to_tc(ctx.ctx, decision.service_id, info, replayed).map(|()| Forwarded::ViaTc);
     }
     let mut frame = XdpFrame::uncached(ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
@@ -429,24 +506,26 @@ fn forward(ctx: *mut xdp_md, decision: &Classification) -> Result<Forwarded, Rea
         .map_err(|_| Reason::NoRedirectTarget)
 }
 
-/// Puts a [`ForwardMeta`] in front of the frame for `migr_tc`. On a replay
-/// run it takes the place of the stripped `ReplayMeta` (and more): safe
-/// because every run of a replay call has its own page (batch = repeat).
+/// Puts a [`ForwardMeta`] in front of the frame for `migr_tc`, and behind it
+/// a [`ReplayedTag`] if the frame is `replayed`. On a replay run it takes the
+/// place of the stripped `ReplayMeta` (and more): safe because every run of a
+/// replay call has its own page (batch = repeat).
 #[inline(always)]
-fn hand_to_tc(ctx: *mut xdp_md, service_id: u32, info: &PacketInfo) -> Result<(), Reason> {
+fn hand_to_tc(
+    ctx: *mut xdp_md,
+    service_id: u32,
+    info: &PacketInfo,
+    replayed: bool,
+) -> Result<(), Reason> {
+    if replayed {
+        tag_replayed(ctx);
+    }
     let size = size_of::<ForwardMeta>() as i32;
     // SAFETY: plain helper call; a negative delta grows the metadata.
     if unsafe { bpf_xdp_adjust_meta(ctx, -size) } != 0 {
         return Err(Reason::NoRedirectTarget);
     }
-    // SAFETY: `ctx` is the program's context; volatile loads keep the
-    // verifier's packet-pointer types (see `is_replay_batch`).
-    let (meta, data) = unsafe {
-        (
-            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_meta)) as usize,
-            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
-        )
-    };
+    let (meta, data) = meta_and_data(ctx);
     if meta + size_of::<ForwardMeta>() > data {
         return Err(Reason::NoRedirectTarget);
     }
@@ -454,19 +533,44 @@ fn hand_to_tc(ctx: *mut xdp_md, service_id: u32, info: &PacketInfo) -> Result<()
         IpFamily::V4 => FAMILY_V4,
         IpFamily::V6 => FAMILY_V6,
     };
-    // SAFETY: the check above proves the metadata holds a whole ForwardMeta.
-    unsafe {
-        (meta as *mut ForwardMeta).write(ForwardMeta {
-            magic: FORWARD_META_MAGIC,
-            service_id,
-            l3_offset: info.l3_offset,
-            l4_offset: info.l4_offset,
-            family,
-            ip_proto: info.ip_proto,
-            _pad: [0; 2],
-        })
+    let forward_meta = ForwardMeta {
+        magic: FORWARD_META_MAGIC,
+        service_id,
+        l3_offset: info.l3_offset,
+        l4_offset: info.l4_offset,
+        family,
+        ip_proto: info.ip_proto,
+        _pad: [0; 2],
     };
+    // SAFETY: the check above proves the metadata holds a whole ForwardMeta.
+    unsafe { (meta as *mut ForwardMeta).write(forward_meta) };
+    leave_handover(ctx, &forward_meta);
     Ok(())
+}
+
+/// Records the hand-over in this CPU's [`TcHandover`] slot too (skb mode).
+#[inline(never)]
+fn leave_handover(ctx: *mut xdp_md, meta: &ForwardMeta) {
+    let Some(slot) = TC_HANDOVERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it during this run.
+    let slot = unsafe { &mut *slot };
+    slot.len = 0;
+    slot.meta = *meta;
+    // SAFETY: plain helper calls on the program's own context; the copy
+    // goes to the slot's array of exactly that many bytes.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx,
+            u32::from(meta.l4_offset),
+            slot.l4_head.as_mut_ptr().cast(),
+            TC_HANDOVER_L4_BYTES as u32,
+        )
+    };
+    if rc == 0 {
+        slot.len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
+    }
 }
 
 /// Sends reports to user space, within the per-CPU event budget.
@@ -581,7 +685,10 @@ fn count_verdicts(service_id: u32, verdict: Verdict, packets: u32, bytes: u64) {
     if let Some(counters) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         let counters = unsafe { &mut *counters };
-        let v = verdict as usize;
+        // Through the stack: LLVM would drop the range check (a Verdict is
+        // always in range) and the verifier, which cannot know that, refuse
+        // the index.
+        let v = on_stack(&(verdict as u32)) as usize;
         if v < Verdict::COUNT {
             counters.packets[v] += u64::from(packets);
             counters.bytes[v] += bytes;

@@ -18,18 +18,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_check_mtu, bpf_csum_diff, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_csum_diff, bpf_redirect, bpf_skb_change_head},
     macros::classifier,
     programs::TcContext,
 };
 use migr_common::maps::{
     FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, ForwardMeta, ForwardMode, ForwardPath, ForwardTarget,
-    Reason, SERVICE_ACTIVE, Verdict,
+    Reason, SERVICE_ACTIVE, TC_HANDOVER_L4_BYTES, Verdict,
 };
 
-use crate::{SERVICES, count_reason, count_verdicts};
+use crate::{SERVICES, TC_HANDOVERS, count_reason, count_verdicts};
 
 const PROTO_UDP: u8 = 17;
+const ETH_HLEN: u32 = 14;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -69,18 +70,67 @@ fn take_forward_meta(ctx: &TcContext) -> Option<ForwardMeta> {
     let meta = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*skb).data_meta)) } as usize;
     let data = ctx.data();
     if meta + size_of::<ForwardMeta>() > data {
-        return None;
+        return take_handover(ctx);
     }
     let at = meta as *mut ForwardMeta;
     // SAFETY: the check above proves the metadata holds a whole ForwardMeta
     // (metadata is 4-byte aligned by the kernel).
     let found = unsafe { at.read() };
     if found.magic != FORWARD_META_MAGIC {
-        return None;
+        return take_handover(ctx);
     }
     // SAFETY: as above; TC programs may write their metadata.
     unsafe { core::ptr::addr_of_mut!((*at).magic).write(0) };
     Some(found)
+}
+
+/// This CPU's pending [`TcHandover`], if it is this frame's (skb mode).
+///
+/// When generic XDP had to copy an skb (too little headroom, as for frames a
+/// router forwarded into a veth), Linux 6.18 hands TC the copy with its MAC
+/// header length lost: `data` is the IP header, the frame is [`ETH_HLEN`]
+/// bytes short and the metadata is not where XDP put it. Such a frame gets an
+/// Ethernet header in front again, so that the rewrite and the redirect see
+/// the frame XDP saw (the MACs are written afterwards anyway).
+#[inline(always)]
+fn take_handover(ctx: &TcContext) -> Option<ForwardMeta> {
+    let slot = TC_HANDOVERS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; the XDP hook that wrote it ran before us.
+    let slot = unsafe { &mut *slot };
+    let missing = slot.len.checked_sub(ctx.len())?;
+    if slot.len == 0 || (missing != 0 && missing != ETH_HLEN) {
+        return None;
+    }
+    let l4_at = usize::from(slot.meta.l4_offset).checked_sub(missing as usize)?;
+    let head: [u8; TC_HANDOVER_L4_BYTES] = ctx.load(l4_at).ok()?;
+    if head != slot.l4_head {
+        return None;
+    }
+    slot.len = 0;
+    let meta = slot.meta;
+    if missing == ETH_HLEN {
+        restore_ethernet(ctx, &meta)?;
+    }
+    Some(meta)
+}
+
+/// Puts an Ethernet header (MACs zero, for the rewrite to set) in front of
+/// a frame that starts at its IP header; untagged frames only.
+#[inline(always)]
+fn restore_ethernet(ctx: &TcContext, meta: &ForwardMeta) -> Option<()> {
+    if u32::from(meta.l3_offset) != ETH_HLEN {
+        return None;
+    }
+    let ethertype: u16 = match meta.family {
+        FAMILY_V4 => 0x0800,
+        FAMILY_V6 => 0x86dd,
+        _ => return None,
+    };
+    // SAFETY: plain helper call on the program's context.
+    if unsafe { bpf_skb_change_head(ctx.skb.skb.cast(), ETH_HLEN, 0) } != 0 {
+        return None;
+    }
+    ctx.store(12, &ethertype.to_be_bytes(), 0).ok()
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@ use std::{
 
 use migr_tests::{
     NetNs,
-    agent_harness::{Agent, num, verdict},
+    agent_harness::{Agent, force_rcvbuf, num, verdict},
     require_privileges, veth_pair,
 };
 
@@ -327,4 +327,85 @@ fn frames_with_offloaded_checksums_are_replayed_to_the_destination() {
     receive_all(&receiver, 20);
     assert_completed(&lab.agent, 20);
     assert_eq!(verdict(&lab.agent.service("svc"), "forward"), 20);
+}
+
+/// In skb (generic) mode a replayed frame that is passed (into the stack, or
+/// to `migr_tc` for a FORWARD) becomes an skb received on the interface, and
+/// the hook runs on it again. While fresh frames keep coming the service
+/// holds them behind the backlog, and the second sight of a replayed frame
+/// must not be parked again (it was, in a loop, before replayed frames carried
+/// a tag) nor forwarded twice. Every frame arrives once, in the order sent.
+fn skb_mode_replay_delivers_each_frame_once(phase: &str, forwarded: bool) {
+    let lab = Lab::with_agent(&["--mode", "skb"]);
+    let at = format!("{SRC_IP}:{PORT}");
+    let (to, receiver_ns) = match forwarded {
+        true => (format!("{DST_IP}:{PORT}"), &lab.dst),
+        false => (at.clone(), &lab.src),
+    };
+    let forward = if forwarded {
+        via_router(&to).to_vec()
+    } else {
+        vec![]
+    };
+    add_service(&lab.agent, "svc", &at, &forward);
+    let receiver = Lab::socket(receiver_ns, &to);
+    // Read only at the end: room for every frame, so that none is lost here.
+    force_rcvbuf(&receiver, 8 << 20);
+    const PARKED: usize = 50;
+    const FRESH: usize = 300;
+    freeze_and_park(&lab, &at, PARKED);
+    let client = lab.client_socket();
+    let sender = std::thread::spawn(move || {
+        for i in 0..FRESH {
+            client
+                .send_to(format!("fresh {i}").as_bytes(), &at)
+                .unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    lab.agent.phase("svc", phase);
+    sender.join().unwrap();
+    let expected: Vec<String> = (0..PARKED)
+        .map(|i| format!("parked {i}"))
+        .chain((0..FRESH).map(|i| format!("fresh {i}")))
+        .collect();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = receiver.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        assert!(
+            got.len() <= 2 * expected.len(),
+            "frames keep coming: a loop"
+        );
+    }
+    let svc = lab.agent.service("svc");
+    let stats = lab.agent.json(&["stats"]);
+    assert_eq!(
+        got, expected,
+        "each frame once, in the order sent; {svc}; {stats}"
+    );
+    let replayed = num(&svc, &["replay", "replayed_frames"]);
+    assert_eq!(replayed, num(&svc, &["parked", "stored_frames"]), "{svc}");
+    assert!(replayed >= PARKED as u64, "{svc}");
+    assert_eq!(
+        num(&stats, &["reasons", "replay_reentered"]),
+        replayed,
+        "every replayed frame met the program a second time, tagged: {stats}"
+    );
+    let verdict_of_each = if forwarded { "forward" } else { "pass" };
+    assert_eq!(
+        verdict(&svc, verdict_of_each),
+        expected.len() as u64,
+        "one {verdict_of_each} per frame, whether it was parked first or not: {svc}"
+    );
+}
+
+#[test]
+fn skb_mode_replays_reach_the_local_socket_once() {
+    skb_mode_replay_delivers_each_frame_once("abort", false);
+}
+
+#[test]
+fn skb_mode_replays_reach_the_destination_once() {
+    skb_mode_replay_delivers_each_frame_once("restored", true);
 }
