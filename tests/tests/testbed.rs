@@ -165,3 +165,37 @@ fn tcp_same_ip_migration_with_criu_and_steering_loses_nothing() {
         run.ratio()
     );
 }
+
+/// An unmodified UDP client (one request at a time, given up after 1 s,
+/// never retried) across a same-IP move. With steering, the request sent
+/// while the service is down is parked and answered after the restore: no
+/// request is lost and the longest wait stays near the downtime. Without,
+/// the request is lost and the client waits out its timeout.
+#[test]
+fn udp_same_ip_migration_keeps_an_unmodified_clients_requests() {
+    let on = run(RunConfig::udp_back_to_back(true, Preset::None));
+    assert!(on.client_ok, "the client failed: {:?}", on.client_error);
+    assert_eq!(on.lost, 0, "requests given up by the client");
+    assert_eq!(on.final_server, format!("{SAME_IP}:{TCP_PORT}"));
+    assert!(
+        on.disruption_ms <= on.downtime_ms + 100.0,
+        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
+        on.disruption_ms,
+        on.downtime_ms
+    );
+    let src = on.src_frames.as_ref().expect("source agent counters");
+    assert!(src.parked > 0, "the source parked the request: {src:?}");
+    assert_eq!(src.replayed, src.parked, "{src:?}");
+
+    let off = run(RunConfig::udp_back_to_back(false, Preset::None));
+    assert!(off.client_ok, "the client failed: {:?}", off.client_error);
+    assert!(
+        off.lost >= 1,
+        "without steering the request in flight is lost"
+    );
+    assert!(
+        off.disruption_ms >= 1000.0,
+        "the client waited out its 1 s timeout: {:.1} ms",
+        off.disruption_ms
+    );
+}

@@ -16,13 +16,14 @@
 //! migr-testbed scenario NAME[,NAME...]|all [--runs N] [--out DIR]   run them, interleaved: DIR/NAME.json, DIR/NAME/*.csv
 //! migr-testbed hook-cost [--pairs N] [--preset P] [--out DIR]   what the CRIU hook adds: DIR/hook-cost.json
 //! migr-testbed tcp-server|tcp-client ...  the TCP workload (the runs start these)
+//! migr-testbed udp-server|udp-client ...  the plain UDP workload
 //! ```
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use migr_tests::testbed::{
-    self, Bins, Preset, Run, RunConfig, Topology, migration, scenarios, tcpecho,
+    self, Bins, Preset, Run, RunConfig, Topology, migration, scenarios, tcpecho, udpecho,
 };
 
 const USAGE: &str = "usage:
@@ -34,6 +35,8 @@ const USAGE: &str = "usage:
                     [--json PATH] [--keep] [--quiet]
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
+  migr-testbed udp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
+                   [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed tcp-dns [--ttl SECONDS] [--preset none|latency|bandwidth]
                        [--requests N] [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed topology [--preset none|latency|bandwidth]
@@ -42,6 +45,8 @@ const USAGE: &str = "usage:
   migr-testbed hook-cost [--pairs N] [--preset none|latency|bandwidth] [--out DIR]
   migr-testbed tcp-server --listen ADDR
   migr-testbed tcp-client --server ADDR --count N --csv PATH [--size BYTES]
+  migr-testbed udp-server --listen ADDR
+  migr-testbed udp-client --server ADDR --count N --csv PATH [--size BYTES] [--timeout-ms MS]
   migr-testbed dns-client --dns ADDR:PORT --port PORT --count N --csv PATH [--name NAME]
                           [--size BYTES] [--stop-file PATH]";
 
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("quic") => run_cmd(&args[1..], testbed::Protocol::Quic),
         Some("tcp") => run_cmd(&args[1..], testbed::Protocol::Tcp),
+        Some("udp") => run_cmd(&args[1..], testbed::Protocol::Udp),
         Some("tcp-dns") => run_cmd(&args[1..], testbed::Protocol::TcpDns),
         Some("scenarios") => {
             for sc in scenarios::all() {
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
         Some("hook-cost") => hook_cost_cmd(&args[1..]),
         Some("tcp-server") => tcpecho::main_server(&args[1..]),
         Some("tcp-client") => tcpecho::main_client(&args[1..]),
+        Some("udp-server") => udpecho::main_server(&args[1..]),
+        Some("udp-client") => udpecho::main_client(&args[1..]),
         Some("dns-client") => testbed::dns::main_client(&args[1..]),
         Some("topology") => topology_cmd(&args[1..]),
         Some("-h" | "--help") => {
@@ -149,6 +157,7 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
     let mut cfg = match protocol {
         testbed::Protocol::Quic => RunConfig::back_to_back(steering, preset),
         testbed::Protocol::Tcp => RunConfig::tcp_back_to_back(steering, preset),
+        testbed::Protocol::Udp => RunConfig::udp_back_to_back(steering, preset),
         testbed::Protocol::TcpDns => {
             if steering {
                 bail!("tcp-dns is the baseline without steering: --steering off");

@@ -60,6 +60,9 @@ pub enum Protocol {
     Quic,
     /// TCP with `--tcp-established`, same IP (COAT).
     Tcp,
+    /// Plain UDP request/response, same IP, a client that never retries
+    /// (`udpecho`): an unmodified client.
+    Udp,
     /// The TCP+DNS baseline (seed 000): no steering; the server moves to a
     /// new IP (dumped with `--tcp-close`), the DNS record is updated, and
     /// the client reconnects once its cached record expired.
@@ -71,6 +74,7 @@ impl Protocol {
         match self {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::Udp => "udp",
             Self::TcpDns => "tcp-dns",
         }
     }
@@ -155,6 +159,9 @@ pub struct RunConfig {
     /// QUIC PoA: addresses in the server's pool (1: only the new address; more: addresses
     /// of the destination's subnet that nobody answers at, which the client probes too).
     pub pool_size: usize,
+    /// UDP: how long the client waits for an echo before it gives the
+    /// request up.
+    pub udp_timeout_ms: u64,
 }
 
 impl RunConfig {
@@ -184,6 +191,7 @@ impl RunConfig {
             verbose: true,
             dns_ttl_s: 5,
             pool_size: 1,
+            udp_timeout_ms: 1000,
         }
     }
 
@@ -214,6 +222,16 @@ impl RunConfig {
             },
             stop_after_restore_ms: Some(1500),
             ..Self::back_to_back(steering, preset)
+        }
+    }
+
+    /// The same, plain UDP with an unmodified client: one request at a time,
+    /// each given up after `udp_timeout_ms` (never retried).
+    pub fn udp_back_to_back(steering: bool, preset: Preset) -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            strategy: "udp".into(),
+            ..Self::tcp_back_to_back(steering, preset)
         }
     }
 
@@ -494,6 +512,11 @@ impl Run {
                 "\n               client TCP: {} segments retransmitted by the kernel",
                 self.tcp_retransmits().map_or("?".into(), |v| v.to_string()),
             )),
+            Protocol::Udp => s.push_str(&format!(
+                "\n               client UDP: {} requests given up after the timeout, {} late echoes",
+                self.summary_u64("timed_out").map_or("?".into(), |v| v.to_string()),
+                self.summary_u64("late").map_or("?".into(), |v| v.to_string()),
+            )),
         }
         s
     }
@@ -528,6 +551,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     };
     let quic = cfg.protocol == Protocol::Quic;
     let tcp_dns = cfg.protocol == Protocol::TcpDns;
+    let udp = cfg.protocol == Protocol::Udp;
     if tcp_dns && cfg.steering {
         bail!("the TCP+DNS baseline runs without steering");
     }
@@ -580,14 +604,15 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
                 [&base[..], &["--quic", &new], &quic_rule].concat(),
             )
         } else {
+            let rule = if udp { "--udp" } else { "--tcp" };
             (
                 [
                     &base[..],
-                    &["--tcp", &old, "--forward-mode", "same-ip"],
+                    &[rule, &old, "--forward-mode", "same-ip"],
                     &forward,
                 ]
                 .concat(),
-                [&base[..], &["--tcp", &new]].concat(),
+                [&base[..], &[rule, &new]].concat(),
             )
         };
         src.ok(&src_args)?;
@@ -636,7 +661,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         } else {
             old.clone()
         };
-        server_cmd.args(["tcp-server", "--listen", &listen]);
+        let server = if udp { "udp-server" } else { "tcp-server" };
+        server_cmd.args([server, "--listen", &listen]);
         server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     }
     let mut server = Proc::spawn(
@@ -761,13 +787,17 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .args(["--size", &cfg.request_bytes.to_string()]);
     } else {
         if cfg.mode != Mode::BackToBack {
-            bail!("the TCP workload is back to back only");
+            bail!("the TCP and UDP workloads are back to back only");
         }
         client_cmd = Command::new(&bins.testbed);
+        let client = if udp { "udp-client" } else { "tcp-client" };
         client_cmd
-            .args(["tcp-client", "--server", &old, "--stop-file"])
+            .args([client, "--server", &old, "--stop-file"])
             .arg(d.join("client.stop"))
             .args(["--size", &cfg.request_bytes.to_string()]);
+        if udp {
+            client_cmd.args(["--timeout-ms", &cfg.udp_timeout_ms.to_string()]);
+        }
     }
     client_cmd
         .args(["--count", &cfg.requests.to_string()])
@@ -809,7 +839,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     }
     // TCP+DNS: the connection cannot survive the new IP; CRIU dumps it and
     // restores it closed (the listener is restored as it was).
-    let criu_extra: &[&str] = if quic {
+    let criu_extra: &[&str] = if quic || udp {
         &[]
     } else if tcp_dns {
         &["--tcp-close"]

@@ -24,6 +24,7 @@ pub mod stats;
 pub mod tcpecho;
 pub mod topology;
 pub mod transfer;
+pub mod udpecho;
 
 use std::path::{Path, PathBuf};
 

@@ -241,6 +241,23 @@ pub fn all() -> Vec<Scenario> {
         });
     }
     for steering in [true, false] {
+        // An unmodified UDP client: a request lost while the service is down
+        // is given up after the client's timeout (1 s) and never retried.
+        let mut config = RunConfig::udp_back_to_back(steering, Preset::None);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!("udp-b2b-small-steering-{}", onoff(steering)),
+            description: format!(
+                "plain UDP request/response (same IP, route moved after the restore), an \
+                 unmodified client that gives a request up after 1 s and never retries, \
+                 back-to-back 1 kB, cold, 28 MB container, steering {}",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
+    for steering in [true, false] {
         // The bulk transfer: 1 MiB requests echoed back to back (a window's
         // worth of segments in flight in both directions when the dump
         // starts); the migration after 50 of them.
@@ -469,6 +486,7 @@ fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
             "migrate_after": c.migrate_after,
             "request_bytes": c.request_bytes,
             "dns_ttl_s": if c.protocol == Protocol::TcpDns { Some(c.dns_ttl_s) } else { None },
+            "udp_timeout_ms": if c.protocol == Protocol::Udp { Some(c.udp_timeout_ms) } else { None },
             "pool_size": if c.strategy == "poa" && c.protocol == Protocol::Quic { Some(c.pool_size) } else { None },
         },
         "machine": machine(),

@@ -17,11 +17,7 @@ use anyhow::{Context as _, Result, bail};
 /// Serves forever: every connection gets its bytes echoed back. Keeps
 /// `ballast_mb` MiB of touched memory (the state a migration moves).
 pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Result<()> {
-    let mut ballast = vec![0u8; ballast_mb << 20];
-    for (i, byte) in ballast.iter_mut().step_by(4096).enumerate() {
-        *byte = (i as u8) | 1;
-    }
-    let _ballast = std::hint::black_box(ballast);
+    let _ballast = ballast(ballast_mb);
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
     if let Some(p) = ready {
@@ -54,6 +50,15 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Res
         });
     }
     Ok(())
+}
+
+/// `mb` MiB of touched memory: the state a migration moves.
+pub(super) fn ballast(mb: usize) -> Vec<u8> {
+    let mut ballast = vec![0u8; mb << 20];
+    for (i, byte) in ballast.iter_mut().step_by(4096).enumerate() {
+        *byte = (i as u8) | 1;
+    }
+    std::hint::black_box(ballast)
 }
 
 /// Sends up to `count` requests of `size` bytes back to back over one
@@ -154,7 +159,7 @@ pub fn main_client(args: &[String]) -> Result<()> {
     client(server, count, size, Path::new(csv), stop)
 }
 
-fn arg<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
+pub(super) fn arg<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
     match args.iter().position(|a| a == name) {
         Some(i) => match args.get(i + 1) {
             Some(v) => Ok(Some(v)),
