@@ -451,7 +451,11 @@ fn difference(a: Option<Stat>, b: Option<Stat>) -> String {
     match (a, b) {
         (Some(a), Some(b)) => match (a.ci95, b.ci95) {
             (Some(ca), Some(cb)) => {
-                format!("{:+.0} ± {:.0}", a.mean - b.mean, (ca * ca + cb * cb).sqrt())
+                format!(
+                    "{:+.0} ± {:.0}",
+                    a.mean - b.mean,
+                    (ca * ca + cb * cb).sqrt()
+                )
             }
             _ => format!("{:+.0}", a.mean - b.mean),
         },
