@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use migr_common::maps::{
     FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, ForwardMeta, ForwardMode, ForwardPath, ForwardTarget,
-    Reason, SERVICE_ACTIVE, TC_HANDOVER_L4_BYTES, Verdict,
+    Reason, ReplayedTag, SERVICE_ACTIVE, TC_HANDOVER_L4_BYTES, Verdict,
 };
 
 use crate::{SERVICES, TC_HANDOVERS, count_reason, count_verdicts};
@@ -81,6 +81,15 @@ fn take_forward_meta(ctx: &TcContext) -> Option<ForwardMeta> {
     }
     // SAFETY: as above; TC programs may write their metadata.
     unsafe { core::ptr::addr_of_mut!((*at).magic).write(0) };
+    // A replayed frame's tag follows the ForwardMeta, right in front of the
+    // frame, and the bytes would travel on in the headroom: cleared, so that
+    // the XDP program of the node it reaches does not take the frame for one
+    // it replayed itself.
+    let tag_at = meta + size_of::<ForwardMeta>();
+    if tag_at + size_of::<ReplayedTag>() <= data {
+        // SAFETY: the check above proves the 8 bytes are metadata.
+        unsafe { (tag_at as *mut ReplayedTag).write(ReplayedTag::default()) };
+    }
     Some(found)
 }
 

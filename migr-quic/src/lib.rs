@@ -11,6 +11,8 @@
 //!   ([`client::ClientMigration`]) and the sans-I/O [`client::ClientEndpoint`].
 //! - [`driver`]: a thin tokio shell around both endpoints.
 //! - [`tls`]: self-signed certificates and matching configs for tests and tools.
+//! - [`service_gaps`]: when an echo server's answers paused (the service's own
+//!   downtime, for the testbed).
 
 pub mod cid;
 pub mod client;
@@ -18,6 +20,7 @@ pub mod control;
 pub mod driver;
 pub mod frame;
 pub mod server;
+pub mod service_gaps;
 pub mod tls;
 pub mod varint;
 

@@ -183,6 +183,15 @@ fn udp_same_ip_migration_keeps_an_unmodified_clients_requests() {
         on.disruption_ms,
         on.downtime_ms
     );
+    let gap = on
+        .service_gap
+        .expect("the server logged its pause (answer-gap)");
+    assert!(
+        (gap.ms - on.disruption_ms).abs() < 50.0,
+        "the server's own pause {:.1} ms is the client's wait {:.1} ms, give or take a round trip",
+        gap.ms,
+        on.disruption_ms
+    );
     let src = on.src_frames.as_ref().expect("source agent counters");
     assert!(src.parked > 0, "the source parked the request: {src:?}");
     assert_eq!(src.replayed, src.parked, "{src:?}");

@@ -480,13 +480,13 @@ fn with_and_without(r: &Results, md: &mut String) {
 
 ",
     );
-    md.push_str("Without migr, for QUIC: no datapath, and a client that recovers with QUIC's own probe timeouts (RFC 9002), as the seed's client does (`X-baseline`); for TCP and plain UDP, whose clients are unmodified anyway: no datapath (`X-steering-off`). disruption - downtime: how much longer than the service was down the client waited (mean of the runs' differences is the difference of the means). The difference of disruptions carries a 95% CI (normal approximation, independent arms).
+    md.push_str("Without migr, for QUIC: no datapath, and a client that recovers with QUIC's own probe timeouts (RFC 9002), as the seed's client does (`X-baseline`); for TCP and plain UDP, whose clients are unmodified anyway: no datapath (`X-steering-off`). disruption - downtime: how much longer than the service was down the client waited (mean of the runs' differences is the difference of the means). The service's own downtime: from the server's last answer before the freeze to its first after the restore (its `answer-gap` log line, server side; `-` in runs from before servers logged it). The difference of disruptions carries a 95% CI (normal approximation, independent arms).
 
 ");
-    md.push_str("| experiment | n with / without | downtime with | downtime without | disruption - downtime with | without | disruption with - without (ms) | requests lost with / without |
+    md.push_str("| experiment | n with / without | downtime with | downtime without | service's own downtime with / without | disruption - downtime with | without | disruption with - without (ms) | requests lost with / without |
 ");
     md.push_str(
-        "| --- | --- | --- | --- | --- | --- | --- | --- |
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 ",
     );
     for (base, on, off) in rows {
@@ -497,11 +497,13 @@ fn with_and_without(r: &Results, md: &mut String) {
         };
         let _ = writeln!(
             md,
-            "| {base} | {} / {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {base} | {} / {} | {} | {} | {} / {} | {} | {} | {} | {} / {} |",
             on.runs,
             off.runs,
             fmt_stat(st(on, "downtime_ms"), 0),
             fmt_stat(st(off, "downtime_ms"), 0),
+            fmt_stat(st(on, "service_downtime_ms"), 0),
+            fmt_stat(st(off, "service_downtime_ms"), 0),
             excess(on),
             excess(off),
             difference(st(on, "disruption_ms"), st(off, "disruption_ms")),
@@ -1033,7 +1035,9 @@ mod tests {
         );
         assert!(md.contains("No `results/mptcp-*.json` here"), "{md}");
         assert!(
-            md.contains("| q | 2 / 2 | 150 ± 10 | 150 ± 10 | +5 ms | +300 ms | -295 ± 17 |"),
+            md.contains(
+                "| q | 2 / 2 | 150 ± 10 | 150 ± 10 | - / - | +5 ms | +300 ms | -295 ± 17 |"
+            ),
             "migr against the baseline: {md}"
         );
         assert!(

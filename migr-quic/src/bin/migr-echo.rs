@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use migr_common::cid::CidConfig;
 use migr_quic::driver::{Client, Server, ServerConnection};
+use migr_quic::service_gaps::AnswerGaps;
 use migr_quic::tls::{self, SelfSigned};
 use migr_quic::{
     ClientEvent, ClientMigrationConfig, ProbeMode, RoutableCidGenerator, ServerEndpointConfig,
@@ -36,7 +37,8 @@ const SERVER_HELP: &str = "Echo every request back, and migrate when told to.
 
 The server prints one event line per happening on stdout, for an orchestrator to follow:
   listening ADDR | connection ID | negotiated ID | trigger ID | milestone N | announce ADDR |
-  migration-acknowledged ADDR acked=K | listen ADDR | unlisten ADDR | protocol-error ID ERROR
+  migration-acknowledged ADDR acked=K | listen ADDR | unlisten ADDR | protocol-error ID ERROR |
+  answer-gap FROM TO (answers paused over 20 ms; wall-clock seconds)
 
 Driving a migration (the service must not move before `migration-acknowledged`, seed 000 step 4):
   * --after-requests N --migrate-to ADDR: after N served requests, listen at ADDR too,
@@ -286,13 +288,16 @@ fn spawn_acceptor(
     milestone: Arc<tokio::sync::Notify>,
     after_requests: Option<usize>,
 ) {
+    // Pauses between answers over 20 ms: the service's own downtime.
+    let gaps = Arc::new(AnswerGaps::new(Duration::from_millis(20)));
     tokio::spawn(async move {
         while let Some(conn) = server.accept().await {
             say(format!("connection {}", conn.handle().0));
             let served = served.clone();
             let milestone = milestone.clone();
+            let gaps = gaps.clone();
             tokio::spawn(async move {
-                let _ = echo_connection(conn, served, milestone, after_requests).await;
+                let _ = echo_connection(conn, served, milestone, after_requests, gaps).await;
             });
         }
     });
@@ -303,15 +308,20 @@ async fn echo_connection(
     served: Arc<AtomicUsize>,
     milestone: Arc<tokio::sync::Notify>,
     after_requests: Option<usize>,
+    gaps: Arc<AnswerGaps>,
 ) -> anyhow::Result<()> {
     loop {
         let (mut send, mut recv) = conn.accept_bi().await?;
         let served = served.clone();
         let milestone = milestone.clone();
+        let gaps = gaps.clone();
         tokio::spawn(async move {
             let request = recv.read_to_end(MAX_REQUEST).await?;
             send.write_all(&request).await?;
             send.finish()?;
+            if let Some(gap) = gaps.answered() {
+                say(gap.line());
+            }
             let count = served.fetch_add(1, Ordering::Relaxed) + 1;
             if Some(count) == after_requests {
                 milestone.notify_one();

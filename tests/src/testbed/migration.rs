@@ -30,6 +30,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use migr_quic::service_gaps::Gap;
 use serde_json::{Value, json};
 
 use super::{
@@ -301,6 +302,37 @@ impl Frames {
     }
 }
 
+/// The server's longest pause between answers around the migration, set
+/// against CRIU's action stamps.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceGap {
+    /// Last answer before the freeze to first answer after the restore.
+    pub ms: f64,
+    /// How long before pre-dump the last answer went out (for QUIC with an
+    /// explicit strategy: the announce round trip, among others).
+    pub last_answer_before_pre_dump_ms: f64,
+    /// How long after post-resume the first answer went out.
+    pub first_answer_after_post_resume_ms: f64,
+}
+
+impl ServiceGap {
+    /// The longest `answer-gap` in `log` that overlaps the migration
+    /// (pre-dump to post-resume, wall-clock seconds).
+    pub fn from_log(log: &std::path::Path, pre_dump: f64, post_resume: f64) -> Option<Self> {
+        let text = std::fs::read_to_string(log).ok()?;
+        let gap = text
+            .lines()
+            .filter_map(Gap::parse)
+            .filter(|g| g.from_s <= post_resume && g.to_s >= pre_dump)
+            .max_by(|a, b| a.ms().total_cmp(&b.ms()))?;
+        Some(Self {
+            ms: gap.ms(),
+            last_answer_before_pre_dump_ms: (pre_dump - gap.from_s) * 1e3,
+            first_answer_after_post_resume_ms: (gap.to_s - post_resume) * 1e3,
+        })
+    }
+}
+
 /// What one run measured.
 #[derive(Clone, Debug)]
 pub struct Run {
@@ -333,6 +365,10 @@ pub struct Run {
     pub total_migration_ms: f64,
     /// From pre-dump (the announcement) to the client's acknowledgement.
     pub announce_to_ack_ms: f64,
+    /// The service's own downtime: from the server's last answer before the
+    /// freeze to its first after the restore (`answer-gap` in its log, server
+    /// side), if the server logged one.
+    pub service_gap: Option<ServiceGap>,
     /// The longest time without a response, and the request that ended it.
     pub disruption_ms: f64,
     /// Milliseconds the client waited beyond its median wait, summed over the run.
@@ -422,6 +458,9 @@ impl Run {
             "restore_ms": self.restore_ms,
             "total_migration_ms": self.total_migration_ms,
             "announce_to_ack_ms": self.announce_to_ack_ms,
+            "service_downtime_ms": self.service_gap.map(|g| g.ms),
+            "last_answer_before_pre_dump_ms": self.service_gap.map(|g| g.last_answer_before_pre_dump_ms),
+            "first_answer_after_post_resume_ms": self.service_gap.map(|g| g.first_answer_after_post_resume_ms),
             "disruption_ms": self.disruption_ms,
             "excess_wait_ms": self.excess_wait_ms,
             "long_gaps_ms": self.long_gaps_ms,
@@ -481,6 +520,12 @@ impl Run {
             self.ratio(),
             self.median_service_ms,
         );
+        if let Some(g) = self.service_gap {
+            s.push_str(&format!(
+                "\n               server side: no answer for {:.0} ms (last {:.0} ms before pre-dump, first {:.0} ms after post-resume)",
+                g.ms, g.last_answer_before_pre_dump_ms, g.first_answer_after_post_resume_ms
+            ));
+        }
         match (&self.src_frames, &self.dst_frames) {
             (Some(src), Some(dst)) => s.push_str(&format!(
                 "\n               frames: source parked {} forwarded {} replayed {}; destination parked {} replayed {}; dropped or overflowed {}",
@@ -1034,6 +1079,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         restore_ms: (post_resume - pre_restore) * 1e3,
         total_migration_ms: (t_forward.max(post_resume) - t_start) * 1e3,
         announce_to_ack_ms: (acknowledged - pre_dump) * 1e3,
+        service_gap: ServiceGap::from_log(&server_log, pre_dump, post_resume),
         disruption_ms,
         disruption_at,
         excess_wait_ms,

@@ -9,10 +9,16 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use migr_quic::service_gaps::AnswerGaps;
+
+/// Pauses between a server's answers longer than this are printed
+/// (`answer-gap`): the service's own downtime.
+pub(super) const GAP_THRESHOLD: Duration = Duration::from_millis(20);
 
 /// Serves forever: every connection gets its bytes echoed back. Keeps
 /// `ballast_mb` MiB of touched memory (the state a migration moves).
@@ -23,8 +29,10 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Res
     if let Some(p) = ready {
         std::fs::write(p, b"")?;
     }
+    let gaps = Arc::new(AnswerGaps::new(GAP_THRESHOLD));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
+        let gaps = gaps.clone();
         let _ = stream.set_nodelay(true);
         println!(
             "connection {}",
@@ -43,6 +51,9 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Res
                         let _ = stream.set_nodelay(true);
                         if stream.write_all(&buf[..n]).is_err() {
                             return;
+                        }
+                        if let Some(gap) = gaps.answered() {
+                            println!("{}", gap.line());
                         }
                     }
                 }

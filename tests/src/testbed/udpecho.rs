@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::tcpecho::{arg, ballast};
+use migr_quic::service_gaps::AnswerGaps;
+
+use super::tcpecho::{GAP_THRESHOLD, arg, ballast};
 
 /// Echoes every datagram to its sender, forever.
 pub fn serve(listen: SocketAddr, ballast_mb: usize) -> Result<()> {
@@ -25,10 +27,15 @@ pub fn serve(listen: SocketAddr, ballast_mb: usize) -> Result<()> {
     let socket = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
     let mut buf = vec![0u8; 64 * 1024];
+    let gaps = AnswerGaps::new(GAP_THRESHOLD);
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         // A full send buffer loses the echo, as a real service would.
-        let _ = socket.send_to(&buf[..n], from);
+        if socket.send_to(&buf[..n], from).is_ok()
+            && let Some(gap) = gaps.answered()
+        {
+            println!("{}", gap.line());
+        }
     }
 }
 
