@@ -29,6 +29,16 @@ fn run(cfg: RunConfig) -> Run {
     run
 }
 
+/// The client waited no longer than the downtime plus 100 ms.
+fn assert_waited_about_the_downtime(run: &Run) {
+    assert!(
+        run.disruption_ms <= run.downtime_ms + 100.0,
+        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
+        run.disruption_ms,
+        run.downtime_ms
+    );
+}
+
 /// The brief's case: P-Explicit, back to back, cold CRIU migration to a new
 /// IP, steering on. The connection survives, no request is lost, and the
 /// client sees no longer gap than the downtime plus 100 ms.
@@ -49,12 +59,7 @@ fn quic_migration_with_criu_and_steering_loses_nothing() {
         run.src_phases,
         run.dst_phases
     );
-    assert!(
-        run.disruption_ms <= run.downtime_ms + 100.0,
-        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
-        run.disruption_ms,
-        run.downtime_ms
-    );
+    assert_waited_about_the_downtime(&run);
     // The requests sent while the service was down were parked at the
     // destination and replayed, every one of them, none dropped.
     let src = run.src_frames.as_ref().expect("source agent counters");
@@ -129,12 +134,7 @@ fn tcp_same_ip_migration_with_criu_and_steering_loses_nothing() {
     assert_eq!(run.lost, 0, "requests without a response");
     assert_eq!(run.answered, run.requests);
     assert_eq!(run.final_server, format!("{SAME_IP}:{TCP_PORT}"));
-    assert!(
-        run.disruption_ms <= run.downtime_ms + 100.0,
-        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
-        run.disruption_ms,
-        run.downtime_ms
-    );
+    assert_waited_about_the_downtime(&run);
     let src = run.src_frames.as_ref().expect("source agent counters");
     let dst = run.dst_frames.as_ref().expect("destination agent counters");
     assert!(
@@ -177,12 +177,7 @@ fn udp_same_ip_migration_keeps_an_unmodified_clients_requests() {
     assert!(on.client_ok, "the client failed: {:?}", on.client_error);
     assert_eq!(on.lost, 0, "requests given up by the client");
     assert_eq!(on.final_server, format!("{SAME_IP}:{TCP_PORT}"));
-    assert!(
-        on.disruption_ms <= on.downtime_ms + 100.0,
-        "disruption {:.1} ms > downtime {:.1} ms + 100 ms",
-        on.disruption_ms,
-        on.downtime_ms
-    );
+    assert_waited_about_the_downtime(&on);
     let gap = on
         .service_gap
         .expect("the server logged its pause (answer-gap)");

@@ -180,14 +180,7 @@ pub fn client(
     // was connected again.
     let resolved_ms = std::cell::Cell::new(0u64);
     let (mut break_ms, mut age_ms, mut reconnect_ms) = (None, None, None);
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(csv).with_context(|| format!("creating {}", csv.display()))?,
-    );
-    writeln!(
-        out,
-        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
-    )?;
-    out.flush()?;
+    let mut out = super::stats::create_csv(csv)?;
     let stopped = || stop.is_some_and(Path::exists);
     // The address, from the cache or a fresh query.
     let mut lookup = |cache: &mut TtlCache| -> Result<Ipv4Addr> {

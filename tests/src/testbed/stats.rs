@@ -40,6 +40,21 @@ pub fn read_requests(csv: &Path) -> Result<Vec<Request>> {
     Ok(out)
 }
 
+/// Creates a client's CSV (the format [`read_requests`] reads) with its
+/// header line written and flushed.
+pub fn create_csv(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    writeln!(
+        out,
+        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
+    )?;
+    out.flush()?;
+    Ok(out)
+}
+
 /// Rows in a CSV file written so far (its header excluded).
 pub fn rows_so_far(csv: &Path) -> usize {
     std::fs::read(csv)

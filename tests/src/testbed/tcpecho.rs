@@ -87,14 +87,7 @@ pub fn client(
         .with_context(|| format!("connecting to {server}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(csv).with_context(|| format!("creating {}", csv.display()))?,
-    );
-    writeln!(
-        out,
-        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
-    )?;
-    out.flush()?;
+    let mut out = super::stats::create_csv(csv)?;
     let mut echo = vec![0u8; size];
     let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
     let mut result = Ok(());

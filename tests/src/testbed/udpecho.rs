@@ -55,14 +55,7 @@ pub fn client(
     let started = Instant::now();
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.connect(server)?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(csv).with_context(|| format!("creating {}", csv.display()))?,
-    );
-    writeln!(
-        out,
-        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
-    )?;
-    out.flush()?;
+    let mut out = super::stats::create_csv(csv)?;
     let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
     let (mut sent, mut timed_out, mut late) = (0usize, 0usize, 0usize);
     let mut echo = vec![0u8; 64 * 1024];
