@@ -45,9 +45,9 @@ use migr_common::{
     maps::{
         Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FAMILY_V4,
         FAMILY_V6, FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath,
-        ListenerEntry, ListenerKey, MAX_SERVICES, NO_SERVICE, PARK_JUMBO_MAX, PARK_SMALL_MAX,
-        ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta,
-        ReplaySlot, ReplayedTag, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
+        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX, ParkedHeader,
+        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+        ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
         Verdict,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
@@ -173,7 +173,7 @@ pub fn migr(ctx: XdpContext) -> u32 {
     let decision = unsafe { &mut *decision };
     fill_header_cache(ctx.ctx);
     classify_into(&ctx, decision);
-    if replay.is_none() && decision.service_id != NO_SERVICE && take_replayed_tag(ctx.ctx) {
+    if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
         count_reason(Reason::ReplayReentered);
@@ -310,6 +310,18 @@ fn tag_replayed(ctx: *mut xdp_md) {
     }
     // SAFETY: the check above proves the metadata holds a whole tag.
     unsafe { (meta as *mut ReplayedTag).write(ReplayedTag::new(len)) };
+}
+
+/// Can the frame's service have replays under way? The agent replays only
+/// while the service parks (the batches) or holds (settling), and a replayed
+/// frame's second sight comes at once, within the replay call; in every other
+/// state the look for a tag (three helper calls) is skipped.
+#[inline(always)]
+fn replaying(decision: &Classification) -> bool {
+    decision.action == Action::Park
+        || decision
+            .service
+            .is_some_and(|entry| entry.flags & SERVICE_HOLD != 0)
 }
 
 /// Is this frame the skb-mode second sight of a frame the agent replayed (a
