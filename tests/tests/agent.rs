@@ -461,8 +461,13 @@ fn bad_requests_and_arguments_are_refused_without_a_state_change() {
     // Raw protocol errors.
     let raw = |line: &str| -> Value {
         let mut s = UnixStream::connect(&a.socket).unwrap();
-        s.write_all(line.as_bytes()).unwrap();
-        s.write_all(b"\n").unwrap();
+        // The agent may refuse (and close) before it has read all of an
+        // oversized request: a write then fails with EPIPE, and the answer
+        // is still there to read.
+        match s.write_all(format!("{line}\n").as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap(),
+        }
         let mut text = String::new();
         let mut buf = [0u8; 4096];
         while !text.ends_with('\n') {
