@@ -11,6 +11,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+/// The pause the echo servers report: longer than any between two answers
+/// of a busy client, far shorter than a CRIU freeze.
+pub const THRESHOLD: Duration = Duration::from_millis(20);
+
 /// A pause between two answers, in seconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gap {

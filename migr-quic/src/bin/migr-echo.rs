@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use migr_common::cid::CidConfig;
 use migr_quic::driver::{Client, Server, ServerConnection};
-use migr_quic::service_gaps::AnswerGaps;
+use migr_quic::service_gaps::{self, AnswerGaps};
 use migr_quic::tls::{self, SelfSigned};
 use migr_quic::{
     ClientEvent, ClientMigrationConfig, ProbeMode, RoutableCidGenerator, ServerEndpointConfig,
@@ -288,8 +288,8 @@ fn spawn_acceptor(
     milestone: Arc<tokio::sync::Notify>,
     after_requests: Option<usize>,
 ) {
-    // Pauses between answers over 20 ms: the service's own downtime.
-    let gaps = Arc::new(AnswerGaps::new(Duration::from_millis(20)));
+    // Pauses between answers: the service's own downtime.
+    let gaps = Arc::new(AnswerGaps::new(service_gaps::THRESHOLD));
     tokio::spawn(async move {
         while let Some(conn) = server.accept().await {
             say(format!("connection {}", conn.handle().0));

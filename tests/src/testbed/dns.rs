@@ -171,7 +171,6 @@ pub fn client(
 ) -> Result<()> {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
-    let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
     let mut cache = TtlCache::default();
     let mut queries = 0u16;
     let mut reconnects = 0usize;
@@ -180,7 +179,7 @@ pub fn client(
     // was connected again.
     let resolved_ms = std::cell::Cell::new(0u64);
     let (mut break_ms, mut age_ms, mut reconnect_ms) = (None, None, None);
-    let mut out = super::stats::create_csv(csv)?;
+    let mut out = super::stats::RequestCsv::create(csv, started)?;
     let stopped = || stop.is_some_and(Path::exists);
     // The address, from the cache or a fresh query.
     let mut lookup = |cache: &mut TtlCache| -> Result<Ipv4Addr> {
@@ -252,14 +251,7 @@ pub fn client(
                         result = Err(anyhow::anyhow!("request {index}: the echo differs"));
                         break 'requests;
                     }
-                    writeln!(
-                        out,
-                        "{index},{:.3},{:.3},{:.3},{addr}:{port}",
-                        ms(t_sent),
-                        ms(received),
-                        (received - t_sent).as_secs_f64() * 1e3
-                    )?;
-                    out.flush()?;
+                    out.row(index, t_sent, received, format_args!("{addr}:{port}"))?;
                     break;
                 }
                 Err(e) => {

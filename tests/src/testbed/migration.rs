@@ -302,8 +302,8 @@ impl Frames {
     }
 }
 
-/// The server's longest pause between answers around the migration, set
-/// against CRIU's action stamps.
+/// The server's pause in answering over the freeze, set against CRIU's
+/// action stamps.
 #[derive(Clone, Copy, Debug)]
 pub struct ServiceGap {
     /// Last answer before the freeze to first answer after the restore.

@@ -40,19 +40,49 @@ pub fn read_requests(csv: &Path) -> Result<Vec<Request>> {
     Ok(out)
 }
 
-/// Creates a client's CSV (the format [`read_requests`] reads) with its
-/// header line written and flushed.
-pub fn create_csv(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
-    use std::io::Write as _;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    writeln!(
-        out,
-        "index,send_time_ms,response_time_ms,service_time_ms,server_address"
-    )?;
-    out.flush()?;
-    Ok(out)
+/// A client's CSV (the format [`read_requests`] reads): created with its
+/// header, one flushed row per answered request, times in milliseconds since
+/// `started`.
+pub struct RequestCsv {
+    out: std::io::BufWriter<std::fs::File>,
+    started: std::time::Instant,
+}
+
+impl RequestCsv {
+    pub fn create(path: &Path, started: std::time::Instant) -> Result<Self> {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        writeln!(
+            out,
+            "index,send_time_ms,response_time_ms,service_time_ms,server_address"
+        )?;
+        out.flush()?;
+        Ok(Self { out, started })
+    }
+
+    /// Request `index`, sent (or waited for since) `sent`, answered at
+    /// `received` by `server`.
+    pub fn row(
+        &mut self,
+        index: usize,
+        sent: std::time::Instant,
+        received: std::time::Instant,
+        server: impl std::fmt::Display,
+    ) -> Result<()> {
+        use std::io::Write as _;
+        let ms = |t: std::time::Instant| (t - self.started).as_secs_f64() * 1e3;
+        writeln!(
+            self.out,
+            "{index},{:.3},{:.3},{:.3},{server}",
+            ms(sent),
+            ms(received),
+            (received - sent).as_secs_f64() * 1e3
+        )?;
+        self.out.flush()?;
+        Ok(())
+    }
 }
 
 /// Rows in a CSV file written so far (its header excluded).

@@ -14,11 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use migr_quic::service_gaps::AnswerGaps;
-
-/// Pauses between a server's answers longer than this are printed
-/// (`answer-gap`): the service's own downtime.
-pub(super) const GAP_THRESHOLD: Duration = Duration::from_millis(20);
+use migr_quic::service_gaps::{self, AnswerGaps};
 
 /// Serves forever: every connection gets its bytes echoed back. Keeps
 /// `ballast_mb` MiB of touched memory (the state a migration moves).
@@ -29,7 +25,7 @@ pub fn serve(listen: SocketAddr, ready: Option<&Path>, ballast_mb: usize) -> Res
     if let Some(p) = ready {
         std::fs::write(p, b"")?;
     }
-    let gaps = Arc::new(AnswerGaps::new(GAP_THRESHOLD));
+    let gaps = Arc::new(AnswerGaps::new(service_gaps::THRESHOLD));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let gaps = gaps.clone();
@@ -87,9 +83,8 @@ pub fn client(
         .with_context(|| format!("connecting to {server}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = super::stats::create_csv(csv)?;
+    let mut out = super::stats::RequestCsv::create(csv, started)?;
     let mut echo = vec![0u8; size];
-    let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
     let mut result = Ok(());
     let mut sent = 0;
     for index in 0..count {
@@ -111,14 +106,7 @@ pub fn client(
             result = Err(anyhow::anyhow!("request {index}: the echo differs"));
             break;
         }
-        writeln!(
-            out,
-            "{index},{:.3},{:.3},{:.3},{server}",
-            ms(sent),
-            ms(received),
-            (received - sent).as_secs_f64() * 1e3
-        )?;
-        out.flush()?;
+        out.row(index, sent, received, server)?;
     }
     let info = tcp_info(&stream);
     eprintln!(

@@ -9,7 +9,6 @@
 //! these; CRIU checkpoints the server's bound socket as it is.
 
 use std::{
-    io::Write as _,
     net::{SocketAddr, UdpSocket},
     path::Path,
     time::{Duration, Instant},
@@ -17,9 +16,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use migr_quic::service_gaps::AnswerGaps;
+use migr_quic::service_gaps::{self, AnswerGaps};
 
-use super::tcpecho::{GAP_THRESHOLD, arg, ballast};
+use super::{
+    stats::RequestCsv,
+    tcpecho::{arg, ballast},
+};
 
 /// Echoes every datagram to its sender, forever.
 pub fn serve(listen: SocketAddr, ballast_mb: usize) -> Result<()> {
@@ -27,7 +29,7 @@ pub fn serve(listen: SocketAddr, ballast_mb: usize) -> Result<()> {
     let socket = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
     let mut buf = vec![0u8; 64 * 1024];
-    let gaps = AnswerGaps::new(GAP_THRESHOLD);
+    let gaps = AnswerGaps::new(service_gaps::THRESHOLD);
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         // A full send buffer loses the echo, as a real service would.
@@ -55,8 +57,7 @@ pub fn client(
     let started = Instant::now();
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.connect(server)?;
-    let mut out = super::stats::create_csv(csv)?;
-    let ms = |t: Instant| (t - started).as_secs_f64() * 1e3;
+    let mut out = RequestCsv::create(csv, started)?;
     let (mut sent, mut timed_out, mut late) = (0usize, 0usize, 0usize);
     let mut echo = vec![0u8; 64 * 1024];
     let mut waiting_since = None;
@@ -99,14 +100,7 @@ pub fn client(
             continue;
         };
         let since = waiting_since.take().unwrap_or(sent_at);
-        writeln!(
-            out,
-            "{index},{:.3},{:.3},{:.3},{server}",
-            ms(since),
-            ms(received),
-            (received - since).as_secs_f64() * 1e3
-        )?;
-        out.flush()?;
+        out.row(index, since, received, server)?;
     }
     eprintln!("summary requests={sent} timed_out={timed_out} late={late}");
     Ok(())
