@@ -115,17 +115,33 @@ pub struct ClientMigrationConfig {
     /// new server address. quinn-proto on the server then validates the new
     /// path with PATH_CHALLENGE/PATH_RESPONSE (seed 000, step 7).
     pub rebind_on_path_change: bool,
+    /// Whether the client speaks the extension at all. `false`: a plain
+    /// quinn-proto client (no control stream, no address mapping, no
+    /// probing of its own; quinn-proto's RFC 9002 recovery only): what an
+    /// unmodified QUIC client does, for same-IP moves and baselines.
+    pub extension: bool,
 }
 
 impl ClientMigrationConfig {
     pub fn new(strategy: Strategy) -> Self {
         Self {
+            extension: true,
             strategy,
             probing: ProbeMode::Fast,
             probe_interval: None,
             loss_timeout: None,
             fallback_after: Duration::from_secs(2),
             rebind_on_path_change: true,
+        }
+    }
+
+    /// A client without the extension (see [`ClientMigrationConfig::extension`]).
+    pub fn plain() -> Self {
+        Self {
+            extension: false,
+            probing: ProbeMode::Rfc9002,
+            rebind_on_path_change: false,
+            ..Self::new(Strategy::ProactiveExplicit)
         }
     }
 }
@@ -747,7 +763,12 @@ impl ClientEndpoint {
     /// because `from` is not one of the server's known addresses.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) -> bool {
         self.now = now;
-        if !self.migration.accepts(from) {
+        let accepted = if self.extension() {
+            self.migration.accepts(from)
+        } else {
+            from == self.migration.anchor()
+        };
+        if !accepted {
             return false;
         }
         self.buf.clear();
@@ -770,7 +791,9 @@ impl ClientEndpoint {
             }
             _ => {}
         }
-        self.migration.datagram_received(now, from, &mut self.conn);
+        if self.extension() {
+            self.migration.datagram_received(now, from, &mut self.conn);
+        }
         self.process();
         true
     }
@@ -783,7 +806,14 @@ impl ClientEndpoint {
         }
         self.buf.clear();
         let transmit = self.conn.poll_transmit(now, 1, &mut self.buf)?;
-        let route = self.migration.route(now, &mut self.conn);
+        let route = if self.extension() {
+            self.migration.route(now, &mut self.conn)
+        } else {
+            Route {
+                destinations: vec![self.migration.anchor()],
+                fresh_local_address: false,
+            }
+        };
         Some(ClientDatagram {
             route,
             contents: self.buf[..transmit.size].to_vec(),
@@ -792,7 +822,10 @@ impl ClientEndpoint {
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let conn_timeout = self.conn.poll_timeout();
-        let migration_timeout = self.migration.poll_timeout(&self.conn);
+        let migration_timeout = self
+            .extension()
+            .then(|| self.migration.poll_timeout(&self.conn))
+            .flatten();
         [conn_timeout, migration_timeout]
             .into_iter()
             .flatten()
@@ -804,7 +837,9 @@ impl ClientEndpoint {
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
-        self.migration.handle_timeout(now, &mut self.conn);
+        if self.extension() {
+            self.migration.handle_timeout(now, &mut self.conn);
+        }
         self.process();
     }
 
@@ -816,6 +851,10 @@ impl ClientEndpoint {
             }
         }
         while let Some(event) = self.conn.poll() {
+            if !self.extension() {
+                self.app_events.push_back(event);
+                continue;
+            }
             if !self
                 .migration
                 .handle_event(self.now, &mut self.conn, &event)
@@ -853,7 +892,21 @@ impl ClientEndpoint {
     /// Next unidirectional stream of the server's that is not a control
     /// stream; read its first bytes from `prefix`, the rest from the connection.
     pub fn accept_uni(&mut self) -> Option<IncomingUniStream> {
+        if !self.extension() {
+            let id = self.conn.streams().accept(Dir::Uni)?;
+            return Some(IncomingUniStream {
+                id,
+                prefix: Vec::new(),
+                end: None,
+            });
+        }
         self.migration.accept_uni()
+    }
+
+    /// Whether this client speaks the extension
+    /// ([`ClientMigrationConfig::extension`]).
+    pub fn extension(&self) -> bool {
+        self.migration.config.extension
     }
 
     /// Next event of the migration extension.

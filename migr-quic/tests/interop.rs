@@ -54,6 +54,71 @@ fn plain_quinn_client_works_against_a_migr_server() {
     assert_eq!(conn.stats().frame_rx.max_streams_uni, 0);
 }
 
+/// `ClientMigrationConfig::plain()`: the extension switched off in migr's
+/// own client behaves as a plain quinn-proto client does: no control stream
+/// of its own, nothing negotiated, and after an outage it recovers only by
+/// quinn-proto's probe timeouts (no PING of its own while it waits).
+#[test]
+fn migr_client_without_the_extension_is_a_plain_client() {
+    let crypto = crypto();
+    let start = Instant::now();
+    let server = MigrServer::new(&crypto, vec![addr(NEW)]);
+    let client = MigrClient::connect(start, &crypto, ClientMigrationConfig::plain(), addr(SERVER));
+    let mut sim = Sim::new(
+        start,
+        Box::new(server),
+        Box::new(client),
+        addr(SERVER),
+        EchoClient::new(Mode::BackToBack, 20),
+    );
+    sim.run(LIMIT, |sim| sim.app.records.len() >= 10);
+    let ch = sim.server.as_migr().unwrap().endpoint.connection_handles()[0];
+    let migr = &mut sim
+        .server
+        .as_migr()
+        .unwrap()
+        .endpoint
+        .connection(ch)
+        .unwrap()
+        .migration;
+    assert!(!migr.is_negotiated(), "a plain client never sends HELLO");
+    // The server stays put and is frozen for 300 ms.
+    let pings_before = sim.client.conn().stats().frame_tx.ping;
+    let frozen_at = sim.now;
+    let back_at = frozen_at + Duration::from_millis(300);
+    sim.schedule(frozen_at, NetChange::Freeze);
+    sim.schedule(back_at, NetChange::Thaw);
+    sim.run(LIMIT, |sim| sim.app.done());
+    assert_eq!(sim.app.records.len(), 20, "no request lost");
+    let client = sim.client.as_migr().unwrap();
+    assert!(!client.endpoint.migration().is_negotiated());
+    assert!(client.events.is_empty(), "{:?}", client.events);
+    assert_eq!(
+        client.endpoint.migration().primary(),
+        addr(SERVER),
+        "it never looked for another address"
+    );
+    // quinn-proto's probe timeouts send their own probes; the extension's
+    // fast probing would add one PING per interval while frozen.
+    let pings = client.endpoint.connection().stats().frame_tx.ping - pings_before;
+    assert!(
+        pings <= 4,
+        "{pings} PINGs in a 300 ms outage: the client probed on its own"
+    );
+    let resumed = sim
+        .app
+        .records
+        .iter()
+        .map(|r| start + r.received)
+        .find(|&t| t > back_at)
+        .expect("a response after the outage");
+    assert!(
+        resumed - back_at > Duration::from_millis(20),
+        "resumed {:?} after the outage ended: sooner than a backed-off probe timeout allows",
+        resumed - back_at,
+    );
+}
+
 #[test]
 fn migr_client_works_against_a_plain_server() {
     let crypto = crypto();

@@ -434,12 +434,13 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> String {
 const BASELINE_SUFFIX: &str = "-baseline";
 
 /// The arm that runs what users have without migr for the experiment `on`
-/// belongs to: for QUIC `X-baseline` (no datapath, an RFC 9002 client); for
-/// TCP and UDP, whose clients are unmodified, `X-steering-off`.
+/// belongs to: for QUIC to a new IP `X-baseline` (no datapath, an RFC 9002
+/// client); for TCP, UDP and same-IP QUIC, whose clients are unmodified in
+/// both arms, `X-steering-off`.
 fn without_migr<'a>(r: &'a Results, on: &Scenario) -> Option<&'a Scenario> {
     let base = on.name.strip_suffix("-steering-on")?;
     let name = match on.protocol.as_str() {
-        "tcp" | "udp" => format!("{base}-steering-off"),
+        "tcp" | "udp" | "quic-same-ip" => format!("{base}-steering-off"),
         _ => format!("{base}{BASELINE_SUFFIX}"),
     };
     r.testbed.iter().find(|s| s.name == name)
@@ -480,7 +481,7 @@ fn with_and_without(r: &Results, md: &mut String) {
 
 ",
     );
-    md.push_str("Without migr, for QUIC: no datapath, and a client that recovers with QUIC's own probe timeouts (RFC 9002), as the seed's client does (`X-baseline`); for TCP and plain UDP, whose clients are unmodified anyway: no datapath (`X-steering-off`). disruption - downtime: how much longer than the service was down the client waited (mean of the runs' differences is the difference of the means). The service's own downtime: from the server's last answer before the freeze to its first after the restore (its `answer-gap` log line, server side; `-` in runs from before servers logged it). The difference of disruptions carries a 95% CI (normal approximation, independent arms).
+    md.push_str("Without migr, for QUIC: no datapath, and a client that recovers with QUIC's own probe timeouts (RFC 9002), as the seed's client does (`X-baseline`); for TCP, plain UDP and same-IP QUIC (a plain quinn-proto client), whose clients are unmodified in both arms: no datapath (`X-steering-off`). disruption - downtime: how much longer than the service was down the client waited (mean of the runs' differences is the difference of the means). The service's own downtime: from the server's last answer before the freeze to its first after the restore (its `answer-gap` log line, server side; `-` in runs from before servers logged it). The difference of disruptions carries a 95% CI (normal approximation, independent arms).
 
 ");
     md.push_str("| experiment | n with / without | downtime with | downtime without | service's own downtime with / without | disruption - downtime with | without | disruption with - without (ms) | requests lost with / without |

@@ -148,6 +148,11 @@ struct ClientArgs {
     /// how a client without migr recovers).
     #[arg(long, default_value = "fast")]
     probing: ProbeMode,
+    /// Without the extension: a plain quinn-proto client (no HELLO, no
+    /// address changes, QUIC's own loss recovery only), as an unmodified
+    /// QUIC client behaves. For same-IP moves and baselines.
+    #[arg(long, conflicts_with_all = ["strategy", "probing", "trigger_after"])]
+    plain: bool,
     #[arg(long, value_enum, default_value = "sporadic")]
     mode: Mode,
     /// Period of sporadic requests.
@@ -423,17 +428,16 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     }
     let cert = std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
     let client_config = tls::client_config(CertificateDer::from(cert), TransportConfig::default())?;
-    let client = Client::connect(
-        client_config,
+    let migration = if args.plain {
+        ClientMigrationConfig::plain()
+    } else {
         ClientMigrationConfig {
             probing: args.probing,
             ..ClientMigrationConfig::new(args.strategy)
-        },
-        args.bind,
-        args.server,
-        &args.name,
-    )
-    .await?;
+        }
+    };
+    let client =
+        Client::connect(client_config, migration, args.bind, args.server, &args.name).await?;
 
     // Small, line-sized writes: blocking I/O is fine here.
     let mut csv: Box<dyn Write> = match &args.csv {

@@ -9,6 +9,8 @@
 //!                   [--json PATH] [--keep]
 //! migr-testbed tcp [--steering on|off] [--preset P] [--requests N] [--migrate-after K]
 //!                   [--json PATH] [--keep]         the same-IP TCP case (COAT)
+//! migr-testbed quic-same-ip [--steering on|off] [--preset P] ...   QUIC at the same IP, a
+//!                   plain quinn-proto client (no extension)
 //! migr-testbed tcp-dns [--ttl S] [--preset P] [--json PATH] [--keep]
 //!                   the TCP+DNS baseline: reconnect to the name once the TTL expired
 //! migr-testbed topology [--preset P]      build the topology, check it, tear it down
@@ -37,6 +39,8 @@ const USAGE: &str = "usage:
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed udp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
                    [--migrate-after K] [--json PATH] [--keep] [--quiet]
+  migr-testbed quic-same-ip [--steering on|off] [--preset none|latency|bandwidth]
+                   [--requests N] [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed tcp-dns [--ttl SECONDS] [--preset none|latency|bandwidth]
                        [--requests N] [--migrate-after K] [--json PATH] [--keep] [--quiet]
   migr-testbed topology [--preset none|latency|bandwidth]
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Some("quic") => run_cmd(&args[1..], testbed::Protocol::Quic),
         Some("tcp") => run_cmd(&args[1..], testbed::Protocol::Tcp),
         Some("udp") => run_cmd(&args[1..], testbed::Protocol::Udp),
+        Some("quic-same-ip") => run_cmd(&args[1..], testbed::Protocol::QuicSameIp),
         Some("tcp-dns") => run_cmd(&args[1..], testbed::Protocol::TcpDns),
         Some("scenarios") => {
             for sc in scenarios::all() {
@@ -158,6 +163,7 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
         testbed::Protocol::Quic => RunConfig::back_to_back(steering, preset),
         testbed::Protocol::Tcp => RunConfig::tcp_back_to_back(steering, preset),
         testbed::Protocol::Udp => RunConfig::udp_back_to_back(steering, preset),
+        testbed::Protocol::QuicSameIp => RunConfig::quic_same_ip_back_to_back(steering, preset),
         testbed::Protocol::TcpDns => {
             if steering {
                 bail!("tcp-dns is the baseline without steering: --steering off");

@@ -59,6 +59,10 @@ const SERVER_ID: &str = "7";
 pub enum Protocol {
     /// QUIC to a new IP (migr-echo).
     Quic,
+    /// QUIC at the same IP (route moved after the restore, as TCP's), an
+    /// unmodified client: `migr-echo client --plain`, quinn-proto without
+    /// the extension.
+    QuicSameIp,
     /// TCP with `--tcp-established`, same IP (COAT).
     Tcp,
     /// Plain UDP request/response, same IP, a client that never retries
@@ -74,6 +78,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Self::Quic => "quic",
+            Self::QuicSameIp => "quic-same-ip",
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::TcpDns => "tcp-dns",
@@ -233,6 +238,16 @@ impl RunConfig {
             protocol: Protocol::Udp,
             strategy: "udp".into(),
             ..Self::tcp_back_to_back(steering, preset)
+        }
+    }
+
+    /// QUIC at the same IP with a plain client (no extension).
+    pub fn quic_same_ip_back_to_back(steering: bool, preset: Preset) -> Self {
+        Self {
+            protocol: Protocol::QuicSameIp,
+            strategy: "same-ip".into(),
+            client_probing: "plain".into(),
+            ..Self::back_to_back(steering, preset)
         }
     }
 
@@ -540,7 +555,7 @@ impl Run {
             _ => s.push_str("\n               frames: no agents (CRIU's network lock only)"),
         }
         match self.protocol {
-            Protocol::Quic => s.push_str(&format!(
+            Protocol::Quic | Protocol::QuicSameIp => s.push_str(&format!(
                 "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
                 self.lost_packets().map_or("?".into(), |v| v.to_string()),
                 self.pto_count().map_or("?".into(), |v| v.to_string()),
@@ -595,9 +610,14 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             println!("[testbed] {line}");
         }
     };
-    let quic = cfg.protocol == Protocol::Quic;
+    let quic = matches!(cfg.protocol, Protocol::Quic | Protocol::QuicSameIp);
     let tcp_dns = cfg.protocol == Protocol::TcpDns;
     let udp = cfg.protocol == Protocol::Udp;
+    // The service keeps its address; the route to it moves at the restore.
+    let same_ip = matches!(
+        cfg.protocol,
+        Protocol::QuicSameIp | Protocol::Tcp | Protocol::Udp
+    );
     if tcp_dns && cfg.steering {
         bail!("the TCP+DNS baseline runs without steering");
     }
@@ -612,19 +632,19 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         topo.names().join(", ")
     ));
     // The addresses the client reaches the service at, before and after.
-    let (old, new) = if quic {
-        (format!("{SRC_CT_IP}:{PORT}"), format!("{DST_CT_IP}:{PORT}"))
-    } else if tcp_dns {
-        (
-            format!("{SRC_CT_IP}:{TCP_PORT}"),
-            format!("{DST_CT_IP}:{TCP_PORT}"),
-        )
-    } else {
-        let same = format!("{SAME_IP}:{TCP_PORT}");
+    let (old, new) = if same_ip {
+        let same = format!("{SAME_IP}:{}", if quic { PORT } else { TCP_PORT });
         for ct in [&topo.src_ct, &topo.dst_ct] {
             ct.ip(&["addr", "add", &format!("{SAME_IP}/32"), "dev", "eth0"])?;
         }
         (same.clone(), same)
+    } else if quic {
+        (format!("{SRC_CT_IP}:{PORT}"), format!("{DST_CT_IP}:{PORT}"))
+    } else {
+        (
+            format!("{SRC_CT_IP}:{TCP_PORT}"),
+            format!("{DST_CT_IP}:{TCP_PORT}"),
+        )
     };
 
     let (src_phases_file, dst_phases_file) = (d.join("phases-src"), d.join("phases-dst"));
@@ -637,7 +657,19 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         let base = ["service", "add", "--id", "1", "--name", SERVICE];
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
         let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
-        let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic {
+        let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic && same_ip {
+            (
+                [
+                    &base[..],
+                    &["--quic", &old],
+                    &quic_rule,
+                    &["--forward-mode", "same-ip"],
+                    &forward,
+                ]
+                .concat(),
+                [&base[..], &["--quic", &new], &quic_rule].concat(),
+            )
+        } else if quic {
             (
                 [
                     &base[..],
@@ -680,7 +712,17 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         server_cmd = Command::new(&bins.echo);
         server_cmd
             .arg("server")
-            .args(["--listen", &format!("0.0.0.0:{PORT}")])
+            // At the same IP, the service's own address: a wildcard socket
+            // would answer from the container's first address, which a
+            // QUIC client drops.
+            .args([
+                "--listen",
+                &if same_ip {
+                    old.clone()
+                } else {
+                    format!("0.0.0.0:{PORT}")
+                },
+            ])
             .arg("--cert-out")
             .arg(&cert)
             .args([
@@ -736,7 +778,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     // address and waits for the client's acknowledgement (seed 000, step 4:
     // the container moves only after it), so that the client leaves the old
     // address as late as possible; then the agent freezes.
-    let announce = (quic && cfg.strategy != "poa").then(|| {
+    let announce = (cfg.protocol == Protocol::Quic && cfg.strategy != "poa").then(|| {
         format!(
             "printf 'announce {new}\\n' > '{ctl}' && kill -USR1 {server_pid}\n\
              i=0\n\
@@ -807,9 +849,14 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .arg("client")
             .args(["--server", &old])
             .arg("--ca")
-            .arg(&cert)
-            .args(["--strategy", &cfg.strategy])
-            .args(["--probing", &cfg.client_probing]);
+            .arg(&cert);
+        if cfg.client_probing == "plain" {
+            client_cmd.arg("--plain");
+        } else {
+            client_cmd
+                .args(["--strategy", &cfg.strategy])
+                .args(["--probing", &cfg.client_probing]);
+        }
         match cfg.mode {
             Mode::BackToBack => client_cmd.args(["--mode", "back-to-back"]),
             Mode::Sporadic { period_ms } => {
@@ -959,7 +1006,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     if let Some(server) = &dns_server {
         // The orchestration updates the service's record.
         server.update(DST_CT_IP)?;
-    } else if !quic {
+    } else if same_ip {
         // COAT's flow update: the service's IP is reachable at the
         // destination node from now on.
         topo.move_same_ip(true)?;

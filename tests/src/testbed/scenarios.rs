@@ -258,6 +258,23 @@ pub fn all() -> Vec<Scenario> {
         });
     }
     for steering in [true, false] {
+        // QUIC with an unmodified client: quinn-proto without the extension
+        // follows nobody, so the service keeps its IP (as TCP's and UDP's).
+        let mut config = RunConfig::quic_same_ip_back_to_back(steering, Preset::None);
+        config.ballast_mb = 28;
+        out.push(Scenario {
+            name: format!("quic-same-ip-small-steering-{}", onoff(steering)),
+            description: format!(
+                "QUIC at the same IP (route moved after the restore), an unmodified client \
+                 (quinn-proto without the extension: RFC 9002 recovery only), back-to-back 1 kB \
+                 requests, cold, 28 MB container, steering {}",
+                onoff(steering)
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
+    for steering in [true, false] {
         // The bulk transfer: 1 MiB requests echoed back to back (a window's
         // worth of segments in flight in both directions when the dump
         // starts); the migration after 50 of them.
@@ -477,7 +494,7 @@ fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
         "config": {
             "protocol": c.protocol.name(),
             "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
-            "client_probing": if c.protocol == Protocol::Quic { Some(&c.client_probing) } else { None },
+            "client_probing": if matches!(c.protocol, Protocol::Quic | Protocol::QuicSameIp) { Some(&c.client_probing) } else { None },
             "agent_xdp_mode": if c.steering { Some(&c.agent_xdp_mode) } else { None },
             "steering": c.steering,
             "technique": c.technique.name(),
