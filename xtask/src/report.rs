@@ -538,6 +538,40 @@ fn failed_runs(r: &Results, md: &mut String) {
     }
 }
 
+/// Bulk TCP: the runs whose freeze fell in the upload (the client's segments
+/// held up) apart from those where only the echo was outstanding.
+fn freeze_hits(r: &Results, md: &mut String) {
+    let (upload, echo) = (
+        "disruption_ms_freeze_in_upload",
+        "disruption_ms_freeze_in_echo",
+    );
+    let bulk: Vec<&Scenario> = r
+        .testbed
+        .iter()
+        .filter(|s| s.stat(upload).is_some() || s.stat(echo).is_some())
+        .collect();
+    if bulk.is_empty() {
+        return;
+    }
+    md.push_str(
+        "\n## Bulk TCP: where the freeze hit\n\nFrom the client's send queue (SIOCOUTQ sampled every 250 us) at the source's network lock: \
+         upload: request bytes were unacknowledged (the client's segments were held up); echo: only the server's echo was outstanding. \
+         Disruption per kind, ms.\n\n| scenario | n upload | disruption, upload | n echo | disruption, echo |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for s in bulk {
+        let n = |k| s.stat(k).map_or(0, |st| st.n);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            s.name,
+            n(upload),
+            fmt_stat(s.stat(upload), 0),
+            n(echo),
+            fmt_stat(s.stat(echo), 0)
+        );
+    }
+}
+
 /// Steering on and off of each base name, in the order of first appearance.
 fn pairs(r: &Results) -> Vec<(&str, Option<&Scenario>, Option<&Scenario>)> {
     let mut order: Vec<&str> = Vec::new();
@@ -761,6 +795,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
 
     with_and_without(r, &mut md);
     failed_runs(r, &mut md);
+    freeze_hits(r, &mut md);
 
     // Sporadic: the service time of the first request after the migration (Fig. 4).
     let sporadic: Vec<&Scenario> = r.testbed.iter().filter(|s| s.mode == "sporadic").collect();

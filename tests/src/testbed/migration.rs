@@ -53,6 +53,9 @@ pub const PORT: u16 = 4433;
 /// The TCP (same-IP) service's port.
 pub const TCP_PORT: u16 = 5000;
 const SERVER_ID: &str = "7";
+/// Requests of this size and more are a bulk transfer: the TCP client
+/// watches its send queue (where the freeze hit).
+const BULK_BYTES: usize = 64 * 1024;
 
 /// What moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +414,9 @@ pub struct Run {
     /// Latency preset: frames its delay lines failed to pass on (0 is the
     /// only good value).
     pub delay_line_failures: u64,
+    /// Bulk TCP: whether the source's network lock fell while request bytes
+    /// were unacknowledged (upload) or only the echo was outstanding.
+    pub freeze_hit: Option<stats::FreezeHit>,
     pub requests_detail: Vec<Request>,
     pub work_dir: PathBuf,
 }
@@ -502,6 +508,7 @@ impl Run {
             },
             "lock_tables_removed": self.lock_tables_removed,
             "delay_line_failures": self.delay_line_failures,
+            "tcp_freeze_hit": self.freeze_hit.map(stats::FreezeHit::name),
         });
         if self.protocol == Protocol::TcpDns {
             // The DNS client's counts and times (ms since it started).
@@ -570,8 +577,10 @@ impl Run {
                 self.final_server
             )),
             Protocol::Tcp => s.push_str(&format!(
-                "\n               client TCP: {} segments retransmitted by the kernel",
+                "\n               client TCP: {} segments retransmitted by the kernel{}",
                 self.tcp_retransmits().map_or("?".into(), |v| v.to_string()),
+                self.freeze_hit
+                    .map_or(String::new(), |h| format!("; the freeze hit the {}", h.name())),
             )),
             Protocol::Udp => s.push_str(&format!(
                 "\n               client UDP: {} requests given up after the timeout, {} late echoes",
@@ -890,6 +899,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .args(["--size", &cfg.request_bytes.to_string()]);
         if udp {
             client_cmd.args(["--timeout-ms", &cfg.udp_timeout_ms.to_string()]);
+        } else if cfg.request_bytes >= BULK_BYTES {
+            client_cmd.arg("--watch-send-queue");
         }
     }
     client_cmd
@@ -1095,6 +1106,11 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     let post_resume =
         phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
     let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
+    // The moment the service's network stops: CRIU's network lock.
+    let freeze_hit = stats::FreezeHit::classify(
+        &std::fs::read_to_string(&client_err).unwrap_or_default(),
+        phase_time(&src_phases, "network-lock").unwrap_or(pre_dump),
+    );
     let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
     let (excess_wait_ms, long_gaps_ms) = stats::excess_and_long_gaps(&requests_detail);
     // What the client sent (its summary says when it stopped early).
@@ -1153,6 +1169,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         dst_phases,
         lock_tables_removed,
         delay_line_failures: topo.delay_failures(),
+        freeze_hit,
         requests_detail,
         work_dir: d.clone(),
     };

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{
     Bins,
     migration::{self, Mode, Protocol, Run, RunConfig, Technique},
-    stats::mean_ci95,
+    stats::{FreezeHit, mean_ci95},
     topology::Preset,
 };
 
@@ -369,6 +369,8 @@ pub fn summarize(runs: &[Run]) -> Value {
         "frames_replayed": frames(&|x| x.replayed),
         "frames_lost": frames(&|x| x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped),
         "client_ok": runs.iter().all(|r| r.client_ok),
+        "disruption_ms_freeze_in_upload": f(&|r| (r.freeze_hit == Some(FreezeHit::Upload)).then_some(r.disruption_ms)),
+        "disruption_ms_freeze_in_echo": f(&|r| (r.freeze_hit == Some(FreezeHit::Echo)).then_some(r.disruption_ms)),
     })
 }
 

@@ -192,6 +192,47 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
     (mean, t * (var / n as f64).sqrt())
 }
 
+/// Where a freeze hit a bulk TCP transfer (the client's `send-queue-busy`
+/// lines, `tcpecho`): while request bytes were unacknowledged (the client's
+/// segments were the ones held up: the upload) or while only the echo was
+/// outstanding (the server's segments: the echo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreezeHit {
+    Upload,
+    Echo,
+}
+
+impl FreezeHit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Upload => "upload",
+            Self::Echo => "echo",
+        }
+    }
+
+    /// `None` when the client watched nothing (or its watch failed).
+    pub fn classify(client_stderr: &str, freeze_at: f64) -> Option<Self> {
+        if client_stderr.contains("send-queue-watch-failed") {
+            return None;
+        }
+        let mut watched = false;
+        for line in client_stderr.lines() {
+            let Some(rest) = line.strip_prefix("send-queue-busy ") else {
+                continue;
+            };
+            let mut times = rest.split_whitespace().map(str::parse::<f64>);
+            let (Some(Ok(from)), Some(Ok(to))) = (times.next(), times.next()) else {
+                return None;
+            };
+            watched = true;
+            if from <= freeze_at && freeze_at <= to {
+                return Some(Self::Upload);
+            }
+        }
+        watched.then_some(Self::Echo)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +300,19 @@ mod tests {
         // s = 1, n = 3: 4.303 / sqrt(3)
         assert!((h - 4.303 / 3f64.sqrt()).abs() < 1e-9);
         assert_eq!(mean_ci95(&[5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn a_freeze_inside_a_busy_send_queue_hit_the_upload() {
+        let log = "send-queue-busy 10.0 10.5\nsend-queue-busy 11.0 11.5\nsummary requests=3\n";
+        assert_eq!(FreezeHit::classify(log, 10.2), Some(FreezeHit::Upload));
+        assert_eq!(FreezeHit::classify(log, 11.5), Some(FreezeHit::Upload));
+        assert_eq!(FreezeHit::classify(log, 10.7), Some(FreezeHit::Echo));
+        assert_eq!(FreezeHit::classify("summary requests=3\n", 10.2), None);
+        assert_eq!(
+            FreezeHit::classify("send-queue-watch-failed EBADF\n", 10.2),
+            None
+        );
+        assert_eq!(FreezeHit::classify("send-queue-busy 10.0 x\n", 10.2), None);
     }
 }

@@ -71,17 +71,25 @@ pub(super) fn ballast(mb: usize) -> Vec<u8> {
 /// Sends up to `count` requests of `size` bytes back to back over one
 /// connection, each after the previous echo arrived in full, and stops early
 /// once `stop` exists; one CSV row per request.
+/// With `watch_send_queue`, also prints `send-queue-busy FROM TO` (wall-clock
+/// seconds) for every stretch in which request bytes were unacknowledged:
+/// the testbed tells from them whether a freeze hit the upload or only the
+/// echo.
 pub fn client(
     server: SocketAddr,
     count: usize,
     size: usize,
     csv: &Path,
     stop: Option<&Path>,
+    watch_send_queue: bool,
 ) -> Result<()> {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))
         .with_context(|| format!("connecting to {server}"))?;
     stream.set_nodelay(true)?;
+    let watch = watch_send_queue
+        .then(|| SendQueueWatch::start(&stream))
+        .transpose()?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut out = super::stats::RequestCsv::create(csv, started)?;
     let mut echo = vec![0u8; size];
@@ -108,6 +116,16 @@ pub fn client(
         }
         out.row(index, sent, received, server)?;
     }
+    if let Some(watch) = watch {
+        match watch.stop() {
+            Ok(busy) => {
+                for (from, to) in busy {
+                    eprintln!("send-queue-busy {from:.6} {to:.6}");
+                }
+            }
+            Err(e) => eprintln!("send-queue-watch-failed {e:#}"),
+        }
+    }
     let info = tcp_info(&stream);
     eprintln!(
         "summary requests={sent} retransmits={} lost={} rto_us={}",
@@ -116,6 +134,65 @@ pub fn client(
         info.map_or("?".into(), |i| i.tcpi_rto.to_string()),
     );
     result
+}
+
+/// Samples the socket's send queue (SIOCOUTQ: bytes not yet acknowledged)
+/// every 250 us on a thread of its own, and keeps the stretches in which it
+/// was not empty.
+struct SendQueueWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<(f64, f64)>>>,
+}
+
+impl SendQueueWatch {
+    fn start(stream: &TcpStream) -> Result<Self> {
+        let probe = stream
+            .try_clone()
+            .context("a second handle for the send-queue watch")?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut busy = Vec::new();
+            let mut since: Option<f64> = None;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = super::now_s();
+                match (outq(&probe)? > 0, since) {
+                    (true, None) => since = Some(now),
+                    (false, Some(from)) => {
+                        busy.push((from, now));
+                        since = None;
+                    }
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_micros(250));
+            }
+            if let Some(from) = since {
+                busy.push((from, super::now_s()));
+            }
+            Ok(busy)
+        });
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) -> Result<Vec<(f64, f64)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(result) => result.context("SIOCOUTQ"),
+            Err(_) => bail!("the send-queue watch panicked"),
+        }
+    }
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer.
+fn outq(stream: &TcpStream) -> std::io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc == 0 {
+        Ok(n)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
@@ -148,7 +225,8 @@ pub fn main_client(args: &[String]) -> Result<()> {
     let size = arg(args, "--size")?.unwrap_or("1024").parse()?;
     let csv = arg(args, "--csv")?.context("--csv PATH")?;
     let stop = arg(args, "--stop-file")?.map(Path::new);
-    client(server, count, size, Path::new(csv), stop)
+    let watch = args.iter().any(|a| a == "--watch-send-queue");
+    client(server, count, size, Path::new(csv), stop, watch)
 }
 
 pub(super) fn arg<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
