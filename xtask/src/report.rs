@@ -572,6 +572,37 @@ fn freeze_hits(r: &Results, md: &mut String) {
     }
 }
 
+/// The latency preset's delay lines: whether they held their delay (frames
+/// more than 1 ms late, the latest) and what they lost, per scenario.
+fn delay_lines(r: &Results, md: &mut String) {
+    let shaped: Vec<&Scenario> = r
+        .testbed
+        .iter()
+        .filter(|s| s.stat("delay_line_max_late_ms").is_some())
+        .collect();
+    if shaped.is_empty() {
+        return;
+    }
+    md.push_str(
+        "\n## Delay lines (latency preset)\n\nPer run, over the whole run (the dump's image transfer included): frames that left more than 1 ms after their due time, \
+         the latest one, frames the kernel dropped before the delay line read them, frames it failed to send.\n\n\
+         | scenario | n | frames late > 1 ms | latest, ms | dropped | failed |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for s in shaped {
+        let st = |k| fmt_stat(s.stat(k), 1);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.name,
+            s.stat("delay_line_max_late_ms").map_or(0, |x| x.n),
+            st("delay_line_late_frames"),
+            st("delay_line_max_late_ms"),
+            st("delay_line_dropped"),
+            st("delay_line_failed"),
+        );
+    }
+}
+
 /// Steering on and off of each base name, in the order of first appearance.
 fn pairs(r: &Results) -> Vec<(&str, Option<&Scenario>, Option<&Scenario>)> {
     let mut order: Vec<&str> = Vec::new();
@@ -796,6 +827,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     with_and_without(r, &mut md);
     failed_runs(r, &mut md);
     freeze_hits(r, &mut md);
+    delay_lines(r, &mut md);
 
     // Sporadic: the service time of the first request after the migration (Fig. 4).
     let sporadic: Vec<&Scenario> = r.testbed.iter().filter(|s| s.mode == "sporadic").collect();

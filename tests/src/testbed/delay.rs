@@ -37,8 +37,48 @@ const MAX_FRAME: usize = 65_536;
 pub struct DelayLine {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    sockets: [Arc<Socket>; 2],
+    counts: Arc<Counts>,
+}
+
+/// What a delay line did to the frames it carried, so that a run can show
+/// its delay held (the dump's image transfer loads it most).
+#[derive(Default)]
+struct Counts {
     /// Frames that could not be sent (e.g. larger than the MTU).
-    pub failed: Arc<AtomicU64>,
+    failed: AtomicU64,
+    /// Frames sent, and how late after their due time: the largest lateness
+    /// and how many left more than [`LATE`] after it.
+    sent: AtomicU64,
+    max_late_us: AtomicU64,
+    late: AtomicU64,
+}
+
+/// A frame that leaves this much after its due time counts as late.
+const LATE: Duration = Duration::from_millis(1);
+
+/// A delay line's account (see [`DelayLine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DelayStats {
+    pub sent: u64,
+    pub failed: u64,
+    /// Frames the kernel dropped before the delay line read them (its
+    /// packet sockets' receive buffers were full: PACKET_STATISTICS).
+    pub dropped: u64,
+    pub late: u64,
+    pub max_late_us: u64,
+}
+
+impl DelayStats {
+    pub fn add(self, o: Self) -> Self {
+        Self {
+            sent: self.sent + o.sent,
+            failed: self.failed + o.failed,
+            dropped: self.dropped + o.dropped,
+            late: self.late + o.late,
+            max_late_us: self.max_late_us.max(o.max_late_us),
+        }
+    }
 }
 
 struct Socket {
@@ -157,11 +197,12 @@ impl DelayLine {
         let sa = Arc::new(packet_socket(ns, a).with_context(|| format!("delay line {a}"))?);
         let sb = Arc::new(packet_socket(ns, b).with_context(|| format!("delay line {b}"))?);
         let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
+        let sockets = [sa.clone(), sb.clone()];
         let mut threads = Vec::new();
         for (from, to, delay) in [(sa.clone(), sb.clone(), a_to_b), (sb, sa, b_to_a)] {
             let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-            let (stop_r, failed_r) = (stop.clone(), failed.clone());
+            let (stop_r, counts_r) = (stop.clone(), counts.clone());
             let to_r = to.clone();
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; MAX_FRAME];
@@ -170,9 +211,7 @@ impl DelayLine {
                         continue;
                     };
                     if delay.is_zero() {
-                        if !send(&to_r, &buf[..n]) {
-                            failed_r.fetch_add(1, Ordering::Relaxed);
-                        }
+                        counts_r.sent(send(&to_r, &buf[..n]), Duration::ZERO);
                     } else if tx
                         .send((Instant::now() + delay, buf[..n].to_vec()))
                         .is_err()
@@ -181,7 +220,7 @@ impl DelayLine {
                     }
                 }
             }));
-            let failed_w = failed.clone();
+            let counts_w = counts.clone();
             threads.push(std::thread::spawn(move || {
                 // Frames leave in arrival order, each at its due time.
                 while let Ok((due, frame)) = rx.recv() {
@@ -189,17 +228,71 @@ impl DelayLine {
                     if due > now {
                         std::thread::sleep(due - now);
                     }
-                    if !send(&to, &frame) {
-                        failed_w.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let late = Instant::now().saturating_duration_since(due);
+                    counts_w.sent(send(&to, &frame), late);
                 }
             }));
         }
         Ok(Self {
             stop,
             threads,
-            failed,
+            sockets,
+            counts,
         })
+    }
+
+    /// The account so far. Reading the kernel's drop counters resets them:
+    /// each call reports the drops since the previous one.
+    pub fn stats(&self) -> DelayStats {
+        let c = &self.counts;
+        DelayStats {
+            sent: c.sent.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dropped: self.sockets.iter().map(|s| kernel_drops(s)).sum(),
+            late: c.late.load(Ordering::Relaxed),
+            max_late_us: c.max_late_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counts {
+    fn sent(&self, ok: bool, late: Duration) {
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if late > LATE {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+        self.max_late_us
+            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Frames the kernel dropped on `sock` since the last call
+/// (PACKET_STATISTICS, which resets on read). A failed call counts as
+/// `u64::MAX`: an unknown drop count must not read as none.
+fn kernel_drops(sock: &Socket) -> u64 {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt into a tpacket_stats of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        u64::from(st.tp_drops)
+    } else {
+        u64::MAX
     }
 }
 

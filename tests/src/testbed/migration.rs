@@ -37,6 +37,7 @@ use super::{
     Bins, WorkDir,
     agent::{Agent, hook_command, write_hook},
     criu::{self, dir_bytes, phase_time, read_phases},
+    delay::DelayStats,
     dns, now_s,
     proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
@@ -413,7 +414,8 @@ pub struct Run {
     pub lock_tables_removed: Vec<String>,
     /// Latency preset: frames its delay lines failed to pass on (0 is the
     /// only good value).
-    pub delay_line_failures: u64,
+    /// The delay lines' account (latency preset only).
+    pub delay_line: Option<DelayStats>,
     /// Bulk TCP: whether the source's network lock fell while request bytes
     /// were unacknowledged (upload) or only the echo was outstanding.
     pub freeze_hit: Option<stats::FreezeHit>,
@@ -450,6 +452,15 @@ impl Run {
     }
 
     pub fn to_json(&self) -> Value {
+        let delay_line = self.delay_line.map(|d| {
+            json!({
+                "frames": d.sent,
+                "failed": d.failed,
+                "dropped": d.dropped,
+                "late_over_1ms": d.late,
+                "max_late_us": d.max_late_us,
+            })
+        });
         let phases = |p: &[(String, f64)]| -> Value {
             p.iter()
                 .map(|(a, t)| json!({"action": a, "time_s": t}))
@@ -507,7 +518,7 @@ impl Run {
                 "restore": phases(&self.dst_phases),
             },
             "lock_tables_removed": self.lock_tables_removed,
-            "delay_line_failures": self.delay_line_failures,
+            "delay_line": delay_line,
             "tcp_freeze_hit": self.freeze_hit.map(stats::FreezeHit::name),
         });
         if self.protocol == Protocol::TcpDns {
@@ -1168,7 +1179,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         src_phases,
         dst_phases,
         lock_tables_removed,
-        delay_line_failures: topo.delay_failures(),
+        delay_line: topo.delay_stats(),
         freeze_hit,
         requests_detail,
         work_dir: d.clone(),

@@ -369,6 +369,10 @@ pub fn summarize(runs: &[Run]) -> Value {
         "frames_replayed": frames(&|x| x.replayed),
         "frames_lost": frames(&|x| x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped),
         "client_ok": runs.iter().all(|r| r.client_ok),
+        "delay_line_dropped": f(&|r| r.delay_line.map(|d| d.dropped as f64)),
+        "delay_line_failed": f(&|r| r.delay_line.map(|d| d.failed as f64)),
+        "delay_line_late_frames": f(&|r| r.delay_line.map(|d| d.late as f64)),
+        "delay_line_max_late_ms": f(&|r| r.delay_line.map(|d| d.max_late_us as f64 / 1e3)),
         "disruption_ms_freeze_in_upload": f(&|r| (r.freeze_hit == Some(FreezeHit::Upload)).then_some(r.disruption_ms)),
         "disruption_ms_freeze_in_echo": f(&|r| (r.freeze_hit == Some(FreezeHit::Echo)).then_some(r.disruption_ms)),
     })

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 
 use std::time::Duration;
 
-use super::delay::DelayLine;
+use super::delay::{DelayLine, DelayStats};
 use crate::{NetNs, netns::mac_of, veth_pair};
 
 pub const CLIENT_IP: &str = "10.60.0.2";
@@ -251,12 +251,12 @@ impl Topology {
         Ok(t)
     }
 
-    /// Frames the delay lines could not pass on (0 without delay lines).
-    pub fn delay_failures(&self) -> u64 {
+    /// What the delay lines did (`None` without delay lines).
+    pub fn delay_stats(&self) -> Option<DelayStats> {
         self.delays
             .iter()
-            .map(|d| d.failed.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
+            .map(DelayLine::stats)
+            .reduce(DelayStats::add)
     }
 
     /// All namespace names, for messages.
