@@ -254,6 +254,11 @@ pub struct ServiceSpec {
     /// to the agent's `--replay-rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_rate: Option<u64>,
+    /// The container the service runs in (a runtime's container id, or a
+    /// short id of 12 hex digits or more): the CRIU hook finds the service
+    /// by it when a runtime (runc, podman) runs CRIU (`migr_user::container`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,7 +290,14 @@ pub struct PhaseArgs {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CriuArgs {
-    pub service: ServiceRef,
+    /// The service; without it, `container_ids` find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// The ids the dumped or restored container's cgroups name
+    /// (`container::ids_in_cgroups`); a container no service is registered
+    /// for is left alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_ids: Vec<String>,
     /// `CRTOOLS_SCRIPT_ACTION`.
     pub action: String,
     /// The hook gives up (and CRIU goes on) after this many milliseconds; a
@@ -419,6 +431,17 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
         )));
     }
     validate_name(&spec.name)?;
+    if let Some(c) = &spec.container
+        && (c.is_empty()
+            || c.len() > 128
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(ApiError::bad(format!(
+            "container {c:?}: give the runtime's container id (letters, digits, - _ ., at most 128)"
+        )));
+    }
     for (i, rule) in spec.rules.iter().enumerate() {
         let at = format!("rule {} ({:?} {})", i + 1, rule.proto, rule.addr);
         if rule.addr.port() == 0 {

@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::net::UnixStream,
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -85,6 +85,10 @@ enum Command {
     /// CRIU action script: maps CRTOOLS_SCRIPT_ACTION to a phase of one service.
     #[command(long_about = CRIU_HOOK_HELP)]
     CriuHook(CriuHookArgs),
+    /// Make CRIU run migrctl as its action script when a container runtime
+    /// (runc, podman) drives it, or undo that; other lines of the file stay as they are.
+    #[command(subcommand)]
+    CriuConfig(CriuConfigCommand),
     /// Send one raw JSON request line and print the response (for debugging).
     Raw { request: String },
 }
@@ -97,9 +101,32 @@ const CRIU_HOOK_HELP: &str = "CRIU action script: maps CRTOOLS_SCRIPT_ACTION to 
   anything else              -> nothing (the agent is not contacted)\n\n\
 The service comes from --service, MIGR_SERVICE, or the config file (--config, MIGR_CRIU_CONFIG, \
 or /etc/migr/criu-hook.conf; lines `service = NAME`, `socket = PATH`, `strict = true`, `timeout_ms = N`).\n\
+Without a service named there, the hook finds the service registered for the container CRIU \
+works on (`migrctl service add --container ID`) from the cgroups of CRTOOLS_INIT_PID, as runc \
+and podman run CRIU (`migrctl criu-config install` makes them run this hook); at pre-restore, \
+where CRIU gives no PID, setup-namespaces moves the service to restoring instead. A container \
+no service is registered for is left alone.\n\
 If the agent cannot be reached, or refuses, the hook says so on stderr and exits 0, so the \
 migration goes on without migr (as it would without migr installed); with --strict (or \
 MIGR_CRIU_STRICT=1, or `strict = true`) it exits 1 and CRIU aborts the dump or restore.";
+
+#[derive(Subcommand)]
+enum CriuConfigCommand {
+    /// Add `action-script MIGRCTL` (and a marker line) to CRIU's config file.
+    Install {
+        /// CRIU's config file for RPC mode (runc and podman on runc read this one).
+        #[arg(long, default_value = "/etc/criu/runc.conf")]
+        file: PathBuf,
+        /// The action script (default: this migrctl).
+        #[arg(long)]
+        script: Option<PathBuf>,
+    },
+    /// Take out exactly the lines `install` added.
+    Remove {
+        #[arg(long, default_value = "/etc/criu/runc.conf")]
+        file: PathBuf,
+    },
+}
 
 #[derive(Subcommand)]
 enum ServiceCommand {
@@ -187,6 +214,11 @@ struct AddArgs {
     /// Pace of backlog replays in frames per second, 0 for unpaced (default: the agent's).
     #[arg(long)]
     replay_rate: Option<u64>,
+    /// The container it runs in (the runtime's container id, or a short id
+    /// of 12+ hex digits): `migrctl criu-hook` under runc or podman finds the
+    /// service by it.
+    #[arg(long, value_name = "ID")]
+    container: Option<String>,
     /// Take the whole spec as JSON from FILE (or - for stdin), as in docs/control-api.md.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "name"])]
     from_json: Option<PathBuf>,
@@ -358,6 +390,7 @@ pub fn main() -> i32 {
         Command::Stats { json } => stats(&client, json),
         Command::Status => status(&client),
         Command::Raw { request } => client.raw(&request).map(|line| print!("{line}")),
+        Command::CriuConfig(cmd) => criu_config(cmd),
     };
     match result {
         Ok(()) => 0,
@@ -531,6 +564,7 @@ fn add_spec(a: AddArgs) -> Result<ServiceSpec, CtlError> {
         park_limit,
         drain_ms: a.drain_ms,
         replay_rate: a.replay_rate,
+        container: a.container,
     };
     // Catch what the agent would refuse before sending (same checks).
     api::validate_spec(&spec).map_err(|e| CtlError::usage(e.message))?;
@@ -827,6 +861,38 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 // ---------------------------------------------------------------------------
+// CRIU config file
+
+fn criu_config(cmd: CriuConfigCommand) -> Result<(), CtlError> {
+    let (file, script) = match cmd {
+        CriuConfigCommand::Install { file, script } => {
+            let script = match script {
+                Some(s) => s,
+                None => std::env::current_exe()
+                    .map_err(|e| CtlError::refused(format!("where this migrctl is: {e}")))?,
+            };
+            let meta = std::fs::metadata(&script)
+                .map_err(|e| CtlError::usage(format!("{}: {e}", script.display())))?;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                return Err(CtlError::usage(format!(
+                    "{}: not an executable file",
+                    script.display()
+                )));
+            }
+            let script = script
+                .to_str()
+                .ok_or_else(|| CtlError::usage("the script's path is not UTF-8"))?
+                .to_string();
+            (file, Some(script))
+        }
+        CriuConfigCommand::Remove { file } => (file, None),
+    };
+    let done = crate::criu_config::apply(&file, script.as_deref()).map_err(CtlError::refused)?;
+    println!("{done}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // CRIU hook
 
 #[derive(Args, Default)]
@@ -908,7 +974,9 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
         );
         return EXIT_USAGE;
     };
-    if !HOOKED_ACTIONS.contains(&action.as_str()) {
+    // Under a container runtime the hook also acts at setup-namespaces: the
+    // first restore action at which it can tell the container.
+    if !HOOKED_ACTIONS.contains(&action.as_str()) && action != "setup-namespaces" {
         // Not a phase boundary: return at once, without contacting the agent.
         return 0;
     }
@@ -938,16 +1006,32 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
         None => HookConfig::default(),
     };
     let strict = args.strict || env_strict || config.strict;
-    let Some(service) = args
+    let service = args
         .service
         .clone()
         .or_else(|| std::env::var("MIGR_SERVICE").ok())
-        .or(config.service.clone())
-    else {
-        eprintln!(
-            "migr criu-hook: no service: give --service, MIGR_SERVICE or `service =` in the config file"
-        );
-        return if strict { EXIT_REFUSED } else { 0 };
+        .or(config.service.clone());
+    // Without a named service: the container CRIU works on, from its init's
+    // cgroups (runc and podman set CRTOOLS_INIT_PID; it is empty at
+    // pre-restore, where setup-namespaces stands in).
+    let container_ids = match &service {
+        Some(_) if action == "setup-namespaces" => return 0,
+        Some(_) => Vec::new(),
+        None => match container_of_init() {
+            Ok(Some(ids)) => ids,
+            Ok(None) => {
+                eprintln!(
+                    "migr criu-hook: {action}: no service named (--service, MIGR_SERVICE, `service =`) \
+                     and no container known at this action (CRTOOLS_INIT_PID empty); nothing to do; hook {} us",
+                    hook_us(started)
+                );
+                return 0;
+            }
+            Err(e) => {
+                eprintln!("migr criu-hook: {action}: {e}");
+                return if strict { EXIT_REFUSED } else { 0 };
+            }
+        },
     };
     let client = match (&config.socket, socket_given) {
         (Some(sock), false) => Client::new(
@@ -962,12 +1046,22 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
         ),
     };
     let deadline_ms = client.timeout.as_millis() as u64;
-    match client.call(
-        "criu",
-        json!({ "service": service_arg(&service), "action": action, "deadline_ms": deadline_ms }),
-    ) {
+    let request = match &service {
+        Some(service) => {
+            json!({ "service": service_arg(service), "action": action, "deadline_ms": deadline_ms })
+        }
+        None => {
+            json!({ "container_ids": container_ids, "action": action, "deadline_ms": deadline_ms })
+        }
+    };
+    match client.call("criu", request) {
         Ok(v) => {
             match serde_json::from_value::<PhaseResult>(v) {
+                Ok(r) if r.service.is_empty() => eprintln!(
+                    "migr criu-hook: {}; hook {} us",
+                    r.note.unwrap_or_default(),
+                    hook_us(started)
+                ),
                 Ok(r) if r.unchanged => eprintln!(
                     "migr criu-hook: {action}: {} stays {} ({}); hook {} us",
                     r.service,
@@ -1012,6 +1106,22 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
             }
         }
     }
+}
+
+/// The container ids named by the cgroups of CRIU's `CRTOOLS_INIT_PID`;
+/// `None` when CRIU gave no PID (at pre-restore).
+fn container_of_init() -> Result<Option<Vec<String>>, String> {
+    let pid = match std::env::var("CRTOOLS_INIT_PID") {
+        Ok(p) if !p.trim().is_empty() => p,
+        _ => return Ok(None),
+    };
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("CRTOOLS_INIT_PID {pid:?} is not a PID"))?;
+    let path = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    Ok(Some(crate::container::ids_in_cgroups(&text)))
 }
 
 #[cfg(test)]

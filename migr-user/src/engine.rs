@@ -1073,6 +1073,20 @@ impl Engine {
                 ),
             ));
         }
+        if let Some(key) = &spec.container
+            && let Some(other) = self
+                .services
+                .values()
+                .find(|s| s.spec.container.as_ref() == Some(key))
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "container {key:?} belongs to service {:?} already",
+                    other.spec.name
+                ),
+            ));
+        }
         for rule in &spec.rules {
             let (key, _) = listener_for(rule, spec.id);
             for other in self.services.values() {
@@ -1325,7 +1339,44 @@ impl Engine {
     }
 
     fn criu(&mut self, args: CriuArgs, received: Instant) -> Result<PhaseResult, ApiError> {
-        let id = self.resolve(&args.service)?;
+        let id = match &args.service {
+            Some(r) => self.resolve(r)?,
+            None if args.container_ids.is_empty() => {
+                return Err(ApiError::bad(
+                    "criu needs a service, or the container's ids (container_ids)",
+                ));
+            }
+            None => {
+                let mut found = self.services.iter().filter(|(_, svc)| {
+                    svc.spec
+                        .container
+                        .as_deref()
+                        .is_some_and(|key| crate::container::names(key, &args.container_ids))
+                });
+                match (found.next(), found.next()) {
+                    (Some((id, _)), None) => *id,
+                    (None, _) => {
+                        return Ok(PhaseResult {
+                            service: String::new(),
+                            from: String::new(),
+                            to: String::new(),
+                            unchanged: true,
+                            datapath: String::new(),
+                            latency_us: received.elapsed().as_micros() as u64,
+                            note: Some(format!(
+                                "{}: no service is registered for this container",
+                                args.action
+                            )),
+                        });
+                    }
+                    (Some((a, _)), Some((b, _))) => {
+                        return Err(ApiError::bad(format!(
+                            "services {a} and {b} are both registered for this container"
+                        )));
+                    }
+                }
+            }
+        };
         if let Some(ms) = args.deadline_ms
             && received.elapsed() > Duration::from_millis(ms)
         {

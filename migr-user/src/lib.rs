@@ -2,6 +2,8 @@
 pub mod agent;
 pub mod api;
 pub mod btf_fixup;
+pub mod container;
+pub mod criu_config;
 pub mod ctl;
 pub mod datapath;
 pub mod early_joins;

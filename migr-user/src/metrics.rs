@@ -316,6 +316,7 @@ mod tests {
                     park_limit: None,
                     drain_ms: None,
                     replay_rate: None,
+                    container: None,
                 },
                 state: "frozen".into(),
                 role: None,

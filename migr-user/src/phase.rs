@@ -571,7 +571,10 @@ pub const CRIU_ACTIONS: [&str; 13] = [
 /// - `network-unlock` while frozen → `abort`: on the dump side CRIU only
 ///   unlocks the network when the dumped tasks keep running here (the dump
 ///   failed, a post-dump script refused, or `--leave-running`).
-/// - `pre-restore` (first action of `criu restore`) → `restoring`.
+/// - `pre-restore` (first action of `criu restore`) → `restoring`; so does
+///   `setup-namespaces`, the first restore action under a container runtime
+///   at which the hook can tell the container (`CRTOOLS_INIT_PID` is empty
+///   at `pre-restore`).
 /// - `post-resume` (the restored tasks run, the network lock is gone) → `restored`.
 /// - everything else: nothing.
 pub fn criu_decision(action: &str, state: State) -> CriuDecision {
@@ -582,6 +585,10 @@ pub fn criu_decision(action: &str, state: State) -> CriuDecision {
             "network-unlock on the restore side: restored follows at post-resume",
         ),
         "pre-restore" => CriuDecision::Phase(PhaseCommand::Restoring),
+        "setup-namespaces" if state == State::Restoring => {
+            CriuDecision::Ignore("setup-namespaces: already restoring")
+        }
+        "setup-namespaces" => CriuDecision::Phase(PhaseCommand::Restoring),
         "post-resume" => CriuDecision::Phase(PhaseCommand::Restored),
         "post-dump" => CriuDecision::Ignore(
             "post-dump: the service stays frozen until the orchestrator reports restored (or abort)",
@@ -812,15 +819,17 @@ mod tests {
             criu_decision("post-resume", State::Restoring),
             Phase(PhaseCommand::Restored)
         );
-        for ignored in [
-            "post-dump",
-            "post-restore",
-            "pre-resume",
-            "setup-namespaces",
-            "x",
-        ] {
+        for ignored in ["post-dump", "post-restore", "pre-resume", "x"] {
             assert!(matches!(criu_decision(ignored, State::Frozen), Ignore(_)));
         }
+        assert_eq!(
+            criu_decision("setup-namespaces", State::Idle),
+            Phase(PhaseCommand::Restoring)
+        );
+        assert!(matches!(
+            criu_decision("setup-namespaces", State::Restoring),
+            Ignore(_)
+        ));
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! `cargo xtask demo`: the live-migration demo on the testbed
 //! (docs/testbed.md). After `cargo xtask setup` (CRIU 4.1.1 and the tools)
 //! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
-//! `migr-testbed demo`: the six-namespace topology, one back-to-back QUIC
-//! migration of `migr-echo server` with real CRIU (P-Explicit client, cold
-//! dump and restore into a new IP) with migr, then the same as users have it
-//! without migr (no datapath, a client with QUIC's own loss recovery), a
-//! short summary of each, and everything torn down again.
+//! `migr-testbed demo`: the six-namespace topology, a QUIC and a plain UDP
+//! service each moved by real CRIU (cold, same IP) with clients that know
+//! nothing of migr, once with migr and once as users have it without
+//! (no datapath), a short summary of each, and everything torn down again.
 
 use std::time::Instant;
 

@@ -70,7 +70,7 @@ pub struct DelayStats {
 }
 
 impl DelayStats {
-    pub fn add(self, o: Self) -> Self {
+    pub fn combined(self, o: Self) -> Self {
         Self {
             sent: self.sent + o.sent,
             failed: self.failed + o.failed,

@@ -256,7 +256,7 @@ impl Topology {
         self.delays
             .iter()
             .map(DelayLine::stats)
-            .reduce(DelayStats::add)
+            .reduce(DelayStats::combined)
     }
 
     /// All namespace names, for messages.
