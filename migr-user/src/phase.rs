@@ -586,7 +586,7 @@ pub fn criu_decision(action: &str, state: State) -> CriuDecision {
         ),
         "pre-restore" => CriuDecision::Phase(PhaseCommand::Restoring),
         "setup-namespaces" if state == State::Restoring => {
-            CriuDecision::Ignore("setup-namespaces: already restoring")
+            CriuDecision::Ignore("already restoring")
         }
         "setup-namespaces" => CriuDecision::Phase(PhaseCommand::Restoring),
         "post-resume" => CriuDecision::Phase(PhaseCommand::Restored),

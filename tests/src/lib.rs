@@ -4,6 +4,8 @@
 //! Every namespace is named `migr-t<pid>-<n>-<tag>` and deleted on drop, so a
 //! failing (panicking) test cleans up too. Processes started in a namespace are
 //! killed by PID when it is dropped.
+// A testbed run's JSON record (`json!`) nests deeper than the default limit.
+#![recursion_limit = "256"]
 pub mod agent_harness;
 pub mod corpus;
 pub mod fixture;

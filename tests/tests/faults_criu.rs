@@ -137,7 +137,7 @@ fn write_hook(path: &Path, phases: &Path, agent: Option<&Agent>, fail_at: Option
         phases.display()
     );
     if let Some(agent) = agent {
-        let hook = agent.hook_command(SERVICE);
+        let hook = agent.hook_command(Some(SERVICE));
         text.push_str(hook.strip_prefix("exec ").unwrap_or(&hook));
         text.push('\n');
     }

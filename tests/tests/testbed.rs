@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use migr_tests::testbed::{
     self, Bins, Preset, Run, RunConfig,
     migration::{self, PORT, TCP_PORT},
+    placement::Runtime,
     topology::{DST_CT_IP, SAME_IP},
 };
 
@@ -202,4 +203,82 @@ fn udp_same_ip_migration_keeps_an_unmodified_clients_requests() {
         "the client waited out its 1 s timeout: {:.1} ms",
         off.disruption_ms
     );
+}
+
+/// Real runc containers (docs/containers.md): runc checkpoints and restores,
+/// driving CRIU over RPC; the hook comes from the bundle's CRIU config file
+/// and finds the service by container (`--container`). TCP with
+/// `--tcp-established`, plain UDP without retries and an unmodified QUIC
+/// client, each at the same IP: nothing lost, and the client waits no
+/// longer than the downtime plus one round trip plus 5 ms, beyond the time
+/// the testbed's orchestration takes to move the route once the container
+/// runs again (`flow_moved_after_resume_ms`, outside migr).
+#[test]
+fn runc_containers_move_with_steering_and_lose_nothing() {
+    for config in [
+        RunConfig::tcp_back_to_back,
+        RunConfig::udp_back_to_back,
+        RunConfig::quic_same_ip_back_to_back,
+    ] {
+        let mut cfg = config(true, Preset::None);
+        cfg.runtime = Runtime::Runc;
+        cfg.ballast_mb = 8;
+        let run = run(cfg);
+        let what = run.label.clone();
+        assert!(
+            run.client_ok,
+            "{what}: the client failed: {:?}",
+            run.client_error
+        );
+        assert_eq!(run.lost, 0, "{what}: requests without a response");
+        let src = run.src_frames.as_ref().expect("source agent counters");
+        assert!(
+            src.parked > 0,
+            "{what}: the hook froze the service by its container: {src:?}"
+        );
+        assert_eq!(src.replayed, src.parked, "{what}: {src:?}");
+        for f in [src, run.dst_frames.as_ref().expect("destination counters")] {
+            assert_eq!(
+                f.overflow + f.replay_failed + f.park_failed + f.forward_failed + f.dropped,
+                0,
+                "{what}: {f:?}"
+            );
+        }
+        let bound = run.downtime_ms + run.median_service_ms + 5.0 + run.flow_moved_after_resume_ms;
+        assert!(
+            run.disruption_ms <= bound,
+            "{what}: disruption {:.1} ms > downtime {:.1} + RTT {:.2} + 5 + route move {:.1} ms",
+            run.disruption_ms,
+            run.downtime_ms,
+            run.median_service_ms,
+            run.flow_moved_after_resume_ms
+        );
+    }
+}
+
+/// migr installed (agents attached, the hook in CRIU's config) and a runc
+/// container it has no service for: the hook says so and leaves it alone,
+/// the migration goes on as without migr (TCP recovers by retransmission).
+#[test]
+fn a_runc_container_without_a_service_passes_untouched() {
+    let mut cfg = RunConfig::tcp_back_to_back(true, Preset::None);
+    cfg.runtime = Runtime::Runc;
+    cfg.registered = false;
+    cfg.ballast_mb = 8;
+    cfg.keep_files = true;
+    let run = run(cfg);
+    let dump_log = std::fs::read_to_string(run.work_dir.join("dump.log")).unwrap_or_default();
+    let restore_log = std::fs::read_to_string(run.work_dir.join("restore.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&run.work_dir);
+    assert!(run.client_ok, "the client failed: {:?}", run.client_error);
+    assert_eq!(run.lost, 0);
+    assert!(run.src_frames.is_none(), "no service, no counters");
+    for (log, action) in [(&dump_log, "pre-dump"), (&restore_log, "post-resume")] {
+        assert!(
+            log.contains(&format!(
+                "migr criu-hook: {action}: no service is registered for this container"
+            )),
+            "CRIU's log shows the hook leaving the container alone at {action}:\n{log}"
+        );
+    }
 }

@@ -145,6 +145,7 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
             "--ballast-mb",
             "--technique",
             "--ttl",
+            "--runtime",
         ],
         &["--keep", "--quiet"],
     )?;
@@ -196,6 +197,9 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
         None | Some("cold") => {}
         Some("post-copy-local") => cfg.technique = migration::Technique::PostCopyLocal,
         Some(other) => bail!("--technique cold|post-copy-local, not {other:?}"),
+    }
+    if let Some(r) = o.value("--runtime")? {
+        cfg.runtime = migr_tests::testbed::placement::Runtime::parse(r)?;
     }
     if let Some(n) = o.value("--ballast-mb")? {
         cfg.ballast_mb = n.parse().context("--ballast-mb")?;

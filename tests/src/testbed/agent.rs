@@ -145,7 +145,7 @@ impl Agent {
     }
 
     /// The shell command that hands a CRIU action to this node's agent.
-    pub fn hook_command(&self, service: &str) -> String {
+    pub fn hook_command(&self, service: Option<&str>) -> String {
         hook_command(&self.ctl, &self.socket, service)
     }
 }
@@ -153,10 +153,12 @@ impl Agent {
 /// `migrctl criu-hook` for the agent at `socket`. Without migr the testbed
 /// runs the very same command against a socket where no agent listens (a
 /// node with migr installed and not running): both arms then pay the same
-/// script start, and what steering adds is measured alone.
-pub fn hook_command(ctl: &Path, socket: &Path, service: &str) -> String {
+/// script start, and what steering adds is measured alone. Without a
+/// service the hook finds it by container (under a runtime).
+pub fn hook_command(ctl: &Path, socket: &Path, service: Option<&str>) -> String {
+    let service = service.map_or(String::new(), |s| format!(" --service '{s}'"));
     format!(
-        "exec '{}' --socket '{}' criu-hook --service '{service}'",
+        "exec '{}' --socket '{}' criu-hook{service}",
         ctl.display(),
         socket.display()
     )

@@ -138,17 +138,25 @@ pub fn restore(
     ))
 }
 
-/// Deletes the `inet CRIU-…` tables CRIU's nftables network lock leaves in
-/// `ns` (a dumped namespace keeps its lock: it drops every packet). Returns
-/// the names removed.
+/// Deletes the tables CRIU's network lock leaves in `ns` (a dumped
+/// namespace keeps its lock: it drops every packet): `inet CRIU-…` (the
+/// nftables lock), and under runc an `ip`/`ip6` `filter` table holding a
+/// `CRIU` chain (its iptables lock; the testbed's containers have no rules
+/// of their own). Returns the names removed.
 pub fn remove_lock_tables(ns: &NetNs) -> Result<Vec<String>> {
     let list = ns.exec(&["nft", "list", "tables"])?;
     let mut removed = Vec::new();
     for line in list.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["table", family, name] = words[..]
-            && name.starts_with("CRIU")
-        {
+        let ["table", family, name] = words[..] else {
+            continue;
+        };
+        let lock = name.starts_with("CRIU")
+            || (name == "filter"
+                && ns
+                    .exec(&["nft", "list", "table", family, name])
+                    .is_ok_and(|t| t.contains("chain CRIU")));
+        if lock {
             ns.exec(&["nft", "delete", "table", family, name])?;
             removed.push(format!("{family} {name}"));
         }

@@ -39,7 +39,8 @@ use super::{
     criu::{self, dir_bytes, phase_time, read_phases},
     delay::DelayStats,
     dns, now_s,
-    proc::{Adopted, Proc, Spawn, become_subreaper, pid_free},
+    placement::{CONTAINER_ID, Files, Placement, Runtime},
+    proc::{Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
     topology::{
         DST_CT_IP, DST_NODE_IP, DST_UPLINK, Preset, ROUTER_CLIENT_IP, SAME_IP, SRC_CT_IP,
@@ -172,6 +173,13 @@ pub struct RunConfig {
     /// UDP: how long the client waits for an echo before it gives the
     /// request up.
     pub udp_timeout_ms: u64,
+    /// What checkpoints the service: CRIU on a bare process, or runc on a
+    /// container (same-IP moves only).
+    pub runtime: Runtime,
+    /// With steering: whether the service is registered with the agents.
+    /// `false`: migr is installed (agents attached, the hook runs) but knows
+    /// nothing of this service, which must pass untouched.
+    pub registered: bool,
 }
 
 impl RunConfig {
@@ -202,6 +210,8 @@ impl RunConfig {
             dns_ttl_s: 5,
             pool_size: 1,
             udp_timeout_ms: 1000,
+            runtime: Runtime::Criu,
+            registered: true,
         }
     }
 
@@ -270,7 +280,8 @@ impl RunConfig {
 
     fn label(&self) -> String {
         format!(
-            "{}-{}-{}-{}-{}-{}",
+            "{}-{}-{}-{}-{}-{}-{}",
+            self.runtime.name(),
             self.protocol.name(),
             self.technique.name(),
             self.mode.name(),
@@ -383,6 +394,10 @@ pub struct Run {
     /// From the orchestrator starting `criu dump` to the source agent
     /// forwarding (steering off: to post-resume).
     pub total_migration_ms: f64,
+    /// From CRIU's post-resume to the orchestration having moved the flow
+    /// (route or DNS record) and told the source's agent: the testbed's own
+    /// reaction time, outside migr.
+    pub flow_moved_after_resume_ms: f64,
     /// From pre-dump (the announcement) to the client's acknowledgement.
     pub announce_to_ack_ms: f64,
     /// The service's own downtime: from the server's last answer before the
@@ -490,6 +505,7 @@ impl Run {
             "transfer_ms": self.transfer_ms,
             "restore_ms": self.restore_ms,
             "total_migration_ms": self.total_migration_ms,
+            "flow_moved_after_resume_ms": self.flow_moved_after_resume_ms,
             "announce_to_ack_ms": self.announce_to_ack_ms,
             "service_downtime_ms": self.service_gap.map(|g| g.ms),
             "last_answer_before_pre_dump_ms": self.service_gap.map(|g| g.last_answer_before_pre_dump_ms),
@@ -641,6 +657,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     if tcp_dns && cfg.steering {
         bail!("the TCP+DNS baseline runs without steering");
     }
+    let runc = cfg.runtime == Runtime::Runc;
+    if runc && !same_ip {
+        bail!("under runc the testbed moves services at the same IP (tcp, udp, quic-same-ip)");
+    }
+    if runc && cfg.technique != Technique::Cold {
+        bail!("under runc the testbed runs cold migrations only");
+    }
     let label = cfg.label();
     let mut dir = WorkDir::new(&cfg.work_base, &label)?;
     dir.keep = cfg.keep_files;
@@ -674,59 +697,75 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         let src = Agent::start(bins, &topo.src, SRC_UPLINK, mode, &d, "src")?;
         let dst = Agent::start(bins, &topo.dst, DST_UPLINK, mode, &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
-        let base = ["service", "add", "--id", "1", "--name", SERVICE];
+        let base: &[&str] = if runc {
+            &[
+                "service",
+                "add",
+                "--id",
+                "1",
+                "--name",
+                SERVICE,
+                "--container",
+                CONTAINER_ID,
+            ]
+        } else {
+            &["service", "add", "--id", "1", "--name", SERVICE]
+        };
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
         let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
         let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic && same_ip {
             (
                 [
-                    &base[..],
+                    base,
                     &["--quic", &old],
                     &quic_rule,
                     &["--forward-mode", "same-ip"],
                     &forward,
                 ]
                 .concat(),
-                [&base[..], &["--quic", &new], &quic_rule].concat(),
+                [base, &["--quic", &new], &quic_rule].concat(),
             )
         } else if quic {
             (
                 [
-                    &base[..],
+                    base,
                     &["--quic", &old],
                     &quic_rule,
                     &["--forward-to", &new],
                     &forward,
                 ]
                 .concat(),
-                [&base[..], &["--quic", &new], &quic_rule].concat(),
+                [base, &["--quic", &new], &quic_rule].concat(),
             )
         } else {
             let rule = if udp { "--udp" } else { "--tcp" };
             (
-                [
-                    &base[..],
-                    &[rule, &old, "--forward-mode", "same-ip"],
-                    &forward,
-                ]
-                .concat(),
-                [&base[..], &[rule, &new]].concat(),
+                [base, &[rule, &old, "--forward-mode", "same-ip"], &forward].concat(),
+                [base, &[rule, &new]].concat(),
             )
         };
-        src.ok(&src_args)?;
-        dst.ok(&dst_args)?;
-        src.phase(SERVICE, "prepare", &[])?;
-        dst.phase(SERVICE, "prepare", &[])?;
-        say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
+        if cfg.registered {
+            src.ok(&src_args)?;
+            dst.ok(&dst_args)?;
+            src.phase(SERVICE, "prepare", &[])?;
+            dst.phase(SERVICE, "prepare", &[])?;
+            say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
+        } else {
+            say("migr-agent on both edge nodes, no service registered".into());
+        }
         Some((src, dst))
     } else {
         None
     };
+    // The agents that know the service (all of them unless it is unregistered).
+    let managed = agents.as_ref().filter(|_| cfg.registered);
 
     // The service, in the source container.
-    let cert = d.join("cert.der");
-    let ctl_file = d.join("server.ctl");
-    let server_log = d.join("server.log");
+    let files = Files::new(cfg.runtime, &d)?;
+    let cert = files.host.join("cert.der");
+    let ctl_file = files.host.join("server.ctl");
+    let server_log = files.host.join("server.log");
+    let server_err = files.host.join("server.err");
     let mut server_cmd;
     if quic {
         server_cmd = Command::new(&bins.echo);
@@ -744,7 +783,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
                 },
             ])
             .arg("--cert-out")
-            .arg(&cert)
+            .arg(files.inside.join("cert.der"))
             .args([
                 "--server-id",
                 SERVER_ID,
@@ -755,7 +794,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             ])
             .args(["--server-id-len", "2"])
             .arg("--control-file")
-            .arg(&ctl_file);
+            .arg(files.inside.join("server.ctl"));
         if cfg.strategy == "poa" {
             server_cmd.args(["--pool", &pool(&new, cfg.pool_size)]);
         }
@@ -773,21 +812,26 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         server_cmd.args([server, "--listen", &listen]);
         server_cmd.args(["--ballast-mb", &cfg.ballast_mb.to_string()]);
     }
-    let mut server = Proc::spawn(
-        "the server",
-        &mut server_cmd,
-        Spawn {
-            netns: Some(topo.src_ct.name()),
-            setsid: true,
-            stdout: Some(&server_log),
-            stderr: Some(&d.join("server.err")),
-        },
+    let program = std::path::PathBuf::from(server_cmd.get_program());
+    let args: Vec<String> = server_cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let placement = Placement::new(
+        cfg.runtime,
+        &d,
+        &program,
+        &args,
+        &files,
+        (&topo.src_ct, &src_hook),
+        (&topo.dst_ct, &dst_hook),
     )?;
+    let mut server = placement.start(server_cmd, &topo.src_ct, &files)?;
     wait_until(Duration::from_secs(20), "the server to listen", || {
-        if let Some(status) = server.try_exit() {
+        if let Some(status) = server.exited() {
             bail!(
-                "the server exited with {status}: {}",
-                std::fs::read_to_string(d.join("server.err")).unwrap_or_default()
+                "the server exited ({status}): {}",
+                std::fs::read_to_string(&server_err).unwrap_or_default()
             );
         }
         Ok(file_has(&server_log, "listening") && (!quic || cert.exists()))
@@ -813,13 +857,14 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         )
     });
     let (src_then, dst_then) = match &agents {
+        // Under a runtime the hook finds the service by container.
         Some((src, dst)) => (
-            Some(src.hook_command(SERVICE)),
-            Some(dst.hook_command(SERVICE)),
+            Some(src.hook_command((!runc).then_some(SERVICE))),
+            Some(dst.hook_command((!runc).then_some(SERVICE))),
         ),
         None => {
             let nowhere = d.join("no-agent.sock");
-            let idle = hook_command(&bins.ctl, &nowhere, SERVICE);
+            let idle = hook_command(&bins.ctl, &nowhere, (!runc).then_some(SERVICE));
             (Some(idle.clone()), Some(idle))
         }
     };
@@ -949,7 +994,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     ));
 
     // The migration.
-    if let Some((_, dst)) = &agents {
+    if let Some((_, dst)) = managed {
         dst.phase(SERVICE, "restoring", &[])?;
     }
     // TCP+DNS: the connection cannot survive the new IP; CRIU dumps it and
@@ -963,18 +1008,15 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     };
     let t_start = now_s();
     let images = d.join("images-src");
-    let dump = criu::dump(
+    let dump_seconds = placement.dump(
         bins,
-        server_pid,
+        &mut server,
         &topo.src_ct,
         &images,
         &src_hook,
         &d.join("dump.log"),
         criu_extra,
     )?;
-    // CRIU killed the dumped tree; reap it here, so that its PID is free
-    // for the restore at once.
-    server.wait_exit(Duration::from_secs(5))?;
     if announce.is_some() && !file_has(&server_log, "migration-acknowledged") {
         bail!(
             "the client did not acknowledge the announcement:\n{}",
@@ -1013,37 +1055,42 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         })?;
         restore_extra.push("--lazy-pages");
     }
-    let (restore, restored_pid) = criu::restore(
+    // Once the restored service runs (CRIU's post-resume; runc returns
+    // some tens of ms later) the orchestration moves the flow and tells the
+    // source's agent.
+    let mut t_forward = now_s();
+    let mut resumed = || -> Result<()> {
+        if let Some(server) = &dns_server {
+            // The orchestration updates the service's record.
+            server.update(DST_CT_IP)?;
+        } else if same_ip {
+            // COAT's flow update: the service's IP is reachable at the
+            // destination node from now on.
+            topo.move_same_ip(true)?;
+        }
+        t_forward = now_s();
+        if let Some((src, _)) = managed {
+            src.phase(SERVICE, "restored", &[])?;
+            t_forward = now_s();
+        }
+        Ok(())
+    };
+    let (restore_seconds, mut restored) = placement.restore(
         bins,
         &images_dst,
         &topo.dst_ct,
-        &dst_hook,
+        (&dst_hook, &dst_phases_file),
         &d.join("restore.log"),
         &restore_extra,
+        &mut resumed,
     )?;
-    let mut restored = Adopted {
-        name: "the restored server".into(),
-        pid: restored_pid,
-    };
-    if let Some(server) = &dns_server {
-        // The orchestration updates the service's record.
-        server.update(DST_CT_IP)?;
-    } else if same_ip {
-        // COAT's flow update: the service's IP is reachable at the
-        // destination node from now on.
-        topo.move_same_ip(true)?;
-    }
-    let mut t_forward = now_s();
-    if let Some((src, _)) = &agents {
-        src.phase(SERVICE, "restored", &[])?;
-        t_forward = now_s();
-    }
+    let restored_pid = restored.pid();
     let mut lock_tables_removed = criu::remove_lock_tables(&topo.src_ct)?;
     lock_tables_removed.extend(criu::remove_lock_tables(&topo.dst_ct)?);
     say(format!(
         "dumped in {:.0} ms, copied in {transfer_ms:.0} ms, restored in {:.0} ms into the destination container (PID {restored_pid})",
-        dump.seconds * 1e3,
-        restore.seconds * 1e3
+        dump_seconds * 1e3,
+        restore_seconds * 1e3
     ));
 
     // The rest of the requests, then the numbers.
@@ -1088,7 +1135,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         p.wait_exit(Duration::from_secs(60))?;
         lazy_done = Some(now_s());
     }
-    if let Some((src, _)) = &agents {
+    if let Some((src, _)) = managed {
         src.phase(SERVICE, "done", &["--drain-ms", "100"])?;
     }
     let requests_detail = stats::read_requests(&csv)?;
@@ -1101,7 +1148,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             .collect::<Vec<_>>()
             .join("; ")
     });
-    let (src_frames, dst_frames) = match &agents {
+    let (src_frames, dst_frames) = match managed {
         Some((src, dst)) => (
             Some(Frames::from_stats(&src.service(SERVICE)?)),
             Some(Frames::from_stats(&dst.service(SERVICE)?)),
@@ -1153,6 +1200,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         transfer_ms,
         restore_ms: (post_resume - pre_restore) * 1e3,
         total_migration_ms: (t_forward.max(post_resume) - t_start) * 1e3,
+        flow_moved_after_resume_ms: (t_forward - post_resume) * 1e3,
         announce_to_ack_ms: (acknowledged - pre_dump) * 1e3,
         service_gap: ServiceGap::from_log(&server_log, pre_dump, post_resume),
         disruption_ms,

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{
     Bins,
     migration::{self, Mode, Protocol, Run, RunConfig, Technique},
+    placement::Runtime,
     stats::{FreezeHit, mean_ci95},
     topology::Preset,
 };
@@ -274,6 +275,34 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
+    // Real runc containers (runc drives CRIU over RPC; the hook comes from
+    // the bundle's CRIU config file and finds the service by container):
+    // the same-IP moves with unmodified clients.
+    for (proto, config) in [
+        (
+            "tcp",
+            RunConfig::tcp_back_to_back as fn(bool, Preset) -> RunConfig,
+        ),
+        ("udp", RunConfig::udp_back_to_back),
+        ("quic-same-ip", RunConfig::quic_same_ip_back_to_back),
+    ] {
+        for steering in [true, false] {
+            let mut config = config(steering, Preset::None);
+            config.ballast_mb = 28;
+            config.runtime = Runtime::Runc;
+            out.push(Scenario {
+                name: format!("runc-{proto}-b2b-small-steering-{}", onoff(steering)),
+                description: format!(
+                    "a runc container (busybox rootfs, runc checkpoint and restore, the hook \
+                     from the bundle's CRIU config file) moved at the same IP with an \
+                     unmodified {proto} client, back to back, cold, 28 MB, steering {}",
+                    onoff(steering)
+                ),
+                config,
+                default_runs: 10,
+            });
+        }
+    }
     for steering in [true, false] {
         // The bulk transfer: 1 MiB requests echoed back to back (a window's
         // worth of segments in flight in both directions when the dump
@@ -499,6 +528,7 @@ fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
         "description": scenario.description,
         "config": {
             "protocol": c.protocol.name(),
+            "runtime": c.runtime.name(),
             "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
             "client_probing": if matches!(c.protocol, Protocol::Quic | Protocol::QuicSameIp) { Some(&c.client_probing) } else { None },
             "agent_xdp_mode": if c.steering { Some(&c.agent_xdp_mode) } else { None },
