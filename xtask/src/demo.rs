@@ -2,9 +2,10 @@
 //! (docs/testbed.md). After `cargo xtask setup` (CRIU 4.1.1 and the tools)
 //! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
 //! `migr-testbed demo`: the six-namespace topology, a QUIC and a plain UDP
-//! service each moved by real CRIU (cold, same IP) with clients that know
-//! nothing of migr, once with migr and once as users have it without
-//! (no datapath), a short summary of each, and everything torn down again.
+//! service, each in a runc container, moved by runc checkpoint and restore
+//! (CRIU, cold, same IP) with clients that know nothing of migr, once with
+//! migr and once as users have it without (no datapath), a short summary of
+//! each, and everything torn down again.
 
 use std::time::Instant;
 

@@ -336,10 +336,12 @@ fn demo() -> Result<()> {
     let bins = bins()?;
     let started = Instant::now();
     println!(
-        "[demo] two services, each moved once with migr and once as users have it today \
-         (no datapath), by a cold CRIU dump and restore at the same IP, with clients that know \
-         nothing of migr: a QUIC client (quinn-proto, no extension, QUIC's own loss recovery) \
-         and a plain UDP request/response client that gives a request up after 1 s"
+        "[demo] two services in runc containers, each moved once with migr and once as users \
+         have it today (no datapath): runc checkpoint and restore (CRIU, cold) at the same IP, \
+         migr's hook in the bundle's CRIU config file finding the service by container, and \
+         clients that know nothing of migr: a QUIC client (quinn-proto, no extension, QUIC's \
+         own loss recovery) and a plain UDP request/response client that gives a request up \
+         after 1 s"
     );
     let mut pairs = Vec::new();
     for (title, config) in [
@@ -349,9 +351,13 @@ fn demo() -> Result<()> {
         ),
         ("UDP, unmodified client", RunConfig::udp_back_to_back),
     ] {
-        let on = migration::run(&bins, &config(true, Preset::None))?;
+        let in_runc = |steering| RunConfig {
+            runtime: migr_tests::testbed::placement::Runtime::Runc,
+            ..config(steering, Preset::None)
+        };
+        let on = migration::run(&bins, &in_runc(true))?;
         println!("[demo] {title}, with migr: {}", on.summary());
-        let off = migration::run(&bins, &config(false, Preset::None))?;
+        let off = migration::run(&bins, &in_runc(false))?;
         println!("[demo] {title}, without migr: {}", off.summary());
         pairs.push((title, on, off));
     }
