@@ -259,6 +259,12 @@ pub struct ServiceSpec {
     /// by it when a runtime (runc, podman) runs CRIU (`migr_user::container`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// After a same-IP move, the destination announces the service's
+    /// addresses when it is restored (gratuitous ARP, unsolicited neighbour
+    /// advertisements: `migr_user::announce`), so that an L2 segment's
+    /// neighbours send to the new node at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announce: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

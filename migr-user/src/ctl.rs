@@ -219,6 +219,11 @@ struct AddArgs {
     /// service by it.
     #[arg(long, value_name = "ID")]
     container: Option<String>,
+    /// When restored at its new node, announce the service's addresses
+    /// there (gratuitous ARP / unsolicited NA, 5 rounds over 0.5 s): for
+    /// same-IP moves on an L2 segment.
+    #[arg(long)]
+    announce: bool,
     /// Take the whole spec as JSON from FILE (or - for stdin), as in docs/control-api.md.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "name"])]
     from_json: Option<PathBuf>,
@@ -565,6 +570,7 @@ fn add_spec(a: AddArgs) -> Result<ServiceSpec, CtlError> {
         drain_ms: a.drain_ms,
         replay_rate: a.replay_rate,
         container: a.container,
+        announce: a.announce,
     };
     // Catch what the agent would refuse before sending (same checks).
     api::validate_spec(&spec).map_err(|e| CtlError::usage(e.message))?;

@@ -1311,6 +1311,17 @@ impl Engine {
         }
         let name = svc.spec.name.clone();
         let pending = svc.spool.pending();
+        if !outcome.unchanged
+            && outcome.to == State::Restored
+            && svc.machine.role == Some(crate::phase::Role::Destination)
+            && svc.spec.announce
+        {
+            let mut addrs: Vec<std::net::IpAddr> =
+                svc.spec.rules.iter().map(|r| r.addr.ip()).collect();
+            addrs.sort();
+            addrs.dedup();
+            crate::announce::spawn(name.clone(), self.cfg.ifaces.clone(), addrs);
+        }
         if outcome.unchanged {
             tracing::info!(service = %name, id, phase = cmd.name(), state = outcome.to.name(), via,
                 "phase command: already there");

@@ -317,6 +317,7 @@ mod tests {
                     drain_ms: None,
                     replay_rate: None,
                     container: None,
+                    announce: false,
                 },
                 state: "frozen".into(),
                 role: None,

@@ -217,3 +217,141 @@ fn criu_config_install_and_remove_keep_an_operators_file() {
     assert_eq!(std::fs::read(&file).unwrap(), original);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The address moves with the container: with `--announce`, the
+/// destination's agent announces the service's address when the service is
+/// restored there (gratuitous ARP, five rounds), and a neighbour on the L2
+/// segment that still had the old node's MAC for it switches to this node.
+#[test]
+fn a_restored_service_announces_its_address_to_the_segment() {
+    let t = Topology::new(false, &[]);
+    let a = &t.src_agent;
+    // The client's side of the link stands for the segment's router: it
+    // believes the service's address lives at some other MAC.
+    let old_mac = "02:00:00:00:00:99";
+    t.client
+        .exec(&[
+            "ip", "neigh", "replace", SRC_IP, "lladdr", old_mac, "dev", "v-cs", "nud", "stale",
+        ])
+        .unwrap();
+    let own_mac = t.src.exec(&["cat", "/sys/class/net/v-sc/address"]).unwrap();
+    let listener = ArpListener::open(&t.client, "v-cs");
+    let addr = format!("{SRC_IP}:{PORT}");
+    a.ok(&[
+        "service",
+        "add",
+        "--id",
+        "1",
+        "--name",
+        "web",
+        "--udp",
+        &addr,
+        "--announce",
+    ]);
+    for phase in ["prepare", "restoring", "restored"] {
+        a.phase("web", phase);
+    }
+    let garps = listener.count_gratuitous(
+        SRC_IP.parse().unwrap(),
+        std::time::Duration::from_millis(900),
+    );
+    assert_eq!(garps, 5, "five announcement rounds");
+    let neigh = t
+        .client
+        .exec(&["ip", "neigh", "show", SRC_IP, "dev", "v-cs"])
+        .unwrap();
+    assert!(
+        neigh.contains(own_mac.trim()),
+        "the neighbour entry moved to the restored node's MAC {}: {neigh}",
+        own_mac.trim()
+    );
+    // Without --announce nothing is sent.
+    let quiet = ArpListener::open(&t.client, "v-cs");
+    let other = format!("{SRC_IP}:{}", PORT + 1);
+    a.ok(&[
+        "service", "add", "--id", "2", "--name", "quiet", "--udp", &other,
+    ]);
+    for phase in ["prepare", "restoring", "restored"] {
+        a.phase("quiet", phase);
+    }
+    assert_eq!(
+        quiet.count_gratuitous(
+            SRC_IP.parse().unwrap(),
+            std::time::Duration::from_millis(700)
+        ),
+        0
+    );
+}
+
+/// A packet socket in a namespace that counts gratuitous ARPs.
+struct ArpListener {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ArpListener {
+    fn open(ns: &migr_tests::NetNs, dev: &str) -> Self {
+        use std::os::fd::FromRawFd as _;
+        let dev = dev.to_string();
+        let fd = ns
+            .run(move || {
+                // SAFETY: socket(2) with constant arguments (ETH_P_ARP).
+                let fd = unsafe {
+                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (0x0806u16).to_be() as i32)
+                };
+                assert!(
+                    fd >= 0,
+                    "packet socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                let name = std::ffi::CString::new(dev).unwrap();
+                // SAFETY: a zeroed sockaddr_ll, filled in; bind of the right size.
+                unsafe {
+                    let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                    addr.sll_family = libc::AF_PACKET as u16;
+                    addr.sll_protocol = (0x0806u16).to_be();
+                    addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                    let rc = libc::bind(
+                        fd,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                    let timeout = libc::timeval {
+                        tv_sec: 0,
+                        tv_usec: 50_000,
+                    };
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        (&timeout as *const libc::timeval).cast(),
+                        size_of::<libc::timeval>() as u32,
+                    );
+                }
+                fd
+            })
+            .unwrap();
+        // SAFETY: a descriptor just created and owned here.
+        Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        }
+    }
+
+    /// ARP frames whose sender and target address are both `ip`, seen
+    /// within `window`.
+    fn count_gratuitous(&self, ip: std::net::Ipv4Addr, window: std::time::Duration) -> usize {
+        use std::os::fd::AsRawFd as _;
+        let end = std::time::Instant::now() + window;
+        let mut seen = 0;
+        let mut buf = [0u8; 128];
+        while std::time::Instant::now() < end {
+            // SAFETY: recv into a buffer we own.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 42 && buf[28..32] == ip.octets() && buf[38..42] == ip.octets() {
+                seen += 1;
+            }
+        }
+        seen
+    }
+}

@@ -697,20 +697,11 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         let src = Agent::start(bins, &topo.src, SRC_UPLINK, mode, &d, "src")?;
         let dst = Agent::start(bins, &topo.dst, DST_UPLINK, mode, &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
-        let base: &[&str] = if runc {
-            &[
-                "service",
-                "add",
-                "--id",
-                "1",
-                "--name",
-                SERVICE,
-                "--container",
-                CONTAINER_ID,
-            ]
-        } else {
-            &["service", "add", "--id", "1", "--name", SERVICE]
-        };
+        let mut base = vec!["service", "add", "--id", "1", "--name", SERVICE];
+        if runc {
+            base.extend(["--container", CONTAINER_ID]);
+        }
+        let base = &base[..];
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
         let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
         let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic && same_ip {
