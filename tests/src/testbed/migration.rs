@@ -658,8 +658,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         bail!("the TCP+DNS baseline runs without steering");
     }
     let runc = cfg.runtime == Runtime::Runc;
-    if runc && !same_ip {
-        bail!("under runc the testbed moves services at the same IP (tcp, udp, quic-same-ip)");
+    if runc && tcp_dns {
+        bail!("the TCP+DNS baseline runs without containers");
     }
     if runc && cfg.technique != Technique::Cold {
         bail!("under runc the testbed runs cold migrations only");

@@ -303,6 +303,32 @@ pub fn all() -> Vec<Scenario> {
             });
         }
     }
+    // QUIC to a new IP from a runc container (the restore's bundle puts it
+    // into the destination's namespace): migr's datapath and client against
+    // the baseline (no datapath, an RFC 9002 client).
+    for (suffix, steering, probing) in [
+        ("steering-on", true, "fast"),
+        ("baseline", false, "rfc9002"),
+    ] {
+        let mut config = RunConfig::back_to_back(steering, Preset::None);
+        config.ballast_mb = 28;
+        config.runtime = Runtime::Runc;
+        config.client_probing = probing.into();
+        out.push(Scenario {
+            name: format!("runc-quic-b2b-p-explicit-small-{suffix}"),
+            description: format!(
+                "a runc container moved to a new IP (P-Explicit, back to back, cold, 28 MB): \
+                 {}",
+                if steering {
+                    "migr's datapath and the migr-quic client"
+                } else {
+                    "no datapath and a client with QUIC's own loss recovery (RFC 9002): the baseline"
+                }
+            ),
+            config,
+            default_runs: 10,
+        });
+    }
     for steering in [true, false] {
         // The bulk transfer: 1 MiB requests echoed back to back (a window's
         // worth of segments in flight in both directions when the dump
