@@ -107,21 +107,21 @@ pub fn spawn(service: String, ifaces: Vec<String>, addrs: Vec<IpAddr>) {
                     Ok(n) => tracing::info!(service = %service, iface = %iface, round = round + 1,
                         frames = n, "announced the service's addresses"),
                     Err(e) => tracing::warn!(service = %service, iface = %iface, round = round + 1,
-                        error = %e, "announcing the service's addresses failed"),
+                        error = %format!("{e:#}"), "announcing the service's addresses failed"),
                 }
             }
         }
     });
 }
 
-fn send_round(iface: &str, addrs: &[IpAddr]) -> std::io::Result<usize> {
+fn send_round(iface: &str, addrs: &[IpAddr]) -> anyhow::Result<usize> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let mac = crate::netdev::if_mac(iface).map_err(std::io::Error::other)?;
-    let index = ifindex(iface)?;
+    let mac = crate::netdev::if_mac(iface)?;
+    let index = crate::netdev::if_index(iface)?;
     // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error().into());
     }
     // SAFETY: a descriptor we just got.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -145,21 +145,11 @@ fn send_round(iface: &str, addrs: &[IpAddr]) -> std::io::Result<usize> {
             )
         };
         if n != frame.len() as isize {
-            return Err(std::io::Error::last_os_error());
+            return Err(std::io::Error::last_os_error().into());
         }
         sent += 1;
     }
     Ok(sent)
-}
-
-fn ifindex(iface: &str) -> std::io::Result<u32> {
-    let name = std::ffi::CString::new(iface)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in the name"))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error()),
-        i => Ok(i),
-    }
 }
 
 #[cfg(test)]

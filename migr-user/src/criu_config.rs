@@ -4,8 +4,8 @@
 //! (`/etc/criu/runc.conf` for runc and for podman on runc). `migrctl
 //! criu-config install` appends two lines, a marker comment and the
 //! `action-script` line; `remove` takes exactly those out again, so that an
-//! operator's own file comes back byte for byte. Pure text in, text out: the
-//! command does the file I/O.
+//! operator's own file comes back byte for byte. [`install`] and [`remove`]
+//! are pure (text in, text out); [`apply`] does the file I/O.
 
 /// How the file looked before the lines were added, written into the marker
 /// so that `remove` can restore it exactly.

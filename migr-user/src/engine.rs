@@ -45,7 +45,7 @@ use crate::{
     },
     early_joins::EarlyJoins,
     forward_path::{self, EgressFacts, ForwardPathChoice},
-    netdev::{if_link, if_mac},
+    netdev::{if_index, if_link, if_mac},
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     spool::{Spool, StoredFrame},
@@ -1710,16 +1710,6 @@ fn forward_target(spec: &ServiceSpec, resolved: Option<ResolvedForward>) -> Forw
         } as u8,
         _pad: [0; 3],
     }
-}
-
-fn if_index(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface)?;
-    // SAFETY: a valid C string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("no interface {iface:?} in this network namespace");
-    }
-    Ok(idx)
 }
 
 /// The state of a service's forward interface (see `ServiceStatus::forward_link`).

@@ -56,6 +56,17 @@ pub fn if_link(iface: &str) -> Option<(bool, bool)> {
     Some((up, up && carrier))
 }
 
+/// The index of `iface` in the current network namespace.
+pub fn if_index(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {iface:?} in this network namespace");
+    }
+    Ok(idx)
+}
+
 /// The MAC address of `iface` (SIOCGIFHWADDR).
 pub fn if_mac(iface: &str) -> Result<[u8; 6]> {
     let (sock, mut req) = request(iface)?;

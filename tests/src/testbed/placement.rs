@@ -178,7 +178,7 @@ impl Placement {
                     &self.work.join("runc-run.log"),
                 )?;
                 Ok(Service::Container {
-                    runc: Runc::new(&self.work.join("runc-src"))?,
+                    runc: node.runc.clone(),
                     pid,
                 })
             }
@@ -264,7 +264,7 @@ impl Placement {
                 Ok((
                     seconds,
                     Service::Container {
-                        runc: Runc::new(&self.work.join("runc-dst"))?,
+                        runc: node.runc.clone(),
                         pid,
                     },
                 ))

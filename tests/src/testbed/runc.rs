@@ -23,6 +23,7 @@ pub const FILES: &str = "/files";
 
 /// One node's runc: its own state directory (`runc --root`), so that both
 /// nodes can hold a container of the same id.
+#[derive(Clone)]
 pub struct Runc {
     root: PathBuf,
 }
