@@ -704,37 +704,23 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         let base = &base[..];
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
         let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
-        let (src_args, dst_args): (Vec<&str>, Vec<&str>) = if quic && same_ip {
-            (
-                [
-                    base,
-                    &["--quic", &old],
-                    &quic_rule,
-                    &["--forward-mode", "same-ip"],
-                    &forward,
-                ]
-                .concat(),
-                [base, &["--quic", &new], &quic_rule].concat(),
-            )
-        } else if quic {
-            (
-                [
-                    base,
-                    &["--quic", &old],
-                    &quic_rule,
-                    &["--forward-to", &new],
-                    &forward,
-                ]
-                .concat(),
-                [base, &["--quic", &new], &quic_rule].concat(),
-            )
+        // How the service's packets are recognised, and where they go once
+        // it has left the source: the same address at its new node, or the
+        // new address.
+        let (rule, rule_extra): (&str, &[&str]) = if quic {
+            ("--quic", &quic_rule)
+        } else if udp {
+            ("--udp", &[])
         } else {
-            let rule = if udp { "--udp" } else { "--tcp" };
-            (
-                [base, &[rule, &old, "--forward-mode", "same-ip"], &forward].concat(),
-                [base, &[rule, &new]].concat(),
-            )
+            ("--tcp", &[])
         };
+        let moved: [&str; 2] = if same_ip {
+            ["--forward-mode", "same-ip"]
+        } else {
+            ["--forward-to", &new]
+        };
+        let src_args = [base, &[rule, &old], rule_extra, &moved, &forward].concat();
+        let dst_args = [base, &[rule, &new], rule_extra].concat();
         if cfg.registered {
             src.ok(&src_args)?;
             dst.ok(&dst_args)?;
