@@ -311,6 +311,11 @@ pub struct CriuArgs {
     /// phase lands after CRIU has moved past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// `CRTOOLS_INIT_PID`: the dumped or restored tree's init. A local
+    /// replay watches the UDP sockets of its network namespace and waits
+    /// while they are full (`migr_user::socket_room`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -653,6 +658,15 @@ pub struct ReplayStats {
     /// Frames whose replay may not have happened: the agent was killed
     /// between marking and replaying them (at most one per kill).
     pub uncertain_frames: u64,
+    /// Datagrams the service's UDP sockets dropped (receive buffer full)
+    /// while frames were replayed into them: read from their namespace's
+    /// `/proc/PID/net/udp` when CRIU named the restored process
+    /// (`migr_user::socket_room`). Replayed, then lost at the socket.
+    #[serde(default)]
+    pub socket_drops: u64,
+    /// Times a local replay waited for the service to read its socket.
+    #[serde(default)]
+    pub socket_waits: u64,
 }
 
 /// Everything about one service.

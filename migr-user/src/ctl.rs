@@ -756,6 +756,12 @@ fn print_service(st: &ServiceStatus) {
             String::new()
         }
     );
+    if r.socket_waits + r.socket_drops > 0 {
+        println!(
+            "  sockets   the replay waited {} times for the service to read; its sockets dropped {} datagrams (buffer full)",
+            r.socket_waits, r.socket_drops
+        );
+    }
     if let Some(l) = st.last_phase_latency_us {
         println!("  latency   last phase change reached the datapath in {l} us");
     }
@@ -1052,7 +1058,7 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
         ),
     };
     let deadline_ms = client.timeout.as_millis() as u64;
-    let request = match &service {
+    let mut request = match &service {
         Some(service) => {
             json!({ "service": service_arg(service), "action": action, "deadline_ms": deadline_ms })
         }
@@ -1060,6 +1066,10 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
             json!({ "container_ids": container_ids, "action": action, "deadline_ms": deadline_ms })
         }
     };
+    // The restored process: a local replay waits while its sockets are full.
+    if let Ok(Some(pid)) = init_pid() {
+        request["init_pid"] = json!(pid);
+    }
     match client.call("criu", request) {
         Ok(v) => {
             match serde_json::from_value::<PhaseResult>(v) {
@@ -1114,17 +1124,24 @@ fn criu_hook(args: &CriuHookArgs, client: &Client, socket_given: bool) -> i32 {
     }
 }
 
+/// CRIU's `CRTOOLS_INIT_PID`; `None` when CRIU gave none (at pre-restore).
+fn init_pid() -> Result<Option<u32>, String> {
+    match std::env::var("CRTOOLS_INIT_PID") {
+        Ok(p) if !p.trim().is_empty() => p
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("CRTOOLS_INIT_PID {p:?} is not a PID")),
+        _ => Ok(None),
+    }
+}
+
 /// The container ids named by the cgroups of CRIU's `CRTOOLS_INIT_PID`;
 /// `None` when CRIU gave no PID (at pre-restore).
 fn container_of_init() -> Result<Option<Vec<String>>, String> {
-    let pid = match std::env::var("CRTOOLS_INIT_PID") {
-        Ok(p) if !p.trim().is_empty() => p,
-        _ => return Ok(None),
+    let Some(pid) = init_pid()? else {
+        return Ok(None);
     };
-    let pid: u32 = pid
-        .trim()
-        .parse()
-        .map_err(|_| format!("CRTOOLS_INIT_PID {pid:?} is not a PID"))?;
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
     Ok(Some(crate::container::ids_in_cgroups(&text)))

@@ -48,6 +48,7 @@ use crate::{
     netdev::{if_index, if_link, if_mac},
     parkring::{ParkRing, Peek},
     phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
+    socket_room::SocketWatch,
     spool::{Spool, StoredFrame},
     statefile::StateFile,
     tables::mptcp_token,
@@ -223,6 +224,11 @@ struct Service {
     limit: ParkLimit,
     last_latency_us: Option<u64>,
     replay_run: Option<ReplayRun>,
+    /// The restored process CRIU named (`CRTOOLS_INIT_PID`), whose
+    /// namespace's sockets a local replay watches; not persisted (after a
+    /// restart the replay goes on paced by the token bucket alone).
+    init_pid: Option<u32>,
+    socket_watch: Option<SocketWatch>,
 }
 
 impl Service {
@@ -409,6 +415,8 @@ impl Engine {
                 limit,
                 last_latency_us: ps.last_latency_us,
                 replay_run: None,
+                init_pid: None,
+                socket_watch: None,
             };
             if let Some(mark) = ps.spool_mark {
                 catch_up_totals(&mut svc, mark, recovered.uncertain);
@@ -844,12 +852,32 @@ impl Engine {
             };
             let action = svc.machine.target_action();
             let rate = svc.spec.replay_rate.unwrap_or(self.cfg.replay_rate);
-            let run = svc.replay_run.get_or_insert_with(|| ReplayRun {
-                started: Instant::now(),
-                replayed_before: svc.totals.replay.replayed_frames,
-            });
+            if svc.replay_run.is_none() {
+                // A new replay: watch the sockets of the process CRIU named now.
+                svc.socket_watch = None;
+                svc.replay_run = Some(ReplayRun {
+                    started: Instant::now(),
+                    replayed_before: svc.totals.replay.replayed_frames,
+                });
+            }
             let mut allowed = budget;
-            if rate > 0 {
+            // A local replay into sockets it can watch goes as fast as the
+            // service reads; otherwise the token bucket paces it.
+            let room = if action == Action::Pass {
+                socket_room(svc)
+            } else {
+                usize::MAX
+            };
+            if room == 0 {
+                // The service has not read what it got yet.
+                svc.totals.replay.socket_waits += 1;
+                let due = Instant::now() + SOCKET_FULL_RETRY;
+                self.next_replay_at = Some(self.next_replay_at.map_or(due, |t| t.min(due)));
+                continue;
+            }
+            allowed = allowed.min(room);
+            let run = svc.replay_run.as_ref().expect("set above");
+            if rate > 0 && room == usize::MAX {
                 // Token bucket: `burst` at once, then `rate` per second.
                 let elapsed = run.started.elapsed().as_secs_f64();
                 let done = svc.totals.replay.replayed_frames + svc.totals.replay.failed_frames
@@ -873,6 +901,10 @@ impl Engine {
             let Some(dps) = svc.machine.backlog_drained(now) else {
                 continue;
             };
+            if action == Action::Pass {
+                // Drops the last frames caused, for the record.
+                socket_room(svc);
+            }
             if let Some(run) = svc.replay_run.take() {
                 let frames = svc.totals.replay.replayed_frames + svc.totals.replay.failed_frames
                     - run.replayed_before;
@@ -1145,6 +1177,8 @@ impl Engine {
             limit,
             last_latency_us: None,
             replay_run: None,
+            init_pid: None,
+            socket_watch: None,
         };
         if let Err(e) = self.install(&svc) {
             let _ = self.uninstall(&svc);
@@ -1401,6 +1435,11 @@ impl Engine {
                 ),
             ));
         }
+        if let Some(pid) = args.init_pid
+            && let Some(svc) = self.services.get_mut(&id)
+        {
+            svc.init_pid = Some(pid);
+        }
         let state = self.services[&id].machine.state;
         match criu_decision(&args.action, state) {
             CriuDecision::Phase(cmd) => self.apply_phase(
@@ -1566,6 +1605,64 @@ fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
 /// Replays up to `max` of the service's pending frames with `action`, in
 /// order, in batches of frames that arrived on the same interface. Returns
 /// how many it handled (replayed, or dropped as not replayable).
+/// How soon a replay waiting for a full socket looks again.
+const SOCKET_FULL_RETRY: Duration = Duration::from_micros(250);
+
+/// Frames the service's UDP sockets take now without overflowing
+/// (`socket_room`), counting the drops seen since the last look;
+/// `usize::MAX` when no restored process is known or none of its sockets
+/// is the service's (TCP, or another namespace): the token bucket alone
+/// paces the replay then.
+fn socket_room(svc: &mut Service) -> usize {
+    let Some(pid) = svc.init_pid else {
+        return usize::MAX;
+    };
+    if svc.socket_watch.is_none() {
+        let ports: Vec<u16> = svc
+            .spec
+            .rules
+            .iter()
+            .filter(|r| matches!(r.proto, RuleProto::Udp | RuleProto::Quic))
+            .map(|r| r.addr.port())
+            .collect();
+        if ports.is_empty() {
+            svc.init_pid = None;
+            return usize::MAX;
+        }
+        match SocketWatch::start(pid, ports) {
+            Ok(watch) => svc.socket_watch = Some(watch),
+            Err(e) => {
+                tracing::warn!(service = %svc.spec.name, pid, error = %e,
+                    "cannot watch the service's sockets; the replay is paced by the token bucket alone");
+                svc.init_pid = None;
+                return usize::MAX;
+            }
+        }
+    }
+    let Some(watch) = svc.socket_watch.as_mut() else {
+        return usize::MAX;
+    };
+    match watch.read() {
+        Ok(state) => {
+            let dropped = state.drops.saturating_sub(watch.drops_seen);
+            watch.drops_seen = state.drops.max(watch.drops_seen);
+            if dropped > 0 {
+                svc.totals.replay.socket_drops += dropped;
+                tracing::warn!(service = %svc.spec.name, dropped,
+                    "the service's sockets dropped datagrams (receive buffer full) during the replay");
+            }
+            state.frames_that_fit()
+        }
+        Err(e) => {
+            tracing::warn!(service = %svc.spec.name, error = %e,
+                "the service's sockets cannot be read any more; the replay is paced by the token bucket alone");
+            svc.socket_watch = None;
+            svc.init_pid = None;
+            usize::MAX
+        }
+    }
+}
+
 fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
     let mut handled = 0;
     while handled < max {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod parkring;
 pub mod phase;
+pub mod socket_room;
 pub mod spool;
 pub mod statefile;
 pub mod tables;

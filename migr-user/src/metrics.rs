@@ -93,7 +93,7 @@ pub fn render(stats: &Stats) -> String {
     }
 
     type Getter = fn(&crate::api::ServiceStatus) -> String;
-    let per_service: [(&str, &str, &str, Getter); 16] = [
+    let per_service: [(&str, &str, &str, Getter); 18] = [
         (
             "migr_parked_pending_frames",
             "gauge",
@@ -159,6 +159,18 @@ pub fn render(stats: &Stats) -> String {
             "counter",
             "Parked frames the kernel refused to replay (dropped).",
             |s| s.replay.failed_frames.to_string(),
+        ),
+        (
+            "migr_replay_socket_drops_total",
+            "counter",
+            "Datagrams the service's UDP sockets dropped (receive buffer full) during local replays.",
+            |s| s.replay.socket_drops.to_string(),
+        ),
+        (
+            "migr_replay_socket_waits_total",
+            "counter",
+            "Times a local replay waited for the service to read its full sockets.",
+            |s| s.replay.socket_waits.to_string(),
         ),
         (
             "migr_replays_total",

@@ -342,6 +342,108 @@ fn abort_replays_parked_requests_to_the_source_in_order() {
     t.procs.push(src_echo);
 }
 
+/// A replay into a service that does not read: with the PID CRIU names
+/// (`CRTOOLS_INIT_PID`), the agent fills the service's socket up to its
+/// limit and waits instead of overflowing it (a stopped process with
+/// Linux's default 208 KiB receive buffer takes about 45 replayed frames).
+/// Nothing is dropped; once the process runs, every request is answered,
+/// in order.
+#[test]
+fn a_replay_waits_for_a_full_socket_and_loses_nothing() {
+    const PARKED: usize = 300;
+    let mut t = Topology::new(false, &["--replay-rate", "0"]);
+    // 106,496 is doubled by the kernel: the default 208 KiB buffer.
+    let src_echo = start_echo_with(
+        &t.src,
+        SRC_IP,
+        "src",
+        &t.scratch(),
+        &[("MIGR_ECHO_RCVBUF", "106496")],
+    );
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "8",
+        "--name",
+        "web",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    client.send(5);
+    client.wait_answers(5, Duration::from_secs(5));
+    let pid = src_echo.pid().to_string();
+    let hook = |action: &str| {
+        let out = Command::new(&bins().ctl)
+            .args([
+                "--socket",
+                t.src_agent.socket.to_str().unwrap(),
+                "criu-hook",
+                "--service",
+                "web",
+            ])
+            .env("CRTOOLS_SCRIPT_ACTION", action)
+            .env("CRTOOLS_INIT_PID", &pid)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "criu-hook {action}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = hook("pre-dump");
+    assert!(said.contains("idle -> frozen"), "{said}");
+    src_echo.signal(libc::SIGSTOP);
+    for _ in 0..PARKED / 50 {
+        client.send(50);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the parked frames to be stored",
+        || num(&t.src_agent.service("web"), &["parked", "stored_frames"]) == PARKED as u64,
+    );
+    // The abort's replay starts while the service is still stopped.
+    let said = hook("network-unlock");
+    assert!(said.contains("frozen -> aborted"), "{said}");
+    wait_for(Duration::from_secs(5), "the replay to wait", || {
+        num(&t.src_agent.service("web"), &["replay", "socket_waits"]) > 0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let web = t.src_agent.service("web");
+    let in_socket = num(&web, &["replay", "replayed_frames"]);
+    let udp = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap();
+    let queue = migr_user::socket_room::parse_proc_net_udp(&udp, &[PORT]);
+    println!(
+        "stopped service: {in_socket} frames replayed into its socket, {} bytes queued ({} per frame)",
+        queue.fullest_rx_queue,
+        queue.fullest_rx_queue / in_socket.max(1)
+    );
+    assert!(
+        in_socket > 0 && in_socket < PARKED as u64,
+        "the replay stopped part way: {in_socket} of {PARKED}"
+    );
+    assert!(
+        queue.fullest_rx_queue <= migr_user::socket_room::REPLAY_FILL_LIMIT,
+        "the socket was filled past the limit: {queue:?}"
+    );
+    assert_eq!(queue.drops, 0, "the socket dropped nothing: {queue:?}");
+    src_echo.signal(libc::SIGCONT);
+    let total = PARKED + 5;
+    let answers = client.wait_answers(total, Duration::from_secs(10));
+    let (at_src, _) = check_answers(&answers, total as u64);
+    assert_eq!(at_src.len(), total, "every request answered once");
+    let web = t.src_agent.service("web");
+    assert_eq!(num(&web, &["replay", "replayed_frames"]), PARKED as u64);
+    assert_eq!(num(&web, &["replay", "socket_drops"]), 0);
+    let snmp = t.src.exec(&["cat", "/proc/net/snmp"]).unwrap();
+    assert_eq!(
+        migr_tests::testbed::stats::udp_rcvbuf_errors(&snmp),
+        Some(0),
+        "no UDP receive-buffer errors in the service's namespace:\n{snmp}"
+    );
+    t.procs.push(src_echo);
+}
+
 /// The agent is SIGKILLed while the service is frozen, more requests arrive
 /// while it is dead, and it is started again: every parked request is
 /// replayed, once, in order.

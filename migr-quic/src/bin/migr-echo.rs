@@ -52,7 +52,8 @@ Driving a migration (the service must not move before `migration-acknowledged`, 
 const CLIENT_HELP: &str = "Send 1 kB requests (sporadic or back to back) and write one CSV row
 per request: index,send_time_ms,response_time_ms,service_time_ms,server_address (times in ms
 since the client started; server_address is the server's real address when the response
-arrived). Extension events go to stderr as `event ...` lines, and at the end one line
+arrived). Extension events go to stderr as `event ...` lines; at the end, one line
+`packets-lost UNIX_SECONDS [PN,..]` per loss quinn-proto declared, and one line
 `summary requests=N lost_packets=N pto_count=N loss_detected=N congestion_events=N
 server_address=ADDR negotiated=BOOL`.";
 
@@ -398,32 +399,48 @@ async fn run_control_file(
 
 // ---------------------------------------------------------------- client
 
-/// Counts quinn-proto's probe timeouts: quinn-proto does not expose its PTO
-/// count, but it logs every PTO ("PTO fired") at trace level.
-struct PtoCounter {
-    count: AtomicU64,
+/// Watches quinn-proto's trace log for what it does not expose: its probe
+/// timeouts ("PTO fired") and which packets it declared lost, and when
+/// ("packets lost: [..]"), so that a loss can be placed on the migration's
+/// timeline.
+struct QuinnWatch {
+    ptos: AtomicU64,
+    losses: std::sync::Mutex<Vec<String>>,
 }
 
-impl log::Log for PtoCounter {
+impl log::Log for QuinnWatch {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
         metadata.target().starts_with("quinn_proto")
     }
 
     fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) && record.args().to_string().starts_with("PTO fired") {
-            self.count.fetch_add(1, Ordering::Relaxed);
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = record.args().to_string();
+        if text.starts_with("PTO fired") {
+            self.ptos.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(rest) = text.strip_prefix("packets lost: ") {
+            let packets = rest.split(", bytes lost").next().unwrap_or(rest);
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            if let Ok(mut losses) = self.losses.lock() {
+                losses.push(format!("packets-lost {at:.6} {}", packets.replace(' ', "")));
+            }
         }
     }
 
     fn flush(&self) {}
 }
 
-static PTO_COUNTER: PtoCounter = PtoCounter {
-    count: AtomicU64::new(0),
+static QUINN_WATCH: QuinnWatch = QuinnWatch {
+    ptos: AtomicU64::new(0),
+    losses: std::sync::Mutex::new(Vec::new()),
 };
 
 async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
-    if !args.no_pto_count && log::set_logger(&PTO_COUNTER).is_ok() {
+    if !args.no_pto_count && log::set_logger(&QUINN_WATCH).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }
     let cert = std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
@@ -489,6 +506,11 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         csv.flush()?;
     }
     let stats = client.stats();
+    if let Ok(losses) = QUINN_WATCH.losses.lock() {
+        for line in losses.iter() {
+            eprintln!("{line}");
+        }
+    }
     eprintln!(
         "summary requests={} lost_packets={} pto_count={} loss_detected={} \
          congestion_events={} server_address={} negotiated={}",
@@ -497,7 +519,7 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
         if args.no_pto_count {
             "n/a".to_string()
         } else {
-            PTO_COUNTER.count.load(Ordering::Relaxed).to_string()
+            QUINN_WATCH.ptos.load(Ordering::Relaxed).to_string()
         },
         loss_events,
         stats.path.congestion_events,

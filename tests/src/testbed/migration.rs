@@ -304,6 +304,10 @@ pub struct Frames {
     pub replay_failed: u64,
     pub park_failed: u64,
     pub forward_failed: u64,
+    /// The agent's account of its local replay: times it waited for the
+    /// service to read, datagrams the service's sockets dropped.
+    pub socket_waits: u64,
+    pub socket_drops: u64,
 }
 
 impl Frames {
@@ -319,6 +323,8 @@ impl Frames {
             replayed: svc["replay"]["replayed_frames"].as_u64().unwrap_or(0),
             overflow: svc["parked"]["overflow_frames"].as_u64().unwrap_or(0),
             replay_failed: svc["replay"]["failed_frames"].as_u64().unwrap_or(0),
+            socket_waits: svc["replay"]["socket_waits"].as_u64().unwrap_or(0),
+            socket_drops: svc["replay"]["socket_drops"].as_u64().unwrap_or(0),
         }
     }
 
@@ -328,6 +334,7 @@ impl Frames {
             "dropped": self.dropped, "replayed": self.replayed, "overflow": self.overflow,
             "replay_failed": self.replay_failed, "park_failed": self.park_failed,
             "forward_failed": self.forward_failed,
+            "socket_waits": self.socket_waits, "socket_drops": self.socket_drops,
         })
     }
 }
@@ -434,6 +441,11 @@ pub struct Run {
     /// Bulk TCP: whether the source's network lock fell while request bytes
     /// were unacknowledged (upload) or only the echo was outstanding.
     pub freeze_hit: Option<stats::FreezeHit>,
+    /// QUIC: the losses the client's stack declared, timed from pre-dump.
+    pub declared_losses: Vec<stats::DeclaredLoss>,
+    /// Datagrams the containers' kernels dropped because the service's
+    /// socket was full (UDP RcvbufErrors, both containers).
+    pub service_socket_drops: Option<u64>,
     pub requests_detail: Vec<Request>,
     pub work_dir: PathBuf,
 }
@@ -524,6 +536,9 @@ impl Run {
                 "loss_detected": self.summary_u64("loss_detected"),
                 "congestion_events": self.summary_u64("congestion_events"),
                 "tcp_retransmits": self.tcp_retransmits(),
+                "losses_after_pre_dump": self.declared_losses.iter()
+                    .map(|l| json!({"at_ms": l.at_ms, "packets": l.packets}))
+                    .collect::<Vec<_>>(),
             },
             "frames": {
                 "source": self.src_frames.as_ref().map(Frames::to_json),
@@ -536,6 +551,7 @@ impl Run {
             "lock_tables_removed": self.lock_tables_removed,
             "delay_line": delay_line,
             "tcp_freeze_hit": self.freeze_hit.map(stats::FreezeHit::name),
+            "service_socket_drops": self.service_socket_drops,
         });
         if self.protocol == Protocol::TcpDns {
             // The DNS client's counts and times (ms since it started).
@@ -578,23 +594,37 @@ impl Run {
         }
         match (&self.src_frames, &self.dst_frames) {
             (Some(src), Some(dst)) => s.push_str(&format!(
-                "\n               frames: source parked {} forwarded {} replayed {}; destination parked {} replayed {}; dropped or overflowed {}",
+                "\n               frames: source parked {} forwarded {} replayed {}; destination parked {} replayed {} (waited {} times for the service to read); dropped or overflowed {}",
                 src.parked,
                 src.forwarded,
                 src.replayed,
                 dst.parked,
                 dst.replayed,
+                dst.socket_waits,
                 src.overflow + dst.overflow + src.replay_failed + dst.replay_failed + src.dropped + dst.dropped
             )),
             _ => s.push_str("\n               frames: no agents (CRIU's network lock only)"),
         }
+        if let Some(drops) = self.service_socket_drops {
+            s.push_str(&format!(
+                "\n               service's UDP socket: {drops} datagrams dropped (receive buffer full)"
+            ));
+        }
         match self.protocol {
-            Protocol::Quic | Protocol::QuicSameIp => s.push_str(&format!(
-                "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
-                self.lost_packets().map_or("?".into(), |v| v.to_string()),
-                self.pto_count().map_or("?".into(), |v| v.to_string()),
-                self.final_server
-            )),
+            Protocol::Quic | Protocol::QuicSameIp => {
+                s.push_str(&format!(
+                    "\n               client QUIC stack: {} packets declared lost, {} probe timeouts; last response from {}",
+                    self.lost_packets().map_or("?".into(), |v| v.to_string()),
+                    self.pto_count().map_or("?".into(), |v| v.to_string()),
+                    self.final_server
+                ));
+                for l in &self.declared_losses {
+                    s.push_str(&format!(
+                        "\n               packets {} declared lost {:.1} ms after pre-dump",
+                        l.packets, l.at_ms
+                    ));
+                }
+            }
             Protocol::TcpDns => s.push_str(&format!(
                 "\n               client DNS: connection broke at {} ms with a {} ms old record, connected again at {} ms ({} queries); last response from {}",
                 self.summary_u64("broke_at_ms").map_or("?".into(), |v| v.to_string()),
@@ -1142,10 +1172,12 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         phase_time(&dst_phases, "post-resume").context("no post-resume action recorded")?;
     let acknowledged = phase_time(&src_phases, "acknowledged").unwrap_or(pre_dump);
     // The moment the service's network stops: CRIU's network lock.
+    let client_log = std::fs::read_to_string(&client_err).unwrap_or_default();
     let freeze_hit = stats::FreezeHit::classify(
-        &std::fs::read_to_string(&client_err).unwrap_or_default(),
+        &client_log,
         phase_time(&src_phases, "network-lock").unwrap_or(pre_dump),
     );
+    let declared_losses = stats::declared_losses(&client_log, pre_dump);
     let (disruption_ms, disruption_at) = stats::disruption(&requests_detail);
     let (excess_wait_ms, long_gaps_ms) = stats::excess_and_long_gaps(&requests_detail);
     // What the client sent (its summary says when it stopped early).
@@ -1153,7 +1185,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         .get("requests")
         .and_then(|v| v.parse().ok())
         .unwrap_or(cfg.requests);
-    let run = Run {
+    let mut run = Run {
         label,
         protocol: cfg.protocol,
         steering: cfg.steering,
@@ -1206,19 +1238,25 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         lock_tables_removed,
         delay_line: topo.delay_stats(),
         freeze_hit,
+        declared_losses,
+        service_socket_drops: None,
         requests_detail,
         work_dir: d.clone(),
     };
     // The containers' IP/UDP/TCP counters (checksum errors, drops), for
-    // the record in the work directory.
-    for (ct, name) in [
-        (&topo.src_ct, "snmp-src-container"),
-        (&topo.dst_ct, "snmp-dst-container"),
-        (&topo.client, "snmp-client"),
+    // the record in the work directory; a service socket's drops, in the run.
+    for (ns, name, service_side) in [
+        (&topo.src_ct, "snmp-src-container", true),
+        (&topo.dst_ct, "snmp-dst-container", true),
+        (&topo.client, "snmp-client", false),
     ] {
-        if let Ok(text) = ct.exec(&["cat", "/proc/net/snmp"]) {
-            let _ = std::fs::write(d.join(name), text);
+        let text = ns.exec(&["cat", "/proc/net/snmp"])?;
+        if service_side {
+            let drops = stats::udp_rcvbuf_errors(&text)
+                .with_context(|| format!("no Udp RcvbufErrors in {name}"))?;
+            *run.service_socket_drops.get_or_insert(0) += drops;
         }
+        let _ = std::fs::write(d.join(name), text);
     }
     // Teardown, in order: the restored service, the agents, the namespaces.
     restored.kill();

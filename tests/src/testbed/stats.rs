@@ -171,6 +171,39 @@ pub fn client_summary(stderr: &Path) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// One loss the client's QUIC stack declared: when (ms after `origin`)
+/// and which packet numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeclaredLoss {
+    pub at_ms: f64,
+    pub packets: String,
+}
+
+/// The client's `packets-lost UNIX_SECONDS [PN,..]` lines, timed from
+/// `origin` (wall-clock seconds, e.g. the pre-dump action).
+pub fn declared_losses(client_stderr: &str, origin: f64) -> Vec<DeclaredLoss> {
+    client_stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("packets-lost "))
+        .filter_map(|rest| {
+            let (at, packets) = rest.split_once(' ')?;
+            Some(DeclaredLoss {
+                at_ms: (at.parse::<f64>().ok()? - origin) * 1e3,
+                packets: packets.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `Udp: RcvbufErrors` from a namespace's /proc/net/snmp: datagrams the
+/// kernel dropped because a socket's receive buffer was full.
+pub fn udp_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
 /// Mean and 95% confidence half-width (Student's t) of `xs`.
 pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
     let n = xs.len();
@@ -236,6 +269,28 @@ impl FreezeHit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_rcvbuf_errors_come_from_the_udp_rows() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 7793 64 4 7876 3 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 9 0\n";
+        assert_eq!(udp_rcvbuf_errors(snmp), Some(3));
+        assert_eq!(udp_rcvbuf_errors("Ip: Forwarding\nIp: 1\n"), None);
+    }
+
+    #[test]
+    fn declared_losses_are_timed_from_the_origin() {
+        let log = "event X\npackets-lost 100.250000 [7,8]\npackets-lost 101.5 [9]\nsummary requests=3\n";
+        let losses = declared_losses(log, 100.0);
+        assert_eq!(losses.len(), 2);
+        assert!((losses[0].at_ms - 250.0).abs() < 1e-6);
+        assert_eq!(losses[0].packets, "[7,8]");
+        assert!((losses[1].at_ms - 1500.0).abs() < 1e-6);
+        assert!(declared_losses("packets-lost garbage\n", 0.0).is_empty());
+    }
 
     fn req(index: usize, response_ms: f64) -> Request {
         Request {
