@@ -82,9 +82,15 @@ fn quic_migration_with_criu_and_steering_loses_nothing() {
         );
     }
     assert_eq!(
+        run.service_socket_drops,
+        Some(0),
+        "the restored server's socket dropped none of the replayed frames"
+    );
+    assert_eq!(
         run.lost_packets(),
         Some(0),
-        "the client's QUIC stack declared no packet lost"
+        "the client's QUIC stack declared no packet lost: {:?}",
+        run.declared_losses
     );
     assert!(
         run.lock_tables_removed.iter().any(|t| t.contains("CRIU")),
@@ -250,6 +256,11 @@ fn runc_containers_move_with_steering_and_lose_nothing() {
                 "{what}: {f:?}"
             );
         }
+        assert_eq!(
+            run.service_socket_drops,
+            Some(0),
+            "{what}: the service's socket dropped nothing"
+        );
         let bound = run.downtime_ms + run.median_service_ms + 5.0 + run.flow_moved_after_resume_ms;
         assert!(
             run.disruption_ms <= bound,
