@@ -59,7 +59,8 @@ pub fn parse_proc_net_udp(text: &str, ports: &[u16]) -> SocketsState {
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-        let (Some(local), Some(queues), Some(drops)) = (fields.get(1), fields.get(4), fields.get(12))
+        let (Some(local), Some(queues), Some(drops)) =
+            (fields.get(1), fields.get(4), fields.get(12))
         else {
             continue;
         };

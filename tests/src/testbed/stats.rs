@@ -283,7 +283,8 @@ mod tests {
 
     #[test]
     fn declared_losses_are_timed_from_the_origin() {
-        let log = "event X\npackets-lost 100.250000 [7,8]\npackets-lost 101.5 [9]\nsummary requests=3\n";
+        let log =
+            "event X\npackets-lost 100.250000 [7,8]\npackets-lost 101.5 [9]\nsummary requests=3\n";
         let losses = declared_losses(log, 100.0);
         assert_eq!(losses.len(), 2);
         assert!((losses[0].at_ms - 250.0).abs() < 1e-6);
