@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",     // CRIU's TCP connection lock (--tcp-established)
     "dnsmasq-base", // the TCP+DNS baseline's name server (testbed scenarios tcp-dns-*)
     "runc",         // real containers on the testbed (--runtime runc, docs/containers.md)
+    "podman",       // real containers on the testbed (--runtime podman, docs/containers.md)
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -39,7 +39,7 @@ use super::{
     criu::{self, dir_bytes, phase_time, read_phases},
     delay::DelayStats,
     dns, now_s,
-    placement::{CONTAINER_ID, Files, Placement, Runtime},
+    placement::{Files, Placement, Runtime},
     proc::{Proc, Spawn, become_subreaper, pid_free},
     stats::{self, Request},
     topology::{
@@ -173,8 +173,8 @@ pub struct RunConfig {
     /// UDP: how long the client waits for an echo before it gives the
     /// request up.
     pub udp_timeout_ms: u64,
-    /// What checkpoints the service: CRIU on a bare process, or runc on a
-    /// container (same-IP moves only).
+    /// What checkpoints the service: CRIU on a bare process, or runc or
+    /// podman on a container.
     pub runtime: Runtime,
     /// With steering: whether the service is registered with the agents.
     /// `false`: migr is installed (agents attached, the hook runs) but knows
@@ -687,12 +687,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     if tcp_dns && cfg.steering {
         bail!("the TCP+DNS baseline runs without steering");
     }
-    let runc = cfg.runtime == Runtime::Runc;
-    if runc && tcp_dns {
+    // Under a container runtime (runc, podman).
+    let container = cfg.runtime != Runtime::Criu;
+    if container && tcp_dns {
         bail!("the TCP+DNS baseline runs without containers");
     }
-    if runc && cfg.technique != Technique::Cold {
-        bail!("under runc the testbed runs cold migrations only");
+    if container && cfg.technique != Technique::Cold {
+        bail!("under a container runtime the testbed runs cold migrations only");
     }
     let label = cfg.label();
     let mut dir = WorkDir::new(&cfg.work_base, &label)?;
@@ -722,16 +723,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
 
     let (src_phases_file, dst_phases_file) = (d.join("phases-src"), d.join("phases-dst"));
     let (src_hook, dst_hook) = (d.join("hook-src.sh"), d.join("hook-dst.sh"));
+    let mut registration = None;
     let agents = if cfg.steering {
         let mode = cfg.agent_xdp_mode.as_str();
         let src = Agent::start(bins, &topo.src, SRC_UPLINK, mode, &d, "src")?;
         let dst = Agent::start(bins, &topo.dst, DST_UPLINK, mode, &d, "dst")?;
         let mac = topo.router_mac_to_src()?;
-        let mut base = vec!["service", "add", "--id", "1", "--name", SERVICE];
-        if runc {
-            base.extend(["--container", CONTAINER_ID]);
-        }
-        let base = &base[..];
+        let base = &["service", "add", "--id", "1", "--name", SERVICE][..];
         let forward = ["--forward-iface", SRC_UPLINK, "--next-hop-mac", &mac];
         let quic_rule = ["--server-id", SERVER_ID, "--cid", "8,1,2", "--quic-grease"];
         // How the service's packets are recognised, and where they go once
@@ -749,14 +747,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         } else {
             ["--forward-to", &new]
         };
-        let src_args = [base, &[rule, &old], rule_extra, &moved, &forward].concat();
-        let dst_args = [base, &[rule, &new], rule_extra].concat();
+        let owned = |args: Vec<&str>| args.into_iter().map(String::from).collect::<Vec<_>>();
+        let src_args = owned([base, &[rule, &old], rule_extra, &moved, &forward].concat());
+        let dst_args = owned([base, &[rule, &new], rule_extra].concat());
         if cfg.registered {
-            src.ok(&src_args)?;
-            dst.ok(&dst_args)?;
-            src.phase(SERVICE, "prepare", &[])?;
-            dst.phase(SERVICE, "prepare", &[])?;
-            say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
+            // Registered once the service runs: a container is known by
+            // its id (podman makes it up).
+            registration = Some((src_args, dst_args));
         } else {
             say("migr-agent on both edge nodes, no service registered".into());
         }
@@ -843,6 +840,19 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         }
         Ok(file_has(&server_log, "listening") && (!quic || cert.exists()))
     })?;
+    if let (Some((src, dst)), Some((mut src_args, mut dst_args))) = (&agents, registration) {
+        if let Some(id) = server.container_id()? {
+            for args in [&mut src_args, &mut dst_args] {
+                args.extend(["--container".to_string(), id.clone()]);
+            }
+        }
+        for (agent, args) in [(src, &src_args), (dst, &dst_args)] {
+            agent.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        src.phase(SERVICE, "prepare", &[])?;
+        dst.phase(SERVICE, "prepare", &[])?;
+        say("migr-agent on both edge nodes (XDP on s-r and d-r), service prepared".into());
+    }
     let server_pid = server.pid();
     // CRIU's action scripts. On pre-dump, the last moment the service still
     // runs, the source's script has the QUIC server announce the destination
@@ -866,12 +876,12 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     let (src_then, dst_then) = match &agents {
         // Under a runtime the hook finds the service by container.
         Some((src, dst)) => (
-            Some(src.hook_command((!runc).then_some(SERVICE))),
-            Some(dst.hook_command((!runc).then_some(SERVICE))),
+            Some(src.hook_command((!container).then_some(SERVICE))),
+            Some(dst.hook_command((!container).then_some(SERVICE))),
         ),
         None => {
             let nowhere = d.join("no-agent.sock");
-            let idle = hook_command(&bins.ctl, &nowhere, (!runc).then_some(SERVICE));
+            let idle = hook_command(&bins.ctl, &nowhere, (!container).then_some(SERVICE));
             (Some(idle.clone()), Some(idle))
         }
     };

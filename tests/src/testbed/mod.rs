@@ -19,6 +19,7 @@ pub mod dns;
 pub mod hook_cost;
 pub mod migration;
 pub mod placement;
+pub mod podman;
 pub mod proc;
 pub mod runc;
 pub mod scenarios;

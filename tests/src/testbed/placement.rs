@@ -1,8 +1,8 @@
 //! Where the service runs and how it is checkpointed: a bare process that
-//! the testbed's CRIU dumps from the root namespace (`criu`), or a runc
-//! container that runc checkpoints and restores, driving CRIU over RPC
-//! (`runc`, docs/containers.md). A run starts, dumps and restores it the
-//! same way in both cases.
+//! the testbed's CRIU dumps from the root namespace (`criu`), or a
+//! container that runc or podman checkpoints and restores, driving CRIU
+//! over RPC (`runc`, `podman`, docs/containers.md). A run starts, dumps and
+//! restores it the same way in every case.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Bins, criu,
+    podman::{Podman, SharedPaths},
     proc::{Adopted, Proc, Spawn},
     runc::{self, Bundle, Runc},
 };
@@ -27,6 +28,9 @@ pub enum Runtime {
     /// A runc container (runc runs CRIU; the hook comes from a CRIU config
     /// file named by the bundle).
     Runc,
+    /// A podman container (podman runs runc, which runs CRIU; the hook comes
+    /// from a CRIU config file named by the container's annotation).
+    Podman,
 }
 
 impl Runtime {
@@ -34,6 +38,7 @@ impl Runtime {
         match self {
             Self::Criu => "criu",
             Self::Runc => "runc",
+            Self::Podman => "podman",
         }
     }
 
@@ -41,12 +46,13 @@ impl Runtime {
         match s {
             "criu" => Ok(Self::Criu),
             "runc" => Ok(Self::Runc),
-            other => bail!("--runtime criu|runc, not {other:?}"),
+            "podman" => Ok(Self::Podman),
+            other => bail!("--runtime criu|runc|podman, not {other:?}"),
         }
     }
 }
 
-/// The container id under runc (the same on both nodes).
+/// The container id (runc) or name (podman), the same on both nodes.
 pub const CONTAINER_ID: &str = "migr-echo";
 
 /// The service's files (its log, certificate, control file): `host` is
@@ -63,7 +69,7 @@ impl Files {
                 host: work.to_path_buf(),
                 inside: work.to_path_buf(),
             },
-            Runtime::Runc => {
+            Runtime::Runc | Runtime::Podman => {
                 let host = work.join("container-files");
                 std::fs::create_dir_all(&host)?;
                 Self {
@@ -80,27 +86,58 @@ impl Files {
 pub enum Service {
     Process(Proc),
     Restored(Adopted),
-    Container { runc: Runc, pid: i32 },
+    Container { node: Runner, pid: i32 },
 }
 
-/// One node's runc state and bundle (runc only).
+/// A node's container runtime.
+#[derive(Clone)]
+pub enum Runner {
+    Runc(Runc),
+    Podman(Podman),
+}
+
+impl Runner {
+    fn pid(&self) -> Result<i32> {
+        match self {
+            Self::Runc(r) => r.pid(CONTAINER_ID),
+            Self::Podman(p) => p.pid(CONTAINER_ID),
+        }
+    }
+
+    fn remove(&self) {
+        match self {
+            Self::Runc(r) => r.remove(CONTAINER_ID),
+            Self::Podman(p) => p.remove(CONTAINER_ID),
+        }
+    }
+}
+
+/// One node's runtime, and what it starts (runc: the bundle; podman: the
+/// command line and the directories bound in).
 struct Node {
-    runc: Runc,
-    bundle: Bundle,
+    runner: Runner,
+    bundle: Option<Bundle>,
+    command: String,
+    programs: PathBuf,
+    files: PathBuf,
 }
 
-/// Starts, dumps and restores the service the same way for either runtime.
+/// Starts, dumps and restores the service the same way for every runtime.
 pub struct Placement {
     runtime: Runtime,
     work: PathBuf,
     src: Option<Node>,
     dst: Option<Node>,
+    /// podman: a short directory under /run (podman's state; the file both
+    /// nodes' containers see their namespace at), removed on drop.
+    podman_run: Option<PathBuf>,
 }
 
 impl Placement {
-    /// For runc, writes each node's bundle now (the source's runs
-    /// `program args`, logging to `files`), with CRIU config files that run
-    /// `src_hook` and `dst_hook`.
+    /// For a container runtime, prepares each node now (runc: a bundle;
+    /// podman: storage and the image, on both nodes); the source's
+    /// container runs `program args`, logging to `files`, with CRIU config
+    /// files that run `src_hook` and `dst_hook`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         runtime: Runtime,
@@ -116,78 +153,137 @@ impl Placement {
             work: work.to_path_buf(),
             src: None,
             dst: None,
+            podman_run: None,
         };
-        if runtime == Runtime::Runc {
-            let name = program
-                .file_name()
-                .context("the program's file name")?
-                .to_string_lossy();
-            let mut command = format!("exec {}/{name}", runc::PROGRAMS);
-            for a in args {
-                command.push_str(&format!(" '{a}'"));
+        if runtime == Runtime::Criu {
+            return Ok(p);
+        }
+        let name = program
+            .file_name()
+            .context("the program's file name")?
+            .to_string_lossy();
+        let mut command = format!("exec {}/{name}", runc::PROGRAMS);
+        for a in args {
+            command.push_str(&format!(" '{a}'"));
+        }
+        let inside = Path::new(runc::FILES);
+        command.push_str(&format!(
+            " >>{}/server.log 2>>{}/server.err",
+            inside.display(),
+            inside.display()
+        ));
+        let programs = program.parent().context("the program's directory")?;
+        if runtime == Runtime::Podman {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = PathBuf::from(format!("/run/migr-pm{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            for file in ["netns", "criu.conf"] {
+                std::fs::write(dir.join(file), b"")
+                    .with_context(|| format!("creating {}/{file}", dir.display()))?;
             }
-            let inside = Path::new(runc::FILES);
-            command.push_str(&format!(
-                " >>{}/server.log 2>>{}/server.err",
-                inside.display(),
-                inside.display()
-            ));
-            let programs = program.parent().context("the program's directory")?;
-            for (side, ns, hook) in [("src", src_ns, src_hook), ("dst", dst_ns, dst_hook)] {
-                let config = work.join(format!("criu-{side}.conf"));
-                runc::criu_config(&config, hook)?;
-                let node = Node {
-                    runc: Runc::new(&work.join(format!("runc-{side}")))?,
-                    bundle: Bundle::create(
+            p.podman_run = Some(dir);
+        }
+        for (side, ns, hook) in [("src", src_ns, src_hook), ("dst", dst_ns, dst_hook)] {
+            let criu_config = work.join(format!("criu-{side}.conf"));
+            runc::criu_config(&criu_config, hook)?;
+            let (runner, bundle) = match &p.podman_run {
+                None => (
+                    Runner::Runc(Runc::new(&work.join(format!("runc-{side}")))?),
+                    Some(Bundle::create(
                         &work.join(format!("bundle-{side}")),
                         ns,
                         &command,
                         programs,
                         &files.host,
-                        &config,
-                    )?,
-                };
-                if side == "src" {
-                    p.src = Some(node);
-                } else {
-                    p.dst = Some(node);
-                }
+                        &criu_config,
+                    )?),
+                ),
+                Some(run) => (
+                    Runner::Podman(Podman::new(
+                        &work.join(format!("podman-{side}")),
+                        &run.join(side),
+                        ns,
+                        &criu_config,
+                        &SharedPaths {
+                            netns: run.join("netns"),
+                            criu_config: run.join("criu.conf"),
+                        },
+                    )?),
+                    None,
+                ),
+            };
+            let node = Some(Node {
+                runner,
+                bundle,
+                command: command.clone(),
+                programs: programs.to_path_buf(),
+                files: files.host.clone(),
+            });
+            if side == "src" {
+                p.src = node;
+            } else {
+                p.dst = node;
             }
+        }
+        if let (
+            Some(Node {
+                runner: Runner::Podman(src),
+                ..
+            }),
+            Some(Node {
+                runner: Runner::Podman(dst),
+                ..
+            }),
+        ) = (&p.src, &p.dst)
+        {
+            let rootfs = work.join("podman-rootfs");
+            runc::make_rootfs(&rootfs)?;
+            src.import_image(&rootfs, dst, work)?;
         }
         Ok(p)
     }
 
     /// Starts the service at the source: `cmd` (already holding the
-    /// program and its arguments) for CRIU; the source bundle for runc.
+    /// program and its arguments) for CRIU; the source node's container
+    /// otherwise.
     pub fn start(&self, mut cmd: Command, ns: &NetNs, files: &Files) -> Result<Service> {
-        match (self.runtime, &self.src) {
-            (Runtime::Criu, _) => Ok(Service::Process(Proc::spawn(
-                "the server",
-                &mut cmd,
-                Spawn {
-                    netns: Some(ns.name()),
-                    setsid: true,
-                    stdout: Some(&files.host.join("server.log")),
-                    stderr: Some(&files.host.join("server.err")),
-                },
-            )?)),
-            (Runtime::Runc, Some(node)) => {
-                let pid = node.runc.run_detached(
-                    CONTAINER_ID,
-                    &node.bundle,
-                    &self.work.join("runc-run.log"),
-                )?;
-                Ok(Service::Container {
-                    runc: node.runc.clone(),
-                    pid,
-                })
+        let node = match (self.runtime, &self.src) {
+            (Runtime::Criu, _) => {
+                return Ok(Service::Process(Proc::spawn(
+                    "the server",
+                    &mut cmd,
+                    Spawn {
+                        netns: Some(ns.name()),
+                        setsid: true,
+                        stdout: Some(&files.host.join("server.log")),
+                        stderr: Some(&files.host.join("server.err")),
+                    },
+                )?));
             }
-            (Runtime::Runc, None) => bail!("no runc bundle"),
-        }
+            (_, Some(node)) => node,
+            (_, None) => bail!("no source node prepared"),
+        };
+        let log = self.work.join("container-run.log");
+        let pid = match (&node.runner, &node.bundle) {
+            (Runner::Runc(runc), Some(bundle)) => runc.run_detached(CONTAINER_ID, bundle, &log)?,
+            (Runner::Podman(podman), _) => podman.run_detached(
+                CONTAINER_ID,
+                &node.command,
+                &node.programs,
+                &node.files,
+                &log,
+            )?,
+            (Runner::Runc(_), None) => bail!("no runc bundle"),
+        };
+        Ok(Service::Container {
+            node: node.runner.clone(),
+            pid,
+        })
     }
 
     /// Dumps `service` into `images` with `hook` as CRIU's action script
-    /// (runc: the bundle's CRIU config file runs it); the service is gone
+    /// (runtimes: the node's CRIU config file runs it); the service is gone
     /// afterwards. Returns the seconds the dump took.
     #[allow(clippy::too_many_arguments)]
     pub fn dump(
@@ -208,15 +304,19 @@ impl Placement {
                 proc.wait_exit(Duration::from_secs(5))?;
                 Ok(step.seconds)
             }
-            (Runtime::Runc, Some(node), Service::Container { pid, .. }) => {
-                let work = self.work.join("runc-dump");
-                let seconds = node.runc.checkpoint(CONTAINER_ID, images, &work, extra)?;
-                let _ = std::fs::copy(work.join("dump.log"), log);
-                // The container's init was runc's child; runc exited, so
-                // this run (the subreaper) reaps it.
-                super::proc::reap(*pid, Duration::from_secs(5));
-                Ok(seconds)
-            }
+            (_, Some(node), Service::Container { pid, .. }) => match &node.runner {
+                Runner::Runc(runc) => {
+                    let work = self.work.join("runc-dump");
+                    let seconds = runc.checkpoint(CONTAINER_ID, images, &work, extra)?;
+                    let _ = std::fs::copy(work.join("dump.log"), log);
+                    // The container's init was runc's child; runc exited, so
+                    // this run (the subreaper) reaps it.
+                    super::proc::reap(*pid, Duration::from_secs(5));
+                    Ok(seconds)
+                }
+                // conmon, the init's parent, reaps it.
+                Runner::Podman(podman) => podman.checkpoint(CONTAINER_ID, images, extra, log),
+            },
             _ => bail!("the service does not run as this placement started it"),
         }
     }
@@ -236,41 +336,42 @@ impl Placement {
         extra: &[&str],
         resumed: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(f64, Service)> {
-        match (self.runtime, &self.dst) {
+        let node = match (self.runtime, &self.dst) {
             (Runtime::Criu, _) => {
                 // `criu restore -d` returns right after post-resume.
                 let (step, pid) = criu::restore(bins, images, ns, hook, log, extra)?;
                 resumed()?;
-                Ok((
+                return Ok((
                     step.seconds,
                     Service::Restored(Adopted {
                         name: "the restored server".into(),
                         pid,
                     }),
-                ))
+                ));
             }
-            (Runtime::Runc, Some(node)) => {
+            (_, Some(node)) => node,
+            (_, None) => bail!("no destination node prepared"),
+        };
+        let (seconds, pid) = match (&node.runner, &node.bundle) {
+            (Runner::Runc(runc), Some(bundle)) => {
                 let work = self.work.join("runc-restore");
-                let (seconds, pid) = node.runc.restore(
-                    CONTAINER_ID,
-                    &node.bundle,
-                    images,
-                    &work,
-                    extra,
-                    phases,
-                    resumed,
-                )?;
+                let done =
+                    runc.restore(CONTAINER_ID, bundle, images, &work, extra, phases, resumed)?;
                 let _ = std::fs::copy(work.join("restore.log"), log);
-                Ok((
-                    seconds,
-                    Service::Container {
-                        runc: node.runc.clone(),
-                        pid,
-                    },
-                ))
+                done
             }
-            (Runtime::Runc, None) => bail!("no runc bundle"),
-        }
+            (Runner::Podman(podman), _) => {
+                podman.restore(CONTAINER_ID, images, extra, (log, phases), resumed)?
+            }
+            (Runner::Runc(_), None) => bail!("no runc bundle"),
+        };
+        Ok((
+            seconds,
+            Service::Container {
+                node: node.runner.clone(),
+                pid,
+            },
+        ))
     }
 }
 
@@ -283,12 +384,28 @@ impl Service {
         }
     }
 
+    /// The id a container runtime knows the service's container by (what
+    /// its cgroups name); `None` for a bare process.
+    pub fn container_id(&self) -> Result<Option<String>> {
+        match self {
+            Self::Container {
+                node: Runner::Runc(_),
+                ..
+            } => Ok(Some(CONTAINER_ID.to_string())),
+            Self::Container {
+                node: Runner::Podman(p),
+                ..
+            } => p.id(CONTAINER_ID).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// `Some(why)` once the service has exited (while it should run).
     pub fn exited(&mut self) -> Option<String> {
         match self {
             Self::Process(p) => p.try_exit().map(|s| s.to_string()),
             Self::Restored(a) => (!a.alive()).then(|| "gone".into()),
-            Self::Container { runc, .. } => runc.pid(CONTAINER_ID).err().map(|e| e.to_string()),
+            Self::Container { node, .. } => node.pid().err().map(|e| e.to_string()),
         }
     }
 
@@ -297,7 +414,7 @@ impl Service {
         match self {
             Self::Process(p) => p.stop(Duration::from_millis(200)),
             Self::Restored(a) => a.kill(),
-            Self::Container { runc, .. } => runc.remove(CONTAINER_ID),
+            Self::Container { node, .. } => node.remove(),
         }
     }
 }
@@ -305,7 +422,10 @@ impl Service {
 impl Drop for Placement {
     fn drop(&mut self) {
         for node in [&self.src, &self.dst].into_iter().flatten() {
-            node.runc.remove(CONTAINER_ID);
+            node.runner.remove();
+        }
+        if let Some(dir) = &self.podman_run {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -47,24 +47,7 @@ impl Bundle {
         files: &Path,
         criu_config: &Path,
     ) -> Result<Self> {
-        let rootfs = dir.join("rootfs");
-        for sub in [
-            "bin", "proc", "dev", "sys", "tmp", "lib", "lib64", "usr/lib",
-        ] {
-            std::fs::create_dir_all(rootfs.join(sub))?;
-        }
-        for sub in [PROGRAMS, FILES] {
-            std::fs::create_dir_all(rootfs.join(sub.trim_start_matches('/')))?;
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("busybox-static is not installed (cargo xtask setup installs it)")?;
-        std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-        let sh = rootfs.join("bin/sh");
-        if !sh.exists() {
-            std::os::unix::fs::symlink("busybox", &sh)?;
-        }
+        make_rootfs(&dir.join("rootfs"))?;
         let spec = Command::new("runc")
             .args(["spec", "--bundle"])
             .arg(dir)
@@ -111,6 +94,54 @@ impl Bundle {
             dir: dir.to_path_buf(),
         })
     }
+}
+
+/// A container's root file system: busybox (as `sh`), and the mount points
+/// of the host's libraries, [`PROGRAMS`] and [`FILES`].
+pub fn make_rootfs(rootfs: &Path) -> Result<()> {
+    for sub in [
+        "bin", "proc", "dev", "sys", "tmp", "lib", "lib64", "usr/lib",
+    ] {
+        std::fs::create_dir_all(rootfs.join(sub))?;
+    }
+    for sub in [PROGRAMS, FILES] {
+        std::fs::create_dir_all(rootfs.join(sub.trim_start_matches('/')))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox-static is not installed (cargo xtask setup installs it)")?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    let sh = rootfs.join("bin/sh");
+    if !sh.exists() {
+        std::os::unix::fs::symlink("busybox", &sh)?;
+    }
+    Ok(())
+}
+
+/// Waits for a runtime's restore command; runs `resumed` as soon as
+/// `phases` (the hook's stamps) shows post-resume (the runtime returns some
+/// tens of ms later), at the latest when the command returned.
+pub fn wait_telling_resumed(
+    mut child: std::process::Child,
+    phases: &Path,
+    resumed: &mut dyn FnMut() -> Result<()>,
+) -> Result<std::process::ExitStatus> {
+    let mut told = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !told && std::fs::read_to_string(phases).is_ok_and(|t| t.contains("post-resume ")) {
+            told = true;
+            resumed()?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    if status.success() && !told {
+        resumed()?;
+    }
+    Ok(status)
 }
 
 /// A CRIU config file that runs `hook` at every action.
@@ -194,9 +225,8 @@ impl Runc {
 
     /// `runc restore -d` of `images` (absolute) as container `id` from
     /// `bundle`; returns the seconds it took and the restored init's PID.
-    /// runc returns some tens of ms after CRIU's post-resume action: as soon
-    /// as `phases` (the hook's stamps) shows it, `resumed` runs (once; at
-    /// the latest when runc returned).
+    /// `resumed` runs once the restored container runs
+    /// ([`wait_telling_resumed`]).
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &self,
@@ -212,7 +242,7 @@ impl Runc {
         let log = work.join("runc.log");
         let out = std::fs::File::create(&log)?;
         let started = Instant::now();
-        let mut child = self
+        let child = self
             .cmd()
             .args(["restore", "-d", "--image-path"])
             .arg(images)
@@ -227,17 +257,7 @@ impl Runc {
             .stderr(out)
             .spawn()
             .context("running runc restore")?;
-        let mut told = false;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if !told && std::fs::read_to_string(phases).is_ok_and(|t| t.contains("post-resume ")) {
-                told = true;
-                resumed()?;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
+        let status = wait_telling_resumed(child, phases, resumed)?;
         let seconds = started.elapsed().as_secs_f64();
         if !status.success() {
             bail!(
@@ -245,9 +265,6 @@ impl Runc {
                 std::fs::read_to_string(&log).unwrap_or_default().trim(),
                 work.join("restore.log").display()
             );
-        }
-        if !told {
-            resumed()?;
         }
         Ok((seconds, self.pid(id)?))
     }

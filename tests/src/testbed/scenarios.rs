@@ -275,59 +275,72 @@ pub fn all() -> Vec<Scenario> {
             default_runs: 10,
         });
     }
-    // Real runc containers (runc drives CRIU over RPC; the hook comes from
-    // the bundle's CRIU config file and finds the service by container):
-    // the same-IP moves with unmodified clients.
-    for (proto, config) in [
-        (
-            "tcp",
-            RunConfig::tcp_back_to_back as fn(bool, Preset) -> RunConfig,
-        ),
-        ("udp", RunConfig::udp_back_to_back),
-        ("quic-same-ip", RunConfig::quic_same_ip_back_to_back),
-    ] {
-        for steering in [true, false] {
-            let mut config = config(steering, Preset::None);
+    // Real containers (runc drives CRIU over RPC, under podman too; the
+    // hook comes from the CRIU config file the container's annotation
+    // names and finds the service by container): the same-IP moves with
+    // unmodified clients.
+    for runtime in [Runtime::Runc, Runtime::Podman] {
+        let rt = runtime.name();
+        let how = match runtime {
+            Runtime::Podman => {
+                "podman container checkpoint --export and restore --import, each node its own podman storage"
+            }
+            _ => "runc checkpoint and restore",
+        };
+        for (proto, config) in [
+            (
+                "tcp",
+                RunConfig::tcp_back_to_back as fn(bool, Preset) -> RunConfig,
+            ),
+            ("udp", RunConfig::udp_back_to_back),
+            ("quic-same-ip", RunConfig::quic_same_ip_back_to_back),
+        ] {
+            for steering in [true, false] {
+                let mut config = config(steering, Preset::None);
+                config.ballast_mb = 28;
+                config.runtime = runtime;
+                // podman's export and import add about half a second to
+                // the downtime: the UDP client waits longer for an echo.
+                config.udp_timeout_ms = 3000;
+                out.push(Scenario {
+                    name: format!("{rt}-{proto}-b2b-small-steering-{}", onoff(steering)),
+                    description: format!(
+                        "a {rt} container (busybox rootfs, {how}, the hook from a CRIU config \
+                         file) moved at the same IP with an unmodified {proto} client, back to \
+                         back, cold, 28 MB, steering {}",
+                        onoff(steering)
+                    ),
+                    config,
+                    default_runs: 10,
+                });
+            }
+        }
+        // QUIC to a new IP (the restore puts the container into the
+        // destination's namespace): migr's datapath and client against the
+        // baseline (no datapath, an RFC 9002 client).
+        for (suffix, steering, probing) in [
+            ("steering-on", true, "fast"),
+            ("baseline", false, "rfc9002"),
+        ] {
+            let mut config = RunConfig::back_to_back(steering, Preset::None);
             config.ballast_mb = 28;
-            config.runtime = Runtime::Runc;
+            config.runtime = runtime;
+            config.client_probing = probing.into();
             out.push(Scenario {
-                name: format!("runc-{proto}-b2b-small-steering-{}", onoff(steering)),
+                name: format!("{rt}-quic-b2b-p-explicit-small-{suffix}"),
                 description: format!(
-                    "a runc container (busybox rootfs, runc checkpoint and restore, the hook \
-                     from the bundle's CRIU config file) moved at the same IP with an \
-                     unmodified {proto} client, back to back, cold, 28 MB, steering {}",
-                    onoff(steering)
+                    "a {rt} container moved to a new IP (P-Explicit, back to back, cold, 28 MB): \
+                     {}",
+                    if steering {
+                        "migr's datapath and the migr-quic client"
+                    } else {
+                        "no datapath and a client with QUIC's own loss recovery (RFC 9002): the baseline"
+                    }
                 ),
                 config,
                 default_runs: 10,
             });
         }
-    }
-    // QUIC to a new IP from a runc container (the restore's bundle puts it
-    // into the destination's namespace): migr's datapath and client against
-    // the baseline (no datapath, an RFC 9002 client).
-    for (suffix, steering, probing) in [
-        ("steering-on", true, "fast"),
-        ("baseline", false, "rfc9002"),
-    ] {
-        let mut config = RunConfig::back_to_back(steering, Preset::None);
-        config.ballast_mb = 28;
-        config.runtime = Runtime::Runc;
-        config.client_probing = probing.into();
-        out.push(Scenario {
-            name: format!("runc-quic-b2b-p-explicit-small-{suffix}"),
-            description: format!(
-                "a runc container moved to a new IP (P-Explicit, back to back, cold, 28 MB): \
-                 {}",
-                if steering {
-                    "migr's datapath and the migr-quic client"
-                } else {
-                    "no datapath and a client with QUIC's own loss recovery (RFC 9002): the baseline"
-                }
-            ),
-            config,
-            default_runs: 10,
-        });
     }
     for steering in [true, false] {
         // The bulk transfer: 1 MiB requests echoed back to back (a window's
