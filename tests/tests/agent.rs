@@ -258,42 +258,8 @@ fn full_cycle_through_migrctl_answers_every_request_once_and_in_order() {
 fn abort_replays_parked_requests_to_the_source_in_order() {
     const PARKED: usize = 1000;
     let mut t = Topology::new(false, &["--replay-rate", "0"]);
-    let src_echo = start_echo_with(
-        &t.src,
-        SRC_IP,
-        "src",
-        &t.scratch(),
-        &[("MIGR_ECHO_RCVBUF", "8388608")],
-    );
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "7",
-        "--name",
-        "web",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
-    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
-    client.send(5);
-    client.wait_answers(5, Duration::from_secs(5));
-
-    let hook = |action: &str| {
-        let out = Command::new(&bins().ctl)
-            .args([
-                "--socket",
-                t.src_agent.socket.to_str().unwrap(),
-                "criu-hook",
-                "--service",
-                "web",
-            ])
-            .env("CRTOOLS_SCRIPT_ACTION", action)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "criu-hook {action}: {out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let (src_echo, client) = web_service_at_source(&t, "8388608");
+    let hook = |action: &str| criu_hook_web(&t, action, None);
     let said = hook("pre-dump");
     assert!(said.contains("idle -> frozen"), "{said}");
     src_echo.signal(libc::SIGSTOP);
@@ -353,43 +319,9 @@ fn a_replay_waits_for_a_full_socket_and_loses_nothing() {
     const PARKED: usize = 300;
     let mut t = Topology::new(false, &["--replay-rate", "0"]);
     // 106,496 is doubled by the kernel: the default 208 KiB buffer.
-    let src_echo = start_echo_with(
-        &t.src,
-        SRC_IP,
-        "src",
-        &t.scratch(),
-        &[("MIGR_ECHO_RCVBUF", "106496")],
-    );
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "8",
-        "--name",
-        "web",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
-    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
-    client.send(5);
-    client.wait_answers(5, Duration::from_secs(5));
-    let pid = src_echo.pid().to_string();
-    let hook = |action: &str| {
-        let out = Command::new(&bins().ctl)
-            .args([
-                "--socket",
-                t.src_agent.socket.to_str().unwrap(),
-                "criu-hook",
-                "--service",
-                "web",
-            ])
-            .env("CRTOOLS_SCRIPT_ACTION", action)
-            .env("CRTOOLS_INIT_PID", &pid)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "criu-hook {action}: {out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let (src_echo, client) = web_service_at_source(&t, "106496");
+    let pid = src_echo.pid();
+    let hook = |action: &str| criu_hook_web(&t, action, Some(pid));
     let said = hook("pre-dump");
     assert!(said.contains("idle -> frozen"), "{said}");
     src_echo.signal(libc::SIGSTOP);
@@ -813,4 +745,51 @@ fn sigterm_detaches_or_keeps_the_datapath_and_a_restart_keeps_the_state() {
         t.src_agent.log_text()
     );
     assert_eq!(t.src_agent.json(&["service", "list"]), Value::Array(vec![]));
+}
+
+/// The source's UDP service `web` in an echo process whose sockets have a
+/// `rcvbuf`-byte receive buffer (the kernel doubles it), registered with
+/// the source agent and answering; its client.
+fn web_service_at_source(t: &Topology, rcvbuf: &str) -> (Proc, UdpClient) {
+    let echo = start_echo_with(
+        &t.src,
+        SRC_IP,
+        "src",
+        &t.scratch(),
+        &[("MIGR_ECHO_RCVBUF", rcvbuf)],
+    );
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "7",
+        "--name",
+        "web",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    client.send(5);
+    client.wait_answers(5, Duration::from_secs(5));
+    (echo, client)
+}
+
+/// `migrctl criu-hook --service web` against the source agent, as CRIU
+/// runs it for `action` (with `CRTOOLS_INIT_PID` when given); what it said.
+fn criu_hook_web(t: &Topology, action: &str, init_pid: Option<i32>) -> String {
+    let mut cmd = Command::new(&bins().ctl);
+    cmd.args([
+        "--socket",
+        t.src_agent.socket.to_str().unwrap(),
+        "criu-hook",
+        "--service",
+        "web",
+    ])
+    .env("CRTOOLS_SCRIPT_ACTION", action);
+    if let Some(pid) = init_pid {
+        cmd.env("CRTOOLS_INIT_PID", pid.to_string());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "criu-hook {action}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
