@@ -2,8 +2,9 @@
 //! (docs/testbed.md). After `cargo xtask setup` (CRIU 4.1.1 and the tools)
 //! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
 //! `migr-testbed demo`: the six-namespace topology, a QUIC and a plain UDP
-//! service, each in a runc container, moved by runc checkpoint and restore
-//! (CRIU, cold, same IP) with clients that know nothing of migr, once with
+//! service, each in a podman container, moved by podman's checkpoint and
+//! restore (runc and CRIU, cold, same IP) between two nodes with their own
+//! podman storage, with clients that know nothing of migr, once with
 //! migr and once as users have it without (no datapath), a short summary of
 //! each, and everything torn down again.
 

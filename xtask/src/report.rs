@@ -921,8 +921,8 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     )?;
     written.push("plots/phases.svg".into());
     md.push_str("\n## Every scenario\n\n![phases](plots/phases.svg)\n\n");
-    md.push_str("| scenario | n | downtime ms | disruption ms | ratio | dump ms | transfer ms | restore ms | total ms | images MB | req. lost | client lost pkts / retrans | parked | replayed | lost in datapath |\n");
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| scenario | n | downtime ms | disruption ms | ratio | dump ms | transfer ms | restore ms | total ms | images MB | req. lost | client lost pkts / retrans | parked | replayed | lost in datapath | dropped by the service's socket |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &r.testbed {
         let mb = s.stat("image_bytes").map(|x| Stat {
             mean: x.mean / 1e6,
@@ -934,7 +934,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
             .or_else(|| s.stat("client_tcp_retransmits"));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             s.runs,
             fmt_stat(s.stat("downtime_ms"), 0),
@@ -950,6 +950,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
             fmt_stat(s.stat("frames_parked"), 0),
             fmt_stat(s.stat("frames_replayed"), 0),
             fmt_stat(s.stat("frames_lost"), 0),
+            fmt_stat(s.stat("service_socket_drops"), 1),
         );
     }
     written.extend(mptcp_section(r, &mut md, &plots)?);

@@ -336,12 +336,13 @@ fn demo() -> Result<()> {
     let bins = bins()?;
     let started = Instant::now();
     println!(
-        "[demo] two services in runc containers, each moved once with migr and once as users \
-         have it today (no datapath): runc checkpoint and restore (CRIU, cold) at the same IP, \
-         migr's hook in the bundle's CRIU config file finding the service by container, and \
-         clients that know nothing of migr: a QUIC client (quinn-proto, no extension, QUIC's \
-         own loss recovery) and a plain UDP request/response client that gives a request up \
-         after 1 s"
+        "[demo] two services in podman containers, each moved once with migr and once as \
+         users have it today (no datapath): podman container checkpoint --export and restore \
+         --import (runc and CRIU, cold) at the same IP between two nodes with their own podman \
+         storage, migr's hook in the CRIU config file the container's annotation names, \
+         finding the service by container id, and clients that know nothing of migr: a QUIC \
+         client (quinn-proto, no extension, QUIC's own loss recovery) and a plain UDP \
+         request/response client that gives a request up after 3 s"
     );
     let mut pairs = Vec::new();
     for (title, config) in [
@@ -351,13 +352,16 @@ fn demo() -> Result<()> {
         ),
         ("UDP, unmodified client", RunConfig::udp_back_to_back),
     ] {
-        let in_runc = |steering| RunConfig {
-            runtime: migr_tests::testbed::placement::Runtime::Runc,
+        let in_podman = |steering| RunConfig {
+            runtime: migr_tests::testbed::placement::Runtime::Podman,
+            // podman's export and import add about half a second to the
+            // downtime: the UDP client waits longer than that.
+            udp_timeout_ms: 3000,
             ..config(steering, Preset::None)
         };
-        let on = migration::run(&bins, &in_runc(true))?;
+        let on = migration::run(&bins, &in_podman(true))?;
         println!("[demo] {title}, with migr: {}", on.summary());
-        let off = migration::run(&bins, &in_runc(false))?;
+        let off = migration::run(&bins, &in_podman(false))?;
         println!("[demo] {title}, without migr: {}", off.summary());
         pairs.push((title, on, off));
     }

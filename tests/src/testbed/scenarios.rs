@@ -436,6 +436,7 @@ pub fn summarize(runs: &[Run]) -> Value {
         "frames_forwarded": frames(&|x| x.forwarded),
         "frames_replayed": frames(&|x| x.replayed),
         "frames_lost": frames(&|x| x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped),
+        "service_socket_drops": f(&|r| r.service_socket_drops.map(|v| v as f64)),
         "client_ok": runs.iter().all(|r| r.client_ok),
         "delay_line_dropped": f(&|r| r.delay_line.map(|d| d.dropped as f64)),
         "delay_line_failed": f(&|r| r.delay_line.map(|d| d.failed as f64)),
