@@ -1112,6 +1112,13 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
 
     // The rest of the requests, then the numbers.
     if let Some(ms) = cfg.stop_after_restore_ms {
+        // UDP: long enough for a request given up during the downtime to
+        // time out and the next one to be answered (that wait is the gap).
+        let ms = if udp {
+            ms.max(cfg.udp_timeout_ms + 1000)
+        } else {
+            ms
+        };
         std::thread::sleep(Duration::from_millis(ms));
         // The connection's TCP state on both ends, for the record.
         for (ns, name) in [
