@@ -1602,9 +1602,6 @@ fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
     }
 }
 
-/// Replays up to `max` of the service's pending frames with `action`, in
-/// order, in batches of frames that arrived on the same interface. Returns
-/// how many it handled (replayed, or dropped as not replayable).
 /// How soon a replay waiting for a full socket looks again.
 const SOCKET_FULL_RETRY: Duration = Duration::from_micros(250);
 
@@ -1663,6 +1660,9 @@ fn socket_room(svc: &mut Service) -> usize {
     }
 }
 
+/// Replays up to `max` of the service's pending frames with `action`, in
+/// order, in batches of frames that arrived on the same interface. Returns
+/// how many it handled (replayed, or dropped as not replayable).
 fn replay_pending(dp: &mut Datapath, svc: &mut Service, action: Action, max: usize) -> usize {
     let mut handled = 0;
     while handled < max {
