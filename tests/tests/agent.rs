@@ -260,19 +260,7 @@ fn abort_replays_parked_requests_to_the_source_in_order() {
     let mut t = Topology::new(false, &["--replay-rate", "0"]);
     let (src_echo, client) = web_service_at_source(&t, "8388608");
     let hook = |action: &str| criu_hook_web(&t, action, None);
-    let said = hook("pre-dump");
-    assert!(said.contains("idle -> frozen"), "{said}");
-    src_echo.signal(libc::SIGSTOP);
-    for _ in 0..PARKED / 50 {
-        client.send(50);
-        // Do not outrun the veth's XDP ring.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    wait_for(
-        Duration::from_secs(5),
-        "the parked frames to be stored",
-        || num(&t.src_agent.service("web"), &["parked", "stored_frames"]) == PARKED as u64,
-    );
+    freeze_and_park(&t, &hook, &src_echo, &client, PARKED);
     assert_eq!(
         hook("post-dump"),
         "",
@@ -322,18 +310,7 @@ fn a_replay_waits_for_a_full_socket_and_loses_nothing() {
     let (src_echo, client) = web_service_at_source(&t, "106496");
     let pid = src_echo.pid();
     let hook = |action: &str| criu_hook_web(&t, action, Some(pid));
-    let said = hook("pre-dump");
-    assert!(said.contains("idle -> frozen"), "{said}");
-    src_echo.signal(libc::SIGSTOP);
-    for _ in 0..PARKED / 50 {
-        client.send(50);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    wait_for(
-        Duration::from_secs(5),
-        "the parked frames to be stored",
-        || num(&t.src_agent.service("web"), &["parked", "stored_frames"]) == PARKED as u64,
-    );
+    freeze_and_park(&t, &hook, &src_echo, &client, PARKED);
     // The abort's replay starts while the service is still stopped.
     let said = hook("network-unlock");
     assert!(said.contains("frozen -> aborted"), "{said}");
@@ -792,4 +769,28 @@ fn criu_hook_web(t: &Topology, action: &str, init_pid: Option<i32>) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "criu-hook {action}: {out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// CRIU's pre-dump through `hook` (the source freezes), the echo process
+/// stopped, then `parked` requests sent and stored by the agent.
+fn freeze_and_park(
+    t: &Topology,
+    hook: &dyn Fn(&str) -> String,
+    echo: &Proc,
+    client: &UdpClient,
+    parked: usize,
+) {
+    let said = hook("pre-dump");
+    assert!(said.contains("idle -> frozen"), "{said}");
+    echo.signal(libc::SIGSTOP);
+    for _ in 0..parked / 50 {
+        client.send(50);
+        // Do not outrun the veth's XDP ring.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the parked frames to be stored",
+        || num(&t.src_agent.service("web"), &["parked", "stored_frames"]) == parked as u64,
+    );
 }
