@@ -17,11 +17,13 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, ApiError, ErrorCode, Op, ParkLimit, Response},
     datapath::{AttachMode, DatapathConfig},
     engine::{Engine, EngineConfig, EngineHandle, ensure_bpffs},
     forward_path::ForwardPathChoice,
     metrics,
+};
+use migr_control::{
+    api::{self, ApiError, ErrorCode, Op, ParkLimit, Response},
     phase::Timing,
 };
 

@@ -15,8 +15,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::{
-    agent::DEFAULT_SOCKET,
+use crate::agent::DEFAULT_SOCKET;
+use migr_control::{
     api::{
         self, CidSpec, ForwardModeSpec, ForwardSpec, MatchRule, ParkLimit, PhaseResult, RuleProto,
         ServiceRef, ServiceSpec, ServiceStatus, Stats,

@@ -35,11 +35,6 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::{
-    api::{
-        self, AgentInfo, ApiError, Count, CriuArgs, ErrorCode, ForwardModeSpec, ForwardSpec, Op,
-        ParkLimit, ParkedStats, PhaseArgs, PhaseResult, RemoveArgs, ReplayStats, RuleProto,
-        ServiceRef, ServiceSpec, ServiceStatus, Stats,
-    },
     datapath::{
         AttachMode, AttachedLink, Datapath, DatapathConfig, MAIN_PROGRAM, decode_parked, replayable,
     },
@@ -47,11 +42,18 @@ use crate::{
     forward_path::{self, EgressFacts, ForwardPathChoice},
     netdev::{if_index, if_link, if_mac},
     parkring::{ParkRing, Peek},
-    phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
     socket_room::SocketWatch,
     spool::{Spool, StoredFrame},
     statefile::StateFile,
     tables::mptcp_token,
+};
+use migr_control::{
+    api::{
+        self, AgentInfo, ApiError, Count, CriuArgs, ErrorCode, ForwardModeSpec, ForwardSpec, Op,
+        ParkLimit, ParkedStats, PhaseArgs, PhaseResult, RemoveArgs, ReplayStats, RuleProto,
+        ServiceRef, ServiceSpec, ServiceStatus, Stats,
+    },
+    phase::{CriuDecision, DatapathState, PhaseMachine, ReplayStage, State, Timing, criu_decision},
 };
 
 /// Everything the engine needs to start.
@@ -1280,8 +1282,8 @@ impl Engine {
     fn apply_phase(
         &mut self,
         id: u32,
-        cmd: crate::phase::PhaseCommand,
-        role: Option<crate::phase::Role>,
+        cmd: migr_control::phase::PhaseCommand,
+        role: Option<migr_control::phase::Role>,
         drain_ms: Option<u64>,
         received: Instant,
         via: &str,
@@ -1347,7 +1349,7 @@ impl Engine {
         let pending = svc.spool.pending();
         if !outcome.unchanged
             && outcome.to == State::Restored
-            && svc.machine.role == Some(crate::phase::Role::Destination)
+            && svc.machine.role == Some(migr_control::phase::Role::Destination)
             && svc.spec.announce
         {
             let mut addrs: Vec<std::net::IpAddr> =

@@ -1,7 +1,6 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
 pub mod agent;
 pub mod announce;
-pub mod api;
 pub mod btf_fixup;
 pub mod container;
 pub mod criu_config;
@@ -14,7 +13,6 @@ pub mod forward_path;
 pub mod metrics;
 pub mod netdev;
 pub mod parkring;
-pub mod phase;
 pub mod socket_room;
 pub mod spool;
 pub mod statefile;

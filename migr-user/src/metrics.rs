@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::api::Stats;
+use migr_control::api::Stats;
 
 /// Escapes a label value.
 fn esc(v: &str) -> String {
@@ -92,7 +92,7 @@ pub fn render(stats: &Stats) -> String {
         o.sample("migr_datapath_reason_total", &[("reason", reason)], n);
     }
 
-    type Getter = fn(&crate::api::ServiceStatus) -> String;
+    type Getter = fn(&migr_control::api::ServiceStatus) -> String;
     let per_service: [(&str, &str, &str, Getter); 18] = [
         (
             "migr_parked_pending_frames",
@@ -291,7 +291,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{
+    use migr_control::{
         api::{AgentInfo, Count, ParkedStats, ReplayStats, ServiceSpec, ServiceStatus},
         phase::TimelineEntry,
     };

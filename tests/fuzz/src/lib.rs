@@ -4,8 +4,6 @@
 //! - [`project`]: migr-common's results in the reference's types;
 //! - [`targets`]: what each fuzz target checks (no panic, equality with the
 //!   reference, encode/decode round trips), as plain functions;
-//! - `sources/`: migr-quic's frame decoder and migr-user's control API,
-//!   compiled from their own source files for the fuzz targets;
 //! - `fuzz_targets/*.rs`: the libFuzzer entry points, one line each;
 //! - `corpus/<target>/`: the committed seed corpus, made by
 //!   `cargo run --manifest-path tests/fuzz/Cargo.toml --example gen_corpus`.

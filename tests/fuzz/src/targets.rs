@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use migr_common::cid::{CidConfig, CidConfigError};
 use migr_common::wire::{self, OptionRef, packet::parse_packet, quic};
-use migr_fuzz_sources::api::{self, ApiError, Op, Request, Response};
-use migr_fuzz_sources::frame::{self, Frame, FrameError};
+use migr_control::api::{self, ApiError, Op, Request, Response};
+use migr_quic_codec::frame::{self, Frame, FrameError};
 use serde_json::Value;
 
 use crate::project;

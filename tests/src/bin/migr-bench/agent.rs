@@ -152,7 +152,7 @@ impl Bench {
                 "forward": {
                     "addr": DST_ADDR,
                     "iface": "bd-n",
-                    "next_hop_mac": migr_user::api::format_mac(next_hop),
+                    "next_hop_mac": migr_control::api::format_mac(next_hop),
                 },
                 "park_limit": {"frames": 1_000_000, "bytes": 1u64 << 31},
                 "replay_rate": 0,

@@ -39,7 +39,8 @@ use migr_common::maps::Action;
 use serde::{Deserialize, Serialize};
 
 /// A phase command, as operators and CRIU hooks send them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseCommand {
     Prepare,
@@ -89,7 +90,8 @@ impl std::str::FromStr for PhaseCommand {
 }
 
 /// Which end of a migration this node is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Source,
