@@ -3,9 +3,6 @@
 //! build definition; `cargo xtask build-ebpf` goes through it too.
 use anyhow::{Context as _, anyhow};
 
-#[path = "src/btf_fixup.rs"]
-mod btf_fixup;
-
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../migr-ebpf");
     aya_build::build_ebpf(
@@ -23,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let object = std::path::Path::new(&std::env::var("OUT_DIR")?).join("migr");
     let mut elf =
         std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
-    btf_fixup::fix_union_offsets_in_elf(&mut elf)
+    migr_btf_fixup::fix_union_offsets_in_elf(&mut elf)
         .map_err(|e| anyhow!("repairing the BTF of {}: {e}", object.display()))?;
     std::fs::write(&object, elf)?;
     Ok(())

@@ -1,7 +1,6 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
 pub mod agent;
 pub mod announce;
-pub mod btf_fixup;
 pub mod container;
 pub mod criu_config;
 pub mod ctl;

@@ -8,7 +8,8 @@
 //! start at offset 0 by definition, so this sets every union member's offset
 //! to 0, in place. Only debug descriptions change; no code or map layout does.
 //!
-//! Shared by `build.rs` (which patches the object it embeds) and the unit tests.
+//! A crate of its own so that migr-user's `build.rs` (which patches the
+//! object it embeds) uses it as a build dependency, with its unit tests here.
 
 /// Patches the `.BTF` section of an ELF64 little-endian object in place.
 /// Returns how many union members were moved.
