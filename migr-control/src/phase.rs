@@ -159,6 +159,16 @@ pub enum ReplayStage {
     Settling { until_ms: u64 },
 }
 
+impl ReplayStage {
+    /// The stage's name in status reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplayStage::Backlog => "backlog",
+            ReplayStage::Settling { .. } => "settling",
+        }
+    }
+}
+
 /// What the datapath must do with the service's fresh frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathState {
@@ -278,6 +288,13 @@ impl PhaseMachine {
     /// Fresh frames are being parked (the agent stores them and waits).
     pub fn parking(&self) -> bool {
         self.datapath().action == Action::Park
+    }
+
+    /// The stored backlog is to be replayed now: the replay has begun and
+    /// the container is not down again (a new freeze parks on top of it).
+    pub fn replaying_backlog(&self) -> bool {
+        self.replay == Some(ReplayStage::Backlog)
+            && !matches!(self.state, State::Frozen | State::Restoring)
     }
 
     /// The datapath state this machine wants now.

@@ -17,8 +17,9 @@ use tokio::{
 };
 
 use crate::{
+    bpffs::ensure_bpffs,
     datapath::{AttachMode, DatapathConfig},
-    engine::{Engine, EngineConfig, EngineHandle, ensure_bpffs},
+    engine::{Engine, EngineConfig, EngineHandle},
     forward_path::ForwardPathChoice,
     metrics,
 };

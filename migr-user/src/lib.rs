@@ -1,6 +1,7 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
 pub mod agent;
 pub mod announce;
+pub mod bpffs;
 pub mod container;
 pub mod criu_config;
 pub mod ctl;
@@ -10,6 +11,7 @@ pub mod engine;
 pub mod features;
 pub mod forward_path;
 pub mod metrics;
+pub mod neighbour;
 pub mod netdev;
 pub mod parkring;
 pub mod socket_room;

@@ -1,0 +1,382 @@
+//! The agent's core: one thread that owns the datapath, the park ring, the
+//! parked-frame stores and the phase machines, and executes control
+//! requests between pumping the ring and replaying frames.
+//!
+//! Everything that touches the datapath happens on this thread, in order, so
+//! a phase change and the replay that follows it can never interleave with
+//! another request. The control socket and the metrics endpoint (tokio) send
+//! requests here over a channel and wake the thread through an eventfd.
+//!
+//! See docs/agent.md for the storage and replay design.
+
+mod events;
+mod handle;
+mod links;
+mod persist;
+mod phases;
+mod pump;
+mod replay;
+mod requests;
+mod service;
+mod status;
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use migr_control::{
+    api::{self, ApiError, ErrorCode, Op, ParkLimit},
+    phase::Timing,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use self::{
+    handle::{Call, EngineHandle},
+    service::{LinkState, ResolvedForward, describe},
+};
+use self::{persist::lock_state_dir, pump::pump_ring, service::Service};
+use crate::{
+    datapath::{AttachMode, AttachedLink, Datapath, DatapathConfig},
+    early_joins::EarlyJoins,
+    forward_path::ForwardPathChoice,
+    parkring::ParkRing,
+    statefile::StateFile,
+};
+
+/// Everything the engine needs to start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub datapath: DatapathConfig,
+    pub default_limit: ParkLimit,
+    pub timing: Timing,
+    /// Default pace of backlog replays, in frames per second (0: as fast as
+    /// the kernel takes them). A service's `replay_rate` overrides it.
+    pub replay_rate: u64,
+    /// Frames a paced replay may send at once.
+    pub replay_burst: u64,
+    /// How FORWARDs leave the node (see `forward_path`).
+    pub forward_path: ForwardPathChoice,
+}
+
+/// The engine; see the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    dp: Datapath,
+    ring: ParkRing,
+    events_fd: OwnedFd,
+    links: Vec<AttachedLink>,
+    /// The TC ingress links of `migr_tc`, one per interface in `links`.
+    tc_links: Vec<AttachedLink>,
+    /// Where the state is saved.
+    state_file: StateFile,
+    /// Why `migr_tc` could not be attached, if it could not (FORWARDs on
+    /// the TC path are then refused).
+    tc_error: Option<String>,
+    services: BTreeMap<u32, Service>,
+    started: Instant,
+    dirty: bool,
+    last_persist: Instant,
+    unknown_records: u64,
+    /// MP_JOINs that arrived before their token, kept until it is installed.
+    early_joins: EarlyJoins,
+    late_joins_learned: u64,
+    rx: mpsc::Receiver<Call>,
+    wake: Arc<OwnedFd>,
+    error_backoff_until: Option<Instant>,
+    /// A paced replay may go on at this time.
+    next_replay_at: Option<Instant>,
+    /// flock on the state directory: one agent per state directory.
+    _lock: std::fs::File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn to_value<T: Serialize>(v: Result<T, ApiError>) -> Result<Value, ApiError> {
+    v.and_then(|x| serde_json::to_value(x).map_err(internal))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn datapath_err(e: anyhow::Error) -> ApiError {
+    ApiError::new(ErrorCode::Datapath, format!("{e:#}"))
+}
+
+impl Engine {
+    /// Loads (or re-opens) the datapath, attaches it, recovers the stored
+    /// state, and starts the engine thread.
+    pub fn start(cfg: EngineConfig) -> Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+        // SAFETY: plain eventfd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            bail!("eventfd: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let (tx, rx) = mpsc::channel();
+        let engine = Self::init(cfg, rx, wake.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("migr-engine".into())
+            .spawn(move || engine.run())?;
+        Ok((EngineHandle { tx, wake }, thread))
+    }
+
+    fn init(cfg: EngineConfig, rx: mpsc::Receiver<Call>, wake: Arc<OwnedFd>) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.pin_dir)
+            .with_context(|| format!("creating the pin directory {}", cfg.pin_dir.display()))?;
+        let spool_dir = cfg.state_dir.join("spool");
+        std::fs::create_dir_all(&spool_dir)
+            .with_context(|| format!("creating {}", spool_dir.display()))?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        let reused = cfg.pin_dir.join("PARKED").exists();
+        let replay_counter_kept = cfg.pin_dir.join("REPLAY_NEXT").exists();
+        let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
+        // Runs of the replay batch a killed agent left unfinished (see spool.rs).
+        let batch_runs = match replay_counter_kept {
+            true => Some(u64::from(dp.replay_progress()?)),
+            false => None,
+        };
+        let (ring_fd, ring_size, ring_id) = dp.map_fd("PARKED")?;
+        let ring = ParkRing::new(ring_fd, ring_size, ring_id)?;
+        let (events_fd, _, _) = dp.map_fd("EVENTS")?;
+        tracing::info!(
+            pin_dir = %cfg.pin_dir.display(),
+            maps = if reused { "re-opened" } else { "created" },
+            ring_bytes = ring_size,
+            ring_backlog = ring.backlog(),
+            "datapath loaded"
+        );
+
+        let mut engine = Self {
+            state_file: StateFile::new(&cfg.state_dir),
+            cfg,
+            dp,
+            ring,
+            events_fd,
+            links: Vec::new(),
+            tc_links: Vec::new(),
+            tc_error: None,
+            services: BTreeMap::new(),
+            started: Instant::now(),
+            dirty: false,
+            last_persist: Instant::now(),
+            unknown_records: 0,
+            early_joins: EarlyJoins::default(),
+            late_joins_learned: 0,
+            rx,
+            wake,
+            error_backoff_until: None,
+            next_replay_at: None,
+            _lock: lock,
+        };
+        engine.recover_state(batch_runs)?;
+        engine.deactivate_strangers()?;
+        engine.attach_all()?;
+        engine.refresh_forward_paths();
+        engine.persist()?;
+        Ok(engine)
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("spool")
+    }
+
+    // -----------------------------------------------------------------
+    // The loop
+
+    fn run(mut self) {
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Call::Op {
+                        op,
+                        received,
+                        resolved,
+                        reply,
+                    }) => {
+                        let result = self.handle(*op, received, resolved);
+                        let _ = reply.send(result);
+                    }
+                    Ok(Call::Shutdown { detach, reply }) => {
+                        self.shutdown(detach);
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.shutdown(false);
+                        return;
+                    }
+                }
+            }
+            let mut busy = false;
+            if self.error_backoff_until.is_none_or(|t| Instant::now() >= t) {
+                match pump_ring(&self.ring, &mut self.services, &mut self.dp) {
+                    Ok(pumped) => {
+                        busy |= pumped.records > 0;
+                        self.unknown_records += pumped.unknown;
+                        self.dirty |= pumped.changed;
+                    }
+                    Err(e) => {
+                        self.dirty = true;
+                        tracing::error!(error = %format!("{e:#}"), "storing parked frames failed; retrying in 100 ms (the frames stay in the ring)");
+                        self.error_backoff_until =
+                            Some(Instant::now() + Duration::from_millis(100));
+                    }
+                }
+            }
+            busy |= self.replay_backlogs(256);
+            self.tick();
+            if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {
+                self.persist_or_log();
+            }
+            if !busy {
+                self.wait();
+            }
+        }
+    }
+
+    /// Sleeps until the ring or the events ring has data, a request arrives,
+    /// or the next timer is due.
+    fn wait(&mut self) {
+        let now = now_ms();
+        let mut timeout: i64 = 1000;
+        for svc in self.services.values() {
+            if let Some(t) = svc.machine.next_deadline_ms() {
+                // Clamped before the cast: a far deadline (drain_ms = u64::MAX)
+                // would wrap negative and turn the poll below into a spin.
+                timeout = timeout.min(t.saturating_sub(now).min(1000) as i64);
+            }
+        }
+        for t in [self.error_backoff_until, self.next_replay_at]
+            .into_iter()
+            .flatten()
+        {
+            // Round up: waking early only spins.
+            let us = t.saturating_duration_since(Instant::now()).as_micros() as i64;
+            timeout = timeout.min((us + 999) / 1000);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ring.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.events_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if self.error_backoff_until.is_some() {
+            // Do not spin on a ring we cannot drain right now.
+            fds[0].events = 0;
+        }
+        // SAFETY: poll on three valid fds.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.max(0) as i32,
+            )
+        };
+        if fds[2].revents & libc::POLLIN != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: reading the eventfd counter (non-blocking).
+            unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            self.pump_events();
+        }
+    }
+
+    fn shutdown(&mut self, detach: bool) {
+        self.persist_or_log();
+        for svc in self.services.values() {
+            let pending = svc.spool.pending();
+            if pending > 0 {
+                tracing::warn!(service = %svc.spec.name, pending,
+                    "parked frames remain stored; a restarted agent replays them");
+            }
+        }
+        let tc_links: Vec<AttachedLink> = self.tc_links.drain(..).collect();
+        for link in self.links.drain(..).chain(tc_links) {
+            let iface = link.iface.clone();
+            if detach {
+                match link.detach() {
+                    Ok(()) => tracing::info!(%iface, "detached"),
+                    Err(e) => tracing::error!(%iface, error = %format!("{e:#}"), "detach failed"),
+                }
+            } else {
+                link.keep();
+                tracing::info!(%iface, "left attached (pinned) for an in-place restart");
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Requests
+
+    fn handle(
+        &mut self,
+        op: Op,
+        received: Instant,
+        resolved: Option<Result<ResolvedForward, ApiError>>,
+    ) -> Result<Value, ApiError> {
+        match op {
+            Op::Hello => Ok(serde_json::json!({
+                "agent": "migr-agent",
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": api::PROTOCOL_VERSION,
+                "ops": api::OPS,
+            })),
+            Op::ServiceAdd(spec) => to_value(self.service_add(spec, resolved)),
+            Op::ServiceRemove(args) => to_value(self.service_remove(args)),
+            Op::ServiceList => {
+                let list: Vec<Value> = self
+                    .services
+                    .values()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.spec.id,
+                            "name": s.spec.name,
+                            "state": s.machine.state.name(),
+                            "datapath": describe(s.machine.datapath()),
+                            "rules": s.spec.rules.len(),
+                            "pending_frames": s.spool.pending(),
+                        })
+                    })
+                    .collect();
+                Ok(Value::Array(list))
+            }
+            Op::ServiceShow(args) => {
+                let id = self.resolve(&args.service)?;
+                to_value(self.status_of(id))
+            }
+            Op::Phase(args) => to_value(self.phase(args, received)),
+            Op::Criu(args) => to_value(self.criu(args, received)),
+            Op::Stats => to_value(self.stats()),
+        }
+    }
+}

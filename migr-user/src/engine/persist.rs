@@ -1,0 +1,218 @@
+//! The agent's state across restarts: each service's spec, phase machine
+//! and totals in `state.json`, saved after every change (at most once a
+//! second during a replay); the parked frames themselves are in the stores
+//! (`spool.rs`). A restarted agent reads both back and re-installs every
+//! service's datapath entries.
+
+use std::{os::fd::AsRawFd as _, path::Path, time::Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use migr_common::maps::{MAX_SERVICES, SERVICE_ACTIVE, ServiceEntry};
+use migr_control::{
+    api::ServiceSpec,
+    phase::{PhaseMachine, ReplayStage},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Engine,
+    service::{ResolvedForward, Service, Totals},
+};
+use crate::{datapath::replayable, netdev::if_index, spool::Spool};
+
+#[derive(Serialize, Deserialize)]
+struct PersistedService {
+    spec: ServiceSpec,
+    forward: Option<ResolvedForward>,
+    machine: PhaseMachine,
+    totals: Totals,
+    last_latency_us: Option<u64>,
+    /// The store as it was when `totals` were saved.
+    #[serde(default)]
+    spool_mark: Option<SpoolMark>,
+}
+
+/// Where a service's store stood when the state was saved. The state is
+/// saved at most once a second during a replay, the store's cursor on every
+/// batch; a restarted agent counts the frames stored and replayed in
+/// between from the store ([`catch_up_totals`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SpoolMark {
+    first_ring_pos: Option<u64>,
+    len: u64,
+    done: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedState {
+    version: u32,
+    services: Vec<PersistedService>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+impl Engine {
+    /// Re-reads the saved state and the stores, and re-installs every
+    /// service's datapath entries (idempotent; needed if the pins were lost).
+    pub(super) fn recover_state(&mut self, batch_runs: Option<u64>) -> Result<()> {
+        let dir = self.cfg.state_dir.clone();
+        let Some(text) = self.state_file.load()? else {
+            return Ok(());
+        };
+        let state: PersistedState = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "parsing the saved state in {} (`migr-agent cleanup` starts afresh)",
+                dir.display()
+            )
+        })?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "the saved state in {} has version {}, this agent reads version {STATE_VERSION}",
+                dir.display(),
+                state.version
+            );
+        }
+        for ps in state.services {
+            let id = ps.spec.id;
+            let (spool, recovered) =
+                Spool::open(&self.spool_dir(), id, self.ring.map_id, batch_runs)?;
+            let mut svc = Service::new(
+                ps.spec,
+                ps.forward,
+                ps.machine,
+                spool,
+                self.cfg.default_limit,
+            );
+            svc.totals = ps.totals;
+            svc.last_latency_us = ps.last_latency_us;
+            if let Some(mark) = ps.spool_mark {
+                catch_up_totals(&mut svc, mark, recovered.uncertain);
+            }
+            svc.totals.replay.uncertain_frames += recovered.uncertain;
+            if svc.machine.replay == Some(ReplayStage::Backlog) {
+                svc.start_replay_run(Instant::now());
+            }
+            // The interface may have been re-created: resolve its index again.
+            if let (Some(fwd), Some(resolved)) = (&svc.spec.forward, svc.forward.as_mut())
+                && let Ok(ifindex) = if_index(&fwd.iface)
+            {
+                resolved.ifindex = ifindex;
+            }
+            tracing::info!(
+                service = %svc.spec.name, id,
+                state = svc.machine.state.name(),
+                stored = recovered.frames, pending = recovered.pending,
+                torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
+                "service recovered"
+            );
+            self.install(&svc)
+                .map_err(|e| anyhow!("re-installing service {id}: {e}"))?;
+            self.services.insert(id, svc);
+        }
+        Ok(())
+    }
+
+    /// Active datapath entries this agent has no state for (the state was
+    /// lost, but the pins were not) would park or forward with nobody to
+    /// replay: they are switched off (PASS), failing open.
+    pub(super) fn deactivate_strangers(&mut self) -> Result<()> {
+        for id in 1..MAX_SERVICES {
+            if self.services.contains_key(&id) {
+                continue;
+            }
+            let entry = self.dp.service(id)?;
+            if entry.flags & SERVICE_ACTIVE != 0 {
+                tracing::warn!(
+                    id,
+                    action = entry.action,
+                    "the datapath has a service this agent has no state for; switching it off (PASS)"
+                );
+                self.dp.set_service(id, &ServiceEntry::default())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn persist(&mut self) -> Result<()> {
+        let state = PersistedState {
+            version: STATE_VERSION,
+            services: self
+                .services
+                .values()
+                .map(|s| PersistedService {
+                    spec: s.spec.clone(),
+                    forward: s.forward,
+                    machine: s.machine.clone(),
+                    totals: s.totals.clone(),
+                    last_latency_us: s.last_latency_us,
+                    spool_mark: Some(SpoolMark {
+                        first_ring_pos: s.spool.first_ring_pos(),
+                        len: s.spool.len() as u64,
+                        done: s.spool.done() as u64,
+                    }),
+                })
+                .collect(),
+        };
+        self.state_file.save(&serde_json::to_vec(&state)?)?;
+        self.dirty = false;
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+
+    pub(super) fn persist_or_log(&mut self) {
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %format!("{e:#}"), "could not save the agent state");
+        }
+    }
+}
+
+/// Adds to the saved counters what a killed agent stored and replayed after
+/// its last save, as its store records it: frames appended since (stored),
+/// and frames the cursor passed since (replayed, or failed if too large to
+/// replay), less the `uncertain` ones of an interrupted batch. If the store
+/// was emptied in between (all replayed, then compacted), the frames that
+/// were pending at the save count as replayed (their sizes are gone).
+fn catch_up_totals(svc: &mut Service, mark: SpoolMark, uncertain: u64) {
+    let (len, done) = (svc.spool.len() as u64, svc.spool.done() as u64);
+    let same_store = svc.spool.first_ring_pos() == mark.first_ring_pos && len >= mark.len;
+    let (stored_from, replayed_from, earlier) = if same_store {
+        (mark.len, mark.done.min(done), 0)
+    } else {
+        (0, 0, mark.len.saturating_sub(mark.done))
+    };
+    let t = &mut svc.totals;
+    for f in svc.spool.frames_in(stored_from as usize, len as usize) {
+        t.stored_frames += 1;
+        t.stored_bytes += f.frame.len() as u64;
+    }
+    let passed = svc.spool.frames_in(replayed_from as usize, done as usize);
+    let certain = passed.len().saturating_sub(uncertain as usize);
+    for f in &passed[..certain] {
+        if replayable(f.frame.len()) {
+            t.replay.replayed_frames += 1;
+            t.replay.replayed_bytes += f.frame.len() as u64;
+        } else {
+            t.replay.failed_frames += 1;
+        }
+    }
+    t.replay.replayed_frames += earlier;
+}
+
+pub(super) fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another migr-agent uses the state directory {} ({})",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
+}

@@ -1,0 +1,486 @@
+//! One service as the engine keeps it, and the rules that decide for it
+//! without I/O: whether a parked frame is stored or overflows, how fast a
+//! backlog replay may go, which datapath entries its spec means, and whether
+//! it may start forwarding over its link. Time and link states are passed in,
+//! so all of it is unit-tested here without root.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use migr_common::{
+    cid::CidConfig,
+    maps::{
+        Action, FAMILY_V4, FAMILY_V6, ForwardMode, ForwardPath, ForwardTarget, LISTENER_QUIC,
+        LISTENER_QUIC_GREASE, ListenerEntry, ListenerKey, SERVICE_ACTIVE, SERVICE_HOLD,
+        SERVICE_MPTCP, ServiceEntry,
+    },
+};
+use migr_control::{
+    api::{self, ForwardModeSpec, ParkLimit, ReplayStats, RuleProto, ServiceSpec},
+    phase::{DatapathState, PhaseMachine, State},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{socket_room::SocketWatch, spool::Spool};
+
+/// How the forward target resolved on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedForward {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The frames leave through the TC program ([`ForwardPath::Tc`]).
+    #[serde(default)]
+    pub tc: bool,
+}
+
+/// Counters the agent keeps itself (persisted with the state).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Totals {
+    pub(super) stored_frames: u64,
+    pub(super) stored_bytes: u64,
+    pub(super) overflow_frames: u64,
+    pub(super) overflow_bytes: u64,
+    #[serde(default)]
+    pub(super) checksums_completed: u64,
+    #[serde(default)]
+    pub(super) checksums_bad: u64,
+    pub(super) replay: ReplayStats,
+}
+
+/// A backlog replay under way: when it began and what had been replayed
+/// before it (the token bucket and the "last replay" figures count from there).
+pub(super) struct ReplayRun {
+    pub(super) started: Instant,
+    pub(super) replayed_before: u64,
+}
+
+pub(super) struct Service {
+    pub(super) spec: ServiceSpec,
+    pub(super) forward: Option<ResolvedForward>,
+    pub(super) machine: PhaseMachine,
+    pub(super) totals: Totals,
+    pub(super) spool: Spool,
+    pub(super) limit: ParkLimit,
+    pub(super) last_latency_us: Option<u64>,
+    pub(super) replay_run: Option<ReplayRun>,
+    /// The restored process CRIU named (`CRTOOLS_INIT_PID`), whose
+    /// namespace's sockets a local replay watches; not persisted (after a
+    /// restart the replay goes on paced by the token bucket alone).
+    pub(super) init_pid: Option<u32>,
+    pub(super) socket_watch: Option<SocketWatch>,
+}
+
+impl Service {
+    pub(super) fn new(
+        spec: ServiceSpec,
+        forward: Option<ResolvedForward>,
+        machine: PhaseMachine,
+        spool: Spool,
+        default_limit: ParkLimit,
+    ) -> Self {
+        Self {
+            limit: spec.park_limit.unwrap_or(default_limit),
+            spec,
+            forward,
+            machine,
+            totals: Totals::default(),
+            spool,
+            last_latency_us: None,
+            replay_run: None,
+            init_pid: None,
+            socket_watch: None,
+        }
+    }
+
+    pub(super) fn mptcp(&self) -> bool {
+        self.spec.rules.iter().any(|r| r.proto == RuleProto::Mptcp)
+    }
+
+    /// The SERVICES entry that makes the datapath do `dps`.
+    pub(super) fn entry(&self, dps: DatapathState) -> ServiceEntry {
+        let mut flags = SERVICE_ACTIVE;
+        if self.mptcp() {
+            flags |= SERVICE_MPTCP;
+        }
+        if dps.hold {
+            flags |= SERVICE_HOLD;
+        }
+        ServiceEntry {
+            action: dps.action as u32,
+            flags,
+            forward: forward_target(&self.spec, self.forward),
+        }
+    }
+
+    /// The overflow rule: a parked frame of `len` bytes is stored if the
+    /// store, with `queued` frames and bytes not written yet, stays within
+    /// the service's limit; otherwise the newest frame is the one dropped.
+    pub(super) fn has_room(&self, queued: (u64, u64), len: u64) -> bool {
+        self.spool.pending() as u64 + queued.0 < self.limit.frames
+            && self.spool.pending_bytes() + queued.1 + len <= self.limit.bytes
+    }
+
+    /// Counts a frame the store had no room for (logged at powers of two).
+    pub(super) fn count_overflow(&mut self, len: u64) {
+        self.totals.overflow_frames += 1;
+        self.totals.overflow_bytes += len;
+        if self.totals.overflow_frames.is_power_of_two() {
+            tracing::warn!(service = %self.spec.name,
+                overflow_frames = self.totals.overflow_frames,
+                limit_frames = self.limit.frames, limit_bytes = self.limit.bytes,
+                "parked-frame store full: dropping the newest frames");
+        }
+    }
+
+    /// Frames a replay has handled so far (replayed or given up on).
+    pub(super) fn replay_handled(&self) -> u64 {
+        self.totals.replay.replayed_frames + self.totals.replay.failed_frames
+    }
+
+    /// Begins counting a backlog replay at `now`.
+    pub(super) fn start_replay_run(&mut self, now: Instant) {
+        self.replay_run = Some(ReplayRun {
+            started: now,
+            replayed_before: self.replay_handled(),
+        });
+    }
+}
+
+/// What a paced replay may do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// Replay up to this many frames.
+    Go(u64),
+    /// Nothing until then.
+    WaitUntil(Instant),
+}
+
+/// The token bucket of a backlog replay: `burst` frames at once, then
+/// `rate` per second from `started`, of which `done` are spent.
+pub(super) fn token_bucket(
+    started: Instant,
+    now: Instant,
+    done: u64,
+    burst: u64,
+    rate: u64,
+) -> Pace {
+    let elapsed = now.saturating_duration_since(started).as_secs_f64();
+    let total = burst as f64 + rate as f64 * elapsed;
+    match (total as u64).saturating_sub(done) {
+        0 => Pace::WaitUntil(
+            started
+                + Duration::from_secs_f64((done + 1).saturating_sub(burst) as f64 / rate as f64),
+        ),
+        n => Pace::Go(n),
+    }
+}
+
+/// "park", "forward+hold", ...
+pub fn describe(dps: DatapathState) -> String {
+    if dps.hold {
+        format!("{}+hold", dps.action.name())
+    } else {
+        dps.action.name().to_string()
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The LISTENERS entry of one of a service's rules.
+pub(super) fn listener_for(rule: &api::MatchRule, service_id: u32) -> (ListenerKey, ListenerEntry) {
+    let (addr, family) = ip_bytes(rule.addr.ip());
+    let key = ListenerKey {
+        addr,
+        port: rule.addr.port(),
+        proto: api::rule_ip_proto(rule.proto),
+        family,
+    };
+    let mut entry = ListenerEntry {
+        service_id,
+        ..Default::default()
+    };
+    if rule.proto == RuleProto::Quic {
+        entry.flags |= LISTENER_QUIC;
+        if rule.grease {
+            entry.flags |= LISTENER_QUIC_GREASE;
+        }
+        if let Some(c) = rule.cid
+            && let Ok(cfg) = CidConfig::new(c.len, c.offset, c.id_len)
+        {
+            entry.cid = cfg;
+        }
+    }
+    (key, entry)
+}
+
+pub(super) fn forward_target(
+    spec: &ServiceSpec,
+    resolved: Option<ResolvedForward>,
+) -> ForwardTarget {
+    let (Some(fwd), Some(r)) = (&spec.forward, resolved) else {
+        return ForwardTarget::default();
+    };
+    let (addr, family, port) = match fwd.addr {
+        Some(a) => {
+            let (addr, family) = ip_bytes(a.ip());
+            (addr, family, a.port())
+        }
+        None => {
+            let family = match spec.rules.first().map(|r| r.addr) {
+                Some(SocketAddr::V6(_)) => FAMILY_V6,
+                _ => FAMILY_V4,
+            };
+            ([0; 16], family, 0)
+        }
+    };
+    ForwardTarget {
+        addr,
+        port,
+        mode: match fwd.mode {
+            ForwardModeSpec::AddressChanging => ForwardMode::AddressChanging,
+            ForwardModeSpec::SameIp => ForwardMode::SameIp,
+        } as u8,
+        family,
+        dst_mac: r.dst_mac,
+        src_mac: r.src_mac,
+        ifindex: r.ifindex,
+        path: if r.tc {
+            ForwardPath::Tc
+        } else {
+            ForwardPath::Xdp
+        } as u8,
+        _pad: [0; 3],
+    }
+}
+
+/// The state of a service's forward interface (`ServiceStatus::forward_link`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Up,
+    /// Up, but the link or its peer is down.
+    NoCarrier,
+    Down,
+    /// Gone, or re-created (another index) since the service was added.
+    Missing,
+}
+
+impl LinkState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::NoCarrier => "no-carrier",
+            LinkState::Down => "down",
+            LinkState::Missing => "missing",
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            LinkState::Up => "is up",
+            LinkState::NoCarrier => "has no carrier (the link or its peer is down)",
+            LinkState::Down => "is down",
+            LinkState::Missing => {
+                "no longer exists (or was re-created since the service was added)"
+            }
+        }
+    }
+}
+
+/// The forward rules of a phase change that would enter `to` with
+/// `target`: a service forwards only with a forward target, and a source
+/// starts forwarding (and replays its parked frames to the destination) only
+/// over a link that delivers; otherwise its frames stay parked. `link` is
+/// the forward interface's state, if it has one.
+pub(super) fn forward_refusal(
+    svc: &Service,
+    to: State,
+    target: Action,
+    link: Option<LinkState>,
+) -> Option<String> {
+    if target != Action::Forward {
+        return None;
+    }
+    let name = &svc.spec.name;
+    if svc.forward.is_none() {
+        return Some(format!(
+            "service {name:?} has no forward target: it cannot forward to its new node (add it with a forward target)"
+        ));
+    }
+    let link = link.filter(|l| *l != LinkState::Up)?;
+    if to != State::Restored {
+        return None;
+    }
+    let iface = svc.spec.forward.as_ref().map_or("?", |f| f.iface.as_str());
+    Some(format!(
+        "service {name:?} cannot forward: its forward interface {iface} {}; the parked frames stay parked (fix the link and retry, or abort)",
+        link.why()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migr_control::phase::Timing;
+
+    fn spec() -> ServiceSpec {
+        serde_json::from_str(
+            r#"{"id":1,"name":"a","rules":[{"proto":"udp","addr":"10.0.0.1:7"}],
+                "forward":{"addr":"10.0.1.1:8","iface":"eth1","next_hop_mac":"02:00:00:00:00:09"}}"#,
+        )
+        .unwrap()
+    }
+
+    const RESOLVED: ResolvedForward = ResolvedForward {
+        ifindex: 5,
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 9],
+        tc: false,
+    };
+
+    /// A service whose store lives in a fresh directory under the temp dir.
+    fn service(
+        forward: Option<ResolvedForward>,
+        limit: ParkLimit,
+    ) -> (Service, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "migr-service-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (spool, _) = Spool::open(&dir, 1, 7, None).unwrap();
+        let machine = PhaseMachine::new(Timing::default(), 0);
+        (Service::new(spec(), forward, machine, spool, limit), dir)
+    }
+
+    #[test]
+    fn forward_targets_follow_the_spec() {
+        let spec = spec();
+        let t = forward_target(&spec, Some(RESOLVED));
+        assert_eq!(&t.addr[..4], &[10, 0, 1, 1]);
+        assert_eq!((t.port, t.family, t.ifindex), (8, FAMILY_V4, 5));
+        assert_eq!(t.mode, ForwardMode::AddressChanging as u8);
+        assert_eq!(t.path, ForwardPath::Xdp as u8);
+        let t = forward_target(
+            &spec,
+            Some(ResolvedForward {
+                tc: true,
+                ..RESOLVED
+            }),
+        );
+        assert_eq!(t.path, ForwardPath::Tc as u8);
+        assert_eq!(forward_target(&spec, None), ForwardTarget::default());
+        let (key, entry) = listener_for(&spec.rules[0], 1);
+        assert_eq!((key.port, key.proto, entry.service_id), (7, 17, 1));
+    }
+
+    #[test]
+    fn the_store_takes_frames_up_to_either_limit() {
+        let limit = ParkLimit {
+            frames: 3,
+            bytes: 1000,
+        };
+        let (mut svc, dir) = service(None, limit);
+        assert!(svc.has_room((0, 0), 1000), "exactly the byte limit fits");
+        assert!(!svc.has_room((0, 0), 1001), "one byte over does not");
+        assert!(svc.has_room((2, 500), 500), "the third frame fits");
+        assert!(!svc.has_room((3, 300), 1), "a fourth does not");
+        svc.count_overflow(40);
+        svc.count_overflow(60);
+        assert_eq!(
+            (svc.totals.overflow_frames, svc.totals.overflow_bytes),
+            (2, 100)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_token_bucket_gives_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(token_bucket(t0, t0, 0, 16, 1000), Pace::Go(16));
+        // The burst spent: the 17th frame is due 1 ms after the start.
+        assert_eq!(token_bucket(t0, t0, 16, 16, 1000), Pace::WaitUntil(ms(1)));
+        assert_eq!(token_bucket(t0, ms(10), 16, 16, 1000), Pace::Go(10));
+        assert_eq!(
+            token_bucket(t0, ms(10), 26, 16, 1000),
+            Pace::WaitUntil(ms(11))
+        );
+    }
+
+    #[test]
+    fn forwarding_needs_a_target_and_a_link_that_delivers() {
+        let limit = ParkLimit {
+            frames: 10,
+            bytes: 10_000,
+        };
+        let (svc, dir) = service(None, limit);
+        let no_target = forward_refusal(&svc, State::Restored, Action::Forward, None);
+        assert!(no_target.is_some_and(|e| e.contains("no forward target")));
+        assert_eq!(
+            forward_refusal(&svc, State::Restored, Action::Pass, None),
+            None
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (svc, dir) = service(Some(RESOLVED), limit);
+        for (link, refused) in [
+            (LinkState::Up, false),
+            (LinkState::NoCarrier, true),
+            (LinkState::Down, true),
+            (LinkState::Missing, true),
+        ] {
+            let e = forward_refusal(&svc, State::Restored, Action::Forward, Some(link));
+            assert_eq!(e.is_some(), refused, "{link:?}");
+            if let Some(e) = e {
+                assert!(e.contains("eth1") && e.contains(link.why()), "{e}");
+            }
+        }
+        // Draining goes on forwarding whatever the link does.
+        let draining = forward_refusal(
+            &svc,
+            State::Draining,
+            Action::Forward,
+            Some(LinkState::Down),
+        );
+        assert_eq!(draining, None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn entries_carry_the_flags_of_the_state() {
+        let limit = ParkLimit {
+            frames: 10,
+            bytes: 10_000,
+        };
+        let (svc, dir) = service(Some(RESOLVED), limit);
+        let held = svc.entry(DatapathState {
+            action: Action::Forward,
+            hold: true,
+        });
+        assert_eq!(held.action, Action::Forward as u32);
+        assert_eq!(held.flags, SERVICE_ACTIVE | SERVICE_HOLD);
+        assert_eq!(held.forward.ifindex, 5);
+        assert_eq!(
+            describe(DatapathState {
+                action: Action::Forward,
+                hold: true
+            }),
+            "forward+hold"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
