@@ -8,6 +8,61 @@ use crate::cid::CidConfig;
 
 /// Service ids are 1..MAX_SERVICES; 0 means "not a migrating service's packet".
 pub const MAX_SERVICES: u32 = 4096;
+
+/// The names of the datapath's maps. The XDP program declares each as a
+/// `#[map]` static of that name (aya names a map after its static); the
+/// agent opens and pins them by these names, and a unit test of migr-user
+/// checks that the built object has every one.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const SERVER_IDS: &str = "SERVER_IDS";
+    pub const TOKENS: &str = "TOKENS";
+    /// An LRU hash map: learned flows age out under pressure.
+    pub const FLOWS: &str = "FLOWS";
+    pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
+    pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
+    pub const REASONS: &str = "REASONS";
+    pub const PROTO_COUNTERS: &str = "PROTO_COUNTERS";
+    pub const PARKED: &str = "PARKED";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    pub const REPLAY_SLOTS: &str = "REPLAY_SLOTS";
+    pub const REPLAY_NEXT: &str = "REPLAY_NEXT";
+    /// Transient (one load's XDP and TC programs share it), not pinned.
+    pub const TC_HANDOVERS: &str = "TC_HANDOVERS";
+
+    /// The maps that hold state across agent restarts: pinned in bpffs.
+    pub const PINNED: [&str; 14] = [
+        SERVICES,
+        LISTENERS,
+        SERVER_IDS,
+        TOKENS,
+        FLOWS,
+        FORWARD_DEVICES,
+        SERVICE_COUNTERS,
+        REASONS,
+        PROTO_COUNTERS,
+        PARKED,
+        EVENTS,
+        EVENT_BUDGET,
+        REPLAY_SLOTS,
+        REPLAY_NEXT,
+    ];
+}
+
+/// Default sizes of the datapath's tables: the XDP program declares its maps
+/// with them, and the agent's `DatapathConfig` starts from them (it may
+/// resize the ones it names before loading).
+pub mod map_sizes {
+    pub const LISTENERS: u32 = 4096;
+    pub const SERVER_IDS: u32 = 65_536;
+    pub const TOKENS: u32 = 65_536;
+    pub const FLOWS: u32 = 65_536;
+    /// Bytes of the park ring (a power of two, a multiple of the page size).
+    pub const PARK_RING_BYTES: u32 = 16 << 20;
+    pub const EVENT_RING_BYTES: u32 = 256 << 10;
+}
 /// Service id of traffic that belongs to no service.
 pub const NO_SERVICE: u32 = 0;
 

@@ -48,7 +48,7 @@ use migr_common::{
         ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX, ParkedHeader,
         ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
         ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
-        Verdict,
+        Verdict, map_sizes,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -57,12 +57,6 @@ use migr_common::{
 use crate::frame::{XdpFrame, fill_header_cache};
 
 /// Default sizes; the agent may override them at load time.
-const DEFAULT_LISTENERS: u32 = 4096;
-const DEFAULT_SERVER_IDS: u32 = 65_536;
-const DEFAULT_TOKENS: u32 = 65_536;
-const DEFAULT_FLOWS: u32 = 65_536;
-const DEFAULT_PARK_RING_BYTES: u32 = 16 << 20;
-const DEFAULT_EVENT_RING_BYTES: u32 = 256 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// `bpf_ringbuf_query` flag: bytes produced but not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -71,14 +65,14 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 static SERVICES: Array<ServiceEntry> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map]
 static LISTENERS: HashMap<ListenerKey, ListenerEntry> =
-    HashMap::with_max_entries(DEFAULT_LISTENERS, 0);
+    HashMap::with_max_entries(map_sizes::LISTENERS, 0);
 #[map]
 static SERVER_IDS: HashMap<u32, u32> =
-    HashMap::with_max_entries(DEFAULT_SERVER_IDS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(map_sizes::SERVER_IDS, BPF_F_NO_PREALLOC);
 #[map]
-static TOKENS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_TOKENS, BPF_F_NO_PREALLOC);
+static TOKENS: HashMap<u32, u32> = HashMap::with_max_entries(map_sizes::TOKENS, BPF_F_NO_PREALLOC);
 #[map]
-static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(map_sizes::FLOWS, 0);
 #[map]
 static FORWARD_DEVICES: DevMap = DevMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
@@ -89,9 +83,9 @@ static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 
 #[map]
 static PROTO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProtoClass::COUNT, 0);
 #[map]
-static PARKED: RingBuf = RingBuf::with_byte_size(DEFAULT_PARK_RING_BYTES, 0);
+static PARKED: RingBuf = RingBuf::with_byte_size(map_sizes::PARK_RING_BYTES, 0);
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_RING_BYTES, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(map_sizes::EVENT_RING_BYTES, 0);
 #[map]
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 /// The frames of the agent's current replay batch (see [`ReplayMeta`]).

@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict,
+    Verdict, map_names, map_sizes,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -119,11 +119,21 @@ pub struct DatapathConfig {
 impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
-            flows: 65_536,
-            server_ids: 65_536,
-            tokens: 65_536,
-            park_ring_bytes: 16 << 20,
+            flows: map_sizes::FLOWS,
+            server_ids: map_sizes::SERVER_IDS,
+            tokens: map_sizes::TOKENS,
+            park_ring_bytes: map_sizes::PARK_RING_BYTES,
         }
+    }
+}
+
+/// `map`, checked to be an LRU hash map: aya's `HashMap` handle opens plain
+/// and LRU hash maps alike, and FLOWS must be the LRU the program declares
+/// (learned flows age out instead of filling the table).
+fn lru<M: std::ops::Deref<Target = aya::maps::Map>>(map: M) -> Result<M> {
+    match &*map {
+        aya::maps::Map::LruHashMap(_) => Ok(map),
+        other => bail!("expected an LRU hash map, found {other:?}"),
     }
 }
 
@@ -136,22 +146,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 14] = [
-    "SERVICES",
-    "LISTENERS",
-    "SERVER_IDS",
-    "TOKENS",
-    "FLOWS",
-    "FORWARD_DEVICES",
-    "SERVICE_COUNTERS",
-    "REASONS",
-    "PROTO_COUNTERS",
-    "PARKED",
-    "EVENTS",
-    "EVENT_BUDGET",
-    "REPLAY_SLOTS",
-    "REPLAY_NEXT",
-];
+pub const PINNED_MAPS: [&str; 14] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -213,10 +208,10 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries("FLOWS", config.flows)
-            .map_max_entries("SERVER_IDS", config.server_ids)
-            .map_max_entries("TOKENS", config.tokens)
-            .map_max_entries("PARKED", config.park_ring_bytes);
+            .map_max_entries(map_names::FLOWS, config.flows)
+            .map_max_entries(map_names::SERVER_IDS, config.server_ids)
+            .map_max_entries(map_names::TOKENS, config.tokens)
+            .map_max_entries(map_names::PARKED, config.park_ring_bytes);
         if let Some(dir) = pin_dir {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -408,7 +403,8 @@ impl Datapath {
             );
         }
         {
-            let mut slots = Array::<_, ReplaySlot>::try_from(self.map_mut("REPLAY_SLOTS")?)?;
+            let mut slots =
+                Array::<_, ReplaySlot>::try_from(self.map_mut(map_names::REPLAY_SLOTS)?)?;
             let mut slot = ReplaySlot {
                 len: 0,
                 action: action as u32,
@@ -451,12 +447,12 @@ impl Datapath {
 
     /// Runs of the last (or the interrupted) replay batch.
     pub fn replay_progress(&self) -> Result<u32> {
-        let map = Array::<_, u32>::try_from(self.map("REPLAY_NEXT")?)?;
+        let map = Array::<_, u32>::try_from(self.map(map_names::REPLAY_NEXT)?)?;
         Ok(map.get(&0, 0)?)
     }
 
     fn set_replay_progress(&mut self, runs: u32) -> Result<()> {
-        let mut map = Array::<_, u32>::try_from(self.map_mut("REPLAY_NEXT")?)?;
+        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::REPLAY_NEXT)?)?;
         map.set(0, runs, 0)?;
         Ok(())
     }
@@ -465,7 +461,7 @@ impl Datapath {
     pub fn proto_counters(&self) -> Result<[u64; ProtoClass::COUNT as usize]> {
         let map = self
             .ebpf
-            .map("PROTO_COUNTERS")
+            .map(map_names::PROTO_COUNTERS)
             .ok_or_else(|| anyhow!("map PROTO_COUNTERS missing from the object"))?;
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = [0u64; ProtoClass::COUNT as usize];
@@ -491,41 +487,43 @@ impl Datapath {
     /// Writes a service's entry (its action, flags and forward target).
     pub fn set_service(&mut self, service_id: u32, entry: &ServiceEntry) -> Result<()> {
         check_service_id(service_id)?;
-        let mut map = Array::<_, ServiceEntry>::try_from(self.map_mut("SERVICES")?)?;
+        let mut map = Array::<_, ServiceEntry>::try_from(self.map_mut(map_names::SERVICES)?)?;
         map.set(service_id, entry, 0)?;
         Ok(())
     }
 
     pub fn service(&self, service_id: u32) -> Result<ServiceEntry> {
         check_service_id(service_id)?;
-        let map = Array::<_, ServiceEntry>::try_from(self.map("SERVICES")?)?;
+        let map = Array::<_, ServiceEntry>::try_from(self.map(map_names::SERVICES)?)?;
         Ok(map.get(&service_id, 0)?)
     }
 
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
         check_service_id(entry.service_id)?;
-        let mut map =
-            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map_mut("LISTENERS")?)?;
+        let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
+            self.map_mut(map_names::LISTENERS)?,
+        )?;
         map.insert(key, entry, 0)?;
         Ok(())
     }
 
     pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
-        let mut map =
-            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map_mut("LISTENERS")?)?;
+        let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
+            self.map_mut(map_names::LISTENERS)?,
+        )?;
         map.remove(key)?;
         Ok(())
     }
 
     pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
-        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         map.insert(server_id, service_id, 0)?;
         Ok(())
     }
 
     pub fn remove_server_id(&mut self, server_id: u32) -> Result<()> {
-        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("SERVER_IDS")?)?;
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         match map.remove(&server_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -533,12 +531,13 @@ impl Datapath {
     }
 
     pub fn listeners(&self) -> Result<Vec<(ListenerKey, ListenerEntry)>> {
-        let map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map("LISTENERS")?)?;
+        let map =
+            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map(map_names::LISTENERS)?)?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     pub fn remove_token(&mut self, token: u32) -> Result<()> {
-        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::TOKENS)?)?;
         match map.remove(&token) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -547,7 +546,7 @@ impl Datapath {
 
     /// The service an MPTCP token is installed for.
     pub fn token(&self, token: u32) -> Result<Option<u32>> {
-        let map = HashMap::<_, u32, u32>::try_from(self.map("TOKENS")?)?;
+        let map = HashMap::<_, u32, u32>::try_from(self.map(map_names::TOKENS)?)?;
         match map.get(&token, 0) {
             Ok(id) => Ok(Some(id)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -557,25 +556,25 @@ impl Datapath {
 
     pub fn set_token(&mut self, token: u32, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
-        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut("TOKENS")?)?;
+        let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::TOKENS)?)?;
         map.insert(token, service_id, 0)?;
         Ok(())
     }
 
     pub fn tokens(&self) -> Result<Vec<(u32, u32)>> {
-        let map = HashMap::<_, u32, u32>::try_from(self.map("TOKENS")?)?;
+        let map = HashMap::<_, u32, u32>::try_from(self.map(map_names::TOKENS)?)?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
-        let mut map = HashMap::<_, FlowKey, u32>::try_from(self.map_mut("FLOWS")?)?;
+        let mut map = HashMap::<_, FlowKey, u32>::try_from(lru(self.map_mut(map_names::FLOWS)?)?)?;
         map.insert(key, service_id, 0)?;
         Ok(())
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<u32>> {
-        let map = HashMap::<_, FlowKey, u32>::try_from(self.map("FLOWS")?)?;
+        let map = HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?;
         match map.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -587,7 +586,7 @@ impl Datapath {
     /// thread's network namespace).
     pub fn set_forward_device(&mut self, service_id: u32, ifindex: u32) -> Result<()> {
         check_service_id(service_id)?;
-        let mut map = DevMap::try_from(self.map_mut("FORWARD_DEVICES")?)?;
+        let mut map = DevMap::try_from(self.map_mut(map_names::FORWARD_DEVICES)?)?;
         map.set(service_id, ifindex, None, 0)
             .with_context(|| format!("adding ifindex {ifindex} to FORWARD_DEVICES"))?;
         Ok(())
@@ -595,7 +594,8 @@ impl Datapath {
 
     /// A service's verdict counters, summed over CPUs.
     pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters> {
-        let map = PerCpuArray::<_, ServiceCounters>::try_from(self.map("SERVICE_COUNTERS")?)?;
+        let map =
+            PerCpuArray::<_, ServiceCounters>::try_from(self.map(map_names::SERVICE_COUNTERS)?)?;
         let mut total = ServiceCounters::default();
         for cpu in map.get(&service_id, 0)?.iter() {
             for v in 0..Verdict::COUNT {
@@ -608,7 +608,7 @@ impl Datapath {
 
     /// Global reason counters, summed over CPUs.
     pub fn reasons(&self) -> Result<[u64; Reason::COUNT as usize]> {
-        let map = PerCpuArray::<_, u64>::try_from(self.map("REASONS")?)?;
+        let map = PerCpuArray::<_, u64>::try_from(self.map(map_names::REASONS)?)?;
         let mut out = [0u64; Reason::COUNT as usize];
         for reason in Reason::ALL {
             out[reason as usize] = map.get(&(reason as u32), 0)?.iter().sum();
@@ -618,7 +618,7 @@ impl Datapath {
 
     /// Takes every frame currently in the `PARKED` ring, oldest first.
     pub fn drain_parked(&mut self) -> Result<Vec<ParkedFrame>> {
-        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut("PARKED")?)?;
+        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut(map_names::PARKED)?)?;
         let mut frames = Vec::new();
         while let Some(item) = ring.next() {
             frames.push(decode_parked(&item)?);
@@ -628,7 +628,7 @@ impl Datapath {
 
     /// Takes every event currently in the `EVENTS` ring, oldest first.
     pub fn drain_events(&mut self) -> Result<Vec<Event>> {
-        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut("EVENTS")?)?;
+        let mut ring = RingBuf::<&mut MapData>::try_from(self.map_mut(map_names::EVENTS)?)?;
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
@@ -712,4 +712,28 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
         .try_into()
         .with_context(|| format!("program {name} is not an XDP program"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel side of the contract: the built object declares every map
+    /// the agent opens by name, FLOWS as the LRU the agent expects.
+    #[test]
+    fn the_object_declares_every_map_the_agent_names() {
+        let object = aya_obj::Object::parse(XDP_OBJECT).expect("the built XDP object parses");
+        for name in map_names::PINNED.iter().chain(&[map_names::TC_HANDOVERS]) {
+            assert!(
+                object.maps.contains_key(*name),
+                "map {name} is missing from the object"
+            );
+        }
+        let flows = &object.maps[map_names::FLOWS];
+        assert_eq!(
+            flows.map_type(),
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32
+        );
+        assert_eq!(flows.max_entries(), map_sizes::FLOWS);
+    }
 }

@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use migr_common::maps::map_names;
 use migr_control::{
     api::{self, ApiError, ErrorCode, Op, ParkLimit},
     phase::Timing,
@@ -144,17 +145,17 @@ impl Engine {
         std::fs::create_dir_all(&spool_dir)
             .with_context(|| format!("creating {}", spool_dir.display()))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
-        let reused = cfg.pin_dir.join("PARKED").exists();
-        let replay_counter_kept = cfg.pin_dir.join("REPLAY_NEXT").exists();
+        let reused = cfg.pin_dir.join(map_names::PARKED).exists();
+        let replay_counter_kept = cfg.pin_dir.join(map_names::REPLAY_NEXT).exists();
         let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
         // Runs of the replay batch a killed agent left unfinished (see spool.rs).
         let batch_runs = match replay_counter_kept {
             true => Some(u64::from(dp.replay_progress()?)),
             false => None,
         };
-        let (ring_fd, ring_size, ring_id) = dp.map_fd("PARKED")?;
+        let (ring_fd, ring_size, ring_id) = dp.map_fd(map_names::PARKED)?;
         let ring = ParkRing::new(ring_fd, ring_size, ring_id)?;
-        let (events_fd, _, _) = dp.map_fd("EVENTS")?;
+        let (events_fd, _, _) = dp.map_fd(map_names::EVENTS)?;
         tracing::info!(
             pin_dir = %cfg.pin_dir.display(),
             maps = if reused { "re-opened" } else { "created" },
