@@ -1,46 +1,19 @@
 //! `cargo xtask build-ebpf`: builds the XDP object through migr-user's build
 //! script (the project's one eBPF build definition) and checks it carries BTF.
 
-use std::{
-    io::BufRead as _,
-    path::{Path, PathBuf},
-    process::Stdio,
-};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::{artifacts, run};
 
 /// Builds migr-user (whose build.rs compiles migr-ebpf) and returns the object's path.
 pub fn build_ebpf() -> Result<PathBuf> {
-    let mut cmd = run::cargo();
-    cmd.args([
-        "build",
-        "--package",
-        "migr-user",
-        "--message-format=json-render-diagnostics",
-    ])
-    .stdout(Stdio::piped());
-    let line = run::render(&cmd);
-    let mut child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
-    let mut out_dir = None;
-    if let Some(stdout) = child.stdout.take() {
-        for msg in std::io::BufReader::new(stdout).lines() {
-            let msg = msg?;
-            // One JSON object per line; the build-script message of migr-user names OUT_DIR.
-            if msg.contains("\"reason\":\"build-script-executed\"") && msg.contains("migr-user") {
-                out_dir = json_string_field(&msg, "out_dir");
-            }
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!(
-            "`{line}` failed ({status}); run `cargo xtask setup` if bpf-linker or rust-src is missing"
-        );
-    }
-    let out_dir = out_dir.context("cargo did not report migr-user's OUT_DIR")?;
-    let object = Path::new(&out_dir).join("migr");
+    let build = artifacts::build(&["build", "--package", "migr-user"]).context(
+        "building the eBPF object (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )?;
+    let manifest = run::workspace_root().join("migr-user/Cargo.toml");
+    let object = build.out_dir(&manifest)?.join("migr");
     let sections = elf_section_names(
         &std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?,
     )?;
@@ -51,14 +24,6 @@ pub fn build_ebpf() -> Result<PathBuf> {
     }
     eprintln!("eBPF object has sections .BTF and .BTF.ext");
     Ok(object)
-}
-
-/// Extracts `"field":"value"` from a flat JSON line (cargo escapes nothing in paths we use).
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let key = format!("\"{field}\":\"");
-    let start = line.find(&key)? + key.len();
-    let end = line[start..].find('"')? + start;
-    Some(line[start..end].to_string())
 }
 
 /// Section names of a little-endian ELF64 file.

@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask <command>`.
+mod artifacts;
 mod bench;
 mod build;
 mod criu;

@@ -1,11 +1,11 @@
 //! The binaries the guest runs, built on the host.
 
-use std::{path::PathBuf, process::Stdio, time::Instant};
+use std::{path::PathBuf, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use super::guest::{GUEST_MOUNTS, GUEST_TMPFS};
-use crate::run;
+use crate::{artifacts, run};
 
 pub(super) struct HostBinaries {
     /// (test target name, executable).
@@ -27,20 +27,15 @@ pub(super) fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
     for name in wanted {
         args.extend(["--test", name]);
     }
-    let out = cargo_json(&args)?;
-    let mut tests: Vec<(String, PathBuf)> = artifacts(&out, "test");
+    let mut tests = artifacts::build(&args)?.executables("test");
     tests.sort_by_key(|(name, _)| wanted.iter().position(|t| t == name));
     let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
     if names != wanted {
         bail!("cargo built the test executables {names:?}, expected {wanted:?} (migr-tests)");
     }
     // `cargo build`, not `cargo test`: the latter builds the example with a test harness.
-    let out = cargo_json(&["build", "--package", "migr-user", "--example", "verifier"])?;
-    let verifier = artifacts(&out, "example")
-        .into_iter()
-        .find(|(name, _)| name == "verifier")
-        .map(|(_, path)| path)
-        .context("cargo reported no executable for migr-user's `verifier` example")?;
+    let verifier = artifacts::build(&["build", "--package", "migr-user", "--example", "verifier"])?
+        .executable("example", "verifier")?;
     let mut bins = HostBinaries {
         tests,
         verifier,
@@ -79,52 +74,4 @@ pub(super) fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
             .join(", ")
     );
     Ok(bins)
-}
-
-fn cargo_json(args: &[&str]) -> Result<String> {
-    let mut cmd = run::cargo();
-    cmd.args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit());
-    let line = run::render(&cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!("`{line}` failed ({})", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// (target name, executable) of the compiler artifacts of one target kind, from cargo's JSON.
-fn artifacts(json: &str, kind: &str) -> Vec<(String, PathBuf)> {
-    let kind_field = format!("\"kind\":[\"{kind}\"]");
-    json.lines()
-        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains(&kind_field))
-        .filter_map(|l| {
-            let target = &l[l.find("\"target\":")?..];
-            let name = json_string(target, "name")?;
-            let exe = json_string(l, "executable")?;
-            Some((name, PathBuf::from(exe)))
-        })
-        .collect()
-}
-
-/// The first string value of `"key":"..."` in `text` (enough JSON for cargo's messages).
-fn json_string(text: &str, key: &str) -> Option<String> {
-    let start = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut out = String::new();
-    let mut chars = text[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
-    }
-    None
 }
