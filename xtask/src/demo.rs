@@ -18,8 +18,8 @@ pub fn demo() -> Result<()> {
     let started = Instant::now();
     setup::setup()?;
     println!("[demo] building migr-agent, migrctl, migr-echo and migr-testbed (release)");
-    testbed::build().context("building the demo's programs")?;
-    run::status(std::process::Command::new(testbed::testbed_bin()).arg("demo"))
+    let programs = testbed::build().context("building the demo's programs")?;
+    run::status(std::process::Command::new(&programs.testbed).arg("demo"))
         .context("the demo failed (it removed what it had created)")?;
     println!(
         "[demo] finished in {:.0} s (setup and build included)",
