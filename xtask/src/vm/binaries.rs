@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use super::guest::{GUEST_MOUNTS, GUEST_TMPFS};
 use crate::{artifacts, run};
 
+#[derive(Default)]
 pub(super) struct HostBinaries {
     /// (test target name, executable).
     pub(super) tests: Vec<(String, PathBuf)>,

@@ -28,7 +28,7 @@ const GUEST_RMEM_DEFAULT: u32 = 4 << 20;
 /// must not hold the whole VM until the host's timeout).
 const GUEST_BINARY_TIMEOUT: Duration = Duration::from_secs(600);
 /// The initramfs's directories (busybox --install puts links into the first four).
-pub(super) const GUEST_DIRS: &[&str] = &[
+const GUEST_DIRS: &[&str] = &[
     "bin",
     "sbin",
     "usr",
@@ -77,14 +77,8 @@ impl Guest {
         boot_modules.dedup();
 
         let script = init_script(kernel, bins, &deps, filter);
-        let mut cpio = Cpio::default();
-        for dir in GUEST_DIRS {
-            cpio.dir(dir);
-        }
-        cpio.char_device("dev/console", 5, 1);
-        cpio.file("init", 0o755, script.as_bytes());
         let busybox = fs::read("/bin/busybox").context("reading /bin/busybox")?;
-        cpio.file("bin/busybox", 0o755, &busybox);
+        let mut cpio = base_initramfs(&script, &busybox);
         let mod_root = format!("lib/modules/{}", kernel.kver);
         cpio.dir(&mod_root);
         for name in [
@@ -118,6 +112,18 @@ impl Guest {
             tests: bins.tests.iter().map(|(n, _)| n.clone()).collect(),
         })
     }
+}
+
+/// The initramfs every guest starts from: its directories, a console, `/init` and busybox.
+pub(super) fn base_initramfs(init: &str, busybox: &[u8]) -> Cpio {
+    let mut cpio = Cpio::default();
+    for dir in GUEST_DIRS {
+        cpio.dir(dir);
+    }
+    cpio.char_device("dev/console", 5, 1);
+    cpio.file("init", 0o755, init.as_bytes());
+    cpio.file("bin/busybox", 0o755, busybox);
+    cpio
 }
 
 /// `modules.dep` of an unpacked kernel, plus `modules.builtin`.

@@ -47,7 +47,7 @@ pub enum KernelArg {
     /// to load with a verdict that names the missing features (not part of `all`).
     #[value(name = "5.10")]
     V5_10,
-    /// Both.
+    /// 6.1 and 6.12.
     All,
 }
 
@@ -141,10 +141,11 @@ pub fn vm_test(opts: &Options) -> Result<Totals> {
         kernels.push(kernel);
     }
 
-    let mut accel = opts.accel;
-    if accel == AccelArg::Auto {
-        accel = probe_kvm(&tools, &vm_dir, &kernels[0])?;
-    }
+    let accel = match opts.accel {
+        AccelArg::Auto => probe_kvm(&tools, &vm_dir, &kernels[0])?,
+        AccelArg::Kvm => Accel::Kvm,
+        AccelArg::Tcg => Accel::Tcg,
+    };
 
     let mut results = Vec::new();
     for kernel in &kernels {
@@ -183,13 +184,9 @@ fn boot_and_test(
     tools: &Tools,
     guest: &Guest,
     kernel: &Kernel,
-    accel: AccelArg,
+    accel: Accel,
     timeout: Duration,
 ) -> Result<KernelResult> {
-    let accel = match accel {
-        AccelArg::Kvm => Accel::Kvm,
-        _ => Accel::Tcg,
-    };
     let cmd = qemu_command(tools, kernel, &guest.initramfs, accel, "");
     println!("[vm] == Linux {} ({})", kernel.kver, kernel.version);
     println!("[vm] {}", run::render(&cmd));

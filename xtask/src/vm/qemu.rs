@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -12,10 +12,8 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    AccelArg,
     binaries::HostBinaries,
-    cpio::Cpio,
-    guest::{GUEST_DIRS, ModulesDep, init_script},
+    guest::{ModulesDep, base_initramfs, init_script},
     kernel::Kernel,
     tools::Tools,
 };
@@ -35,9 +33,20 @@ impl Drop for Qemu {
     }
 }
 
+/// How QEMU executes the guest, once `--accel auto` is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Accel {
     Kvm,
     Tcg,
+}
+
+impl Accel {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
 }
 
 pub(super) fn qemu_command(
@@ -158,7 +167,7 @@ const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Boots the first kernel with KVM for a few seconds: KVM is used only if a guest really runs.
 /// The verdict is kept in `target/vm/kvm-probe/verdict` for this host kernel, QEMU and guest
 /// kernel, so that reruns do not wait for a probe that fails again.
-pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result<AccelArg> {
+pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result<Accel> {
     let kvm = Path::new("/dev/kvm");
     if fs::OpenOptions::new()
         .read(true)
@@ -167,7 +176,7 @@ pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result
         .is_err()
     {
         println!("[vm] KVM: /dev/kvm is missing or not accessible; using TCG");
-        return Ok(AccelArg::Tcg);
+        return Ok(Accel::Tcg);
     }
     let run_dir = vm_dir.join("kvm-probe");
     fs::create_dir_all(&run_dir)?;
@@ -193,33 +202,18 @@ pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result
                 "[vm] KVM: {why} (probed before, for {key}; delete {} to probe again); using {accel}",
                 verdict_file.display()
             );
-            return Ok(if accel == "kvm" {
-                AccelArg::Kvm
+            return Ok(if accel == Accel::Kvm.name() {
+                Accel::Kvm
             } else {
-                AccelArg::Tcg
+                Accel::Tcg
             });
         }
     }
     let t = Instant::now();
     let deps = ModulesDep::read(&kernel.modules())?;
-    let script = init_script(
-        kernel,
-        &HostBinaries {
-            tests: Vec::new(),
-            verifier: PathBuf::new(),
-            workdir: PathBuf::new(),
-            keep: Vec::new(),
-        },
-        &deps,
-        &[],
-    );
-    let mut cpio = Cpio::default();
-    for dir in GUEST_DIRS {
-        cpio.dir(dir);
-    }
-    cpio.char_device("dev/console", 5, 1);
-    cpio.file("init", 0o755, script.as_bytes());
-    cpio.file("bin/busybox", 0o755, &fs::read(&tools.busybox)?);
+    // The probe's /init powers off before it would mount or run anything.
+    let script = init_script(kernel, &HostBinaries::default(), &deps, &[]);
+    let cpio = base_initramfs(&script, &fs::read(&tools.busybox)?);
     let initramfs = run_dir.join("initramfs.cpio");
     fs::write(&initramfs, cpio.finish())?;
     let cmd = qemu_command(tools, kernel, &initramfs, Accel::Kvm, "migr.probe");
@@ -231,7 +225,7 @@ pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result
     })?;
     let (accel, why) = if ok {
         let why = format!("a probe guest booted in {:.1}s", t.elapsed().as_secs_f64());
-        (AccelArg::Kvm, why)
+        (Accel::Kvm, why)
     } else {
         let output = last
             .iter()
@@ -242,9 +236,9 @@ pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result
                 |l| l.trim().to_string(),
             );
         let why = format!("/dev/kvm is present but a probe guest did not boot with it ({output})");
-        (AccelArg::Tcg, why)
+        (Accel::Tcg, why)
     };
-    let name = if accel == AccelArg::Kvm { "kvm" } else { "tcg" };
+    let name = accel.name();
     println!(
         "[vm] KVM: {why}; using {name} ({:.1}s spent)",
         t.elapsed().as_secs_f64()

@@ -2,13 +2,10 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::{AccelArg, PROGRAMS, console::KernelResult, kernel::Series};
+use super::{PROGRAMS, console::KernelResult, kernel::Series, qemu::Accel};
 
-pub(super) fn print_report(results: &[KernelResult], accel: AccelArg) {
-    let accel = match accel {
-        AccelArg::Kvm => "kvm",
-        _ => "tcg",
-    };
+pub(super) fn print_report(results: &[KernelResult], accel: Accel) {
+    let accel = accel.name();
     println!();
     println!("[vm] results ({accel}):");
     let header = [
