@@ -156,7 +156,7 @@ pub fn vm_test(opts: &Options) -> Result<Totals> {
     print_report(&results, accel);
     let failed: Vec<&str> = results
         .iter()
-        .filter(|r| !r.passed())
+        .filter(|r| !r.succeeded())
         .map(KernelResult::name)
         .collect();
     println!(

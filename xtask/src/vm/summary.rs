@@ -50,7 +50,7 @@ pub(super) fn print_report(results: &[KernelResult], accel: Accel) {
                 secs(r.boot),
                 secs(r.load_time),
                 secs(r.test_time),
-                match (r.passed(), r.series.is_some_and(Series::expects_refusal)) {
+                match (r.succeeded(), r.series.is_some_and(Series::expects_refusal)) {
                     (true, false) => "ok",
                     (true, true) => "ok (refused, as expected)",
                     (false, _) => "FAILED",
@@ -92,7 +92,7 @@ pub(super) fn print_report(results: &[KernelResult], accel: Accel) {
     );
     for r in results
         .iter()
-        .filter(|r| r.passed() && r.loaded == Some(false))
+        .filter(|r| r.succeeded() && r.loaded == Some(false))
     {
         println!();
         println!(
@@ -104,7 +104,7 @@ pub(super) fn print_report(results: &[KernelResult], accel: Accel) {
             println!("[vm]   feature {m}");
         }
     }
-    for r in results.iter().filter(|r| !r.passed()) {
+    for r in results.iter().filter(|r| !r.succeeded()) {
         println!();
         println!("[vm] Linux {} ({}) failed:", r.kver, r.version);
         if r.loaded == Some(false) {
