@@ -83,9 +83,13 @@ fn is_static_elf(elf: &[u8]) -> bool {
     let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap_or_default()) as usize;
     let (phentsize, phnum) = (u16_at(54), u16_at(56));
     (0..phnum).all(|i| {
-        let at = phoff + i * phentsize;
+        // Offsets come from the file: one past the end (or past usize) is no PT_INTERP.
+        let p_type = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(|at| elf.get(at..at.checked_add(4)?));
         // PT_INTERP = 3.
-        elf.get(at..at + 4) != Some(&3u32.to_le_bytes())
+        p_type != Some(&3u32.to_le_bytes()[..])
     })
 }
 
@@ -114,5 +118,9 @@ mod tests {
         }
         let dynamic = fs::read("/bin/ls").unwrap();
         assert!(!is_static_elf(&dynamic));
+        // Program headers at the end of the address space: no overflow, and no PT_INTERP.
+        let mut bogus = dynamic[..64].to_vec();
+        bogus[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(is_static_elf(&bogus));
     }
 }
