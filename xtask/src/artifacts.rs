@@ -1,6 +1,6 @@
-//! What cargo built, as cargo reports it: every task that runs a program it built asks here
-//! instead of guessing paths under `target/` (the target directory, the profile directory and
-//! a test binary's hash are cargo's to choose).
+//! What cargo built, as cargo reports it: every task that needs the path of a program cargo
+//! built asks here instead of assembling one under `target/` (the target directory, the
+//! profile directory and a test binary's hash are cargo's to choose).
 
 use std::{
     path::{Path, PathBuf},
@@ -170,7 +170,7 @@ fn strings(obj: &Value, key: &str) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    /// Messages as cargo 1.9x writes them (shortened: fields this module ignores are left out).
+    /// Messages as cargo writes them, shortened: most fields this module ignores are left out.
     const MESSAGES: &str = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/migr-user#0.1.0","manifest_path":"/w/migr-user/Cargo.toml","target":{"kind":["custom-build"],"crate_types":["bin"],"name":"build-script-build","src_path":"/w/migr-user/build.rs"},"filenames":["/w/target/debug/build/migr-user-1/build-script-build"],"executable":null,"fresh":true}
 {"reason":"build-script-executed","package_id":"path+file:///w/migr-user#0.1.0","linked_libs":[],"linked_paths":[],"cfgs":[],"env":[],"out_dir":"/w/target/debug/build/migr-user-2/out"}
 {"reason":"compiler-artifact","package_id":"path+file:///w/migr-user#0.1.0","manifest_path":"/w/migr-user/Cargo.toml","target":{"kind":["lib"],"crate_types":["lib"],"name":"migr_user","src_path":"/w/migr-user/src/lib.rs"},"filenames":["/w/target/debug/libmigr_user.rlib"],"executable":null,"fresh":true}
