@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the live-migration demo on the testbed
-//! (docs/testbed.md). After `cargo xtask setup` (CRIU 4.1.1 and the tools)
-//! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
+//! (docs/testbed.md). It runs `cargo xtask setup` (CRIU 4.1.1 and the tools),
+//! builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
 //! `migr-testbed demo`: the six-namespace topology, a QUIC and a plain UDP
 //! service, each in a podman container, moved by podman's checkpoint and
 //! restore (runc and CRIU, cold, same IP) between two nodes with their own
