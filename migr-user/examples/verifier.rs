@@ -2,7 +2,7 @@
 //! kernel has of what the datapath needs, loads the datapath exactly as the agent does
 //! ([`Datapath::load`]), and prints, per program, the verifier's instruction count.
 //!
-//! Output, one fact a line (xtask/src/vm.rs reads it):
+//! Output, one fact a line (xtask/src/vm/console.rs reads it):
 //! - `feature | <name> | <since> | yes|MISSING|unknown (...)` for each probed feature;
 //! - `<program>: loaded; verified instructions <n|unknown>, translated size <n> bytes`;
 //! - on failure `load failed: <message>` (the outermost message: what the kernel lacks, from

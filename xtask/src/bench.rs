@@ -1,27 +1,33 @@
-//! `cargo xtask bench`: runs `migr-bench` (tests/src/bin/migr-bench.rs) as root,
-//! in release mode, and checks the JSON it writes.
+//! `cargo xtask bench`: builds `migr-bench` (tests/src/bin/migr-bench/) in release mode,
+//! runs it (it needs root), and checks the JSON it writes.
+
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::{artifacts, run};
 
 pub fn bench(quick: bool, json: Option<&str>) -> Result<()> {
     let default_json = run::workspace_root().join("target/bench.json");
     let json = json.map(std::path::PathBuf::from).unwrap_or(default_json);
-    // The agent cases run the real migr-agent and migrctl, built beside the bench.
-    run::status(run::cargo().args(["build", "--release", "--package", "migr-user", "--bins"]))?;
-    let mut cmd = run::cargo();
-    cmd.args([
-        "run",
+    // The agent cases run the real migr-agent and migrctl, which migr-bench finds beside
+    // itself. Two builds: one of both packages would unify their dependencies' features, and
+    // the agent could differ from the one `cargo build -p migr-user` makes.
+    artifacts::build(&["build", "--release", "--package", "migr-user", "--bins"])?;
+    let bench = artifacts::build(&[
+        "build",
         "--release",
         "--package",
         "migr-tests",
         "--bin",
         "migr-bench",
-        "--",
-    ])
-    .arg("--json")
-    .arg(&json);
+    ])?
+    .executable("bin", "migr-bench")?;
+    // In the workspace root, where `cargo run` would start it (a relative --json lands there).
+    let mut cmd = Command::new(bench);
+    cmd.current_dir(run::workspace_root())
+        .arg("--json")
+        .arg(&json);
     if quick {
         cmd.arg("--quick");
     }

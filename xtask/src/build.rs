@@ -1,46 +1,19 @@
 //! `cargo xtask build-ebpf`: builds the XDP object through migr-user's build
 //! script (the project's one eBPF build definition) and checks it carries BTF.
 
-use std::{
-    io::BufRead as _,
-    path::{Path, PathBuf},
-    process::Stdio,
-};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::{artifacts, run};
 
 /// Builds migr-user (whose build.rs compiles migr-ebpf) and returns the object's path.
 pub fn build_ebpf() -> Result<PathBuf> {
-    let mut cmd = run::cargo();
-    cmd.args([
-        "build",
-        "--package",
-        "migr-user",
-        "--message-format=json-render-diagnostics",
-    ])
-    .stdout(Stdio::piped());
-    let line = run::render(&cmd);
-    let mut child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
-    let mut out_dir = None;
-    if let Some(stdout) = child.stdout.take() {
-        for msg in std::io::BufReader::new(stdout).lines() {
-            let msg = msg?;
-            // One JSON object per line; the build-script message of migr-user names OUT_DIR.
-            if msg.contains("\"reason\":\"build-script-executed\"") && msg.contains("migr-user") {
-                out_dir = json_string_field(&msg, "out_dir");
-            }
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!(
-            "`{line}` failed ({status}); run `cargo xtask setup` if bpf-linker or rust-src is missing"
-        );
-    }
-    let out_dir = out_dir.context("cargo did not report migr-user's OUT_DIR")?;
-    let object = Path::new(&out_dir).join("migr");
+    let build = artifacts::build(&["build", "--package", "migr-user"]).context(
+        "building the eBPF object (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )?;
+    let manifest = run::workspace_root().join("migr-user/Cargo.toml");
+    let object = build.out_dir(&manifest)?.join("migr");
     let sections = elf_section_names(
         &std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?,
     )?;
@@ -53,44 +26,39 @@ pub fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
-/// Extracts `"field":"value"` from a flat JSON line (cargo escapes nothing in paths we use).
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let key = format!("\"{field}\":\"");
-    let start = line.find(&key)? + key.len();
-    let end = line[start..].find('"')? + start;
-    Some(line[start..end].to_string())
-}
-
 /// Section names of a little-endian ELF64 file.
 fn elf_section_names(elf: &[u8]) -> Result<Vec<String>> {
-    let u16_at = |o: usize| -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            elf.get(o..o + 2).context("ELF truncated")?.try_into()?,
-        ))
+    // Offsets come from the file: a corrupt one must be an error, not an overflow.
+    let bytes = |o: usize, n: usize| -> Result<&[u8]> {
+        o.checked_add(n)
+            .and_then(|end| elf.get(o..end))
+            .context("ELF truncated")
     };
-    let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            elf.get(o..o + 4).context("ELF truncated")?.try_into()?,
-        ))
-    };
-    let u64_at = |o: usize| -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            elf.get(o..o + 8).context("ELF truncated")?.try_into()?,
-        ))
-    };
+    let u16_at = |o| -> Result<u16> { Ok(u16::from_le_bytes(bytes(o, 2)?.try_into()?)) };
+    let u32_at = |o| -> Result<u32> { Ok(u32::from_le_bytes(bytes(o, 4)?.try_into()?)) };
+    let u64_at = |o| -> Result<u64> { Ok(u64::from_le_bytes(bytes(o, 8)?.try_into()?)) };
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         bail!("not a little-endian ELF64 object");
     }
-    let shoff = u64_at(0x28)? as usize;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    let strtab_off = u64_at(shoff + shstrndx * shentsize + 0x18)? as usize;
+    let shoff = usize::try_from(u64_at(0x28)?)?;
+    let shentsize = usize::from(u16_at(0x3a)?);
+    let shnum = usize::from(u16_at(0x3c)?);
+    let shstrndx = usize::from(u16_at(0x3e)?);
+    let header = |index: usize, field: usize| -> Result<usize> {
+        index
+            .checked_mul(shentsize)
+            .and_then(|o| o.checked_add(shoff))
+            .and_then(|o| o.checked_add(field))
+            .context("ELF section header out of range")
+    };
+    let strtab_off = usize::try_from(u64_at(header(shstrndx, 0x18)?)?)?;
     let mut names = Vec::with_capacity(shnum);
     for i in 0..shnum {
-        let name_off = u32_at(shoff + i * shentsize)? as usize;
-        let start = strtab_off + name_off;
-        let rest = elf.get(start..).context("ELF name out of range")?;
+        let name_off = u32_at(header(i, 0)?)? as usize;
+        let rest = strtab_off
+            .checked_add(name_off)
+            .and_then(|start| elf.get(start..))
+            .context("ELF name out of range")?;
         let end = rest
             .iter()
             .position(|b| *b == 0)
@@ -98,4 +66,23 @@ fn elf_section_names(elf: &[u8]) -> Result<Vec<String>> {
         names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elf_section_names;
+
+    #[test]
+    fn corrupt_elves_are_errors() {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        // Section headers at the very end of the address space.
+        elf[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+        let err = elf_section_names(&elf).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(elf_section_names(&elf[..20]).is_err());
+        assert!(elf_section_names(b"not an ELF").is_err());
+    }
 }

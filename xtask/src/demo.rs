@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the live-migration demo on the testbed
-//! (docs/testbed.md). After `cargo xtask setup` (CRIU 4.1.1 and the tools)
-//! it builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
+//! (docs/testbed.md). It runs `cargo xtask setup` (CRIU 4.1.1 and the tools),
+//! builds migr-agent, migrctl, migr-echo and migr-testbed, and runs
 //! `migr-testbed demo`: the six-namespace topology, a QUIC and a plain UDP
 //! service, each in a podman container, moved by podman's checkpoint and
 //! restore (runc and CRIU, cold, same IP) between two nodes with their own
@@ -18,8 +18,8 @@ pub fn demo() -> Result<()> {
     let started = Instant::now();
     setup::setup()?;
     println!("[demo] building migr-agent, migrctl, migr-echo and migr-testbed (release)");
-    testbed::build().context("building the demo's programs")?;
-    run::status(std::process::Command::new(testbed::testbed_bin()).arg("demo"))
+    let programs = testbed::build().context("building the demo's programs")?;
+    run::status(std::process::Command::new(&programs.testbed).arg("demo"))
         .context("the demo failed (it removed what it had created)")?;
     println!(
         "[demo] finished in {:.0} s (setup and build included)",

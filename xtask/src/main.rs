@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask <command>`.
+mod artifacts;
 mod bench;
 mod build;
 mod criu;
@@ -27,9 +28,9 @@ enum Command {
     Setup,
     /// Build the XDP object (bpfel-unknown-none, with BTF) and print its path.
     BuildEbpf,
-    /// The whole test suite: setup, fmt, clippy, unit and privileged tests.
+    /// The whole suite: setup, fmt, clippy, unit tests, fuzzing, privileged and VM tests, benchmarks.
     Test {
-        /// Extra arguments for the privileged test binary (e.g. a test name filter).
+        /// Extra arguments for the privileged test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
     },

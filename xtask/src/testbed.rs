@@ -2,11 +2,11 @@
 //! run by `migr-testbed` (tests/src/bin/migr-testbed.rs) as root; results go
 //! to `results/NAME.json` (schema `migr-testbed/1`) and `results/NAME/*.csv`.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{run, setup};
+use crate::{artifacts, run, setup};
 
 pub struct Options {
     pub scenario: Option<String>,
@@ -16,19 +16,48 @@ pub struct Options {
     pub hook_cost: bool,
 }
 
-/// `migr-testbed` of the release build: the hook, the agents and the
-/// workloads run as users run them (a debug migrctl alone adds a
-/// millisecond to every CRIU step).
-pub fn testbed_bin() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| run::workspace_root().join("target"))
-        .join("release/migr-testbed")
+/// The programs migr-testbed starts; it finds them beside its own executable.
+const HELPERS: [&str; 3] = ["migr-agent", "migrctl", "migr-echo"];
+
+/// The testbed's programs of the release build: the hook, the agents and the workloads run
+/// as users run them (a debug migrctl alone adds a millisecond to every CRIU step).
+pub struct Programs {
+    /// migr-testbed in cargo's target directory.
+    pub testbed: PathBuf,
+    /// (name, executable) of [`HELPERS`].
+    helpers: Vec<(&'static str, PathBuf)>,
 }
 
-/// Builds the testbed's programs (release).
-pub fn build() -> Result<()> {
-    run::status(run::cargo().args([
+impl Programs {
+    /// Copies the programs into `testbed-bin/` beside cargo's profile directories and returns
+    /// migr-testbed's path there. CRIU dumps a process whose executable is a file: when
+    /// another build replaces `target/release/migr-echo` during a run (the old inode
+    /// unlinked), the dump fails ("Can't create link remap"). A private copy, made once per
+    /// command, does not change under it.
+    fn snapshot(&self) -> Result<PathBuf> {
+        let profile_dir = self.testbed.parent().context("target directory")?;
+        let to = profile_dir
+            .parent()
+            .context("target directory")?
+            .join("testbed-bin");
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        let testbed = ("migr-testbed", &self.testbed);
+        for (name, src) in self.helpers.iter().map(|(n, p)| (*n, p)).chain([testbed]) {
+            let dst = to.join(name);
+            // Written under a temporary name and renamed: a running copy keeps its inode.
+            let tmp = to.join(format!(".{name}.tmp"));
+            std::fs::copy(src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::rename(&tmp, &dst)
+                .with_context(|| format!("renaming to {}", dst.display()))?;
+        }
+        Ok(to.join("migr-testbed"))
+    }
+}
+
+/// Builds every binary of migr-user, migr-quic and migr-tests (release) and returns the
+/// testbed's programs among them.
+pub fn build() -> Result<Programs> {
+    let build = artifacts::build(&[
         "build",
         "-q",
         "--release",
@@ -39,19 +68,26 @@ pub fn build() -> Result<()> {
         "--package",
         "migr-tests",
         "--bins",
-    ]))
-    .context("building the testbed's programs")
+    ])
+    .context("building the testbed's programs")?;
+    let helpers = HELPERS
+        .into_iter()
+        .map(|name| Ok((name, build.executable("bin", name)?)))
+        .collect::<Result<_>>()?;
+    Ok(Programs {
+        testbed: build.executable("bin", "migr-testbed")?,
+        helpers,
+    })
 }
 
 pub fn testbed(o: &Options) -> Result<()> {
     if o.list {
-        build()?;
-        return run::status(Command::new(testbed_bin()).arg("scenarios"));
+        let programs = build()?;
+        return run::status(Command::new(&programs.testbed).arg("scenarios"));
     }
     if o.hook_cost {
         setup::setup()?;
-        build()?;
-        let bin = snapshot_bins()?;
+        let bin = build()?.snapshot()?;
         let mut cmd = Command::new(&bin);
         cmd.arg("hook-cost")
             .arg("--out")
@@ -69,8 +105,7 @@ pub fn testbed(o: &Options) -> Result<()> {
         ),
     };
     setup::setup()?;
-    build()?;
-    let bin = snapshot_bins()?;
+    let bin = build()?.snapshot()?;
     let out = run::workspace_root().join("results");
     // One invocation: the scenarios run interleaved, one run of each per
     // round, and a failed run is recorded in its scenario's JSON.
@@ -80,27 +115,4 @@ pub fn testbed(o: &Options) -> Result<()> {
         cmd.args(["--runs", &n.to_string()]);
     }
     run::status(&mut cmd)
-}
-
-/// Copies the testbed's programs into `target/testbed-bin/` and returns
-/// migr-testbed's path there. CRIU dumps a process whose executable is a
-/// file: when another build replaces `target/debug/migr-echo` during a run
-/// (the old inode unlinked), the dump fails ("Can't create link remap"). A
-/// private copy, made once per command, does not change under it.
-fn snapshot_bins() -> Result<std::path::PathBuf> {
-    let from = testbed_bin();
-    let from = from.parent().context("target directory")?;
-    let to = from
-        .parent()
-        .context("target directory")?
-        .join("testbed-bin");
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    for b in ["migr-agent", "migrctl", "migr-echo", "migr-testbed"] {
-        let (src, dst) = (from.join(b), to.join(b));
-        // Written under a temporary name and renamed: a running copy keeps its inode.
-        let tmp = to.join(format!(".{b}.tmp"));
-        std::fs::copy(&src, &tmp).with_context(|| format!("copying {}", src.display()))?;
-        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
-    }
-    Ok(to.join("migr-testbed"))
 }
