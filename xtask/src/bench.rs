@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: runs `migr-bench` (tests/src/bin/migr-bench.rs) as root,
+//! `cargo xtask bench`: runs `migr-bench` (migr-testbed/src/bin/migr-bench/) as root,
 //! in release mode, and checks the JSON it writes.
 
 use anyhow::{Context as _, Result, bail};
@@ -15,7 +15,7 @@ pub fn bench(quick: bool, json: Option<&str>) -> Result<()> {
         "run",
         "--release",
         "--package",
-        "migr-tests",
+        "migr-testbed",
         "--bin",
         "migr-bench",
         "--",

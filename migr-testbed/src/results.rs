@@ -1,0 +1,1 @@
+//! The schema of the files the testbed writes (filled in next).
