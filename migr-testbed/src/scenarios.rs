@@ -6,12 +6,12 @@
 use std::{path::Path, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
 
 use super::{
     Bins,
     migration::{self, Mode, Protocol, Run, RunConfig, Technique},
     placement::Runtime,
+    results::{self, Config, FailedRun, Machine, Metric, ScenarioFile, Stat, Summary},
     stats::{FreezeHit, mean_ci95},
     topology::Preset,
 };
@@ -388,22 +388,30 @@ pub fn find(name: &str) -> Result<Scenario> {
         .with_context(|| format!("no scenario {name:?}; `--list` shows them"))
 }
 
-fn stat(xs: &[f64]) -> Value {
+fn stat(xs: &[f64]) -> Option<Metric> {
     if xs.is_empty() {
-        return Value::Null;
+        return None;
     }
     let (mean, ci95) = mean_ci95(xs);
     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    json!({"n": xs.len(), "mean": mean, "ci95": ci95, "min": min, "max": max})
+    // Non-finite numbers are null in JSON, as serde_json writes them.
+    let finite = |x: f64| x.is_finite().then_some(x);
+    Some(Metric::Stat(Stat {
+        n: xs.len() as u64,
+        mean: finite(mean),
+        ci95: finite(ci95),
+        min: finite(min),
+        max: finite(max),
+    }))
 }
 
 /// The per-metric summary over runs.
-pub fn summarize(runs: &[Run]) -> Value {
-    let f = |g: &dyn Fn(&Run) -> Option<f64>| -> Value {
+pub fn summarize(runs: &[Run]) -> Summary {
+    let f = |g: &dyn Fn(&Run) -> Option<f64>| -> Option<Metric> {
         stat(&runs.iter().filter_map(g).collect::<Vec<_>>())
     };
-    let frames = |g: &dyn Fn(&migration::Frames) -> u64| -> Value {
+    let frames = |g: &dyn Fn(&migration::Frames) -> u64| -> Option<Metric> {
         f(&|r: &Run| {
             r.src_frames
                 .as_ref()
@@ -411,43 +419,90 @@ pub fn summarize(runs: &[Run]) -> Value {
                 .map(|(s, d)| (g(s) + g(d)) as f64)
         })
     };
-    json!({
-        "downtime_ms": f(&|r| Some(r.downtime_ms)),
-        "disruption_ms": f(&|r| Some(r.disruption_ms)),
-        "disruption_over_downtime": f(&|r| Some(r.ratio())),
-        "dump_ms": f(&|r| Some(r.dump_ms)),
-        "transfer_ms": f(&|r| Some(r.transfer_ms)),
-        "restore_ms": f(&|r| Some(r.restore_ms)),
-        "total_migration_ms": f(&|r| Some(r.total_migration_ms)),
-        "announce_to_ack_ms": f(&|r| Some(r.announce_to_ack_ms)),
-        "service_downtime_ms": f(&|r| r.service_gap.map(|g| g.ms)),
-        "last_answer_before_pre_dump_ms": f(&|r| r.service_gap.map(|g| g.last_answer_before_pre_dump_ms)),
-        "first_answer_after_post_resume_ms": f(&|r| r.service_gap.map(|g| g.first_answer_after_post_resume_ms)),
-        "median_service_ms": f(&|r| Some(r.median_service_ms)),
-        "max_service_ms": f(&|r| Some(r.max_service_ms)),
-        "after_migration_service_ms": f(&|r| r.after_migration_service_ms),
-        "lazy_pages_ms": f(&|r| r.lazy_pages_ms),
-        "image_bytes": f(&|r| Some(r.image_bytes as f64)),
-        "requests_lost": f(&|r| Some(r.lost as f64)),
-        "client_lost_packets": f(&|r| r.lost_packets().map(|v| v as f64)),
-        "client_pto_count": f(&|r| r.pto_count().map(|v| v as f64)),
-        "client_tcp_retransmits": f(&|r| r.tcp_retransmits().map(|v| v as f64)),
-        "frames_parked": frames(&|x| x.parked),
-        "frames_forwarded": frames(&|x| x.forwarded),
-        "frames_replayed": frames(&|x| x.replayed),
-        "frames_lost": frames(&|x| x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped),
-        "service_socket_drops": f(&|r| r.service_socket_drops.map(|v| v as f64)),
-        "client_ok": runs.iter().all(|r| r.client_ok),
-        "delay_line_dropped": f(&|r| r.delay_line.map(|d| d.dropped as f64)),
-        "delay_line_failed": f(&|r| r.delay_line.map(|d| d.failed as f64)),
-        "delay_line_late_frames": f(&|r| r.delay_line.map(|d| d.late as f64)),
-        "delay_line_max_late_ms": f(&|r| r.delay_line.map(|d| d.max_late_us as f64 / 1e3)),
-        "disruption_ms_freeze_in_upload": f(&|r| (r.freeze_hit == Some(FreezeHit::Upload)).then_some(r.disruption_ms)),
-        "disruption_ms_freeze_in_echo": f(&|r| (r.freeze_hit == Some(FreezeHit::Echo)).then_some(r.disruption_ms)),
-    })
+    [
+        ("downtime_ms", f(&|r| Some(r.downtime_ms))),
+        ("disruption_ms", f(&|r| Some(r.disruption_ms))),
+        ("disruption_over_downtime", f(&|r| Some(r.ratio()))),
+        ("dump_ms", f(&|r| Some(r.dump_ms))),
+        ("transfer_ms", f(&|r| Some(r.transfer_ms))),
+        ("restore_ms", f(&|r| Some(r.restore_ms))),
+        ("total_migration_ms", f(&|r| Some(r.total_migration_ms))),
+        ("announce_to_ack_ms", f(&|r| Some(r.announce_to_ack_ms))),
+        ("service_downtime_ms", f(&|r| r.service_gap.map(|g| g.ms))),
+        (
+            "last_answer_before_pre_dump_ms",
+            f(&|r| r.service_gap.map(|g| g.last_answer_before_pre_dump_ms)),
+        ),
+        (
+            "first_answer_after_post_resume_ms",
+            f(&|r| r.service_gap.map(|g| g.first_answer_after_post_resume_ms)),
+        ),
+        ("median_service_ms", f(&|r| Some(r.median_service_ms))),
+        ("max_service_ms", f(&|r| Some(r.max_service_ms))),
+        (
+            "after_migration_service_ms",
+            f(&|r| r.after_migration_service_ms),
+        ),
+        ("lazy_pages_ms", f(&|r| r.lazy_pages_ms)),
+        ("image_bytes", f(&|r| Some(r.image_bytes as f64))),
+        ("requests_lost", f(&|r| Some(r.lost as f64))),
+        (
+            "client_lost_packets",
+            f(&|r| r.lost_packets().map(|v| v as f64)),
+        ),
+        ("client_pto_count", f(&|r| r.pto_count().map(|v| v as f64))),
+        (
+            "client_tcp_retransmits",
+            f(&|r| r.tcp_retransmits().map(|v| v as f64)),
+        ),
+        ("frames_parked", frames(&|x| x.parked)),
+        ("frames_forwarded", frames(&|x| x.forwarded)),
+        ("frames_replayed", frames(&|x| x.replayed)),
+        (
+            "frames_lost",
+            frames(&|x| {
+                x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped
+            }),
+        ),
+        (
+            "service_socket_drops",
+            f(&|r| r.service_socket_drops.map(|v| v as f64)),
+        ),
+        (
+            "client_ok",
+            Some(Metric::Flag(runs.iter().all(|r| r.client_ok))),
+        ),
+        (
+            "delay_line_dropped",
+            f(&|r| r.delay_line.map(|d| d.dropped as f64)),
+        ),
+        (
+            "delay_line_failed",
+            f(&|r| r.delay_line.map(|d| d.failed as f64)),
+        ),
+        (
+            "delay_line_late_frames",
+            f(&|r| r.delay_line.map(|d| d.late as f64)),
+        ),
+        (
+            "delay_line_max_late_ms",
+            f(&|r| r.delay_line.map(|d| d.max_late_us as f64 / 1e3)),
+        ),
+        (
+            "disruption_ms_freeze_in_upload",
+            f(&|r| (r.freeze_hit == Some(FreezeHit::Upload)).then_some(r.disruption_ms)),
+        ),
+        (
+            "disruption_ms_freeze_in_echo",
+            f(&|r| (r.freeze_hit == Some(FreezeHit::Echo)).then_some(r.disruption_ms)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
-fn machine() -> Value {
+fn machine() -> Machine {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -464,12 +519,16 @@ fn machine() -> Value {
                 .to_string()
         })
         .unwrap_or_default();
-    json!({"kernel": kernel, "cpus": cpus, "criu": criu})
+    Machine {
+        kernel,
+        cpus: cpus as u64,
+        criu,
+    }
 }
 
 /// Runs `scenario` `runs` times, writes `out/NAME.json` and the CSVs, and
-/// returns the JSON.
-pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<Value> {
+/// returns what it wrote.
+pub fn run(bins: &Bins, scenario: &Scenario, runs: usize, out: &Path) -> Result<ScenarioFile> {
     let mut docs = run_interleaved(bins, std::slice::from_ref(scenario), runs, out)?;
     Ok(docs.remove(0))
 }
@@ -492,7 +551,7 @@ pub fn run_interleaved(
     scenarios: &[Scenario],
     runs: usize,
     out: &Path,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<ScenarioFile>> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -559,41 +618,53 @@ fn write_csv(out: &Path, name: &str, k: usize, run: &Run) -> Result<()> {
 }
 
 /// Writes `out/NAME.json` with what `p` has so far; returns it.
-fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<Value> {
+fn write_doc(scenario: &Scenario, p: &Progress, out: &Path) -> Result<ScenarioFile> {
     let (started, started_at, results) = (p.started, p.started_at, &p.runs);
     let c = &scenario.config;
-    let doc = json!({
-        "schema": "migr-testbed/1",
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "config": {
-            "protocol": c.protocol.name(),
-            "runtime": c.runtime.name(),
-            "strategy": if c.protocol == Protocol::Quic { Some(&c.strategy) } else { None },
-            "client_probing": if matches!(c.protocol, Protocol::Quic | Protocol::QuicSameIp) { Some(&c.client_probing) } else { None },
-            "agent_xdp_mode": if c.steering { Some(&c.agent_xdp_mode) } else { None },
-            "steering": c.steering,
-            "technique": c.technique.name(),
-            "preset": c.preset.name(),
-            "mode": c.mode.name(),
-            "period_ms": match c.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
-            "ballast_mb": c.ballast_mb,
-            "requests": c.requests,
-            "migrate_after": c.migrate_after,
-            "request_bytes": c.request_bytes,
-            "dns_ttl_s": if c.protocol == Protocol::TcpDns { Some(c.dns_ttl_s) } else { None },
-            "udp_timeout_ms": if c.protocol == Protocol::Udp { Some(c.udp_timeout_ms) } else { None },
-            "pool_size": if c.strategy == "poa" && c.protocol == Protocol::Quic { Some(c.pool_size) } else { None },
+    let quic = c.protocol == Protocol::Quic;
+    let doc = ScenarioFile {
+        schema: results::SCHEMA.to_string(),
+        scenario: scenario.name.to_string(),
+        description: scenario.description.to_string(),
+        config: Config {
+            protocol: c.protocol.name().to_string(),
+            runtime: Some(c.runtime.name().to_string()),
+            strategy: quic.then(|| c.strategy.clone()),
+            client_probing: matches!(c.protocol, Protocol::Quic | Protocol::QuicSameIp)
+                .then(|| c.client_probing.clone()),
+            agent_xdp_mode: c.steering.then(|| c.agent_xdp_mode.clone()),
+            steering: c.steering,
+            technique: c.technique.name().to_string(),
+            preset: c.preset.name().to_string(),
+            mode: c.mode.name().to_string(),
+            period_ms: match c.mode {
+                Mode::Sporadic { period_ms } => Some(period_ms),
+                Mode::BackToBack => None,
+            },
+            ballast_mb: c.ballast_mb as u64,
+            requests: c.requests as u64,
+            migrate_after: c.migrate_after as u64,
+            request_bytes: c.request_bytes as u64,
+            dns_ttl_s: (c.protocol == Protocol::TcpDns).then_some(u64::from(c.dns_ttl_s)),
+            udp_timeout_ms: (c.protocol == Protocol::Udp).then_some(c.udp_timeout_ms),
+            pool_size: (c.strategy == "poa" && quic).then_some(c.pool_size as u64),
         },
-        "machine": machine(),
-        "started_at": started_at,
-        "seconds": started.elapsed().as_secs_f64(),
-        "summary": summarize(results),
-        "runs": results.iter().map(Run::to_json).collect::<Vec<_>>(),
-        "failed_runs": p.failed.iter().map(|(k, e)| json!({"run": k, "error": e})).collect::<Vec<_>>(),
-    });
+        machine: machine(),
+        started_at,
+        seconds: started.elapsed().as_secs_f64(),
+        summary: summarize(results),
+        runs: results.iter().map(Run::to_json).collect(),
+        failed_runs: p
+            .failed
+            .iter()
+            .map(|(k, e)| FailedRun {
+                run: *k as u64,
+                error: e.clone(),
+            })
+            .collect(),
+    };
     let path = out.join(format!("{}.json", scenario.name));
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+    std::fs::write(&path, doc.to_json_pretty()?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("[testbed] wrote {}", path.display());
     Ok(doc)

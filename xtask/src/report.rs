@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use migr_testbed::results::{self, Metric, ScenarioFile, Summary};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
@@ -27,7 +28,7 @@ pub struct Scenario {
     pub runs: usize,
     /// `(run number, reason)` of the runs that failed (`failed_runs`).
     pub failed: Vec<(u64, String)>,
-    summary: serde_json::Map<String, Value>,
+    summary: Summary,
     /// `NAME/run-K.csv`, in run order (those that exist).
     pub csvs: Vec<PathBuf>,
 }
@@ -43,11 +44,13 @@ pub struct Stat {
 
 impl Scenario {
     pub fn stat(&self, key: &str) -> Option<Stat> {
-        let v = self.summary.get(key)?;
+        let Some(Some(Metric::Stat(s))) = self.summary.get(key) else {
+            return None;
+        };
         Some(Stat {
-            n: v.get("n")?.as_u64()? as usize,
-            mean: v.get("mean")?.as_f64()?,
-            ci95: v.get("ci95").and_then(Value::as_f64),
+            n: s.n as usize,
+            mean: s.mean?,
+            ci95: s.ci95,
         })
     }
 
@@ -86,80 +89,39 @@ pub struct Row {
 
 const CSV_HEADER: &str = "index,send_time_ms,response_time_ms,service_time_ms";
 
-fn field<'a>(doc: &'a Value, path: &str, file: &Path) -> Result<&'a Value> {
-    let mut v = doc;
-    for part in path.split('.') {
-        v = v.get(part).ok_or_else(|| {
-            anyhow!(
-                "{}: field `{path}` is missing (schema migr-testbed/1, docs/testbed.md)",
-                file.display()
-            )
-        })?;
-    }
-    Ok(v)
-}
-
-fn str_field(doc: &Value, path: &str, file: &Path) -> Result<String> {
-    field(doc, path, file)?
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{}: field `{path}` is not a string", file.display()))
-}
-
 /// Parses one `migr-testbed/1` document read from `file` (whose directory
 /// holds the CSVs).
-pub fn parse_scenario(doc: &Value, file: &Path) -> Result<Scenario> {
-    let name = str_field(doc, "scenario", file)?;
-    let steering = field(doc, "config.steering", file)?
-        .as_bool()
-        .ok_or_else(|| anyhow!("{}: field `config.steering` is not a bool", file.display()))?;
-    let summary = field(doc, "summary", file)?
-        .as_object()
-        .cloned()
-        .ok_or_else(|| anyhow!("{}: field `summary` is not an object", file.display()))?;
-    let runs = field(doc, "runs", file)?
-        .as_array()
-        .ok_or_else(|| anyhow!("{}: field `runs` is not an array", file.display()))?
-        .len();
+pub fn parse_scenario(doc: Value, file: &Path) -> Result<Scenario> {
+    let doc: ScenarioFile = serde_json::from_value(doc).map_err(|e| {
+        anyhow!(
+            "{}: {e} (schema {}, docs/testbed.md)",
+            file.display(),
+            results::SCHEMA
+        )
+    })?;
+    let runs = doc.runs.len();
     if runs == 0 {
         bail!("{}: `runs` is empty", file.display());
     }
-    let dir = file.parent().unwrap_or(Path::new(".")).join(&name);
+    let dir = file.parent().unwrap_or(Path::new(".")).join(&doc.scenario);
     let csvs = (1..=runs)
         .map(|k| dir.join(format!("run-{k}.csv")))
         .filter(|p| p.exists())
         .collect();
-    let opt_str = |p: &str| {
-        field(doc, p, file)
-            .ok()
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    // Files written before failed runs were kept have none.
-    let failed = doc
-        .get("failed_runs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["run"].as_u64().unwrap_or_default(),
-                        f["error"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(Scenario {
-        protocol: str_field(doc, "config.protocol", file)?,
-        strategy: opt_str("config.strategy"),
-        steering,
-        mode: str_field(doc, "config.mode", file)?,
+        protocol: doc.config.protocol,
+        strategy: doc.config.strategy,
+        steering: doc.config.steering,
+        mode: doc.config.mode,
         runs,
-        failed,
-        summary,
+        failed: doc
+            .failed_runs
+            .into_iter()
+            .map(|f| (f.run, f.error))
+            .collect(),
+        summary: doc.summary,
         csvs,
-        name,
+        name: doc.scenario,
     })
 }
 
@@ -188,14 +150,15 @@ pub fn load(dir: &Path) -> Result<Results> {
         let schema = doc
             .get("schema")
             .and_then(Value::as_str)
+            .map(str::to_string)
             .ok_or_else(|| anyhow!("{}: no `schema` string field", file.display()))?;
         let short = file
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        if schema == "migr-testbed/1" {
-            out.testbed.push(parse_scenario(&doc, &file)?);
+        if schema == results::SCHEMA {
+            out.testbed.push(parse_scenario(doc, &file)?);
         } else if schema.starts_with("migr-mptcp-result/") {
             out.mptcp.push(Mptcp { file: short, doc });
         } else {
@@ -1044,7 +1007,7 @@ mod tests {
         std::fs::write(d.join("x-steering-on.json"), v.to_string()).unwrap();
         let e = load(&d).unwrap_err().to_string();
         assert!(
-            e.contains("x-steering-on.json") && e.contains("`config.steering`"),
+            e.contains("x-steering-on.json") && e.contains("missing field `steering`"),
             "{e}"
         );
         std::fs::write(d.join("x-steering-on.json"), r#"{"scenario": "x"}"#).unwrap();

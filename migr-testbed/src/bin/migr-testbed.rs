@@ -246,19 +246,19 @@ fn scenario_cmd(args: &[String]) -> Result<()> {
     // One run of each per round: arms to compare share the machine's state.
     let docs = scenarios::run_interleaved(&bins()?, &chosen, runs, &out)?;
     for doc in &docs {
-        let s = &doc["summary"];
         let m = |k: &str| {
+            let s = doc.stat(k);
             format!(
                 "{:.1} ± {:.1}",
-                s[k]["mean"].as_f64().unwrap_or(f64::NAN),
-                s[k]["ci95"].as_f64().unwrap_or(f64::NAN)
+                s.and_then(|s| s.mean).unwrap_or(f64::NAN),
+                s.and_then(|s| s.ci95).unwrap_or(f64::NAN)
             )
         };
         println!(
             "[testbed] {}: {} runs ({} failed); downtime {} ms, disruption {} ms, ratio {}, requests lost {}",
-            doc["scenario"].as_str().unwrap_or_default(),
-            doc["runs"].as_array().map_or(0, Vec::len),
-            doc["failed_runs"].as_array().map_or(0, Vec::len),
+            doc.scenario,
+            doc.runs.len(),
+            doc.failed_runs.len(),
             m("downtime_ms"),
             m("disruption_ms"),
             m("disruption_over_downtime"),
