@@ -118,7 +118,7 @@ fn fold(mut sum: u64) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{FrameBuilder, verify_checksums};
+    use migr_testkit::frames::{FrameBuilder, verify_checksums};
 
     /// The frame as a sender with checksum offload leaves it: the checksum
     /// field holds the folded pseudo-header sum.

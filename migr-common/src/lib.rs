@@ -1,11 +1,10 @@
 //! Shared by the XDP program (`migr-ebpf`) and the agent (`migr-user`).
 //!
 //! Everything here is `no_std`, allocation-free and panic-free, so the very same
-//! parsing code runs in the kernel and is unit-tested on the host.
-#![cfg_attr(not(any(test, feature = "std")), no_std)]
+//! parsing code runs in the kernel and is unit-tested on the host. The frame builders its unit tests use live in
+//! `migr-testkit` (a dev-dependency), so nothing here is compiled for tests alone.
+#![cfg_attr(not(test), no_std)]
 
-#[cfg(any(test, feature = "std"))]
-pub mod build;
 pub mod checksum;
 pub mod cid;
 pub mod classify;

@@ -1,7 +1,7 @@
 //! The FORWARD rewrite: new destination address and port with incremental
 //! checksum updates (RFC 1624), and the MAC rewrite. Shared by the XDP program
 //! and host tests; the tests check the results with an independent,
-//! from-scratch checksum (`build::verify_checksums`).
+//! from-scratch checksum (`migr_testkit::frames::verify_checksums`).
 
 use crate::{
     frame::FrameMut,

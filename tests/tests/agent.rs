@@ -16,7 +16,7 @@
 //! Every test drives the agents only through the `migrctl` binary (and raw
 //! socket writes in the bad-request test), as an operator or CRIU would.
 //! The harness (agents, topology, the echo process, the client) is
-//! `migr_tests::agent_harness`, shared with `faults.rs`.
+//! `migr_testkit::agent_harness`, shared with `faults.rs`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use migr_tests::agent_harness::*;
+use migr_testkit::agent_harness::*;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -346,7 +346,7 @@ fn a_replay_waits_for_a_full_socket_and_loses_nothing() {
     assert_eq!(num(&web, &["replay", "socket_drops"]), 0);
     let snmp = t.src.exec(&["cat", "/proc/net/snmp"]).unwrap();
     assert_eq!(
-        migr_tests::testbed::stats::udp_rcvbuf_errors(&snmp),
+        migr_testbed::stats::udp_rcvbuf_errors(&snmp),
         Some(0),
         "no UDP receive-buffer errors in the service's namespace:\n{snmp}"
     );

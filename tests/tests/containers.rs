@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Output},
 };
 
-use migr_tests::agent_harness::*;
+use migr_testkit::agent_harness::*;
 
 /// A cgroup of our own with one `sleep` in it: what a runtime makes for a
 /// container and its init. Removed (process killed, group deleted) on drop.
@@ -289,7 +289,7 @@ struct ArpListener {
 }
 
 impl ArpListener {
-    fn open(ns: &migr_tests::NetNs, dev: &str) -> Self {
+    fn open(ns: &migr_testkit::NetNs, dev: &str) -> Self {
         use std::os::fd::FromRawFd as _;
         let dev = dev.to_string();
         let fd = ns

@@ -4,16 +4,16 @@
 //! `classify` on every frame.
 
 use migr_common::{
-    build::{FrameBuilder, mptcp, quic, verify_checksums},
     maps::{
         Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, PARK_JUMBO_MAX,
         Reason, Verdict,
     },
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
-use migr_tests::{
+use migr_testkit::{
     corpus::*,
     fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, listener_key, service, v4},
+    frames::{FrameBuilder, mptcp, quic, verify_checksums},
 };
 use migr_user::{
     datapath::{DatapathConfig, XdpAction},
@@ -21,7 +21,7 @@ use migr_user::{
 };
 
 /// Runs `frame`, checks the kernel against the host and returns the outcome.
-fn check(f: &mut Fixture, frame: &[u8]) -> migr_tests::fixture::Outcome {
+fn check(f: &mut Fixture, frame: &[u8]) -> migr_testkit::fixture::Outcome {
     let expected = f.expect(frame);
     let got = f.run(frame, &ALL).expect("test_run");
     assert_eq!(got.action, expected.action, "action for {frame:02x?}");
@@ -37,7 +37,7 @@ fn check(f: &mut Fixture, frame: &[u8]) -> migr_tests::fixture::Outcome {
     got
 }
 
-fn reason(o: &migr_tests::fixture::Outcome, r: Reason) -> u64 {
+fn reason(o: &migr_testkit::fixture::Outcome, r: Reason) -> u64 {
     o.reasons[r as usize]
 }
 

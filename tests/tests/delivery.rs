@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use migr_tests::{
+use migr_testkit::{
     NetNs,
     agent_harness::{Agent, force_rcvbuf, num, verdict},
     require_privileges, veth_pair,

@@ -1,6 +1,6 @@
 //! Faults in mid-migration, fail-open, and a locked-down control plane
 //! (issue 10), on real agents in network namespaces. The harness and the
-//! topology are `migr_tests::agent_harness` (the same as `agent.rs`):
+//! topology are `migr_testkit::agent_harness` (the same as `agent.rs`):
 //!
 //! ```text
 //!   cli --v-cs / v-sc-- src --v-sd / v-ds-- dst
@@ -20,15 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use migr_common::{
-    build::{FrameBuilder, mptcp},
-    maps::REPLAY_META_MAGIC,
-    wire::tcp::TCP_ACK,
-};
-use migr_tests::{
+use migr_common::{maps::REPLAY_META_MAGIC, wire::tcp::TCP_ACK};
+use migr_testkit::{
     NetNs,
     agent_harness::*,
     corpus::{Rng, mutate},
+    frames::{FrameBuilder, mptcp},
     netns::{ifindex_of, mac_of},
 };
 use serde_json::{Value, json};

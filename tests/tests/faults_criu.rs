@@ -31,8 +31,8 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use migr_tests::testbed::{
-    self, Bins, Preset, Topology, WorkDir,
+use migr_testbed::{
+    Bins, Preset, Topology, WorkDir,
     agent::Agent,
     criu, now_s,
     proc::{Adopted, Proc, Spawn, become_subreaper, is_alive, pid_free, reap},
@@ -155,7 +155,7 @@ fn write_hook(path: &Path, phases: &Path, agent: Option<&Agent>, fail_at: Option
 
 impl Bed {
     fn up(label: &str) -> Result<Self> {
-        testbed::check_environment()?;
+        migr_testbed::check_environment()?;
         become_subreaper()?;
         let bins = Bins::build()?;
         let dir = WorkDir::new(&std::env::temp_dir(), label)?;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use migr_common::maps::ProtoClass;
-use migr_tests::{NetNs, netns::netns_exists, require_privileges, veth_pair};
+use migr_testkit::{NetNs, netns::netns_exists, require_privileges, veth_pair};
 use migr_user::datapath::{AttachMode, Datapath, MAIN_PROGRAM, XdpAction};
 
 /// A minimal Ethernet/IPv4/UDP frame (checksums do not matter to the counter).

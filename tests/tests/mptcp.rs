@@ -1,8 +1,8 @@
 //! migr on real kernel MPTCP (issue 7), with a real `migr-agent` driven
 //! through `migrctl`, in network namespaces.
 //!
-//! The topology and the measurements are in `tests/src/mptcp/` (shared with
-//! the `migr-mptcp` runner, which repeats them and writes results/*.json):
+//! The topology and the measurements are in `migr_testbed::mptcp` (shared
+//! with the `migr-mptcp` runner, which repeats them and writes results/*.json):
 //! a multi-homed client with two paths to an edge node; the node's agent
 //! has an `--mptcp A:7000` service; the server process uses IPPROTO_MPTCP
 //! sockets and announces its second address B with ADD_ADDR, so each
@@ -13,20 +13,24 @@
 //! standing in for a container's downtime, under a stand-in for CRIU's
 //! network lock (nftables drops the service's port).
 
-#[path = "../src/mptcp/freeze.rs"]
-mod freeze;
-#[path = "../src/mptcp/handover.rs"]
-mod handover;
-#[path = "../src/mptcp/lab.rs"]
-mod lab;
+use std::{collections::BTreeSet, sync::OnceLock, time::Duration};
 
-use std::{collections::BTreeSet, time::Duration};
+use migr_testbed::mptcp::{
+    freeze::{self, B, FreezeLab, Options, SERVICE_ID},
+    handover,
+    lab::{self, Bins, delta, established_to, kernel_conns, nstat, num, verdict},
+};
 
-use freeze::{B, FreezeLab, Options, SERVICE_ID};
-use lab::{Bins, delta, established_to, kernel_conns, nstat, num, verdict};
-
+/// The agent's binaries and the `migr-mptcp` runner (its `serve` is the MPTCP
+/// server), which is migr-testbed's: cargo builds it into this profile directory.
 fn bins() -> &'static Bins {
-    lab::bins(env!("CARGO_BIN_EXE_migr-mptcp").into())
+    static SERVER: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        migr_testkit::process::build_binaries(&["migr-testbed"])
+            .expect("building migr-mptcp")
+            .join("migr-mptcp")
+    });
+    lab::bins(server.clone())
 }
 
 const PERIOD: Duration = Duration::from_millis(5);

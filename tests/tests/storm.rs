@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use migr_common::maps::Verdict;
-use migr_tests::corpus::*;
+use migr_testkit::corpus::*;
 use migr_user::datapath::MAIN_PROGRAM;
 
 const FRAMES: usize = 1_000_000;

@@ -9,8 +9,8 @@
 
 use std::sync::Mutex;
 
-use migr_tests::testbed::{
-    self, Bins, Preset, Run, RunConfig,
+use migr_testbed::{
+    Bins, Preset, Run, RunConfig,
     migration::{self, PORT, TCP_PORT},
     placement::Runtime,
     topology::{DST_CT_IP, SAME_IP},
@@ -21,7 +21,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run(cfg: RunConfig) -> Run {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    testbed::check_environment().unwrap_or_else(|e| panic!("{e:#}"));
+    migr_testbed::check_environment().unwrap_or_else(|e| panic!("{e:#}"));
     let bins = Bins::build().unwrap_or_else(|e| panic!("{e:#}"));
     let run =
         migration::run(&bins, &cfg).unwrap_or_else(|e| panic!("the testbed run failed: {e:#}"));

@@ -22,7 +22,7 @@ use migr_common::{
         SERVICE_MPTCP, ServiceEntry, Verdict,
     },
 };
-use migr_tests::{
+use migr_testkit::{
     NetNs,
     netns::{full_checksums, ifindex_of, mac_of},
     require_privileges, veth_pair,

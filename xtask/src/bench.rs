@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: builds `migr-bench` (tests/src/bin/migr-bench/) in release mode,
-//! runs it (it needs root), and checks the JSON it writes.
+//! `cargo xtask bench`: builds `migr-bench` (migr-testbed/src/bin/migr-bench/) in release
+//! mode, runs it (it needs root), and checks the JSON it writes.
 
 use std::process::Command;
 
@@ -18,7 +18,7 @@ pub fn bench(quick: bool, json: Option<&str>) -> Result<()> {
         "build",
         "--release",
         "--package",
-        "migr-tests",
+        "migr-testbed",
         "--bin",
         "migr-bench",
     ])?

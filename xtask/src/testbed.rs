@@ -1,5 +1,5 @@
 //! `cargo xtask testbed`: the testbed's named experiments (docs/testbed.md),
-//! run by `migr-testbed` (tests/src/bin/migr-testbed.rs) as root; results go
+//! run by `migr-testbed` (migr-testbed/src/bin/migr-testbed.rs) as root; results go
 //! to `results/NAME.json` (schema `migr-testbed/1`) and `results/NAME/*.csv`.
 
 use std::{path::PathBuf, process::Command};
@@ -66,7 +66,7 @@ pub fn build() -> Result<Programs> {
         "--package",
         "migr-quic",
         "--package",
-        "migr-tests",
+        "migr-testbed",
         "--bins",
     ])
     .context("building the testbed's programs")?;

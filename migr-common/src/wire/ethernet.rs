@@ -71,7 +71,7 @@ pub fn parse_ethernet<F: Frame + ?Sized>(f: &F) -> Result<EthInfo, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::FrameBuilder;
+    use migr_testkit::frames::FrameBuilder;
 
     #[test]
     fn untagged() {

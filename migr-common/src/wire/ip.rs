@@ -162,7 +162,7 @@ pub fn parse_ipv6<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::FrameBuilder;
+    use migr_testkit::frames::FrameBuilder;
 
     const A4: [u8; 4] = [192, 0, 2, 1];
     const B4: [u8; 4] = [198, 51, 100, 7];

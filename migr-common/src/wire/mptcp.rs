@@ -417,7 +417,7 @@ pub fn parse_mptcp<F: Frame + ?Sized>(
 mod tests {
     use super::super::tcp::{TCP_FIN, TCP_RST};
     use super::*;
-    use crate::build::mptcp as b;
+    use migr_testkit::frames::mptcp as b;
 
     const SYN: u8 = TCP_SYN;
     const SYNACK: u8 = TCP_SYN | TCP_ACK;

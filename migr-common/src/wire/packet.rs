@@ -138,7 +138,7 @@ mod tests {
     use super::super::ip::{IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ROUTING};
     use super::super::tcp::{TCP_ACK, TCP_SYN};
     use super::*;
-    use crate::build::{FrameBuilder, mptcp, tcp_opt};
+    use migr_testkit::frames::{FrameBuilder, mptcp, tcp_opt};
 
     const A4: [u8; 4] = [10, 1, 2, 3];
     const B4: [u8; 4] = [10, 4, 5, 6];

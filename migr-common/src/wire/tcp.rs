@@ -222,7 +222,7 @@ impl OptionWalk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{FrameBuilder, mptcp, tcp_opt};
+    use migr_testkit::frames::{FrameBuilder, mptcp, tcp_opt};
 
     fn with_options(options: &[u8]) -> Vec<u8> {
         FrameBuilder::tcp_v4([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80)

@@ -7,7 +7,7 @@ use super::packet::parse_packet;
 use super::quic::{LongPacketType, QUIC_V1, QuicError, parse_quic};
 use super::tcp::{OptionRef, TCP_ACK, TCP_SYN, TCPOPT_NOP};
 use super::{L4Info, MptcpError, PacketInfo, ParseError};
-use crate::build::{FrameBuilder, mptcp, quic, tcp_opt, verify_checksums};
+use migr_testkit::frames::{FrameBuilder, mptcp, quic, tcp_opt, verify_checksums};
 
 const A4: [u8; 4] = [100, 64, 0, 1];
 const B4: [u8; 4] = [100, 64, 0, 2];
@@ -28,9 +28,11 @@ fn quic_long_v4_vlan() -> Vec<u8> {
     FrameBuilder::udp_v4(A4, 51000, B4, 443)
         .vlan(100)
         .ipv4_options(&[0x94, 4, 0, 0]) // router alert
-        .payload(&quic::long(
+        // `long_raw`, not `long`: migr-testkit's `long` takes the library's
+        // LongPacketType, a different type from this test build's.
+        .payload(&quic::long_raw(
+            0xc0 | LongPacketType::Handshake.to_first_byte_bits(QUIC_V1),
             QUIC_V1,
-            LongPacketType::Handshake,
             &[0xd1; 20],
             &[0x5d; 20],
             &[0; 16],

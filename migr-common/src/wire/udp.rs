@@ -48,7 +48,7 @@ pub fn parse_udp<F: Frame + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::FrameBuilder;
+    use migr_testkit::frames::FrameBuilder;
 
     fn frame() -> Vec<u8> {
         FrameBuilder::udp_v4([10, 0, 0, 1], 4433, [10, 0, 0, 2], 443)

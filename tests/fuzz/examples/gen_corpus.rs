@@ -11,9 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use migr_common::build::{FrameBuilder, mptcp, quic, tcp_opt};
 use migr_common::wire::{LongPacketType, packet::parse_packet, quic::QUIC_V2};
 use migr_quic_codec::frame::{self, Frame};
+use migr_testkit::frames::{FrameBuilder, mptcp, quic, tcp_opt};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;

@@ -1,0 +1,594 @@
+//! `migr-bench`: the numbers behind `cargo xtask bench`.
+//!
+//! Every figure is printed next to a baseline measured in the same run: the
+//! XDP cases against a trivial XDP_PASS program, map scale against nearly
+//! empty maps, veth throughput against no XDP program, the agent's control
+//! path against writing the map by hand, its replay against sendmmsg.
+//! Absolute numbers on a shared 2-core machine wander; the ratios are what to
+//! read.
+
+mod agent;
+
+use std::{
+    collections::HashSet,
+    net::UdpSocket,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{TestRun as _, TestRunOptions};
+use migr_common::{
+    cid::CidConfig,
+    maps::{Action, FAMILY_V4, FlowKey, ForwardMode, LISTENER_QUIC, ListenerEntry, SERVICE_MPTCP},
+    wire::tcp::{TCP_ACK, TCP_SYN},
+};
+use migr_testkit::{
+    NetNs,
+    fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, listener_key, service, v4},
+    frames::{FrameBuilder, mptcp, quic},
+    netns::full_checksums,
+    veth_pair,
+};
+use migr_user::datapath::{AttachMode, Datapath, DatapathConfig, MAIN_PROGRAM, PASS_PROGRAM};
+
+const CLIENT: [u8; 4] = [10, 1, 0, 1];
+const SERVER: [u8; 4] = [10, 1, 0, 2];
+
+struct Options {
+    quick: bool,
+    json: Option<String>,
+    /// Run only these groups (default: all).
+    only: Vec<String>,
+}
+
+const GROUPS: [&str; 4] = ["xdp", "map-scale", "veth", "agent"];
+
+impl Options {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+}
+
+fn parse_args() -> Result<Options> {
+    let mut opts = Options {
+        quick: false,
+        json: None,
+        only: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--json" => opts.json = Some(args.next().context("--json needs a path")?),
+            "--only" => {
+                let group = args.next().context("--only needs a group")?;
+                if !GROUPS.contains(&group.as_str()) {
+                    bail!("unknown group {group:?}; groups: {}", GROUPS.join(", "));
+                }
+                opts.only.push(group);
+            }
+            "-h" | "--help" => {
+                println!(
+                    "migr-bench [--quick] [--json PATH] [--only GROUP]...\ngroups: {}",
+                    GROUPS.join(", ")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(opts)
+}
+
+/// One line of the report.
+struct Case {
+    group: &'static str,
+    name: String,
+    value: f64,
+    baseline: f64,
+    unit: &'static str,
+    /// Lower is better (ns) or higher is better (per second).
+    lower_is_better: bool,
+    detail: String,
+}
+
+impl Case {
+    fn ratio(&self) -> f64 {
+        self.value / self.baseline
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median ns per run of `frame` through `program`, over `rounds` rounds of `repeat`.
+fn ns_per_packet(
+    dp: &mut Datapath,
+    program: &str,
+    frame: &[u8],
+    repeat: u32,
+    rounds: usize,
+    between: &mut dyn FnMut(&mut Datapath),
+) -> Result<f64> {
+    let mut samples = Vec::with_capacity(rounds);
+    let mut out = vec![0u8; frame.len() + 256];
+    for _ in 0..rounds {
+        between(dp);
+        let result = dp
+            .program(program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        // The kernel reports the mean duration of one run.
+        samples.push(result.duration.as_nanos() as f64);
+    }
+    Ok(median(samples))
+}
+
+const SERVER_ID: u32 = 0x4242;
+const TOKEN: u32 = 0xfeed_f00d;
+
+fn cid() -> CidConfig {
+    CidConfig::new(8, 1, 2).unwrap()
+}
+
+/// The services the hit cases use; returns the fixture.
+fn configured(config: &DatapathConfig) -> Result<Fixture> {
+    let mut f = Fixture::with_config(config)?;
+    let none = Default::default();
+    f.set_service(1, service(Action::Pass, SERVICE_MPTCP, none))?;
+    f.set_service(2, service(Action::Park, 0, none))?;
+    f.set_service(
+        3,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(
+                [10, 2, 0, 2],
+                5443,
+                ForwardMode::AddressChanging,
+                TEST_RUN_IFINDEX,
+            ),
+        ),
+    )?;
+    f.set_service(
+        4,
+        service(
+            Action::Forward,
+            0,
+            forward_v4([0; 4], 0, ForwardMode::SameIp, TEST_RUN_IFINDEX),
+        ),
+    )?;
+    f.set_listener(
+        listener_key(v4(SERVER), 4433, 17, FAMILY_V4),
+        ListenerEntry {
+            service_id: 1,
+            flags: LISTENER_QUIC,
+            cid: cid(),
+        },
+    )?;
+    for (svc, port) in [(2u32, 4002u16), (3, 4003), (4, 4004), (1, 4001)] {
+        for proto in [6u8, 17] {
+            f.set_listener(
+                listener_key(v4(SERVER), port, proto, FAMILY_V4),
+                ListenerEntry {
+                    service_id: svc,
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    f.set_server_id(SERVER_ID, 1)?;
+    f.set_token(TOKEN, 1)?;
+    Ok(f)
+}
+
+fn cid_for(id: u32) -> Vec<u8> {
+    let mut c = vec![0x5a; 8];
+    cid().write_server_id(&mut c, id).unwrap();
+    c
+}
+
+/// The XDP hit cases: (name, frame).
+fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let udp = |dport: u16, payload: &[u8]| {
+        FrameBuilder::udp_v4(CLIENT, 50000, SERVER, dport)
+            .payload(payload)
+            .build()
+    };
+    let mut malformed = udp(4001, b"x");
+    malformed[14] = 0x44;
+    vec![
+        (
+            "quic short header (pass)",
+            udp(4433, &quic::short(&cid_for(SERVER_ID), &[0; 1200])),
+        ),
+        (
+            "quic long header (pass)",
+            udp(4433, &quic::initial(&[7; 8], &[8; 8], &[], &[0; 1150])),
+        ),
+        ("park 1400 B", udp(4002, &[0xab; 1358])),
+        ("forward, address rewrite", udp(4003, &[0xab; 1000])),
+        ("forward, MACs only", udp(4004, &[0xab; 1000])),
+        (
+            "mptcp MP_JOIN SYN",
+            FrameBuilder::tcp_v4(CLIENT, 41000, [10, 1, 0, 99], 8080)
+                .flags(TCP_SYN)
+                .tcp_options(&mptcp::join_syn(false, 2, TOKEN, 7))
+                .build(),
+        ),
+        (
+            "tcp data with DSS",
+            FrameBuilder::tcp_v4(CLIENT, 41001, SERVER, 4001)
+                .flags(TCP_ACK)
+                .tcp_options(&mptcp::dss(&mptcp::Dss {
+                    data_ack: Some(7),
+                    mapping: Some(mptcp::DssMapping {
+                        dsn: 1,
+                        subflow_seq: 1,
+                        data_len: 1000,
+                        checksum: None,
+                    }),
+                    ..Default::default()
+                }))
+                .payload(&[0; 1000])
+                .build(),
+        ),
+        ("malformed (IHL 4)", malformed),
+    ]
+}
+
+fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+    let repeat = 1_000_000;
+    let rounds = if quick { 3 } else { 7 };
+    // PARK copies each run into the ring, which must not fill up: fewer repeats,
+    // a large ring, drained between rounds.
+    let park_repeat = 40_000;
+    let config = DatapathConfig {
+        park_ring_bytes: 128 << 20,
+        ..Default::default()
+    };
+    let mut f = configured(&config)?;
+    let plain = FrameBuilder::udp_v4(CLIENT, 50000, [10, 9, 9, 9], 9)
+        .payload(&[0; 64])
+        .build();
+    let mut drain = |dp: &mut Datapath| {
+        dp.drain_parked().ok();
+        dp.drain_events().ok();
+    };
+    let baseline = ns_per_packet(&mut f.dp, PASS_PROGRAM, &plain, repeat, rounds, &mut drain)?;
+    let mut push = |name: &str, ns: f64, repeat: u32| {
+        cases.push(Case {
+            group: "xdp",
+            name: name.to_string(),
+            value: ns,
+            baseline,
+            unit: "ns",
+            lower_is_better: true,
+            detail: format!("test_run, repeat {repeat}, median of {rounds} rounds"),
+        })
+    };
+    push("trivial XDP_PASS (baseline)", baseline, repeat);
+    // Pass-through on an otherwise empty datapath.
+    let mut empty = Fixture::new()?;
+    let ns = ns_per_packet(
+        &mut empty.dp,
+        MAIN_PROGRAM,
+        &plain,
+        repeat,
+        rounds,
+        &mut drain,
+    )?;
+    push("migr, no services (pass-through)", ns, repeat);
+    for (name, frame) in hit_frames() {
+        let r = if name.starts_with("park") {
+            park_repeat
+        } else {
+            repeat
+        };
+        let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &frame, r, rounds, &mut drain)?;
+        push(name, ns, r);
+    }
+    Ok(())
+}
+
+/// Sum of the kernel memory (memlock) of the maps created since `before`.
+fn maps_memory(before: &HashSet<u32>) -> Result<u64> {
+    let mut total = 0;
+    for info in aya::maps::loaded_maps() {
+        let info = info?;
+        if before.contains(&info.id()) {
+            continue;
+        }
+        let fd = info.fd()?;
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+        for line in fdinfo.lines() {
+            if let Some(v) = line.strip_prefix("memlock:") {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn map_ids() -> Result<HashSet<u32>> {
+    aya::maps::loaded_maps()
+        .map(|m| m.map(|m| m.id()).map_err(Into::into))
+        .collect()
+}
+
+fn scale_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+    let (server_ids, flows, tokens) = (1_000_000u32, 1_000_000u32, 100_000u32);
+    let repeat = if quick { 200_000 } else { 1_000_000 };
+    let rounds = if quick { 3 } else { 5 };
+    let small_before = map_ids()?;
+    let mut small = configured(&DatapathConfig::default())?;
+    let small_mem = maps_memory(&small_before)?;
+    let big_before = map_ids()?;
+    let mut big = configured(&DatapathConfig {
+        flows: flows + 1024,
+        server_ids: server_ids + 1024,
+        tokens: tokens + 1024,
+        ..Default::default()
+    })?;
+    let t = Instant::now();
+    for i in 0..server_ids {
+        big.dp.set_server_id(0x1_0000 + i, 1)?;
+    }
+    for i in 0..tokens {
+        big.dp.set_token(0x1000_0000 + i, 1)?;
+    }
+    for i in 0..flows {
+        let mut key = FlowKey {
+            src_addr: v4([172, 16, (i >> 16) as u8, (i >> 8) as u8]),
+            dst_addr: v4(SERVER),
+            src_port: i as u16,
+            dst_port: 4001,
+            proto: 6,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        key.src_addr[4] = 1; // never collides with a real IPv4 key
+        big.dp.set_flow(&key, 1)?;
+    }
+    let fill = t.elapsed();
+    let big_mem = maps_memory(&big_before)?;
+    let mut nothing = |_: &mut Datapath| {};
+    for (name, frame) in hit_frames().into_iter().filter(|(n, _)| {
+        n.starts_with("quic short") || n.starts_with("mptcp") || n.starts_with("tcp data")
+    }) {
+        let base = ns_per_packet(
+            &mut small.dp,
+            MAIN_PROGRAM,
+            &frame,
+            repeat,
+            rounds,
+            &mut nothing,
+        )?;
+        let ns = ns_per_packet(
+            &mut big.dp,
+            MAIN_PROGRAM,
+            &frame,
+            repeat,
+            rounds,
+            &mut nothing,
+        )?;
+        cases.push(Case {
+            group: "map-scale",
+            name: format!("{name}, 1M server ids + 1M flows + 100k tokens"),
+            value: ns,
+            baseline: base,
+            unit: "ns",
+            lower_is_better: true,
+            detail: format!("baseline: nearly empty maps; repeat {repeat}, median of {rounds}"),
+        });
+    }
+    cases.push(Case {
+        group: "map-scale",
+        name: "kernel memory of all maps".into(),
+        value: big_mem as f64,
+        baseline: small_mem as f64,
+        unit: "bytes",
+        lower_is_better: true,
+        detail: format!(
+            "baseline: default sizes; filling 2.1M entries took {:.1}s",
+            fill.as_secs_f64()
+        ),
+    });
+    Ok(())
+}
+
+/// Datagrams per second a sender pushes through a veth into a UDP socket.
+fn veth_rate(attach: Option<(&str, Option<Action>)>, seconds: f64) -> Result<f64> {
+    let tx = NetNs::new("btx")?;
+    let rx = NetNs::new("brx")?;
+    veth_pair(&tx, "b-tx", "10.40.0.1/24", &rx, "b-rx", "10.40.0.2/24")?;
+    full_checksums(&tx, "b-tx")?;
+    let mut f = Fixture::new()?;
+    if let Some((program, action)) = attach {
+        rx.run(|| f.dp.attach(program, "b-rx", AttachMode::Native))??;
+        if let Some(action) = action {
+            f.set_service(1, service(action, 0, Default::default()))?;
+            f.set_listener(
+                listener_key(v4([10, 40, 0, 2]), 9000, 17, FAMILY_V4),
+                ListenerEntry {
+                    service_id: 1,
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    let socket = rx.run(|| UdpSocket::bind("10.40.0.2:9000"))??;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let deadline = Duration::from_secs_f64(seconds);
+    let received = std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut n = 0u64;
+            let mut buf = [0u8; 64];
+            while socket.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        });
+        tx.run(|| {
+            let s = UdpSocket::bind("10.40.0.1:0").unwrap();
+            let t = Instant::now();
+            while t.elapsed() < deadline {
+                for _ in 0..64 {
+                    let _ = s.send_to(&[0u8; 18], "10.40.0.2:9000");
+                }
+            }
+        })
+        .unwrap();
+        counter.join().unwrap()
+    });
+    Ok(received as f64 / seconds)
+}
+
+fn veth_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+    let seconds = if quick { 1.0 } else { 3.0 };
+    let rounds = if quick { 1 } else { 3 };
+    let mut base = Vec::new();
+    let mut empty = Vec::new();
+    let mut pass = Vec::new();
+    for _ in 0..rounds {
+        base.push(veth_rate(None, seconds)?);
+        empty.push(veth_rate(Some((MAIN_PROGRAM, None)), seconds)?);
+        pass.push(veth_rate(
+            Some((MAIN_PROGRAM, Some(Action::Pass))),
+            seconds,
+        )?);
+    }
+    let base = median(base);
+    for (name, v) in [
+        ("veth + migr, no services", median(empty)),
+        ("veth + migr, one service in PASS", median(pass)),
+    ] {
+        cases.push(Case {
+            group: "veth",
+            name: name.into(),
+            value: v,
+            baseline: base,
+            unit: "pkt/s",
+            lower_is_better: false,
+            detail: format!(
+                "baseline: no XDP program; UDP 18 B payload, {seconds}s, median of {rounds}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The unit printed after a value in the table (rates go without).
+fn short_unit(unit: &str) -> &str {
+    match unit {
+        "ns" | "us" => unit,
+        _ => "",
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+fn main() -> Result<()> {
+    let opts = parse_args()?;
+    migr_testkit::require_privileges();
+    let started = Instant::now();
+    let mut cases = Vec::new();
+    if opts.runs("xdp") {
+        eprintln!("[bench] XDP cost per packet ...");
+        xdp_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("map-scale") {
+        eprintln!("[bench] map scale ...");
+        scale_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("veth") {
+        eprintln!("[bench] veth throughput ...");
+        veth_cases(opts.quick, &mut cases)?;
+    }
+    if opts.runs("agent") {
+        eprintln!("[bench] control latency and replay throughput (migr-agent) ...");
+        agent::cases(opts.quick, &mut cases)?;
+    }
+
+    let machine = machine();
+    println!(
+        "migr bench ({}) on {machine}",
+        if opts.quick { "quick" } else { "full" }
+    );
+    println!(
+        "{:<10} {:<58} {:>14} {:>14} {:>8}",
+        "group", "case", "value", "baseline", "ratio"
+    );
+    for c in &cases {
+        println!(
+            "{:<10} {:<58} {:>11.1} {:<2} {:>11.1} {:<2} {:>7.2}x",
+            c.group,
+            c.name,
+            c.value,
+            short_unit(c.unit),
+            c.baseline,
+            short_unit(c.unit),
+            c.ratio()
+        );
+    }
+    if let Some(path) = opts.json {
+        let mut out = String::from("{\n");
+        out.push_str("  \"schema\": \"migr-bench/1\",\n");
+        out.push_str(&format!(
+            "  \"mode\": \"{}\",\n",
+            if opts.quick { "quick" } else { "full" }
+        ));
+        out.push_str(&format!("  \"machine\": \"{}\",\n", json_escape(&machine)));
+        out.push_str(&format!(
+            "  \"seconds\": {:.1},\n",
+            started.elapsed().as_secs_f64()
+        ));
+        out.push_str("  \"cases\": [\n");
+        for (i, c) in cases.iter().enumerate() {
+            out.push_str(&format!(
+                "    {{\"group\": \"{}\", \"name\": \"{}\", \"unit\": \"{}\", \"value\": {:.3}, \"baseline\": {:.3}, \"ratio\": {:.4}, \"lower_is_better\": {}, \"detail\": \"{}\"}}{}\n",
+                c.group,
+                json_escape(&c.name),
+                c.unit,
+                c.value,
+                c.baseline,
+                c.ratio(),
+                c.lower_is_better,
+                json_escape(&c.detail),
+                if i + 1 < cases.len() { "," } else { "" }
+            ));
+        }
+        out.push_str("  ]\n}\n");
+        std::fs::write(&path, out).with_context(|| format!("writing {path}"))?;
+        eprintln!("[bench] wrote {path}");
+    }
+    eprintln!("[bench] done in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,6 +1,0 @@
-//! The UDP echo service of the agent tests: `migr_tests::agent_harness::echo_main`
-//! (configured through `MIGR_ECHO_*`, see there).
-
-fn main() {
-    migr_tests::agent_harness::echo_main();
-}
