@@ -5,7 +5,7 @@
 //! from the DCID of incoming packets; the quinn-proto CID generator writes it.
 //! Both use this one type, so they cannot disagree.
 
-use crate::Frame;
+use crate::PacketBytes;
 
 /// Longest connection ID QUIC v1 allows (RFC 9000, 17.2).
 pub const MAX_CID_LEN: usize = 20;
@@ -100,7 +100,11 @@ impl CidConfig {
     /// Reads the server id from a CID that starts at `cid_offset` in `frame`.
     /// Bounded loop of at most 4 iterations, so it is verifier friendly.
     #[inline(always)]
-    pub fn server_id_in<F: Frame + ?Sized>(&self, frame: &F, cid_offset: usize) -> Option<u32> {
+    pub fn server_id_in<F: PacketBytes + ?Sized>(
+        &self,
+        frame: &F,
+        cid_offset: usize,
+    ) -> Option<u32> {
         if self.validate().is_err() {
             return None;
         }

@@ -2,11 +2,11 @@
 //!
 //! This is the datapath's decision, written once and generic over where the
 //! tables live: the XDP program backs [`Tables`] with BPF maps, the host tests
-//! and the agent's replay planner with plain hash maps. The XDP program only
+//! with plain hash maps (`migr_testkit::host_tables`). The XDP program only
 //! applies the returned [`Classification`] (park, rewrite, redirect, count).
 
 use crate::{
-    Frame,
+    PacketBytes,
     maps::{
         Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry,
         ListenerKey, NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
@@ -119,7 +119,7 @@ fn family_tag(family: IpFamily) -> u8 {
 /// The XDP program runs the two stages below as separate BPF functions,
 /// writing into per-CPU scratch memory, to stay within the 512-byte stack.
 #[inline(always)]
-pub fn classify<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T) -> Classification {
+pub fn classify<F: PacketBytes + ?Sized, T: Tables>(frame: &F, tables: &T) -> Classification {
     let mut out = Classification::EMPTY;
     if parse_stage(frame, &mut out) {
         lookup_stage(frame, tables, &mut out);
@@ -130,7 +130,7 @@ pub fn classify<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T) -> Classifi
 /// Stage 1: parses L2-L4 into `out.packet` and `out.flow`. Returns whether
 /// the frame can belong to a service (UDP or TCP); if not, `out` is final.
 #[inline(always)]
-pub fn parse_stage<F: Frame + ?Sized>(frame: &F, out: &mut Classification) -> bool {
+pub fn parse_stage<F: PacketBytes + ?Sized>(frame: &F, out: &mut Classification) -> bool {
     let info = match packet::parse_packet(frame) {
         Ok(info) => info,
         Err(err) => {
@@ -165,7 +165,11 @@ pub fn parse_stage<F: Frame + ?Sized>(frame: &F, out: &mut Classification) -> bo
 /// Stage 2: finds the service (learned flow, listener, QUIC server id, MPTCP
 /// token) and its action. Needs a successful [`parse_stage`].
 #[inline(always)]
-pub fn lookup_stage<F: Frame + ?Sized, T: Tables>(frame: &F, tables: &T, out: &mut Classification) {
+pub fn lookup_stage<F: PacketBytes + ?Sized, T: Tables>(
+    frame: &F,
+    tables: &T,
+    out: &mut Classification,
+) {
     let Some(info) = out.packet else {
         return;
     };
@@ -291,7 +295,7 @@ pub fn final_action(
 /// The service a QUIC packet on a QUIC listener routes to by the server id in
 /// its DCID, if any.
 #[inline(always)]
-fn quic_service<F: Frame + ?Sized, T: Tables>(
+fn quic_service<F: PacketBytes + ?Sized, T: Tables>(
     frame: &F,
     tables: &T,
     listener: &ListenerEntry,

@@ -8,9 +8,9 @@
 pub mod checksum;
 pub mod cid;
 pub mod classify;
-pub mod frame;
 pub mod maps;
+pub mod packet_bytes;
 pub mod rewrite;
 pub mod wire;
 
-pub use frame::Frame;
+pub use packet_bytes::PacketBytes;

@@ -236,7 +236,7 @@ pub struct ForwardMeta {
     /// [`FORWARD_META_MAGIC`].
     pub magic: u32,
     pub service_id: u32,
-    /// Frame offsets of the IP and the UDP/TCP header.
+    /// PacketBytes offsets of the IP and the UDP/TCP header.
     pub l3_offset: u16,
     pub l4_offset: u16,
     /// 4 or 6 (as [`FAMILY_V4`], [`FAMILY_V6`]).
@@ -374,7 +374,7 @@ pub const REPLAY_FRAME_MAX: usize = 3400;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ReplaySlot {
-    /// Frame length, 1..=[`REPLAY_FRAME_MAX`].
+    /// PacketBytes length, 1..=[`REPLAY_FRAME_MAX`].
     pub len: u32,
     /// [`Action`] as u32: `Pass` or `Forward`; anything else drops the frame (counted).
     pub action: u32,

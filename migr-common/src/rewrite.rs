@@ -4,8 +4,8 @@
 //! from-scratch checksum (`migr_testkit::frames::verify_checksums`).
 
 use crate::{
-    frame::FrameMut,
     maps::{FAMILY_V4, FAMILY_V6, ForwardTarget},
+    packet_bytes::PacketBytesMut,
     wire::packet::{IpFamily, L4Info, PacketInfo},
 };
 
@@ -56,7 +56,7 @@ pub fn l4_checksum_offset(info: &PacketInfo) -> Result<(usize, bool), RewriteErr
 /// Rewrites the destination address (and port, unless `target.port == 0`) to
 /// `target`'s, updating the IPv4 header checksum and the UDP/TCP checksum.
 #[inline(always)]
-pub fn rewrite_destination<F: FrameMut + ?Sized>(
+pub fn rewrite_destination<F: PacketBytesMut + ?Sized>(
     frame: &mut F,
     info: &PacketInfo,
     target: &ForwardTarget,
@@ -115,7 +115,7 @@ pub fn rewrite_destination<F: FrameMut + ?Sized>(
 
 /// Sets the Ethernet destination and source MACs.
 #[inline(always)]
-pub fn rewrite_macs<F: FrameMut + ?Sized>(
+pub fn rewrite_macs<F: PacketBytesMut + ?Sized>(
     frame: &mut F,
     dst: [u8; 6],
     src: [u8; 6],

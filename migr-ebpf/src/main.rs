@@ -22,13 +22,13 @@
 //! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
 //! | `REPLAY_SLOTS` | array, [`REPLAY_BATCH`] | run index in a replay batch | [`ReplaySlot`]: frame bytes and the action to give it | agent (this program reads) |
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
-//! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`frame.rs`) | this program |
+//! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`xdp_packet.rs`) | this program |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 #![no_std]
 #![no_main]
 
-mod frame;
 mod tc;
+mod xdp_packet;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
@@ -54,7 +54,7 @@ use migr_common::{
     wire::{ip::IpFamily, packet::PacketInfo},
 };
 
-use crate::frame::{XdpFrame, fill_header_cache};
+use crate::xdp_packet::{XdpPacket, fill_header_cache};
 
 /// Default sizes; the agent may override them at load time.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -250,7 +250,7 @@ pub unsafe extern "C" fn migr_parse(ctx: *mut xdp_md, out: *mut Classification) 
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
     };
-    u32::from(parse_stage(&XdpFrame::cached(ctx), out))
+    u32::from(parse_stage(&XdpPacket::cached(ctx), out))
 }
 
 /// Stage 2 (`migr_common::classify::lookup_stage`).
@@ -263,7 +263,7 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
     };
-    lookup_stage(&XdpFrame::cached(ctx), &MapTables, out);
+    lookup_stage(&XdpPacket::cached(ctx), &MapTables, out);
     0
 }
 
@@ -351,7 +351,7 @@ fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
 }
 
 /// The context's `data_meta` and `data`, read so that the verifier keeps their
-/// packet-pointer types (volatile loads; see `XdpFrame::from_raw`).
+/// packet-pointer types (volatile loads; see `XdpPacket::from_raw`).
 #[inline(always)]
 fn meta_and_data(ctx: *mut xdp_md) -> (usize, usize) {
     // SAFETY: `ctx` is the program's context.
@@ -489,7 +489,7 @@ fn forward(
     if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
         return hand_to_tc(ctx.ctx, decision.service_id, info, replayed).map(|()| Forwarded::ViaTc);
     }
-    let mut frame = XdpFrame::uncached(ctx);
+    let mut frame = XdpPacket::uncached(ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
         Some(ForwardMode::SameIp) => Ok(()),

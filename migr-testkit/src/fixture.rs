@@ -11,10 +11,9 @@ use migr_common::{
     },
     rewrite::{rewrite_destination, rewrite_macs},
 };
-use migr_user::{
-    datapath::{Datapath, DatapathConfig, MAIN_PROGRAM, XdpAction},
-    tables::HostTables,
-};
+use migr_user::datapath::{Datapath, DatapathConfig, MAIN_PROGRAM, XdpAction};
+
+use crate::host_tables::HostTables;
 
 /// test_run delivers frames as if received on the loopback device.
 pub const TEST_RUN_IFINDEX: u32 = 1;

@@ -6,9 +6,11 @@
 //!   veth pairs, processes killed on drop. Every namespace is named
 //!   `migr-t<pid>-<n>-<tag>` and deleted on drop, so a failing (panicking) test
 //!   cleans up too.
+//! - [`host_tables`]: the datapath's tables in hash maps, for the host-side classifier.
 //! - [`fixture`] and [`corpus`]: the XDP program under BPF_PROG_TEST_RUN.
 //! - [`agent_harness`]: the real agent in a namespace topology.
 pub mod frames;
+pub mod host_tables;
 
 #[cfg(feature = "harness")]
 pub mod agent_harness;

@@ -17,7 +17,7 @@ use migr_testkit::{
 };
 use migr_user::{
     datapath::{DatapathConfig, XdpAction},
-    tables::mptcp_token,
+    mptcp::mptcp_token,
 };
 
 /// Runs `frame`, checks the kernel against the host and returns the outcome.

@@ -29,7 +29,7 @@ use migr_testkit::{
 };
 use migr_user::{
     datapath::{AttachMode, Datapath, MAIN_PROGRAM, PASS_PROGRAM},
-    tables::mptcp_token,
+    mptcp::mptcp_token,
 };
 
 const NODE_IP: [u8; 4] = [10, 30, 1, 2];

@@ -1,7 +1,7 @@
 //! Ethernet II with at most one 802.1Q tag.
 
 use super::{ParseError, UnsupportedKind, read_be16};
-use crate::Frame;
+use crate::PacketBytes;
 
 /// Destination MAC, source MAC, EtherType.
 pub const ETH_HEADER_LEN: usize = 14;
@@ -44,7 +44,7 @@ const fn is_vlan_tpid(ethertype: u16) -> bool {
 /// `Unsupported(UnsupportedKind::Vlan)`. The EtherType is not interpreted here
 /// (an IEEE 802.3 length field simply comes back as a small `ethertype`).
 #[inline(always)]
-pub fn parse_ethernet<F: Frame + ?Sized>(f: &F) -> Result<EthInfo, ParseError> {
+pub fn parse_ethernet<F: PacketBytes + ?Sized>(f: &F) -> Result<EthInfo, ParseError> {
     let outer = read_be16(f, 12)?;
     if outer == ETHERTYPE_VLAN {
         let tci = read_be16(f, ETH_HEADER_LEN)?;

@@ -1,7 +1,7 @@
 //! IPv4 (with options) and IPv6 (with up to four extension headers).
 
 use super::{MalformedKind, ParseError, UnsupportedKind, read_bytes};
-use crate::Frame;
+use crate::PacketBytes;
 
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
 pub const IPV6_HEADER_LEN: usize = 40;
@@ -63,7 +63,7 @@ const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
 /// at least the header length and no more than the frame holds after `l3`.
 /// Fragments (MF set or offset non-zero) are `Unsupported(Fragment)`.
 #[inline(always)]
-pub fn parse_ipv4<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
+pub fn parse_ipv4<F: PacketBytes + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
     let h = read_bytes::<F, 16>(f, l3)?;
     let dst = read_bytes::<F, 4>(f, l3 + 16)?;
     if h[0] >> 4 != 4 {
@@ -109,7 +109,7 @@ pub const fn is_skipped_ext_header(next_header: u8) -> bool {
 /// header `Unsupported(ExtHeaders)`. Anything else (ESP, AH, No Next Header,
 /// unknown) ends the chain and is reported as `ip_proto`.
 #[inline(always)]
-pub fn parse_ipv6<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
+pub fn parse_ipv6<F: PacketBytes + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
     let h = read_bytes::<F, 8>(f, l3)?;
     let src = read_bytes::<F, 16>(f, l3 + 8)?;
     let dst = read_bytes::<F, 16>(f, l3 + 24)?;

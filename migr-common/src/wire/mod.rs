@@ -2,7 +2,7 @@
 //! UDP, TCP (+ option walk), QUIC invariant headers and MPTCP options.
 //!
 //! The same code runs in the XDP program and on the host, so every parser:
-//! - is generic over [`Frame`](crate::Frame) and reads only through it;
+//! - is generic over [`PacketBytes`](crate::PacketBytes) and reads only through it;
 //! - never indexes slices, never allocates, never panics;
 //! - loops only with a constant bound (`while i < CONST`);
 //! - returns small `Copy` structs and enums by value.
@@ -36,7 +36,7 @@ pub use quic::{CidRef, LongPacketType, QuicError, QuicHeader};
 pub use tcp::{OptionRef, TcpInfo};
 pub use udp::UdpInfo;
 
-use crate::Frame;
+use crate::PacketBytes;
 
 /// Why [`packet::parse_packet`] (or one of the layer parsers) gave up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub enum ParseError {
     /// Not an error as such: the packet is simply none of our business.
     NotIp { ethertype: u16 },
     /// The frame ends before a header field we need (or the field lies beyond
-    /// [`MAX_PARSE_OFFSET`](crate::frame::MAX_PARSE_OFFSET)).
+    /// [`MAX_PARSE_OFFSET`](crate::packet_bytes::MAX_PARSE_OFFSET)).
     Truncated,
     /// A header contradicts itself or the frame (bad version, bad length field).
     Malformed(MalformedKind),
@@ -88,17 +88,17 @@ pub enum UnsupportedKind {
 }
 
 #[inline(always)]
-pub(crate) fn read_u8<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u8, ParseError> {
+pub(crate) fn read_u8<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u8, ParseError> {
     f.u8_at(offset).ok_or(ParseError::Truncated)
 }
 
 #[inline(always)]
-pub(crate) fn read_be16<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u16, ParseError> {
+pub(crate) fn read_be16<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u16, ParseError> {
     f.be16_at(offset).ok_or(ParseError::Truncated)
 }
 
 #[inline(always)]
-pub(crate) fn read_bytes<F: Frame + ?Sized, const N: usize>(
+pub(crate) fn read_bytes<F: PacketBytes + ?Sized, const N: usize>(
     f: &F,
     offset: usize,
 ) -> Result<[u8; N], ParseError> {

@@ -7,7 +7,7 @@
 
 use super::ip::IpFamily;
 use super::tcp::{OptionRef, TCP_ACK, TCP_SYN, TCPOPT_MPTCP};
-use crate::Frame;
+use crate::PacketBytes;
 
 pub const MPTCP_SUB_CAPABLE: u8 = 0;
 pub const MPTCP_SUB_JOIN: u8 = 1;
@@ -131,28 +131,28 @@ pub enum MptcpError {
 }
 
 #[inline(always)]
-fn rd8<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u8, MptcpError> {
+fn rd8<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u8, MptcpError> {
     f.u8_at(offset).ok_or(MptcpError::Truncated)
 }
 
 #[inline(always)]
-fn rd16<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u16, MptcpError> {
+fn rd16<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u16, MptcpError> {
     f.be16_at(offset).ok_or(MptcpError::Truncated)
 }
 
 #[inline(always)]
-fn rd32<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u32, MptcpError> {
+fn rd32<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u32, MptcpError> {
     f.be32_at(offset).ok_or(MptcpError::Truncated)
 }
 
 #[inline(always)]
-fn rd64<F: Frame + ?Sized>(f: &F, offset: usize) -> Result<u64, MptcpError> {
+fn rd64<F: PacketBytes + ?Sized>(f: &F, offset: usize) -> Result<u64, MptcpError> {
     f.be64_at(offset).ok_or(MptcpError::Truncated)
 }
 
 /// Reads a 4- or 8-byte sequence number.
 #[inline(always)]
-fn rd_seq<F: Frame + ?Sized>(f: &F, offset: usize, wide: bool) -> Result<u64, MptcpError> {
+fn rd_seq<F: PacketBytes + ?Sized>(f: &F, offset: usize, wide: bool) -> Result<u64, MptcpError> {
     if wide {
         rd64(f, offset)
     } else {
@@ -184,7 +184,7 @@ pub const fn dss_len(flags: u8) -> usize {
 /// Reads no more than `opt.len` bytes from `opt.offset`; the whole option must
 /// be inside the frame. See [`MptcpOption`] for the forms and lengths accepted.
 #[inline(always)]
-pub fn parse_mptcp<F: Frame + ?Sized>(
+pub fn parse_mptcp<F: PacketBytes + ?Sized>(
     f: &F,
     opt: OptionRef,
     tcp_flags: u8,

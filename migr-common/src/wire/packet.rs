@@ -4,7 +4,7 @@ use super::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, parse_ethernet};
 use super::ip::{IPPROTO_TCP, IPPROTO_UDP, parse_ipv4, parse_ipv6};
 use super::tcp::parse_tcp;
 use super::udp::parse_udp;
-use crate::Frame;
+use crate::PacketBytes;
 
 pub use super::ip::IpFamily;
 pub use super::tcp::{OptionRef, TcpInfo};
@@ -16,7 +16,7 @@ pub enum L4Info {
     Udp {
         src_port: u16,
         dst_port: u16,
-        /// Frame offset of the UDP payload (the QUIC header, for QUIC).
+        /// PacketBytes offset of the UDP payload (the QUIC header, for QUIC).
         payload_offset: u16,
         /// UDP length minus 8.
         payload_len: u16,
@@ -33,7 +33,7 @@ pub struct PacketInfo {
     pub vlan: Option<u16>,
     /// The EtherType after the VLAN tag: 0x0800 or 0x86dd.
     pub ethertype: u16,
-    /// Frame offset of the IP header: 14, or 18 with a VLAN tag.
+    /// PacketBytes offset of the IP header: 14, or 18 with a VLAN tag.
     pub l3_offset: u16,
     pub family: IpFamily,
     /// IPv4 in the first 4 bytes (the rest zero), or the IPv6 address.
@@ -41,7 +41,7 @@ pub struct PacketInfo {
     pub dst_addr: [u8; 16],
     /// Upper-layer protocol, after any IPv6 extension headers.
     pub ip_proto: u8,
-    /// Frame offset of the upper-layer header.
+    /// PacketBytes offset of the upper-layer header.
     pub l4_offset: u16,
     /// Bytes from `l4_offset` to the end of the IP packet (link-layer padding
     /// excluded).
@@ -98,7 +98,7 @@ impl PacketInfo {
 /// - `Malformed(..)`: a length or version field is inconsistent;
 /// - `Unsupported(Fragment | ExtHeaders)`.
 #[inline(always)]
-pub fn parse_packet<F: Frame + ?Sized>(f: &F) -> Result<PacketInfo, ParseError> {
+pub fn parse_packet<F: PacketBytes + ?Sized>(f: &F) -> Result<PacketInfo, ParseError> {
     let eth = parse_ethernet(f)?;
     let ip = match eth.ethertype {
         ETHERTYPE_IPV4 => parse_ipv4(f, eth.l3_offset)?,

@@ -1,9 +1,9 @@
 //! QUIC packet headers, up to and including the connection IDs (RFC 9000
 //! section 17, RFC 8999 invariants, RFC 9369 packet types for v2).
 
-use crate::Frame;
+use crate::PacketBytes;
 use crate::cid::MAX_CID_LEN;
-use crate::frame::MAX_PARSE_OFFSET;
+use crate::packet_bytes::MAX_PARSE_OFFSET;
 
 pub const QUIC_V1: u32 = 0x0000_0001;
 pub const QUIC_V2: u32 = 0x6b33_43cf;
@@ -158,7 +158,7 @@ pub enum QuicError {
 /// Every byte the result refers to lies before `payload_end` and inside the
 /// frame. Nothing is decrypted or authenticated.
 #[inline(always)]
-pub fn parse_quic<F: Frame + ?Sized>(
+pub fn parse_quic<F: PacketBytes + ?Sized>(
     f: &F,
     payload_offset: usize,
     payload_end: usize,
@@ -171,7 +171,7 @@ pub fn parse_quic<F: Frame + ?Sized>(
 /// server that advertised `grease_quic_bit` (RFC 9287) lets its peers clear
 /// it, and quinn clients do.
 #[inline(always)]
-pub fn parse_quic_with<F: Frame + ?Sized>(
+pub fn parse_quic_with<F: PacketBytes + ?Sized>(
     f: &F,
     payload_offset: usize,
     payload_end: usize,

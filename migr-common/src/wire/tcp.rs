@@ -1,7 +1,7 @@
 //! TCP header and option walk.
 
 use super::{MalformedKind, ParseError, read_bytes, read_u8};
-use crate::Frame;
+use crate::PacketBytes;
 
 pub const TCP_MIN_HEADER_LEN: usize = 20;
 pub const TCP_MAX_HEADER_LEN: usize = 60;
@@ -75,7 +75,7 @@ impl TcpInfo {
 /// fit inside the IP payload. The options are walked (see [`find_option`]) to
 /// validate their lengths and to locate the first MPTCP option.
 #[inline(always)]
-pub fn parse_tcp<F: Frame + ?Sized>(
+pub fn parse_tcp<F: PacketBytes + ?Sized>(
     f: &F,
     l4: usize,
     ip_end: usize,
@@ -123,7 +123,7 @@ pub fn parse_tcp<F: Frame + ?Sized>(
 /// options are looked at, which covers any 40-byte option area. The loop only
 /// locates; nothing inside an option is read.
 #[inline(always)]
-pub fn find_option<F: Frame + ?Sized>(
+pub fn find_option<F: PacketBytes + ?Sized>(
     f: &F,
     start: usize,
     end: usize,
@@ -169,7 +169,7 @@ impl OptionWalk {
 
     /// Looks at one option. Returns `false` once the walk is over.
     #[inline(always)]
-    pub fn step<F: Frame + ?Sized>(&mut self, f: &F) -> bool {
+    pub fn step<F: PacketBytes + ?Sized>(&mut self, f: &F) -> bool {
         let offset = self.offset;
         if offset >= self.end {
             return false;

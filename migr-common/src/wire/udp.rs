@@ -1,7 +1,7 @@
 //! UDP.
 
 use super::{MalformedKind, ParseError, read_bytes};
-use crate::Frame;
+use crate::PacketBytes;
 
 pub const UDP_HEADER_LEN: usize = 8;
 
@@ -22,7 +22,7 @@ pub struct UdpInfo {
 /// least 8 and no more than the IP payload (a shorter UDP length is accepted,
 /// as Linux does: the rest is ignored). The checksum is not verified.
 #[inline(always)]
-pub fn parse_udp<F: Frame + ?Sized>(
+pub fn parse_udp<F: PacketBytes + ?Sized>(
     f: &F,
     l4: usize,
     ip_end: usize,

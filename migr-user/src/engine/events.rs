@@ -6,7 +6,7 @@ use std::time::Instant;
 use migr_common::maps::{EventKind, FlowKey};
 
 use super::Engine;
-use crate::tables::mptcp_token;
+use crate::mptcp::mptcp_token;
 
 impl Engine {
     /// MPTCP keys → tokens; joins that overtook their token → learned late.

@@ -56,7 +56,7 @@
 
 use std::cell::Cell;
 
-/// Mirrors `migr_common::frame::MAX_PARSE_OFFSET`.
+/// Mirrors `migr_common::packet_bytes::MAX_PARSE_OFFSET`.
 pub const MAX_PARSE_OFFSET: usize = 512;
 
 /// The frame, and the deepest byte index asked for so far.

@@ -1,4 +1,4 @@
-//! [`Frame`] over XDP packet memory.
+//! [`PacketBytes`] over XDP packet memory.
 
 use aya_ebpf::{
     bindings::xdp_md,
@@ -12,7 +12,7 @@ use migr_common::wire::{
     ParseError,
     tcp::{MAX_TCP_OPTION_STEPS, OptionRef, OptionWalk},
 };
-use migr_common::{Frame, frame::MAX_PARSE_OFFSET};
+use migr_common::{PacketBytes, packet_bytes::MAX_PARSE_OFFSET};
 
 /// Bytes of the current packet's headers kept by [`fill_header_cache`] (a
 /// power of two: reads mask their offset with it).
@@ -36,7 +36,7 @@ pub struct HeaderCache {
 static HEADER_CACHE: PerCpuArray<HeaderCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies the packet's first bytes into this CPU's [`HeaderCache`]; call once
-/// per packet, before the packet is read through a cached [`XdpFrame`].
+/// per packet, before the packet is read through a cached [`XdpPacket`].
 #[inline(always)]
 pub fn fill_header_cache(ctx: *mut xdp_md) {
     let Some(cache) = HEADER_CACHE.get_ptr_mut(0) else {
@@ -60,7 +60,7 @@ pub fn fill_header_cache(ctx: *mut xdp_md) {
 /// The packet between `data` and `data_end`. Every read is checked against
 /// `data_end` in a form the verifier can follow: the offset is first clamped
 /// to [`MAX_PARSE_OFFSET`], then `start + offset + N` is compared with `end`.
-pub struct XdpFrame {
+pub struct XdpPacket {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
@@ -68,7 +68,7 @@ pub struct XdpFrame {
     cached: bool,
 }
 
-impl XdpFrame {
+impl XdpPacket {
     /// A frame to rewrite: every read sees the packet as it is now.
     #[inline(always)]
     pub fn uncached(ctx: &XdpContext) -> Self {
@@ -100,7 +100,7 @@ impl XdpFrame {
     }
 }
 
-impl Frame for XdpFrame {
+impl PacketBytes for XdpPacket {
     #[inline(always)]
     fn len(&self) -> usize {
         // The whole frame, fragments included: `load` reads across them.
@@ -185,7 +185,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // until its states converge (Linux 6.8 and later) then see a new state for every offset
     // and stop at the complexity limit (seen on 6.12: 1M instructions in migr_parse). The
     // helper's offset argument stays imprecise, so the states converge.
-    let frame = XdpFrame::from_raw(state.ctx, false);
+    let frame = XdpPacket::from_raw(state.ctx, false);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
 
@@ -193,7 +193,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
 /// offset a store accepts.
 const STORE_OFFSET_MASK: usize = (MAX_PARSE_OFFSET + 1).next_power_of_two() - 1;
 
-impl migr_common::frame::FrameMut for XdpFrame {
+impl migr_common::packet_bytes::PacketBytesMut for XdpPacket {
     #[inline(always)]
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         if offset > MAX_PARSE_OFFSET {

@@ -1,6 +1,6 @@
 //! Bounds-checked byte access to a frame.
 //!
-//! Parsers are generic over [`Frame`]: on the host it is a byte slice, in the
+//! Parsers are generic over [`PacketBytes`]: on the host it is a byte slice, in the
 //! XDP program it reads packet memory directly after a check against
 //! `data_end` that the verifier can follow. Every read either returns the bytes
 //! or `None`; nothing reads past the end.
@@ -10,7 +10,7 @@
 /// extension headers + TCP with options + QUIC header).
 pub const MAX_PARSE_OFFSET: usize = 512;
 
-pub trait Frame {
+pub trait PacketBytes {
     /// Total length of the frame in bytes.
     fn len(&self) -> usize;
 
@@ -55,7 +55,7 @@ pub trait Frame {
     }
 }
 
-impl Frame for [u8] {
+impl PacketBytes for [u8] {
     #[inline(always)]
     fn len(&self) -> usize {
         <[u8]>::len(self)
@@ -75,12 +75,12 @@ impl Frame for [u8] {
 }
 
 /// Write access to a frame, for the FORWARD rewrite.
-pub trait FrameMut: Frame {
+pub trait PacketBytesMut: PacketBytes {
     /// Writes `bytes` at `offset`; `None` (and nothing written) if they do not fit.
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()>;
 }
 
-impl FrameMut for [u8] {
+impl PacketBytesMut for [u8] {
     #[inline(always)]
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         if offset > MAX_PARSE_OFFSET {
