@@ -6,7 +6,10 @@
 use crate::{
     maps::{FAMILY_V4, FAMILY_V6, ForwardTarget},
     packet_bytes::PacketBytesMut,
-    wire::packet::{IpFamily, L4Info, PacketInfo},
+    wire::{
+        field,
+        packet::{IpFamily, L4Info, PacketInfo},
+    },
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +50,8 @@ fn checksum_replace_bytes<const N: usize>(mut check: u16, old: &[u8; N], new: &[
 pub fn l4_checksum_offset(info: &PacketInfo) -> Result<(usize, bool), RewriteError> {
     let l4 = info.l4_offset as usize;
     match info.l4 {
-        L4Info::Udp { .. } => Ok((l4 + 6, info.family == IpFamily::V4)),
-        L4Info::Tcp(_) => Ok((l4 + 16, false)),
+        L4Info::Udp { .. } => Ok((l4 + field::udp::CHECKSUM, info.family == IpFamily::V4)),
+        L4Info::Tcp(_) => Ok((l4 + field::tcp::CHECKSUM, false)),
         L4Info::Other => Err(RewriteError::NotTransport),
     }
 }
@@ -68,32 +71,41 @@ pub fn rewrite_destination<F: PacketBytesMut + ?Sized>(
 
     match (info.family, target.family) {
         (IpFamily::V4, FAMILY_V4) => {
-            let old: [u8; 4] = frame.load(l3 + 16).ok_or(RewriteError::OutOfFrame)?;
+            let old: [u8; 4] = frame
+                .load(l3 + field::ipv4::DST)
+                .ok_or(RewriteError::OutOfFrame)?;
             let new = [
                 target.addr[0],
                 target.addr[1],
                 target.addr[2],
                 target.addr[3],
             ];
-            let ip_check = frame.be16_at(l3 + 10).ok_or(RewriteError::OutOfFrame)?;
+            let ip_check = frame
+                .be16_at(l3 + field::ipv4::CHECKSUM)
+                .ok_or(RewriteError::OutOfFrame)?;
             let ip_check = checksum_replace_bytes(ip_check, &old, &new);
             l4_check = checksum_replace_bytes(l4_check, &old, &new);
-            frame.store(l3 + 16, new).ok_or(RewriteError::OutOfFrame)?;
             frame
-                .store(l3 + 10, ip_check.to_be_bytes())
+                .store(l3 + field::ipv4::DST, new)
+                .ok_or(RewriteError::OutOfFrame)?;
+            frame
+                .store(l3 + field::ipv4::CHECKSUM, ip_check.to_be_bytes())
                 .ok_or(RewriteError::OutOfFrame)?;
         }
         (IpFamily::V6, FAMILY_V6) => {
-            let old: [u8; 16] = frame.load(l3 + 24).ok_or(RewriteError::OutOfFrame)?;
+            let old: [u8; 16] = frame
+                .load(l3 + field::ipv6::DST)
+                .ok_or(RewriteError::OutOfFrame)?;
             l4_check = checksum_replace_bytes(l4_check, &old, &target.addr);
             frame
-                .store(l3 + 24, target.addr)
+                .store(l3 + field::ipv6::DST, target.addr)
                 .ok_or(RewriteError::OutOfFrame)?;
         }
         _ => return Err(RewriteError::FamilyMismatch),
     }
 
-    let port_at = info.l4_offset as usize + 2;
+    // The destination port sits at the same offset in UDP and TCP.
+    let port_at = info.l4_offset as usize + field::udp::DST_PORT;
     if target.port != 0 {
         let old = frame.be16_at(port_at).ok_or(RewriteError::OutOfFrame)?;
         l4_check = checksum_replace16(l4_check, old, target.port);
@@ -120,8 +132,12 @@ pub fn rewrite_macs<F: PacketBytesMut + ?Sized>(
     dst: [u8; 6],
     src: [u8; 6],
 ) -> Result<(), RewriteError> {
-    frame.store(0, dst).ok_or(RewriteError::OutOfFrame)?;
-    frame.store(6, src).ok_or(RewriteError::OutOfFrame)
+    frame
+        .store(field::ethernet::DST, dst)
+        .ok_or(RewriteError::OutOfFrame)?;
+    frame
+        .store(field::ethernet::SRC, src)
+        .ok_or(RewriteError::OutOfFrame)
 }
 
 #[cfg(test)]

@@ -127,6 +127,38 @@ impl Default for DatapathConfig {
     }
 }
 
+/// The kernel's `struct xdp_md` (uapi linux/bpf.h), the context a
+/// BPF_PROG_TEST_RUN of an XDP program takes: offsets into the input data
+/// and the interfaces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+impl XdpMd {
+    fn to_bytes(self) -> [u8; size_of::<XdpMd>()] {
+        let fields = [
+            self.data,
+            self.data_end,
+            self.data_meta,
+            self.ingress_ifindex,
+            self.rx_queue_index,
+            self.egress_ifindex,
+        ];
+        let mut out = [0u8; size_of::<XdpMd>()];
+        for (chunk, field) in out.chunks_exact_mut(4).zip(fields) {
+            chunk.copy_from_slice(&field.to_ne_bytes());
+        }
+        out
+    }
+}
+
 /// `map`, checked to be an LRU hash map: aya's `HashMap` handle opens plain
 /// and LRU hash maps alike, and FLOWS must be the LRU the program declares
 /// (learned flows age out instead of filling the table).
@@ -426,12 +458,14 @@ impl Datapath {
         // The input frame only carries the tag: every run replaces its bytes.
         let mut data = vec![0u8; META + REPLAY_FRAME_MAX];
         data[..META].copy_from_slice(&ReplayMeta::to_bytes());
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex. `data` is the metadata's length.
-        let mut ctx = [0u8; 24];
-        ctx[0..4].copy_from_slice(&(META as u32).to_ne_bytes());
-        ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        // `data` is the metadata's length: the frame starts after the tag.
+        let ctx = XdpMd {
+            data: META as u32,
+            data_end: data.len() as u32,
+            ingress_ifindex: ifindex,
+            ..XdpMd::default()
+        }
+        .to_bytes();
         let n = frames.len() as u32;
         self.program(MAIN_PROGRAM)?
             .test_run(TestRunOptions {

@@ -1,6 +1,6 @@
 //! Ethernet II with at most one 802.1Q tag.
 
-use super::{ParseError, UnsupportedKind, read_be16};
+use super::{ParseError, UnsupportedKind, field, read_be16};
 use crate::PacketBytes;
 
 /// Destination MAC, source MAC, EtherType.
@@ -45,7 +45,7 @@ const fn is_vlan_tpid(ethertype: u16) -> bool {
 /// (an IEEE 802.3 length field simply comes back as a small `ethertype`).
 #[inline(always)]
 pub fn parse_ethernet<F: PacketBytes + ?Sized>(f: &F) -> Result<EthInfo, ParseError> {
-    let outer = read_be16(f, 12)?;
+    let outer = read_be16(f, field::ethernet::ETHER_TYPE)?;
     if outer == ETHERTYPE_VLAN {
         let tci = read_be16(f, ETH_HEADER_LEN)?;
         let inner = read_be16(f, ETH_HEADER_LEN + 2)?;

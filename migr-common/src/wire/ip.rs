@@ -1,6 +1,6 @@
 //! IPv4 (with options) and IPv6 (with up to four extension headers).
 
-use super::{MalformedKind, ParseError, UnsupportedKind, read_bytes};
+use super::{MalformedKind, ParseError, UnsupportedKind, field, read_bytes};
 use crate::PacketBytes;
 
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
@@ -65,7 +65,7 @@ const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 pub fn parse_ipv4<F: PacketBytes + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
     let h = read_bytes::<F, 16>(f, l3)?;
-    let dst = read_bytes::<F, 4>(f, l3 + 16)?;
+    let dst = read_bytes::<F, 4>(f, l3 + field::ipv4::DST)?;
     if h[0] >> 4 != 4 {
         return Err(ParseError::Malformed(MalformedKind::IpVersion));
     }
@@ -111,8 +111,8 @@ pub const fn is_skipped_ext_header(next_header: u8) -> bool {
 #[inline(always)]
 pub fn parse_ipv6<F: PacketBytes + ?Sized>(f: &F, l3: usize) -> Result<IpInfo, ParseError> {
     let h = read_bytes::<F, 8>(f, l3)?;
-    let src = read_bytes::<F, 16>(f, l3 + 8)?;
-    let dst = read_bytes::<F, 16>(f, l3 + 24)?;
+    let src = read_bytes::<F, 16>(f, l3 + field::ipv6::SRC)?;
+    let dst = read_bytes::<F, 16>(f, l3 + field::ipv6::DST)?;
     if h[0] >> 4 != 6 {
         return Err(ParseError::Malformed(MalformedKind::IpVersion));
     }

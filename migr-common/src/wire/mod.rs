@@ -18,6 +18,7 @@
 //! - [`mptcp::parse_mptcp`]: the MPTCP option that `parse_packet` located.
 
 pub mod ethernet;
+pub mod field;
 pub mod ip;
 pub mod mptcp;
 pub mod packet;

@@ -1,6 +1,6 @@
 //! TCP header and option walk.
 
-use super::{MalformedKind, ParseError, read_bytes, read_u8};
+use super::{MalformedKind, ParseError, field, read_bytes, read_u8};
 use crate::PacketBytes;
 
 pub const TCP_MIN_HEADER_LEN: usize = 20;
@@ -86,7 +86,7 @@ pub fn parse_tcp<F: PacketBytes + ?Sized>(
     let h = read_bytes::<F, 16>(f, l4)?;
     // The rest of the fixed header (window checksum, urgent pointer) must be
     // in the frame too, although we do not use it.
-    read_bytes::<F, 4>(f, l4 + 16)?;
+    read_bytes::<F, 4>(f, l4 + field::tcp::CHECKSUM)?;
     let data_offset = (h[12] >> 4) as usize;
     if data_offset < 5 {
         return Err(ParseError::Malformed(MalformedKind::TcpDataOffset));

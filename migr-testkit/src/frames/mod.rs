@@ -30,6 +30,8 @@ pub use checksum::{
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use migr_common::wire::field;
+
 pub const DEFAULT_SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 pub const DEFAULT_DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
@@ -417,7 +419,7 @@ impl FrameBuilder {
                 s.extend_from_slice(&(len as u16).to_be_bytes());
                 s.extend_from_slice(&[0, 0]);
                 s.extend_from_slice(&self.payload);
-                (s, Some(6))
+                (s, Some(field::udp::CHECKSUM))
             }
             Transport::Tcp(t) => {
                 let hlen = 20 + t.options.len();
@@ -433,7 +435,7 @@ impl FrameBuilder {
                 s.extend_from_slice(&t.urgent.to_be_bytes());
                 s.extend_from_slice(&t.options);
                 s.extend_from_slice(&self.payload);
-                (s, Some(16))
+                (s, Some(field::tcp::CHECKSUM))
             }
         }
     }
@@ -476,7 +478,8 @@ impl FrameBuilder {
                 h.extend_from_slice(&ip.dst);
                 h.extend_from_slice(&ip.options);
                 let c = internet_checksum(&h);
-                h[10..12].copy_from_slice(&c.to_be_bytes());
+                let at = field::ipv4::CHECKSUM;
+                h[at..at + 2].copy_from_slice(&c.to_be_bytes());
                 out.extend_from_slice(&0x0800u16.to_be_bytes());
                 out.extend_from_slice(&h);
                 out.extend_from_slice(&segment);

@@ -1,19 +1,14 @@
 //! QUIC packets (header plus arbitrary bytes), for UDP payloads.
 
 use migr_common::wire::quic::{LongPacketType, QUIC_V1};
+use migr_quic_codec::varint;
 
-/// QUIC variable-length integer (RFC 9000 16).
+/// QUIC variable-length integer (RFC 9000 16), in the encoding migr-quic
+/// writes (the one implementation, `migr_quic_codec::varint`).
 pub fn varint(v: u64) -> Vec<u8> {
-    if v < 1 << 6 {
-        [v as u8].to_vec()
-    } else if v < 1 << 14 {
-        ((v as u16) | 0x4000).to_be_bytes().to_vec()
-    } else if v < 1 << 30 {
-        ((v as u32) | 0x8000_0000).to_be_bytes().to_vec()
-    } else {
-        assert!(v < 1 << 62, "varint out of range");
-        (v | 0xc000_0000_0000_0000).to_be_bytes().to_vec()
-    }
+    let mut out = Vec::with_capacity(8);
+    varint::write(v, &mut out).expect("varint out of range");
+    out
 }
 
 /// A long header with this exact first byte: first byte, version, DCID
