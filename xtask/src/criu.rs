@@ -48,7 +48,7 @@ const FIX_ID: &str = "sockopt-pass-eopnotsupp-1 rundir-/run/migr-criu";
 /// not one on every machine (it is not on this project's): without the cache
 /// every `criu dump` and `criu restore` probes the kernel first, about 45 ms
 /// here, all of it inside a migration's downtime. The testbed mounts a small
-/// tmpfs there when it is missing (tests/src/testbed/mod.rs).
+/// tmpfs there when it is missing (migr-testbed/src/environment.rs).
 pub const RUNDIR: &str = "/run/migr-criu";
 /// The text of criu/sockets.c's `dump_socket_opts` the fix replaces ...
 const SOCKETS_ORIGINAL: &str = "\tret |= dump_opt(sk, SOL_SOCKET, SO_PASSCRED, &val);

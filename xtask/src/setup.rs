@@ -15,7 +15,7 @@ const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",  // bpf-linker links against libLLVM 22
     "iproute2",     // ip netns / ip link for the tests and the demo
     "util-linux",   // nsenter
-    "ethtool",      // tests turn off veth checksum offload (see tests/src/netns.rs)
+    "ethtool",      // tests turn off veth checksum offload (see migr-testkit/src/netns.rs)
     "nftables",     // the testbed removes the tables CRIU's network lock leaves (nft)
     "iptables",     // CRIU's TCP connection lock (--tcp-established)
     "dnsmasq-base", // the TCP+DNS baseline's name server (testbed scenarios tcp-dns-*)

@@ -3,7 +3,7 @@
 //! (or imports) migr-common: the fuzz targets convert migr-common's results into
 //! these types ([`crate::project`]) and demand equality.
 //!
-//! Style: read a header into a slice, then look at the slice. No `Frame` trait,
+//! Style: read a header into a slice, then look at the slice. No `PacketBytes` trait,
 //! no offsets into `u16`, no bounded-loop tricks.
 //!
 //! # Choices mirrored from migr-common
