@@ -216,3 +216,87 @@ pub(super) fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
     }
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use migr_control::{
+        api::ParkLimit,
+        phase::{PhaseMachine, Timing},
+    };
+
+    use super::*;
+    use crate::{engine::service::testing::Scratch, spool::StoredFrame};
+
+    fn frames(from: u64, n: u64) -> Vec<StoredFrame> {
+        (from..from + n)
+            .map(|pos| StoredFrame {
+                ring_pos: pos * 100,
+                ifindex: 2,
+                timestamp_ns: pos,
+                frame: vec![0; 100],
+            })
+            .collect()
+    }
+
+    fn replay(svc: &mut Service, n: usize) {
+        svc.spool.start_batch(n).unwrap();
+        svc.spool.finish_batch(n).unwrap();
+    }
+
+    /// A killed agent saved its totals with 2 frames stored and 1 replayed,
+    /// then stored 3 more and replayed 2 more: the restarted agent counts the
+    /// difference from the store, less the frames of an interrupted batch.
+    #[test]
+    fn a_restart_counts_what_was_stored_and_replayed_after_the_last_save() {
+        let scratch = Scratch::new("catch-up");
+        let limit = ParkLimit {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        let machine = PhaseMachine::new(Timing::default(), 0);
+        let mut svc = scratch.service(None, machine, limit);
+        svc.spool.append(frames(0, 2)).unwrap();
+        replay(&mut svc, 1);
+        let mark = SpoolMark {
+            first_ring_pos: svc.spool.first_ring_pos(),
+            len: svc.spool.len() as u64,
+            done: svc.spool.done() as u64,
+        };
+        svc.spool.append(frames(2, 3)).unwrap();
+        replay(&mut svc, 2);
+        catch_up_totals(&mut svc, mark, 0);
+        assert_eq!(
+            (svc.totals.stored_frames, svc.totals.stored_bytes),
+            (3, 300)
+        );
+        assert_eq!(svc.totals.replay.replayed_frames, 2);
+
+        svc.totals = Totals::default();
+        catch_up_totals(&mut svc, mark, 1);
+        assert_eq!(
+            svc.totals.replay.replayed_frames, 1,
+            "one of the two uncertain"
+        );
+    }
+
+    /// The store was emptied after the save (all replayed, compacted): the
+    /// frames pending at the save count as replayed.
+    #[test]
+    fn a_compacted_store_counts_the_pending_frames_as_replayed() {
+        let scratch = Scratch::new("catch-up-compacted");
+        let limit = ParkLimit {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        let machine = PhaseMachine::new(Timing::default(), 0);
+        let mut svc = scratch.service(None, machine, limit);
+        let mark = SpoolMark {
+            first_ring_pos: Some(0),
+            len: 5,
+            done: 1,
+        };
+        catch_up_totals(&mut svc, mark, 0);
+        assert_eq!(svc.totals.replay.replayed_frames, 4);
+        assert_eq!(svc.totals.stored_frames, 0);
+    }
+}

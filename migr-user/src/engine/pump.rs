@@ -186,12 +186,12 @@ mod tests {
 
     use migr_common::maps::{Action, ParkedHeader};
     use migr_control::{
-        api::{ParkLimit, ServiceSpec},
+        api::ParkLimit,
         phase::{PhaseCommand, PhaseMachine, Role, Timing},
     };
 
     use super::*;
-    use crate::{parkring::RingRecord, spool::Spool};
+    use crate::{engine::service::testing::Scratch, parkring::RingRecord};
 
     /// Records at positions 0, 100, 200, ...; `consumed` is the consumer position.
     struct FakeRing {
@@ -257,39 +257,26 @@ mod tests {
 
     struct Fixture {
         services: BTreeMap<u32, Service>,
-        dir: std::path::PathBuf,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        _scratch: Scratch,
     }
 
     /// Service 1, frozen (parking) when `frozen`, else idle (passing).
     fn fixture(tag: &str, frozen: bool, frames: u64) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("migr-pump-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let spec: ServiceSpec = serde_json::from_str(
-            r#"{"id":1,"name":"a","rules":[{"proto":"udp","addr":"10.0.0.1:7"}]}"#,
-        )
-        .unwrap();
+        let scratch = Scratch::new(&format!("pump-{tag}"));
         let mut machine = PhaseMachine::new(Timing::default(), 0);
         if frozen {
             for cmd in [PhaseCommand::Prepare, PhaseCommand::Freeze] {
                 machine.command(cmd, Some(Role::Source), None, 1).unwrap();
             }
         }
-        let (spool, _) = Spool::open(&dir, 1, 9, None).unwrap();
         let limit = ParkLimit {
             frames,
             bytes: 1 << 20,
         };
-        let svc = Service::new(spec, None, machine, spool, limit);
+        let svc = scratch.service(None, machine, limit);
         Fixture {
             services: BTreeMap::from([(1, svc)]),
-            dir,
+            _scratch: scratch,
         }
     }
 

@@ -329,18 +329,59 @@ pub(super) fn forward_refusal(
     ))
 }
 
+/// What the engine's unit tests share: services whose stores live in a
+/// scratch directory that is removed when it is dropped.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::path::PathBuf;
+
+    use migr_control::{
+        api::{ParkLimit, ServiceSpec},
+        phase::PhaseMachine,
+    };
+
+    use super::{ResolvedForward, Service};
+    use crate::spool::Spool;
+
+    pub(in crate::engine) struct Scratch(pub(in crate::engine) PathBuf);
+
+    impl Scratch {
+        pub(in crate::engine) fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("migr-engine-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+            Self(dir)
+        }
+
+        /// Service 1 (`a`, one UDP rule), its store in this directory.
+        pub(in crate::engine) fn service(
+            &self,
+            forward: Option<ResolvedForward>,
+            machine: PhaseMachine,
+            limit: ParkLimit,
+        ) -> Service {
+            let spec: ServiceSpec = serde_json::from_str(
+                r#"{"id":1,"name":"a","rules":[{"proto":"udp","addr":"10.0.0.1:7"}],
+                    "forward":{"addr":"10.0.1.1:8","iface":"eth1","next_hop_mac":"02:00:00:00:00:09"}}"#,
+            )
+            .expect("the test spec parses");
+            let (spool, _) = Spool::open(&self.0, 1, 9, None).expect("opening a scratch store");
+            Service::new(spec, forward, machine, spool, limit)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{testing::Scratch, *};
     use migr_control::phase::Timing;
-
-    fn spec() -> ServiceSpec {
-        serde_json::from_str(
-            r#"{"id":1,"name":"a","rules":[{"proto":"udp","addr":"10.0.0.1:7"}],
-                "forward":{"addr":"10.0.1.1:8","iface":"eth1","next_hop_mac":"02:00:00:00:00:09"}}"#,
-        )
-        .unwrap()
-    }
 
     const RESOLVED: ResolvedForward = ResolvedForward {
         ifindex: 5,
@@ -349,26 +390,22 @@ mod tests {
         tc: false,
     };
 
-    /// A service whose store lives in a fresh directory under the temp dir.
-    fn service(
-        forward: Option<ResolvedForward>,
-        limit: ParkLimit,
-    ) -> (Service, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "migr-service-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (spool, _) = Spool::open(&dir, 1, 7, None).unwrap();
+    fn service(forward: Option<ResolvedForward>, limit: ParkLimit) -> (Service, Scratch) {
+        let scratch = Scratch::new(&format!("{:?}", std::thread::current().id()));
         let machine = PhaseMachine::new(Timing::default(), 0);
-        (Service::new(spec(), forward, machine, spool, limit), dir)
+        (scratch.service(forward, machine, limit), scratch)
     }
 
     #[test]
     fn forward_targets_follow_the_spec() {
-        let spec = spec();
+        let (svc, _dir) = service(
+            None,
+            ParkLimit {
+                frames: 1,
+                bytes: 1,
+            },
+        );
+        let spec = svc.spec.clone();
         let t = forward_target(&spec, Some(RESOLVED));
         assert_eq!(&t.addr[..4], &[10, 0, 1, 1]);
         assert_eq!((t.port, t.family, t.ifindex), (8, FAMILY_V4, 5));
@@ -393,7 +430,7 @@ mod tests {
             frames: 3,
             bytes: 1000,
         };
-        let (mut svc, dir) = service(None, limit);
+        let (mut svc, _dir) = service(None, limit);
         assert!(svc.has_room((0, 0), 1000), "exactly the byte limit fits");
         assert!(!svc.has_room((0, 0), 1001), "one byte over does not");
         assert!(svc.has_room((2, 500), 500), "the third frame fits");
@@ -404,7 +441,6 @@ mod tests {
             (svc.totals.overflow_frames, svc.totals.overflow_bytes),
             (2, 100)
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -427,16 +463,16 @@ mod tests {
             frames: 10,
             bytes: 10_000,
         };
-        let (svc, dir) = service(None, limit);
-        let no_target = forward_refusal(&svc, State::Restored, Action::Forward, None);
-        assert!(no_target.is_some_and(|e| e.contains("no forward target")));
-        assert_eq!(
-            forward_refusal(&svc, State::Restored, Action::Pass, None),
-            None
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-
-        let (svc, dir) = service(Some(RESOLVED), limit);
+        {
+            let (svc, _dir) = service(None, limit);
+            let no_target = forward_refusal(&svc, State::Restored, Action::Forward, None);
+            assert!(no_target.is_some_and(|e| e.contains("no forward target")));
+            assert_eq!(
+                forward_refusal(&svc, State::Restored, Action::Pass, None),
+                None
+            );
+        }
+        let (svc, _dir) = service(Some(RESOLVED), limit);
         for (link, refused) in [
             (LinkState::Up, false),
             (LinkState::NoCarrier, true),
@@ -457,7 +493,6 @@ mod tests {
             Some(LinkState::Down),
         );
         assert_eq!(draining, None);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -466,7 +501,7 @@ mod tests {
             frames: 10,
             bytes: 10_000,
         };
-        let (svc, dir) = service(Some(RESOLVED), limit);
+        let (svc, _dir) = service(Some(RESOLVED), limit);
         let held = svc.entry(DatapathState {
             action: Action::Forward,
             hold: true,
@@ -481,6 +516,5 @@ mod tests {
             }),
             "forward+hold"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
