@@ -224,6 +224,9 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// Start under this soft limit of open files (hard limit 4096), as a
+    /// supervisor with a low default would.
+    pub nofile: Option<u64>,
     pub proc: Option<Proc>,
 }
 
@@ -258,28 +261,28 @@ impl Agent {
             pin_dir,
             state_dir,
             args,
+            nofile: None,
             proc: None,
         }
     }
 
-    /// Serves the control socket at `path` instead (before [`Agent::start`]).
-    pub fn set_socket(&mut self, path: &Path) {
-        let i = self
-            .args
-            .iter()
-            .position(|a| a == "--socket")
-            .expect("a --socket argument");
-        self.args[i + 1] = path.to_str().expect("utf-8").to_string();
-        self.socket = path.to_path_buf();
-    }
-
     pub fn start(&mut self, ns: &NetNs) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let agent_bin = &bins().agent;
+        let agent_bin = bins().agent.to_str().expect("utf-8").to_string();
+        let mut argv: Vec<String> = Vec::new();
+        let program = match self.nofile {
+            // prlimit sets the limit and execs the agent (same PID).
+            Some(soft) => {
+                argv.extend([format!("--nofile={soft}:4096"), "--".into(), agent_bin]);
+                PathBuf::from("prlimit")
+            }
+            None => PathBuf::from(agent_bin),
+        };
+        argv.extend(self.args.iter().cloned());
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let started = Instant::now();
         self.proc = Some(spawn_in(
             ns,
-            agent_bin,
+            &program,
             &args,
             &[("RUST_LOG", "info")],
             Some(&self.log),

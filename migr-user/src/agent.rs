@@ -171,10 +171,15 @@ fn run(args: RunArgs) -> Result<()> {
         bail!("--park-limit-frames and --park-limit-bytes must be at least 1");
     }
     let group = args.socket_group.as_deref().map(group_id).transpose()?;
+    // Everything the agent writes (state, parked frames, the socket) is
+    // owner-only; the socket group is let in on the socket alone, below.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
+    raise_open_file_limit();
     ensure_bpffs(&args.pin_dir)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
-    std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    open_state_dir(&args.state_dir, group, &args.socket)?;
     let cfg = EngineConfig {
         ifaces: args.ifaces.clone(),
         mode: args.mode,
@@ -219,6 +224,63 @@ fn run(args: RunArgs) -> Result<()> {
     result
 }
 
+/// The state directory is the owner's (0700). When it holds the socket and
+/// a socket group is given, the group may pass through it to the socket
+/// (0710: enter, not list); the files in it stay owner-only.
+fn open_state_dir(dir: &Path, group: Option<u32>, socket: &Path) -> Result<()> {
+    let mode = match group {
+        Some(gid) if socket.parent() == Some(dir) => {
+            chown_group(dir, gid)?;
+            0o710
+        }
+        _ => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+fn chown_group(path: &Path, gid: u32) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: chown with a valid path; uid -1 keeps the owner.
+    if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
+        bail!(
+            "chown of {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Each service holds two files (its store and its cursor) besides the
+/// maps' descriptors: the default soft limit (often 1024, lower under some
+/// supervisors) would refuse services long before MAX_SERVICES. The soft
+/// limit goes up to the hard one, which only the administrator sets.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::info!(
+                from = before,
+                to = lim.rlim_max,
+                "raised the open-file limit"
+            );
+        } else {
+            tracing::warn!(limit = before, error = %std::io::Error::last_os_error(),
+                "could not raise the open-file limit; services may be refused for want of files");
+        }
+    }
+}
+
 fn group_id(name: &str) -> Result<u32> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
@@ -256,15 +318,7 @@ async fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     unsafe { libc::umask(old_umask) };
     let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     let mode = if let Some(gid) = group {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        // SAFETY: chown with a valid path; uid -1 keeps the owner.
-        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
-            bail!(
-                "chown of {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+        chown_group(path, gid)?;
         0o660
     } else {
         0o600

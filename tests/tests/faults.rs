@@ -721,16 +721,19 @@ fn without_an_agent_or_without_services_everything_passes() {
 // Control-plane security
 
 /// The socket is root-only by default: an unprivileged user cannot connect.
-/// With `--socket-group` the group's members can, others still cannot.
+/// With `--socket-group` the group's members can, others still cannot. The
+/// socket sits in the agent's state directory, as with the default paths
+/// (/run/migr/agent.sock), so the directory's mode counts too; the state
+/// files beside it stay unreadable to the group.
 #[test]
 fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
     const NOBODY: u32 = 65534;
     const GROUP: u32 = 43210;
     let mut t = Topology::build(false, &[], false);
-    // A directory anyone may enter, so that only the socket's own mode decides.
+    let socket = t.src_agent.socket.clone();
+    assert_eq!(socket.parent(), Some(t.src_agent.state_dir.as_path()));
+    // migrctl where the unprivileged users may run it.
     let dir = TempDir::new("sock", 0o755);
-    let socket = dir.0.join("agent.sock");
-    t.src_agent.set_socket(&socket);
     let ctl = dir.0.join("migrctl");
     std::fs::copy(&bins().ctl, &ctl).unwrap();
     std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -747,6 +750,8 @@ fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
     t.src_agent.start(&t.src);
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0));
+    let state_dir = std::fs::metadata(&t.src_agent.state_dir).unwrap();
+    assert_eq!(state_dir.mode() & 0o777, 0o700);
     let out = as_user(NOBODY, NOBODY);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
@@ -766,6 +771,12 @@ fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
     t.src_agent.start(&t.src);
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, GROUP));
+    let state_dir = std::fs::metadata(&t.src_agent.state_dir).unwrap();
+    assert_eq!(
+        (state_dir.mode() & 0o777, state_dir.gid()),
+        (0o710, GROUP),
+        "the group may pass through the state directory, not list it"
+    );
     let member = as_user(NOBODY, GROUP);
     assert!(
         member.status.success(),
@@ -774,9 +785,67 @@ fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
     );
     let other = as_user(NOBODY, NOBODY);
     assert_eq!(other.status.code(), Some(3));
+    // The files the agent wrote are its own: a member reads none of them.
+    let mut files = 0;
+    for entry in std::fs::read_dir(&t.src_agent.state_dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if !meta.is_file() || path == t.src_agent.log {
+            continue; // the socket; the harness's own log
+        }
+        files += 1;
+        assert_eq!(meta.mode() & 0o077, 0, "{} is owner-only", path.display());
+        let read = Command::new("cat")
+            .arg(&path)
+            .uid(NOBODY)
+            .gid(GROUP)
+            .output()
+            .unwrap();
+        assert!(!read.status.success(), "a member read {}", path.display());
+    }
+    assert!(
+        files > 0,
+        "the agent saved its state in {}",
+        t.src_agent.state_dir.display()
+    );
     println!(
         "--socket-group {GROUP} (0660): uid {NOBODY} gid {GROUP}: ok; uid {NOBODY} gid {NOBODY}: exit 3"
     );
+}
+
+/// Under a supervisor's low soft limit of open files (64), the agent raises
+/// it to the hard limit and so takes a hundred services, each of which holds
+/// two files.
+#[test]
+fn a_low_open_file_limit_is_raised_so_a_hundred_services_fit() {
+    const N: u16 = 100;
+    let mut t = Topology::build(false, &[], false);
+    t.src_agent.nofile = Some(64);
+    t.src_agent.start(&t.src);
+    let mut api = Api::connect(&t.src_agent.socket);
+    let adds: Vec<Value> = (0..N)
+        .map(|i| {
+            request(
+                "service.add",
+                json!({
+                    "id": 300 + i,
+                    "name": format!("f{i}"),
+                    "rules": [{"proto": "udp", "addr": format!("{SRC_IP}:{}", 8100 + i)}],
+                }),
+            )
+        })
+        .collect();
+    for r in api.pipeline(&adds) {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", t.src_agent.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    println!("soft limit 64 raised to 4096; {N} services added");
 }
 
 /// Hostile requests on the socket: each is refused with a reason, the agent
