@@ -848,6 +848,48 @@ fn a_low_open_file_limit_is_raised_so_a_hundred_services_fit() {
     println!("soft limit 64 raised to 4096; {N} services added");
 }
 
+/// `ip netns exec` gives the agent a mount namespace of its own with a fresh
+/// /sys: a bpffs it mounted there would vanish with it, and the pinned
+/// datapath and parked frames with it. The agent refuses and says how to run
+/// instead; under `nsenter --net` (the harness's way) it serves.
+#[test]
+fn an_agent_in_a_private_mount_namespace_refuses_a_bpffs_that_dies_with_it() {
+    let t = Topology::build(false, &[], false);
+    let mut args = t.src_agent.args.clone();
+    args.insert(0, bins().agent.to_str().unwrap().to_string());
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", t.src.name()])
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent served under `ip netns exec` instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("nsenter --net"),
+        "the refusal says what to do: {err}"
+    );
+    assert!(!t.src_agent.pin_dir.exists(), "nothing was pinned");
+    println!(
+        "ip netns exec: refused ({status}): {}",
+        err.lines().last().unwrap_or("")
+    );
+}
+
 /// Hostile requests on the socket: each is refused with a reason, the agent
 /// stays up, the connection limits hold, and nothing changes.
 #[test]
