@@ -56,6 +56,13 @@ pub fn test(filter: &[String]) -> Result<()> {
             "migr-ebpf",
             "--exclude",
             "migr-tests",
+        ]))?;
+        // The fuzz crate is a workspace of its own: its unit tests (the
+        // reference parsers, the seed corpus through every target) run here.
+        totals.run(run::cargo().args([
+            "test",
+            "--manifest-path",
+            "tests/fuzz/Cargo.toml",
         ]))
     })?;
     stage(
@@ -65,8 +72,7 @@ pub fn test(filter: &[String]) -> Result<()> {
         ),
         || {
             let runs = crate::fuzz::fuzz(crate::fuzz::TEST_SECONDS, None)?;
-            // Each target is one test in the closing summary.
-            totals.passed += runs.len() as u64;
+            totals.fuzz_targets += runs.len() as u64;
             Ok(())
         },
     )?;
@@ -81,8 +87,8 @@ pub fn test(filter: &[String]) -> Result<()> {
         "VM tests: the datapath under Linux 6.1 and 6.12 in QEMU (docs/vm-tests.md)",
         || {
             let vm = crate::vm::vm_test(&crate::vm::Options::for_test_suite())?;
-            totals.passed += vm.passed;
-            totals.failed += vm.failed;
+            totals.vm_passed += vm.passed;
+            totals.vm_failed += vm.failed;
             Ok(())
         },
     )?;
@@ -97,9 +103,11 @@ pub fn test(filter: &[String]) -> Result<()> {
     if totals.passed == 0 {
         anyhow::bail!("no test ran");
     }
+    // Tests once each; the VM stage runs some of them again under other
+    // kernels, and fuzz targets are not tests: each figure apart.
     println!(
-        "summary: {} passed, {} failed",
-        totals.passed, totals.failed
+        "summary: {} tests passed, {} failed; again in VMs: {} passed, {} failed; {} fuzz targets ran clean",
+        totals.passed, totals.failed, totals.vm_passed, totals.vm_failed, totals.fuzz_targets
     );
     Ok(())
 }
@@ -117,6 +125,10 @@ fn stage(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 struct TestTotals {
     passed: u64,
     failed: u64,
+    /// Privileged tests run again in QEMU guests.
+    vm_passed: u64,
+    vm_failed: u64,
+    fuzz_targets: u64,
 }
 
 impl TestTotals {
@@ -132,8 +144,13 @@ impl TestTotals {
                 let text = text?;
                 println!("{text}");
                 if let Some(rest) = text.strip_prefix("test result: ") {
-                    self.passed += count_before(rest, " passed");
-                    self.failed += count_before(rest, " failed");
+                    let count = |label| {
+                        count_before(rest, label).with_context(|| {
+                            format!("no count of{label} tests in cargo's line `{text}`")
+                        })
+                    };
+                    self.passed += count(" passed")?;
+                    self.failed += count(" failed")?;
                 }
             }
         }
@@ -146,11 +163,10 @@ impl TestTotals {
 }
 
 /// The number just before `label` in e.g. "ok. 3 passed; 0 failed; ...".
-fn count_before(text: &str, label: &str) -> u64 {
+fn count_before(text: &str, label: &str) -> Option<u64> {
     text.find(label)
         .and_then(|end| text[..end].rsplit(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The privileged tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns).
@@ -177,8 +193,17 @@ mod tests {
     #[test]
     fn reads_cargo_test_counts() {
         let line = "ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out";
-        assert_eq!(count_before(line, " passed"), 12);
-        assert_eq!(count_before(line, " failed"), 3);
-        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " passed"), 0);
+        assert_eq!(count_before(line, " passed"), Some(12));
+        assert_eq!(count_before(line, " failed"), Some(3));
+        assert_eq!(
+            count_before("FAILED. 0 passed; 1 failed;", " passed"),
+            Some(0)
+        );
+        assert_eq!(
+            count_before("ok. some passed", " passed"),
+            None,
+            "no number"
+        );
+        assert_eq!(count_before("ok. 3 fine", " passed"), None, "no label");
     }
 }
