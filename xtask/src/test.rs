@@ -59,11 +59,7 @@ pub fn test(filter: &[String]) -> Result<()> {
         ]))?;
         // The fuzz crate is a workspace of its own: its unit tests (the
         // reference parsers, the seed corpus through every target) run here.
-        totals.run(run::cargo().args([
-            "test",
-            "--manifest-path",
-            "tests/fuzz/Cargo.toml",
-        ]))
+        totals.run(run::cargo().args(["test", "--manifest-path", "tests/fuzz/Cargo.toml"]))
     })?;
     stage(
         &format!(
