@@ -273,7 +273,11 @@ fn follow_the_server(strategy: &str) {
     let summary = client_stderr
         .lines()
         .find(|l| l.starts_with("summary"))
-        .unwrap_or("");
+        .unwrap_or_else(|| panic!("the client printed no summary line:\n{client_stderr}"));
+    assert!(
+        summary.contains("loss_detected="),
+        "the summary says whether a loss was detected: {summary}"
+    );
     println!(
         "[netns {strategy}] server said `{line}`; {at_old} requests at OLD, {} at NEW; \
          median {:.2} ms, worst {worst:.2} ms; moved {:?} before the client finished; {summary}",

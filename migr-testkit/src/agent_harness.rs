@@ -671,7 +671,9 @@ pub fn check_answers(answers: &[Answer], sent: u64) -> (Vec<Answer>, Vec<Answer>
 
 /// A service's packet count under verdict `v`.
 pub fn verdict(svc: &Value, v: &str) -> u64 {
-    svc["verdicts"][v]["packets"].as_u64().unwrap_or(0)
+    svc["verdicts"][v]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count of verdict {v} in the status: {svc}"))
 }
 
 /// The number at `path` in a service status; panics if there is none.

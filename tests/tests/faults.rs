@@ -57,7 +57,10 @@ fn reasons(agent: &Agent) -> Value {
 }
 
 fn reason(agent: &Agent, name: &str) -> u64 {
-    reasons(agent)[name].as_u64().unwrap_or(0)
+    let reasons = reasons(agent);
+    reasons[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no reason {name} in the stats: {reasons}"))
 }
 
 /// One connection to an agent's control socket, speaking the raw protocol
@@ -387,7 +390,9 @@ fn an_unreachable_destination_during_forward_is_counted_with_a_clear_status() {
             .exec(&["ip", "-s", "-j", "link", "show", "dev", "v-sd"])
             .unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
-        v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
+        v[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tx dropped count in `ip -s -j link`: {v}"))
     };
     let dropped_before = tx_dropped();
     client.send(10);

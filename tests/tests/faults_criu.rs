@@ -30,11 +30,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use migr_testbed::{
     Bins, Preset, Topology, WorkDir,
     agent::Agent,
-    criu, now_s,
+    criu,
+    migration::Frames,
+    now_s,
     proc::{Adopted, Proc, Spawn, become_subreaper, is_alive, pid_free, reap},
     stats,
     topology::{DST_CT_IP, DST_UPLINK, SRC_CT_IP, SRC_UPLINK},
@@ -48,44 +50,14 @@ const MIGRATE_AFTER: usize = 1000;
 /// One testbed at a time (they share the two cores).
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A service's datapath counters, from `migrctl stats --json`.
-#[derive(Debug, Default, Clone, Copy)]
-struct Frames {
-    /// Printed with the rest.
-    #[allow(dead_code)]
-    passed: u64,
-    parked: u64,
-    forwarded: u64,
-    dropped: u64,
-    replayed: u64,
-    overflow: u64,
-    replay_failed: u64,
-    park_failed: u64,
-    forward_failed: u64,
-}
-
-impl Frames {
-    fn of(agent: &Agent) -> Result<(Self, String)> {
-        let svc = agent.service(SERVICE)?;
-        let v = |k: &str| svc["verdicts"][k]["packets"].as_u64().unwrap_or(0);
-        let frames = Self {
-            passed: v("pass"),
-            parked: v("park"),
-            forwarded: v("forward"),
-            dropped: v("drop"),
-            park_failed: v("park_failed"),
-            forward_failed: v("forward_failed"),
-            replayed: svc["replay"]["replayed_frames"].as_u64().unwrap_or(0),
-            overflow: svc["parked"]["overflow_frames"].as_u64().unwrap_or(0),
-            replay_failed: svc["replay"]["failed_frames"].as_u64().unwrap_or(0),
-        };
-        let state = svc["state"].as_str().unwrap_or("?").to_string();
-        Ok((frames, state))
-    }
-
-    fn lost(&self) -> u64 {
-        self.overflow + self.replay_failed + self.park_failed + self.forward_failed + self.dropped
-    }
+/// A service's frame counts (the testbed's own account) and its state.
+fn frames_of(agent: &Agent) -> Result<(Frames, String)> {
+    let svc = agent.service(SERVICE)?;
+    let state = svc["state"]
+        .as_str()
+        .with_context(|| format!("no state in the service status: {svc}"))?
+        .to_string();
+    Ok((Frames::from_status(&svc)?, state))
 }
 
 /// The testbed with both agents, the service prepared on both nodes, the
@@ -334,8 +306,8 @@ fn actions(path: &Path) -> Vec<String> {
 }
 
 fn report(label: &str, bed: &Bed, answered: usize, worst_ms: f64, extra: &str) -> Result<()> {
-    let (src, src_state) = Frames::of(&bed.src)?;
-    let (dst, dst_state) = Frames::of(&bed.dst)?;
+    let (src, src_state) = frames_of(&bed.src)?;
+    let (dst, dst_state) = frames_of(&bed.dst)?;
     println!(
         "[faults_criu] {label}: {answered}/{REQUESTS} answered once; worst request {worst_ms:.1} ms; \
          source {src_state}: {src:?}; destination {dst_state}: {dst:?}; {extra}; test {:.1} s",
@@ -345,8 +317,8 @@ fn report(label: &str, bed: &Bed, answered: usize, worst_ms: f64, extra: &str) -
 }
 
 fn check_lossless(bed: &Bed) -> Result<(Frames, Frames)> {
-    let (src, src_state) = Frames::of(&bed.src)?;
-    let (dst, dst_state) = Frames::of(&bed.dst)?;
+    let (src, src_state) = frames_of(&bed.src)?;
+    let (dst, dst_state) = frames_of(&bed.dst)?;
     assert_eq!(src_state, "aborted", "source: {src:?}");
     assert_eq!(dst_state, "aborted", "destination: {dst:?}");
     assert_eq!(
@@ -407,7 +379,7 @@ fn criu_dump_fails_the_agent_aborts_and_the_source_answers_everything() {
             server.try_exit().is_none() && is_alive(bed.server_pid),
             "CRIU resumed the dumped server in place"
         );
-        let (frames, state) = Frames::of(&bed.src)?;
+        let (frames, state) = frames_of(&bed.src)?;
         assert_eq!(
             state, "aborted",
             "network-unlock while frozen is abort: {frames:?}"
@@ -417,7 +389,7 @@ fn criu_dump_fails_the_agent_aborts_and_the_source_answers_everything() {
         // The destination was only prepared: abort it too (prepared -> idle
         // would be `abort` as well; here it stays prepared, nothing parked).
         bed.dst.phase(SERVICE, "abort", &[])?;
-        let (src, _) = Frames::of(&bed.src)?;
+        let (src, _) = frames_of(&bed.src)?;
         assert!(
             src.parked > 0,
             "the client's requests during the dump were parked: {src:?}"
@@ -516,7 +488,7 @@ fn criu_restore_fails_both_nodes_abort_and_the_source_is_restored_in_place() {
             .into_iter()
             .map(|(a, _)| a)
             .collect();
-        let (_, src_state) = Frames::of(&bed.src)?;
+        let (_, src_state) = frames_of(&bed.src)?;
         assert_eq!(
             src_state, "frozen",
             "the source parks until the orchestrator decides"
@@ -612,7 +584,7 @@ fn criu_dump_of_a_wrong_pid_fails_and_the_orchestrator_aborts() {
         };
         println!("[faults_criu] the dump failed as intended: {error}");
         let actions = actions(&phases);
-        let (_, state) = Frames::of(&bed.src)?;
+        let (_, state) = frames_of(&bed.src)?;
         // The orchestrator's abort (unless a hook already did it).
         let by = if state == "frozen" {
             bed.src.phase(SERVICE, "abort", &[])?;
@@ -628,7 +600,7 @@ fn criu_dump_of_a_wrong_pid_fails_and_the_orchestrator_aborts() {
             is_alive(bed.server_pid),
             "the real server was never touched"
         );
-        let (src, src_state) = Frames::of(&bed.src)?;
+        let (src, src_state) = frames_of(&bed.src)?;
         assert_eq!(src_state, "aborted", "{src:?}");
         assert!(
             src.parked > 0,
@@ -689,7 +661,7 @@ fn criu_restore_fails_after_a_leave_running_dump_and_the_source_went_on() {
             &["--leave-running"],
         )?;
         let t_dumped = now_s();
-        let (_, src_state) = Frames::of(&bed.src)?;
+        let (_, src_state) = frames_of(&bed.src)?;
         assert_eq!(
             src_state, "aborted",
             "network-unlock after a --leave-running dump is abort"

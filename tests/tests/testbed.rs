@@ -113,7 +113,7 @@ fn quic_migration_with_criu_without_steering_relies_on_retransmission() {
     );
     assert!(run.src_frames.is_none() && run.dst_frames.is_none());
     let lost = run.lost_packets().expect("the client's summary line");
-    let pto = run.pto_count().unwrap_or(0);
+    let pto = run.pto_count().expect("the client's summary line");
     assert!(
         lost + pto > 0,
         "without steering the client's packets sent during the downtime are lost and retransmitted"

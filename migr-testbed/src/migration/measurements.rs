@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use migr_control::api::ServiceStatus;
 use migr_quic::service_gaps::Gap;
 use serde_json::{Value, json};
 
@@ -34,21 +35,38 @@ pub struct Frames {
 }
 
 impl Frames {
-    pub(super) fn from_stats(svc: &Value) -> Self {
-        let v = |k: &str| svc["verdicts"][k]["packets"].as_u64().unwrap_or(0);
-        Self {
-            passed: v("pass"),
-            parked: v("park"),
-            forwarded: v("forward"),
-            dropped: v("drop"),
-            park_failed: v("park_failed"),
-            forward_failed: v("forward_failed"),
-            replayed: svc["replay"]["replayed_frames"].as_u64().unwrap_or(0),
-            overflow: svc["parked"]["overflow_frames"].as_u64().unwrap_or(0),
-            replay_failed: svc["replay"]["failed_frames"].as_u64().unwrap_or(0),
-            socket_waits: svc["replay"]["socket_waits"].as_u64().unwrap_or(0),
-            socket_drops: svc["replay"]["socket_drops"].as_u64().unwrap_or(0),
-        }
+    /// A service's counts from its status as the agent reports it, read
+    /// through the control protocol's own type: a changed format is an error
+    /// here, never a count of 0.
+    pub fn from_status(svc: &Value) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let st: ServiceStatus =
+            serde_json::from_value(svc.clone()).context("reading the agent's service status")?;
+        let v = |k: &str| {
+            st.verdicts
+                .get(k)
+                .map(|c| c.packets)
+                .with_context(|| format!("no verdict {k} in the service status"))
+        };
+        Ok(Self {
+            passed: v("pass")?,
+            parked: v("park")?,
+            forwarded: v("forward")?,
+            dropped: v("drop")?,
+            park_failed: v("park_failed")?,
+            forward_failed: v("forward_failed")?,
+            replayed: st.replay.replayed_frames,
+            overflow: st.parked.overflow_frames,
+            replay_failed: st.replay.failed_frames,
+            socket_waits: st.replay.socket_waits,
+            socket_drops: st.replay.socket_drops,
+        })
+    }
+
+    /// Frames the datapath or the agent lost: dropped, overflowed, or
+    /// failed to park, forward or replay.
+    pub fn lost(&self) -> u64 {
+        self.overflow + self.replay_failed + self.park_failed + self.forward_failed + self.dropped
     }
 
     fn to_json(&self) -> Value {

@@ -432,8 +432,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     });
     let (src_frames, dst_frames) = match managed {
         Some((src, dst)) => (
-            Some(Frames::from_stats(&src.service(SERVICE)?)),
-            Some(Frames::from_stats(&dst.service(SERVICE)?)),
+            Some(Frames::from_status(&src.service(SERVICE)?)?),
+            Some(Frames::from_status(&dst.service(SERVICE)?)?),
         ),
         None => (None, None),
     };

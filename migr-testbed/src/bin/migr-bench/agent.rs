@@ -193,7 +193,10 @@ fn ip(a: [u8; 4]) -> std::net::Ipv4Addr {
 }
 
 fn num(v: &Value, path: &[&str]) -> u64 {
-    path.iter().fold(v, |v, p| &v[*p]).as_u64().unwrap_or(0)
+    path.iter()
+        .fold(v, |v, p| &v[*p])
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in the agent's answer: {v}"))
 }
 
 /// One probe frame through the bench's copy of the program: was it parked?

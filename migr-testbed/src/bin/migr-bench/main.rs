@@ -312,7 +312,10 @@ fn maps_memory(before: &HashSet<u32>) -> Result<u64> {
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
         for line in fdinfo.lines() {
             if let Some(v) = line.strip_prefix("memlock:") {
-                total += v.trim().parse::<u64>().unwrap_or(0);
+                total += v
+                    .trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("memlock in fdinfo: {v:?}"))?;
             }
         }
     }
