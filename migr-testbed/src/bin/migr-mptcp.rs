@@ -113,6 +113,7 @@ fn join_race(bins: &'static lab::Bins, runs: usize) -> Result<Value> {
                     join: false,
                     period: PERIOD,
                     announce_first: true,
+                    pause_agent: false,
                 },
             )?;
             let stats = lab.agent.stats()?;
@@ -184,6 +185,7 @@ fn freeze_scenario(
                         join: true,
                         period: PERIOD,
                         announce_first: false,
+                        pause_agent: false,
                     },
                 )?;
                 let r = freeze::freeze_once(&mut lab, v.steering, freeze)?;

@@ -61,6 +61,10 @@ pub struct Options {
     /// the connection's token; `new` then returns once the joins are done,
     /// learned or not (the join-race measurement).
     pub announce_first: bool,
+    /// With `announce_first`: the agent is stopped (SIGSTOP) while the
+    /// connections open and join, so that every join overtakes its token,
+    /// and resumed (SIGCONT) once the joins are done.
+    pub pause_agent: bool,
 }
 
 impl FreezeLab {
@@ -136,6 +140,9 @@ impl FreezeLab {
         if opts.announce_first {
             lab.announce_b()?;
         }
+        if opts.pause_agent {
+            lab.agent.signal(libc::SIGSTOP)?;
+        }
         let to: SocketAddr = format!("{A}:{PORT}").parse()?;
         for id in 0..opts.connections {
             lab.streams
@@ -144,6 +151,9 @@ impl FreezeLab {
         let n = opts.connections as usize;
         if opts.announce_first {
             lab.wait_subflows(2)?;
+            if opts.pause_agent {
+                lab.agent.signal(libc::SIGCONT)?;
+            }
             wait_until(Duration::from_secs(10), "the tokens learned", || {
                 Ok(lab.agent.tokens()?.len() == n)
             })?;

@@ -295,6 +295,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Sends `sig` to the running agent.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        self.proc
+            .as_ref()
+            .context("the agent is not running")?
+            .signal(sig);
+        Ok(())
+    }
+
     /// Starts migr-agent in `ns`, attached to `ifaces`, and waits until it serves.
     pub fn start(bins: &Bins, ns: &NetNs, ifaces: &[&str], tag: &str) -> Result<Self> {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
