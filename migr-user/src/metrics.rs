@@ -356,6 +356,7 @@ mod tests {
                         cause: "freeze".into(),
                     },
                 ],
+                fault: None,
             }],
         };
         let text = render(&stats);

@@ -895,6 +895,61 @@ fn an_agent_in_a_private_mount_namespace_refuses_a_bpffs_that_dies_with_it() {
     );
 }
 
+/// A service whose forward interface vanished while no agent ran cannot be
+/// installed again. It must not keep the agent, or the other services,
+/// down: it is switched off (its frames pass), reported as faulted, and
+/// refuses phase commands; the other service works.
+#[test]
+fn a_service_that_cannot_be_reinstalled_fails_open_and_the_rest_carry_on() {
+    let mut t = Topology::new(false, &[]);
+    t.src
+        .exec(&[
+            "ip", "link", "add", "v-gone", "type", "veth", "peer", "name", "v-gone-p",
+        ])
+        .unwrap();
+    t.src.exec(&["ip", "link", "set", "v-gone", "up"]).unwrap();
+    t.src
+        .exec(&["ip", "link", "set", "v-gone-p", "up"])
+        .unwrap();
+    let add = |id: &str, name: &str, port: u16, forward: bool| {
+        let addr = format!("{SRC_IP}:{port}");
+        let to = format!("{DST_IP}:{port}");
+        let mut args = vec!["service", "add", "--id", id, "--name", name, "--udp", &addr];
+        if forward {
+            args.extend([
+                "--forward-to",
+                &to,
+                "--forward-iface",
+                "v-gone",
+                "--next-hop-mac",
+                "02:00:00:00:00:09",
+            ]);
+        }
+        t.src_agent.ok(&args);
+    };
+    add("1", "gone", 7300, true);
+    add("2", "kept", 7301, false);
+    t.src_agent.kill9();
+    t.src.exec(&["ip", "link", "del", "v-gone"]).unwrap();
+    t.src_agent.start(&t.src);
+
+    let gone = t.src_agent.service("gone");
+    let fault = gone["fault"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fault: {gone}"));
+    assert!(fault.contains("re-installing"), "{fault}");
+    assert_eq!(gone["datapath"], "pass", "{gone}");
+    let refused = t.src_agent.ctl(&["phase", "gone", "prepare"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("faulted"));
+    let kept = t.src_agent.service("kept");
+    assert!(kept.get("fault").is_none(), "{kept}");
+    t.src_agent.ok(&["phase", "kept", "prepare"]);
+    t.src_agent.ok(&["phase", "kept", "freeze"]);
+    assert_eq!(t.src_agent.service("kept")["datapath"], "park");
+    println!("faulted service: {fault}");
+}
+
 /// Hostile requests on the socket: each is refused with a reason, the agent
 /// stays up, the connection limits hold, and nothing changes.
 #[test]

@@ -95,6 +95,10 @@ pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_phase_latency_us: Option<u64>,
     pub timeline: Vec<TimelineEntry>,
+    /// Why the service is switched off (it passes) although it is
+    /// registered: its entries could not be installed after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
 }
 
 /// `stats`' result.

@@ -82,6 +82,9 @@ pub(super) fn stats(client: &Client, json_out: bool) -> Result<(), CtlError> {
 
 pub(super) fn print_service(st: &ServiceStatus) {
     println!("service {} ({})", st.spec.id, st.spec.name);
+    if let Some(fault) = &st.fault {
+        println!("  FAULTED   {fault}; its frames pass (remove and add it again)");
+    }
     println!(
         "  state     {}{}{}, datapath {}",
         st.state,

@@ -105,8 +105,19 @@ impl Engine {
                 torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
                 "service recovered"
             );
-            self.install(&svc)
-                .map_err(|e| anyhow!("re-installing service {id}: {e}"))?;
+            // One service that cannot be installed (its forward interface
+            // vanished while no agent ran) must not keep the others, or the
+            // agent, down: it fails open and says why.
+            if let Err(e) = self.install(&svc) {
+                let why =
+                    format!("re-installing its datapath entries after a restart failed: {e:#}");
+                tracing::error!(service = %svc.spec.name, id, error = %why,
+                    "service faulted: its frames pass until it is removed and added again");
+                svc.fault = Some(why);
+                self.dp
+                    .set_service(id, &svc.entry(svc.machine.datapath()))
+                    .map_err(|e| anyhow!("switching faulted service {id} off: {e:#}"))?;
+            }
             self.services.insert(id, svc);
         }
         Ok(())

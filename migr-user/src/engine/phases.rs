@@ -86,6 +86,15 @@ impl Engine {
             note,
         } = req;
         let svc = self.services.get_mut(&id).expect("resolved");
+        if let Some(fault) = &svc.fault {
+            return Err(ApiError::new(
+                ErrorCode::InvalidTransition,
+                format!(
+                    "service {:?} is faulted ({fault}); remove it and add it again",
+                    svc.spec.name
+                ),
+            ));
+        }
         let now = now_ms();
         let mut machine = svc.machine.clone();
         let outcome = machine

@@ -71,6 +71,10 @@ pub(super) struct Service {
     /// restart the replay goes on paced by the token bucket alone).
     pub(super) init_pid: Option<u32>,
     pub(super) socket_watch: Option<SocketWatch>,
+    /// Why this service's datapath entries could not be installed after a
+    /// restart (its forward interface vanished, say): it then passes, fails
+    /// open, and refuses phase commands until it is removed and added again.
+    pub(super) fault: Option<String>,
 }
 
 impl Service {
@@ -92,6 +96,7 @@ impl Service {
             replay_run: None,
             init_pid: None,
             socket_watch: None,
+            fault: None,
         }
     }
 
@@ -99,8 +104,12 @@ impl Service {
         self.spec.rules.iter().any(|r| r.proto == RuleProto::Mptcp)
     }
 
-    /// The SERVICES entry that makes the datapath do `dps`.
+    /// The SERVICES entry that makes the datapath do `dps` (a faulted
+    /// service's is inactive: everything passes).
     pub(super) fn entry(&self, dps: DatapathState) -> ServiceEntry {
+        if self.fault.is_some() {
+            return ServiceEntry::default();
+        }
         let mut flags = SERVICE_ACTIVE;
         if self.mptcp() {
             flags |= SERVICE_MPTCP;

@@ -48,6 +48,7 @@ impl Engine {
                 .map(|f| if f.tc { "tc" } else { "xdp" }.to_string()),
             last_phase_latency_us: svc.last_latency_us,
             timeline: svc.machine.timeline.clone(),
+            fault: svc.fault.clone(),
         })
     }
 
