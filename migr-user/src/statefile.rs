@@ -109,10 +109,6 @@ impl StateFile {
         let bytes = encode(seq, body);
         file.write_all_at(&bytes, 0)
             .with_context(|| format!("writing {}", path.display()))?;
-        // On disk before the sequence moves on: after a crash the other slot
-        // (the previous state) is the one a torn write leaves intact.
-        file.sync_data()
-            .with_context(|| format!("syncing {}", path.display()))?;
         self.seq = seq;
         if seq == 1 {
             // Written in the new form once: the old file would only mislead.
