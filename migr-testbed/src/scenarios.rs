@@ -458,12 +458,7 @@ pub fn summarize(runs: &[Run]) -> Summary {
         ("frames_parked", frames(&|x| x.parked)),
         ("frames_forwarded", frames(&|x| x.forwarded)),
         ("frames_replayed", frames(&|x| x.replayed)),
-        (
-            "frames_lost",
-            frames(&|x| {
-                x.overflow + x.replay_failed + x.park_failed + x.forward_failed + x.dropped
-            }),
-        ),
+        ("frames_lost", frames(&|x| x.lost())),
         (
             "service_socket_drops",
             f(&|r| r.service_socket_drops.map(|v| v as f64)),
