@@ -9,7 +9,8 @@ use crate::{
     PacketBytes,
     maps::{
         Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry,
-        ListenerKey, NO_SERVICE, Reason, SERVICE_ACTIVE, SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
+        ListenerKey, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE, SERVICE_HOLD,
+        SERVICE_MPTCP, ServiceEntry,
     },
     wire::{
         mptcp::{self, CapableKind, JoinKind, MptcpOption},
@@ -258,38 +259,69 @@ pub fn lookup_stage<F: PacketBytes + ?Sized, T: Tables>(
     }
 }
 
-/// The action a classified frame finally gets, given whether the agent is
-/// replaying it (`replay`, from [`crate::maps::ReplayMeta`]) and, for a
-/// [`SERVICE_HOLD`] service, whether the park ring still holds records the
-/// agent has not consumed (`ring_backlog`, only asked when it matters).
+/// What [`final_action`] may ask about the frame beyond its classification.
+/// Each answer is a helper call in the kernel, so it is asked only when it
+/// matters.
+pub trait FrameContext {
+    /// Now, in `bpf_ktime_get_ns` time.
+    fn now_ns(&self) -> u64;
+    /// The frame's full length.
+    fn frame_len(&self) -> usize;
+    /// Does the park ring hold records the agent has not consumed yet?
+    fn ring_backlog(&self) -> bool;
+}
+
+/// The action a classified frame finally gets, and the reason to count when
+/// it is not simply its service's action. `replay` is the action the agent
+/// asked for if it is replaying the frame ([`crate::maps::ReplayMeta`]).
 ///
 /// - A frame of no service, or of an inactive service: its classified action (PASS).
 /// - A replayed frame: the action the agent asked for.
-/// - A fresh frame of a held service whose action is PASS or FORWARD, while the
-///   ring has a backlog: PARK, so it queues behind the older parked frames.
+/// - A frame that would wait for the agent (its service parks, or holds with
+///   a ring backlog) after the agent's lease ran out: fail open, PASS for a
+///   parking service, the action without the hold for a held one
+///   ([`Reason::LeaseExpired`]).
+/// - A frame to park that a replay could never send ([`REPLAY_FRAME_MAX`]):
+///   the service's action without parking, PASS for a parking service
+///   ([`Reason::TooLargeToPark`]).
+/// - A fresh frame of a held service whose action is PASS or FORWARD, while
+///   the ring has a backlog: PARK, so it queues behind the older parked
+///   frames ([`Reason::HeldBehindBacklog`]).
 /// - Anything else: the service's action.
 #[inline(always)]
 pub fn final_action(
     c: &Classification,
     replay: Option<Action>,
-    ring_backlog: impl FnOnce() -> bool,
-) -> Action {
+    frame: &impl FrameContext,
+) -> (Action, Option<Reason>) {
     let Some(entry) = c.service else {
-        return c.action;
+        return (c.action, None);
     };
     if c.service_id == NO_SERVICE || entry.flags & SERVICE_ACTIVE == 0 {
-        return c.action;
+        return (c.action, None);
     }
     if let Some(action) = replay {
-        return action;
+        return (action, None);
     }
-    if entry.flags & SERVICE_HOLD != 0
+    let parks = c.action == Action::Park;
+    let held = !parks
+        && entry.flags & SERVICE_HOLD != 0
         && matches!(c.action, Action::Pass | Action::Forward)
-        && ring_backlog()
-    {
-        return Action::Park;
+        && frame.ring_backlog();
+    if !parks && !held {
+        return (c.action, None);
     }
-    c.action
+    let unparked = if parks { Action::Pass } else { c.action };
+    if entry.lease_until_ns != 0 && frame.now_ns() >= entry.lease_until_ns {
+        return (unparked, Some(Reason::LeaseExpired));
+    }
+    if frame.frame_len() > REPLAY_FRAME_MAX {
+        return (unparked, Some(Reason::TooLargeToPark));
+    }
+    if held {
+        return (Action::Park, Some(Reason::HeldBehindBacklog));
+    }
+    (Action::Park, None)
 }
 
 /// The service a QUIC packet on a QUIC listener routes to by the server id in
@@ -343,40 +375,87 @@ mod tests {
             service: Some(ServiceEntry {
                 action: action as u32,
                 flags,
-                forward: Default::default(),
+                ..Default::default()
             }),
             ..Classification::EMPTY
         }
     }
 
+    /// A frame's surroundings for [`final_action`]; `None` answers panic
+    /// (the question must not be asked).
+    #[derive(Clone, Copy)]
+    struct Moment {
+        now_ns: Option<u64>,
+        len: Option<usize>,
+        backlog: Option<bool>,
+    }
+
+    const UNASKED: Moment = Moment {
+        now_ns: None,
+        len: None,
+        backlog: None,
+    };
+
+    impl FrameContext for Moment {
+        fn now_ns(&self) -> u64 {
+            self.now_ns.expect("the time was not to be asked")
+        }
+        fn frame_len(&self) -> usize {
+            self.len.expect("the length was not to be asked")
+        }
+        fn ring_backlog(&self) -> bool {
+            self.backlog.expect("the ring was not to be asked")
+        }
+    }
+
+    fn at(now_ns: u64, len: usize, backlog: bool) -> Moment {
+        Moment {
+            now_ns: Some(now_ns),
+            len: Some(len),
+            backlog: Some(backlog),
+        }
+    }
+
+    fn leased(action: Action, flags: u32, until: u64) -> Classification {
+        let mut c = classified(action, flags);
+        if let Some(entry) = c.service.as_mut() {
+            entry.lease_until_ns = until;
+        }
+        c
+    }
+
     #[test]
     fn final_action_without_hold_or_replay_is_the_services() {
-        for action in [Action::Pass, Action::Park, Action::Forward, Action::Drop] {
+        for action in [Action::Pass, Action::Forward, Action::Drop] {
             let c = classified(action, SERVICE_ACTIVE);
-            assert_eq!(final_action(&c, None, || panic!("not asked")), action);
+            assert_eq!(final_action(&c, None, &UNASKED), (action, None));
         }
+        let park = classified(Action::Park, SERVICE_ACTIVE);
         assert_eq!(
-            final_action(&Classification::EMPTY, Some(Action::Forward), || true),
-            Action::Pass,
+            final_action(&park, None, &at(5, 100, false)),
+            (Action::Park, None)
+        );
+        assert_eq!(
+            final_action(&Classification::EMPTY, Some(Action::Forward), &UNASKED),
+            (Action::Pass, None),
             "a replayed frame of no service passes"
         );
     }
 
     #[test]
     fn replayed_frames_get_the_agents_action() {
-        let parked = classified(Action::Park, SERVICE_ACTIVE | SERVICE_HOLD);
-        assert_eq!(
-            final_action(&parked, Some(Action::Forward), || true),
-            Action::Forward
-        );
-        assert_eq!(
-            final_action(&parked, Some(Action::Pass), || true),
-            Action::Pass
-        );
+        let parked = leased(Action::Park, SERVICE_ACTIVE | SERVICE_HOLD, 1);
+        for action in [Action::Forward, Action::Pass] {
+            assert_eq!(
+                final_action(&parked, Some(action), &UNASKED),
+                (action, None),
+                "even after the lease: the agent is there, replaying"
+            );
+        }
         let inactive = classified(Action::Park, 0);
         assert_eq!(
-            final_action(&inactive, Some(Action::Forward), || true),
-            Action::Park,
+            final_action(&inactive, Some(Action::Forward), &UNASKED),
+            (Action::Park, None),
             "inactive entries are ignored (their classified action stands)"
         );
     }
@@ -384,11 +463,62 @@ mod tests {
     #[test]
     fn held_services_park_fresh_frames_while_the_ring_has_a_backlog() {
         for action in [Action::Pass, Action::Forward] {
-            let c = classified(action, SERVICE_ACTIVE | SERVICE_HOLD);
-            assert_eq!(final_action(&c, None, || true), Action::Park);
-            assert_eq!(final_action(&c, None, || false), action);
+            let c = leased(action, SERVICE_ACTIVE | SERVICE_HOLD, 1_000);
+            assert_eq!(
+                final_action(&c, None, &at(999, 100, true)),
+                (Action::Park, Some(Reason::HeldBehindBacklog))
+            );
+            let no_backlog = Moment {
+                backlog: Some(false),
+                ..UNASKED
+            };
+            assert_eq!(final_action(&c, None, &no_backlog), (action, None));
         }
         let drop = classified(Action::Drop, SERVICE_ACTIVE | SERVICE_HOLD);
-        assert_eq!(final_action(&drop, None, || true), Action::Drop);
+        assert_eq!(final_action(&drop, None, &UNASKED), (Action::Drop, None));
+    }
+
+    #[test]
+    fn once_the_agents_lease_ran_out_nothing_waits_for_it() {
+        let parking = leased(Action::Park, SERVICE_ACTIVE, 1_000);
+        assert_eq!(
+            final_action(&parking, None, &at(999, 100, true)),
+            (Action::Park, None)
+        );
+        assert_eq!(
+            final_action(&parking, None, &at(1_000, 100, true)),
+            (Action::Pass, Some(Reason::LeaseExpired))
+        );
+        for action in [Action::Pass, Action::Forward] {
+            let held = leased(action, SERVICE_ACTIVE | SERVICE_HOLD, 1_000);
+            assert_eq!(
+                final_action(&held, None, &at(1_001, 100, true)),
+                (action, Some(Reason::LeaseExpired))
+            );
+        }
+        let unleased = leased(Action::Park, SERVICE_ACTIVE, 0);
+        assert_eq!(
+            final_action(&unleased, None, &at(u64::MAX, 100, true)),
+            (Action::Park, None),
+            "0 is no lease"
+        );
+    }
+
+    #[test]
+    fn frames_a_replay_could_not_send_are_not_parked() {
+        let parking = leased(Action::Park, SERVICE_ACTIVE, 1_000);
+        assert_eq!(
+            final_action(&parking, None, &at(0, REPLAY_FRAME_MAX, true)),
+            (Action::Park, None)
+        );
+        assert_eq!(
+            final_action(&parking, None, &at(0, REPLAY_FRAME_MAX + 1, true)),
+            (Action::Pass, Some(Reason::TooLargeToPark))
+        );
+        let held = leased(Action::Forward, SERVICE_ACTIVE | SERVICE_HOLD, 1_000);
+        assert_eq!(
+            final_action(&held, None, &at(0, 9_000, true)),
+            (Action::Forward, Some(Reason::TooLargeToPark))
+        );
     }
 }

@@ -281,6 +281,13 @@ pub struct ServiceEntry {
     /// `SERVICE_*` flags.
     pub flags: u32,
     pub forward: ForwardTarget,
+    /// The agent's lease on PARK and [`SERVICE_HOLD`], in `bpf_ktime_get_ns`
+    /// time (CLOCK_MONOTONIC); 0: none. Both make frames wait for the agent,
+    /// so the agent renews the lease while it runs; once it has passed (the
+    /// agent died and no new one took over) the program fails open: PARK
+    /// becomes PASS and the hold is ignored, counted as
+    /// [`Reason::LeaseExpired`].
+    pub lease_until_ns: u64,
 }
 
 /// The entry is configured (an all-zero entry means "no such service").
@@ -535,10 +542,16 @@ pub enum Reason {
     /// passed frame is an skb received on the interface, and the hook runs on it
     /// once more. It carried a [`ReplayedTag`] and was passed as it is.
     ReplayReentered = 20,
+    /// A frame of a parking or holding service passed because the agent's
+    /// lease on the entry ([`ServiceEntry::lease_until_ns`]) had run out.
+    LeaseExpired = 21,
+    /// A frame to park longer than a replay can take ([`REPLAY_FRAME_MAX`]):
+    /// passed instead, since it could never come back out of the ring.
+    TooLargeToPark = 22,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -561,6 +574,8 @@ impl Reason {
         Self::ReplayFailed,
         Self::ForwardViaTc,
         Self::ReplayReentered,
+        Self::LeaseExpired,
+        Self::TooLargeToPark,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -586,6 +601,8 @@ impl Reason {
             Self::ReplayFailed => "replay_failed",
             Self::ForwardViaTc => "forward_via_tc",
             Self::ReplayReentered => "replay_reentered",
+            Self::LeaseExpired => "lease_expired",
+            Self::TooLargeToPark => "too_large_to_park",
         }
     }
 }
@@ -607,8 +624,9 @@ pub struct ParkedHeader {
 
 /// Parked frames up to this size use a standard record.
 pub const PARK_SMALL_MAX: usize = 1536;
-/// Parked frames up to this size use a jumbo record; larger ones are counted as oversize.
-pub const PARK_JUMBO_MAX: usize = 9216;
+/// Parked frames up to this size use a large record. Larger ones are not
+/// parked at all: a replay could not send them (see [`Reason::TooLargeToPark`]).
+pub const PARK_LARGE_MAX: usize = REPLAY_FRAME_MAX;
 
 /// A `PARKED` ring record with room for frames of up to `N` bytes.
 #[repr(C)]

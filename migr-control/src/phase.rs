@@ -177,6 +177,13 @@ pub struct DatapathState {
     pub hold: bool,
 }
 
+impl DatapathState {
+    /// Do frames wait for the agent (parked, or held behind its backlog)?
+    pub fn waits_for_agent(&self) -> bool {
+        self.action == Action::Park || self.hold
+    }
+}
+
 /// One transition, kept for the timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {

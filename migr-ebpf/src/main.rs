@@ -41,11 +41,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use migr_common::{
-    classify::{Classification, Report, Tables, final_action, lookup_stage, parse_stage},
+    classify::{
+        Classification, FrameContext, Report, Tables, final_action, lookup_stage, parse_stage,
+    },
     maps::{
         Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FAMILY_V4,
         FAMILY_V6, FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath,
-        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_JUMBO_MAX, PARK_SMALL_MAX, ParkedHeader,
+        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
         ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
         ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
         Verdict, map_sizes,
@@ -176,11 +178,11 @@ pub fn migr(ctx: XdpContext) -> u32 {
     count_proto(decision);
     count_reasons(decision.reasons.0);
 
-    let action = final_action(decision, replay, || PARKED.query(BPF_RB_AVAIL_DATA) != 0);
+    let (action, why) = final_action(decision, replay, &LiveFrame(ctx.ctx));
     if replay.is_some() {
         count_reason(Reason::Replayed);
-    } else if action == Action::Park && decision.action != Action::Park {
-        count_reason(Reason::HeldBehindBacklog);
+    } else if let Some(why) = why {
+        count_reason(why);
     }
     // `None`: a hand-over to `migr_tc`, which counts the verdict once the
     // frame has left.
@@ -218,6 +220,26 @@ pub fn migr(ctx: XdpContext) -> u32 {
         count_verdict(decision.service_id, verdict, buff_len(&ctx));
     }
     xdp
+}
+
+/// The frame being classified, for [`final_action`]'s questions.
+struct LiveFrame(*mut xdp_md);
+
+impl FrameContext for LiveFrame {
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_ktime_get_ns() }
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        // SAFETY: plain helper call on the program's own context.
+        unsafe { bpf_xdp_get_buff_len(self.0) as usize }
+    }
+    #[inline(always)]
+    fn ring_backlog(&self) -> bool {
+        PARKED.query(BPF_RB_AVAIL_DATA) != 0
+    }
 }
 
 /// Runs `migr_common::classify`'s two stages as separate BPF functions, so
@@ -418,8 +440,8 @@ fn park(ctx: *mut xdp_md, service_id: u32) -> Result<(), Reason> {
     let len = buff_len(ctx) as usize;
     if len <= PARK_SMALL_MAX {
         park_into::<PARK_SMALL_MAX>(ctx, service_id, len)
-    } else if len <= PARK_JUMBO_MAX {
-        park_into::<PARK_JUMBO_MAX>(ctx, service_id, len)
+    } else if len <= PARK_LARGE_MAX {
+        park_into::<PARK_LARGE_MAX>(ctx, service_id, len)
     } else {
         Err(Reason::Oversize)
     }

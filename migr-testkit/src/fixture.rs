@@ -63,6 +63,7 @@ pub fn service(action: Action, flags: u32, forward: ForwardTarget) -> ServiceEnt
         action: action as u32,
         flags: SERVICE_ACTIVE | flags,
         forward,
+        lease_until_ns: 0,
     }
 }
 

@@ -105,6 +105,12 @@ struct RunArgs {
     /// How long fresh frames stay held behind unconsumed parked records after a replay, in milliseconds.
     #[arg(long, default_value_t = 250)]
     settle_ms: u64,
+    /// How long the datapath keeps parking and holding frames for an agent
+    /// that stopped renewing its lease (it died), in milliseconds; then it
+    /// passes them (fails open). A restart that takes longer loses the
+    /// frames that arrive after the lease ran out to the frozen service.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    lease_ms: u64,
     /// Default pace of backlog replays, in frames per second (0: unpaced). A
     /// replay delivers a burst the receiving socket has to absorb; pacing keeps
     /// it from overflowing.
@@ -199,6 +205,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         replay_rate: args.replay_rate,
         replay_burst: args.replay_burst.max(1),
+        lease: Duration::from_millis(args.lease_ms),
         forward_path: args.forward_path,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -5,8 +5,8 @@
 
 use migr_common::{
     maps::{
-        Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, PARK_JUMBO_MAX,
-        Reason, Verdict,
+        Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, REPLAY_FRAME_MAX,
+        Reason, SERVICE_HOLD, Verdict,
     },
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
@@ -443,30 +443,80 @@ fn park_copies_the_whole_frame_in_order() {
 }
 
 #[test]
-fn jumbo_frames_park_whole_up_to_the_limit() {
-    // Frames longer than about 3.5 kB reach the program as multi-buffer XDP
-    // (frags): they must be parsed, classified and parked whole too.
+fn frames_a_replay_cannot_send_pass_instead_of_parking() {
+    // A replay runs the program on live frames of one page at most, so a
+    // parked frame above REPLAY_FRAME_MAX could never come back: such frames
+    // (including multi-buffer ones) pass, as they would without migr, and
+    // are counted; frames up to the limit park whole.
     let mut f = fixture();
     let headers = udp(port_of(PARK_SVC), &[]).len();
-    for len in [4000, 8000, PARK_JUMBO_MAX] {
+    let fits = udp(port_of(PARK_SVC), &vec![0x5a; REPLAY_FRAME_MAX - headers]);
+    let o = f.run(&fits, &ALL).unwrap();
+    assert_eq!((o.action, o.verdict), (XdpAction::Drop, Verdict::Park));
+    let parked = f.dp.drain_parked().unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].frame, fits, "parked whole");
+    for len in [REPLAY_FRAME_MAX + 1, 4000, 9216, 9217] {
         let frame = udp(port_of(PARK_SVC), &vec![0x5a; len - headers]);
         let o = f.run(&frame, &ALL).unwrap();
         assert_eq!(
-            (o.action, o.verdict),
-            (XdpAction::Drop, Verdict::Park),
+            (o.action, o.verdict, reason(&o, Reason::TooLargeToPark)),
+            (XdpAction::Pass, Verdict::Pass, 1),
             "{len} bytes"
         );
-        let parked = f.dp.drain_parked().unwrap();
-        assert_eq!(parked.len(), 1);
-        assert_eq!(parked[0].frame, frame, "{len} bytes parked whole");
+        assert!(f.dp.drain_parked().unwrap().is_empty(), "{len} bytes");
     }
-    let too_big = udp(port_of(PARK_SVC), &vec![0x5a; PARK_JUMBO_MAX + 1 - headers]);
-    let o = f.run(&too_big, &[PARK_SVC]).unwrap();
+}
+
+#[test]
+fn once_the_agents_lease_ran_out_frames_stop_waiting_for_it() {
+    let mut f = fixture();
+    let none = Default::default();
+    let frame = udp(port_of(PARK_SVC), b"lease");
+    let now = monotonic_ns();
+    // Parking under a lease that runs: parked.
+    let mut parking = service(Action::Park, 0, none);
+    parking.lease_until_ns = now + 60_000_000_000;
+    f.set_service(PARK_SVC, parking).unwrap();
+    let o = f.run(&frame, &ALL).unwrap();
+    assert_eq!((o.action, o.verdict), (XdpAction::Drop, Verdict::Park));
+    // The record stays in the ring: a backlog for the held service below.
+    // Parking under a lease that ran out: passed, counted.
+    parking.lease_until_ns = now.saturating_sub(1);
+    f.set_service(PARK_SVC, parking).unwrap();
+    let o = f.run(&frame, &ALL).unwrap();
     assert_eq!(
-        (o.verdict, reason(&o, Reason::Oversize)),
-        (Verdict::ParkFailed, 1)
+        (o.action, o.verdict, reason(&o, Reason::LeaseExpired)),
+        (XdpAction::Pass, Verdict::Pass, 1)
     );
-    assert!(f.dp.drain_parked().unwrap().is_empty());
+    // Held behind that backlog under a lease that runs: parked; after it: passed.
+    let mut held = service(Action::Pass, SERVICE_HOLD, none);
+    held.lease_until_ns = now + 60_000_000_000;
+    f.set_service(PARK_SVC, held).unwrap();
+    let o = f.run(&frame, &ALL).unwrap();
+    assert_eq!(
+        (o.verdict, reason(&o, Reason::HeldBehindBacklog)),
+        (Verdict::Park, 1)
+    );
+    held.lease_until_ns = now.saturating_sub(1);
+    f.set_service(PARK_SVC, held).unwrap();
+    let o = f.run(&frame, &ALL).unwrap();
+    assert_eq!(
+        (o.action, o.verdict, reason(&o, Reason::LeaseExpired)),
+        (XdpAction::Pass, Verdict::Pass, 1)
+    );
+    assert_eq!(f.dp.drain_parked().unwrap().len(), 2);
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

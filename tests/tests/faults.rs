@@ -950,6 +950,91 @@ fn a_service_that_cannot_be_reinstalled_fails_open_and_the_rest_carry_on() {
     println!("faulted service: {fault}");
 }
 
+/// A dead agent must not hold up services that run again. Service b has
+/// aborted and settles (held behind any parked record), service a is frozen
+/// (parking); the agent is SIGKILLed, and frames to a fill the ring that no
+/// one drains. Within the agent's lease (500 ms here) frames keep waiting
+/// for it; after it, the datapath fails open: b's and a's fresh frames pass,
+/// counted as `lease_expired`. A restarted agent renews the lease and
+/// replays what was parked in the meantime, so nothing is lost.
+#[test]
+fn a_dead_agents_lease_runs_out_and_its_services_fail_open() {
+    let mut t = Topology::new(false, &["--lease-ms", "500", "--settle-ms", "600000"]);
+    let (a_addr, b_addr) = (format!("{SRC_IP}:7400"), format!("{SRC_IP}:7401"));
+    let echo = start_echo_on(
+        &t.src,
+        &[a_addr.clone(), b_addr.clone()],
+        "ab",
+        &t.scratch(),
+        &[],
+    );
+    for (id, name, addr) in [("1", "a", &a_addr), ("2", "b", &b_addr)] {
+        t.src_agent
+            .ok(&["service", "add", "--id", id, "--name", name, "--udp", addr]);
+    }
+    let (a, b) = (
+        UdpClient::new(&t.client, &a_addr),
+        UdpClient::new(&t.client, &b_addr),
+    );
+    t.src_agent.phase("b", "freeze");
+    t.src_agent.phase("b", "abort");
+    wait_for(Duration::from_secs(5), "b to settle", || {
+        t.src_agent.service("b")["replay_stage"] == "settling"
+    });
+    t.src_agent.phase("a", "freeze");
+    t.src_agent.kill9();
+    let killed = Instant::now();
+    a.send(5);
+    b.send(5);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        killed.elapsed() < Duration::from_millis(450),
+        "the checks within the lease came too late to mean anything"
+    );
+    assert_eq!(
+        (a.answered(), b.answered()),
+        (0, 0),
+        "within the lease frames wait for the agent"
+    );
+    std::thread::sleep(
+        Duration::from_millis(500).saturating_sub(killed.elapsed()) + Duration::from_millis(100),
+    );
+    b.send(5);
+    a.send(5);
+    let b_answers = b.wait_answers(5, Duration::from_secs(5));
+    let a_answers = a.wait_answers(5, Duration::from_secs(5));
+    assert_eq!(
+        b_answers.len(),
+        5,
+        "b's fresh frames pass once the lease ran out; its 5 held ones wait in the ring: {b_answers:?}"
+    );
+    assert_eq!(a_answers.len(), 5, "a fails open too: {a_answers:?}");
+
+    t.src_agent.start(&t.src);
+    assert_eq!(reason(&t.src_agent, "lease_expired"), 10);
+    // b is not parking: the restarted agent replays its held frames at once;
+    // a's parked frames come back when it is restored (aborted here).
+    let b_answers = b.wait_answers(10, Duration::from_secs(5));
+    assert_eq!(b_answers.len(), 10, "{b_answers:?}");
+    t.src_agent.phase("a", "abort");
+    let a_answers = a.wait_answers(10, Duration::from_secs(5));
+    assert_eq!(a_answers.len(), 10, "{a_answers:?}");
+    for (client, answers) in [("a", &a_answers), ("b", &b_answers)] {
+        let mut seqs: Vec<u64> = answers.iter().map(|x| x.seq).collect();
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            (0..10).collect::<Vec<_>>(),
+            "{client}: each answered once"
+        );
+    }
+    println!(
+        "dead agent, lease 500 ms: 5 + 5 frames waited within the lease, 10 fresh frames \
+         passed after it (lease_expired 10), all 20 answered once after the restart"
+    );
+    t.procs.push(echo);
+}
+
 /// Hostile requests on the socket: each is refused with a reason, the agent
 /// stays up, the connection limits hold, and nothing changes.
 #[test]

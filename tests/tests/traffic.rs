@@ -113,6 +113,7 @@ impl Topology {
             action: action as u32,
             flags: SERVICE_ACTIVE | flags,
             forward,
+            lease_until_ns: 0,
         };
         self.dp.set_service(SVC, &entry).unwrap();
     }
@@ -292,6 +293,7 @@ fn quinn_proto_packets_classify_by_server_id() {
             action: Action::Pass as u32,
             flags: SERVICE_ACTIVE,
             forward: ForwardTarget::default(),
+            lease_until_ns: 0,
         };
         t.dp.set_service(svc, &entry).unwrap();
     }

@@ -8,6 +8,7 @@ use migr_control::api::{ApiError, ForwardSpec};
 
 use super::{
     Engine,
+    lease::lease_until_ns,
     service::{LinkState, ResolvedForward, Service},
 };
 use crate::{
@@ -44,7 +45,7 @@ impl Engine {
             }
             let svc = self.services.get_mut(&id).expect("listed above");
             svc.forward = Some(chosen);
-            let entry = svc.entry(svc.machine.datapath());
+            let entry = svc.entry(svc.machine.datapath(), lease_until_ns(self.cfg.lease));
             match self.dp.set_service(id, &entry) {
                 Ok(()) => {
                     tracing::info!(service = %name, path = if chosen.tc { "tc" } else { "xdp" },

@@ -11,6 +11,7 @@
 
 mod events;
 mod handle;
+mod lease;
 mod links;
 mod persist;
 mod phases;
@@ -65,6 +66,9 @@ pub struct EngineConfig {
     pub replay_rate: u64,
     /// Frames a paced replay may send at once.
     pub replay_burst: u64,
+    /// How long the datapath honours PARK and hold after the last renewal
+    /// (see `lease.rs`).
+    pub lease: Duration,
     /// How FORWARDs leave the node (see `forward_path`).
     pub forward_path: ForwardPathChoice,
 }
@@ -96,6 +100,8 @@ pub struct Engine {
     error_backoff_until: Option<Instant>,
     /// A paced replay may go on at this time.
     next_replay_at: Option<Instant>,
+    /// When the leases on PARK and hold entries were last renewed.
+    leases_renewed: Instant,
     /// flock on the state directory: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -184,6 +190,7 @@ impl Engine {
             wake,
             error_backoff_until: None,
             next_replay_at: None,
+            leases_renewed: Instant::now(),
             _lock: lock,
         };
         engine.recover_state(batch_runs)?;
@@ -244,6 +251,7 @@ impl Engine {
             }
             busy |= self.replay_backlogs(256);
             self.tick();
+            self.renew_leases_if_due();
             if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {
                 self.persist_or_log();
             }
@@ -265,9 +273,13 @@ impl Engine {
                 timeout = timeout.min(t.saturating_sub(now).min(1000) as i64);
             }
         }
-        for t in [self.error_backoff_until, self.next_replay_at]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.error_backoff_until,
+            self.next_replay_at,
+            Some(self.next_lease_renewal()),
+        ]
+        .into_iter()
+        .flatten()
         {
             // Round up: waking early only spins.
             let us = t.saturating_duration_since(Instant::now()).as_micros() as i64;

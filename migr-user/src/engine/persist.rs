@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Engine,
+    lease::lease_until_ns,
     service::{ResolvedForward, Service, Totals},
 };
 use crate::{datapath::replayable, netdev::if_index, spool::Spool};
@@ -115,7 +116,10 @@ impl Engine {
                     "service faulted: its frames pass until it is removed and added again");
                 svc.fault = Some(why);
                 self.dp
-                    .set_service(id, &svc.entry(svc.machine.datapath()))
+                    .set_service(
+                        id,
+                        &svc.entry(svc.machine.datapath(), lease_until_ns(self.cfg.lease)),
+                    )
                     .map_err(|e| anyhow!("switching faulted service {id} off: {e:#}"))?;
             }
             self.services.insert(id, svc);

@@ -12,6 +12,7 @@ use migr_control::{
 
 use super::{
     Engine, datapath_err,
+    lease::lease_until_ns,
     links::forward_link,
     now_ms,
     service::{describe, forward_refusal},
@@ -33,11 +34,12 @@ struct PhaseRequest {
 impl Engine {
     pub(super) fn tick(&mut self) {
         let now = now_ms();
+        let until = lease_until_ns(self.cfg.lease);
         let mut changed = Vec::new();
         for (id, svc) in &mut self.services {
             let before = svc.machine.state;
             if let Some(dps) = svc.machine.tick(now) {
-                changed.push((*id, svc.entry(dps), dps, before, svc.machine.state));
+                changed.push((*id, svc.entry(dps, until), dps, before, svc.machine.state));
             }
         }
         for (id, entry, dps, before, after) in changed {
@@ -109,7 +111,7 @@ impl Engine {
                 return Err(ApiError::new(ErrorCode::InvalidTransition, refusal));
             }
         }
-        let entry = svc.entry(outcome.datapath);
+        let entry = svc.entry(outcome.datapath, lease_until_ns(self.cfg.lease));
         self.dp.set_service(id, &entry).map_err(datapath_err)?;
         let latency = received.elapsed();
         svc.machine = machine;

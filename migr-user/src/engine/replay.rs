@@ -10,7 +10,9 @@ use migr_common::maps::{Action, REPLAY_BATCH, REPLAY_FRAME_MAX};
 use migr_control::api::RuleProto;
 
 use super::{
-    Engine, now_ms,
+    Engine,
+    lease::lease_until_ns,
+    now_ms,
     pump::compact_if_consumed,
     service::{Pace, Service, describe, token_bucket},
 };
@@ -125,7 +127,7 @@ impl Engine {
                     "backlog replayed");
             }
             compact_if_consumed(svc, self.ring.consumer_pos());
-            let entry = svc.entry(dps);
+            let entry = svc.entry(dps, lease_until_ns(self.cfg.lease));
             let name = svc.spec.name.clone();
             if let Err(e) = self.dp.set_service(id, &entry) {
                 tracing::error!(service = %name, error = %format!("{e:#}"), "datapath update failed");

@@ -10,7 +10,9 @@ use migr_control::{
 use serde_json::Value;
 
 use super::{
-    Engine, datapath_err, internal, now_ms,
+    Engine, datapath_err, internal,
+    lease::lease_until_ns,
+    now_ms,
     service::{ResolvedForward, Service, listener_for},
 };
 use crate::{neighbour::resolve_forward, spool::Spool};
@@ -145,8 +147,10 @@ impl Engine {
         if let Some(f) = svc.forward {
             self.dp.set_forward_device(id, f.ifindex)?;
         }
-        self.dp
-            .set_service(id, &svc.entry(svc.machine.datapath()))?;
+        self.dp.set_service(
+            id,
+            &svc.entry(svc.machine.datapath(), lease_until_ns(self.cfg.lease)),
+        )?;
         Ok(())
     }
 

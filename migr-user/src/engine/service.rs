@@ -105,8 +105,9 @@ impl Service {
     }
 
     /// The SERVICES entry that makes the datapath do `dps` (a faulted
-    /// service's is inactive: everything passes).
-    pub(super) fn entry(&self, dps: DatapathState) -> ServiceEntry {
+    /// service's is inactive: everything passes), with the agent's lease
+    /// until `lease_until_ns` if frames are to wait for it (see `lease.rs`).
+    pub(super) fn entry(&self, dps: DatapathState, lease_until_ns: u64) -> ServiceEntry {
         if self.fault.is_some() {
             return ServiceEntry::default();
         }
@@ -121,6 +122,11 @@ impl Service {
             action: dps.action as u32,
             flags,
             forward: forward_target(&self.spec, self.forward),
+            lease_until_ns: if dps.waits_for_agent() {
+                lease_until_ns
+            } else {
+                0
+            },
         }
     }
 
@@ -511,13 +517,31 @@ mod tests {
             bytes: 10_000,
         };
         let (svc, _dir) = service(Some(RESOLVED), limit);
-        let held = svc.entry(DatapathState {
-            action: Action::Forward,
-            hold: true,
-        });
+        let held = svc.entry(
+            DatapathState {
+                action: Action::Forward,
+                hold: true,
+            },
+            77,
+        );
         assert_eq!(held.action, Action::Forward as u32);
         assert_eq!(held.flags, SERVICE_ACTIVE | SERVICE_HOLD);
         assert_eq!(held.forward.ifindex, 5);
+        assert_eq!(held.lease_until_ns, 77, "a hold waits for the agent");
+        let parking = DatapathState {
+            action: Action::Park,
+            hold: false,
+        };
+        assert_eq!(svc.entry(parking, 77).lease_until_ns, 77);
+        let forwarding = DatapathState {
+            action: Action::Forward,
+            hold: false,
+        };
+        assert_eq!(
+            svc.entry(forwarding, 77).lease_until_ns,
+            0,
+            "nothing waits for the agent: no lease to run out"
+        );
         assert_eq!(
             describe(DatapathState {
                 action: Action::Forward,
