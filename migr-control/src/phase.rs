@@ -518,11 +518,16 @@ impl PhaseMachine {
         matches!(self.state, State::Frozen | State::Restoring)
     }
 
-    /// Advances timers. Returns the new datapath state if it changed.
-    pub fn tick(&mut self, now_ms: u64) -> Option<DatapathState> {
+    /// Advances timers. `all_delivered`: no parked frame of this service is
+    /// left to deliver (the park ring is drained and its store holds none);
+    /// the hold of the settling stage ends only then, as well as after its
+    /// time, so that no fresh frame overtakes a parked one. Returns the new
+    /// datapath state if it changed.
+    pub fn tick(&mut self, now_ms: u64, all_delivered: bool) -> Option<DatapathState> {
         let before = self.datapath();
         if let Some(ReplayStage::Settling { until_ms }) = self.replay
             && now_ms >= until_ms
+            && all_delivered
         {
             self.replay = None;
             self.record(now_ms, "replay:done", "tick");
@@ -661,14 +666,19 @@ mod tests {
         assert_eq!(m.backlog_drained(4), Some(dp(Action::Forward, true)));
         assert_eq!(m.backlog_drained(4), None, "only once");
         assert_eq!(m.next_deadline_ms(), Some(104));
-        assert_eq!(m.tick(103), None);
-        assert_eq!(m.tick(104), Some(dp(Action::Forward, false)));
+        assert_eq!(m.tick(103, true), None);
+        assert_eq!(
+            m.tick(104, false),
+            None,
+            "held on while parked frames are still to be delivered"
+        );
+        assert_eq!(m.tick(104, true), Some(dp(Action::Forward, false)));
         let o = m.command(PhaseCommand::Done, None, None, 200).unwrap();
         assert_eq!(o.to, State::Draining);
         assert_eq!(o.datapath, dp(Action::Forward, false));
         assert_eq!(m.next_deadline_ms(), Some(1200));
-        assert_eq!(m.tick(1199), None);
-        assert_eq!(m.tick(1200), Some(dp(Action::Pass, false)));
+        assert_eq!(m.tick(1199, true), None);
+        assert_eq!(m.tick(1200, true), Some(dp(Action::Pass, false)));
         assert_eq!(m.state, State::Done);
         let names: Vec<&str> = m.timeline.iter().map(|e| e.what.as_str()).collect();
         assert_eq!(
@@ -696,7 +706,7 @@ mod tests {
         assert_eq!(o.replay, Some(Action::Pass));
         assert_eq!(m.role, Some(Role::Destination));
         assert_eq!(m.backlog_drained(3), Some(dp(Action::Pass, true)));
-        assert_eq!(m.tick(103), Some(dp(Action::Pass, false)));
+        assert_eq!(m.tick(103, true), Some(dp(Action::Pass, false)));
         let o = m.command(PhaseCommand::Done, None, None, 104).unwrap();
         assert_eq!(o.to, State::Done);
         // The destination may become the next source.
@@ -811,10 +821,10 @@ mod tests {
         m.command(PhaseCommand::Done, None, Some(10), 3).unwrap();
         assert_eq!(m.state, State::Draining);
         // Still in the backlog stage: the drain time does not end it.
-        assert_eq!(m.tick(100), None);
+        assert_eq!(m.tick(100, true), None);
         assert_eq!(m.state, State::Draining);
         m.backlog_drained(101);
-        assert_eq!(m.tick(300), Some(dp(Action::Pass, false)));
+        assert_eq!(m.tick(300, true), Some(dp(Action::Pass, false)));
         assert_eq!(m.state, State::Done);
     }
 

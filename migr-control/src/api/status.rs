@@ -64,6 +64,11 @@ pub struct ReplayStats {
     /// Times a local replay waited for the service to read its socket.
     #[serde(default)]
     pub socket_waits: u64,
+    /// Replay batches that failed part-way and were tried again after a
+    /// backoff (a frame is given up, and counted in `failed_frames`, only
+    /// after five failures in a row).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Everything about one service.

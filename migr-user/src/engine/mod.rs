@@ -18,6 +18,7 @@ mod phases;
 mod pump;
 mod replay;
 mod requests;
+mod retry;
 mod service;
 mod status;
 
@@ -97,7 +98,7 @@ pub struct Engine {
     late_joins_learned: u64,
     rx: mpsc::Receiver<Call>,
     wake: Arc<OwnedFd>,
-    error_backoff_until: Option<Instant>,
+    pump_paused_until: Option<Instant>,
     /// A paced replay may go on at this time.
     next_replay_at: Option<Instant>,
     /// When the leases on PARK and hold entries were last renewed.
@@ -188,7 +189,7 @@ impl Engine {
             late_joins_learned: 0,
             rx,
             wake,
-            error_backoff_until: None,
+            pump_paused_until: None,
             next_replay_at: None,
             leases_renewed: Instant::now(),
             _lock: lock,
@@ -234,18 +235,19 @@ impl Engine {
                 }
             }
             let mut busy = false;
-            if self.error_backoff_until.is_none_or(|t| Instant::now() >= t) {
+            if self.pump_paused_until.is_none_or(|t| Instant::now() >= t) {
                 match pump_ring(&self.ring, &mut self.services, &mut self.dp) {
                     Ok(pumped) => {
                         busy |= pumped.records > 0;
                         self.unknown_records += pumped.unknown;
                         self.dirty |= pumped.changed;
+                        // Pumping on would only find the same record first.
+                        self.pump_paused_until = pumped.retry_at;
                     }
                     Err(e) => {
                         self.dirty = true;
                         tracing::error!(error = %format!("{e:#}"), "storing parked frames failed; retrying in 100 ms (the frames stay in the ring)");
-                        self.error_backoff_until =
-                            Some(Instant::now() + Duration::from_millis(100));
+                        self.pump_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     }
                 }
             }
@@ -267,14 +269,16 @@ impl Engine {
         let now = now_ms();
         let mut timeout: i64 = 1000;
         for svc in self.services.values() {
-            if let Some(t) = svc.machine.next_deadline_ms() {
+            // A deadline passed already waits for something else (a hold
+            // for the ring to drain), which wakes the loop itself.
+            if let Some(t) = svc.machine.next_deadline_ms().filter(|t| *t > now) {
                 // Clamped before the cast: a far deadline (drain_ms = u64::MAX)
                 // would wrap negative and turn the poll below into a spin.
                 timeout = timeout.min(t.saturating_sub(now).min(1000) as i64);
             }
         }
         for t in [
-            self.error_backoff_until,
+            self.pump_paused_until,
             self.next_replay_at,
             Some(self.next_lease_renewal()),
         ]
@@ -302,7 +306,7 @@ impl Engine {
                 revents: 0,
             },
         ];
-        if self.error_backoff_until.is_some() {
+        if self.pump_paused_until.is_some() {
             // Do not spin on a ring we cannot drain right now.
             fds[0].events = 0;
         }

@@ -35,10 +35,13 @@ impl Engine {
     pub(super) fn tick(&mut self) {
         let now = now_ms();
         let until = lease_until_ns(self.cfg.lease);
+        let ring_drained = self.ring.backlog() == 0;
         let mut changed = Vec::new();
         for (id, svc) in &mut self.services {
             let before = svc.machine.state;
-            if let Some(dps) = svc.machine.tick(now) {
+            let all_delivered =
+                ring_drained && svc.spool.pending() == 0 && svc.replay_retry.is_none();
+            if let Some(dps) = svc.machine.tick(now, all_delivered) {
                 changed.push((*id, svc.entry(dps, until), dps, before, svc.machine.state));
             }
         }

@@ -6,7 +6,7 @@
 //! Written against two small traits ([`ParkedRecords`], [`Replayer`]) so
 //! that the unit tests below run it with in-memory fakes.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Result;
 use migr_common::checksum::{L4Checksum, complete_partial};
@@ -52,6 +52,8 @@ pub(super) struct Pumped {
     pub(super) unknown: u64,
     /// Some service's totals or store changed (the state is to be saved).
     pub(super) changed: bool,
+    /// A replay failed and waits until then; the pump stopped at its record.
+    pub(super) retry_at: Option<Instant>,
 }
 
 /// Moves committed records from the ring into the stores (or, for a service
@@ -124,6 +126,13 @@ pub(super) fn pump_ring(
         }
         let action = svc.machine.target_action();
         replay_pending(replayer, svc, action, usize::MAX);
+        if svc.spool.pending() > 0 {
+            // The replay failed and waits to try again: the record stays in
+            // the ring, so a held service's fresh frames queue behind it.
+            out.retry_at = svc.replay_retry.map(|r| r.not_before);
+            out.changed = true;
+            return Ok(out);
+        }
         ring.consume_to(next);
         if svc.spool.pending() == 0 && svc.spool.len() >= 1024 {
             compact_if_consumed(svc, next);
@@ -191,7 +200,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{engine::service::testing::Scratch, parkring::RingRecord};
+    use crate::{
+        engine::{retry::ReplayRetry, service::testing::Scratch},
+        parkring::RingRecord,
+    };
 
     /// Records at positions 0, 100, 200, ...; `consumed` is the consumer position.
     struct FakeRing {
@@ -234,6 +246,32 @@ mod tests {
         }
         fn replay_progress(&self) -> Result<u32> {
             Ok(0)
+        }
+    }
+
+    /// Fails the calls listed in `fail` (by call number, from 0), as a
+    /// failed BPF_PROG_TEST_RUN does: an error, and `runs` of the batch
+    /// counted as taken place; takes every other batch.
+    #[derive(Default)]
+    struct FlakyReplayer {
+        inner: FakeReplayer,
+        fail: Vec<usize>,
+        runs: u32,
+        calls: usize,
+    }
+
+    impl Replayer for FlakyReplayer {
+        fn replay_batch(&mut self, frames: &[&[u8]], ifindex: u32, action: Action) -> Result<u32> {
+            self.calls += 1;
+            if self.fail.contains(&(self.calls - 1)) {
+                let runs = self.runs as usize;
+                self.inner.replay_batch(&frames[..runs], ifindex, action)?;
+                anyhow::bail!("ENOMEM (injected)");
+            }
+            self.inner.replay_batch(frames, ifindex, action)
+        }
+        fn replay_progress(&self) -> Result<u32> {
+            Ok(self.runs)
         }
     }
 
@@ -351,5 +389,82 @@ mod tests {
         assert_eq!((out.records, out.unknown), (4, 1));
         assert_eq!(ring.consumed.get(), 400);
         assert_eq!(f.services[&1].spool.pending(), 1);
+    }
+    #[test]
+    fn a_failed_replay_keeps_its_record_and_is_tried_again_without_loss() {
+        let mut f = fixture("flaky", false, 10);
+        let ring = ring((0..3u8).map(|i| record(1, &[i; 60])).collect());
+        let mut replayer = FlakyReplayer {
+            fail: vec![0],
+            ..Default::default()
+        };
+        let out = pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        let retry_at = out.retry_at.expect("a retry is due");
+        assert_eq!(ring.consumed.get(), 0, "the record stays in the ring");
+        let svc = &f.services[&1];
+        assert_eq!(svc.spool.pending(), 1);
+        assert_eq!(
+            (svc.totals.replay.failed_frames, svc.totals.replay.retries),
+            (0, 1)
+        );
+        // Too early: nothing is tried.
+        let out = pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        assert!(out.retry_at.is_some());
+        assert_eq!(replayer.calls, 1);
+        std::thread::sleep(retry_at.saturating_duration_since(Instant::now()));
+        let out = pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        assert_eq!(out.retry_at, None);
+        assert_eq!(ring.consumed.get(), 300);
+        let firsts: Vec<u8> = replayer
+            .inner
+            .replayed
+            .borrow()
+            .iter()
+            .map(|(b, _)| b[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 2], "each once, in order");
+        let svc = &f.services[&1];
+        assert_eq!(svc.totals.replay.replayed_frames, 3);
+        assert_eq!(svc.totals.replay.failed_frames, 0);
+        assert_eq!(
+            svc.totals.stored_frames, 3,
+            "the retried record is not stored twice"
+        );
+    }
+
+    #[test]
+    fn a_frame_that_keeps_failing_is_given_up_alone_after_five_tries() {
+        let mut f = fixture("hopeless", true, 10);
+        let ring = ring((0..4u8).map(|i| record(1, &[i; 60])).collect());
+        pump_ring(&ring, &mut f.services, &mut FakeReplayer::default()).unwrap();
+        let svc = f.services.get_mut(&1).unwrap();
+        // Batch 0: frame 0 goes, frame 1 fails; then frame 1 fails four more times.
+        let mut replayer = FlakyReplayer {
+            fail: vec![0, 1, 2, 3, 4],
+            runs: 1,
+            ..Default::default()
+        };
+        let mut handled = replay_pending(&mut replayer, svc, Action::Pass, usize::MAX);
+        replayer.runs = 0;
+        while svc.spool.pending() > 0 {
+            let retry = svc.replay_retry.expect("waiting to retry");
+            svc.replay_retry = Some(ReplayRetry {
+                not_before: Instant::now(),
+                ..retry
+            });
+            handled += replay_pending(&mut replayer, svc, Action::Pass, usize::MAX);
+            assert!(replayer.calls <= 6, "{} calls", replayer.calls);
+        }
+        assert_eq!(handled, 4);
+        let r = svc.totals.replay;
+        assert_eq!((r.replayed_frames, r.failed_frames, r.retries), (3, 1, 4));
+        let firsts: Vec<u8> = replayer
+            .inner
+            .replayed
+            .borrow()
+            .iter()
+            .map(|(b, _)| b[0])
+            .collect();
+        assert_eq!(firsts, [0, 2, 3], "frame 1 given up, the others in order");
     }
 }

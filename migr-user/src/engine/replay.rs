@@ -14,6 +14,7 @@ use super::{
     lease::lease_until_ns,
     now_ms,
     pump::compact_if_consumed,
+    retry::{AfterFailure, REPLAY_ATTEMPTS, after_failure},
     service::{Pace, Service, describe, token_bucket},
 };
 use crate::{
@@ -98,6 +99,10 @@ impl Engine {
                 }
             }
             did |= replay_pending(&mut self.dp, svc, action, allowed) > 0;
+            if let Some(retry) = svc.replay_retry {
+                let due = retry.not_before;
+                self.next_replay_at = Some(self.next_replay_at.map_or(due, |t| t.min(due)));
+            }
             if svc.spool.pending() > 0 {
                 continue;
             }
@@ -200,13 +205,21 @@ fn socket_room(svc: &mut Service) -> usize {
 
 /// Replays up to `max` of the service's pending frames with `action`, in
 /// order, in batches of frames that arrived on the same interface. Returns
-/// how many it handled (replayed, or dropped as not replayable).
+/// how many it handled (replayed, or dropped as not replayable). A batch
+/// that fails part-way stops it: the frame it stopped at waits for a retry
+/// (`retry.rs`; see `Service::replay_retry`) unless it has failed too often.
 pub(super) fn replay_pending(
     dp: &mut impl Replayer,
     svc: &mut Service,
     action: Action,
     max: usize,
 ) -> usize {
+    if svc
+        .replay_retry
+        .is_some_and(|r| Instant::now() < r.not_before)
+    {
+        return 0;
+    }
     let mut handled = 0;
     while handled < max {
         let limit = (max - handled).min(REPLAY_BATCH as usize);
@@ -220,51 +233,105 @@ pub(super) fn replay_pending(
             .take(limit)
             .take_while(|f| f.ifindex == ifindex && replayable(f.frame.len()))
             .count();
-        let marked = svc.spool.start_batch(n.max(1));
-        if let Err(e) = marked {
-            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot mark frames for replay");
-            break;
-        }
-        let r = &mut svc.totals.replay;
         if n == 0 {
+            // Only a store written before such frames were passed instead
+            // of parked holds one.
+            let r = &mut svc.totals.replay;
             r.failed_frames += 1;
             if r.failed_frames.is_power_of_two() {
                 tracing::warn!(service = %svc.spec.name, len = first_len, failed = r.failed_frames,
                     "a parked frame is too large to replay (live frames take at most {REPLAY_FRAME_MAX} bytes); dropped");
             }
-        } else {
-            let batch: Vec<&[u8]> = svc.spool.pending_frames()[..n]
-                .iter()
-                .map(|f| f.frame.as_slice())
-                .collect();
-            let bytes: u64 = batch.iter().map(|f| f.len() as u64).sum();
-            match dp.replay_batch(&batch, ifindex, action) {
-                Ok(runs) if runs as usize >= n => {
-                    r.replayed_frames += n as u64;
-                    r.replayed_bytes += bytes;
-                }
-                outcome => {
-                    // Interrupted or refused: the runs that took place are done.
-                    let runs = match &outcome {
-                        Ok(runs) => *runs as usize,
-                        Err(_) => dp.replay_progress().unwrap_or(0) as usize,
-                    };
-                    r.replayed_frames += runs as u64;
-                    r.failed_frames += (n - runs) as u64;
-                    let error = match outcome {
-                        Ok(runs) => format!("only {runs} of {n} runs took place"),
-                        Err(e) => format!("{e:#}"),
-                    };
-                    tracing::warn!(service = %svc.spec.name, error, failed = r.failed_frames,
-                        "parked frames could not be replayed; dropped");
-                }
+            if !mark_done(svc, 1) {
+                break;
             }
+            handled += 1;
+            continue;
         }
-        if let Err(e) = svc.spool.finish_batch(n.max(1)) {
-            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot record replayed frames");
+        let runs = match replay_batch(dp, svc, n, ifindex, action) {
+            Some(runs) => runs,
+            None => break,
+        };
+        if !mark_done(svc, runs) {
             break;
         }
-        handled += n.max(1);
+        handled += runs;
+        if runs == n {
+            svc.replay_retry = None;
+            continue;
+        }
+        // Stopped at the frame now first in line.
+        let Some(at) = svc.spool.pending_frames().first().map(|f| f.ring_pos) else {
+            break;
+        };
+        match after_failure(svc.replay_retry, at, Instant::now()) {
+            AfterFailure::Retry(retry) => {
+                svc.replay_retry = Some(retry);
+                svc.totals.replay.retries += 1;
+                break;
+            }
+            AfterFailure::GiveUp => {
+                svc.replay_retry = None;
+                let r = &mut svc.totals.replay;
+                r.failed_frames += 1;
+                tracing::warn!(service = %svc.spec.name, failed = r.failed_frames,
+                    "a parked frame failed to replay {REPLAY_ATTEMPTS} times in a row; dropped");
+                if !mark_done(svc, 1) {
+                    break;
+                }
+                handled += 1;
+            }
+        }
     }
     handled
+}
+
+/// Replays the first `n` pending frames; returns the runs that took place
+/// (`None` if the batch could not even be marked in the store).
+fn replay_batch(
+    dp: &mut impl Replayer,
+    svc: &mut Service,
+    n: usize,
+    ifindex: u32,
+    action: Action,
+) -> Option<usize> {
+    if let Err(e) = svc.spool.start_batch(n) {
+        tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot mark frames for replay");
+        return None;
+    }
+    let batch: Vec<&[u8]> = svc.spool.pending_frames()[..n]
+        .iter()
+        .map(|f| f.frame.as_slice())
+        .collect();
+    let outcome = dp.replay_batch(&batch, ifindex, action);
+    let runs = match &outcome {
+        Ok(runs) => (*runs as usize).min(n),
+        // The runs before the error took place.
+        Err(_) => dp.replay_progress().map_or(0, |r| (r as usize).min(n)),
+    };
+    let bytes: u64 = batch[..runs].iter().map(|f| f.len() as u64).sum();
+    let r = &mut svc.totals.replay;
+    r.replayed_frames += runs as u64;
+    r.replayed_bytes += bytes;
+    if runs < n {
+        let error = match outcome {
+            Ok(runs) => format!("only {runs} of {n} runs took place"),
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(service = %svc.spec.name, error, replayed = runs, of = n,
+            "a replay batch failed part-way; the rest is tried again");
+    }
+    Some(runs)
+}
+
+/// Records that the first `done` frames marked for replay are finished (a
+/// batch's others go back to pending).
+fn mark_done(svc: &mut Service, done: usize) -> bool {
+    match svc.spool.finish_batch(done) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"), "cannot record replayed frames");
+            false
+        }
+    }
 }

@@ -23,6 +23,7 @@ use migr_control::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::retry::ReplayRetry;
 use crate::{socket_room::SocketWatch, spool::Spool};
 
 /// How the forward target resolved on this node.
@@ -75,6 +76,8 @@ pub(super) struct Service {
     /// restart (its forward interface vanished, say): it then passes, fails
     /// open, and refuses phase commands until it is removed and added again.
     pub(super) fault: Option<String>,
+    /// A replay that failed part-way and waits to try again (`retry.rs`).
+    pub(super) replay_retry: Option<ReplayRetry>,
 }
 
 impl Service {
@@ -97,6 +100,7 @@ impl Service {
             init_pid: None,
             socket_watch: None,
             fault: None,
+            replay_retry: None,
         }
     }
 
