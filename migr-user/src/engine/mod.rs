@@ -251,6 +251,12 @@ impl Engine {
                     }
                 }
             }
+            // Every turn, not only when idle: a flood to a frozen service or
+            // a long replay keeps the loop busy, and MPTCP keys reported
+            // meanwhile would fill the events ring and be lost.
+            if self.events_ready() {
+                self.pump_events();
+            }
             busy |= self.replay_backlogs(256);
             self.tick();
             self.renew_leases_if_due();
@@ -323,9 +329,18 @@ impl Engine {
             // SAFETY: reading the eventfd counter (non-blocking).
             unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
         }
-        if fds[1].revents & libc::POLLIN != 0 {
-            self.pump_events();
-        }
+    }
+
+    /// Does the events ring hold records? (A poll that does not wait: far
+    /// cheaper than mapping the ring to look.)
+    fn events_ready(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.events_fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd, without waiting.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 && fd.revents & libc::POLLIN != 0 }
     }
 
     fn shutdown(&mut self, detach: bool) {

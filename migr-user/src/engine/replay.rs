@@ -15,7 +15,7 @@ use super::{
     now_ms,
     pump::compact_if_consumed,
     retry::{AfterFailure, REPLAY_ATTEMPTS, after_failure},
-    service::{Pace, Service, describe, token_bucket},
+    service::{Pace, Service, describe},
 };
 use crate::{
     datapath::{Datapath, replayable},
@@ -83,11 +83,10 @@ impl Engine {
             allowed = allowed.min(room);
             let run = svc.replay_run.as_ref().expect("set above");
             if rate > 0 && room == usize::MAX {
-                let done = svc.replay_handled() - run.replayed_before;
-                match token_bucket(
-                    run.started,
+                match run.pace(
                     Instant::now(),
-                    done,
+                    svc.replay_handled(),
+                    svc.totals.stored_frames,
                     self.cfg.replay_burst,
                     rate,
                 ) {

@@ -56,6 +56,39 @@ pub(super) struct Totals {
 pub(super) struct ReplayRun {
     pub(super) started: Instant,
     pub(super) replayed_before: u64,
+    /// `Totals::stored_frames` when it began: what is stored later arrived
+    /// during the replay.
+    pub(super) stored_before: u64,
+}
+
+impl ReplayRun {
+    /// The pace of the replay now, with `handled` frames replayed (or given
+    /// up) and `stored` stored in all. The bucket grants `rate` frames per
+    /// second on top of the frames that arrived since the replay began: the
+    /// backlog drains at `rate` however busy the service is (a service
+    /// receiving more than `rate` would otherwise never finish), and the
+    /// service gets no more than `rate` above what it would have received
+    /// anyway.
+    pub(super) fn pace(
+        &self,
+        now: Instant,
+        handled: u64,
+        stored: u64,
+        burst: u64,
+        rate: u64,
+    ) -> Pace {
+        let arrived = stored.saturating_sub(self.stored_before);
+        let handled = handled.saturating_sub(self.replayed_before);
+        match handled.checked_sub(arrived) {
+            Some(done) => token_bucket(self.started, now, done, burst, rate),
+            // Fewer handled than arrived: the arrivals not yet replayed are
+            // granted on top of the bucket.
+            None => match token_bucket(self.started, now, 0, burst, rate) {
+                Pace::Go(n) => Pace::Go(n + (arrived - handled)),
+                wait => wait,
+            },
+        }
+    }
 }
 
 pub(super) struct Service {
@@ -164,6 +197,7 @@ impl Service {
         self.replay_run = Some(ReplayRun {
             started: now,
             replayed_before: self.replay_handled(),
+            stored_before: self.totals.stored_frames,
         });
     }
 }
@@ -473,6 +507,28 @@ mod tests {
         assert_eq!(
             token_bucket(t0, ms(10), 26, 16, 1000),
             Pace::WaitUntil(ms(11))
+        );
+    }
+
+    #[test]
+    fn a_replay_drains_at_its_rate_above_what_arrives_meanwhile() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        // 100 frames replayed and 500 stored before this replay began.
+        let run = ReplayRun {
+            started: t0,
+            replayed_before: 100,
+            stored_before: 500,
+        };
+        // A service receiving 5,000 frames/s, replayed at 1,000 frames/s:
+        // after 1 s, 6,000 handled (1,000 of the backlog, 5,000 new).
+        assert_eq!(run.pace(s(1), 6_100, 5_500, 16, 1_000), Pace::Go(16));
+        // After 2 s a further 6,000 go: the backlog shrinks by 1,000 a second.
+        assert_eq!(run.pace(s(2), 6_100, 10_500, 16, 1_000), Pace::Go(6_016));
+        // Nothing arrived: the plain bucket.
+        assert_eq!(
+            run.pace(s(1), 1_116, 500, 16, 1_000),
+            Pace::WaitUntil(s(1) + Duration::from_millis(1))
         );
     }
 
