@@ -227,6 +227,8 @@ pub struct Agent {
     /// Start under this soft limit of open files (hard limit 4096), as a
     /// supervisor with a low default would.
     pub nofile: Option<u64>,
+    /// More environment variables for the agent (besides RUST_LOG=info).
+    pub env: Vec<(String, String)>,
     pub proc: Option<Proc>,
 }
 
@@ -262,6 +264,7 @@ impl Agent {
             state_dir,
             args,
             nofile: None,
+            env: Vec::new(),
             proc: None,
         }
     }
@@ -280,13 +283,9 @@ impl Agent {
         argv.extend(self.args.iter().cloned());
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let started = Instant::now();
-        self.proc = Some(spawn_in(
-            ns,
-            &program,
-            &args,
-            &[("RUST_LOG", "info")],
-            Some(&self.log),
-        ));
+        let mut env = vec![("RUST_LOG", "info")];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.proc = Some(spawn_in(ns, &program, &args, &env, Some(&self.log)));
         wait_for(Duration::from_secs(20), "the agent to serve", || {
             if let Some(p) = self.proc.as_mut()
                 && let Ok(Some(status)) = p.child.try_wait()

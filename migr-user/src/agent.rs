@@ -223,12 +223,35 @@ fn run(args: RunArgs) -> Result<()> {
     };
     tracing::info!(socket = %args.socket.display(), ifaces = ?args.ifaces,
         version = env!("CARGO_PKG_VERSION"), "migr-agent serving");
-    let result = runtime.block_on(serve(listener, engine.clone(), &args));
-    let detach = !args.keep_attached;
-    runtime.block_on(engine.shutdown(detach));
-    let _ = thread.join();
+    let result = runtime.block_on(async {
+        // The engine thread ends only when told to; if it ends otherwise
+        // (a panic), the agent must not live on answering every request
+        // with an error: it exits non-zero, its supervisor restarts it, and
+        // the pinned datapath carries on meanwhile (the lease, docs/agent.md).
+        let mut engine_ended = tokio::task::spawn_blocking(move || thread.join());
+        tokio::select! {
+            served = serve(listener, engine.clone(), &args) => {
+                engine.shutdown(!args.keep_attached).await;
+                let _ = (&mut engine_ended).await;
+                served
+            }
+            joined = &mut engine_ended => Err(match joined {
+                Ok(Err(panic)) => anyhow::anyhow!("the engine thread panicked: {}", panic_message(&panic)),
+                _ => anyhow::anyhow!("the engine thread ended unexpectedly"),
+            }),
+        }
+    });
     let _ = std::fs::remove_file(&args.socket);
     result
+}
+
+/// The message a panic carried, if it was a string.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The state directory is the owner's (0700). When it holds the socket and

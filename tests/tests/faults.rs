@@ -1035,6 +1035,64 @@ fn a_dead_agents_lease_runs_out_and_its_services_fail_open() {
     t.procs.push(echo);
 }
 
+/// The engine thread panics (a test hook makes it panic on `stats`): the
+/// agent must exit with a failure status, so that its supervisor restarts
+/// it, rather than live on answering every request with an error. The
+/// pinned datapath goes on parking meanwhile, and the restarted agent has
+/// the service and its parked frames.
+#[test]
+fn an_engine_panic_ends_the_agent_with_a_failure_status() {
+    let mut t = Topology::build(false, &[], false);
+    t.src_agent
+        .env
+        .push(("MIGR_TEST_ENGINE_PANIC".into(), "1".into()));
+    t.src_agent.start(&t.src);
+    let addr = format!("{SRC_IP}:7500");
+    let echo = start_echo_on(
+        &t.src,
+        std::slice::from_ref(&addr),
+        "panic",
+        &t.scratch(),
+        &[],
+    );
+    t.src_agent
+        .ok(&["service", "add", "--id", "3", "--name", "p", "--udp", &addr]);
+    t.src_agent.phase("p", "freeze");
+    let stats = t.src_agent.ctl(&["stats"]);
+    assert!(
+        !stats.status.success(),
+        "stats answered although the engine panicked"
+    );
+    let mut status = None;
+    wait_for(Duration::from_secs(10), "the agent to exit", || {
+        let p = t.src_agent.proc.as_mut().expect("started");
+        status = p.child.try_wait().expect("wait for the agent");
+        status.is_some()
+    });
+    let status = status.expect("exited");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = t.src_agent.log_text();
+    assert!(log.contains("the engine thread panicked"), "{log}");
+    t.src_agent.proc = None;
+    let client = UdpClient::new(&t.client, &addr);
+    client.send(5);
+    t.src_agent.env.clear();
+    t.src_agent.start(&t.src);
+    let s = t.src_agent.service("p");
+    assert_eq!(s["state"], "frozen", "{s}");
+    t.src_agent.phase("p", "abort");
+    let answers = client.wait_answers(5, Duration::from_secs(5));
+    assert_eq!(
+        answers.len(),
+        5,
+        "parked while no agent ran, replayed after: {answers:?}"
+    );
+    println!(
+        "engine panic: agent exited with {status}; 5 of 5 frames parked meanwhile were replayed"
+    );
+    t.procs.push(echo);
+}
+
 /// Hostile requests on the socket: each is refused with a reason, the agent
 /// stays up, the connection limits hold, and nothing changes.
 #[test]

@@ -103,9 +103,16 @@ pub struct Engine {
     next_replay_at: Option<Instant>,
     /// When the leases on PARK and hold entries were last renewed.
     leases_renewed: Instant,
+    /// [`PANIC_HOOK`] was set.
+    panic_on_stats: bool,
     /// flock on the state directory: one agent per state directory.
     _lock: std::fs::File,
 }
+
+/// A test hook: with this variable set, the engine panics on its first
+/// `stats` request, so that the suite can check what a panic does to the
+/// agent (it exits non-zero; it does not live on without its engine).
+const PANIC_HOOK: &str = "MIGR_TEST_ENGINE_PANIC";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -192,6 +199,7 @@ impl Engine {
             pump_paused_until: None,
             next_replay_at: None,
             leases_renewed: Instant::now(),
+            panic_on_stats: std::env::var_os(PANIC_HOOK).is_some(),
             _lock: lock,
         };
         engine.recover_state(batch_runs)?;
@@ -408,7 +416,12 @@ impl Engine {
             }
             Op::Phase(args) => to_value(self.phase(args, received)),
             Op::Criu(args) => to_value(self.criu(args, received)),
-            Op::Stats => to_value(self.stats()),
+            Op::Stats => {
+                if self.panic_on_stats {
+                    panic!("{PANIC_HOOK} is set: panicking on a stats request");
+                }
+                to_value(self.stats())
+            }
         }
     }
 }
