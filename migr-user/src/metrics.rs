@@ -316,6 +316,7 @@ mod tests {
                 ring_backlog_bytes: 0,
                 unknown_service_records: 0,
                 late_joins_learned: 0,
+                recovery_problems: Vec::new(),
             },
             reasons: [("replayed".to_string(), 3u64)].into_iter().collect(),
             protocols: [("udp".to_string(), 9u64)].into_iter().collect(),

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 const MAGIC: &[u8; 8] = b"migrst01";
 const HEADER: usize = 8 + 8 + 8 + 8;
@@ -59,12 +59,14 @@ impl StateFile {
     /// The newest complete state, if any was saved.
     pub fn load(&mut self) -> Result<Option<Vec<u8>>> {
         let mut best: Option<(u64, Vec<u8>)> = None;
+        let mut found = 0;
         for path in &self.slots {
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
             };
+            found += 1;
             match decode(&bytes) {
                 Some((seq, body)) if best.as_ref().is_none_or(|(s, _)| seq > *s) => {
                     best = Some((seq, body.to_vec()));
@@ -77,6 +79,11 @@ impl StateFile {
         if let Some((seq, body)) = best {
             self.seq = seq;
             return Ok(Some(body));
+        }
+        if found > 0 {
+            // Saved state exists but none of it is whole: starting as if
+            // nothing had been saved would lose it without a word.
+            bail!("no state slot is whole (both saves were cut short, or the files were damaged)");
         }
         let mut text = Vec::new();
         match File::open(&self.legacy) {
@@ -205,6 +212,10 @@ mod tests {
             StateFile::new(&dir).load().unwrap().as_deref(),
             Some(&b"complete state"[..])
         );
+        // Both damaged: an error, not a start as if nothing had been saved.
+        std::fs::write(&slot_paths(&dir)[1], &flipped).unwrap();
+        let e = StateFile::new(&dir).load().unwrap_err();
+        assert!(format!("{e:#}").contains("no state slot is whole"), "{e:#}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

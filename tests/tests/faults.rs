@@ -1093,6 +1093,80 @@ fn an_engine_panic_ends_the_agent_with_a_failure_status() {
     t.procs.push(echo);
 }
 
+/// Saved state that does not read back must not keep the agent down. A
+/// saved service that does not parse is left out, reported, and its frames
+/// pass (its datapath entry is switched off); the others carry on. A state
+/// that does not read at all (both slots damaged) is set aside, reported,
+/// and the agent starts without services, failing open.
+#[test]
+fn unreadable_saved_state_is_reported_and_fails_open_service_by_service() {
+    let mut t = Topology::new(false, &[]);
+    let (a_addr, b_addr) = (format!("{SRC_IP}:7600"), format!("{SRC_IP}:7601"));
+    let echo = start_echo_on(
+        &t.src,
+        &[a_addr.clone(), b_addr.clone()],
+        "state",
+        &t.scratch(),
+        &[],
+    );
+    for (id, name, addr) in [("1", "a", &a_addr), ("2", "b", &b_addr)] {
+        t.src_agent
+            .ok(&["service", "add", "--id", id, "--name", name, "--udp", addr]);
+        t.src_agent.phase(name, "freeze");
+    }
+    t.src_agent.kill9();
+    // Service a's saved spec is damaged; the rest of the state is whole.
+    let mut file = migr_user::statefile::StateFile::new(&t.src_agent.state_dir);
+    let mut state: Value = serde_json::from_slice(&file.load().unwrap().unwrap()).unwrap();
+    let saved = state["services"].as_array_mut().unwrap();
+    let a = saved.iter_mut().find(|s| s["spec"]["name"] == "a").unwrap();
+    a["spec"]["rules"] = json!("not a list of rules");
+    file.save(&serde_json::to_vec(&state).unwrap()).unwrap();
+    t.src_agent.start(&t.src);
+    let stats = t.src_agent.json(&["stats"]);
+    let problems = stats["agent"]["recovery_problems"].to_string();
+    assert!(
+        problems.contains("id 1") && problems.contains("rules"),
+        "{problems}"
+    );
+    let listed = t.src_agent.json(&["service", "list"]).to_string();
+    assert!(
+        !listed.contains("\"a\"") && listed.contains("\"b\""),
+        "{listed}"
+    );
+    assert_eq!(t.src_agent.service("b")["state"], "frozen");
+    let a_client = UdpClient::new(&t.client, &a_addr);
+    a_client.send(5);
+    assert_eq!(
+        a_client.wait_answers(5, Duration::from_secs(5)).len(),
+        5,
+        "a's frames pass: its entry was switched off"
+    );
+    let status = t.src_agent.ok(&["status"]);
+    assert!(status.contains("warning: at its start"), "{status}");
+
+    // Both slots damaged: set aside, the agent starts without services.
+    t.src_agent.kill9();
+    for slot in migr_user::statefile::slot_paths(&t.src_agent.state_dir) {
+        std::fs::write(&slot, b"migrst01 damaged beyond repair").unwrap();
+    }
+    t.src_agent.start(&t.src);
+    let stats = t.src_agent.json(&["stats"]);
+    let problems = stats["agent"]["recovery_problems"].to_string();
+    assert!(problems.contains("set aside"), "{problems}");
+    assert!(t.src_agent.state_dir.join("state.0.unreadable").exists());
+    assert_eq!(t.src_agent.json(&["service", "list"]), json!([]));
+    let b_client = UdpClient::new(&t.client, &b_addr);
+    b_client.send(5);
+    assert_eq!(
+        b_client.wait_answers(5, Duration::from_secs(5)).len(),
+        5,
+        "b's frames pass: no stale PARK entry is left"
+    );
+    println!("unreadable state: {problems}");
+    t.procs.push(echo);
+}
+
 /// Hostile requests on the socket: each is refused with a reason, the agent
 /// stays up, the connection limits hold, and nothing changes.
 #[test]

@@ -131,6 +131,11 @@ pub struct AgentInfo {
     /// MPTCP subflows learned from MP_JOINs that arrived before their token.
     #[serde(default)]
     pub late_joins_learned: u64,
+    /// What the agent could not recover when it started: saved services it
+    /// could not read back (their datapath entries are off, so their frames
+    /// pass), or a saved state it could not read at all (set aside).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery_problems: Vec<String>,
 }
 
 /// `phase`' and `criu`'s result.

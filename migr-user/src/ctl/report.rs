@@ -257,6 +257,9 @@ pub(super) fn status(client: &Client) -> Result<(), CtlError> {
             );
         }
     }
+    for problem in &s.agent.recovery_problems {
+        println!("warning: at its start: {problem}");
+    }
     Ok(())
 }
 

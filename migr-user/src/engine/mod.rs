@@ -105,6 +105,8 @@ pub struct Engine {
     leases_renewed: Instant,
     /// [`PANIC_HOOK`] was set.
     panic_on_stats: bool,
+    /// What the start could not recover (`persist.rs`), for `stats`.
+    recovery_problems: Vec<String>,
     /// flock on the state directory: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -200,6 +202,7 @@ impl Engine {
             next_replay_at: None,
             leases_renewed: Instant::now(),
             panic_on_stats: std::env::var_os(PANIC_HOOK).is_some(),
+            recovery_problems: Vec::new(),
             _lock: lock,
         };
         engine.recover_state(batch_runs)?;

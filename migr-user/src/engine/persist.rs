@@ -19,7 +19,7 @@ use super::{
     lease::lease_until_ns,
     service::{ResolvedForward, Service, Totals},
 };
-use crate::{datapath::replayable, netdev::if_index, spool::Spool};
+use crate::{datapath::replayable, netdev::if_index, spool::Spool, statefile::StateFile};
 
 #[derive(Serialize, Deserialize)]
 struct PersistedService {
@@ -52,78 +52,137 @@ struct PersistedState {
 
 const STATE_VERSION: u32 = 1;
 
+/// "service #I (id N, "name")", from as much of a saved service as reads.
+fn describe_saved(index: usize, value: &serde_json::Value) -> String {
+    let spec = &value["spec"];
+    match (spec["id"].as_u64(), spec["name"].as_str()) {
+        (Some(id), Some(name)) => format!("saved service #{index} (id {id}, {name:?})"),
+        (Some(id), None) => format!("saved service #{index} (id {id})"),
+        _ => format!("saved service #{index}"),
+    }
+}
+
 impl Engine {
     /// Re-reads the saved state and the stores, and re-installs every
     /// service's datapath entries (idempotent; needed if the pins were lost).
+    /// What cannot be read back does not keep the agent down: a service
+    /// that does not parse, or whose store cannot be opened, is left out (its
+    /// datapath entry is switched off by `deactivate_strangers`: it fails
+    /// open); a state that cannot be read at all is set aside. Either is
+    /// logged and reported in `stats` (`recovery_problems`).
     pub(super) fn recover_state(&mut self, batch_runs: Option<u64>) -> Result<()> {
-        let dir = self.cfg.state_dir.clone();
-        let Some(text) = self.state_file.load()? else {
-            return Ok(());
+        let saved = match self.read_saved_services() {
+            Ok(saved) => saved,
+            Err(e) => return self.set_state_aside(e),
         };
-        let state: PersistedState = serde_json::from_slice(&text).with_context(|| {
-            format!(
-                "parsing the saved state in {} (`migr-agent cleanup` starts afresh)",
-                dir.display()
-            )
-        })?;
+        for (i, value) in saved.into_iter().enumerate() {
+            let what = describe_saved(i, &value);
+            let recovered = serde_json::from_value::<PersistedService>(value)
+                .map_err(anyhow::Error::from)
+                .and_then(|ps| self.recover_service(ps, batch_runs));
+            if let Err(e) = recovered {
+                let problem =
+                    format!("{what} could not be recovered and is off (its frames pass): {e:#}");
+                tracing::error!(problem = %problem, "recovering the saved state");
+                self.recovery_problems.push(problem);
+            }
+        }
+        Ok(())
+    }
+
+    /// The saved services, unparsed (`[]` if nothing was saved).
+    fn read_saved_services(&mut self) -> Result<Vec<serde_json::Value>> {
+        #[derive(Deserialize)]
+        struct SavedState {
+            version: u32,
+            services: Vec<serde_json::Value>,
+        }
+        let Some(text) = self.state_file.load()? else {
+            return Ok(Vec::new());
+        };
+        let state: SavedState = serde_json::from_slice(&text).context("parsing the saved state")?;
         if state.version != STATE_VERSION {
             bail!(
-                "the saved state in {} has version {}, this agent reads version {STATE_VERSION}",
-                dir.display(),
+                "the saved state has version {}, this agent reads version {STATE_VERSION}",
                 state.version
             );
         }
-        for ps in state.services {
-            let id = ps.spec.id;
-            let (spool, recovered) =
-                Spool::open(&self.spool_dir(), id, self.ring.map_id, batch_runs)?;
-            let mut svc = Service::new(
-                ps.spec,
-                ps.forward,
-                ps.machine,
-                spool,
-                self.cfg.default_limit,
-            );
-            svc.totals = ps.totals;
-            svc.last_latency_us = ps.last_latency_us;
-            if let Some(mark) = ps.spool_mark {
-                catch_up_totals(&mut svc, mark, recovered.uncertain);
+        Ok(state.services)
+    }
+
+    /// Moves unreadable state files out of the way (`NAME.unreadable`, kept
+    /// for a post-mortem) so that the agent starts without services.
+    fn set_state_aside(&mut self, why: anyhow::Error) -> Result<()> {
+        let dir = self.cfg.state_dir.clone();
+        for path in crate::statefile::all_paths(&dir) {
+            if !path.exists() {
+                continue;
             }
-            svc.totals.replay.uncertain_frames += recovered.uncertain;
-            if svc.machine.replay == Some(ReplayStage::Backlog) {
-                svc.start_replay_run(Instant::now());
-            }
-            // The interface may have been re-created: resolve its index again.
-            if let (Some(fwd), Some(resolved)) = (&svc.spec.forward, svc.forward.as_mut())
-                && let Ok(ifindex) = if_index(&fwd.iface)
-            {
-                resolved.ifindex = ifindex;
-            }
-            tracing::info!(
-                service = %svc.spec.name, id,
-                state = svc.machine.state.name(),
-                stored = recovered.frames, pending = recovered.pending,
-                torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
-                "service recovered"
-            );
-            // One service that cannot be installed (its forward interface
-            // vanished while no agent ran) must not keep the others, or the
-            // agent, down: it fails open and says why.
-            if let Err(e) = self.install(&svc) {
-                let why =
-                    format!("re-installing its datapath entries after a restart failed: {e:#}");
-                tracing::error!(service = %svc.spec.name, id, error = %why,
-                    "service faulted: its frames pass until it is removed and added again");
-                svc.fault = Some(why);
-                self.dp
-                    .set_service(
-                        id,
-                        &svc.entry(svc.machine.datapath(), lease_until_ns(self.cfg.lease)),
-                    )
-                    .map_err(|e| anyhow!("switching faulted service {id} off: {e:#}"))?;
-            }
-            self.services.insert(id, svc);
+            let mut aside = path.clone().into_os_string();
+            aside.push(".unreadable");
+            std::fs::rename(&path, &aside).with_context(|| {
+                format!("setting the unreadable state {} aside", path.display())
+            })?;
         }
+        self.state_file = StateFile::new(&dir);
+        let problem = format!(
+            "the saved state in {} could not be read ({why:#}); it was set aside as *.unreadable \
+             and the agent started without services (their datapath entries are off: frames pass)",
+            dir.display()
+        );
+        tracing::error!(problem = %problem, "recovering the saved state");
+        self.recovery_problems.push(problem);
+        Ok(())
+    }
+
+    fn recover_service(&mut self, ps: PersistedService, batch_runs: Option<u64>) -> Result<()> {
+        let id = ps.spec.id;
+        let (spool, recovered) = Spool::open(&self.spool_dir(), id, self.ring.map_id, batch_runs)?;
+        let mut svc = Service::new(
+            ps.spec,
+            ps.forward,
+            ps.machine,
+            spool,
+            self.cfg.default_limit,
+        );
+        svc.totals = ps.totals;
+        svc.last_latency_us = ps.last_latency_us;
+        if let Some(mark) = ps.spool_mark {
+            catch_up_totals(&mut svc, mark, recovered.uncertain);
+        }
+        svc.totals.replay.uncertain_frames += recovered.uncertain;
+        if svc.machine.replay == Some(ReplayStage::Backlog) {
+            svc.start_replay_run(Instant::now());
+        }
+        // The interface may have been re-created: resolve its index again.
+        if let (Some(fwd), Some(resolved)) = (&svc.spec.forward, svc.forward.as_mut())
+            && let Ok(ifindex) = if_index(&fwd.iface)
+        {
+            resolved.ifindex = ifindex;
+        }
+        tracing::info!(
+            service = %svc.spec.name, id,
+            state = svc.machine.state.name(),
+            stored = recovered.frames, pending = recovered.pending,
+            torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
+            "service recovered"
+        );
+        // One service that cannot be installed (its forward interface
+        // vanished while no agent ran) must not keep the others, or the
+        // agent, down: it fails open and says why.
+        if let Err(e) = self.install(&svc) {
+            let why = format!("re-installing its datapath entries after a restart failed: {e:#}");
+            tracing::error!(service = %svc.spec.name, id, error = %why,
+                "service faulted: its frames pass until it is removed and added again");
+            svc.fault = Some(why);
+            self.dp
+                .set_service(
+                    id,
+                    &svc.entry(svc.machine.datapath(), lease_until_ns(self.cfg.lease)),
+                )
+                .map_err(|e| anyhow!("switching faulted service {id} off: {e:#}"))?;
+        }
+        self.services.insert(id, svc);
         Ok(())
     }
 

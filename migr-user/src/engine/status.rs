@@ -69,6 +69,7 @@ impl Engine {
                 ring_backlog_bytes: self.ring.backlog(),
                 unknown_service_records: self.unknown_records,
                 late_joins_learned: self.late_joins_learned,
+                recovery_problems: self.recovery_problems.clone(),
             },
             reasons: Reason::ALL
                 .iter()
