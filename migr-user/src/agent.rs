@@ -11,7 +11,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
 };
@@ -21,10 +20,10 @@ use crate::{
     datapath::{AttachMode, DatapathConfig},
     engine::{Engine, EngineConfig, EngineHandle},
     forward_path::ForwardPathChoice,
-    metrics,
+    servers,
 };
 use migr_control::{
-    api::{self, ApiError, ErrorCode, Op, ParkLimit, Response},
+    api::{self, Op, ParkLimit},
     phase::Timing,
 };
 
@@ -365,7 +364,7 @@ async fn serve(listener: UnixListener, engine: EngineHandle, args: &RunArgs) -> 
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-        tokio::spawn(serve_metrics(tcp, engine.clone()));
+        tokio::spawn(servers::serve_metrics(tcp, engine.clone()));
     }
     let mut ticker = args
         .interval
@@ -374,14 +373,11 @@ async fn serve(listener: UnixListener, engine: EngineHandle, args: &RunArgs) -> 
         t.tick().await;
     }
     let mut printed = 0u64;
+    let control = servers::serve_control(listener, engine.clone());
+    tokio::pin!(control);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_client(stream, engine.clone()));
-                }
-                Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
-            },
+            _ = &mut control => bail!("the control socket stopped serving"),
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 print_counters(&engine).await;
                 printed += 1;
@@ -410,112 +406,5 @@ async fn print_counters(engine: &EngineHandle) {
             Err(e) => println!("stats failed: {e}"),
         },
         Err(e) => println!("stats failed: {e}"),
-    }
-}
-
-async fn serve_client(stream: UnixStream, engine: EngineHandle) {
-    let peer = stream.peer_cred().ok();
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let limit = api::MAX_REQUEST_BYTES as u64 + 1;
-        let n = match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "control connection read failed");
-                return;
-            }
-        };
-        if n == 0 {
-            return;
-        }
-        let received = Instant::now();
-        let too_long = line.len() > api::MAX_REQUEST_BYTES && !line.ends_with(b"\n");
-        let response = if too_long {
-            Response::err(
-                None,
-                ApiError::bad(format!(
-                    "request longer than {} bytes",
-                    api::MAX_REQUEST_BYTES
-                )),
-            )
-        } else {
-            let text = String::from_utf8_lossy(&line);
-            let (id, parsed) = api::parse_request(text.trim());
-            match parsed {
-                Ok(op) => {
-                    if op.mutates() {
-                        tracing::debug!(peer_pid = ?peer.and_then(|p| p.pid()),
-                            peer_uid = ?peer.map(|p| p.uid()), ?op, "control request");
-                    }
-                    match engine.call(op, received).await {
-                        Ok(v) => Response::ok(id, v),
-                        Err(e) => Response::err(id, e),
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(peer_pid = ?peer.and_then(|p| p.pid()), error = %e,
-                        "refused a malformed control request");
-                    Response::err(id, e)
-                }
-            }
-        };
-        let mut out = serde_json::to_vec(&response).unwrap_or_else(|e| {
-            serde_json::to_vec(&Response::err(
-                None,
-                ApiError::new(ErrorCode::Internal, e.to_string()),
-            ))
-            .unwrap_or_default()
-        });
-        out.push(b'\n');
-        if write.write_all(&out).await.is_err() || too_long {
-            return;
-        }
-    }
-}
-
-async fn serve_metrics(listener: TcpListener, engine: EngineHandle) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let request_line = String::from_utf8_lossy(&head);
-            let first = request_line.lines().next().unwrap_or("");
-            let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-                match engine.call(Op::Stats, Instant::now()).await {
-                    Ok(v) => match serde_json::from_value::<api::Stats>(v) {
-                        Ok(stats) => ("200 OK", metrics::render(&stats)),
-                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                    },
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                }
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
     }
 }

@@ -28,6 +28,7 @@ use migr_testkit::{
     frames::{FrameBuilder, mptcp},
     netns::{ifindex_of, mac_of},
 };
+use migr_user::servers::MAX_CONTROL_CONNECTIONS;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -1379,7 +1380,22 @@ fn hostile_control_requests_are_refused_and_change_nothing() {
         "with 200 idle/half-written connections open, a stats request took {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    // Over the cap, a connection is told why and closed: the agent's file
+    // descriptors and tasks stay bounded.
+    let extra: Vec<UnixStream> = (0..MAX_CONTROL_CONNECTIONS - 200)
+        .map(|_| UnixStream::connect(socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut over = UnixStream::connect(socket).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    BufReader::new(&mut over).read_line(&mut answer).unwrap();
+    let answer: Value = serde_json::from_str(&answer).expect("a JSON error line");
+    assert_eq!(answer["error"]["code"], "busy", "{answer}");
     drop(idle);
+    drop(extra);
+    std::thread::sleep(Duration::from_millis(200));
+    a.ok(&["stats"]);
 
     // Nothing changed (but for the two services added above).
     let list: Vec<Value> = a

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The datapath refused an update (the message has the kernel's error).
     Datapath,
+    /// The agent is at one of its limits (connections, queued requests):
+    /// nothing was done; try again.
+    Busy,
     /// Anything else.
     Internal,
 }

@@ -31,22 +31,40 @@ pub enum Call {
     },
 }
 
+/// Calls waiting for the engine at most. Each control or metrics
+/// connection has one call under way at a time, and their number is capped
+/// (`servers.rs`), so this is a last bound: a call over it is refused
+/// (`busy`) rather than queued without end.
+pub(super) const CALL_QUEUE: usize = 256;
+
 /// The other threads' handle on the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
-    pub(super) tx: mpsc::Sender<Call>,
+    pub(super) tx: mpsc::SyncSender<Call>,
     pub(super) wake: Arc<OwnedFd>,
 }
 
+/// Why a call did not reach the engine.
+enum Unsent {
+    Full,
+    Gone,
+}
+
 impl EngineHandle {
-    fn send(&self, call: Call) -> bool {
-        if self.tx.send(call).is_err() {
-            return false;
+    fn send(&self, call: Call) -> Result<(), Unsent> {
+        match self.tx.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => return Err(Unsent::Full),
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Unsent::Gone),
         }
+        self.wake();
+        Ok(())
+    }
+
+    fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writing 8 bytes to an eventfd we own.
         unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
-        true
     }
 
     /// Runs `op` on the engine thread.
@@ -67,16 +85,26 @@ impl EngineHandle {
             _ => None,
         };
         let (reply, rx) = oneshot::channel();
-        if !self.send(Call::Op {
+        let sent = self.send(Call::Op {
             op: Box::new(op),
             received,
             resolved,
             reply,
-        }) {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                "the agent is shutting down",
-            ));
+        });
+        match sent {
+            Ok(()) => {}
+            Err(Unsent::Full) => {
+                return Err(ApiError::new(
+                    ErrorCode::Busy,
+                    format!("{CALL_QUEUE} requests are waiting for the agent's engine; try again"),
+                ));
+            }
+            Err(Unsent::Gone) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the agent is shutting down",
+                ));
+            }
         }
         rx.await.unwrap_or_else(|_| {
             Err(ApiError::new(
@@ -89,8 +117,19 @@ impl EngineHandle {
     /// Stops the engine; returns when it has stopped.
     pub async fn shutdown(&self, detach: bool) {
         let (reply, rx) = oneshot::channel();
-        if self.send(Call::Shutdown { detach, reply }) {
-            let _ = rx.await;
+        let mut call = Call::Shutdown { detach, reply };
+        // Never refused: waits for room in the queue (the engine drains it).
+        loop {
+            match self.tx.try_send(call) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(back)) => {
+                    call = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
+            }
         }
+        self.wake();
+        let _ = rx.await;
     }
 }

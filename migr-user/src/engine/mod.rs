@@ -111,6 +111,9 @@ pub struct Engine {
     _lock: std::fs::File,
 }
 
+/// Requests the engine serves before it turns to the rings again.
+const REQUESTS_PER_TURN: usize = 16;
+
 /// A test hook: with this variable set, the engine panics on its first
 /// `stats` request, so that the suite can check what a panic does to the
 /// agent (it exits non-zero; it does not live on without its engine).
@@ -146,7 +149,7 @@ impl Engine {
         }
         // SAFETY: a fresh fd we own.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(handle::CALL_QUEUE);
         let engine = Self::init(cfg, rx, wake.clone())?;
         let thread = std::thread::Builder::new()
             .name("migr-engine".into())
@@ -222,7 +225,10 @@ impl Engine {
 
     fn run(mut self) {
         loop {
-            loop {
+            // A bounded number of requests per turn, then the rings: a burst
+            // of requests must not leave parked frames or MPTCP keys unread.
+            let mut more_requests = true;
+            for _ in 0..REQUESTS_PER_TURN {
                 match self.rx.try_recv() {
                     Ok(Call::Op {
                         op,
@@ -238,14 +244,17 @@ impl Engine {
                         let _ = reply.send(());
                         return;
                     }
-                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        more_requests = false;
+                        break;
+                    }
                     Err(mpsc::TryRecvError::Disconnected) => {
                         self.shutdown(false);
                         return;
                     }
                 }
             }
-            let mut busy = false;
+            let mut busy = more_requests;
             if self.pump_paused_until.is_none_or(|t| Instant::now() >= t) {
                 match pump_ring(&self.ring, &mut self.services, &mut self.dp) {
                     Ok(pumped) => {

@@ -1,0 +1,270 @@
+//! The agent's two listeners: the control socket (JSON lines, docs/
+//! control-api.md) and the Prometheus endpoint. Both run on tokio and reach
+//! the engine thread through [`EngineHandle`].
+//!
+//! Neither may starve the engine, whatever its clients do: each listener
+//! caps its open connections (a connection over the cap gets an error and is
+//! closed), accept errors (out of file descriptors, say) back off instead of
+//! spinning, the engine's request queue is bounded (`engine/handle.rs`), and
+//! a scrape is served from a rendering at most [`METRICS_MAX_AGE`] old, so
+//! scrapers cost the engine one stats pass a second however many there are.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use migr_control::api::{self, ApiError, ErrorCode, Op, Response};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, UnixListener, UnixStream},
+    sync::Semaphore,
+};
+
+use crate::{engine::EngineHandle, metrics};
+
+/// Open control connections at most.
+pub const MAX_CONTROL_CONNECTIONS: usize = 256;
+/// Open metrics connections at most.
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+/// How old a served metrics rendering may be.
+pub const METRICS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The wait after the `failures`-th accept error in a row: 10 ms doubling
+/// to 1 s. Accept fails over and over when the process is out of file
+/// descriptors; retrying at once would spin a core and starve the engine.
+pub fn accept_backoff(failures: u32) -> Duration {
+    Duration::from_millis(10u64 << failures.saturating_sub(1).min(7)).min(Duration::from_secs(1))
+}
+
+/// Logs the `failures`-th accept error in a row (at powers of two) and
+/// waits [`accept_backoff`].
+async fn back_off(what: &'static str, failures: u32, error: std::io::Error) {
+    let wait = accept_backoff(failures);
+    if failures.is_power_of_two() {
+        tracing::warn!(%error, failures, wait_ms = wait.as_millis() as u64,
+            "accepting a {what} connection failed; backing off");
+    }
+    tokio::time::sleep(wait).await;
+}
+
+/// Serves the control socket for ever.
+pub async fn serve_control(listener: UnixListener, engine: EngineHandle) {
+    let cap = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut failures = 0;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                failures += 1;
+                back_off("control", failures, e).await;
+                continue;
+            }
+        };
+        failures = 0;
+        match cap.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    serve_client(stream, engine).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse_client(stream));
+            }
+        }
+    }
+}
+
+/// Tells a connection over the cap why it is closed.
+async fn refuse_client(mut stream: UnixStream) {
+    let busy = ApiError::new(
+        ErrorCode::Busy,
+        format!("too many control connections (at most {MAX_CONTROL_CONNECTIONS}); try again"),
+    );
+    let mut out = serde_json::to_vec(&Response::err(None, busy)).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+async fn serve_client(stream: UnixStream, engine: EngineHandle) {
+    let peer = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = api::MAX_REQUEST_BYTES as u64 + 1;
+        let n = match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection read failed");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let received = Instant::now();
+        let too_long = line.len() > api::MAX_REQUEST_BYTES && !line.ends_with(b"\n");
+        let response = if too_long {
+            Response::err(
+                None,
+                ApiError::bad(format!(
+                    "request longer than {} bytes",
+                    api::MAX_REQUEST_BYTES
+                )),
+            )
+        } else {
+            let text = String::from_utf8_lossy(&line);
+            let (id, parsed) = api::parse_request(text.trim());
+            match parsed {
+                Ok(op) => {
+                    if op.mutates() {
+                        tracing::debug!(peer_pid = ?peer.and_then(|p| p.pid()),
+                            peer_uid = ?peer.map(|p| p.uid()), ?op, "control request");
+                    }
+                    match engine.call(op, received).await {
+                        Ok(v) => Response::ok(id, v),
+                        Err(e) => Response::err(id, e),
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(peer_pid = ?peer.and_then(|p| p.pid()), error = %e,
+                        "refused a malformed control request");
+                    Response::err(id, e)
+                }
+            }
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_else(|e| {
+            serde_json::to_vec(&Response::err(
+                None,
+                ApiError::new(ErrorCode::Internal, e.to_string()),
+            ))
+            .unwrap_or_default()
+        });
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() || too_long {
+            return;
+        }
+    }
+}
+
+/// The last metrics rendering and when it was made.
+#[derive(Default)]
+pub struct MetricsCache {
+    last: Option<(Instant, String)>,
+}
+
+impl MetricsCache {
+    /// The rendering to serve at `now`, if the last one is recent enough.
+    pub fn fresh(&self, now: Instant) -> Option<&str> {
+        match &self.last {
+            Some((at, body)) if now.saturating_duration_since(*at) < METRICS_MAX_AGE => Some(body),
+            _ => None,
+        }
+    }
+
+    pub fn store(&mut self, at: Instant, body: String) {
+        self.last = Some((at, body));
+    }
+}
+
+/// Serves /metrics for ever.
+pub async fn serve_metrics(listener: TcpListener, engine: EngineHandle) {
+    let cap = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+    // One rendering at a time: concurrent scrapes wait for it and share it.
+    let cache = Arc::new(tokio::sync::Mutex::new(MetricsCache::default()));
+    let mut failures = 0;
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                failures += 1;
+                back_off("metrics", failures, e).await;
+                continue;
+            }
+        };
+        failures = 0;
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            // Over the cap: close at once (the scraper counts a failed scrape).
+            drop(stream);
+            continue;
+        };
+        let (engine, cache) = (engine.clone(), cache.clone());
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let request_line = String::from_utf8_lossy(&head);
+            let first = request_line.lines().next().unwrap_or("");
+            let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
+                let mut cache = cache.lock().await;
+                match cache.fresh(Instant::now()) {
+                    Some(body) => ("200 OK", body.to_string()),
+                    None => match render(&engine).await {
+                        Ok(body) => {
+                            cache.store(Instant::now(), body.clone());
+                            ("200 OK", body)
+                        }
+                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                    },
+                }
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            drop(permit);
+        });
+    }
+}
+
+async fn render(engine: &EngineHandle) -> Result<String, String> {
+    let value = engine
+        .call(Op::Stats, Instant::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let stats = serde_json::from_value::<api::Stats>(value).map_err(|e| e.to_string())?;
+    Ok(metrics::render(&stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_from_10_ms_to_a_second() {
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| accept_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(accept_backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_metrics_rendering_is_served_for_a_second() {
+        let t0 = Instant::now();
+        let mut cache = MetricsCache::default();
+        assert_eq!(cache.fresh(t0), None);
+        cache.store(t0, "body".into());
+        assert_eq!(cache.fresh(t0 + Duration::from_millis(999)), Some("body"));
+        assert_eq!(cache.fresh(t0 + METRICS_MAX_AGE), None);
+    }
+}
