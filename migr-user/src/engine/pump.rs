@@ -125,7 +125,7 @@ pub(super) fn pump_ring(
         let action = svc.machine.target_action();
         replay_pending(replayer, svc, action, usize::MAX);
         ring.consume_to(next);
-        if svc.spool.pending() == 0 && svc.spool.len() >= 1024 {
+        if svc.spool.pending() == 0 && svc.spool.replayed_bytes() >= 1 << 20 {
             compact_if_consumed(svc, next);
         }
         out.changed = true;
