@@ -93,7 +93,7 @@ pub fn render(stats: &Stats) -> String {
     }
 
     type Getter = fn(&migr_control::api::ServiceStatus) -> String;
-    let per_service: [(&str, &str, &str, Getter); 18] = [
+    let per_service: [(&str, &str, &str, Getter); 19] = [
         (
             "migr_parked_pending_frames",
             "gauge",
@@ -141,6 +141,12 @@ pub fn render(stats: &Stats) -> String {
             "counter",
             "Bytes of parked frames dropped because the service's store was full.",
             |s| s.parked.overflow_bytes.to_string(),
+        ),
+        (
+            "migr_park_store_failures_total",
+            "counter",
+            "Writes to the service's store that failed (the frames stayed in the park ring and were retried).",
+            |s| s.parked.store_failures.to_string(),
         ),
         (
             "migr_replayed_frames_total",
@@ -366,6 +372,7 @@ mod tests {
             r#"migr_phase_timestamp_seconds{service="echo",id="2",phase="frozen"} 2.500"#,
             r#"migr_phase_latency_seconds{service="echo",id="2"} 0.00012"#,
             r#"migr_datapath_reason_total{reason="replayed"} 3"#,
+            r#"migr_park_store_failures_total{service="echo",id="2"} 0"#,
             "# TYPE migr_replays_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");

@@ -35,6 +35,10 @@ pub struct ParkedStats {
     /// they are (their receiver drops them, as it would have anyway).
     #[serde(default)]
     pub checksums_bad: u64,
+    /// Writes to the store that failed (a full filesystem, say); their
+    /// frames stayed in the park ring and were stored when a retry worked.
+    #[serde(default)]
+    pub store_failures: u64,
     pub limit_frames: u64,
     pub limit_bytes: u64,
 }

@@ -140,8 +140,12 @@ pub(super) fn print_service(st: &ServiceStatus) {
         }
     );
     let p = &st.parked;
+    let failures = match p.store_failures {
+        0 => String::new(),
+        n => format!(", {n} failed store writes (retried)"),
+    };
     println!(
-        "  parked    {} pending ({} bytes), {} stored, {} overflowed (limit {} frames / {} bytes)",
+        "  parked    {} pending ({} bytes), {} stored, {} overflowed (limit {} frames / {} bytes){failures}",
         p.pending_frames,
         p.pending_bytes,
         p.stored_frames,

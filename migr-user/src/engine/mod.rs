@@ -41,7 +41,11 @@ pub use self::{
     handle::{Call, EngineHandle},
     service::{LinkState, ResolvedForward, describe},
 };
-use self::{persist::lock_state_dir, pump::pump_ring, service::Service};
+use self::{
+    persist::lock_state_dir,
+    pump::{pump_ring, reclaim_stores},
+    service::Service,
+};
 use crate::{
     datapath::{AttachMode, AttachedLink, Datapath, DatapathConfig},
     early_joins::EarlyJoins,
@@ -228,21 +232,18 @@ impl Engine {
             }
             let mut busy = false;
             if self.error_backoff_until.is_none_or(|t| Instant::now() >= t) {
-                match pump_ring(&self.ring, &mut self.services, &mut self.dp) {
-                    Ok(pumped) => {
-                        busy |= pumped.records > 0;
-                        self.unknown_records += pumped.unknown;
-                        self.dirty |= pumped.changed;
-                    }
-                    Err(e) => {
-                        self.dirty = true;
-                        tracing::error!(error = %format!("{e:#}"), "storing parked frames failed; retrying in 100 ms (the frames stay in the ring)");
-                        self.error_backoff_until =
-                            Some(Instant::now() + Duration::from_millis(100));
-                    }
-                }
+                let pumped = pump_ring(&self.ring, &mut self.services, &mut self.dp);
+                busy |= pumped.records > 0 && !pumped.stalled;
+                self.unknown_records += pumped.unknown;
+                self.dirty |= pumped.changed;
+                // A store that cannot be written (a full filesystem) is not
+                // retried at once: its records wait in the ring.
+                self.error_backoff_until = pumped
+                    .stalled
+                    .then(|| Instant::now() + Duration::from_millis(100));
             }
             busy |= self.replay_backlogs(256);
+            reclaim_stores(&mut self.services, self.ring.consumer_pos());
             self.tick();
             if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {
                 self.persist_or_log();

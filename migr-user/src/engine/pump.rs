@@ -3,6 +3,13 @@
 //! replayed at once behind everything older. A record is consumed only once
 //! it is stored or delivered, so a killed agent loses nothing.
 //!
+//! A store that cannot be written (a full filesystem) stalls the pump at
+//! its first record that was not stored: that record and every one after it
+//! stay in the ring, and the engine tries again after a pause. What the
+//! pump counts for a record it drops (an overflow, an unknown service) is
+//! counted once the ring is consumed past it, so that a record read again
+//! after a stall is counted once.
+//!
 //! Written against two small traits ([`ParkedRecords`], [`Replayer`]) so
 //! that the unit tests below run it with in-memory fakes.
 
@@ -13,7 +20,7 @@ use migr_common::checksum::{L4Checksum, complete_partial};
 
 use super::{
     replay::{Replayer, replay_pending},
-    service::{Service, Totals},
+    service::Service,
 };
 use crate::{
     datapath::decode_parked,
@@ -23,6 +30,10 @@ use crate::{
 
 /// Records handled in one pump at most (the loop serves requests between).
 const PUMP_MAX_RECORDS: usize = 4096;
+
+/// A store is compacted while frames are pending only once its replayed
+/// frames take at least this much of its file (fewer, larger copies).
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
 
 /// The ring of parked records, as the pump reads it.
 pub(super) trait ParkedRecords {
@@ -46,12 +57,45 @@ impl ParkedRecords for ParkRing {
 /// What one pump did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Pumped {
-    /// Records taken from the ring (stored, replayed, dropped or skipped).
+    /// Records read from the ring (stored, replayed, dropped or skipped;
+    /// after a stall, some of them again later).
     pub(super) records: usize,
     /// Records of services this agent does not know.
     pub(super) unknown: u64,
     /// Some service's totals or store changed (the state is to be saved).
     pub(super) changed: bool,
+    /// A store could not be written: the pump stopped at its first record
+    /// that was not stored, which stays in the ring with all after it.
+    pub(super) stalled: bool,
+}
+
+/// What a pump has read and not applied yet: the frames to store, and the
+/// records it drops, whose counts wait until the ring is consumed past them.
+#[derive(Default)]
+struct Batch {
+    frames: BTreeMap<u32, Vec<StoredFrame>>,
+    overflows: Vec<Overflow>,
+    /// Ring positions of records of services this agent does not know.
+    unknown: Vec<u64>,
+}
+
+struct Overflow {
+    service: u32,
+    pos: u64,
+    len: u64,
+}
+
+impl Batch {
+    /// Frames and bytes queued for one service.
+    fn queued(&self, id: u32) -> (u64, u64) {
+        self.frames.get(&id).map_or((0, 0), |q| {
+            (q.len() as u64, q.iter().map(|f| f.frame.len() as u64).sum())
+        })
+    }
+
+    fn push(&mut self, id: u32, frame: StoredFrame) {
+        self.frames.entry(id).or_default().push(frame);
+    }
 }
 
 /// Moves committed records from the ring into the stores (or, for a service
@@ -60,9 +104,9 @@ pub(super) fn pump_ring(
     ring: &impl ParkedRecords,
     services: &mut BTreeMap<u32, Service>,
     replayer: &mut impl Replayer,
-) -> Result<Pumped> {
+) -> Pumped {
     let mut pos = ring.consumer_pos();
-    let mut batch: BTreeMap<u32, Vec<StoredFrame>> = BTreeMap::new();
+    let mut batch = Batch::default();
     let mut out = Pumped::default();
     while out.records < PUMP_MAX_RECORDS {
         let (record_pos, next, parsed) = match ring.peek(pos) {
@@ -84,7 +128,7 @@ pub(super) fn pump_ring(
         };
         let id = frame.header.service_id;
         let Some(svc) = services.get_mut(&id) else {
-            out.unknown += 1;
+            batch.unknown.push(record_pos);
             pos = next;
             continue;
         };
@@ -95,19 +139,19 @@ pub(super) fn pump_ring(
             frame: frame.frame,
         };
         // Stored already, but not consumed (the agent was killed, or a
-        // write failed and the batch is being retried).
+        // write failed and the pump stalled).
         let already = svc.spool.max_ring_pos().is_some_and(|p| p >= record_pos);
         if svc.machine.parking() {
             if !already {
-                let queued = batch.get(&id).map_or((0, 0), |q| {
-                    (q.len() as u64, q.iter().map(|f| f.frame.len() as u64).sum())
-                });
                 let len = stored.frame.len() as u64;
-                if svc.has_room(queued, len) {
-                    batch.entry(id).or_default().push(stored);
+                if svc.has_room(batch.queued(id), len) {
+                    batch.push(id, stored);
                 } else {
-                    svc.count_overflow(len);
-                    out.changed = true;
+                    batch.overflows.push(Overflow {
+                        service: id,
+                        pos: record_pos,
+                        len,
+                    });
                 }
             }
             pos = next;
@@ -116,68 +160,179 @@ pub(super) fn pump_ring(
         // Not parking (replay settling or over): this record must be
         // delivered now, behind everything older, and stay in the ring
         // (keeping held services parked) until it has been.
-        out.changed |= flush_batch(services, &mut batch)?;
-        ring.consume_to(record_pos);
+        let flushed = flush_batch(services, &mut batch, &mut out);
+        consume(
+            ring,
+            services,
+            &mut batch,
+            flushed.stop.unwrap_or(record_pos),
+            &mut out,
+        );
         let svc = services.get_mut(&id).expect("checked above");
-        if !already {
-            store(svc, vec![stored])?;
+        if flushed.stop.is_some() || (!already && store(svc, vec![stored]).is_err()) {
+            out.stalled = true;
+            out.changed = true;
+            return out;
         }
         let action = svc.machine.target_action();
         replay_pending(replayer, svc, action, usize::MAX);
         ring.consume_to(next);
-        if svc.spool.pending() == 0 && svc.spool.replayed_bytes() >= 1 << 20 {
-            compact_if_consumed(svc, next);
-        }
+        reclaim_if_worth(svc, next);
         out.changed = true;
         pos = next;
     }
-    out.changed |= flush_batch(services, &mut batch)?;
-    ring.consume_to(pos);
-    Ok(out)
+    let flushed = flush_batch(services, &mut batch, &mut out);
+    out.stalled |= flushed.stop.is_some();
+    consume(
+        ring,
+        services,
+        &mut batch,
+        flushed.stop.unwrap_or(pos),
+        &mut out,
+    );
+    out
 }
 
-/// Stores the queued frames of each service; whether there were any.
+/// What storing the queued frames did.
+#[derive(Default)]
+struct Flushed {
+    /// Ring position of the first frame that could not be stored.
+    stop: Option<u64>,
+}
+
+/// Stores the queued frames of each service.
 fn flush_batch(
     services: &mut BTreeMap<u32, Service>,
-    batch: &mut BTreeMap<u32, Vec<StoredFrame>>,
-) -> Result<bool> {
-    let mut any = false;
-    for (id, frames) in std::mem::take(batch) {
-        if let Some(svc) = services.get_mut(&id) {
-            store(svc, frames)?;
-            any = true;
+    batch: &mut Batch,
+    out: &mut Pumped,
+) -> Flushed {
+    let mut flushed = Flushed::default();
+    for (id, frames) in std::mem::take(&mut batch.frames) {
+        let Some(svc) = services.get_mut(&id) else {
+            continue;
+        };
+        let first = frames.first().map(|f| f.ring_pos);
+        out.changed = true;
+        match store(svc, frames) {
+            Ok(()) => {}
+            // The other services' frames are stored still: a stalled pump
+            // reads them again, and skips them by position.
+            Err(()) => flushed.stop = [flushed.stop, first].into_iter().flatten().min(),
         }
     }
-    Ok(any)
+    flushed
 }
 
-fn store(svc: &mut Service, mut frames: Vec<StoredFrame>) -> Result<()> {
-    complete_checksums(&mut svc.totals, &mut frames);
-    svc.totals.stored_frames += frames.len() as u64;
-    svc.totals.stored_bytes += frames.iter().map(|f| f.frame.len() as u64).sum::<u64>();
-    svc.spool.append(frames)
+/// Consumes the ring up to `to`, and counts the records the pump dropped
+/// that will not be read again: those before `to`, and those a store's
+/// position covers (skipped when read again).
+fn consume(
+    ring: &impl ParkedRecords,
+    services: &mut BTreeMap<u32, Service>,
+    batch: &mut Batch,
+    to: u64,
+    out: &mut Pumped,
+) {
+    for o in std::mem::take(&mut batch.overflows) {
+        let Some(svc) = services.get_mut(&o.service) else {
+            continue;
+        };
+        if o.pos < to || svc.spool.max_ring_pos().is_some_and(|p| p >= o.pos) {
+            svc.count_overflow(o.len);
+            out.changed = true;
+        }
+    }
+    out.unknown += std::mem::take(&mut batch.unknown)
+        .into_iter()
+        .filter(|p| *p < to)
+        .count() as u64;
+    ring.consume_to(to);
 }
 
-/// Empties a fully replayed store, but only once the ring has been consumed
-/// past every record in it (else a restarted agent would store them again).
+/// Stores frames, and counts them once they are (frames that could not be
+/// are read from the ring again). A failure is counted and logged.
+fn store(svc: &mut Service, mut frames: Vec<StoredFrame>) -> Result<(), ()> {
+    let (completed, bad) = complete_checksums(&mut frames);
+    let n = frames.len() as u64;
+    let bytes: u64 = frames.iter().map(|f| f.frame.len() as u64).sum();
+    if let Err(e) = svc.spool.append(frames) {
+        let t = &mut svc.totals;
+        t.store_failures += 1;
+        if t.store_failures.is_power_of_two() {
+            tracing::error!(service = %svc.spec.name, error = %format!("{e:#}"),
+                store_failures = t.store_failures,
+                "storing parked frames failed; they stay in the ring and are stored when a retry succeeds");
+        }
+        return Err(());
+    }
+    let t = &mut svc.totals;
+    t.stored_frames += n;
+    t.stored_bytes += bytes;
+    t.checksums_completed += completed;
+    t.checksums_bad += bad;
+    Ok(())
+}
+
+/// Whether a store whose file spends `replayed` bytes on replayed frames
+/// and holds `pending` bytes not replayed is worth compacting while frames
+/// are pending. The copy of the pending frames costs no more than what it
+/// gives back, so compaction copies each stored byte at most once, and the
+/// file holds at most about twice what is pending, plus [`COMPACT_MIN_BYTES`].
+pub(super) fn worth_compacting(replayed: u64, pending: u64) -> bool {
+    replayed >= COMPACT_MIN_BYTES && replayed >= pending
+}
+
+/// Compacts the store if that is worth it ([`worth_compacting`]) and
+/// allowed ([`compact_if_consumed`]).
+fn reclaim_if_worth(svc: &mut Service, consumer_pos: u64) {
+    let replayed = svc.spool.replayed_bytes();
+    if replayed >= svc.compact_after && worth_compacting(replayed, svc.spool.pending_bytes()) {
+        compact_if_consumed(svc, consumer_pos);
+    }
+}
+
+/// Compacts every store that is worth it: the engine calls this each turn,
+/// so that a store whose backlog replays while frames keep arriving holds
+/// about what is pending, not everything since the replay began.
+pub(super) fn reclaim_stores(services: &mut BTreeMap<u32, Service>, consumer_pos: u64) {
+    for svc in services.values_mut() {
+        reclaim_if_worth(svc, consumer_pos);
+    }
+}
+
+/// Gives a store's replayed frames back (all of the file when nothing is
+/// pending), but only once the ring has been consumed past every record in
+/// it: a record still in the ring must stay known as stored (the store's
+/// header keeps the highest position too).
 pub(super) fn compact_if_consumed(svc: &mut Service, consumer_pos: u64) {
-    if svc.spool.max_ring_pos().is_none_or(|p| p < consumer_pos)
-        && let Err(e) = svc.spool.compact()
-    {
-        tracing::warn!(service = %svc.spec.name, error = %format!("{e:#}"), "compacting the parked-frame store failed");
+    if svc.spool.max_ring_pos().is_some_and(|p| p >= consumer_pos) {
+        return;
+    }
+    let replayed = svc.spool.replayed_bytes();
+    match svc.spool.compact() {
+        Ok(()) => svc.compact_after = 0,
+        Err(e) => {
+            // Not again before twice as much is to be given back.
+            svc.compact_after = replayed.saturating_mul(2);
+            tracing::warn!(service = %svc.spec.name, error = %format!("{e:#}"), replayed_bytes = replayed,
+                "compacting the parked-frame store failed; it stays as it was");
+        }
     }
 }
 
 /// Completes the checksums that senders left to offload, so that the frames
-/// survive replay (see `migr_common::checksum`), and counts what it found.
-fn complete_checksums(totals: &mut Totals, frames: &mut [StoredFrame]) {
+/// survive replay (see `migr_common::checksum`); returns how many it
+/// completed and how many it found bad.
+fn complete_checksums(frames: &mut [StoredFrame]) -> (u64, u64) {
+    let (mut completed, mut bad) = (0, 0);
     for f in frames {
         match complete_partial(&mut f.frame) {
-            L4Checksum::Completed => totals.checksums_completed += 1,
-            L4Checksum::Bad => totals.checksums_bad += 1,
+            L4Checksum::Completed => completed += 1,
+            L4Checksum::Bad => bad += 1,
             L4Checksum::Valid | L4Checksum::Absent | L4Checksum::NotApplicable => {}
         }
     }
+    (completed, bad)
 }
 
 #[cfg(test)]
@@ -191,7 +346,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{engine::service::testing::Scratch, parkring::RingRecord};
+    use crate::{engine::service::testing::Scratch, parkring::RingRecord, spool::Spool};
 
     /// Records at positions 0, 100, 200, ...; `consumed` is the consumer position.
     struct FakeRing {
@@ -292,7 +447,7 @@ mod tests {
         let mut f = fixture("store", true, 3);
         let ring = ring((0..5u8).map(|i| record(1, &[i; 60])).collect());
         let mut replayer = FakeReplayer::default();
-        let out = pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        let out = pump_ring(&ring, &mut f.services, &mut replayer);
         assert_eq!((out.records, out.unknown, out.changed), (5, 0, true));
         assert_eq!(ring.consumed.get(), 500, "every record consumed");
         let svc = &f.services[&1];
@@ -315,10 +470,10 @@ mod tests {
         let mut f = fixture("twice", true, 10);
         let ring = ring((0..3u8).map(|i| record(1, &[i; 60])).collect());
         let mut replayer = FakeReplayer::default();
-        pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        pump_ring(&ring, &mut f.services, &mut replayer);
         // A restarted agent reads the same records again (not consumed yet).
         ring.consumed.set(0);
-        pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        pump_ring(&ring, &mut f.services, &mut replayer);
         assert_eq!(f.services[&1].spool.pending(), 3);
         assert_eq!(f.services[&1].totals.stored_frames, 3);
     }
@@ -328,7 +483,7 @@ mod tests {
         let mut f = fixture("pass", false, 10);
         let ring = ring(vec![record(1, &[7; 60]), record(1, &[8; 60])]);
         let mut replayer = FakeReplayer::default();
-        pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        pump_ring(&ring, &mut f.services, &mut replayer);
         let replayed = replayer.replayed.borrow();
         let firsts: Vec<(u8, Action)> = replayed.iter().map(|(b, a)| (b[0], *a)).collect();
         assert_eq!(firsts, [(7, Action::Pass), (8, Action::Pass)]);
@@ -347,9 +502,109 @@ mod tests {
             record(1, &[4; 60]),
         ]);
         let mut replayer = FakeReplayer::default();
-        let out = pump_ring(&ring, &mut f.services, &mut replayer).unwrap();
+        let out = pump_ring(&ring, &mut f.services, &mut replayer);
         assert_eq!((out.records, out.unknown), (4, 1));
         assert_eq!(ring.consumed.get(), 400);
         assert_eq!(f.services[&1].spool.pending(), 1);
+    }
+    #[test]
+    fn a_store_that_cannot_be_written_keeps_its_records_in_the_ring() {
+        let mut f = fixture("enospc", true, 10);
+        let ring = ring((0..3u8).map(|i| record(1, &[i; 60])).collect());
+        let mut replayer = FakeReplayer::default();
+        let svc = f.services.get_mut(&1).unwrap();
+        svc.spool.limit_writes(Some(100)); // full in the second record
+        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        assert!(out.stalled);
+        assert_eq!(ring.consumed.get(), 0, "nothing consumed");
+        let svc = f.services.get_mut(&1).unwrap();
+        assert_eq!((svc.spool.pending(), svc.totals.stored_frames), (0, 0));
+        // Room again: the same records are stored, once.
+        svc.spool.limit_writes(None);
+        pump_ring(&ring, &mut f.services, &mut replayer);
+        assert_eq!(ring.consumed.get(), 300);
+        let svc = &f.services[&1];
+        assert_eq!(svc.totals.stored_frames, 3);
+        let (spool, _) = Spool::open(&f._scratch.0, 1, 9, None).unwrap();
+        let firsts: Vec<u8> = spool.pending_frames().iter().map(|s| s.frame[0]).collect();
+        assert_eq!(firsts, [0, 1, 2], "stored once, in order, on disk too");
+    }
+
+    #[test]
+    fn records_behind_a_failed_store_are_counted_once() {
+        let mut f = fixture("enospc-counts", true, 1);
+        let ring = ring(vec![
+            record(1, &[0; 60]),
+            record(42, &[1; 60]),
+            record(1, &[2; 60]),
+        ]);
+        let mut replayer = FakeReplayer::default();
+        f.services.get_mut(&1).unwrap().spool.limit_writes(Some(10));
+        let first = pump_ring(&ring, &mut f.services, &mut replayer);
+        let unknown_first = first.unknown;
+        assert!(first.stalled);
+        assert_eq!(ring.consumed.get(), 0);
+        f.services.get_mut(&1).unwrap().spool.limit_writes(None);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        assert!(!out.stalled);
+        assert_eq!(ring.consumed.get(), 300);
+        assert_eq!(
+            unknown_first + out.unknown,
+            1,
+            "the unknown record counted once"
+        );
+        let svc = &f.services[&1];
+        assert_eq!(
+            (svc.totals.stored_frames, svc.totals.overflow_frames),
+            (1, 1)
+        );
+    }
+    /// A backlog replayed while frames keep arriving (a parking service):
+    /// the store gives back what was replayed, and a restarted agent still
+    /// knows the records it held.
+    #[test]
+    fn a_busy_store_holds_about_what_is_pending() {
+        let mut f = fixture("busy", true, 10_000);
+        f.services.get_mut(&1).unwrap().limit.bytes = 16 << 20;
+        let ring = ring((0..1000u32).map(|i| record(1, &[i as u8; 1100])).collect());
+        let mut replayer = FakeReplayer::default();
+        pump_ring(&ring, &mut f.services, &mut replayer);
+        let svc = f.services.get_mut(&1).unwrap();
+        assert_eq!(replay_pending(&mut replayer, svc, Action::Pass, 950), 950);
+        assert_eq!(svc.spool.replayed_bytes(), 950 * (1100 + 28));
+        reclaim_stores(&mut f.services, ring.consumed.get());
+        let svc = &f.services[&1];
+        assert_eq!((svc.spool.replayed_bytes(), svc.spool.pending()), (0, 50));
+        let on_disk = std::fs::metadata(f._scratch.0.join("1.frames"))
+            .unwrap()
+            .len();
+        assert!(on_disk < 50 * 1200, "{on_disk} bytes");
+        // Killed before the ring was consumed: no record is stored twice.
+        let (spool, r) = Spool::open(&f._scratch.0, 1, 9, None).unwrap();
+        assert_eq!((r.frames, r.pending), (50, 50));
+        let svc = f.services.get_mut(&1).unwrap();
+        svc.spool = spool;
+        ring.consumed.set(0);
+        pump_ring(&ring, &mut f.services, &mut replayer);
+        let svc = &f.services[&1];
+        assert_eq!((svc.spool.pending(), svc.totals.stored_frames), (50, 1000));
+        assert_eq!(
+            svc.spool.next_pending().map(|f| f.ring_pos),
+            Some(950 * 100)
+        );
+    }
+
+    #[test]
+    fn compaction_waits_until_it_is_worth_a_copy() {
+        assert!(
+            !worth_compacting(COMPACT_MIN_BYTES - 1, 0),
+            "too little to give back"
+        );
+        assert!(worth_compacting(COMPACT_MIN_BYTES, COMPACT_MIN_BYTES));
+        assert!(
+            !worth_compacting(COMPACT_MIN_BYTES, COMPACT_MIN_BYTES + 1),
+            "the copy would cost more"
+        );
+        assert!(worth_compacting(10 * COMPACT_MIN_BYTES, 0));
     }
 }

@@ -47,6 +47,10 @@ pub(super) struct Totals {
     pub(super) checksums_completed: u64,
     #[serde(default)]
     pub(super) checksums_bad: u64,
+    /// Writes to the store that failed (a full filesystem, say); their
+    /// frames stayed in the ring and were stored again later.
+    #[serde(default)]
+    pub(super) store_failures: u64,
     pub(super) replay: ReplayStats,
 }
 
@@ -75,6 +79,10 @@ pub(super) struct Service {
     /// restart (its forward interface vanished, say): it then passes, fails
     /// open, and refuses phase commands until it is removed and added again.
     pub(super) fault: Option<String>,
+    /// Replayed bytes the store must hold before another compaction is
+    /// tried while frames are pending (one failed: on a full filesystem a
+    /// retry on every turn of the loop would only fail again).
+    pub(super) compact_after: u64,
 }
 
 impl Service {
@@ -97,6 +105,7 @@ impl Service {
             init_pid: None,
             socket_watch: None,
             fault: None,
+            compact_after: 0,
         }
     }
 

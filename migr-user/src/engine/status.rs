@@ -38,6 +38,7 @@ impl Engine {
                 overflow_bytes: svc.totals.overflow_bytes,
                 checksums_completed: svc.totals.checksums_completed,
                 checksums_bad: svc.totals.checksums_bad,
+                store_failures: svc.totals.store_failures,
                 limit_frames: svc.limit.frames,
                 limit_bytes: svc.limit.bytes,
             },
