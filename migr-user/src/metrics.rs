@@ -66,6 +66,26 @@ pub fn render(stats: &Stats) -> String {
         stats.agent.unknown_service_records,
     );
     o.family(
+        "migr_park_pending_bytes",
+        "gauge",
+        "Bytes of parked frames stored and not replayed yet, all services.",
+    );
+    o.sample(
+        "migr_park_pending_bytes",
+        &[],
+        stats.agent.park_pending_bytes,
+    );
+    o.family(
+        "migr_park_max_total_bytes",
+        "gauge",
+        "Bound of the parked frames all services may hold not replayed (--park-max-total-bytes).",
+    );
+    o.sample(
+        "migr_park_max_total_bytes",
+        &[],
+        stats.agent.park_max_total_bytes,
+    );
+    o.family(
         "migr_mptcp_late_joins_learned_total",
         "counter",
         "MPTCP subflows learned from MP_JOINs that arrived before their token.",
@@ -133,13 +153,13 @@ pub fn render(stats: &Stats) -> String {
         (
             "migr_park_overflow_frames_total",
             "counter",
-            "Parked frames dropped because the service's store was full.",
+            "Parked frames dropped because the service's store, or all stores together, were full.",
             |s| s.parked.overflow_frames.to_string(),
         ),
         (
             "migr_park_overflow_bytes_total",
             "counter",
-            "Bytes of parked frames dropped because the service's store was full.",
+            "Bytes of parked frames dropped because the service's store, or all stores together, were full.",
             |s| s.parked.overflow_bytes.to_string(),
         ),
         (
@@ -322,6 +342,8 @@ mod tests {
                 ring_backlog_bytes: 0,
                 unknown_service_records: 0,
                 late_joins_learned: 0,
+                park_pending_bytes: 7 * 60,
+                park_max_total_bytes: 1 << 28,
             },
             reasons: [("replayed".to_string(), 3u64)].into_iter().collect(),
             protocols: [("udp".to_string(), 9u64)].into_iter().collect(),
@@ -372,6 +394,8 @@ mod tests {
             r#"migr_phase_timestamp_seconds{service="echo",id="2",phase="frozen"} 2.500"#,
             r#"migr_phase_latency_seconds{service="echo",id="2"} 0.00012"#,
             r#"migr_datapath_reason_total{reason="replayed"} 3"#,
+            "migr_park_pending_bytes 420",
+            "migr_park_max_total_bytes 268435456",
             r#"migr_park_store_failures_total{service="echo",id="2"} 0"#,
             "# TYPE migr_replays_total counter",
         ] {

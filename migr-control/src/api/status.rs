@@ -130,6 +130,12 @@ pub struct AgentInfo {
     /// MPTCP subflows learned from MP_JOINs that arrived before their token.
     #[serde(default)]
     pub late_joins_learned: u64,
+    /// Bytes of parked frames stored and not replayed yet, all services.
+    #[serde(default)]
+    pub park_pending_bytes: u64,
+    /// The bound of `park_pending_bytes` (`--park-max-total-bytes`).
+    #[serde(default)]
+    pub park_max_total_bytes: u64,
 }
 
 /// `phase`' and `criu`'s result.

@@ -52,12 +52,14 @@ pub(super) fn stats(client: &Client, json_out: bool) -> Result<(), CtlError> {
     }
     let s: Stats = from(v)?;
     println!(
-        "migr-agent {} on {} (pins {}), up {} s, park ring backlog {} bytes",
+        "migr-agent {} on {} (pins {}), up {} s, park ring backlog {} bytes, parked {} of at most {} bytes (all services)",
         s.agent.version,
         s.agent.interfaces.join(", "),
         s.agent.pin_dir,
         s.agent.uptime_s,
-        s.agent.ring_backlog_bytes
+        s.agent.ring_backlog_bytes,
+        s.agent.park_pending_bytes,
+        s.agent.park_max_total_bytes
     );
     let nonzero: Vec<String> = s
         .reasons

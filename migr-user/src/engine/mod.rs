@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     pub datapath: DatapathConfig,
     pub default_limit: ParkLimit,
+    /// Bound of all parked-frame stores together, in bytes not replayed yet.
+    pub park_max_total_bytes: u64,
     pub timing: Timing,
     /// Default pace of backlog replays, in frames per second (0: as fast as
     /// the kernel takes them). A service's `replay_rate` overrides it.
@@ -232,7 +234,12 @@ impl Engine {
             }
             let mut busy = false;
             if self.error_backoff_until.is_none_or(|t| Instant::now() >= t) {
-                let pumped = pump_ring(&self.ring, &mut self.services, &mut self.dp);
+                let pumped = pump_ring(
+                    &self.ring,
+                    &mut self.services,
+                    &mut self.dp,
+                    self.cfg.park_max_total_bytes,
+                );
                 busy |= pumped.records > 0 && !pumped.stalled;
                 self.unknown_records += pumped.unknown;
                 self.dirty |= pumped.changed;

@@ -20,7 +20,7 @@ use migr_common::checksum::{L4Checksum, complete_partial};
 
 use super::{
     replay::{Replayer, replay_pending},
-    service::Service,
+    service::{Bound, Service, within_agent_bound},
 };
 use crate::{
     datapath::decode_parked,
@@ -74,6 +74,8 @@ pub(super) struct Pumped {
 #[derive(Default)]
 struct Batch {
     frames: BTreeMap<u32, Vec<StoredFrame>>,
+    /// Bytes of the frames in `frames`.
+    bytes: u64,
     overflows: Vec<Overflow>,
     /// Ring positions of records of services this agent does not know.
     unknown: Vec<u64>,
@@ -83,6 +85,7 @@ struct Overflow {
     service: u32,
     pos: u64,
     len: u64,
+    bound: Bound,
 }
 
 impl Batch {
@@ -94,20 +97,25 @@ impl Batch {
     }
 
     fn push(&mut self, id: u32, frame: StoredFrame) {
+        self.bytes += frame.frame.len() as u64;
         self.frames.entry(id).or_default().push(frame);
     }
 }
 
 /// Moves committed records from the ring into the stores (or, for a service
 /// that is not parking, replays them at once), and consumes them afterwards.
+/// `max_total_bytes` bounds what all stores hold pending together.
 pub(super) fn pump_ring(
     ring: &impl ParkedRecords,
     services: &mut BTreeMap<u32, Service>,
     replayer: &mut impl Replayer,
+    max_total_bytes: u64,
 ) -> Pumped {
     let mut pos = ring.consumer_pos();
     let mut batch = Batch::default();
     let mut out = Pumped::default();
+    // Pending in all stores, for the agent-wide bound (without `batch`).
+    let mut held: u64 = services.values().map(|s| s.spool.pending_bytes()).sum();
     while out.records < PUMP_MAX_RECORDS {
         let (record_pos, next, parsed) = match ring.peek(pos) {
             Peek::Empty | Peek::Busy => break,
@@ -144,14 +152,21 @@ pub(super) fn pump_ring(
         if svc.machine.parking() {
             if !already {
                 let len = stored.frame.len() as u64;
-                if svc.has_room(batch.queued(id), len) {
-                    batch.push(id, stored);
+                let bound = if !svc.has_room(batch.queued(id), len) {
+                    Some(Bound::Service)
+                } else if !within_agent_bound(held + batch.bytes, len, max_total_bytes) {
+                    Some(Bound::Agent(max_total_bytes))
                 } else {
-                    batch.overflows.push(Overflow {
+                    None
+                };
+                match bound {
+                    None => batch.push(id, stored),
+                    Some(bound) => batch.overflows.push(Overflow {
                         service: id,
                         pos: record_pos,
                         len,
-                    });
+                        bound,
+                    }),
                 }
             }
             pos = next;
@@ -161,6 +176,7 @@ pub(super) fn pump_ring(
         // delivered now, behind everything older, and stay in the ring
         // (keeping held services parked) until it has been.
         let flushed = flush_batch(services, &mut batch, &mut out);
+        held += flushed.bytes;
         consume(
             ring,
             services,
@@ -169,6 +185,7 @@ pub(super) fn pump_ring(
             &mut out,
         );
         let svc = services.get_mut(&id).expect("checked above");
+        let before = svc.spool.pending_bytes();
         if flushed.stop.is_some() || (!already && store(svc, vec![stored]).is_err()) {
             out.stalled = true;
             out.changed = true;
@@ -178,6 +195,7 @@ pub(super) fn pump_ring(
         replay_pending(replayer, svc, action, usize::MAX);
         ring.consume_to(next);
         reclaim_if_worth(svc, next);
+        held = (held + svc.spool.pending_bytes()).saturating_sub(before);
         out.changed = true;
         pos = next;
     }
@@ -196,6 +214,8 @@ pub(super) fn pump_ring(
 /// What storing the queued frames did.
 #[derive(Default)]
 struct Flushed {
+    /// Bytes stored.
+    bytes: u64,
     /// Ring position of the first frame that could not be stored.
     stop: Option<u64>,
 }
@@ -207,14 +227,16 @@ fn flush_batch(
     out: &mut Pumped,
 ) -> Flushed {
     let mut flushed = Flushed::default();
+    batch.bytes = 0;
     for (id, frames) in std::mem::take(&mut batch.frames) {
         let Some(svc) = services.get_mut(&id) else {
             continue;
         };
         let first = frames.first().map(|f| f.ring_pos);
+        let bytes: u64 = frames.iter().map(|f| f.frame.len() as u64).sum();
         out.changed = true;
         match store(svc, frames) {
-            Ok(()) => {}
+            Ok(()) => flushed.bytes += bytes,
             // The other services' frames are stored still: a stalled pump
             // reads them again, and skips them by position.
             Err(()) => flushed.stop = [flushed.stop, first].into_iter().flatten().min(),
@@ -238,7 +260,7 @@ fn consume(
             continue;
         };
         if o.pos < to || svc.spool.max_ring_pos().is_some_and(|p| p >= o.pos) {
-            svc.count_overflow(o.len);
+            svc.count_overflow(o.len, o.bound);
             out.changed = true;
         }
     }
@@ -447,7 +469,7 @@ mod tests {
         let mut f = fixture("store", true, 3);
         let ring = ring((0..5u8).map(|i| record(1, &[i; 60])).collect());
         let mut replayer = FakeReplayer::default();
-        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert_eq!((out.records, out.unknown, out.changed), (5, 0, true));
         assert_eq!(ring.consumed.get(), 500, "every record consumed");
         let svc = &f.services[&1];
@@ -470,10 +492,10 @@ mod tests {
         let mut f = fixture("twice", true, 10);
         let ring = ring((0..3u8).map(|i| record(1, &[i; 60])).collect());
         let mut replayer = FakeReplayer::default();
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         // A restarted agent reads the same records again (not consumed yet).
         ring.consumed.set(0);
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert_eq!(f.services[&1].spool.pending(), 3);
         assert_eq!(f.services[&1].totals.stored_frames, 3);
     }
@@ -483,7 +505,7 @@ mod tests {
         let mut f = fixture("pass", false, 10);
         let ring = ring(vec![record(1, &[7; 60]), record(1, &[8; 60])]);
         let mut replayer = FakeReplayer::default();
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         let replayed = replayer.replayed.borrow();
         let firsts: Vec<(u8, Action)> = replayed.iter().map(|(b, a)| (b[0], *a)).collect();
         assert_eq!(firsts, [(7, Action::Pass), (8, Action::Pass)]);
@@ -502,7 +524,7 @@ mod tests {
             record(1, &[4; 60]),
         ]);
         let mut replayer = FakeReplayer::default();
-        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert_eq!((out.records, out.unknown), (4, 1));
         assert_eq!(ring.consumed.get(), 400);
         assert_eq!(f.services[&1].spool.pending(), 1);
@@ -514,14 +536,14 @@ mod tests {
         let mut replayer = FakeReplayer::default();
         let svc = f.services.get_mut(&1).unwrap();
         svc.spool.limit_writes(Some(100)); // full in the second record
-        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert!(out.stalled);
         assert_eq!(ring.consumed.get(), 0, "nothing consumed");
         let svc = f.services.get_mut(&1).unwrap();
         assert_eq!((svc.spool.pending(), svc.totals.stored_frames), (0, 0));
         // Room again: the same records are stored, once.
         svc.spool.limit_writes(None);
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert_eq!(ring.consumed.get(), 300);
         let svc = &f.services[&1];
         assert_eq!(svc.totals.stored_frames, 3);
@@ -540,12 +562,12 @@ mod tests {
         ]);
         let mut replayer = FakeReplayer::default();
         f.services.get_mut(&1).unwrap().spool.limit_writes(Some(10));
-        let first = pump_ring(&ring, &mut f.services, &mut replayer);
+        let first = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         let unknown_first = first.unknown;
         assert!(first.stalled);
         assert_eq!(ring.consumed.get(), 0);
         f.services.get_mut(&1).unwrap().spool.limit_writes(None);
-        let out = pump_ring(&ring, &mut f.services, &mut replayer);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert!(!out.stalled);
         assert_eq!(ring.consumed.get(), 300);
         assert_eq!(
@@ -559,6 +581,53 @@ mod tests {
             (1, 1)
         );
     }
+    #[test]
+    fn all_stores_together_overflow_at_the_agent_bound() {
+        let mut f = fixture("agent-bound", true, 100);
+        let mut machine = PhaseMachine::new(Timing::default(), 0);
+        for cmd in [PhaseCommand::Prepare, PhaseCommand::Freeze] {
+            machine.command(cmd, Some(Role::Source), None, 1).unwrap();
+        }
+        let limit = ParkLimit {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        let other = f._scratch.another_service(2, machine, limit);
+        f.services.insert(2, other);
+        // Each service is far below its own bound; together they may hold 250 bytes.
+        let ring = ring(vec![
+            record(1, &[0; 100]),
+            record(2, &[1; 100]),
+            record(1, &[2; 60]),
+            record(2, &[3; 50]),
+            record(2, &[4; 50]),
+        ]);
+        let mut replayer = FakeReplayer::default();
+        pump_ring(&ring, &mut f.services, &mut replayer, 250);
+        assert_eq!(ring.consumed.get(), 500);
+        let (one, two) = (&f.services[&1], &f.services[&2]);
+        assert_eq!(
+            (one.spool.pending(), one.totals.overflow_frames),
+            (1, 1),
+            "60 bytes more: 260"
+        );
+        assert_eq!(
+            (two.spool.pending(), two.totals.overflow_frames),
+            (2, 1),
+            "the first 50 fits, the next not"
+        );
+        assert_eq!(one.totals.overflow_bytes + two.totals.overflow_bytes, 110);
+        // What is stored counts at the next pump too.
+        let mut more = vec![(Vec::new(), true); 5];
+        more.push(record(1, &[5; 1]));
+        let ring2 = FakeRing {
+            records: more,
+            consumed: Cell::new(500),
+        };
+        pump_ring(&ring2, &mut f.services, &mut replayer, 250);
+        assert_eq!(f.services[&1].totals.overflow_frames, 2);
+    }
+
     /// A backlog replayed while frames keep arriving (a parking service):
     /// the store gives back what was replayed, and a restarted agent still
     /// knows the records it held.
@@ -568,7 +637,7 @@ mod tests {
         f.services.get_mut(&1).unwrap().limit.bytes = 16 << 20;
         let ring = ring((0..1000u32).map(|i| record(1, &[i as u8; 1100])).collect());
         let mut replayer = FakeReplayer::default();
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         let svc = f.services.get_mut(&1).unwrap();
         assert_eq!(replay_pending(&mut replayer, svc, Action::Pass, 950), 950);
         assert_eq!(svc.spool.replayed_bytes(), 950 * (1100 + 28));
@@ -585,7 +654,7 @@ mod tests {
         let svc = f.services.get_mut(&1).unwrap();
         svc.spool = spool;
         ring.consumed.set(0);
-        pump_ring(&ring, &mut f.services, &mut replayer);
+        pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         let svc = &f.services[&1];
         assert_eq!((svc.spool.pending(), svc.totals.stored_frames), (50, 1000));
         assert_eq!(

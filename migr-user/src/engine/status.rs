@@ -70,6 +70,12 @@ impl Engine {
                 ring_backlog_bytes: self.ring.backlog(),
                 unknown_service_records: self.unknown_records,
                 late_joins_learned: self.late_joins_learned,
+                park_pending_bytes: self
+                    .services
+                    .values()
+                    .map(|s| s.spool.pending_bytes())
+                    .sum(),
+                park_max_total_bytes: self.cfg.park_max_total_bytes,
             },
             reasons: Reason::ALL
                 .iter()
