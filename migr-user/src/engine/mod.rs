@@ -154,7 +154,7 @@ impl Engine {
         let reused = cfg.pin_dir.join(map_names::PARKED).exists();
         let replay_counter_kept = cfg.pin_dir.join(map_names::REPLAY_NEXT).exists();
         let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
-        // Runs of the replay batch a killed agent left unfinished (see spool.rs).
+        // Runs of the replay batch a killed agent left unfinished (see spool/mod.rs).
         let batch_runs = match replay_counter_kept {
             true => Some(u64::from(dp.replay_progress()?)),
             false => None,

@@ -1,7 +1,7 @@
 //! The agent's state across restarts: each service's spec, phase machine
 //! and totals in `state.json`, saved after every change (at most once a
 //! second during a replay); the parked frames themselves are in the stores
-//! (`spool.rs`). A restarted agent reads both back and re-installs every
+//! (`spool/`). A restarted agent reads both back and re-installs every
 //! service's datapath entries.
 
 use std::{os::fd::AsRawFd as _, path::Path, time::Instant};

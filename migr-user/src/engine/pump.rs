@@ -154,7 +154,11 @@ pub(super) fn pump_ring(
                 let len = stored.frame.len() as u64;
                 let bound = if !svc.has_room(batch.queued(id), len) {
                     Some(Bound::Service)
-                } else if !within_agent_bound(held + batch.bytes, len, max_total_bytes) {
+                } else if !within_agent_bound(
+                    held.saturating_add(batch.bytes),
+                    len,
+                    max_total_bytes,
+                ) {
                     Some(Bound::Agent(max_total_bytes))
                 } else {
                     None
