@@ -45,8 +45,10 @@
 //!
 //! **Format 1.** A store of an older agent (`MIGRSPL1`, no checksums) is
 //! read with its own layout (only a torn last record can be found there)
-//! and rewritten in format 2 at once, its first frame numbered 0, which is
-//! what its cursor counted from. A file in a format this agent does not know
+//! and rewritten in format 2 at once, with its pending frames only (so the
+//! upgrade needs room for those alone), numbered as its cursor counted
+//! (from 0, its first frame). If even that does not fit, opening fails and
+//! says so, and the old file is left as it was. A file in a format this agent does not know
 //! (a newer agent's, or a damaged header) cannot be read: the store starts
 //! afresh and reports the bytes it dropped.
 //!
@@ -143,6 +145,17 @@ impl Spool {
         ring_id: u32,
         batch_runs: Option<u64>,
     ) -> Result<(Self, Recovered)> {
+        Self::open_with(dir, service_id, ring_id, batch_runs, WriteLimit::default())
+    }
+
+    /// [`Self::open`], its writes going through `limit` (a test's).
+    fn open_with(
+        dir: &Path,
+        service_id: u32,
+        ring_id: u32,
+        batch_runs: Option<u64>,
+        limit: WriteLimit,
+    ) -> Result<(Self, Recovered)> {
         let path = dir.join(format!("{service_id}.frames"));
         let next_path = dir.join(format!("{service_id}.frames.next"));
         let cursor_path = dir.join(format!("{service_id}.cursor"));
@@ -154,6 +167,7 @@ impl Spool {
         file.read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
         let parsed = record::parse(&bytes);
+        let bytes_len = bytes.len() as u64;
         drop(bytes);
         let mut recovered = Recovered::default();
         match parsed.cut {
@@ -179,17 +193,13 @@ impl Spool {
             done: parsed.header.base,
             pending_bytes: 0,
             scratch: Vec::new(),
-            limit: WriteLimit::default(),
+            limit,
         };
         match parsed.layout {
             Layout::V2 if parsed.cut != Cut::None => spool.cut_file(parsed.good_len)?,
-            Layout::V2 => {}
-            Layout::V1 => {
-                recovered.upgraded = true;
-                spool.replace_file(spool.header(spool.file_ring, 0), 0)?;
-            }
+            Layout::V2 | Layout::V1 => {}
             Layout::Unreadable => {
-                recovered.corrupt_bytes = spool.file.metadata()?.len();
+                recovered.corrupt_bytes = bytes_len;
                 spool.start_file()?;
             }
             Layout::New => spool.start_file()?,
@@ -200,10 +210,29 @@ impl Spool {
             .iter()
             .map(|f| f.frame.len() as u64)
             .sum();
+        if parsed.layout == Layout::V1 {
+            spool.upgrade()?;
+            recovered.upgraded = true;
+        }
         spool.write_cursor(spool.done, spool.done)?;
         recovered.frames = spool.frames.len() as u64;
         recovered.pending = spool.pending() as u64;
         Ok((spool, recovered))
+    }
+
+    /// Rewrites a format 1 store in format 2, with its pending frames only:
+    /// that needs room for them alone. The replayed ones stay in memory for
+    /// the caller's count of what happened since the last save.
+    fn upgrade(&mut self) -> Result<()> {
+        let first = (self.done - self.mem_base) as usize;
+        let header = self.header(self.file_ring, self.done);
+        self.replace_file(header, first).with_context(|| {
+            format!(
+                "rewriting {} in format 2 (it needs room for {} bytes of pending frames)",
+                self.path.display(),
+                self.pending_bytes()
+            )
+        })
     }
 
     /// Where the replay stands after a restart (see the module docs).

@@ -327,12 +327,21 @@ fn a_format_1_store_is_read_and_rewritten() {
     assert_eq!((r.frames, r.pending, r.torn_bytes), (3, 2, 10));
     assert_eq!(s.pending_frames(), frames(1..3));
     assert_eq!(s.max_ring_pos(), Some(frame(2).ring_pos));
-    assert_eq!(&std::fs::read(&path).unwrap()[..8], record::MAGIC);
+    // The replayed frame is still there for the count of totals.
+    assert_eq!(s.frames_between(0, 3), (0, &frames(0..3)[..]));
+    // Rewritten with the pending frames alone, numbered as the cursor counts.
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..8], record::MAGIC);
+    assert_eq!(
+        bytes.len() as u64,
+        FILE_HEADER as u64 + records_len(&frames(1..3))
+    );
     drop(s);
     let (s, r) = Spool::open(&d, 9, 1, Some(0)).unwrap();
     assert!(!r.upgraded);
-    assert_eq!((r.frames, r.pending, r.torn_bytes), (3, 2, 0));
+    assert_eq!((r.frames, r.pending, r.torn_bytes), (2, 2, 0));
     assert_eq!(s.pending_frames(), frames(1..3));
+    assert_eq!((s.done_seq(), s.end_seq()), (1, 3));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -360,5 +369,29 @@ fn discarding_starts_the_numbers_over() {
     drop(s);
     let (s, r) = Spool::open(&d, 7, 1, Some(0)).unwrap();
     assert_eq!((r.frames, s.done_seq()), (0, 0));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_format_1_store_without_room_for_its_pending_frames_is_kept() {
+    let d = dir("v1-enospc");
+    let path = d.join("11.frames");
+    let v1 = record::encode_v1(1, &frames(0..3));
+    std::fs::write(&path, &v1).unwrap();
+    let no_room = WriteLimit {
+        bytes: Some(100),
+        cut_fails: false,
+    };
+    let e = match Spool::open_with(&d, 11, 1, Some(0), no_room) {
+        Ok(_) => panic!("the rewrite cannot fit"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("format 2") && e.contains("No space"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), v1, "kept as it was");
+    assert!(!d.join("11.frames.next").exists());
+    // With room, the next start reads it.
+    let (s, r) = Spool::open(&d, 11, 1, Some(0)).unwrap();
+    assert!(r.upgraded);
+    assert_eq!(s.pending_frames(), frames(0..3));
     std::fs::remove_dir_all(&d).unwrap();
 }
