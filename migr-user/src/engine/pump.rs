@@ -680,4 +680,31 @@ mod tests {
         );
         assert!(worth_compacting(10 * COMPACT_MIN_BYTES, 0));
     }
+    #[test]
+    fn a_record_to_deliver_now_waits_in_the_ring_while_it_cannot_be_stored() {
+        let mut f = fixture("pass-enospc", false, 10);
+        let ring = ring(vec![record(1, &[7; 60]), record(1, &[8; 60])]);
+        let mut replayer = FakeReplayer::default();
+        f.services.get_mut(&1).unwrap().spool.limit_writes(Some(10));
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
+        assert!(out.stalled);
+        assert_eq!(ring.consumed.get(), 0, "the record stays in the ring");
+        assert!(
+            replayer.replayed.borrow().is_empty(),
+            "and is not delivered"
+        );
+        let svc = f.services.get_mut(&1).unwrap();
+        assert_eq!(svc.totals.store_failures, 1);
+        svc.spool.limit_writes(None);
+        let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
+        assert!(!out.stalled);
+        let firsts: Vec<u8> = replayer
+            .replayed
+            .borrow()
+            .iter()
+            .map(|(b, _)| b[0])
+            .collect();
+        assert_eq!(firsts, [7, 8], "each delivered once, in order");
+        assert_eq!(ring.consumed.get(), 200);
+    }
 }
