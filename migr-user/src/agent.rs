@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the datapath, pin its state, and serve the control API until SIGTERM/SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Detach a datapath left attached (--keep-attached) and remove its pins and stored state.
     Cleanup {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -95,6 +95,11 @@ struct RunArgs {
     /// Default bound of a service's parked-frame store, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     park_limit_bytes: u64,
+    /// Bound of all services' parked-frame stores together, in bytes not
+    /// replayed yet; a frame over it is dropped as over a service's bound.
+    /// Default: a quarter of the size of the state directory's filesystem.
+    #[arg(long, value_name = "BYTES")]
+    park_max_total_bytes: Option<u64>,
     /// Size of the kernel park ring in bytes (a power of two; fixed when the maps are first created).
     #[arg(long, default_value_t = 16 << 20)]
     ring_bytes: u32,
@@ -138,7 +143,7 @@ pub fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Cleanup { pin_dir, state_dir } => cleanup(&pin_dir, &state_dir),
     }
 }
@@ -175,6 +180,9 @@ fn run(args: RunArgs) -> Result<()> {
     if args.park_limit_frames == 0 || args.park_limit_bytes == 0 {
         bail!("--park-limit-frames and --park-limit-bytes must be at least 1");
     }
+    if args.park_max_total_bytes == Some(0) {
+        bail!("--park-max-total-bytes must be at least 1");
+    }
     let group = args.socket_group.as_deref().map(group_id).transpose()?;
     // Everything the agent writes (state, parked frames, the socket) is
     // owner-only; the socket group is let in on the socket alone, below.
@@ -185,6 +193,9 @@ fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
     open_state_dir(&args.state_dir, group, &args.socket)?;
+    let park_max_total_bytes = args
+        .park_max_total_bytes
+        .unwrap_or_else(|| default_park_max_total_bytes(&args.state_dir));
     let cfg = EngineConfig {
         ifaces: args.ifaces.clone(),
         mode: args.mode,
@@ -198,6 +209,7 @@ fn run(args: RunArgs) -> Result<()> {
             frames: args.park_limit_frames,
             bytes: args.park_limit_bytes,
         },
+        park_max_total_bytes,
         timing: Timing {
             drain_ms: args.drain_ms,
             settle_ms: args.settle_ms,
@@ -251,6 +263,51 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+/// Used when the state directory's filesystem size cannot be read.
+const FALLBACK_PARK_MAX_TOTAL_BYTES: u64 = 256 << 20;
+
+/// The default bound of all parked-frame stores together: a quarter of the
+/// state directory's filesystem (a tmpfs /run is often a tenth of RAM, and
+/// the rest of the system uses it too). A quarter because the store files
+/// hold more than what is pending: replayed frames until a compaction gives
+/// them back (up to as much again, plus 1 MiB a store), and the copy a
+/// compaction writes before its rename; with the bound at a quarter, all of
+/// that stays within the filesystem with room to spare.
+fn default_park_max_total_bytes(state_dir: &Path) -> u64 {
+    match filesystem_bytes(state_dir) {
+        Ok(size) if size >= 4 => {
+            tracing::info!(state_dir = %state_dir.display(), filesystem_bytes = size,
+                park_max_total_bytes = size / 4, "parked frames of all services bounded by a quarter of the state directory's filesystem");
+            size / 4
+        }
+        outcome => {
+            let error = outcome.map_or_else(|e| format!("{e:#}"), |size| format!("{size} bytes"));
+            tracing::warn!(state_dir = %state_dir.display(), error,
+                park_max_total_bytes = FALLBACK_PARK_MAX_TOTAL_BYTES,
+                "cannot size the state directory's filesystem; parked frames of all services bounded by a fixed amount");
+            FALLBACK_PARK_MAX_TOTAL_BYTES
+        }
+    }
+}
+
+/// Size of the filesystem that holds `path` (statvfs).
+fn filesystem_bytes(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs with a valid path and a zeroed struct it fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "statvfs of {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    // The field types are narrower on some targets.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.f_blocks).saturating_mul(u64::from(st.f_frsize)))
 }
 
 /// The state directory is the owner's (0700). When it holds the socket and

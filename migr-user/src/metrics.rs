@@ -66,6 +66,26 @@ pub fn render(stats: &Stats) -> String {
         stats.agent.unknown_service_records,
     );
     o.family(
+        "migr_park_pending_bytes",
+        "gauge",
+        "Bytes of parked frames stored and not replayed yet, all services.",
+    );
+    o.sample(
+        "migr_park_pending_bytes",
+        &[],
+        stats.agent.park_pending_bytes,
+    );
+    o.family(
+        "migr_park_max_total_bytes",
+        "gauge",
+        "Bound of the parked frames all services may hold not replayed (--park-max-total-bytes).",
+    );
+    o.sample(
+        "migr_park_max_total_bytes",
+        &[],
+        stats.agent.park_max_total_bytes,
+    );
+    o.family(
         "migr_mptcp_late_joins_learned_total",
         "counter",
         "MPTCP subflows learned from MP_JOINs that arrived before their token.",
@@ -93,7 +113,7 @@ pub fn render(stats: &Stats) -> String {
     }
 
     type Getter = fn(&migr_control::api::ServiceStatus) -> String;
-    let per_service: [(&str, &str, &str, Getter); 18] = [
+    let per_service: [(&str, &str, &str, Getter); 19] = [
         (
             "migr_parked_pending_frames",
             "gauge",
@@ -133,14 +153,20 @@ pub fn render(stats: &Stats) -> String {
         (
             "migr_park_overflow_frames_total",
             "counter",
-            "Parked frames dropped because the service's store was full.",
+            "Parked frames dropped because the service's store, or all stores together, were full.",
             |s| s.parked.overflow_frames.to_string(),
         ),
         (
             "migr_park_overflow_bytes_total",
             "counter",
-            "Bytes of parked frames dropped because the service's store was full.",
+            "Bytes of parked frames dropped because the service's store, or all stores together, were full.",
             |s| s.parked.overflow_bytes.to_string(),
+        ),
+        (
+            "migr_park_store_failures_total",
+            "counter",
+            "Writes to the service's store that failed (the frames stayed in the park ring and were retried).",
+            |s| s.parked.store_failures.to_string(),
         ),
         (
             "migr_replayed_frames_total",
@@ -317,6 +343,8 @@ mod tests {
                 unknown_service_records: 0,
                 late_joins_learned: 0,
                 recovery_problems: Vec::new(),
+                park_pending_bytes: 7 * 60,
+                park_max_total_bytes: 1 << 28,
             },
             reasons: [("replayed".to_string(), 3u64)].into_iter().collect(),
             protocols: [("udp".to_string(), 9u64)].into_iter().collect(),
@@ -367,6 +395,9 @@ mod tests {
             r#"migr_phase_timestamp_seconds{service="echo",id="2",phase="frozen"} 2.500"#,
             r#"migr_phase_latency_seconds{service="echo",id="2"} 0.00012"#,
             r#"migr_datapath_reason_total{reason="replayed"} 3"#,
+            "migr_park_pending_bytes 420",
+            "migr_park_max_total_bytes 268435456",
+            r#"migr_park_store_failures_total{service="echo",id="2"} 0"#,
             "# TYPE migr_replays_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");

@@ -35,6 +35,10 @@ pub struct ParkedStats {
     /// they are (their receiver drops them, as it would have anyway).
     #[serde(default)]
     pub checksums_bad: u64,
+    /// Writes to the store that failed (a full filesystem, say); their
+    /// frames stayed in the park ring and were stored when a retry worked.
+    #[serde(default)]
+    pub store_failures: u64,
     pub limit_frames: u64,
     pub limit_bytes: u64,
 }
@@ -136,6 +140,12 @@ pub struct AgentInfo {
     /// pass), or a saved state it could not read at all (set aside).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovery_problems: Vec<String>,
+    /// Bytes of parked frames stored and not replayed yet, all services.
+    #[serde(default)]
+    pub park_pending_bytes: u64,
+    /// The bound of `park_pending_bytes` (`--park-max-total-bytes`).
+    #[serde(default)]
+    pub park_max_total_bytes: u64,
 }
 
 /// `phase`' and `criu`'s result.

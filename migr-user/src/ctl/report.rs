@@ -52,12 +52,14 @@ pub(super) fn stats(client: &Client, json_out: bool) -> Result<(), CtlError> {
     }
     let s: Stats = from(v)?;
     println!(
-        "migr-agent {} on {} (pins {}), up {} s, park ring backlog {} bytes",
+        "migr-agent {} on {} (pins {}), up {} s, park ring backlog {} bytes, parked {} of at most {} bytes (all services)",
         s.agent.version,
         s.agent.interfaces.join(", "),
         s.agent.pin_dir,
         s.agent.uptime_s,
-        s.agent.ring_backlog_bytes
+        s.agent.ring_backlog_bytes,
+        s.agent.park_pending_bytes,
+        s.agent.park_max_total_bytes
     );
     let nonzero: Vec<String> = s
         .reasons
@@ -140,8 +142,12 @@ pub(super) fn print_service(st: &ServiceStatus) {
         }
     );
     let p = &st.parked;
+    let failures = match p.store_failures {
+        0 => String::new(),
+        n => format!(", {n} failed store writes (retried)"),
+    };
     println!(
-        "  parked    {} pending ({} bytes), {} stored, {} overflowed (limit {} frames / {} bytes)",
+        "  parked    {} pending ({} bytes), {} stored, {} overflowed (limit {} frames / {} bytes){failures}",
         p.pending_frames,
         p.pending_bytes,
         p.stored_frames,

@@ -43,7 +43,11 @@ pub use self::{
     handle::{Call, EngineHandle},
     service::{LinkState, ResolvedForward, describe},
 };
-use self::{persist::lock_state_dir, pump::pump_ring, service::Service};
+use self::{
+    persist::lock_state_dir,
+    pump::{pump_ring, reclaim_stores},
+    service::Service,
+};
 use crate::{
     datapath::{AttachMode, AttachedLink, Datapath, DatapathConfig},
     early_joins::EarlyJoins,
@@ -61,6 +65,8 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     pub datapath: DatapathConfig,
     pub default_limit: ParkLimit,
+    /// Bound of all parked-frame stores together, in bytes not replayed yet.
+    pub park_max_total_bytes: u64,
     pub timing: Timing,
     /// Default pace of backlog replays, in frames per second (0: as fast as
     /// the kernel takes them). A service's `replay_rate` overrides it.
@@ -167,7 +173,7 @@ impl Engine {
         let reused = cfg.pin_dir.join(map_names::PARKED).exists();
         let replay_counter_kept = cfg.pin_dir.join(map_names::REPLAY_NEXT).exists();
         let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
-        // Runs of the replay batch a killed agent left unfinished (see spool.rs).
+        // Runs of the replay batch a killed agent left unfinished (see spool/mod.rs).
         let batch_runs = match replay_counter_kept {
             true => Some(u64::from(dp.replay_progress()?)),
             false => None,
@@ -256,20 +262,22 @@ impl Engine {
             }
             let mut busy = more_requests;
             if self.pump_paused_until.is_none_or(|t| Instant::now() >= t) {
-                match pump_ring(&self.ring, &mut self.services, &mut self.dp) {
-                    Ok(pumped) => {
-                        busy |= pumped.records > 0;
-                        self.unknown_records += pumped.unknown;
-                        self.dirty |= pumped.changed;
-                        // Pumping on would only find the same record first.
-                        self.pump_paused_until = pumped.retry_at;
-                    }
-                    Err(e) => {
-                        self.dirty = true;
-                        tracing::error!(error = %format!("{e:#}"), "storing parked frames failed; retrying in 100 ms (the frames stay in the ring)");
-                        self.pump_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    }
-                }
+                let pumped = pump_ring(
+                    &self.ring,
+                    &mut self.services,
+                    &mut self.dp,
+                    self.cfg.park_max_total_bytes,
+                );
+                busy |= pumped.records > 0 && !pumped.stalled && pumped.retry_at.is_none();
+                self.unknown_records += pumped.unknown;
+                self.dirty |= pumped.changed;
+                // A store that cannot be written (a full filesystem) is not
+                // retried at once: its records wait in the ring. Nor is a
+                // failed replay (pumping on would only find its record first).
+                self.pump_paused_until = match pumped.stalled {
+                    true => Some(Instant::now() + Duration::from_millis(100)),
+                    false => pumped.retry_at,
+                };
             }
             // Every turn, not only when idle: a flood to a frozen service or
             // a long replay keeps the loop busy, and MPTCP keys reported
@@ -278,6 +286,7 @@ impl Engine {
                 self.pump_events();
             }
             busy |= self.replay_backlogs(256);
+            reclaim_stores(&mut self.services, self.ring.consumer_pos());
             self.tick();
             self.renew_leases_if_due();
             if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {

@@ -1,7 +1,7 @@
 //! The agent's state across restarts: each service's spec, phase machine
 //! and totals in `state.json`, saved after every change (at most once a
 //! second during a replay); the parked frames themselves are in the stores
-//! (`spool.rs`). A restarted agent reads both back and re-installs every
+//! (`spool/`). A restarted agent reads both back and re-installs every
 //! service's datapath entries.
 
 use std::{os::fd::AsRawFd as _, path::Path, time::Instant};
@@ -42,6 +42,11 @@ struct SpoolMark {
     first_ring_pos: Option<u64>,
     len: u64,
     done: u64,
+    /// `len` and `done` are the store's sequence numbers, which compaction
+    /// keeps. An older agent's were indices into a file that compaction
+    /// emptied (told apart by `first_ring_pos`).
+    #[serde(default)]
+    numbered: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,8 +170,13 @@ impl Engine {
             state = svc.machine.state.name(),
             stored = recovered.frames, pending = recovered.pending,
             torn_bytes = recovered.torn_bytes, uncertain = recovered.uncertain,
+            upgraded = recovered.upgraded,
             "service recovered"
         );
+        if recovered.corrupt_bytes > 0 {
+            tracing::error!(service = %svc.spec.name, id, corrupt_bytes = recovered.corrupt_bytes,
+                "the parked-frame store was damaged: cut at its first bad record; frames in the cut part that the ring no longer holds are lost");
+        }
         // One service that cannot be installed (its forward interface
         // vanished while no agent ran) must not keep the others, or the
         // agent, down: it fails open and says why.
@@ -221,8 +231,9 @@ impl Engine {
                     last_latency_us: s.last_latency_us,
                     spool_mark: Some(SpoolMark {
                         first_ring_pos: s.spool.first_ring_pos(),
-                        len: s.spool.len() as u64,
-                        done: s.spool.done() as u64,
+                        len: s.spool.end_seq(),
+                        done: s.spool.done_seq(),
+                        numbered: true,
                     }),
                 })
                 .collect(),
@@ -243,23 +254,25 @@ impl Engine {
 /// Adds to the saved counters what a killed agent stored and replayed after
 /// its last save, as its store records it: frames appended since (stored),
 /// and frames the cursor passed since (replayed, or failed if too large to
-/// replay), less the `uncertain` ones of an interrupted batch. If the store
-/// was emptied in between (all replayed, then compacted), the frames that
-/// were pending at the save count as replayed (their sizes are gone).
+/// replay), less the `uncertain` ones of an interrupted batch. Frames that
+/// were also compacted away since count without their sizes (as replayed).
+/// An older agent's mark whose store was emptied in between (all replayed,
+/// then compacted) counts the frames pending at the save as replayed.
 fn catch_up_totals(svc: &mut Service, mark: SpoolMark, uncertain: u64) {
-    let (len, done) = (svc.spool.len() as u64, svc.spool.done() as u64);
-    let same_store = svc.spool.first_ring_pos() == mark.first_ring_pos && len >= mark.len;
-    let (stored_from, replayed_from, earlier) = if same_store {
+    let (end, done) = (svc.spool.end_seq(), svc.spool.done_seq());
+    let same_numbers =
+        mark.numbered || (svc.spool.first_ring_pos() == mark.first_ring_pos && end >= mark.len);
+    let (stored_from, replayed_from, earlier) = if same_numbers {
         (mark.len, mark.done.min(done), 0)
     } else {
         (0, 0, mark.len.saturating_sub(mark.done))
     };
     let t = &mut svc.totals;
-    for f in svc.spool.frames_in(stored_from as usize, len as usize) {
-        t.stored_frames += 1;
-        t.stored_bytes += f.frame.len() as u64;
-    }
-    let passed = svc.spool.frames_in(replayed_from as usize, done as usize);
+    let (gone, stored) = svc.spool.frames_between(stored_from, end);
+    t.stored_frames += gone + stored.len() as u64;
+    t.stored_bytes += stored.iter().map(|f| f.frame.len() as u64).sum::<u64>();
+    // The uncertain frames are the last ones passed, never compacted away.
+    let (gone, passed) = svc.spool.frames_between(replayed_from, done);
     let certain = passed.len().saturating_sub(uncertain as usize);
     for f in &passed[..certain] {
         if replayable(f.frame.len()) {
@@ -269,7 +282,7 @@ fn catch_up_totals(svc: &mut Service, mark: SpoolMark, uncertain: u64) {
             t.replay.failed_frames += 1;
         }
     }
-    t.replay.replayed_frames += earlier;
+    t.replay.replayed_frames += earlier + gone;
 }
 
 pub(super) fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
@@ -333,8 +346,9 @@ mod tests {
         replay(&mut svc, 1);
         let mark = SpoolMark {
             first_ring_pos: svc.spool.first_ring_pos(),
-            len: svc.spool.len() as u64,
-            done: svc.spool.done() as u64,
+            len: svc.spool.end_seq(),
+            done: svc.spool.done_seq(),
+            numbered: true,
         };
         svc.spool.append(frames(2, 3)).unwrap();
         replay(&mut svc, 2);
@@ -353,8 +367,9 @@ mod tests {
         );
     }
 
-    /// The store was emptied after the save (all replayed, compacted): the
-    /// frames pending at the save count as replayed.
+    /// An older agent's mark: its store was emptied after the save (all
+    /// replayed, compacted), so the frames pending at the save count as
+    /// replayed.
     #[test]
     fn a_compacted_store_counts_the_pending_frames_as_replayed() {
         let scratch = Scratch::new("catch-up-compacted");
@@ -368,9 +383,45 @@ mod tests {
             first_ring_pos: Some(0),
             len: 5,
             done: 1,
+            numbered: false,
         };
         catch_up_totals(&mut svc, mark, 0);
         assert_eq!(svc.totals.replay.replayed_frames, 4);
         assert_eq!(svc.totals.stored_frames, 0);
+    }
+    /// Frames stored, replayed and compacted away between the save and a
+    /// kill still count (without their sizes, which are gone).
+    #[test]
+    fn a_restart_counts_frames_compacted_away_since_the_save() {
+        let scratch = Scratch::new("catch-up-partial");
+        let limit = ParkLimit {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        let machine = PhaseMachine::new(Timing::default(), 0);
+        let mut svc = scratch.service(None, machine, limit);
+        svc.spool.append(frames(0, 2)).unwrap();
+        replay(&mut svc, 1);
+        let mark = SpoolMark {
+            first_ring_pos: svc.spool.first_ring_pos(),
+            len: svc.spool.end_seq(),
+            done: svc.spool.done_seq(),
+            numbered: true,
+        };
+        svc.spool.append(frames(2, 20)).unwrap();
+        replay(&mut svc, 15);
+        svc.spool.compact().unwrap(); // frames 0..16 gone
+        svc.spool.append(frames(22, 2)).unwrap();
+        replay(&mut svc, 1);
+        // Killed, restarted.
+        let (spool, recovered) = Spool::open(&scratch.0, 1, 9, None).unwrap();
+        svc.spool = spool;
+        catch_up_totals(&mut svc, mark, recovered.uncertain);
+        let t = &svc.totals;
+        assert_eq!((t.stored_frames, t.stored_bytes), (22, 8 * 100));
+        assert_eq!(
+            (t.replay.replayed_frames, t.replay.replayed_bytes),
+            (16, 100)
+        );
     }
 }

@@ -48,6 +48,10 @@ pub(super) struct Totals {
     pub(super) checksums_completed: u64,
     #[serde(default)]
     pub(super) checksums_bad: u64,
+    /// Writes to the store that failed (a full filesystem, say); their
+    /// frames stayed in the ring and were stored again later.
+    #[serde(default)]
+    pub(super) store_failures: u64,
     pub(super) replay: ReplayStats,
 }
 
@@ -111,6 +115,10 @@ pub(super) struct Service {
     pub(super) fault: Option<String>,
     /// A replay that failed part-way and waits to try again (`retry.rs`).
     pub(super) replay_retry: Option<ReplayRetry>,
+    /// Replayed bytes the store must hold before another compaction is
+    /// tried while frames are pending (one failed: on a full filesystem a
+    /// retry on every turn of the loop would only fail again).
+    pub(super) compact_after: u64,
 }
 
 impl Service {
@@ -134,6 +142,7 @@ impl Service {
             socket_watch: None,
             fault: None,
             replay_retry: None,
+            compact_after: 0,
         }
     }
 
@@ -175,15 +184,21 @@ impl Service {
             && self.spool.pending_bytes() + queued.1 + len <= self.limit.bytes
     }
 
-    /// Counts a frame the store had no room for (logged at powers of two).
-    pub(super) fn count_overflow(&mut self, len: u64) {
+    /// Counts a frame there was no room for (logged at powers of two).
+    pub(super) fn count_overflow(&mut self, len: u64, bound: Bound) {
         self.totals.overflow_frames += 1;
         self.totals.overflow_bytes += len;
-        if self.totals.overflow_frames.is_power_of_two() {
-            tracing::warn!(service = %self.spec.name,
+        if !self.totals.overflow_frames.is_power_of_two() {
+            return;
+        }
+        match bound {
+            Bound::Service => tracing::warn!(service = %self.spec.name,
                 overflow_frames = self.totals.overflow_frames,
                 limit_frames = self.limit.frames, limit_bytes = self.limit.bytes,
-                "parked-frame store full: dropping the newest frames");
+                "parked-frame store full: dropping the newest frames"),
+            Bound::Agent(max_total_bytes) => tracing::warn!(service = %self.spec.name,
+                overflow_frames = self.totals.overflow_frames, max_total_bytes,
+                "the parked-frame stores of all services together are full (--park-max-total-bytes): dropping the newest frames"),
         }
     }
 
@@ -200,6 +215,24 @@ impl Service {
             stored_before: self.totals.stored_frames,
         });
     }
+}
+
+/// The bound a parked frame had no room under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// The service's own (`ParkLimit`).
+    Service,
+    /// The agent's, for all stores together: this many bytes.
+    Agent(u64),
+}
+
+/// The agent-wide overflow rule: a parked frame of `len` bytes is stored if
+/// all the stores together, holding `held` bytes not replayed yet (frames
+/// not written yet included), stay within `max_total` bytes. Like the
+/// per-service rule, it drops the newest frame.
+pub(super) fn within_agent_bound(held: u64, len: u64, max_total: u64) -> bool {
+    held.checked_add(len)
+        .is_some_and(|total| total <= max_total)
 }
 
 /// What a paced replay may do now.
@@ -422,6 +455,22 @@ pub(super) mod testing {
             let (spool, _) = Spool::open(&self.0, 1, 9, None).expect("opening a scratch store");
             Service::new(spec, forward, machine, spool, limit)
         }
+
+        /// Service `id` (`s<id>`, one UDP rule, no forward target).
+        pub(in crate::engine) fn another_service(
+            &self,
+            id: u32,
+            machine: PhaseMachine,
+            limit: ParkLimit,
+        ) -> Service {
+            let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+                "id": id, "name": format!("s{id}"),
+                "rules": [{"proto": "udp", "addr": format!("10.0.0.{id}:7")}],
+            }))
+            .expect("the test spec parses");
+            let (spool, _) = Spool::open(&self.0, id, 9, None).expect("opening a scratch store");
+            Service::new(spec, None, machine, spool, limit)
+        }
     }
 
     impl Drop for Scratch {
@@ -488,12 +537,25 @@ mod tests {
         assert!(!svc.has_room((0, 0), 1001), "one byte over does not");
         assert!(svc.has_room((2, 500), 500), "the third frame fits");
         assert!(!svc.has_room((3, 300), 1), "a fourth does not");
-        svc.count_overflow(40);
-        svc.count_overflow(60);
+        svc.count_overflow(40, Bound::Service);
+        svc.count_overflow(60, Bound::Agent(1000));
         assert_eq!(
             (svc.totals.overflow_frames, svc.totals.overflow_bytes),
-            (2, 100)
+            (2, 100),
+            "either bound counts the same"
         );
+    }
+
+    #[test]
+    fn all_stores_together_take_frames_up_to_the_agent_bound() {
+        assert!(within_agent_bound(0, 1000, 1000), "exactly the bound fits");
+        assert!(within_agent_bound(600, 400, 1000));
+        assert!(
+            !within_agent_bound(600, 401, 1000),
+            "one byte over does not"
+        );
+        assert!(!within_agent_bound(1000, 1, 1000));
+        assert!(!within_agent_bound(u64::MAX, 1, u64::MAX), "no wrap-around");
     }
 
     #[test]

@@ -38,6 +38,7 @@ impl Engine {
                 overflow_bytes: svc.totals.overflow_bytes,
                 checksums_completed: svc.totals.checksums_completed,
                 checksums_bad: svc.totals.checksums_bad,
+                store_failures: svc.totals.store_failures,
                 limit_frames: svc.limit.frames,
                 limit_bytes: svc.limit.bytes,
             },
@@ -70,6 +71,12 @@ impl Engine {
                 unknown_service_records: self.unknown_records,
                 late_joins_learned: self.late_joins_learned,
                 recovery_problems: self.recovery_problems.clone(),
+                park_pending_bytes: self
+                    .services
+                    .values()
+                    .map(|s| s.spool.pending_bytes())
+                    .sum(),
+                park_max_total_bytes: self.cfg.park_max_total_bytes,
             },
             reasons: Reason::ALL
                 .iter()
