@@ -334,6 +334,102 @@ fn sigkill_during_a_paced_replay_resumes_without_duplicates_or_loss() {
 }
 
 // ---------------------------------------------------------------------------
+// A service busier than the replay rate
+
+/// A service that receives about three times the replay rate (some 6,000
+/// requests of 1 KB a second, `--replay-rate 2000`) is frozen for a second and aborted while the
+/// requests keep coming. The backlog drains at the replay rate above what
+/// arrives meanwhile, the store stays far smaller than all it ever held
+/// (replayed frames are compacted away while frames are pending), the
+/// agent's memory stays bounded, and every request is answered once, in
+/// order.
+#[test]
+fn a_service_busier_than_the_replay_rate_drains_its_backlog_in_bounded_memory() {
+    const PER_MS: usize = 8;
+    let mut t = Topology::new(false, &["--replay-rate", "2000"]);
+    let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "12",
+        "--name",
+        "busy",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    let store = t.src_agent.state_dir.join("spool").join("12.frames");
+    let (_, hwm_before) = memory_kib(t.src_agent.pid());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let mut largest_store = 0u64;
+    let mut drained_after = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Padded to about 1 KB, so that the store holds megabytes.
+            let pad = "x".repeat(900);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..PER_MS {
+                    let seq = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let request = format!("seq={seq} pad={pad}");
+                    client
+                        .socket
+                        .send_to(request.as_bytes(), client.target)
+                        .unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        t.src_agent.phase("busy", "freeze");
+        std::thread::sleep(Duration::from_secs(1));
+        t.src_agent.phase("busy", "abort");
+        let aborted = Instant::now();
+        // Requests keep coming: the backlog must drain all the same.
+        while aborted.elapsed() < Duration::from_secs(30) {
+            largest_store = largest_store.max(std::fs::metadata(&store).map_or(0, |m| m.len()));
+            if t.src_agent.service("busy")["replay_stage"] != "backlog" {
+                drained_after = Some(aborted.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let drained_after = drained_after.expect("the backlog never drained within 30 s of the abort");
+    let sent = sent.into_inner();
+    let answers = client.wait_answers(sent as usize, Duration::from_secs(30));
+    check_answers(&answers, sent);
+    let s = t.src_agent.service("busy");
+    let stored_bytes = num(&s, &["parked", "stored_bytes"]);
+    assert_eq!(num(&s, &["parked", "overflow_frames"]), 0, "{s}");
+    assert_eq!(num(&s, &["replay", "failed_frames"]), 0, "{s}");
+    assert!(
+        largest_store < stored_bytes / 2,
+        "the store grew to {largest_store} bytes of {stored_bytes} stored: replayed frames were not given back"
+    );
+    let (_, hwm_after) = memory_kib(t.src_agent.pid());
+    // The pending frames are held in memory (and copied once by a
+    // compaction); what was replayed is not.
+    assert!(
+        hwm_after.saturating_sub(hwm_before) * 1024 < stored_bytes * 2 / 3,
+        "agent peak memory grew by {} KiB with {stored_bytes} bytes stored",
+        hwm_after - hwm_before
+    );
+    println!(
+        "busy service, about 3x the replay rate: {sent} requests answered once and in order; backlog drained \
+         {:.1} s after the abort; {} frames ({stored_bytes} bytes) stored, the store file at most \
+         {largest_store} bytes; agent peak memory +{} KiB",
+        drained_after.as_secs_f64(),
+        num(&s, &["parked", "stored_frames"]),
+        hwm_after.saturating_sub(hwm_before)
+    );
+    t.procs.push(echo);
+}
+
+// ---------------------------------------------------------------------------
 // The destination is unreachable during FORWARD
 
 /// The source forwards to the destination (after a replay of the parked
