@@ -17,7 +17,10 @@ pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
     pub const LISTENERS: &str = "LISTENERS";
     pub const SERVER_IDS: &str = "SERVER_IDS";
+    /// An LRU hash map: tokens of closed connections age out under churn.
     pub const TOKENS: &str = "TOKENS";
+    /// An LRU hash map: subflows learned per token (see [`super::MAX_JOINS_PER_TOKEN`]).
+    pub const JOINS_LEARNED: &str = "JOINS_LEARNED";
     /// An LRU hash map: learned flows age out under pressure.
     pub const FLOWS: &str = "FLOWS";
     pub const FORWARD_DEVICES: &str = "FORWARD_DEVICES";
@@ -33,11 +36,12 @@ pub mod map_names {
     pub const TC_HANDOVERS: &str = "TC_HANDOVERS";
 
     /// The maps that hold state across agent restarts: pinned in bpffs.
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         SERVICES,
         LISTENERS,
         SERVER_IDS,
         TOKENS,
+        JOINS_LEARNED,
         FLOWS,
         FORWARD_DEVICES,
         SERVICE_COUNTERS,
@@ -63,6 +67,12 @@ pub mod map_sizes {
     pub const PARK_RING_BYTES: u32 = 16 << 20;
     pub const EVENT_RING_BYTES: u32 = 256 << 10;
 }
+/// Subflows learned from MP_JOIN SYNs per token at most. Linux lets a
+/// connection have 8 subflows at most (`max_subflows`); a token is learned
+/// from a connection's keys, which a spoofed MP_CAPABLE can make up, and
+/// without a bound the joins of one made-up token could flush `FLOWS`.
+pub const MAX_JOINS_PER_TOKEN: u32 = 8;
+
 /// Service id of traffic that belongs to no service.
 pub const NO_SERVICE: u32 = 0;
 
@@ -548,10 +558,13 @@ pub enum Reason {
     /// A frame to park longer than a replay can take ([`REPLAY_FRAME_MAX`]):
     /// passed instead, since it could never come back out of the ring.
     TooLargeToPark = 22,
+    /// An MP_JOIN SYN of a token that has had [`MAX_JOINS_PER_TOKEN`]
+    /// subflows learned already: not learned (classified by address only).
+    JoinLimit = 23,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::Malformed,
@@ -576,6 +589,7 @@ impl Reason {
         Self::ReplayReentered,
         Self::LeaseExpired,
         Self::TooLargeToPark,
+        Self::JoinLimit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -603,6 +617,7 @@ impl Reason {
             Self::ReplayReentered => "replay_reentered",
             Self::LeaseExpired => "lease_expired",
             Self::TooLargeToPark => "too_large_to_park",
+            Self::JoinLimit => "join_limit",
         }
     }
 }
@@ -666,8 +681,14 @@ pub struct Event {
     pub _pad: u32,
 }
 
-/// Per-CPU budget of events per window (rate limit against floods).
-pub const EVENT_BUDGET_PER_WINDOW: u32 = 256;
+/// Per-CPU budget of MPTCP key reports per window (rate limit against
+/// floods). Key reports are what the agent needs to follow a migration's
+/// MPTCP connections, so they have a budget of their own.
+pub const EVENT_BUDGET_KEYS: u32 = 256;
+/// Per-CPU budget of the other events (joins of unknown tokens, learned
+/// flows) per window: a flood of joins to made-up tokens cannot use up the
+/// key reports' budget.
+pub const EVENT_BUDGET_OTHERS: u32 = 64;
 pub const EVENT_WINDOW_NS: u64 = 100_000_000;
 
 /// Value of the per-CPU `EVENT_BUDGET` array (one slot).
@@ -675,8 +696,36 @@ pub const EVENT_WINDOW_NS: u64 = 100_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EventBudget {
     pub window_start_ns: u64,
-    pub used: u32,
-    pub _pad: u32,
+    /// Key reports sent in this window.
+    pub keys: u32,
+    /// Other events sent in this window.
+    pub others: u32,
+}
+
+impl EventBudget {
+    /// Takes one event of `kind` from the budget at `now_ns`; false if the
+    /// window's budget for that kind is spent.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, kind: EventKind) -> bool {
+        if now_ns.wrapping_sub(self.window_start_ns) > EVENT_WINDOW_NS {
+            *self = EventBudget {
+                window_start_ns: now_ns,
+                keys: 0,
+                others: 0,
+            };
+        }
+        let (used, limit) = match kind {
+            EventKind::MptcpKeys => (&mut self.keys, EVENT_BUDGET_KEYS),
+            EventKind::FlowLearned | EventKind::UnknownJoin => {
+                (&mut self.others, EVENT_BUDGET_OTHERS)
+            }
+        };
+        if *used >= limit {
+            return false;
+        }
+        *used += 1;
+        true
+    }
 }
 
 #[cfg(feature = "user")]
@@ -698,6 +747,29 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn key_reports_and_other_events_have_budgets_of_their_own() {
+        let mut b = EventBudget::default();
+        let t = 1_000;
+        for _ in 0..EVENT_BUDGET_OTHERS {
+            assert!(b.take(t, EventKind::UnknownJoin));
+        }
+        assert!(!b.take(t, EventKind::UnknownJoin));
+        assert!(
+            !b.take(t, EventKind::FlowLearned),
+            "one budget for the others"
+        );
+        for _ in 0..EVENT_BUDGET_KEYS {
+            assert!(b.take(t, EventKind::MptcpKeys));
+        }
+        assert!(!b.take(t, EventKind::MptcpKeys));
+        // A new window: both anew.
+        let later = t + EVENT_WINDOW_NS + 1;
+        assert!(b.take(later, EventKind::UnknownJoin));
+        assert!(b.take(later, EventKind::MptcpKeys));
+        assert_eq!((b.keys, b.others), (1, 1));
+    }
+
+    #[test]
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(
             size_of::<ForwardTarget>(),
@@ -708,7 +780,10 @@ mod tests {
             16,
             "XDP metadata: a multiple of 4, at most 32"
         );
-        assert_eq!(size_of::<ServiceEntry>(), 8 + size_of::<ForwardTarget>());
+        assert_eq!(
+            size_of::<ServiceEntry>(),
+            8 + size_of::<ForwardTarget>() + 8
+        );
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(size_of::<ListenerEntry>(), 12);
         assert_eq!(size_of::<FlowKey>(), 40);

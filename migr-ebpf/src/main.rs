@@ -11,7 +11,8 @@
 //! | `SERVICES` | array, [`MAX_SERVICES`] | service id | [`ServiceEntry`]: action, flags, forward target | agent |
 //! | `LISTENERS` | hash | [`ListenerKey`]: service address, port, protocol | [`ListenerEntry`]: service id, QUIC flag, CID config | agent |
 //! | `SERVER_IDS` | hash (no prealloc) | QUIC server id (u32) | service id | agent |
-//! | `TOKENS` | hash (no prealloc) | MPTCP token (u32) | service id | agent (from `EVENTS` keys) |
+//! | `TOKENS` | LRU hash | MPTCP token (u32) | service id | agent (from `EVENTS` keys) |
+//! | `JOINS_LEARNED` | LRU hash | MPTCP token (u32) | subflows learned from its MP_JOINs (at most [`MAX_JOINS_PER_TOKEN`]) | this program |
 //! | `FLOWS` | LRU hash | [`FlowKey`] (client → service 5-tuple) | service id | agent; this program for MP_JOIN subflows of known tokens |
 //! | `FORWARD_DEVICES` | devmap, [`MAX_SERVICES`] | service id | egress ifindex for FORWARD | agent |
 //! | `SERVICE_COUNTERS` | per-CPU array | service id (0: no service) | [`ServiceCounters`]: packets, bytes per [`Verdict`] | this program |
@@ -19,7 +20,7 @@
 //! | `PROTO_COUNTERS` | per-CPU array | [`ProtoClass`] | count | this program |
 //! | `PARKED` | ring buffer | - | [`ParkedHeader`] + frame bytes | this program (agent consumes; a `SERVICE_HOLD` service parks while it is not empty) |
 //! | `EVENTS` | ring buffer | - | [`Event`] (MPTCP keys, learned flows, joins of unknown tokens) | this program (agent consumes) |
-//! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window | this program |
+//! | `EVENT_BUDGET` | per-CPU array, 1 | 0 | [`EventBudget`]: rate limit window, key reports apart from the rest | this program |
 //! | `REPLAY_SLOTS` | array, [`REPLAY_BATCH`] | run index in a replay batch | [`ReplaySlot`]: frame bytes and the action to give it | agent (this program reads) |
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
 //! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`xdp_packet.rs`) | this program |
@@ -45,12 +46,11 @@ use migr_common::{
         Classification, FrameContext, Report, Tables, final_action, lookup_stage, parse_stage,
     },
     maps::{
-        Action, EVENT_BUDGET_PER_WINDOW, EVENT_WINDOW_NS, Event, EventBudget, EventKind, FAMILY_V4,
-        FAMILY_V6, FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath,
-        ListenerEntry, ListenerKey, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
-        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
-        ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
-        Verdict, map_sizes,
+        Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, FlowKey,
+        ForwardMeta, ForwardMode, ForwardPath, ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN,
+        MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass,
+        REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
+        ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, map_sizes,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -72,7 +72,9 @@ static LISTENERS: HashMap<ListenerKey, ListenerEntry> =
 static SERVER_IDS: HashMap<u32, u32> =
     HashMap::with_max_entries(map_sizes::SERVER_IDS, BPF_F_NO_PREALLOC);
 #[map]
-static TOKENS: HashMap<u32, u32> = HashMap::with_max_entries(map_sizes::TOKENS, BPF_F_NO_PREALLOC);
+static TOKENS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(map_sizes::TOKENS, 0);
+#[map]
+static JOINS_LEARNED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(map_sizes::TOKENS, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(map_sizes::FLOWS, 0);
 #[map]
@@ -611,7 +613,12 @@ fn report(decision: &Classification) {
             receiver_key,
         } => (EventKind::MptcpKeys, sender_key, receiver_key, 0),
         Report::LearnFlow { token } => {
-            // Only MP_JOINs whose token the agent installed get here, and FLOWS is an LRU.
+            // Only MP_JOINs whose token the agent installed get here, and FLOWS is an LRU;
+            // a token learns a bounded number of subflows.
+            if !take_join(token) {
+                count_reason(Reason::JoinLimit);
+                return;
+            }
             // Borrowed on purpose: the key stays in scratch memory, not on the stack.
             #[allow(clippy::needless_borrows_for_generic_args)]
             if FLOWS
@@ -624,7 +631,7 @@ fn report(decision: &Classification) {
         }
         Report::UnknownJoin { token } => (EventKind::UnknownJoin, 0, 0, token),
     };
-    if !take_event_budget() {
+    if !take_event_budget(kind) {
         count_reason(Reason::EventsRateLimited);
         return;
     }
@@ -648,22 +655,34 @@ fn report(decision: &Classification) {
 }
 
 #[inline(always)]
-fn take_event_budget() -> bool {
+fn take_event_budget(kind: EventKind) -> bool {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: per-CPU slot, only this CPU touches it.
     let budget = unsafe { &mut *budget };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(budget.window_start_ns) > EVENT_WINDOW_NS {
-        budget.window_start_ns = now;
-        budget.used = 0;
+    budget.take(unsafe { bpf_ktime_get_ns() }, kind)
+}
+
+/// Counts one more subflow learned for `token`; false once it has had
+/// [`MAX_JOINS_PER_TOKEN`]. The count is not atomic: joins of one token on
+/// several CPUs at once may each pass, so the bound holds to within the
+/// number of CPUs, which is all it needs (FLOWS is far larger).
+#[inline(always)]
+fn take_join(token: u32) -> bool {
+    let key = on_stack(&token);
+    match JOINS_LEARNED.get_ptr_mut(&key) {
+        Some(count) => {
+            // SAFETY: a value of this map, valid while the program runs.
+            let count = unsafe { &mut *count };
+            if *count >= MAX_JOINS_PER_TOKEN {
+                return false;
+            }
+            *count += 1;
+            true
+        }
+        None => JOINS_LEARNED.insert(&key, &1, 0).is_ok(),
     }
-    if budget.used >= EVENT_BUDGET_PER_WINDOW {
-        return false;
-    }
-    budget.used += 1;
-    true
 }
 
 #[inline(always)]

@@ -7,7 +7,8 @@ use migr_common::{
     classify::{Classification, Report, classify},
     maps::{
         Action, FAMILY_V4, FAMILY_V6, FlowKey, ForwardMode, ForwardTarget, ListenerEntry,
-        ListenerKey, Reason, SERVICE_ACTIVE, ServiceCounters, ServiceEntry, Verdict,
+        ListenerKey, MAX_JOINS_PER_TOKEN, Reason, SERVICE_ACTIVE, ServiceCounters, ServiceEntry,
+        Verdict,
     },
     rewrite::{rewrite_destination, rewrite_macs},
 };
@@ -210,10 +211,15 @@ impl Fixture {
         })
     }
 
-    /// Mirrors what the kernel learns by itself (MP_JOIN subflows) into the host tables.
+    /// Mirrors what the kernel learns by itself (MP_JOIN subflows, at most
+    /// `MAX_JOINS_PER_TOKEN` per token) into the host tables.
     pub fn learn(&mut self, c: &Classification) {
-        if let Report::LearnFlow { .. } = c.report {
-            self.host.flows.insert(c.flow, c.service_id);
+        if let Report::LearnFlow { token } = c.report {
+            let joins = self.host.joins_learned.entry(token).or_default();
+            if *joins < MAX_JOINS_PER_TOKEN {
+                *joins += 1;
+                self.host.flows.insert(c.flow, c.service_id);
+            }
         }
     }
 }

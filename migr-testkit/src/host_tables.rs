@@ -16,6 +16,8 @@ pub struct HostTables {
     pub server_ids: HashMap<u32, u32>,
     pub tokens: HashMap<u32, u32>,
     pub services: HashMap<u32, ServiceEntry>,
+    /// Subflows learned per token (the kernel's `JOINS_LEARNED`).
+    pub joins_learned: HashMap<u32, u32>,
 }
 
 impl Tables for HostTables {

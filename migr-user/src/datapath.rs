@@ -178,7 +178,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 14] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 15] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.

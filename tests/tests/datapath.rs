@@ -5,8 +5,8 @@
 
 use migr_common::{
     maps::{
-        Action, EventKind, FAMILY_V4, ForwardMode, ListenerEntry, NO_SERVICE, REPLAY_FRAME_MAX,
-        Reason, SERVICE_HOLD, Verdict,
+        Action, EVENT_BUDGET_OTHERS, EventKind, FAMILY_V4, ForwardMode, ListenerEntry,
+        MAX_JOINS_PER_TOKEN, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_HOLD, Verdict,
     },
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
@@ -241,6 +241,88 @@ fn mptcp_join_with_known_token_is_learned() {
         (o.service_id, reason(&o, Reason::MptcpUnknownToken)),
         (NO_SERVICE, 1)
     );
+}
+
+#[test]
+fn a_token_learns_a_bounded_number_of_subflows() {
+    // Spoofed joins of one token (which a made-up MP_CAPABLE can make the
+    // agent learn) must not flush FLOWS.
+    let mut f = fixture();
+    for i in 0..MAX_JOINS_PER_TOKEN + 3 {
+        let join = FrameBuilder::tcp_v4(CLIENT, 43000 + i as u16, [10, 1, 0, 99], 8080)
+            .flags(TCP_SYN)
+            .tcp_options(&mptcp::join_syn(false, 2, 0xfeed_f00d, i))
+            .build();
+        let o = f.run(&join, &ALL).unwrap();
+        assert_eq!(
+            o.service_id, PARK_SVC,
+            "join {i} is classified by its token"
+        );
+        let expected = if i < MAX_JOINS_PER_TOKEN {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
+        assert_eq!(
+            (
+                reason(&o, Reason::FlowsLearned),
+                reason(&o, Reason::JoinLimit)
+            ),
+            expected,
+            "join {i}"
+        );
+    }
+}
+
+#[test]
+fn joins_to_unknown_tokens_cannot_use_up_the_key_reports_budget() {
+    // The budget is per CPU: stay on one.
+    pin_to_cpu(0);
+    let mut f = fixture();
+    let mut limited_at = None;
+    for i in 0..4 * EVENT_BUDGET_OTHERS {
+        let join = FrameBuilder::tcp_v4(CLIENT, 44000 + i as u16, [10, 1, 0, 99], 8080)
+            .flags(TCP_SYN)
+            .tcp_options(&mptcp::join_syn(false, 2, 0xdead_0000 + i, 1))
+            .build();
+        if reason(&f.run(&join, &ALL).unwrap(), Reason::EventsRateLimited) == 1 {
+            limited_at = Some(i);
+            break;
+        }
+    }
+    let limited_at = limited_at.expect("a flood of unknown joins is rate-limited");
+    assert!(
+        limited_at >= EVENT_BUDGET_OTHERS,
+        "limited after {limited_at}"
+    );
+    let ack = FrameBuilder::tcp_v4(CLIENT, 42000, SERVER, port_of(MPTCP_SVC))
+        .flags(TCP_ACK)
+        .tcp_options(&mptcp::capable_ack(1, 0x01, 7, 9))
+        .build();
+    let o = f.run(&ack, &ALL).unwrap();
+    assert_eq!(
+        (
+            reason(&o, Reason::MptcpKeysReported),
+            reason(&o, Reason::EventsRateLimited)
+        ),
+        (1, 0),
+        "the key report has its own budget"
+    );
+}
+
+/// Keeps this thread on `cpu` (per-CPU state must stay in one place).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 #[test]
