@@ -76,6 +76,11 @@ struct RunArgs {
     /// Let this group use the control socket too (mode 0660); by default only root can (0600).
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Members of the socket group may only read (status, stats, service
+    /// list and show); changes (service add and remove, phases, CRIU hook
+    /// calls) are refused to any peer but root, told apart by SO_PEERCRED.
+    #[arg(long, requires = "socket_group")]
+    socket_group_read_only: bool,
     /// Where the maps and XDP links are pinned (on bpffs; /sys/fs/bpf is mounted if missing).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -430,7 +435,11 @@ async fn serve(listener: UnixListener, engine: EngineHandle, args: &RunArgs) -> 
         t.tick().await;
     }
     let mut printed = 0u64;
-    let control = servers::serve_control(listener, engine.clone());
+    let access = match args.socket_group_read_only {
+        true => servers::Access::RootChanges,
+        false => servers::Access::AnyPeer,
+    };
+    let control = servers::serve_control(listener, engine.clone(), access);
     tokio::pin!(control);
     loop {
         tokio::select! {

@@ -48,8 +48,35 @@ async fn back_off(what: &'static str, failures: u32, error: std::io::Error) {
     tokio::time::sleep(wait).await;
 }
 
+/// Who may change things through the control socket (anyone who can
+/// connect may read; the socket's mode decides who can connect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    AnyPeer,
+    /// Only peers with uid 0 (`--socket-group-read-only`).
+    RootChanges,
+}
+
+impl Access {
+    /// Why a peer with `uid` (None: unknown) may not run `op`, if it may not.
+    pub fn refusal(self, op: &Op, uid: Option<u32>) -> Option<ApiError> {
+        if self == Access::AnyPeer || !op.mutates() || uid == Some(0) {
+            return None;
+        }
+        let who = uid.map_or("a peer whose uid is unknown".to_string(), |u| {
+            format!("uid {u}")
+        });
+        Some(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{who} may only read: the agent runs with --socket-group-read-only, so changes take root"
+            ),
+        ))
+    }
+}
+
 /// Serves the control socket for ever.
-pub async fn serve_control(listener: UnixListener, engine: EngineHandle) {
+pub async fn serve_control(listener: UnixListener, engine: EngineHandle, access: Access) {
     let cap = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut failures = 0;
     loop {
@@ -66,7 +93,7 @@ pub async fn serve_control(listener: UnixListener, engine: EngineHandle) {
             Ok(permit) => {
                 let engine = engine.clone();
                 tokio::spawn(async move {
-                    serve_client(stream, engine).await;
+                    serve_client(stream, engine, access).await;
                     drop(permit);
                 });
             }
@@ -88,7 +115,7 @@ async fn refuse_client(mut stream: UnixStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
 }
 
-async fn serve_client(stream: UnixStream, engine: EngineHandle) {
+async fn serve_client(stream: UnixStream, engine: EngineHandle, access: Access) {
     let peer = stream.peer_cred().ok();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -125,9 +152,15 @@ async fn serve_client(stream: UnixStream, engine: EngineHandle) {
                         tracing::debug!(peer_pid = ?peer.and_then(|p| p.pid()),
                             peer_uid = ?peer.map(|p| p.uid()), ?op, "control request");
                     }
-                    match engine.call(op, received).await {
-                        Ok(v) => Response::ok(id, v),
-                        Err(e) => Response::err(id, e),
+                    if let Some(refused) = access.refusal(&op, peer.map(|p| p.uid())) {
+                        tracing::info!(peer_pid = ?peer.and_then(|p| p.pid()),
+                            peer_uid = ?peer.map(|p| p.uid()), op = op.name(), "refused a change from a read-only peer");
+                        Response::err(id, refused)
+                    } else {
+                        match engine.call(op, received).await {
+                            Ok(v) => Response::ok(id, v),
+                            Err(e) => Response::err(id, e),
+                        }
                     }
                 }
                 Err(e) => {
@@ -248,6 +281,25 @@ async fn render(engine: &EngineHandle) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_socket_group_may_read_and_only_root_may_change() {
+        let (_, change) =
+            api::parse_request(r#"{"v":1,"op":"service.remove","args":{"service":"x"}}"#);
+        let change = change.expect("a valid request");
+        let read = Op::ServiceList;
+        assert!(Access::AnyPeer.refusal(&change, Some(1000)).is_none());
+        let ro = Access::RootChanges;
+        assert!(ro.refusal(&read, Some(1000)).is_none());
+        assert!(ro.refusal(&change, Some(0)).is_none());
+        let e = ro.refusal(&change, Some(1000)).expect("refused");
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(e.message.contains("uid 1000"), "{}", e.message);
+        assert!(
+            ro.refusal(&change, None).is_some(),
+            "an unknown peer is not root"
+        );
+    }
 
     #[test]
     fn accept_errors_back_off_from_10_ms_to_a_second() {

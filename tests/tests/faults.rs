@@ -913,6 +913,42 @@ fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
     println!(
         "--socket-group {GROUP} (0660): uid {NOBODY} gid {GROUP}: ok; uid {NOBODY} gid {NOBODY}: exit 3"
     );
+
+    // Read-only: members read, only root changes (told apart by SO_PEERCRED).
+    t.src_agent.kill9();
+    t.src_agent.args.push("--socket-group-read-only".into());
+    t.src_agent.start(&t.src);
+    let member_ctl = |args: &[&str]| {
+        Command::new(&ctl)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .uid(NOBODY)
+            .gid(GROUP)
+            .output()
+            .unwrap()
+    };
+    assert!(member_ctl(&["status"]).status.success());
+    let add = [
+        "service",
+        "add",
+        "--id",
+        "9",
+        "--name",
+        "ro",
+        "--udp",
+        "10.41.1.2:7999",
+    ];
+    let refused = member_ctl(&add);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a member changed the agent");
+    assert!(err.contains("may only read"), "{err}");
+    assert_eq!(t.src_agent.json(&["service", "list"]), json!([]));
+    t.src_agent.ok(&add);
+    println!(
+        "--socket-group-read-only: a member's service add refused: {}",
+        err.trim()
+    );
 }
 
 /// Under a supervisor's low soft limit of open files (64), the agent raises

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The datapath refused an update (the message has the kernel's error).
     Datapath,
+    /// The peer may not make this request (`--socket-group-read-only`).
+    Forbidden,
     /// The agent is at one of its limits (connections, queued requests):
     /// nothing was done; try again.
     Busy,
@@ -236,6 +238,20 @@ pub const OPS: [&str; 8] = [
 ];
 
 impl Op {
+    /// The operation's name on the wire (one of [`OPS`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::ServiceAdd(_) => "service.add",
+            Self::ServiceRemove(_) => "service.remove",
+            Self::ServiceList => "service.list",
+            Self::ServiceShow(_) => "service.show",
+            Self::Phase(_) => "phase",
+            Self::Criu(_) => "criu",
+            Self::Stats => "stats",
+        }
+    }
+
     /// Does this operation change state (and so must be logged)?
     pub fn mutates(&self) -> bool {
         matches!(
