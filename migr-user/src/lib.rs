@@ -19,3 +19,4 @@ pub mod servers;
 pub mod socket_room;
 pub mod spool;
 pub mod statefile;
+pub mod token_quota;

@@ -96,6 +96,16 @@ pub fn render(stats: &Stats) -> String {
         stats.agent.late_joins_learned,
     );
     o.family(
+        "migr_mptcp_tokens_refused_total",
+        "counter",
+        "MPTCP key reports whose token was not learned: their client address was over its quota.",
+    );
+    o.sample(
+        "migr_mptcp_tokens_refused_total",
+        &[],
+        stats.agent.tokens_refused,
+    );
+    o.family(
         "migr_datapath_packets_total",
         "counter",
         "Packets the XDP program saw, by protocol class.",
@@ -342,6 +352,7 @@ mod tests {
                 ring_backlog_bytes: 0,
                 unknown_service_records: 0,
                 late_joins_learned: 0,
+                tokens_refused: 0,
                 recovery_problems: Vec::new(),
                 park_pending_bytes: 7 * 60,
                 park_max_total_bytes: 1 << 28,

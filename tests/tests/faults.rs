@@ -28,7 +28,10 @@ use migr_testkit::{
     frames::{FrameBuilder, mptcp},
     netns::{ifindex_of, mac_of},
 };
-use migr_user::servers::MAX_CONTROL_CONNECTIONS;
+use migr_user::{
+    servers::MAX_CONTROL_CONNECTIONS,
+    token_quota::{TOKEN_BURST, TOKENS_PER_SECOND},
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -1652,7 +1655,20 @@ fn packet_floods_move_only_counters_and_the_agent_memory_stays_bounded() {
     println!(
         "MPTCP tokens learned from the flood: {tokens} of {reported} reports (TOKENS holds at most 65,536)"
     );
-    assert!(tokens as u64 <= reported && tokens <= 65_536);
+    // One source address: its tokens are bounded by its quota (256 at once,
+    // 64 a second), however many reports pass the datapath's budget.
+    let quota = TOKEN_BURST + TOKENS_PER_SECOND * (flood_s + 1.0);
+    let refused = num(&a.json(&["stats"]), &["agent", "tokens_refused"]);
+    println!("tokens refused by the per-address quota: {refused}");
+    assert!(
+        tokens as f64 <= quota,
+        "{tokens} tokens learned from one address"
+    );
+    assert_eq!(
+        tokens as u64 + refused,
+        reported,
+        "each report learned or refused"
+    );
     assert!(tokens > 0, "the reports that passed were acted on");
     assert!(seen > 10_000, "the flood reached the datapath ({seen})");
     assert_eq!(

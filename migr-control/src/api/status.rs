@@ -135,6 +135,10 @@ pub struct AgentInfo {
     /// MPTCP subflows learned from MP_JOINs that arrived before their token.
     #[serde(default)]
     pub late_joins_learned: u64,
+    /// MPTCP key reports whose token was not learned: their client address
+    /// was over its quota (256 at once, then 64 a second).
+    #[serde(default)]
+    pub tokens_refused: u64,
     /// What the agent could not recover when it started: saved services it
     /// could not read back (their datapath entries are off, so their frames
     /// pass), or a saved state it could not read at all (set aside).

@@ -54,6 +54,7 @@ use crate::{
     forward_path::ForwardPathChoice,
     parkring::ParkRing,
     statefile::StateFile,
+    token_quota::TokenQuota,
 };
 
 /// Everything the engine needs to start.
@@ -102,6 +103,8 @@ pub struct Engine {
     /// MP_JOINs that arrived before their token, kept until it is installed.
     early_joins: EarlyJoins,
     late_joins_learned: u64,
+    /// MPTCP tokens each client address may have learned.
+    token_quota: TokenQuota,
     rx: mpsc::Receiver<Call>,
     wake: Arc<OwnedFd>,
     pump_paused_until: Option<Instant>,
@@ -205,6 +208,7 @@ impl Engine {
             unknown_records: 0,
             early_joins: EarlyJoins::default(),
             late_joins_learned: 0,
+            token_quota: TokenQuota::default(),
             rx,
             wake,
             pump_paused_until: None,

@@ -70,6 +70,7 @@ impl Engine {
                 ring_backlog_bytes: self.ring.backlog(),
                 unknown_service_records: self.unknown_records,
                 late_joins_learned: self.late_joins_learned,
+                tokens_refused: self.token_quota.refused,
                 recovery_problems: self.recovery_problems.clone(),
                 park_pending_bytes: self
                     .services
