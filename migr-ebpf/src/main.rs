@@ -671,7 +671,7 @@ fn take_event_budget(kind: EventKind) -> bool {
 #[inline(always)]
 fn take_join(token: u32) -> bool {
     let key = on_stack(&token);
-    match JOINS_LEARNED.get_ptr_mut(&key) {
+    match JOINS_LEARNED.get_ptr_mut(key) {
         Some(count) => {
             // SAFETY: a value of this map, valid while the program runs.
             let count = unsafe { &mut *count };
@@ -681,7 +681,7 @@ fn take_join(token: u32) -> bool {
             *count += 1;
             true
         }
-        None => JOINS_LEARNED.insert(&key, &1, 0).is_ok(),
+        None => JOINS_LEARNED.insert(key, 1, 0).is_ok(),
     }
 }
 

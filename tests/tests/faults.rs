@@ -1555,6 +1555,44 @@ fn hostile_control_requests_are_refused_and_change_nothing() {
 // ---------------------------------------------------------------------------
 // Packets cannot change control state; events are rate-limited
 
+/// MPTCP keys are read while the engine is busy. Its loop is held busy
+/// (test hook `MIGR_TEST_ENGINE_NEVER_IDLE`: it never sleeps, as under a
+/// flood to a frozen service or a long unpaced replay); key reports must
+/// still become tokens at once, not when the loop next has nothing to do.
+#[test]
+fn mptcp_keys_are_read_while_the_engine_is_busy() {
+    const MPTCP_PORT: u16 = 8081;
+    const KEYS: u64 = 5;
+    let mut t = Topology::build(false, &[], false);
+    t.src_agent
+        .env
+        .push(("MIGR_TEST_ENGINE_NEVER_IDLE".into(), "1".into()));
+    t.src_agent.start(&t.src);
+    let a = &t.src_agent;
+    let addr = format!("{SRC_IP}:{MPTCP_PORT}");
+    a.ok(&[
+        "service", "add", "--id", "5", "--name", "mp", "--mptcp", &addr,
+    ]);
+    let src_mac = mac_of(&t.client, "v-cs").unwrap();
+    let dst_mac = mac_of(&t.src, "v-sc").unwrap();
+    let raw = PacketSocket::new(&t.client, "v-cs");
+    for i in 0..KEYS {
+        let frame =
+            FrameBuilder::tcp_v4([10, 41, 1, 1], 21000 + i as u16, [10, 41, 1, 2], MPTCP_PORT)
+                .flags(TCP_ACK)
+                .tcp_options(&mptcp::capable_ack(1, 0x01, 0x1111 + i, 0x2222 + i))
+                .src_mac(src_mac)
+                .dst_mac(dst_mac)
+                .build();
+        assert!(raw.send(&frame), "sending key report {i}");
+    }
+    wait_for(Duration::from_secs(5), "the tokens installed", || {
+        pinned_u32_entries(&a.pin_dir, "TOKENS") == KEYS as usize
+    });
+    assert_eq!(reason(a, "mptcp_keys_reported"), KEYS);
+    println!("busy engine: {KEYS} of {KEYS} key reports became tokens");
+}
+
 /// A flood of MP_CAPABLE third ACKs, each with new keys, at an MPTCP
 /// service, then a flood of malformed and replay-tag-carrying frames: the
 /// datapath's event budget suppresses most key reports

@@ -112,8 +112,7 @@ pub struct Engine {
     next_replay_at: Option<Instant>,
     /// When the leases on PARK and hold entries were last renewed.
     leases_renewed: Instant,
-    /// [`PANIC_HOOK`] was set.
-    panic_on_stats: bool,
+    hooks: TestHooks,
     /// What the start could not recover (`persist.rs`), for `stats`.
     recovery_problems: Vec<String>,
     /// flock on the state directory: one agent per state directory.
@@ -123,10 +122,27 @@ pub struct Engine {
 /// Requests the engine serves before it turns to the rings again.
 const REQUESTS_PER_TURN: usize = 16;
 
-/// A test hook: with this variable set, the engine panics on its first
-/// `stats` request, so that the suite can check what a panic does to the
-/// agent (it exits non-zero; it does not live on without its engine).
-const PANIC_HOOK: &str = "MIGR_TEST_ENGINE_PANIC";
+/// Fault injection for the test suite, read from the environment once at
+/// start; never set in production.
+#[derive(Clone, Copy, Debug, Default)]
+struct TestHooks {
+    /// `MIGR_TEST_ENGINE_PANIC`: panic on the first `stats` request, to
+    /// check that a panic ends the agent (exit status 1).
+    panic_on_stats: bool,
+    /// `MIGR_TEST_ENGINE_NEVER_IDLE`: every turn of the loop counts as busy
+    /// (it never sleeps), as under a flood or a long unpaced replay, to
+    /// check that events are read all the same.
+    never_idle: bool,
+}
+
+impl TestHooks {
+    fn from_env() -> Self {
+        Self {
+            panic_on_stats: std::env::var_os("MIGR_TEST_ENGINE_PANIC").is_some(),
+            never_idle: std::env::var_os("MIGR_TEST_ENGINE_NEVER_IDLE").is_some(),
+        }
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -214,7 +230,7 @@ impl Engine {
             pump_paused_until: None,
             next_replay_at: None,
             leases_renewed: Instant::now(),
-            panic_on_stats: std::env::var_os(PANIC_HOOK).is_some(),
+            hooks: TestHooks::from_env(),
             recovery_problems: Vec::new(),
             _lock: lock,
         };
@@ -296,7 +312,7 @@ impl Engine {
             if self.dirty && self.last_persist.elapsed() >= Duration::from_secs(1) {
                 self.persist_or_log();
             }
-            if !busy {
+            if !busy && !self.hooks.never_idle {
                 self.wait();
             }
         }
@@ -442,8 +458,8 @@ impl Engine {
             Op::Phase(args) => to_value(self.phase(args, received)),
             Op::Criu(args) => to_value(self.criu(args, received)),
             Op::Stats => {
-                if self.panic_on_stats {
-                    panic!("{PANIC_HOOK} is set: panicking on a stats request");
+                if self.hooks.panic_on_stats {
+                    panic!("MIGR_TEST_ENGINE_PANIC is set: panicking on a stats request");
                 }
                 to_value(self.stats())
             }

@@ -49,6 +49,18 @@ struct SpoolMark {
     numbered: bool,
 }
 
+impl SpoolMark {
+    /// Where `spool` stands now.
+    fn of(spool: &Spool) -> Self {
+        Self {
+            first_ring_pos: spool.first_ring_pos(),
+            len: spool.end_seq(),
+            done: spool.done_seq(),
+            numbered: true,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct PersistedState {
     version: u32,
@@ -229,12 +241,7 @@ impl Engine {
                     machine: s.machine.clone(),
                     totals: s.totals.clone(),
                     last_latency_us: s.last_latency_us,
-                    spool_mark: Some(SpoolMark {
-                        first_ring_pos: s.spool.first_ring_pos(),
-                        len: s.spool.end_seq(),
-                        done: s.spool.done_seq(),
-                        numbered: true,
-                    }),
+                    spool_mark: Some(SpoolMark::of(&s.spool)),
                 })
                 .collect(),
         };
@@ -330,26 +337,24 @@ mod tests {
         svc.spool.finish_batch(n).unwrap();
     }
 
+    fn idle_service(scratch: &Scratch) -> Service {
+        let limit = ParkLimit {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        scratch.service(None, PhaseMachine::new(Timing::default(), 0), limit)
+    }
+
     /// A killed agent saved its totals with 2 frames stored and 1 replayed,
     /// then stored 3 more and replayed 2 more: the restarted agent counts the
     /// difference from the store, less the frames of an interrupted batch.
     #[test]
     fn a_restart_counts_what_was_stored_and_replayed_after_the_last_save() {
         let scratch = Scratch::new("catch-up");
-        let limit = ParkLimit {
-            frames: 100,
-            bytes: 1 << 20,
-        };
-        let machine = PhaseMachine::new(Timing::default(), 0);
-        let mut svc = scratch.service(None, machine, limit);
+        let mut svc = idle_service(&scratch);
         svc.spool.append(frames(0, 2)).unwrap();
         replay(&mut svc, 1);
-        let mark = SpoolMark {
-            first_ring_pos: svc.spool.first_ring_pos(),
-            len: svc.spool.end_seq(),
-            done: svc.spool.done_seq(),
-            numbered: true,
-        };
+        let mark = SpoolMark::of(&svc.spool);
         svc.spool.append(frames(2, 3)).unwrap();
         replay(&mut svc, 2);
         catch_up_totals(&mut svc, mark, 0);
@@ -373,12 +378,7 @@ mod tests {
     #[test]
     fn a_compacted_store_counts_the_pending_frames_as_replayed() {
         let scratch = Scratch::new("catch-up-compacted");
-        let limit = ParkLimit {
-            frames: 100,
-            bytes: 1 << 20,
-        };
-        let machine = PhaseMachine::new(Timing::default(), 0);
-        let mut svc = scratch.service(None, machine, limit);
+        let mut svc = idle_service(&scratch);
         let mark = SpoolMark {
             first_ring_pos: Some(0),
             len: 5,
@@ -394,20 +394,10 @@ mod tests {
     #[test]
     fn a_restart_counts_frames_compacted_away_since_the_save() {
         let scratch = Scratch::new("catch-up-partial");
-        let limit = ParkLimit {
-            frames: 100,
-            bytes: 1 << 20,
-        };
-        let machine = PhaseMachine::new(Timing::default(), 0);
-        let mut svc = scratch.service(None, machine, limit);
+        let mut svc = idle_service(&scratch);
         svc.spool.append(frames(0, 2)).unwrap();
         replay(&mut svc, 1);
-        let mark = SpoolMark {
-            first_ring_pos: svc.spool.first_ring_pos(),
-            len: svc.spool.end_seq(),
-            done: svc.spool.done_seq(),
-            numbered: true,
-        };
+        let mark = SpoolMark::of(&svc.spool);
         svc.spool.append(frames(2, 20)).unwrap();
         replay(&mut svc, 15);
         svc.spool.compact().unwrap(); // frames 0..16 gone

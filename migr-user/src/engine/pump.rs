@@ -420,6 +420,13 @@ mod tests {
         replayed: RefCell<Vec<(Vec<u8>, Action)>>,
     }
 
+    impl FakeReplayer {
+        /// The first byte of each frame replayed, in order.
+        fn firsts(&self) -> Vec<u8> {
+            self.replayed.borrow().iter().map(|(b, _)| b[0]).collect()
+        }
+    }
+
     impl Replayer for FakeReplayer {
         fn replay_batch(&mut self, frames: &[&[u8]], _ifindex: u32, action: Action) -> Result<u32> {
             let mut seen = self.replayed.borrow_mut();
@@ -772,13 +779,7 @@ mod tests {
         let out = pump_ring(&ring, &mut f.services, &mut replayer, u64::MAX);
         assert_eq!(out.retry_at, None);
         assert_eq!(ring.consumed.get(), 300);
-        let firsts: Vec<u8> = replayer
-            .inner
-            .replayed
-            .borrow()
-            .iter()
-            .map(|(b, _)| b[0])
-            .collect();
+        let firsts = replayer.inner.firsts();
         assert_eq!(firsts, [0, 1, 2], "each once, in order");
         let svc = &f.services[&1];
         assert_eq!(svc.totals.replay.replayed_frames, 3);
@@ -820,13 +821,7 @@ mod tests {
         assert_eq!(handled, 4);
         let r = svc.totals.replay;
         assert_eq!((r.replayed_frames, r.failed_frames, r.retries), (3, 1, 4));
-        let firsts: Vec<u8> = replayer
-            .inner
-            .replayed
-            .borrow()
-            .iter()
-            .map(|(b, _)| b[0])
-            .collect();
+        let firsts = replayer.inner.firsts();
         assert_eq!(firsts, [0, 2, 3], "frame 1 given up, the others in order");
     }
 }
