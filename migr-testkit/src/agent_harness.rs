@@ -1,4 +1,4 @@
-//! The harness of the agent tests (`tests/tests/agent.rs`, `tests/tests/faults.rs`):
+//! The harness of the agent tests (`tests/tests/agent.rs`, `tests/tests/faults/`):
 //! migr-agent and migrctl end to end, in network namespaces.
 //!
 //! Topology (each test builds its own; `dst` only where needed):

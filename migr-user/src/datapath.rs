@@ -677,6 +677,18 @@ impl Datapath {
 
     /// Runs `frame` once through `program` with BPF_PROG_TEST_RUN.
     pub fn test_run(&mut self, program: &str, frame: &[u8]) -> Result<TestRunOutcome> {
+        self.test_run_repeated(program, frame, 1)
+    }
+
+    /// Runs `frame` through `program` `repeat` times in one BPF_PROG_TEST_RUN
+    /// call (in the kernel, back to back: a burst no user-space loop makes,
+    /// even in an emulated VM). The outcome is the last run's.
+    pub fn test_run_repeated(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         // Room for programs that grow the frame (none do today, but a short
         // buffer would make the kernel fail the run with ENOSPC).
         let mut out = vec![0u8; frame.len() + 256];
@@ -685,7 +697,7 @@ impl Datapath {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                repeat: 1,
+                repeat,
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN")?;

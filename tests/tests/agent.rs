@@ -16,7 +16,7 @@
 //! Every test drives the agents only through the `migrctl` binary (and raw
 //! socket writes in the bad-request test), as an operator or CRIU would.
 //! The harness (agents, topology, the echo process, the client) is
-//! `migr_testkit::agent_harness`, shared with `faults.rs`.
+//! `migr_testkit::agent_harness`, shared with `faults/`.
 
 use std::{
     io::{Read as _, Write as _},

@@ -1,0 +1,146 @@
+//! The agent process: its open-file limit, its bpffs, an engine panic.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use migr_testkit::agent_harness::*;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Under a supervisor's low soft limit of open files (64), the agent raises
+/// it to the hard limit and so takes a hundred services, each of which holds
+/// two files.
+#[test]
+fn a_low_open_file_limit_is_raised_so_a_hundred_services_fit() {
+    const N: u16 = 100;
+    let mut t = Topology::build(false, &[], false);
+    t.src_agent.nofile = Some(64);
+    t.src_agent.start(&t.src);
+    let mut api = Api::connect(&t.src_agent.socket);
+    let adds: Vec<Value> = (0..N)
+        .map(|i| {
+            request(
+                "service.add",
+                json!({
+                    "id": 300 + i,
+                    "name": format!("f{i}"),
+                    "rules": [{"proto": "udp", "addr": format!("{SRC_IP}:{}", 8100 + i)}],
+                }),
+            )
+        })
+        .collect();
+    for r in api.pipeline(&adds) {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", t.src_agent.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    println!("soft limit 64 raised to 4096; {N} services added");
+}
+
+/// `ip netns exec` gives the agent a mount namespace of its own with a fresh
+/// /sys: a bpffs it mounted there would vanish with it, and the pinned
+/// datapath and parked frames with it. The agent refuses and says how to run
+/// instead; under `nsenter --net` (the harness's way) it serves.
+#[test]
+fn an_agent_in_a_private_mount_namespace_refuses_a_bpffs_that_dies_with_it() {
+    let t = Topology::build(false, &[], false);
+    let mut args = t.src_agent.args.clone();
+    args.insert(0, bins().agent.to_str().unwrap().to_string());
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", t.src.name()])
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent served under `ip netns exec` instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("nsenter --net"),
+        "the refusal says what to do: {err}"
+    );
+    assert!(!t.src_agent.pin_dir.exists(), "nothing was pinned");
+    println!(
+        "ip netns exec: refused ({status}): {}",
+        err.lines().last().unwrap_or("")
+    );
+}
+
+/// The engine thread panics (a test hook makes it panic on `stats`): the
+/// agent must exit with a failure status, so that its supervisor restarts
+/// it, rather than live on answering every request with an error. The
+/// pinned datapath goes on parking meanwhile, and the restarted agent has
+/// the service and its parked frames.
+#[test]
+fn an_engine_panic_ends_the_agent_with_a_failure_status() {
+    let mut t = Topology::build(false, &[], false);
+    t.src_agent
+        .env
+        .push(("MIGR_TEST_ENGINE_PANIC".into(), "1".into()));
+    t.src_agent.start(&t.src);
+    let addr = format!("{SRC_IP}:7500");
+    let echo = start_echo_on(
+        &t.src,
+        std::slice::from_ref(&addr),
+        "panic",
+        &t.scratch(),
+        &[],
+    );
+    t.src_agent
+        .ok(&["service", "add", "--id", "3", "--name", "p", "--udp", &addr]);
+    t.src_agent.phase("p", "freeze");
+    let stats = t.src_agent.ctl(&["stats"]);
+    assert!(
+        !stats.status.success(),
+        "stats answered although the engine panicked"
+    );
+    let mut status = None;
+    wait_for(Duration::from_secs(10), "the agent to exit", || {
+        let p = t.src_agent.proc.as_mut().expect("started");
+        status = p.child.try_wait().expect("wait for the agent");
+        status.is_some()
+    });
+    let status = status.expect("exited");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = t.src_agent.log_text();
+    assert!(log.contains("the engine thread panicked"), "{log}");
+    t.src_agent.proc = None;
+    let client = UdpClient::new(&t.client, &addr);
+    client.send(5);
+    t.src_agent.env.clear();
+    t.src_agent.start(&t.src);
+    let s = t.src_agent.service("p");
+    assert_eq!(s["state"], "frozen", "{s}");
+    t.src_agent.phase("p", "abort");
+    let answers = client.wait_answers(5, Duration::from_secs(5));
+    assert_eq!(
+        answers.len(),
+        5,
+        "parked while no agent ran, replayed after: {answers:?}"
+    );
+    println!(
+        "engine panic: agent exited with {status}; 5 of 5 frames parked meanwhile were replayed"
+    );
+    t.procs.push(echo);
+}
