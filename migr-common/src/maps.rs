@@ -454,6 +454,18 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The client's address (an IPv4 one is in the first 4 bytes).
+    pub fn src_ip(&self) -> core::net::IpAddr {
+        if self.family == FAMILY_V4 {
+            let [a, b, c, d, ..] = self.src_addr;
+            core::net::IpAddr::from([a, b, c, d])
+        } else {
+            core::net::IpAddr::from(self.src_addr)
+        }
+    }
+}
+
 /// Per-verdict counters. Every packet the main program sees increments
 /// exactly one of these, in the slot of the service it belongs to (slot
 /// [`NO_SERVICE`] for everything else).
@@ -745,6 +757,22 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn a_flow_key_gives_its_client_address_by_family() {
+        let mut v4 = FlowKey {
+            family: FAMILY_V4,
+            ..Default::default()
+        };
+        v4.src_addr[..4].copy_from_slice(&[10, 0, 0, 7]);
+        assert_eq!(v4.src_ip(), core::net::IpAddr::from([10, 0, 0, 7]));
+        let v6 = FlowKey {
+            family: FAMILY_V6,
+            src_addr: [0x20, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            ..Default::default()
+        };
+        assert_eq!(v6.src_ip(), core::net::IpAddr::from(v6.src_addr));
+    }
 
     #[test]
     fn key_reports_and_other_events_have_budgets_of_their_own() {

@@ -710,6 +710,20 @@ impl Datapath {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, in
+/// which the datapath's deadlines (`ServiceEntry::lease_until_ns`) are kept.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Smallest frame a replay can make (`bpf_xdp_adjust_tail` keeps an Ethernet header).
 pub const MIN_REPLAY_FRAME: usize = 14;
 

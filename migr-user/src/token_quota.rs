@@ -9,11 +9,7 @@
 //! clients shares it, a documented limit); the datapath's event budget
 //! bounds the reports of all sources together.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr, time::Instant};
 
 /// Tokens one address may have learned at once.
 pub const TOKEN_BURST: f64 = 256.0;
@@ -68,13 +64,10 @@ impl TokenQuota {
     }
 }
 
-/// How long a drained bucket takes to allow one more token.
-pub fn refill_time() -> Duration {
-    Duration::from_secs_f64(1.0 / TOKENS_PER_SECOND)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -90,7 +83,8 @@ mod tests {
         let refilled = (0..1000).filter(|_| q.allow(a, later)).count();
         assert_eq!(refilled, TOKENS_PER_SECOND as usize);
         assert!(!q.allow(a, later));
-        assert!(q.allow(a, later + refill_time()));
+        let one_token = Duration::from_secs_f64(1.0 / TOKENS_PER_SECOND);
+        assert!(q.allow(a, later + one_token));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use migr_testkit::{
     frames::{FrameBuilder, mptcp, quic, verify_checksums},
 };
 use migr_user::{
-    datapath::{DatapathConfig, MAIN_PROGRAM, XdpAction},
+    datapath::{DatapathConfig, MAIN_PROGRAM, XdpAction, monotonic_ns},
     mptcp::mptcp_token,
 };
 
@@ -588,17 +588,6 @@ fn once_the_agents_lease_ran_out_frames_stop_waiting_for_it() {
         (XdpAction::Pass, Verdict::Pass, 1)
     );
     assert_eq!(f.dp.drain_parked().unwrap().len(), 2);
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[test]

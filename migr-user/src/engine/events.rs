@@ -1,9 +1,9 @@
 //! The datapath's events: MPTCP keys become tokens, and MP_JOINs that
 //! overtook their token are learned once it is known.
 
-use std::{net::IpAddr, time::Instant};
+use std::time::Instant;
 
-use migr_common::maps::{EventKind, FAMILY_V4, FlowKey};
+use migr_common::maps::{EventKind, FlowKey};
 
 use super::Engine;
 use crate::mptcp::mptcp_token;
@@ -37,7 +37,7 @@ impl Engine {
             if !svc.mptcp() || ev.receiver_key == 0 {
                 continue;
             }
-            let source = flow_source(&ev.flow);
+            let source = ev.flow.src_ip();
             if !self.token_quota.allow(source, now) {
                 if self.token_quota.refused.is_power_of_two() {
                     tracing::warn!(%source, refused = self.token_quota.refused,
@@ -75,15 +75,5 @@ impl Engine {
                 tracing::warn!(error = %format!("{e:#}"), "learning an MP_JOIN subflow failed")
             }
         }
-    }
-}
-
-/// The client address of a flow key.
-fn flow_source(flow: &FlowKey) -> IpAddr {
-    if flow.family == FAMILY_V4 {
-        let [a, b, c, d, ..] = flow.src_addr;
-        IpAddr::from([a, b, c, d])
-    } else {
-        IpAddr::from(flow.src_addr)
     }
 }

@@ -13,19 +13,7 @@
 use std::time::{Duration, Instant};
 
 use super::Engine;
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub(super) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
+use crate::datapath::monotonic_ns;
 
 /// The deadline of a lease of `lease` taken now.
 pub(super) fn lease_until_ns(lease: Duration) -> u64 {

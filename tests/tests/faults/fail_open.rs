@@ -151,18 +151,7 @@ fn a_service_that_cannot_be_reinstalled_fails_open_and_the_rest_carry_on() {
 #[test]
 fn a_dead_agents_lease_runs_out_and_its_services_fail_open() {
     let mut t = Topology::new(false, &["--lease-ms", "500", "--settle-ms", "600000"]);
-    let (a_addr, b_addr) = (format!("{SRC_IP}:7400"), format!("{SRC_IP}:7401"));
-    let echo = start_echo_on(
-        &t.src,
-        &[a_addr.clone(), b_addr.clone()],
-        "ab",
-        &t.scratch(),
-        &[],
-    );
-    for (id, name, addr) in [("1", "a", &a_addr), ("2", "b", &b_addr)] {
-        t.src_agent
-            .ok(&["service", "add", "--id", id, "--name", name, "--udp", addr]);
-    }
+    let (echo, a_addr, b_addr) = two_udp_services(&t, 7400, "ab");
     let (a, b) = (
         UdpClient::new(&t.client, &a_addr),
         UdpClient::new(&t.client, &b_addr),
@@ -234,17 +223,8 @@ fn a_dead_agents_lease_runs_out_and_its_services_fail_open() {
 #[test]
 fn unreadable_saved_state_is_reported_and_fails_open_service_by_service() {
     let mut t = Topology::new(false, &[]);
-    let (a_addr, b_addr) = (format!("{SRC_IP}:7600"), format!("{SRC_IP}:7601"));
-    let echo = start_echo_on(
-        &t.src,
-        &[a_addr.clone(), b_addr.clone()],
-        "state",
-        &t.scratch(),
-        &[],
-    );
-    for (id, name, addr) in [("1", "a", &a_addr), ("2", "b", &b_addr)] {
-        t.src_agent
-            .ok(&["service", "add", "--id", id, "--name", name, "--udp", addr]);
+    let (echo, a_addr, b_addr) = two_udp_services(&t, 7600, "state");
+    for name in ["a", "b"] {
         t.src_agent.phase(name, "freeze");
     }
     t.src_agent.kill9();

@@ -218,3 +218,22 @@ pub fn control_state(svc: &Value) -> Value {
         "timeline": svc["timeline"],
     })
 }
+
+/// Services `a` (id 1) and `b` (id 2) on UDP ports `port` and `port + 1` of
+/// the source, both served by one echo process named `tag`. Returns the
+/// process and the two addresses.
+pub fn two_udp_services(t: &Topology, port: u16, tag: &str) -> (Proc, String, String) {
+    let (a_addr, b_addr) = (format!("{SRC_IP}:{port}"), format!("{SRC_IP}:{}", port + 1));
+    let echo = start_echo_on(
+        &t.src,
+        &[a_addr.clone(), b_addr.clone()],
+        tag,
+        &t.scratch(),
+        &[],
+    );
+    for (id, name, addr) in [("1", "a", &a_addr), ("2", "b", &b_addr)] {
+        t.src_agent
+            .ok(&["service", "add", "--id", id, "--name", name, "--udp", addr]);
+    }
+    (echo, a_addr, b_addr)
+}
