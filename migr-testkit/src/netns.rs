@@ -213,3 +213,65 @@ pub fn ifindex_of(ns: &NetNs, dev: &str) -> Result<u32> {
     let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])?;
     Ok(text.trim().parse()?)
 }
+
+/// UDP datagrams the kernel of a namespace dropped outside any XDP program
+/// (`/proc/net/snmp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpDrops {
+    /// Sent, then refused by the device (`SndbufErrors`): a veth whose peer
+    /// runs XDP queues at most 256 frames for it, and drops the rest while
+    /// that side's CPU is busy elsewhere.
+    pub sndbuf: u64,
+    /// Received into a full socket buffer (`RcvbufErrors`).
+    pub rcvbuf: u64,
+}
+
+/// The UDP drop counters of `ns`.
+pub fn udp_drops(ns: &NetNs) -> Result<UdpDrops> {
+    parse_udp_drops(&ns.exec(&["cat", "/proc/net/snmp"])?)
+}
+
+fn parse_udp_drops(snmp: &str) -> Result<UdpDrops> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    let field = |name: &str| -> Result<u64> {
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .with_context(|| format!("no {name} in {names:?}"))?;
+        let value = values
+            .split_whitespace()
+            .nth(at)
+            .with_context(|| format!("no value for {name} in {values:?}"))?;
+        Ok(value.parse()?)
+    };
+    Ok(UdpDrops {
+        sndbuf: field("SndbufErrors")?,
+        rcvbuf: field("RcvbufErrors")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_drops_are_read_by_column_name() {
+        let snmp = "Ip: Forwarding\nIp: 1\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+            Udp: 10 0 3 12 2 253 0\n\
+            UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            UdpLite: 0 0 0 0 7 7\n";
+        assert_eq!(
+            parse_udp_drops(snmp).unwrap(),
+            UdpDrops {
+                sndbuf: 253,
+                rcvbuf: 2
+            }
+        );
+        assert!(parse_udp_drops("Ip: Forwarding\nIp: 1\n").is_err());
+        assert!(parse_udp_drops("Udp: InDatagrams\nUdp: 1\n").is_err());
+    }
+}

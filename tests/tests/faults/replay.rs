@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use migr_testkit::agent_harness::*;
+use migr_testkit::{agent_harness::*, netns::udp_drops};
 
 use crate::helpers::*;
 
@@ -102,9 +102,26 @@ fn sigkill_during_a_paced_replay_resumes_without_duplicates_or_loss() {
 /// order.
 #[test]
 fn a_service_busier_than_the_replay_rate_drains_its_backlog_in_bounded_memory() {
+    // A run whose losses the kernel counted outside the datapath (a full
+    // veth queue or socket while other tests held the CPU: seen with the
+    // two cores kept busy) says nothing about migr: it is run again, at
+    // most twice. Every other loss fails.
+    for attempt in 1..=3 {
+        match busy_service_run() {
+            Ok(()) => return,
+            Err(void) => println!("attempt {attempt} void: {void}"),
+        }
+    }
+    panic!("three runs in a row lost requests outside the datapath");
+}
+
+/// One run of the busy-service scenario: `Err` if requests were lost and
+/// the kernel counted at least as many UDP drops outside the datapath.
+fn busy_service_run() -> Result<(), String> {
     const PER_MS: usize = 8;
     let mut t = Topology::new(false, &["--replay-rate", "2000"]);
     let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.procs.push(echo);
     t.src_agent.ok(&[
         "service",
         "add",
@@ -118,6 +135,7 @@ fn a_service_busier_than_the_replay_rate_drains_its_backlog_in_bounded_memory() 
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     let store = t.src_agent.state_dir.join("spool").join("12.frames");
     let (_, hwm_before) = memory_kib(t.src_agent.pid());
+    let drops_before = (udp_drops(&t.client).unwrap(), udp_drops(&t.src).unwrap());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let sent = std::sync::atomic::AtomicU64::new(0);
     let mut largest_store = 0u64;
@@ -166,6 +184,32 @@ fn a_service_busier_than_the_replay_rate_drains_its_backlog_in_bounded_memory() 
         s["replay"],
         t.src_agent.json(&["stats"])["reasons"]
     );
+    let (client_drops, src_drops) = (udp_drops(&t.client).unwrap(), udp_drops(&t.src).unwrap());
+    // Dropped by the kernel outside the datapath: the client's requests
+    // refused by its veth, the echo's answers refused by the node's, either
+    // socket full. The echo's full socket may be the replay's fault (too
+    // fast) or the machine's (the echo starved of CPU by other tests): a run
+    // is void only if migr's own counters lost nothing, and three void runs
+    // in a row fail, so a replay that always overruns the service is caught.
+    let outside = (client_drops.sndbuf - drops_before.0.sndbuf)
+        + (client_drops.rcvbuf - drops_before.0.rcvbuf)
+        + (src_drops.sndbuf - drops_before.1.sndbuf)
+        + (src_drops.rcvbuf - drops_before.1.rcvbuf);
+    println!("busy service: {outside} UDP datagrams dropped by the kernel outside the datapath");
+    let answered: std::collections::BTreeSet<u64> = answers.iter().map(|a| a.seq).collect();
+    let lost = (0..sent).filter(|seq| !answered.contains(seq)).count() as u64;
+    // The park ring overflows when the agent is starved of CPU for long:
+    // a loss migr counts, and one this test does not forgive.
+    let datapath_lost = reason(&t.src_agent, "park_overflow")
+        + num(&s, &["parked", "overflow_frames"])
+        + num(&s, &["replay", "failed_frames"])
+        + num(&s, &["replay", "uncertain_frames"]);
+    if lost > 0 && lost <= outside && datapath_lost == 0 {
+        return Err(format!(
+            "{lost} of {sent} requests unanswered, {outside} UDP datagrams dropped by the kernel \
+             outside the datapath (client {client_drops:?}, node {src_drops:?}, before {drops_before:?})"
+        ));
+    }
     check_answers(&answers, sent);
     let stored_bytes = num(&s, &["parked", "stored_bytes"]);
     assert_eq!(num(&s, &["parked", "overflow_frames"]), 0, "{s}");
@@ -190,5 +234,5 @@ fn a_service_busier_than_the_replay_rate_drains_its_backlog_in_bounded_memory() 
         num(&s, &["parked", "stored_frames"]),
         hwm_after.saturating_sub(hwm_before)
     );
-    t.procs.push(echo);
+    Ok(())
 }
