@@ -8,6 +8,7 @@
 pub mod checksum;
 pub mod cid;
 pub mod classify;
+pub mod layout;
 pub mod maps;
 pub mod packet_bytes;
 pub mod rewrite;

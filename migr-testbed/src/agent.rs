@@ -197,12 +197,7 @@ impl Drop for Agent {
         if let Some(mut p) = self.proc.take() {
             p.stop(Duration::from_secs(5));
         }
-        if let Ok(entries) = std::fs::read_dir(&self.pin_dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }

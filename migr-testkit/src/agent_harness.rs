@@ -376,6 +376,34 @@ impl Agent {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Stops the agent with SIGTERM and insists on a clean exit.
+    pub fn terminate(&mut self) {
+        let mut p = self.proc.take().expect("a running agent");
+        p.signal(libc::SIGTERM);
+        let status = p.child.wait().expect("wait for the agent");
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+    }
+
+    /// Starts the agent where it must refuse to run: returns its exit
+    /// status and log once it has exited (within 20 s, or this panics).
+    pub fn start_refused(&mut self, ns: &NetNs) -> (std::process::ExitStatus, String) {
+        let bin = bins().agent.clone();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut p = spawn_in(ns, &bin, &args, &[("RUST_LOG", "info")], Some(&self.log));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return (status, self.log_text());
+            }
+            if Instant::now() > deadline {
+                p.signal(libc::SIGKILL);
+                let _ = p.child.wait();
+                panic!("the agent ran instead of refusing:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -391,12 +419,7 @@ impl Drop for Agent {
 /// Removes a stopped agent's pins (which detaches its XDP links and frees its maps) and its
 /// state directory.
 pub fn remove_agent_files(pin_dir: &Path, state_dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(pin_dir) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(pin_dir);
+    let _ = std::fs::remove_dir_all(pin_dir);
     let _ = std::fs::remove_dir_all(state_dir);
 }
 

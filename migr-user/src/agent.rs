@@ -155,12 +155,9 @@ pub fn main() -> Result<()> {
 
 fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<()> {
     if pin_dir.exists() {
-        for entry in std::fs::read_dir(pin_dir)? {
-            let entry = entry?;
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("removing {}", entry.path().display()))?;
-        }
-        std::fs::remove_dir(pin_dir)?;
+        // Maps of every layout (maps-v<N>/) and the links.
+        std::fs::remove_dir_all(pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
         tracing::info!(pin_dir = %pin_dir.display(), "removed the pins (links detached, maps freed)");
     }
     for state in crate::statefile::all_paths(state_dir) {

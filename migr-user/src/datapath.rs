@@ -224,9 +224,11 @@ impl Datapath {
     }
 
     /// Like [`Self::load_with`], but the state maps ([`PINNED_MAPS`]) live in
-    /// `pin_dir` (which must exist, on bpffs): maps pinned there already are
-    /// re-used, with everything in them, and new ones are pinned there. The
-    /// table sizes of re-used maps are the ones they were created with.
+    /// this build's layout directory under `pin_dir` (on bpffs; see
+    /// `pin_layout.rs`): maps pinned there already are re-used, with
+    /// everything in them, and new ones are pinned there. The table sizes
+    /// of re-used maps are the ones they were created with. Maps of another
+    /// layout in `pin_dir` are refused, with what to do about them.
     pub fn load_pinned(config: &DatapathConfig, pin_dir: &Path) -> Result<Self> {
         Self::load_inner(config, Some(pin_dir)).map_err(crate::features::explain)
     }
@@ -245,8 +247,12 @@ impl Datapath {
             .map_max_entries(map_names::TOKENS, config.tokens)
             .map_max_entries(map_names::PARKED, config.park_ring_bytes);
         if let Some(dir) = pin_dir {
+            crate::pin_layout::check(dir)?;
+            let maps = crate::pin_layout::maps_dir(dir);
+            std::fs::create_dir_all(&maps)
+                .with_context(|| format!("creating the map pin directory {}", maps.display()))?;
             for name in PINNED_MAPS {
-                loader.map_pin_path(name, dir.join(name));
+                loader.map_pin_path(name, maps.join(name));
             }
         }
         let mut ebpf = loader

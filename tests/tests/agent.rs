@@ -679,7 +679,9 @@ fn sigterm_detaches_or_keeps_the_datapath_and_a_restart_keeps_the_state() {
     stop(&mut t.src_agent);
     assert!(!link.exists(), "SIGTERM detaches");
     assert!(
-        t.src_agent.pin_dir.join("SERVICES").exists(),
+        migr_user::pin_layout::maps_dir(&t.src_agent.pin_dir)
+            .join("SERVICES")
+            .exists(),
         "the maps stay pinned"
     );
     let src = &t.src;

@@ -406,8 +406,10 @@ impl Agent {
     /// The MPTCP tokens the agent installed in the datapath (token, service
     /// id), read from the pinned `TOKENS` map.
     pub fn tokens(&self) -> Result<Vec<(u32, u32)>> {
-        let data = aya::maps::MapData::from_pin(self.pin_dir.join("TOKENS"))
-            .context("opening the agent's pinned TOKENS map")?;
+        let data = aya::maps::MapData::from_pin(
+            migr_user::pin_layout::maps_dir(&self.pin_dir).join("TOKENS"),
+        )
+        .context("opening the agent's pinned TOKENS map")?;
         let map = aya::maps::HashMap::<_, u32, u32>::try_from(aya::maps::Map::HashMap(data))?;
         let mut out = Vec::new();
         for kv in map.iter() {

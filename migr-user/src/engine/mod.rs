@@ -189,8 +189,9 @@ impl Engine {
         std::fs::create_dir_all(&spool_dir)
             .with_context(|| format!("creating {}", spool_dir.display()))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
-        let reused = cfg.pin_dir.join(map_names::PARKED).exists();
-        let replay_counter_kept = cfg.pin_dir.join(map_names::REPLAY_NEXT).exists();
+        let maps_dir = crate::pin_layout::maps_dir(&cfg.pin_dir);
+        let reused = maps_dir.join(map_names::PARKED).exists();
+        let replay_counter_kept = maps_dir.join(map_names::REPLAY_NEXT).exists();
         let dp = Datapath::load_pinned(&cfg.datapath, &cfg.pin_dir)?;
         // Runs of the replay batch a killed agent left unfinished (see spool/mod.rs).
         let batch_runs = match replay_counter_kept {

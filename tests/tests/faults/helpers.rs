@@ -122,7 +122,8 @@ pub fn memory_kib(pid: i32) -> (u64, u64) {
 
 /// Entries of a pinned hash map of u32 keys and values.
 pub fn pinned_u32_entries(pin_dir: &Path, map: &str) -> usize {
-    let data = aya::maps::MapData::from_pin(pin_dir.join(map)).expect("the pinned map");
+    let data = aya::maps::MapData::from_pin(migr_user::pin_layout::maps_dir(pin_dir).join(map))
+        .expect("the pinned map");
     let map = aya::maps::Map::from_map_data(data).unwrap();
     let hash = aya::maps::HashMap::<_, u32, u32>::try_from(map).unwrap();
     hash.keys().filter(Result::is_ok).count()

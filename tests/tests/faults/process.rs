@@ -144,3 +144,73 @@ fn an_engine_panic_ends_the_agent_with_a_failure_status() {
     );
     t.procs.push(echo);
 }
+
+/// Maps pinned by an agent of another map layout, or from before layouts
+/// were versioned, are refused: the agent exits, says which layouts meet
+/// and what to do, and leaves the old maps alone (they may hold parked
+/// frames). After `migr-agent cleanup` it starts.
+#[test]
+fn an_agent_refuses_maps_pinned_under_another_layout() {
+    use migr_common::layout::MAP_LAYOUT_VERSION;
+    use migr_user::pin_layout::maps_dir;
+
+    let mut t = Topology::new(false, &[]);
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "3",
+        "--name",
+        "kept",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    t.src_agent.terminate();
+    let ours = maps_dir(&t.src_agent.pin_dir);
+    assert!(ours.join("SERVICES").exists(), "the maps stay pinned");
+    let newer = MAP_LAYOUT_VERSION + 1;
+    let other = t.src_agent.pin_dir.join(format!("maps-v{newer}"));
+    std::fs::rename(&ours, &other).unwrap();
+
+    let (status, log) = t.src_agent.start_refused(&t.src);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&format!("map layout {newer}")), "{log}");
+    assert!(
+        log.contains(&format!("uses map layout {MAP_LAYOUT_VERSION}")),
+        "{log}"
+    );
+    assert!(log.contains("migr-agent cleanup --pin-dir"), "{log}");
+    assert!(
+        other.join("SERVICES").exists(),
+        "the other maps are left alone"
+    );
+    assert!(!ours.exists(), "nothing pinned beside them");
+
+    // Maps pinned straight in the pin directory: a build before versions.
+    for entry in std::fs::read_dir(&other).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::rename(entry.path(), t.src_agent.pin_dir.join(entry.file_name())).unwrap();
+    }
+    std::fs::remove_dir(&other).unwrap();
+    let (status, log) = t.src_agent.start_refused(&t.src);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("before map layouts were versioned"), "{log}");
+
+    let cleanup = Command::new(&bins().agent)
+        .args(["cleanup", "--pin-dir"])
+        .arg(&t.src_agent.pin_dir)
+        .arg("--state-dir")
+        .arg(&t.src_agent.state_dir)
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(!t.src_agent.pin_dir.exists());
+    t.src_agent.start(&t.src);
+    assert!(ours.join("SERVICES").exists());
+    println!(
+        "maps of layout {newer} and unversioned maps refused; started after cleanup. {}",
+        log.lines()
+            .find(|l| l.contains("cannot read them"))
+            .unwrap_or("")
+    );
+}
