@@ -10,6 +10,7 @@ pub mod early_joins;
 pub mod engine;
 pub mod features;
 pub mod forward_path;
+pub mod link_info;
 pub mod metrics;
 pub mod mptcp;
 pub mod neighbour;

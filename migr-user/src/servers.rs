@@ -243,20 +243,29 @@ pub async fn serve_metrics(listener: TcpListener, engine: EngineHandle) {
             }
             let request_line = String::from_utf8_lossy(&head);
             let first = request_line.lines().next().unwrap_or("");
-            let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-                let mut cache = cache.lock().await;
-                match cache.fresh(Instant::now()) {
-                    Some(body) => ("200 OK", body.to_string()),
-                    None => match render(&engine).await {
-                        Ok(body) => {
-                            cache.store(Instant::now(), body.clone());
-                            ("200 OK", body)
-                        }
-                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                    },
+            let (status, body) = match route(first) {
+                Route::Metrics => {
+                    let mut cache = cache.lock().await;
+                    match cache.fresh(Instant::now()) {
+                        Some(body) => ("200 OK", body.to_string()),
+                        None => match render(&engine).await {
+                            Ok(body) => {
+                                cache.store(Instant::now(), body.clone());
+                                ("200 OK", body)
+                            }
+                            Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                        },
+                    }
                 }
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
+                Route::Healthz => health_answer(&engine).await.map_or_else(
+                    |e| (UNAVAILABLE, format!("not alive: {e}\n")),
+                    |_| ("200 OK", "ok\n".to_string()),
+                ),
+                Route::Readyz => readiness(health_answer(&engine).await),
+                Route::Unknown => (
+                    "404 Not Found",
+                    "try /metrics, /healthz or /readyz\n".to_string(),
+                ),
             };
             let response = format!(
                 "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -266,6 +275,63 @@ pub async fn serve_metrics(listener: TcpListener, engine: EngineHandle) {
             let _ = stream.shutdown().await;
             drop(permit);
         });
+    }
+}
+
+/// What a metrics-listener request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    /// Alive: the engine answers.
+    Healthz,
+    /// Ready: every check of `engine/health.rs` passes.
+    Readyz,
+    Unknown,
+}
+
+/// Reads the request line (`GET /path HTTP/1.x`; a query is ignored).
+pub fn route(request_line: &str) -> Route {
+    let mut words = request_line.split_whitespace();
+    let (Some("GET"), Some(target)) = (words.next(), words.next()) else {
+        return Route::Unknown;
+    };
+    match target.split('?').next().unwrap_or("") {
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        _ => Route::Unknown,
+    }
+}
+
+const UNAVAILABLE: &str = "503 Service Unavailable";
+
+/// How long a health probe waits for the engine before calling it dead.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn health_answer(engine: &EngineHandle) -> Result<api::Health, String> {
+    let call = engine.call(Op::Health, Instant::now());
+    let value = tokio::time::timeout(HEALTH_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("the engine did not answer within {HEALTH_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// `/readyz`' status and body: a line per check, `[+]` passed, `[-]` failed.
+pub fn readiness(health: Result<api::Health, String>) -> (&'static str, String) {
+    let health = match health {
+        Ok(h) => h,
+        Err(e) => return (UNAVAILABLE, format!("[-]engine failed: {e}\n")),
+    };
+    let mut body = String::new();
+    for c in &health.checks {
+        let mark = if c.ok { "[+]" } else { "[-]" };
+        let verdict = if c.ok { "ok" } else { "failed" };
+        body.push_str(&format!("{mark}{} {verdict}: {}\n", c.name, c.detail));
+    }
+    match health.ready {
+        true => ("200 OK", body + "ready\n"),
+        false => (UNAVAILABLE, body + "not ready\n"),
     }
 }
 
@@ -308,6 +374,37 @@ mod tests {
             .collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         assert_eq!(accept_backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn requests_are_routed_by_path() {
+        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics);
+        assert_eq!(route("GET /healthz HTTP/1.0"), Route::Healthz);
+        assert_eq!(route("GET /readyz?verbose HTTP/1.1"), Route::Readyz);
+        assert_eq!(route("GET /metrics"), Route::Metrics);
+        assert_eq!(route("POST /metrics HTTP/1.1"), Route::Unknown);
+        assert_eq!(route("GET /readyzz HTTP/1.1"), Route::Unknown);
+        assert_eq!(route(""), Route::Unknown);
+    }
+
+    #[test]
+    fn readiness_lists_every_check_and_fails_on_any() {
+        let check = |name: &str, ok| api::HealthCheck {
+            name: name.into(),
+            ok,
+            detail: "d".into(),
+        };
+        let (status, body) = readiness(Ok(api::Health::from_checks(vec![check("attached", true)])));
+        assert_eq!(status, "200 OK");
+        assert_eq!(body, "[+]attached ok: d\nready\n");
+        let (status, body) = readiness(Ok(api::Health::from_checks(vec![
+            check("attached", true),
+            check("ring_drained", false),
+        ])));
+        assert_eq!(status, UNAVAILABLE);
+        assert!(body.contains("[-]ring_drained failed: d\n"), "{body}");
+        assert!(body.ends_with("not ready\n"));
+        assert_eq!(readiness(Err("gone".into())).0, UNAVAILABLE);
     }
 
     #[test]

@@ -223,10 +223,11 @@ pub enum Op {
     Phase(PhaseArgs),
     Criu(CriuArgs),
     Stats,
+    Health,
 }
 
 /// Every operation, for error messages and docs.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 9] = [
     "hello",
     "service.add",
     "service.remove",
@@ -235,6 +236,7 @@ pub const OPS: [&str; 8] = [
     "phase",
     "criu",
     "stats",
+    "health",
 ];
 
 impl Op {
@@ -249,6 +251,7 @@ impl Op {
             Self::Phase(_) => "phase",
             Self::Criu(_) => "criu",
             Self::Stats => "stats",
+            Self::Health => "health",
         }
     }
 
@@ -317,6 +320,7 @@ fn parse_op(op: &str, a: Value) -> Result<Op, ApiError> {
         "phase" => Op::Phase(required(op, a)?),
         "criu" => Op::Criu(required(op, a)?),
         "stats" => args::<NoArgs>(op, a).map(|_| Op::Stats)?,
+        "health" => args::<NoArgs>(op, a).map(|_| Op::Health)?,
         other => {
             return Err(ApiError::new(
                 ErrorCode::UnknownOp,
@@ -411,6 +415,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnknownOp);
         assert!(e.message.contains("service.add"));
         assert_eq!(op(r#"{"v":1,"op":"stats"}"#).unwrap(), Op::Stats);
+        assert_eq!(op(r#"{"v":1,"op":"health"}"#).unwrap(), Op::Health);
         assert_eq!(
             op(r#"{"v":1,"op":"service.show","args":{"service":"12"}}"#).unwrap(),
             Op::ServiceShow(ServiceArgs {

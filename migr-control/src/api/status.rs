@@ -166,3 +166,29 @@ pub struct PhaseResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
+
+/// `health`' result, which `/readyz` serves: the agent is ready when every
+/// check is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub ready: bool,
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// `attached`, `maps_pinned`, `ring_drained` or `services`.
+    pub name: String,
+    pub ok: bool,
+    /// What was found, for a person.
+    pub detail: String,
+}
+
+impl Health {
+    pub fn from_checks(checks: Vec<HealthCheck>) -> Self {
+        Self {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+}

@@ -23,7 +23,7 @@ mod report;
 
 use add::{AddArgs, add_spec};
 use hook::{criu_config, criu_hook};
-use report::{describe_forward, print_phase, print_service, print_table, stats, status};
+use report::{describe_forward, health, print_phase, print_service, print_table, stats, status};
 
 pub use client::{Client, CtlError};
 pub use hook::{CriuHookArgs, HookConfig, parse_hook_config};
@@ -86,6 +86,12 @@ enum Command {
     },
     /// A table of services, their states and counters.
     Status,
+    /// Is the agent ready (attached, maps pinned, park ring drained, no
+    /// service faulted)? Prints each check; exits 1 if one fails.
+    Health {
+        #[arg(long)]
+        json: bool,
+    },
     /// CRIU action script: maps CRTOOLS_SCRIPT_ACTION to a phase of one service.
     #[command(long_about = CRIU_HOOK_HELP)]
     CriuHook(CriuHookArgs),
@@ -203,6 +209,7 @@ pub fn main() -> i32 {
         } => phase_cmd(&client, &service, phase, role, drain_ms, json),
         Command::Stats { json } => stats(&client, json),
         Command::Status => status(&client),
+        Command::Health { json } => health(&client, json),
         Command::Raw { request } => client.raw(&request).map(|line| print!("{line}")),
         Command::CriuConfig(cmd) => criu_config(cmd),
     };

@@ -2,7 +2,7 @@
 //! statistics, as text tables (or JSON).
 
 use migr_control::api::{
-    ForwardModeSpec, ForwardSpec, PhaseResult, RuleProto, ServiceStatus, Stats,
+    ForwardModeSpec, ForwardSpec, Health, PhaseResult, RuleProto, ServiceStatus, Stats,
 };
 use serde_json::Value;
 
@@ -41,6 +41,26 @@ pub(super) fn print_phase(r: &PhaseResult) {
             "{}: {} -> {} (datapath {}) in {} us",
             r.service, r.from, r.to, r.datapath, r.latency_us
         );
+    }
+}
+
+pub(super) fn health(client: &Client, json_out: bool) -> Result<(), CtlError> {
+    let v = client.call("health", Value::Null)?;
+    let h: Health = from(v.clone())?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for c in &h.checks {
+            let verdict = if c.ok { "ok" } else { "FAILED" };
+            println!("{:<13} {verdict:<6} {}", c.name, c.detail);
+        }
+    }
+    match h.ready {
+        true => Ok(()),
+        false => Err(CtlError {
+            code: 1,
+            message: "not ready".into(),
+        }),
     }
 }
 

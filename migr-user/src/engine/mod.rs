@@ -11,6 +11,7 @@
 
 mod events;
 mod handle;
+mod health;
 mod lease;
 mod links;
 mod persist;
@@ -110,6 +111,8 @@ pub struct Engine {
     pump_paused_until: Option<Instant>,
     /// A paced replay may go on at this time.
     next_replay_at: Option<Instant>,
+    /// When the park ring was last seen empty (`health.rs`).
+    ring_empty_at: Instant,
     /// When the leases on PARK and hold entries were last renewed.
     leases_renewed: Instant,
     hooks: TestHooks,
@@ -231,6 +234,7 @@ impl Engine {
             pump_paused_until: None,
             next_replay_at: None,
             leases_renewed: Instant::now(),
+            ring_empty_at: Instant::now(),
             hooks: TestHooks::from_env(),
             recovery_problems: Vec::new(),
             _lock: lock,
@@ -299,6 +303,9 @@ impl Engine {
                     true => Some(Instant::now() + Duration::from_millis(100)),
                     false => pumped.retry_at,
                 };
+                if self.ring.backlog() == 0 {
+                    self.ring_empty_at = Instant::now();
+                }
             }
             // Every turn, not only when idle: a flood to a frozen service or
             // a long replay keeps the loop busy, and MPTCP keys reported
@@ -464,6 +471,7 @@ impl Engine {
                 }
                 to_value(self.stats())
             }
+            Op::Health => to_value(Ok::<_, ApiError>(self.health(Instant::now()))),
         }
     }
 }

@@ -1,0 +1,4 @@
+//! What an operator runs beside the agent: health probes, metrics with
+//! their alert rules and dashboard, `migrctl explain`.
+
+mod health;
