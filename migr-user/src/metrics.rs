@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use migr_control::api::Stats;
+use migr_control::api::{Histogram, MigrationHistograms, MigrationRecord, Stats};
 
 /// Escapes a label value.
 fn esc(v: &str) -> String {
@@ -319,7 +319,75 @@ pub fn render(stats: &Stats) -> String {
             );
         }
     }
+    migrations(&mut o, stats);
     o.text
+}
+
+/// The migration histograms (per role) and each service's last migration.
+fn migrations(o: &mut Out, stats: &Stats) {
+    type Pick = fn(&MigrationHistograms) -> &Histogram;
+    let families: [(&str, &str, Pick); 5] = [
+        (
+            "migr_migration_downtime_seconds",
+            "Per migration: from the freeze (or the restore's start) to restored or aborted.",
+            |h| &h.downtime_seconds,
+        ),
+        (
+            "migr_migration_client_gap_seconds",
+            "Per migration: from the first parked frame's arrival to the last replayed frame's hand-over.",
+            |h| &h.client_gap_seconds,
+        ),
+        (
+            "migr_migration_replay_seconds",
+            "Per migration: how long the backlog replay took.",
+            |h| &h.replay_seconds,
+        ),
+        (
+            "migr_migration_parked_frames",
+            "Per migration: frames parked (replayed or given up).",
+            |h| &h.parked_frames,
+        ),
+        (
+            "migr_migration_replayed_frames",
+            "Per migration: frames replayed.",
+            |h| &h.replayed_frames,
+        ),
+    ];
+    for (name, help, pick) in families {
+        o.family(name, "histogram", help);
+        for (role, hs) in &stats.migrations.roles {
+            let h = pick(hs);
+            let bucket = format!("{name}_bucket");
+            for (bound, n) in h.bounds.iter().zip(h.cumulative()) {
+                o.sample(&bucket, &[("role", role), ("le", &bound.to_string())], n);
+            }
+            o.sample(&bucket, &[("role", role), ("le", "+Inf")], h.count);
+            o.sample(&format!("{name}_sum"), &[("role", role)], h.sum);
+            o.sample(&format!("{name}_count"), &[("role", role)], h.count);
+        }
+    }
+    type Last = fn(&MigrationRecord) -> Option<f64>;
+    let last: [(&str, &str, Last); 2] = [
+        (
+            "migr_service_last_migration_downtime_seconds",
+            "The service's last migration here: its downtime.",
+            |r| r.downtime_ms.map(|ms| ms as f64 / 1e3),
+        ),
+        (
+            "migr_service_last_migration_client_gap_seconds",
+            "The service's last migration here: the client's gap as the datapath saw it.",
+            |r| r.client_gap_ms.map(|ms| ms as f64 / 1e3),
+        ),
+    ];
+    for (name, help, get) in last {
+        o.family(name, "gauge", help);
+        for s in &stats.services {
+            if let Some(v) = s.last_migration.as_ref().and_then(get) {
+                let id = s.spec.id.to_string();
+                o.sample(name, &[("service", &s.spec.name), ("id", &id)], v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -397,8 +465,21 @@ mod tests {
                     },
                 ],
                 fault: None,
+                last_migration: Some(MigrationRecord {
+                    role: "source".into(),
+                    finished_at_ms: 3000,
+                    downtime_ms: Some(250),
+                    client_gap_ms: Some(300),
+                    replay_ms: 20,
+                    parked_frames: 7,
+                    replayed_frames: 7,
+                }),
             }],
+            migrations: Default::default(),
         };
+        let mut stats = stats;
+        let record = stats.services[0].last_migration.clone().unwrap();
+        stats.migrations.observe(&record);
         let text = render(&stats);
         for line in [
             r#"migr_service_packets_total{service="echo",id="2",verdict="park"} 7"#,
@@ -410,6 +491,13 @@ mod tests {
             "migr_park_max_total_bytes 268435456",
             r#"migr_park_store_failures_total{service="echo",id="2"} 0"#,
             "# TYPE migr_replays_total counter",
+            r#"migr_migration_downtime_seconds_bucket{role="source",le="0.1"} 0"#,
+            r#"migr_migration_downtime_seconds_bucket{role="source",le="0.25"} 1"#,
+            r#"migr_migration_downtime_seconds_bucket{role="source",le="+Inf"} 1"#,
+            r#"migr_migration_downtime_seconds_count{role="source"} 1"#,
+            r#"migr_migration_parked_frames_bucket{role="source",le="10"} 1"#,
+            r#"migr_service_last_migration_client_gap_seconds{service="echo",id="2"} 0.3"#,
+            "# TYPE migr_migration_client_gap_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -239,12 +239,24 @@ fn full_cycle_through_migrctl_answers_every_request_once_and_in_order() {
         format!("migr_replayed_frames_total{{service=\"echo\",id=\"1\"}} {parked}"),
         "migr_phase_timestamp_seconds{service=\"echo\",id=\"1\",phase=\"frozen\"}".to_string(),
         "migr_replay_last_rate_frames_per_second{service=\"echo\",id=\"1\"}".to_string(),
+        // The migration ended here once its backlog was replayed.
+        "migr_migration_downtime_seconds_count{role=\"source\"} 1".to_string(),
+        "migr_migration_replayed_frames_count{role=\"source\"} 1".to_string(),
+        "migr_migration_client_gap_seconds_count{role=\"source\"} 1".to_string(),
     ] {
         assert!(
             metrics.contains(&needle),
             "metrics lack {needle}:\n{metrics}"
         );
     }
+    // Its record: what the backlog replay handled (a frame held behind it
+    // during the settling that followed is not part of it).
+    let last = &t.src_agent.service("echo")["last_migration"];
+    let replayed = num(last, &["replayed_frames"]);
+    assert!(replayed > 50 && replayed <= parked, "{last}");
+    assert!(num(last, &["downtime_ms"]) > 0, "{last}");
+    assert!(num(last, &["client_gap_ms"]) > 0, "{last}");
+    println!("the migration's record at the source: {last}");
     t.procs.push(src_echo);
     t.procs.push(dst_echo);
 }

@@ -10,9 +10,11 @@ use serde_json::Value;
 
 use crate::phase::{PhaseCommand, Role};
 
+mod migrations;
 mod spec;
 mod status;
 
+pub use migrations::*;
 pub use spec::*;
 pub use status::*;
 

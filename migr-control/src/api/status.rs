@@ -108,6 +108,9 @@ pub struct ServiceStatus {
     /// registered: its entries could not be installed after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// The service's last migration on this node, once one has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_migration: Option<super::MigrationRecord>,
 }
 
 /// `stats`' result.
@@ -119,6 +122,9 @@ pub struct Stats {
     /// Packets the XDP program saw, per protocol class (all services and none).
     pub protocols: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
+    /// Histograms of the migrations that ended since the agent started.
+    #[serde(default)]
+    pub migrations: super::MigrationStats,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

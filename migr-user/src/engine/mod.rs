@@ -14,6 +14,7 @@ mod handle;
 mod health;
 mod lease;
 mod links;
+mod migrations;
 mod persist;
 mod phases;
 mod pump;
@@ -111,6 +112,8 @@ pub struct Engine {
     pump_paused_until: Option<Instant>,
     /// A paced replay may go on at this time.
     next_replay_at: Option<Instant>,
+    /// Histograms of the migrations that ended here (`migrations.rs`).
+    migrations: api::MigrationStats,
     /// When the park ring was last seen empty (`health.rs`).
     ring_empty_at: Instant,
     /// When the leases on PARK and hold entries were last renewed.
@@ -235,6 +238,7 @@ impl Engine {
             next_replay_at: None,
             leases_renewed: Instant::now(),
             ring_empty_at: Instant::now(),
+            migrations: Default::default(),
             hooks: TestHooks::from_env(),
             recovery_problems: Vec::new(),
             _lock: lock,

@@ -290,6 +290,7 @@ fn store(svc: &mut Service, mut frames: Vec<StoredFrame>) -> Result<(), ()> {
     let (completed, bad) = complete_checksums(&mut frames);
     let n = frames.len() as u64;
     let bytes: u64 = frames.iter().map(|f| f.frame.len() as u64).sum();
+    let oldest = frames.iter().map(|f| f.timestamp_ns).min();
     if let Err(e) = svc.spool.append(frames) {
         let t = &mut svc.totals;
         t.store_failures += 1;
@@ -300,6 +301,7 @@ fn store(svc: &mut Service, mut frames: Vec<StoredFrame>) -> Result<(), ()> {
         }
         return Err(());
     }
+    svc.first_parked_ns = svc.first_parked_ns.or(oldest);
     let t = &mut svc.totals;
     t.stored_frames += n;
     t.stored_bytes += bytes;

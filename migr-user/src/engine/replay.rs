@@ -129,6 +129,22 @@ impl Engine {
                     rate_fps = r.last_rate_fps.round(),
                     action = action.name(),
                     "backlog replayed");
+                let record = super::migrations::record(
+                    &svc.machine,
+                    &super::migrations::ReplayEnd {
+                        now_ms: now,
+                        now_ns: crate::datapath::monotonic_ns(),
+                        first_parked_ns: svc.first_parked_ns.take(),
+                        replay_ms: took.as_millis() as u64,
+                        handled: frames,
+                        replayed: r.replayed_frames - run.replayed_frames_before,
+                    },
+                );
+                tracing::info!(service = %svc.spec.name, id, role = %record.role,
+                    downtime_ms = ?record.downtime_ms, client_gap_ms = ?record.client_gap_ms,
+                    "migration ended here");
+                self.migrations.observe(&record);
+                svc.last_migration = Some(record);
             }
             compact_if_consumed(svc, self.ring.consumer_pos());
             let entry = svc.entry(dps, lease_until_ns(self.cfg.lease));

@@ -18,7 +18,7 @@ use migr_common::{
     },
 };
 use migr_control::{
-    api::{self, ForwardModeSpec, ParkLimit, ReplayStats, RuleProto, ServiceSpec},
+    api::{self, ForwardModeSpec, MigrationRecord, ParkLimit, ReplayStats, RuleProto, ServiceSpec},
     phase::{DatapathState, PhaseMachine, State},
 };
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,8 @@ pub(super) struct ReplayRun {
     /// `Totals::stored_frames` when it began: what is stored later arrived
     /// during the replay.
     pub(super) stored_before: u64,
+    /// `ReplayStats::replayed_frames` when it began.
+    pub(super) replayed_frames_before: u64,
 }
 
 impl ReplayRun {
@@ -119,6 +121,11 @@ pub(super) struct Service {
     /// tried while frames are pending (one failed: on a full filesystem a
     /// retry on every turn of the loop would only fail again).
     pub(super) compact_after: u64,
+    /// Arrival (kernel monotonic ns) of the oldest frame stored since the
+    /// last migration ended here; not persisted (after a restart the
+    /// migration's client gap is unknown).
+    pub(super) first_parked_ns: Option<u64>,
+    pub(super) last_migration: Option<MigrationRecord>,
 }
 
 impl Service {
@@ -143,6 +150,8 @@ impl Service {
             fault: None,
             replay_retry: None,
             compact_after: 0,
+            first_parked_ns: None,
+            last_migration: None,
         }
     }
 
@@ -213,6 +222,7 @@ impl Service {
             started: now,
             replayed_before: self.replay_handled(),
             stored_before: self.totals.stored_frames,
+            replayed_frames_before: self.totals.replay.replayed_frames,
         });
     }
 }
@@ -581,6 +591,7 @@ mod tests {
             started: t0,
             replayed_before: 100,
             stored_before: 500,
+            replayed_frames_before: 100,
         };
         // A service receiving 5,000 frames/s, replayed at 1,000 frames/s:
         // after 1 s, 6,000 handled (1,000 of the backlog, 5,000 new).

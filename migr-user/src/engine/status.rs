@@ -48,6 +48,7 @@ impl Engine {
                 .forward
                 .map(|f| if f.tc { "tc" } else { "xdp" }.to_string()),
             last_phase_latency_us: svc.last_latency_us,
+            last_migration: svc.last_migration.clone(),
             timeline: svc.machine.timeline.clone(),
             fault: svc.fault.clone(),
         })
@@ -88,6 +89,7 @@ impl Engine {
                 .map(|c| (c.name().to_string(), protocols[*c as usize]))
                 .collect(),
             services,
+            migrations: self.migrations.clone(),
         })
     }
 }
