@@ -18,6 +18,7 @@ use crate::agent::DEFAULT_SOCKET;
 
 mod add;
 mod client;
+mod explain;
 mod hook;
 mod report;
 
@@ -99,6 +100,18 @@ enum Command {
     /// (runc, podman) drives it, or undo that; other lines of the file stay as they are.
     #[command(subcommand)]
     CriuConfig(CriuConfigCommand),
+    /// Run the frames of a capture file (pcap, Ethernet) through a private
+    /// copy of the datapath with the agent's current tables: per frame, the
+    /// service, the verdict and the reasons. The agent's counters, parked
+    /// frames and state are not touched. Run as root on the node.
+    Explain {
+        pcap: PathBuf,
+        /// Where the agent pinned its maps (migr-agent run --pin-dir).
+        #[arg(long, default_value = crate::agent::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one raw JSON request line and print the response (for debugging).
     Raw { request: String },
 }
@@ -210,6 +223,11 @@ pub fn main() -> i32 {
         Command::Stats { json } => stats(&client, json),
         Command::Status => status(&client),
         Command::Health { json } => health(&client, json),
+        Command::Explain {
+            pcap,
+            pin_dir,
+            json,
+        } => explain::explain(&client, &pcap, &pin_dir, json),
         Command::Raw { request } => client.raw(&request).map(|line| print!("{line}")),
         Command::CriuConfig(cmd) => criu_config(cmd),
     };

@@ -1,4 +1,5 @@
 //! What an operator runs beside the agent: health probes, metrics with
 //! their alert rules and dashboard, `migrctl explain`.
 
+mod explain;
 mod health;

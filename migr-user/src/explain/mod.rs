@@ -1,0 +1,159 @@
+//! `migrctl explain PCAP`: why was my packet parked? Runs captured frames
+//! through a private copy of the XDP program whose tables are copies of the
+//! agent's pinned ones (services, listeners, server ids, tokens, learned
+//! flows, forward devices), and reports per frame the service it matched,
+//! the verdict and the reasons the program counted. The copy has its own
+//! counters and rings, so the agent's counters, parked frames and state are
+//! untouched; what the copy learns (a flow, a parked frame) is discarded
+//! with it.
+
+mod copy;
+
+use std::{os::fd::AsFd as _, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::MapData;
+use migr_common::maps::{MAX_SERVICES, Reason, SERVICE_ACTIVE, Verdict, map_names as n};
+
+use crate::{
+    datapath::{Datapath, DatapathConfig, MAIN_PROGRAM},
+    pin_layout,
+};
+
+/// The pinned maps explain copies: the tables that decide a verdict.
+/// Counters, rings, the event budget and the replay slots start afresh.
+pub const COPIED: [&str; 7] = [
+    n::SERVICES,
+    n::LISTENERS,
+    n::SERVER_IDS,
+    n::TOKENS,
+    n::JOINS_LEARNED,
+    n::FLOWS,
+    n::FORWARD_DEVICES,
+];
+
+/// What the program made of one frame.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Explained {
+    /// 1-based, as in Wireshark.
+    pub frame: usize,
+    pub bytes: usize,
+    /// The capture cut the frame short (its snap length).
+    pub truncated: bool,
+    /// The program's XDP return value (`XDP_PASS`, ...).
+    pub xdp: String,
+    /// The service whose verdict counter rose, if any.
+    pub service: Option<u32>,
+    pub verdict: Option<String>,
+    /// Every reason counter that rose.
+    pub reasons: Vec<String>,
+}
+
+/// A private datapath loaded with copies of the agent's tables.
+pub struct Explainer {
+    dp: Datapath,
+    services: Vec<u32>,
+    /// Entries that could not be copied (a forward device of another
+    /// network namespace, say), for the report.
+    pub copy_problems: Vec<String>,
+}
+
+impl Explainer {
+    /// Loads the program with copies of the maps the agent pinned in `pin_dir`.
+    pub fn new(pin_dir: &Path) -> Result<Self> {
+        pin_layout::check(pin_dir)?;
+        let dir = pin_layout::maps_dir(pin_dir);
+        if !dir.join(n::SERVICES).exists() {
+            bail!(
+                "no agent's maps in {}: is an agent running with --pin-dir {}?",
+                dir.display(),
+                pin_dir.display()
+            );
+        }
+        let pinned = |name: &str| {
+            MapData::from_pin(dir.join(name))
+                .with_context(|| format!("opening the pinned map {name} (run as root)"))
+        };
+        let size = |name: &str| -> Result<u32> { Ok(pinned(name)?.info()?.max_entries()) };
+        let config = DatapathConfig {
+            flows: size(n::FLOWS)?,
+            server_ids: size(n::SERVER_IDS)?,
+            tokens: size(n::TOKENS)?,
+            ..DatapathConfig::default()
+        };
+        let dp = Datapath::load_with(&config)?;
+        let mut copy_problems = Vec::new();
+        for name in COPIED {
+            let from = pinned(name)?;
+            let info = from.info()?;
+            let (to, _, _) = dp.map_fd(name)?;
+            let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+            let from_fd = from.fd().as_fd();
+            for key in copy::keys(from_fd, key_size)? {
+                let Some(mut value) = copy::lookup(from_fd, &key, value_size)? else {
+                    continue;
+                };
+                if name == n::FORWARD_DEVICES {
+                    // The kernel reads back a program id where an update
+                    // takes a program fd; migr attaches none.
+                    value[4..].fill(0);
+                }
+                if let Err(e) = copy::update(to.as_fd(), &key, &value) {
+                    copy_problems.push(format!("{name} entry {key:02x?}: {e}"));
+                }
+            }
+        }
+        let mut services = Vec::new();
+        for id in 1..MAX_SERVICES {
+            if dp.service(id)?.flags & SERVICE_ACTIVE != 0 {
+                services.push(id);
+            }
+        }
+        Ok(Self {
+            dp,
+            services,
+            copy_problems,
+        })
+    }
+
+    /// Runs one frame; `index` is its place in the capture (from 1).
+    pub fn run(&mut self, index: usize, frame: &[u8], truncated: bool) -> Result<Explained> {
+        let reasons_before = self.dp.reasons()?;
+        let mut counters_before = Vec::with_capacity(self.services.len());
+        for id in &self.services {
+            counters_before.push(self.dp.service_counters(*id)?);
+        }
+        let outcome = self.dp.test_run(MAIN_PROGRAM, frame)?;
+        // What the copy parked or reported is nobody's: let it go.
+        self.dp.drain_parked()?;
+        self.dp.drain_events()?;
+        let reasons_after = self.dp.reasons()?;
+        let reasons = Reason::ALL
+            .iter()
+            .filter(|r| reasons_after[**r as usize] > reasons_before[**r as usize])
+            .map(|r| r.name().to_string())
+            .collect();
+        let mut service = None;
+        let mut verdict = None;
+        for (id, before) in self.services.iter().zip(&counters_before) {
+            let after = self.dp.service_counters(*id)?;
+            if let Some(v) = Verdict::ALL
+                .iter()
+                .find(|v| after.packets[**v as usize] > before.packets[**v as usize])
+            {
+                service = Some(*id);
+                verdict = Some(v.name().to_string());
+                break;
+            }
+        }
+        Ok(Explained {
+            frame: index,
+            bytes: frame.len(),
+            truncated,
+            xdp: format!("XDP_{:?}", outcome.action).to_uppercase(),
+            service,
+            verdict,
+            reasons,
+        })
+    }
+}
