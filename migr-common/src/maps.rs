@@ -464,6 +464,16 @@ impl FlowKey {
             core::net::IpAddr::from(self.src_addr)
         }
     }
+
+    /// The service's address, read like [`Self::src_ip`].
+    pub fn dst_ip(&self) -> core::net::IpAddr {
+        if self.family == FAMILY_V4 {
+            let [a, b, c, d, ..] = self.dst_addr;
+            core::net::IpAddr::from([a, b, c, d])
+        } else {
+            core::net::IpAddr::from(self.dst_addr)
+        }
+    }
 }
 
 /// Per-verdict counters. Every packet the main program sees increments

@@ -52,8 +52,8 @@ pub(super) fn explain(
         eprintln!("migrctl: note: not copied: {p}");
     }
     println!(
-        "{:>6} {:>6}  {:<20} {:<8} {:<13} REASONS",
-        "FRAME", "BYTES", "SERVICE", "VERDICT", "XDP"
+        "{:>6} {:>6}  {:<44} {:<20} {:<8} {:<13} REASONS",
+        "FRAME", "BYTES", "FLOW", "SERVICE", "VERDICT", "XDP"
     );
     for e in &out {
         println!("{}", line(e, &names));
@@ -76,9 +76,10 @@ fn line(e: &Explained, names: &BTreeMap<u32, String>) -> String {
         reasons.push_str("[truncated capture]");
     }
     format!(
-        "{:>6} {:>6}  {:<20} {:<8} {:<13} {}",
+        "{:>6} {:>6}  {:<44} {:<20} {:<8} {:<13} {}",
         e.frame,
         e.bytes,
+        e.flow.as_deref().unwrap_or("-"),
         service,
         e.verdict.as_deref().unwrap_or("-"),
         e.xdp,
@@ -96,6 +97,7 @@ mod tests {
             frame: 3,
             bytes: 74,
             truncated: true,
+            flow: Some("UDP 10.0.0.1:5000 > 10.0.0.2:443".into()),
             xdp: "XDP_PASS".into(),
             service: Some(4),
             verdict: Some("park".into()),

@@ -13,7 +13,10 @@ use std::{os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapData;
-use migr_common::maps::{MAX_SERVICES, Reason, SERVICE_ACTIVE, Verdict, map_names as n};
+use migr_common::{
+    classify::{Classification, parse_stage},
+    maps::{MAX_SERVICES, Reason, SERVICE_ACTIVE, Verdict, map_names as n},
+};
 
 use crate::{
     datapath::{Datapath, DatapathConfig, MAIN_PROGRAM},
@@ -40,6 +43,8 @@ pub struct Explained {
     pub bytes: usize,
     /// The capture cut the frame short (its snap length).
     pub truncated: bool,
+    /// `UDP 10.0.0.1:5000 > 10.0.0.2:443`, for UDP and TCP frames.
+    pub flow: Option<String>,
     /// The program's XDP return value (`XDP_PASS`, ...).
     pub xdp: String,
     /// The service whose verdict counter rose, if any.
@@ -150,10 +155,31 @@ impl Explainer {
             frame: index,
             bytes: frame.len(),
             truncated,
+            flow: flow_of(frame),
             xdp: format!("XDP_{:?}", outcome.action).to_uppercase(),
             service,
             verdict,
             reasons,
         })
     }
+}
+
+/// The frame's transport 5-tuple, as the datapath's own parser reads it.
+pub fn flow_of(frame: &[u8]) -> Option<String> {
+    let mut c = Classification::EMPTY;
+    if !parse_stage(frame, &mut c) {
+        return None;
+    }
+    let f = c.flow;
+    let proto = match f.proto {
+        17 => "UDP",
+        6 => "TCP",
+        _ => return None,
+    };
+    let addr = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port);
+    Some(format!(
+        "{proto} {} > {}",
+        addr(f.src_ip(), f.src_port),
+        addr(f.dst_ip(), f.dst_port)
+    ))
 }

@@ -97,6 +97,11 @@ fn explain_gives_each_captured_frame_its_verdict_and_changes_nothing() {
         "a parked frame leaves the wire: {json}"
     );
     assert_eq!(json["service_names"]["5"], "frozen");
+    assert_eq!(
+        json["frames"][0]["flow"],
+        format!("UDP {CLIENT_IP}:40000 > {SRC_IP}:{PORT}")
+    );
+    assert_eq!(json["frames"][4]["flow"], Value::Null);
 
     // The agent saw nothing of it.
     assert_eq!(
