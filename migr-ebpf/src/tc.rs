@@ -17,7 +17,7 @@
 //! as the segments it holds.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_check_mtu, bpf_csum_diff, bpf_redirect, bpf_skb_change_head},
     macros::classifier,
     programs::TcContext,
@@ -29,6 +29,10 @@ use migr_common::maps::{
 
 use crate::{SERVICES, TC_HANDOVERS, count_reason, count_verdicts};
 
+/// TCX_NEXT (TC_ACT_UNSPEC to a legacy filter): frames that are not
+/// migr's go on to the next program on the hook, so that migr_tc chains
+/// with other TC programs instead of ending their turn (TC_ACT_OK would).
+const TC_NEXT: i32 = -1;
 const PROTO_UDP: u8 = 17;
 const ETH_HLEN: u32 = 14;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -37,7 +41,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 #[classifier]
 pub fn migr_tc(ctx: TcContext) -> i32 {
     let Some(meta) = take_forward_meta(&ctx) else {
-        return TC_ACT_OK;
+        return TC_NEXT;
     };
     let bytes = u64::from(ctx.len());
     // SAFETY: `skb` is the program's context; a plain field read.

@@ -381,7 +381,9 @@ impl Datapath {
                 }
             }
         }
-        let (took, id) = self.attach_with_id(program, iface, mode)?;
+        let (took, id) = self
+            .attach_with_id(program, iface, mode)
+            .map_err(|e| another_program(iface, e))?;
         // Out of aya's link set, so that dropping the program does not detach it.
         let link = self.program(program)?.take_link(id)?;
         let fd_link = FdLink::try_from(link).map_err(|e| {
@@ -681,6 +683,20 @@ impl Datapath {
         Ok(events)
     }
 
+    /// Runs `frame` once through the TC program; returns its verdict.
+    pub fn test_run_tc(&mut self, frame: &[u8]) -> Result<i32> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = tc_program_mut(&mut self.ebpf)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN of the TC program")?;
+        Ok(result.return_value as i32)
+    }
+
     /// Runs `frame` once through `program` with BPF_PROG_TEST_RUN.
     pub fn test_run(&mut self, program: &str, frame: &[u8]) -> Result<TestRunOutcome> {
         self.test_run_repeated(program, frame, 1)
@@ -764,6 +780,28 @@ pub fn decode_parked(record: &[u8]) -> Result<ParkedFrame> {
         })?
         .to_vec();
     Ok(ParkedFrame { header, frame })
+}
+
+/// The attach error, said plainly when another XDP program holds `iface`:
+/// the kernel answers EBUSY (a bpf_link holds it, or netlink attached one
+/// and a link may not replace it) or EEXIST (one in the other mode).
+fn another_program(iface: &str, e: anyhow::Error) -> anyhow::Error {
+    let busy = e.chain().any(|c| {
+        let code = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error());
+        matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+    });
+    if !busy {
+        return e;
+    }
+    anyhow!(
+        "another XDP program is attached to {iface} (`ip link show dev {iface}` shows its id; \
+         `bpftool net show dev {iface}` its name). An interface holds one XDP program and migr \
+         does not chain behind another: remove it (`ip link set dev {iface} xdp off`, or stop the \
+         tool that attached it) or run migr on another interface, then start the agent again. \
+         The other program was left as it is. ({e:#})"
+    )
 }
 
 fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {

@@ -1,5 +1,6 @@
 //! What an operator runs beside the agent: health probes, metrics with
 //! their alert rules and dashboard, `migrctl explain`.
 
+mod coexistence;
 mod explain;
 mod health;
