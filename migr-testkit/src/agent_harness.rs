@@ -229,6 +229,8 @@ pub struct Agent {
     pub nofile: Option<u64>,
     /// More environment variables for the agent (besides RUST_LOG=info).
     pub env: Vec<(String, String)>,
+    /// Another agent executable than the one built here (an older build).
+    pub program: Option<PathBuf>,
     pub proc: Option<Proc>,
 }
 
@@ -265,12 +267,19 @@ impl Agent {
             args,
             nofile: None,
             env: Vec::new(),
+            program: None,
             proc: None,
         }
     }
 
     pub fn start(&mut self, ns: &NetNs) {
-        let agent_bin = bins().agent.to_str().expect("utf-8").to_string();
+        let agent_bin = self
+            .program
+            .as_ref()
+            .unwrap_or(&bins().agent)
+            .to_str()
+            .expect("utf-8")
+            .to_string();
         let mut argv: Vec<String> = Vec::new();
         let program = match self.nofile {
             // prlimit sets the limit and execs the agent (same PID).

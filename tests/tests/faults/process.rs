@@ -214,3 +214,62 @@ fn an_agent_refuses_maps_pinned_under_another_layout() {
             .unwrap_or("")
     );
 }
+
+/// A package upgrade of the same map layout, as its maintainer script does
+/// it: the old executable (a copy here, at another path) is stopped with
+/// SIGTERM while a frozen service has frames parked, frames keep coming
+/// while no agent runs, and the new executable starts on the same pins and
+/// state. Every parked frame is replayed once, in order, after the abort.
+#[test]
+fn an_upgrade_in_place_keeps_every_parked_frame() {
+    const PARKED: usize = 300;
+    const WHILE_DOWN: usize = 40;
+    let mut t = Topology::build(false, &["--keep-attached"], false);
+    let old = t.scratch().join("migr-agent-old");
+    std::fs::copy(&bins().agent, &old).unwrap();
+    t.src_agent.program = Some(old.clone());
+    t.src_agent.start(&t.src);
+    let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.src_agent.ok(&[
+        "service",
+        "add",
+        "--id",
+        "9",
+        "--name",
+        "kept",
+        "--udp",
+        &format!("{SRC_IP}:{PORT}"),
+    ]);
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    client.send(3);
+    assert_eq!(client.wait_answers(3, Duration::from_secs(5)).len(), 3);
+    t.src_agent.phase("kept", "freeze");
+    send_paced(&client, PARKED);
+    wait_for(Duration::from_secs(10), "the parked frames stored", || {
+        num(&t.src_agent.service("kept"), &["parked", "stored_frames"]) == PARKED as u64
+    });
+    t.src_agent.terminate();
+    send_paced(&client, WHILE_DOWN);
+    t.src_agent.program = None;
+    t.src_agent.start(&t.src);
+    assert!(
+        !t.src_agent.log_text().is_empty() && t.src_agent.service("kept")["state"] == "frozen",
+        "the new agent has the service, frozen"
+    );
+    t.src_agent.phase("kept", "abort");
+    let total = 3 + PARKED + WHILE_DOWN;
+    let answers = client.wait_answers(total, Duration::from_secs(20));
+    let (at_src, _) = check_answers(&answers, total as u64);
+    assert_eq!(at_src.len(), total);
+    let s = t.src_agent.service("kept");
+    assert_eq!(
+        num(&s, &["replay", "replayed_frames"]),
+        (PARKED + WHILE_DOWN) as u64,
+        "{s}"
+    );
+    println!(
+        "upgrade in place: {PARKED} frames parked before the old agent stopped, {WHILE_DOWN} while none ran; \
+         all {total} requests answered once, in order, by the new one"
+    );
+    t.procs.push(echo);
+}
