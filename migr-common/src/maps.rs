@@ -455,23 +455,23 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The client's address (an IPv4 one is in the first 4 bytes).
+    /// The client's address.
     pub fn src_ip(&self) -> core::net::IpAddr {
-        if self.family == FAMILY_V4 {
-            let [a, b, c, d, ..] = self.src_addr;
-            core::net::IpAddr::from([a, b, c, d])
-        } else {
-            core::net::IpAddr::from(self.src_addr)
-        }
+        self.ip(self.src_addr)
     }
 
-    /// The service's address, read like [`Self::src_ip`].
+    /// The service's address.
     pub fn dst_ip(&self) -> core::net::IpAddr {
+        self.ip(self.dst_addr)
+    }
+
+    /// An address of this key's family (an IPv4 one is in the first 4 bytes).
+    fn ip(&self, addr: [u8; 16]) -> core::net::IpAddr {
         if self.family == FAMILY_V4 {
-            let [a, b, c, d, ..] = self.dst_addr;
+            let [a, b, c, d, ..] = addr;
             core::net::IpAddr::from([a, b, c, d])
         } else {
-            core::net::IpAddr::from(self.dst_addr)
+            core::net::IpAddr::from(addr)
         }
     }
 }

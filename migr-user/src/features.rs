@@ -417,26 +417,17 @@ fn xdp_frags_supported() -> io::Result<bool> {
         prog_flags: BPF_F_XDP_HAS_FRAGS,
         ..Default::default()
     };
-    // SAFETY: bpf(2) with a BPF_PROG_LOAD attribute of the size passed; the pointers in it
-    // (instructions, license) outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: fd is the program's file descriptor, owned here.
-        unsafe { libc::close(fd as libc::c_int) };
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
+    // SAFETY: BPF_PROG_LOAD's attribute; the pointers in it (instructions,
+    // license) outlive the call.
+    match unsafe { crate::bpf_sys::bpf(BPF_PROG_LOAD, &attr) } {
+        Ok(fd) => {
+            // SAFETY: fd is the program's file descriptor, owned here.
+            unsafe { libc::close(fd as libc::c_int) };
+            Ok(true)
+        }
         // An unknown flag (or, on very old kernels, an unknown attribute field).
-        Some(libc::EINVAL) | Some(libc::E2BIG) => Ok(false),
-        _ => Err(err),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::E2BIG)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,6 +1,7 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
 pub mod agent;
 pub mod announce;
+pub mod bpf_sys;
 pub mod bpffs;
 pub mod container;
 pub mod criu_config;

@@ -10,6 +10,8 @@ use std::{
     path::Path,
 };
 
+use crate::bpf_sys::bpf;
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -50,18 +52,8 @@ pub fn attached_ifindex(pin: &Path) -> io::Result<u32> {
         pathname: path.as_ptr() as u64,
         ..Default::default()
     };
-    // SAFETY: bpf(2) with an attribute of the size passed; the path outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: BPF_OBJ_GET's attribute; the path outlives the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &get)? };
     // SAFETY: a fresh descriptor, owned here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut info = LinkInfoBytes::default();
@@ -70,18 +62,8 @@ pub fn attached_ifindex(pin: &Path) -> io::Result<u32> {
         info_len: std::mem::size_of::<LinkInfoBytes>() as u32,
         info: &mut info as *mut LinkInfoBytes as u64,
     };
-    // SAFETY: bpf(2) writes at most info_len bytes into `info`, which lives
-    // through the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which
+    // lives through the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)? };
     Ok(info.ifindex)
 }

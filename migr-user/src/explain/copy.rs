@@ -8,6 +8,8 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
+use crate::bpf_sys::bpf;
+
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -21,21 +23,17 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: &ElemAttr) -> io::Result<()> {
-    // SAFETY: bpf(2) with an attribute of the size passed; the key and value
-    // buffers it points to live through the call and have the map's sizes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>(),
-        )
+fn elem(cmd: libc::c_long, fd: BorrowedFd<'_>, key: u64, value: u64) -> io::Result<()> {
+    let attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key,
+        value,
+        flags: 0,
     };
-    match rc {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    // SAFETY: the element commands' attribute; callers pass key and value
+    // buffers of the map's sizes that live through the call.
+    unsafe { bpf(cmd, &attr) }.map(|_| ())
 }
 
 /// Every key of `fd` (key size `key_size`), in the map's own order.
@@ -43,16 +41,9 @@ pub fn keys(fd: BorrowedFd<'_>, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
     let mut keys = Vec::new();
     let mut next = vec![0u8; key_size];
     loop {
-        let prev = keys.last();
-        let attr = ElemAttr {
-            map_fd: fd.as_raw_fd() as u32,
-            _pad: 0,
-            // No key: the first one.
-            key: prev.map_or(0, |k: &Vec<u8>| k.as_ptr() as u64),
-            value: next.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
+        // No key: the first one.
+        let prev = keys.last().map_or(0, |k: &Vec<u8>| k.as_ptr() as u64);
+        match elem(BPF_MAP_GET_NEXT_KEY, fd, prev, next.as_mut_ptr() as u64) {
             Ok(()) => keys.push(next.clone()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
             Err(e) => return Err(e),
@@ -63,14 +54,12 @@ pub fn keys(fd: BorrowedFd<'_>, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
 /// The value under `key`, if there is one.
 pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> io::Result<Option<Vec<u8>>> {
     let mut value = vec![0u8; value_size];
-    let attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &attr) {
+    match elem(
+        BPF_MAP_LOOKUP_ELEM,
+        fd,
+        key.as_ptr() as u64,
+        value.as_mut_ptr() as u64,
+    ) {
         Ok(()) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
@@ -78,12 +67,10 @@ pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> io::Result<O
 }
 
 pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
-    let attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: key.as_ptr() as u64,
-        value: value.as_ptr() as u64,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &attr)
+    elem(
+        BPF_MAP_UPDATE_ELEM,
+        fd,
+        key.as_ptr() as u64,
+        value.as_ptr() as u64,
+    )
 }
