@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use migr_control::{
@@ -114,6 +114,10 @@ enum Command {
     },
     /// Send one raw JSON request line and print the response (for debugging).
     Raw { request: String },
+    /// Print a shell completion script for migrctl (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print migrctl's manual page (roff).
+    Manpage,
 }
 
 const CRIU_HOOK_HELP: &str = "CRIU action script: maps CRTOOLS_SCRIPT_ACTION to a phase of one service.\n\n\
@@ -230,6 +234,12 @@ pub fn main() -> i32 {
         } => explain::explain(&client, &pcap, &pin_dir, json),
         Command::Raw { request } => client.raw(&request).map(|line| print!("{line}")),
         Command::CriuConfig(cmd) => criu_config(cmd),
+        Command::Completions { shell } => {
+            crate::shell_files::completions(Cli::command(), shell, &mut std::io::stdout())
+                .map_err(|e| CtlError::refused(format!("{e:#}")))
+        }
+        Command::Manpage => crate::shell_files::manpage(Cli::command(), &mut std::io::stdout())
+            .map_err(|e| CtlError::refused(format!("{e:#}"))),
     };
     match result {
         Ok(()) => 0,
