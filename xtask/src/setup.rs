@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "runc",         // real containers on the testbed (--runtime runc, docs/containers.md)
     "podman",       // real containers on the testbed (--runtime podman, docs/containers.md)
     "dpkg-dev",     // dpkg-shlibdeps: the Debian package's Depends (cargo xtask package)
+    "systemd",      // systemd-analyze verify: the package test reads the unit as systemd does
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -58,12 +58,17 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
         "conffiles: {conffiles:?}"
     );
     for script in ["postinst", "prerm", "postrm"] {
-        let path = control.join(script);
-        if path.exists() {
-            run(Command::new("sh").arg("-n").arg(&path));
-        }
+        run(Command::new("sh").arg("-n").arg(control.join(script)));
     }
-    assert!(control.join("postinst").exists(), "the systemd postinst");
+    // Installed, not started (the agent needs its interface first); an
+    // upgrade restarts a running agent; a removal stops it.
+    let postinst = read(&control.join("postinst"));
+    assert!(
+        postinst.contains("try-restart migr-agent.service"),
+        "{postinst}"
+    );
+    assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
+    assert!(read(&control.join("prerm")).contains("stop migr-agent.service"));
 
     for file in FILES.iter().chain([&UNIT, &CONFIG]) {
         let path = root.join(file);
@@ -121,6 +126,7 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
         exec_start.contains("--config /etc/migr/agent.toml"),
         "{exec_start}"
     );
+    verify_with_systemd(&read(&root.join(UNIT)), exec_start, &root, &scratch.dir);
 
     // The installed config as shipped: every key commented out; the agent
     // asks for an interface and nothing else.
@@ -185,6 +191,26 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
     stop_agent(agent, &log);
     let link = net.ns.exec(&["ip", "link", "show", IFACE]).unwrap();
     assert!(!link.contains("xdp"), "detached on stop: {link}");
+}
+
+/// systemd's own reading of the unit (`systemd-analyze verify`), on a copy
+/// whose ExecStart names the scratch root's files (verify checks that the
+/// program exists). systemd says what it ignores on stderr, and exits 0
+/// even then: any word there fails the test.
+fn verify_with_systemd(unit: &str, exec_start: &str, root: &Path, scratch: &Path) {
+    let mapped = map_into_root(exec_start, root).join(" ");
+    let copy = scratch.join("migr-agent.service");
+    std::fs::write(&copy, unit.replace(exec_start, &mapped)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; `cargo xtask setup` installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
 }
 
 /// `cargo xtask package`; the path it prints last.
