@@ -116,7 +116,7 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
         ("Service", "RuntimeDirectory", "migr"),
         ("Service", "RuntimeDirectoryPreserve", "yes"),
         ("Service", "User", "root"),
-        ("Unit", "After", "sys-fs-bpf.mount network-online.target"),
+        ("Unit", "RequiresMountsFor", "/sys/fs/bpf"),
         ("Install", "WantedBy", "multi-user.target"),
     ] {
         assert_eq!(unit.get(section, key), Some(value), "{section}.{key}");
