@@ -64,8 +64,12 @@ enum Command {
     },
     /// Print a shell completion script for migr-agent (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print migr-agent's manual page (roff).
-    Manpage,
+    /// Print migr-agent's manual page (roff), or with --dir write it and one
+    /// page per subcommand (migr-agent-run.8, ...) there.
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -135,7 +139,15 @@ pub fn main() -> Result<()> {
         Command::Completions { shell } => {
             crate::shell_files::completions(Cli::command(), shell, &mut std::io::stdout())
         }
-        Command::Manpage => crate::shell_files::manpage(Cli::command(), &mut std::io::stdout()),
+        Command::Manpage { dir: None } => {
+            crate::shell_files::manpage(Cli::command(), &mut std::io::stdout())
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            for page in crate::shell_files::manpages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 

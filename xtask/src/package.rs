@@ -58,8 +58,19 @@ pub fn package() -> Result<PathBuf> {
             let text = output_of(Command::new(&program).args(["completions", shell]))?;
             std::fs::write(generated.join(file), text)?;
         }
-        let page = output_of(Command::new(&program).arg("manpage"))?;
-        std::fs::write(generated.join(format!("{bin}.8.gz")), gzip(&page)?)?;
+    }
+    // One page per command and subcommand, gzipped as Debian installs them.
+    let man = generated.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    for bin in BINARIES {
+        let program = build.executable("bin", bin)?;
+        let listed = output_of(Command::new(&program).arg("manpage").arg("--dir").arg(&man))?;
+        for page in String::from_utf8_lossy(&listed).lines() {
+            let page = PathBuf::from(page);
+            let gz = page.with_extension("8.gz");
+            std::fs::write(&gz, gzip(&std::fs::read(&page)?)?)?;
+            std::fs::remove_file(&page)?;
+        }
     }
     let out_dir = profile_dir
         .parent()

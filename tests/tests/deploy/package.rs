@@ -30,6 +30,8 @@ const FILES: &[&str] = &[
     "usr/share/fish/vendor_completions.d/migrctl.fish",
     "usr/share/man/man8/migr-agent.8.gz",
     "usr/share/man/man8/migrctl.8.gz",
+    "usr/share/man/man8/migr-agent-run.8.gz",
+    "usr/share/man/man8/migrctl-service-add.8.gz",
 ];
 
 #[test]
@@ -99,6 +101,16 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
             .arg("sh")
             .arg(root.join(format!("usr/share/man/man8/{bin}.8.gz"))));
         assert!(man.contains(&format!(".TH {bin} 8")), "{man}");
+    }
+    // A subcommand's options are on its own page.
+    let run_page = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join("usr/share/man/man8/migr-agent-run.8.gz")));
+    for option in [r"\-\-config", r"\-\-lease\-ms", r"\-\-iface"] {
+        assert!(
+            run_page.contains(option),
+            "migr-agent-run(8) lacks {option}"
+        );
     }
     // The CRIU snippet: inactive where it is, and its one setting is the
     // installed migrctl as the action script.
