@@ -120,6 +120,25 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .collect();
     assert_eq!(settings, ["action-script /usr/bin/migrctl"]);
+    // ... the line `migrctl criu-config install` writes, the way the
+    // snippet tells an operator to turn it on.
+    let criu_conf = scratch.dir.join("runc.conf");
+    let installed_ctl = root.join("usr/bin/migrctl");
+    run(Command::new(&installed_ctl)
+        .args(["criu-config", "install", "--file"])
+        .arg(&criu_conf)
+        .arg("--script")
+        .arg(&installed_ctl));
+    let written = read(&criu_conf);
+    let action = written
+        .lines()
+        .find(|l| l.starts_with("action-script "))
+        .unwrap_or_else(|| panic!("no action-script line in {written:?}"));
+    assert_eq!(
+        action.replace(root.to_str().unwrap(), ""),
+        settings[0],
+        "the snippet's line is the one migrctl installs"
+    );
 
     // The unit.
     let unit = UnitFile::parse(&read(&root.join(UNIT))).unwrap();
@@ -144,7 +163,6 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
     // asks for an interface and nothing else.
     let config = root.join(CONFIG);
     let installed_agent = root.join("usr/bin/migr-agent");
-    let installed_ctl = root.join("usr/bin/migrctl");
     let out = Command::new(&installed_agent)
         .arg("check-config")
         .arg("--config")
