@@ -212,11 +212,14 @@ fn debian_package_installs_and_its_unit_starts_the_agent() {
         link.contains("xdp"),
         "the XDP program is attached to {IFACE}: {link}"
     );
-    let status = ctl(&installed_ctl, &socket, &["status"]);
+    // Ready by its own checks (attached, maps pinned, ring drained).
+    let health = ctl(&installed_ctl, &socket, &["health"]);
     assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+        health.status.success(),
+        "migrctl health: {}{}\n{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr),
+        read(&log)
     );
     stop_agent(agent, &log);
     let link = net.ns.exec(&["ip", "link", "show", IFACE]).unwrap();
