@@ -22,6 +22,8 @@ const FILES: &[&str] = &[
     "usr/bin/migrctl",
     "usr/share/migr/criu-migr.conf",
     "usr/share/doc/migr/deploy.md",
+    "usr/share/doc/migr/ops/alerts.yml",
+    "usr/share/doc/migr/ops/dashboard.json",
     "usr/share/bash-completion/completions/migr-agent",
     "usr/share/bash-completion/completions/migrctl",
     "usr/share/zsh/vendor-completions/_migr-agent",
