@@ -43,7 +43,8 @@ impl Agent {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let log = dir.join(format!("agent-{tag}.log"));
         let mut cmd = Command::new(&bins.agent);
-        cmd.arg("run")
+        // The host's /etc/migr/agent.toml, if any, is not the testbed's.
+        cmd.args(["run", "--config", "/dev/null"])
             .args(["--iface", iface, "--mode", mode])
             .arg("--socket")
             .arg(&socket)

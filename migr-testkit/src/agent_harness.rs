@@ -243,8 +243,11 @@ impl Agent {
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let socket = state_dir.join("agent.sock");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        // The host's /etc/migr/agent.toml, if any, is not the tests'.
         let mut args: Vec<String> = [
             "run",
+            "--config",
+            "/dev/null",
             "--iface",
             iface,
             "--socket",

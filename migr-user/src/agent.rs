@@ -2,24 +2,23 @@
 //! line, bpffs, the control socket, the metrics endpoint and signals.
 
 use std::{
-    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use tokio::{
     net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
+    agent_config::{self, AgentConfig, DEFAULT_CONFIG, Settings},
     bpffs::ensure_bpffs,
-    datapath::{AttachMode, DatapathConfig},
+    datapath::DatapathConfig,
     engine::{Engine, EngineConfig, EngineHandle},
-    forward_path::ForwardPathChoice,
     servers,
 };
 use migr_control::{
@@ -48,92 +47,62 @@ struct Cli {
 enum Command {
     /// Load and attach the datapath, pin its state, and serve the control API until SIGTERM/SIGINT.
     Run(Box<RunArgs>),
+    /// Check the config file and the flags as `run` would, print the settings
+    /// `run` would use (as a config file), and exit.
+    CheckConfig(Box<RunArgs>),
     /// Detach a datapath left attached (--keep-attached) and remove its pins and stored state.
     Cleanup {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// The config file whose pin-dir and state-dir to clean [default: /etc/migr/agent.toml, if it exists].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// [default: the config file's, else /sys/fs/bpf/migr]
+        #[arg(long, value_name = "PATH")]
+        pin_dir: Option<PathBuf>,
+        /// [default: the config file's, else /run/migr]
+        #[arg(long, value_name = "PATH")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script for migr-agent (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print migr-agent's manual page (roff), or with --dir write it and one
+    /// page per subcommand (migr-agent-run.8, ...) there.
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Interface to attach to (repeat for several).
-    #[arg(long = "iface", required = true, value_name = "IF")]
-    ifaces: Vec<String>,
-    /// XDP mode: auto (native, else skb), native or skb.
-    #[arg(long, default_value = "auto")]
-    mode: AttachMode,
-    /// How FORWARDs leave: auto (XDP_TX/redirect on a bus device attached
-    /// natively, else the TC program, which also delivers through veths),
-    /// xdp or tc.
-    #[arg(long, default_value = "auto")]
-    forward_path: ForwardPathChoice,
-    /// Control socket.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Let this group use the control socket too (mode 0660); by default only root can (0600).
-    #[arg(long, value_name = "GROUP")]
-    socket_group: Option<String>,
-    /// Members of the socket group may only read (status, stats, service
-    /// list and show); changes (service add and remove, phases, CRIU hook
-    /// calls) are refused to any peer but root, told apart by SO_PEERCRED.
-    #[arg(long, requires = "socket_group")]
-    socket_group_read_only: bool,
-    /// Where the maps and XDP links are pinned (on bpffs; /sys/fs/bpf is mounted if missing).
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Where the service state and the parked-frame stores live (tmpfs).
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Serve Prometheus metrics on this address (http://ADDR/metrics).
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
-    /// On SIGTERM/SIGINT leave the XDP program attached (pinned) so that a restarted
-    /// agent takes over without a gap; by default the agent detaches.
-    #[arg(long)]
-    keep_attached: bool,
-    /// Default bound of a service's parked-frame store, in frames.
-    #[arg(long, default_value_t = 65_536)]
-    park_limit_frames: u64,
-    /// Default bound of a service's parked-frame store, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    park_limit_bytes: u64,
-    /// Bound of all services' parked-frame stores together, in bytes not
-    /// replayed yet; a frame over it is dropped as over a service's bound.
-    /// Default: a quarter of the size of the state directory's filesystem.
-    #[arg(long, value_name = "BYTES")]
-    park_max_total_bytes: Option<u64>,
-    /// Size of the kernel park ring in bytes (a power of two; fixed when the maps are first created).
-    #[arg(long, default_value_t = 16 << 20)]
-    ring_bytes: u32,
-    /// Default time a source keeps forwarding after `done`, in milliseconds.
-    #[arg(long, default_value_t = 2_000)]
-    drain_ms: u64,
-    /// How long fresh frames stay held behind unconsumed parked records after a replay, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    settle_ms: u64,
-    /// How long the datapath keeps parking and holding frames for an agent
-    /// that stopped renewing its lease (it died), in milliseconds; then it
-    /// passes them (fails open). A restart that takes longer loses the
-    /// frames that arrive after the lease ran out to the frozen service.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    lease_ms: u64,
-    /// Default pace of backlog replays, in frames per second (0: unpaced). A
-    /// replay delivers a burst the receiving socket has to absorb; pacing keeps
-    /// it from overflowing.
-    #[arg(long, default_value_t = 10_000)]
-    replay_rate: u64,
-    /// Frames a paced replay sends at once.
-    #[arg(long, default_value_t = 16)]
-    replay_burst: u64,
-    /// Print the datapath's per-protocol packet counters every SECS seconds.
-    #[arg(long, value_name = "SECS")]
-    interval: Option<f64>,
-    /// Exit (as on SIGTERM) after printing the counters this many times.
-    #[arg(long, requires = "interval")]
-    count: Option<u64>,
+    /// The config file (TOML): every setting below, as `key = value` with
+    /// the flag's name [default: /etc/migr/agent.toml, if it exists]. A flag
+    /// given here wins over the file's key.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl RunArgs {
+    /// The file's settings under the flags', resolved.
+    fn resolve(self) -> Result<AgentConfig> {
+        let (file, path) = agent_config::load(self.config.as_deref())?;
+        let cfg = self
+            .settings
+            .over(file)
+            .resolve()
+            .map_err(|e| match &path {
+                Some(path) => anyhow::anyhow!("{e} (config file {})", path.display()),
+                None => anyhow::anyhow!("{e} (no config file: {DEFAULT_CONFIG} is absent)"),
+            })?;
+        match &path {
+            Some(path) => tracing::info!(config = %path.display(), "read the config file"),
+            None => tracing::info!(
+                "no config file ({DEFAULT_CONFIG} is absent): flags and defaults only"
+            ),
+        }
+        Ok(cfg)
+    }
 }
 
 /// The agent's `main`.
@@ -148,8 +117,37 @@ pub fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(*args),
-        Command::Cleanup { pin_dir, state_dir } => cleanup(&pin_dir, &state_dir),
+        Command::Run(args) => run(args.resolve()?),
+        Command::CheckConfig(args) => {
+            print!("{}", args.resolve()?.to_toml());
+            Ok(())
+        }
+        Command::Cleanup {
+            config,
+            pin_dir,
+            state_dir,
+        } => {
+            let (file, _) = agent_config::load(config.as_deref())?;
+            let pin_dir = pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| DEFAULT_PIN_DIR.into());
+            let state_dir = state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+            cleanup(&pin_dir, &state_dir)
+        }
+        Command::Completions { shell } => {
+            crate::shell_files::completions(Cli::command(), shell, &mut std::io::stdout())
+        }
+        Command::Manpage { dir: None } => {
+            crate::shell_files::manpage(Cli::command(), &mut std::io::stdout())
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            for page in crate::shell_files::manpages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -173,18 +171,7 @@ fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> Result<()> {
-    if let Some(i) = args.interval
-        && !(i.is_finite() && i > 0.0)
-    {
-        bail!("--interval must be a positive number of seconds, got {i}");
-    }
-    if args.park_limit_frames == 0 || args.park_limit_bytes == 0 {
-        bail!("--park-limit-frames and --park-limit-bytes must be at least 1");
-    }
-    if args.park_max_total_bytes == Some(0) {
-        bail!("--park-max-total-bytes must be at least 1");
-    }
+fn run(args: AgentConfig) -> Result<()> {
     let group = args.socket_group.as_deref().map(group_id).transpose()?;
     // Everything the agent writes (state, parked frames, the socket) is
     // owner-only; the socket group is let in on the socket alone, below.
@@ -415,7 +402,7 @@ async fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(listener: UnixListener, engine: EngineHandle, args: &RunArgs) -> Result<()> {
+async fn serve(listener: UnixListener, engine: EngineHandle, args: &AgentConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     if let Some(addr) = args.metrics {

@@ -1,5 +1,6 @@
 //! migr's user space: the datapath loader and, on top of it, the agent and CLI.
 pub mod agent;
+pub mod agent_config;
 pub mod announce;
 pub mod bpf_sys;
 pub mod bpffs;
@@ -21,6 +22,7 @@ pub mod parkring;
 pub mod pcap;
 pub mod pin_layout;
 pub mod servers;
+pub mod shell_files;
 pub mod socket_room;
 pub mod spool;
 pub mod statefile;

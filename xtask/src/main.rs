@@ -5,6 +5,7 @@ mod build;
 mod criu;
 mod demo;
 mod fuzz;
+mod package;
 mod report;
 mod run;
 mod setup;
@@ -34,6 +35,9 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
     },
+    /// The Debian package `migr` (agent, migrctl, systemd unit, config, CRIU
+    /// snippet, completions, manual pages) in target/debian/; prints its path.
+    Package,
     /// The live-migration demo: one QUIC migration with real CRIU, steering on and off (docs/testbed.md).
     Demo,
     /// The cargo-fuzz targets of tests/fuzz (parsers vs. reference, QUIC frames, control API).
@@ -104,6 +108,7 @@ fn main() {
         Command::Setup => setup::setup(),
         Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
         Command::Test { filter } => test::test(&filter),
+        Command::Package => package::package().map(|deb| println!("{}", deb.display())),
         Command::Demo => demo::demo(),
         Command::Report { results } => report::report(results),
         Command::Fuzz { seconds, targets } => {

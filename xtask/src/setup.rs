@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base", // the TCP+DNS baseline's name server (testbed scenarios tcp-dns-*)
     "runc",         // real containers on the testbed (--runtime runc, docs/containers.md)
     "podman",       // real containers on the testbed (--runtime podman, docs/containers.md)
+    "dpkg-dev",     // dpkg-shlibdeps: the Debian package's Depends (cargo xtask package)
+    "systemd",      // systemd-analyze verify: the package test reads the unit as systemd does
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -112,6 +114,12 @@ fn steps() -> Vec<Step> {
             name: "cargo-fuzz",
             done: crate::fuzz::cargo_fuzz_installed,
             commands: crate::fuzz::install_cargo_fuzz,
+            hint: "cargo install needs the package registry; ~/.cargo/bin must be in PATH",
+        },
+        Step {
+            name: "cargo-deb",
+            done: crate::package::cargo_deb_installed,
+            commands: crate::package::install_cargo_deb,
             hint: "cargo install needs the package registry; ~/.cargo/bin must be in PATH",
         },
         // The VM tests (`cargo xtask vm-test`, docs/vm-tests.md).

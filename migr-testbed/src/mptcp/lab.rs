@@ -314,7 +314,8 @@ impl Agent {
         let socket = state_dir.join("agent.sock");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let log = state_dir.join("agent.log");
-        let mut args: Vec<String> = vec!["run".into()];
+        // The host's /etc/migr/agent.toml, if any, is not the lab's.
+        let mut args: Vec<String> = vec!["run".into(), "--config".into(), "/dev/null".into()];
         for i in ifaces {
             args.extend(["--iface".to_string(), i.to_string()]);
         }

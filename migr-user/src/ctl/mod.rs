@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use migr_control::{
@@ -114,6 +114,14 @@ enum Command {
     },
     /// Send one raw JSON request line and print the response (for debugging).
     Raw { request: String },
+    /// Print a shell completion script for migrctl (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print migrctl's manual page (roff), or with --dir write it and one
+    /// page per subcommand (migrctl-service-add.8, ...) there.
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 const CRIU_HOOK_HELP: &str = "CRIU action script: maps CRTOOLS_SCRIPT_ACTION to a phase of one service.\n\n\
@@ -230,6 +238,11 @@ pub fn main() -> i32 {
         } => explain::explain(&client, &pcap, &pin_dir, json),
         Command::Raw { request } => client.raw(&request).map(|line| print!("{line}")),
         Command::CriuConfig(cmd) => criu_config(cmd),
+        Command::Completions { shell } => {
+            crate::shell_files::completions(Cli::command(), shell, &mut std::io::stdout())
+                .map_err(|e| CtlError::refused(format!("{e:#}")))
+        }
+        Command::Manpage { dir } => write_manpages(dir.as_deref()),
     };
     match result {
         Ok(()) => 0,
@@ -238,6 +251,20 @@ pub fn main() -> i32 {
             e.code
         }
     }
+}
+
+/// `migrctl manpage [--dir DIR]`.
+fn write_manpages(dir: Option<&std::path::Path>) -> Result<(), CtlError> {
+    let written = match dir {
+        None => {
+            crate::shell_files::manpage(Cli::command(), &mut std::io::stdout()).map(|()| vec![])
+        }
+        Some(dir) => crate::shell_files::manpages(Cli::command(), dir),
+    };
+    for page in written.map_err(|e| CtlError::refused(format!("{e:#}")))? {
+        println!("{}", page.display());
+    }
+    Ok(())
 }
 
 fn service_arg(s: &str) -> Value {

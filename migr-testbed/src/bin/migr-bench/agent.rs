@@ -107,8 +107,9 @@ impl Bench {
         std::fs::create_dir_all(&state_dir)?;
         let socket = state_dir.join("agent.sock");
         let mut agent = Command::new(&agent_bin);
+        // The host's /etc/migr/agent.toml, if any, is not the benchmark's.
         agent
-            .arg("run")
+            .args(["run", "--config", "/dev/null"])
             .args(["--iface", "bc-n", "--mode", "native"])
             .arg("--socket")
             .arg(&socket)
