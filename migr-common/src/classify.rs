@@ -9,8 +9,8 @@ use crate::{
     PacketBytes,
     maps::{
         Action, FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, LISTENER_QUIC_GREASE, ListenerEntry,
-        ListenerKey, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE, SERVICE_HOLD,
-        SERVICE_MPTCP, ServiceEntry,
+        ListenerKey, NO_SERVICE, ProtoClass, REPLAY_FRAME_MAX, Reason, SERVICE_ACTIVE,
+        SERVICE_HOLD, SERVICE_MPTCP, ServiceEntry,
     },
     wire::{
         mptcp::{self, CapableKind, JoinKind, MptcpOption},
@@ -107,6 +107,31 @@ impl Classification {
     };
 }
 
+impl Classification {
+    /// The `PROTO_COUNTERS` class the frame is counted under.
+    #[inline(always)]
+    pub fn proto_class(&self) -> ProtoClass {
+        match self.packet {
+            Some(info) => ProtoClass::from_ip_proto(info.ip_proto),
+            None if self.reasons.contains(Reason::NotIp) => ProtoClass::NonIp,
+            None => ProtoClass::OtherIp,
+        }
+    }
+}
+
+/// The reasons [`classify`] itself sets (in [`Classification::reasons`]); the
+/// datapath counts each of them once per frame that has it. (The others are
+/// counted as the frame is handled: events, parking, forwarding, replays.)
+pub const CLASSIFY_REASONS: [Reason; 7] = [
+    Reason::NotIp,
+    Reason::Malformed,
+    Reason::Unsupported,
+    Reason::QuicMalformed,
+    Reason::QuicUnknownServerId,
+    Reason::MptcpMalformed,
+    Reason::MptcpUnknownToken,
+];
+
 #[inline(always)]
 fn family_tag(family: IpFamily) -> u8 {
     match family {
@@ -143,6 +168,14 @@ pub fn parse_stage<F: PacketBytes + ?Sized>(frame: &F, out: &mut Classification)
             return false;
         }
     };
+    set_parsed(info, out)
+}
+
+/// The rest of [`parse_stage`] once the headers parsed: `out.packet` and
+/// `out.flow`. The XDP program's fast path, which parses plain headers in
+/// place, starts here too.
+#[inline(always)]
+pub fn set_parsed(info: PacketInfo, out: &mut Classification) -> bool {
     out.packet = Some(info);
     let (src_port, dst_port) = match &info.l4 {
         L4Info::Udp {

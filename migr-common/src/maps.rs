@@ -32,11 +32,13 @@ pub mod map_names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     pub const REPLAY_SLOTS: &str = "REPLAY_SLOTS";
     pub const REPLAY_NEXT: &str = "REPLAY_NEXT";
+    /// Which tables are in use (see [`super::node_state`]).
+    pub const NODE_STATE: &str = "NODE_STATE";
     /// Transient (one load's XDP and TC programs share it), not pinned.
     pub const TC_HANDOVERS: &str = "TC_HANDOVERS";
 
     /// The maps that hold state across agent restarts: pinned in bpffs.
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 16] = [
         SERVICES,
         LISTENERS,
         SERVER_IDS,
@@ -52,6 +54,7 @@ pub mod map_names {
         EVENT_BUDGET,
         REPLAY_SLOTS,
         REPLAY_NEXT,
+        NODE_STATE,
     ];
 }
 
@@ -72,6 +75,21 @@ pub mod map_sizes {
 /// from a connection's keys, which a spoofed MP_CAPABLE can make up, and
 /// without a bound the joins of one made-up token could flush `FLOWS`.
 pub const MAX_JOINS_PER_TOKEN: u32 = 8;
+
+/// Indices of the `NODE_STATE` array (u32 each, 0 or 1): which tables can
+/// match at all. The XDP program's fast path skips a table whose word is 0, so
+/// a word is set before the table gets its first entry, and cleared only
+/// after the table is empty. Each word has its own array slot, so that the
+/// agent and the program, which both set `FLOWS`, never overwrite each other.
+pub mod node_state {
+    /// `LISTENERS` has entries (written by the agent).
+    pub const LISTENERS: u32 = 0;
+    /// `FLOWS` may have entries: set by the agent before it writes a flow and
+    /// by the program before it learns one; never cleared while loaded
+    /// (the program could learn a flow between a check and the clear).
+    pub const FLOWS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
 
 /// Service id of traffic that belongs to no service.
 pub const NO_SERVICE: u32 = 0;

@@ -25,9 +25,12 @@
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
 //! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`xdp_packet.rs`) | this program |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
+//! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
+//! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
 #![no_std]
 #![no_main]
 
+mod fast;
 mod tc;
 mod xdp_packet;
 
@@ -51,12 +54,16 @@ use migr_common::{
         MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass,
         REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
         ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, map_sizes,
+        node_state,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
 };
 
-use crate::xdp_packet::{XdpPacket, fill_header_cache};
+use crate::{
+    fast::Fast,
+    xdp_packet::{XdpPacket, fill_header_cache},
+};
 
 /// Default sizes; the agent may override them at load time.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -103,6 +110,9 @@ static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 /// Transient, so not pinned: the XDP and the TC program of one load share it.
 #[map]
 static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 0);
+/// Which tables may have entries ([`node_state`]).
+#[map]
+static NODE_STATE: Array<u32> = Array::with_max_entries(node_state::COUNT, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
@@ -123,6 +133,10 @@ impl Tables for MapTables {
     }
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<u32> {
+        // An LRU lookup with a 40-byte key, skipped while no flow was ever learned.
+        if !fast::may_match(node_state::FLOWS) {
+            return None;
+        }
         let key = on_stack(key);
         unsafe { FLOWS.get(key) }.copied()
     }
@@ -169,8 +183,22 @@ pub fn migr(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
     let decision = unsafe { &mut *decision };
-    fill_header_cache(ctx.ctx);
-    classify_into(&ctx, decision);
+    // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
+    let fast = match replay {
+        None => fast::fast_path(ctx.ctx),
+        Some(_) => Fast::Slow,
+    };
+    match fast {
+        Fast::Passed => return xdp_action::XDP_PASS,
+        // SAFETY: `decision` is this CPU's scratch slot.
+        Fast::Lookup => unsafe {
+            fast::migr_lookup_known(ctx.ctx, decision);
+        },
+        Fast::Slow => {
+            fill_header_cache(ctx.ctx);
+            classify_into(&ctx, decision);
+        }
+    }
     if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
@@ -619,6 +647,11 @@ fn report(decision: &Classification) {
                 count_reason(Reason::JoinLimit);
                 return;
             }
+            // Before the flow exists, so that no lookup skips it.
+            if let Some(flows) = NODE_STATE.get_ptr_mut(node_state::FLOWS) {
+                // SAFETY: a value of this map; a plain store of a word, to 1 only.
+                unsafe { *flows = 1 };
+            }
             // Borrowed on purpose: the key stays in scratch memory, not on the stack.
             #[allow(clippy::needless_borrows_for_generic_args)]
             if FLOWS
@@ -687,11 +720,11 @@ fn take_join(token: u32) -> bool {
 
 #[inline(always)]
 fn count_proto(decision: &Classification) {
-    let class = match decision.packet {
-        Some(info) => ProtoClass::from_ip_proto(info.ip_proto),
-        None if decision.reasons.contains(Reason::NotIp) => ProtoClass::NonIp,
-        None => ProtoClass::OtherIp,
-    };
+    count_proto_class(decision.proto_class());
+}
+
+#[inline(always)]
+fn count_proto_class(class: ProtoClass) {
     if let Some(counter) = PROTO_COUNTERS.get_ptr_mut(class as u32) {
         // SAFETY: per-CPU slot: no other CPU writes it.
         unsafe { *counter += 1 };

@@ -75,6 +75,13 @@ impl XdpPacket {
         Self::from_raw(ctx.ctx, false)
     }
 
+    /// A frame to read through the helper only (the fast path, which fills no
+    /// [`HeaderCache`]).
+    #[inline(always)]
+    pub fn direct(ctx: *mut xdp_md) -> Self {
+        Self::from_raw(ctx, false)
+    }
+
     /// A frame to parse, whose reads come from the [`HeaderCache`] where it
     /// holds them ([`fill_header_cache`] must have run for this packet).
     #[inline(always)]

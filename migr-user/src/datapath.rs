@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, map_names, map_sizes,
+    Verdict, map_names, map_sizes, node_state,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -178,7 +178,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 15] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 16] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -260,7 +260,48 @@ impl Datapath {
         tc_program_mut(&mut ebpf)?
             .load()
             .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
-        Ok(Self { ebpf })
+        let mut dp = Self { ebpf };
+        dp.mark_tables_in_use()?;
+        Ok(dp)
+    }
+
+    /// Sets the `NODE_STATE` word of every table that has an entry, so that
+    /// re-used pinned tables (or a `NODE_STATE` created fresh beside them)
+    /// are never skipped by the fast path.
+    fn mark_tables_in_use(&mut self) -> Result<()> {
+        let listeners =
+            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map(map_names::LISTENERS)?)?
+                .keys()
+                .next()
+                .is_some();
+        let flows = HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
+            .keys()
+            .next()
+            .is_some();
+        if listeners {
+            self.set_node_state(node_state::LISTENERS, true)?;
+        }
+        // (The program sets FLOWS itself before it learns a flow from a token.)
+        if flows {
+            self.set_node_state(node_state::FLOWS, true)?;
+        }
+        Ok(())
+    }
+
+    fn set_node_state(&mut self, word: u32, on: bool) -> Result<()> {
+        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::NODE_STATE)?)?;
+        map.set(word, u32::from(on), 0)?;
+        Ok(())
+    }
+
+    /// The `NODE_STATE` words ([`node_state`]), in index order.
+    pub fn node_state(&self) -> Result<[bool; node_state::COUNT as usize]> {
+        let map = Array::<_, u32>::try_from(self.map(map_names::NODE_STATE)?)?;
+        let mut out = [false; node_state::COUNT as usize];
+        for (i, word) in out.iter_mut().enumerate() {
+            *word = map.get(&(i as u32), 0)? != 0;
+        }
+        Ok(out)
     }
 
     /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress through a bpf_link
@@ -534,6 +575,8 @@ impl Datapath {
 
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
         check_service_id(entry.service_id)?;
+        // Before the entry: the fast path must never skip a listener that exists.
+        self.set_node_state(node_state::LISTENERS, true)?;
         let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
             self.map_mut(map_names::LISTENERS)?,
         )?;
@@ -546,6 +589,11 @@ impl Datapath {
             self.map_mut(map_names::LISTENERS)?,
         )?;
         map.remove(key)?;
+        // After the last entry is gone (the agent is the only writer of LISTENERS).
+        let empty = map.keys().next().is_none();
+        if empty {
+            self.set_node_state(node_state::LISTENERS, false)?;
+        }
         Ok(())
     }
 
@@ -602,6 +650,7 @@ impl Datapath {
 
     pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
+        self.set_node_state(node_state::FLOWS, true)?;
         let mut map = HashMap::<_, FlowKey, u32>::try_from(lru(self.map_mut(map_names::FLOWS)?)?)?;
         map.insert(key, service_id, 0)?;
         Ok(())

@@ -4,6 +4,7 @@
 //! `classify` on every frame.
 
 use migr_common::{
+    classify::CLASSIFY_REASONS,
     maps::{
         Action, EVENT_BUDGET_OTHERS, EventKind, FAMILY_V4, ForwardMode, ListenerEntry,
         MAX_JOINS_PER_TOKEN, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_HOLD, Verdict,
@@ -636,12 +637,28 @@ fn kernel_and_host_agree_on_a_generated_corpus() {
         }
         let c = f.classify(&frame);
         let expected = f.expect(&frame);
+        let classes_before = f.dp.proto_counters().unwrap();
         let got = f.run(&frame, &ALL).expect("test_run");
         assert_eq!(
             (got.action, got.service_id, got.verdict),
             (expected.action, expected.service_id, expected.verdict),
             "frame {i}: {frame:02x?}"
         );
+        // The counters too: the fast path and the full classifier count alike.
+        for r in CLASSIFY_REASONS {
+            assert_eq!(
+                got.reasons[r as usize],
+                u64::from(c.reasons.contains(r)),
+                "frame {i}, reason {}: {frame:02x?}",
+                r.name()
+            );
+        }
+        let classes_after = f.dp.proto_counters().unwrap();
+        let class = c.proto_class() as usize;
+        for (k, (after, before)) in classes_after.iter().zip(classes_before).enumerate() {
+            let want = u64::from(k == class);
+            assert_eq!(after - before, want, "frame {i}, class {k}: {frame:02x?}");
+        }
         assert_eq!(
             got.frame_out, expected.frame_out,
             "frame {i} output: {frame:02x?}"
