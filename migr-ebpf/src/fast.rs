@@ -21,8 +21,8 @@ use aya_ebpf::{
 use migr_common::{
     classify::{Classification, Tables, lookup_stage, set_parsed},
     maps::{
-        FAMILY_V4, FAMILY_V6, FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
-        ServiceEntry, Verdict, node_state,
+        FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE,
+        ProtoClass, Reason, ServiceEntry, Verdict, listener_port_bit, node_state,
     },
     wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
 };
@@ -34,8 +34,9 @@ use network_types::{
 };
 
 use crate::{
-    LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason, count_verdict, on_stack,
-    xdp_packet::XdpPacket,
+    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason,
+    count_verdict, on_stack,
+    xdp_packet::{XdpPacket, fill_header_cache},
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -60,20 +61,31 @@ enum Quick {
     /// No service can own the frame: pass it, counted under this class (and
     /// reason, for a frame that is not IP or does not parse).
     Pass(ProtoClass, Option<Reason>),
-    /// UDP, or TCP without options: parsed as `parse_packet` would.
-    Transport(PacketInfo),
+    /// UDP, or TCP without options, whose headers are all there and consistent.
+    Plain(Plain),
     Slow,
+}
+
+/// What [`quick_parse`] learnt of a plain UDP or TCP frame: enough to decide
+/// whether a table may claim it; [`packet_info`] reads the rest if one may.
+#[derive(Clone, Copy)]
+struct Plain {
+    family: IpFamily,
+    proto: u8,
+    /// Bytes from the transport header to the end of the IP packet.
+    l4_len: u16,
+    dst_port: u16,
 }
 
 /// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
 pub struct FastParsed {
-    info: PacketInfo,
+    plain: Plain,
     /// The frame's listener entry; service id [`NO_SERVICE`]: none.
     listener: ListenerEntry,
 }
 
 /// Per-CPU scratch: [`fast_path`] and [`migr_lookup_known`] run one after the
-/// other in one run of the program, and a map value costs no stack.
+/// other in one run of the program.
 #[map]
 static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0);
 
@@ -89,34 +101,39 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
         // Multi-buffer: the headers may cross into a fragment.
         return Fast::Slow;
     }
-    let (class, reason) = match quick_parse(start, end) {
+    // The helper's length, opaque to LLVM: computed from `end` instead, it
+    // would be arithmetic on `data_end`, which the verifier refuses.
+    let frame_len = core::hint::black_box(len as usize);
+    let (class, reason) = match quick_parse(start, end, frame_len) {
         Quick::Pass(class, reason) => (class, reason),
-        Quick::Transport(info) => {
-            let key = ListenerKey {
-                addr: info.dst_addr,
-                port: dst_port(&info),
-                proto: info.ip_proto,
-                family: family_tag(info.family),
-            };
-            let listener = if may_match(node_state::LISTENERS) {
-                let key = on_stack(&key);
-                // SAFETY: the value is copied out at once (see `MapTables`).
-                unsafe { LISTENERS.get(key) }.copied()
-            } else {
-                None
-            };
-            if listener.is_some() || may_match(node_state::FLOWS) {
-                let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+        Quick::Plain(plain) => {
+            let flows = may_match(node_state::FLOWS);
+            if flows || listener_port(plain.dst_port) {
+                let Some(addr) = dst_addr(start, end, plain.family) else {
                     return Fast::Slow;
                 };
-                // SAFETY: this CPU's slot; nothing else uses it during this run.
-                unsafe {
-                    (*parsed).info = info;
-                    (*parsed).listener = listener.unwrap_or_default();
+                let key = ListenerKey {
+                    addr,
+                    port: plain.dst_port,
+                    proto: plain.proto,
+                    family: family_tag(plain.family),
+                };
+                let key = on_stack(&key);
+                // SAFETY: the value is copied out at once (see `MapTables`).
+                let listener = unsafe { LISTENERS.get(key) }.copied();
+                if listener.is_some() || flows {
+                    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+                        return Fast::Slow;
+                    };
+                    // SAFETY: this CPU's slot; nothing else uses it during this run.
+                    unsafe {
+                        (*parsed).plain = plain;
+                        (*parsed).listener = listener.unwrap_or_default();
+                    }
+                    return Fast::Lookup;
                 }
-                return Fast::Lookup;
             }
-            (ProtoClass::from_ip_proto(info.ip_proto), None)
+            (ProtoClass::from_ip_proto(plain.proto), None)
         }
         Quick::Slow => return Fast::Slow,
     };
@@ -128,10 +145,11 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
     Fast::Passed
 }
 
-/// `migr_common::classify::lookup_stage` for the frame [`fast_path`] parsed
-/// into [`FAST_PARSED`], with the listener it looked up: a BPF global
+/// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found
+/// plain ([`FAST_PARSED`]), with the listener it looked up: a BPF global
 /// function (verified once, on its own stack), like the full classifier's
-/// stages.
+/// stages. Returns 1 if `out` holds the classification (0: the caller takes
+/// the full way, which cannot happen for a frame the fast path checked).
 ///
 /// # Safety
 /// `out` must be null or point to a writable `Classification`.
@@ -145,12 +163,23 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
     let Some(parsed) = FAST_PARSED.get(0) else {
         return 0;
     };
+    let (start, end) = data(ctx);
+    let Some(info) = packet_info(start, end, &parsed.plain) else {
+        return 0;
+    };
     *out = Classification::EMPTY;
-    set_parsed(parsed.info, out);
+    set_parsed(info, out);
     let listener = parsed.listener;
+    let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
-    lookup_stage(&XdpPacket::direct(ctx), &known, out);
-    0
+    // Only a QUIC listener has the lookup read the frame (the QUIC header, a
+    // dozen small reads): one copy into the header cache is cheaper than a
+    // helper call per read. Without one, nothing is read.
+    if quic {
+        fill_header_cache(ctx);
+    }
+    lookup_stage(&XdpPacket::from_parts(ctx, quic), &known, out);
+    1
 }
 
 /// The tables, with the frame's listener looked up already.
@@ -186,13 +215,13 @@ pub fn may_match(word: u32) -> bool {
     NODE_STATE.get(word).is_none_or(|v| *v != 0)
 }
 
+/// Does some listener have `port` (`LISTENER_PORTS`)?
 #[inline(always)]
-fn dst_port(info: &PacketInfo) -> u16 {
-    match info.l4 {
-        L4Info::Udp { dst_port, .. } => dst_port,
-        L4Info::Tcp(tcp) => tcp.dst_port,
-        L4Info::Other => 0,
-    }
+fn listener_port(port: u16) -> bool {
+    let (index, bit) = listener_port_bit(port);
+    LISTENER_PORTS
+        .get(index)
+        .is_none_or(|word| *word & bit != 0)
 }
 
 #[inline(always)]
@@ -244,25 +273,29 @@ fn be16(bytes: [u8; 2]) -> u16 {
 
 const MALFORMED: Quick = Quick::Pass(ProtoClass::OtherIp, Some(Reason::Malformed));
 
-/// `migr_common::wire::packet::parse_packet` for plain headers, with its
-/// verdicts: a frame cut short or with an inconsistent length is `Malformed`
-/// (class "other IP"), a fragment `Unsupported`, a non-IP EtherType `NotIp`.
+/// `migr_common::wire::packet::parse_packet`'s checks for plain headers, with
+/// its verdicts: a frame cut short or with an inconsistent length is
+/// `Malformed` (class "other IP"), a fragment `Unsupported`, a non-IP
+/// EtherType `NotIp`. Reads only what the checks need.
 #[inline(always)]
-fn quick_parse(start: usize, end: usize) -> Quick {
+fn quick_parse(start: usize, end: usize, len: usize) -> Quick {
     let Some(eth) = header::<EthHdr>(start, end, 0) else {
         return MALFORMED;
     };
     match u16::from_be(field!(eth, ether_type)) {
-        ETHERTYPE_IPV4 => ipv4(start, end),
-        ETHERTYPE_IPV6 => ipv6(start, end),
+        ETHERTYPE_IPV4 => ipv4(start, end, len),
+        ETHERTYPE_IPV6 => ipv6(start, end, len),
         // VLAN tags (802.1Q, 802.1ad, the old QinQ TPID) take the full parser.
         0x8100 | 0x88a8 | 0x9100 => Quick::Slow,
         _ => Quick::Pass(ProtoClass::NonIp, Some(Reason::NotIp)),
     }
 }
 
+const IPV4_L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+const IPV6_L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+
 #[inline(always)]
-fn ipv4(start: usize, end: usize) -> Quick {
+fn ipv4(start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv4Hdr>(start, end, EthHdr::LEN) else {
         return MALFORMED;
     };
@@ -274,93 +307,63 @@ fn ipv4(start: usize, end: usize) -> Quick {
         return Quick::Slow; // options
     }
     let total = be16(field!(ip, tot_len)) as usize;
-    if total < Ipv4Hdr::LEN || total > end - start - EthHdr::LEN {
+    if total < Ipv4Hdr::LEN || total > len - EthHdr::LEN {
         return MALFORMED;
     }
     if be16(field!(ip, frags)) & IPV4_MF_AND_OFFSET != 0 {
         return Quick::Pass(ProtoClass::OtherIp, Some(Reason::Unsupported));
     }
-    let (src, dst) = (field!(ip, src_addr), field!(ip, dst_addr));
-    let info = PacketInfo {
-        vlan: None,
-        ethertype: ETHERTYPE_IPV4,
-        l3_offset: EthHdr::LEN as u16,
-        family: IpFamily::V4,
-        src_addr: v4_in_16(src),
-        dst_addr: v4_in_16(dst),
-        ip_proto: field!(ip, proto),
-        l4_offset: (EthHdr::LEN + Ipv4Hdr::LEN) as u16,
-        l4_len: (total - Ipv4Hdr::LEN) as u16,
-        l4: L4Info::Other,
-    };
-    transport(start, end, info)
+    let l4_len = (total - Ipv4Hdr::LEN) as u16;
+    transport(start, end, IpFamily::V4, field!(ip, proto), IPV4_L4, l4_len)
 }
 
 #[inline(always)]
-fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-#[inline(always)]
-fn ipv6(start: usize, end: usize) -> Quick {
+fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv6Hdr>(start, end, EthHdr::LEN) else {
         return MALFORMED;
     };
     if field!(ip, vcf)[0] >> 4 != 6 {
         return MALFORMED;
     }
-    const L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
-    let payload = be16(field!(ip, payload_len)) as usize;
-    if payload > end - start - L4 {
+    let payload = be16(field!(ip, payload_len));
+    if payload as usize > len - IPV6_L4 {
         return MALFORMED;
     }
-    let proto = field!(ip, next_hdr);
-    // Hop-by-Hop, Routing, Fragment, Destination Options: the full parser.
-    if matches!(proto, 0 | 43 | 44 | 60) {
-        return Quick::Slow;
+    match field!(ip, next_hdr) {
+        // Hop-by-Hop, Routing, Fragment, Destination Options: the full parser.
+        0 | 43 | 44 | 60 => Quick::Slow,
+        proto => transport(start, end, IpFamily::V6, proto, IPV6_L4, payload),
     }
-    let info = PacketInfo {
-        vlan: None,
-        ethertype: ETHERTYPE_IPV6,
-        l3_offset: EthHdr::LEN as u16,
-        family: IpFamily::V6,
-        src_addr: field!(ip, src_addr),
-        dst_addr: field!(ip, dst_addr),
-        ip_proto: proto,
-        l4_offset: L4 as u16,
-        l4_len: payload as u16,
-        l4: L4Info::Other,
-    };
-    transport(start, end, info)
 }
 
-/// UDP, or TCP without options, at `info.l4_offset` (a constant per family);
-/// the IP packet ends `info.l4_len` bytes later, inside the frame.
+/// Checks UDP, or TCP without options, at `l4` (a constant per family); the
+/// IP packet ends `l4_len` bytes later, inside the frame.
 #[inline(always)]
-fn transport(start: usize, end: usize, mut info: PacketInfo) -> Quick {
-    let l4 = info.l4_offset as usize;
-    let l4_len = info.l4_len as usize;
-    match info.ip_proto {
+fn transport(
+    start: usize,
+    end: usize,
+    family: IpFamily,
+    proto: u8,
+    l4: usize,
+    l4_len: u16,
+) -> Quick {
+    let len = l4_len as usize;
+    let dst_port = match proto {
         IPPROTO_UDP => {
-            if l4_len < UdpHdr::LEN {
+            if len < UdpHdr::LEN {
                 return MALFORMED;
             }
             let Some(udp) = header::<UdpHdr>(start, end, l4) else {
                 return MALFORMED;
             };
-            let udp_len = be16(field!(udp, len));
-            if (udp_len as usize) < UdpHdr::LEN || udp_len as usize > l4_len {
+            let udp_len = be16(field!(udp, len)) as usize;
+            if udp_len < UdpHdr::LEN || udp_len > len {
                 return MALFORMED;
             }
-            info.l4 = L4Info::Udp {
-                src_port: be16(field!(udp, src)),
-                dst_port: be16(field!(udp, dst)),
-                payload_offset: (l4 + UdpHdr::LEN) as u16,
-                payload_len: udp_len - UdpHdr::LEN as u16,
-            };
+            be16(field!(udp, dst))
         }
         IPPROTO_TCP => {
-            if l4_len < TcpHdr::LEN {
+            if len < TcpHdr::LEN {
                 return MALFORMED;
             }
             let Some(tcp) = header::<TcpHdr>(start, end, l4) else {
@@ -373,20 +376,86 @@ fn transport(start: usize, end: usize, mut info: PacketInfo) -> Quick {
                 // Options: one may be MPTCP's, which the full parser reads.
                 _ => return Quick::Slow,
             }
-            let bytes_12_13 = field!(tcp, _bitfield_1);
-            info.l4 = L4Info::Tcp(TcpInfo {
-                src_port: be16(field!(tcp, source)),
-                dst_port: be16(field!(tcp, dest)),
-                seq: u32::from_be_bytes(field!(tcp, seq)),
-                ack: u32::from_be_bytes(field!(tcp, ack_seq)),
-                flags: bytes_12_13.get(8, 8) as u8,
-                header_len: TcpHdr::LEN as u8,
-                payload_offset: (l4 + TcpHdr::LEN) as u16,
-                payload_len: (l4_len - TcpHdr::LEN) as u16,
-                mptcp: None,
-            });
+            be16(field!(tcp, dest))
         }
         proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
-    }
-    Quick::Transport(info)
+    };
+    Quick::Plain(Plain {
+        family,
+        proto,
+        l4_len,
+        dst_port,
+    })
+}
+
+/// The destination address of a frame [`quick_parse`] found plain, as
+/// `ListenerKey` holds it.
+#[inline(always)]
+fn dst_addr(start: usize, end: usize, family: IpFamily) -> Option<[u8; 16]> {
+    Some(match family {
+        IpFamily::V4 => v4_in_16(field!(
+            header::<Ipv4Hdr>(start, end, EthHdr::LEN)?,
+            dst_addr
+        )),
+        IpFamily::V6 => field!(header::<Ipv6Hdr>(start, end, EthHdr::LEN)?, dst_addr),
+    })
+}
+
+/// The [`PacketInfo`] `parse_packet` gives a frame [`quick_parse`] found
+/// plain (None only if the frame changed in between, which it cannot).
+#[inline(always)]
+fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
+    let (ethertype, l4, src_addr, dst_addr) = match plain.family {
+        IpFamily::V4 => {
+            let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
+            let (src, dst) = (field!(ip, src_addr), field!(ip, dst_addr));
+            (ETHERTYPE_IPV4, IPV4_L4, v4_in_16(src), v4_in_16(dst))
+        }
+        IpFamily::V6 => {
+            let ip = header::<Ipv6Hdr>(start, end, EthHdr::LEN)?;
+            let (src, dst) = (field!(ip, src_addr), field!(ip, dst_addr));
+            (ETHERTYPE_IPV6, IPV6_L4, src, dst)
+        }
+    };
+    let len = plain.l4_len;
+    let l4_info = if plain.proto == IPPROTO_UDP {
+        let udp = header::<UdpHdr>(start, end, l4)?;
+        L4Info::Udp {
+            src_port: be16(field!(udp, src)),
+            dst_port: plain.dst_port,
+            payload_offset: (l4 + UdpHdr::LEN) as u16,
+            payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+        }
+    } else {
+        let tcp = header::<TcpHdr>(start, end, l4)?;
+        L4Info::Tcp(TcpInfo {
+            src_port: be16(field!(tcp, source)),
+            dst_port: plain.dst_port,
+            seq: u32::from_be_bytes(field!(tcp, seq)),
+            ack: u32::from_be_bytes(field!(tcp, ack_seq)),
+            // Byte 13, the bitfield's second byte.
+            flags: field!(tcp, _bitfield_1).get(8, 8) as u8,
+            header_len: TcpHdr::LEN as u8,
+            payload_offset: (l4 + TcpHdr::LEN) as u16,
+            payload_len: len - TcpHdr::LEN as u16,
+            mptcp: None,
+        })
+    };
+    Some(PacketInfo {
+        vlan: None,
+        ethertype,
+        l3_offset: EthHdr::LEN as u16,
+        family: plain.family,
+        src_addr,
+        dst_addr,
+        ip_proto: plain.proto,
+        l4_offset: l4 as u16,
+        l4_len: len,
+        l4: l4_info,
+    })
+}
+
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }

@@ -27,6 +27,7 @@
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
 //! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
+//! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
 #![no_std]
 #![no_main]
 
@@ -50,11 +51,11 @@ use migr_common::{
     },
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, FlowKey,
-        ForwardMeta, ForwardMode, ForwardPath, ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN,
-        MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass,
-        REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
-        ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, map_sizes,
-        node_state,
+        ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
+        MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
+        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+        ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
+        Verdict, map_sizes, node_state,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -110,6 +111,9 @@ static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 /// Transient, so not pinned: the XDP and the TC program of one load share it.
 #[map]
 static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 0);
+/// The ports some listener has ([`migr_common::maps::listener_port_bit`]).
+#[map]
+static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WORDS, 0);
 /// Which tables may have entries ([`node_state`]).
 #[map]
 static NODE_STATE: Array<u32> = Array::with_max_entries(node_state::COUNT, 0);
@@ -178,23 +182,24 @@ pub fn migr(ctx: XdpContext) -> u32 {
     } else {
         None
     };
-    let Some(decision) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
-    let decision = unsafe { &mut *decision };
     // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
     let fast = match replay {
         None => fast::fast_path(ctx.ctx),
         Some(_) => Fast::Slow,
     };
+    if let Fast::Passed = fast {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(decision) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
+    let decision = unsafe { &mut *decision };
     match fast {
         Fast::Passed => return xdp_action::XDP_PASS,
         // SAFETY: `decision` is this CPU's scratch slot.
-        Fast::Lookup => unsafe {
-            fast::migr_lookup_known(ctx.ctx, decision);
-        },
-        Fast::Slow => {
+        Fast::Lookup if unsafe { fast::migr_lookup_known(ctx.ctx, decision) } == 1 => {}
+        Fast::Lookup | Fast::Slow => {
             fill_header_cache(ctx.ctx);
             classify_into(&ctx, decision);
         }

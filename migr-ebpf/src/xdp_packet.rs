@@ -64,29 +64,42 @@ pub struct XdpPacket {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
-    /// Reads may come from the [`HeaderCache`] (never after a write).
-    cached: bool,
+    reads: Reads,
+}
+
+/// Where [`XdpPacket::load`] reads from first; `bpf_xdp_load_bytes` is the
+/// fallback of every mode (bytes in a fragment, or a cache that is short).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// The [`HeaderCache`] (never after a write): the parser's many reads.
+    Cache,
+    /// The helper only: its offset stays imprecise for the verifier (the
+    /// TCP option walk inside `bpf_loop` needs that; see `option_step`).
+    Helper,
+    /// The packet itself (direct packet access): a rewrite's few reads.
+    Direct,
 }
 
 impl XdpPacket {
     /// A frame to rewrite: every read sees the packet as it is now.
     #[inline(always)]
     pub fn uncached(ctx: &XdpContext) -> Self {
-        Self::from_raw(ctx.ctx, false)
+        Self::from_raw(ctx.ctx, Reads::Direct)
     }
 
-    /// A frame to read through the helper only (the fast path, which fills no
-    /// [`HeaderCache`]).
+    /// [`Self::cached`] if `cached`, else a frame read through the helper
+    /// only (for the fast path, which fills the [`HeaderCache`] only when the
+    /// lookup reads the frame).
     #[inline(always)]
-    pub fn direct(ctx: *mut xdp_md) -> Self {
-        Self::from_raw(ctx, false)
+    pub fn from_parts(ctx: *mut xdp_md, cached: bool) -> Self {
+        Self::from_raw(ctx, if cached { Reads::Cache } else { Reads::Helper })
     }
 
     /// A frame to parse, whose reads come from the [`HeaderCache`] where it
     /// holds them ([`fill_header_cache`] must have run for this packet).
     #[inline(always)]
     pub fn cached(ctx: *mut xdp_md) -> Self {
-        Self::from_raw(ctx, true)
+        Self::from_raw(ctx, Reads::Cache)
     }
 
     /// Reads `data`/`data_end` from the context with volatile loads. In a
@@ -94,14 +107,14 @@ impl XdpPacket {
     /// caller and passing plain integers, which the verifier would no longer
     /// treat as packet pointers.
     #[inline(always)]
-    fn from_raw(ctx: *mut xdp_md, cached: bool) -> Self {
+    fn from_raw(ctx: *mut xdp_md, reads: Reads) -> Self {
         // SAFETY: `ctx` is the program's context pointer.
         unsafe {
             Self {
                 ctx,
                 start: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
                 end: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
-                cached,
+                reads,
             }
         }
     }
@@ -115,16 +128,26 @@ impl PacketBytes for XdpPacket {
         unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
     }
 
-    /// Reads through `bpf_xdp_load_bytes`: the helper checks the bounds at run
-    /// time, so the offset stays an ordinary (imprecise) scalar for the
-    /// verifier. Direct packet access would force every offset to be tracked
-    /// precisely, which stops the verifier from pruning the parser's loops.
+    /// Reads per [`Reads`]; the parser reads through the cache or the helper,
+    /// whose offset stays an ordinary (imprecise) scalar for the verifier.
+    /// Direct packet access would force every offset to be tracked precisely,
+    /// which stops the verifier from pruning the parser's loops; it serves the
+    /// rewrite only, which has no loop.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         if offset > MAX_PARSE_OFFSET {
             return None;
         }
-        if self.cached
+        if self.reads == Reads::Direct {
+            // As in `store`: the mask bounds the offset for every verifier.
+            let offset = core::hint::black_box(offset) & STORE_OFFSET_MASK;
+            let at = checked_pointer(self.start + offset);
+            if at + N <= self.end {
+                // SAFETY: [at, at + N) lies inside the packet, checked just above.
+                return Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) });
+            }
+        }
+        if self.reads == Reads::Cache
             && N <= HEADER_CACHE_SLACK
             && let Some(cache) = HEADER_CACHE.get_ptr(0)
         {
@@ -192,7 +215,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // until its states converge (Linux 6.8 and later) then see a new state for every offset
     // and stop at the complexity limit (seen on 6.12: 1M instructions in migr_parse). The
     // helper's offset argument stays imprecise, so the states converge.
-    let frame = XdpPacket::from_raw(state.ctx, false);
+    let frame = XdpPacket::from_raw(state.ctx, Reads::Helper);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
 

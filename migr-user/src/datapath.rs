@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, map_names, map_sizes, node_state,
+    Verdict, listener_port_bit, map_names, map_sizes, node_state,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -178,7 +178,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 16] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 17] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -265,27 +265,39 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// Sets the `NODE_STATE` word of every table that has an entry, so that
-    /// re-used pinned tables (or a `NODE_STATE` created fresh beside them)
-    /// are never skipped by the fast path.
+    /// Sets the `NODE_STATE` word of every table that has an entry and the
+    /// `LISTENER_PORTS` bit of every listener's port, so that re-used pinned
+    /// tables (or these maps created fresh beside them) are never skipped by
+    /// the fast path.
     fn mark_tables_in_use(&mut self) -> Result<()> {
-        let listeners =
-            HashMap::<_, ListenerKey, ListenerEntry>::try_from(self.map(map_names::LISTENERS)?)?
-                .keys()
-                .next()
-                .is_some();
+        let ports: Vec<u16> = self.listeners()?.iter().map(|(key, _)| key.port).collect();
+        for port in ports {
+            self.set_listener_port(port, true)?;
+        }
         let flows = HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
             .keys()
             .next()
             .is_some();
-        if listeners {
-            self.set_node_state(node_state::LISTENERS, true)?;
-        }
         // (The program sets FLOWS itself before it learns a flow from a token.)
         if flows {
             self.set_node_state(node_state::FLOWS, true)?;
         }
         Ok(())
+    }
+
+    fn set_listener_port(&mut self, port: u16, on: bool) -> Result<()> {
+        let (index, bit) = listener_port_bit(port);
+        let mut map = Array::<_, u64>::try_from(self.map_mut(map_names::LISTENER_PORTS)?)?;
+        let word = map.get(&index, 0)?;
+        map.set(index, if on { word | bit } else { word & !bit }, 0)?;
+        Ok(())
+    }
+
+    /// Is `port`'s `LISTENER_PORTS` bit set?
+    pub fn listener_port(&self, port: u16) -> Result<bool> {
+        let (index, bit) = listener_port_bit(port);
+        let map = Array::<_, u64>::try_from(self.map(map_names::LISTENER_PORTS)?)?;
+        Ok(map.get(&index, 0)? & bit != 0)
     }
 
     fn set_node_state(&mut self, word: u32, on: bool) -> Result<()> {
@@ -576,7 +588,7 @@ impl Datapath {
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
         check_service_id(entry.service_id)?;
         // Before the entry: the fast path must never skip a listener that exists.
-        self.set_node_state(node_state::LISTENERS, true)?;
+        self.set_listener_port(key.port, true)?;
         let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
             self.map_mut(map_names::LISTENERS)?,
         )?;
@@ -589,10 +601,11 @@ impl Datapath {
             self.map_mut(map_names::LISTENERS)?,
         )?;
         map.remove(key)?;
-        // After the last entry is gone (the agent is the only writer of LISTENERS).
-        let empty = map.keys().next().is_none();
-        if empty {
-            self.set_node_state(node_state::LISTENERS, false)?;
+        // After the port's last listener is gone (the agent is the only writer of LISTENERS).
+        // A key that cannot be read counts as the port's: a bit too many only costs a lookup.
+        let port_in_use = map.keys().any(|k| k.map_or(true, |k| k.port == key.port));
+        if !port_in_use {
+            self.set_listener_port(key.port, false)?;
         }
         Ok(())
     }
