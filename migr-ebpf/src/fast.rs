@@ -36,7 +36,7 @@ use network_types::{
 use crate::{
     LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason,
     count_verdict, on_stack,
-    xdp_packet::{XdpPacket, fill_header_cache},
+    xdp_packet::{XdpPacket, clear_header_cache, fill_header_cache},
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -168,7 +168,7 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
         return 0;
     };
     *out = Classification::EMPTY;
-    set_parsed(info, out);
+    set_parsed(&info, out);
     let listener = parsed.listener;
     let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
@@ -177,8 +177,10 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
     // helper call per read. Without one, nothing is read.
     if quic {
         fill_header_cache(ctx);
+    } else {
+        clear_header_cache();
     }
-    lookup_stage(&XdpPacket::from_parts(ctx, quic), &known, out);
+    lookup_stage(&XdpPacket::cached(ctx), &known, out);
     1
 }
 

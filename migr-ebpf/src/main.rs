@@ -68,6 +68,8 @@ use crate::{
 
 /// Default sizes; the agent may override them at load time.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// The agent maps `REPLAY_SLOTS` and writes frames straight into it.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `bpf_ringbuf_query` flag: bytes produced but not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
@@ -102,7 +104,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(map_sizes::EVENT_RING_BYTES, 0)
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 /// The frames of the agent's current replay batch (see [`ReplayMeta`]).
 #[map]
-static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, 0);
+static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, BPF_F_MMAPABLE);
 /// [0]: runs of the current replay batch so far, i.e. the next slot. The
 /// agent zeroes it before a batch; after a crash it tells how far one got.
 #[map]

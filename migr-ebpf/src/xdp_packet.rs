@@ -57,70 +57,78 @@ pub fn fill_header_cache(ctx: *mut xdp_md) {
     cache.len = if rc == 0 { copy } else { 0 };
 }
 
+/// Marks this CPU's [`HeaderCache`] empty, so that cached reads of this packet
+/// take the helper (for a packet whose reads are not worth the copy).
+#[inline(always)]
+pub fn clear_header_cache() {
+    if let Some(cache) = HEADER_CACHE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else uses it while the program runs.
+        unsafe { (*cache).len = 0 };
+    }
+}
+
 /// The packet between `data` and `data_end`. Every read is checked against
 /// `data_end` in a form the verifier can follow: the offset is first clamped
 /// to [`MAX_PARSE_OFFSET`], then `start + offset + N` is compared with `end`.
-pub struct XdpPacket {
+///
+/// `READS` says where [`PacketBytes::load`] reads from first (a constant, so
+/// that each mode compiles to its own code and adds nothing to the others'
+/// stack); `bpf_xdp_load_bytes` is the fallback of every mode (bytes in a
+/// fragment, or a cache that is short):
+/// - [`reads::CACHE`]: the [`HeaderCache`] (never after a write): the parser's many reads;
+/// - [`reads::HELPER`]: the helper only: its offset stays imprecise for the
+///   verifier (the TCP option walk inside `bpf_loop` needs that; see `option_step`);
+/// - [`reads::DIRECT`]: the packet itself (direct packet access): a rewrite's few reads.
+pub struct XdpPacket<const READS: u8> {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
-    reads: Reads,
 }
 
-/// Where [`XdpPacket::load`] reads from first; `bpf_xdp_load_bytes` is the
-/// fallback of every mode (bytes in a fragment, or a cache that is short).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reads {
-    /// The [`HeaderCache`] (never after a write): the parser's many reads.
-    Cache,
-    /// The helper only: its offset stays imprecise for the verifier (the
-    /// TCP option walk inside `bpf_loop` needs that; see `option_step`).
-    Helper,
-    /// The packet itself (direct packet access): a rewrite's few reads.
-    Direct,
+/// The read modes of [`XdpPacket`].
+pub mod reads {
+    pub const CACHE: u8 = 0;
+    pub const HELPER: u8 = 1;
+    pub const DIRECT: u8 = 2;
 }
 
-impl XdpPacket {
+impl XdpPacket<{ reads::DIRECT }> {
     /// A frame to rewrite: every read sees the packet as it is now.
     #[inline(always)]
     pub fn uncached(ctx: &XdpContext) -> Self {
-        Self::from_raw(ctx.ctx, Reads::Direct)
+        Self::from_raw(ctx.ctx)
     }
+}
 
-    /// [`Self::cached`] if `cached`, else a frame read through the helper
-    /// only (for the fast path, which fills the [`HeaderCache`] only when the
-    /// lookup reads the frame).
-    #[inline(always)]
-    pub fn from_parts(ctx: *mut xdp_md, cached: bool) -> Self {
-        Self::from_raw(ctx, if cached { Reads::Cache } else { Reads::Helper })
-    }
-
+impl XdpPacket<{ reads::CACHE }> {
     /// A frame to parse, whose reads come from the [`HeaderCache`] where it
-    /// holds them ([`fill_header_cache`] must have run for this packet).
+    /// holds them ([`fill_header_cache`] or [`clear_header_cache`] must have
+    /// run for this packet).
     #[inline(always)]
     pub fn cached(ctx: *mut xdp_md) -> Self {
-        Self::from_raw(ctx, Reads::Cache)
+        Self::from_raw(ctx)
     }
+}
 
+impl<const READS: u8> XdpPacket<READS> {
     /// Reads `data`/`data_end` from the context with volatile loads. In a
     /// non-inlined function this keeps LLVM from hoisting the loads into the
     /// caller and passing plain integers, which the verifier would no longer
     /// treat as packet pointers.
     #[inline(always)]
-    fn from_raw(ctx: *mut xdp_md, reads: Reads) -> Self {
+    fn from_raw(ctx: *mut xdp_md) -> Self {
         // SAFETY: `ctx` is the program's context pointer.
         unsafe {
             Self {
                 ctx,
                 start: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
                 end: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
-                reads,
             }
         }
     }
 }
 
-impl PacketBytes for XdpPacket {
+impl<const READS: u8> PacketBytes for XdpPacket<READS> {
     #[inline(always)]
     fn len(&self) -> usize {
         // The whole frame, fragments included: `load` reads across them.
@@ -128,7 +136,7 @@ impl PacketBytes for XdpPacket {
         unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
     }
 
-    /// Reads per [`Reads`]; the parser reads through the cache or the helper,
+    /// Reads per `READS`; the parser reads through the cache or the helper,
     /// whose offset stays an ordinary (imprecise) scalar for the verifier.
     /// Direct packet access would force every offset to be tracked precisely,
     /// which stops the verifier from pruning the parser's loops; it serves the
@@ -138,7 +146,7 @@ impl PacketBytes for XdpPacket {
         if offset > MAX_PARSE_OFFSET {
             return None;
         }
-        if self.reads == Reads::Direct {
+        if READS == reads::DIRECT {
             // As in `store`: the mask bounds the offset for every verifier.
             let offset = core::hint::black_box(offset) & STORE_OFFSET_MASK;
             let at = checked_pointer(self.start + offset);
@@ -147,7 +155,7 @@ impl PacketBytes for XdpPacket {
                 return Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) });
             }
         }
-        if self.reads == Reads::Cache
+        if READS == reads::CACHE
             && N <= HEADER_CACHE_SLACK
             && let Some(cache) = HEADER_CACHE.get_ptr(0)
         {
@@ -215,7 +223,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // until its states converge (Linux 6.8 and later) then see a new state for every offset
     // and stop at the complexity limit (seen on 6.12: 1M instructions in migr_parse). The
     // helper's offset argument stays imprecise, so the states converge.
-    let frame = XdpPacket::from_raw(state.ctx, Reads::Helper);
+    let frame = XdpPacket::<{ reads::HELPER }>::from_raw(state.ctx);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
 
@@ -223,7 +231,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
 /// offset a store accepts.
 const STORE_OFFSET_MASK: usize = (MAX_PARSE_OFFSET + 1).next_power_of_two() - 1;
 
-impl migr_common::packet_bytes::PacketBytesMut for XdpPacket {
+impl migr_common::packet_bytes::PacketBytesMut for XdpPacket<{ reads::DIRECT }> {
     #[inline(always)]
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         if offset > MAX_PARSE_OFFSET {

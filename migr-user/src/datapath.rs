@@ -210,6 +210,11 @@ impl AttachedLink {
 /// The loaded XDP object.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// `REPLAY_SLOTS` mapped, once a replay needed it (None: not yet, or
+    /// the map cannot be mapped; see `crate::replay_slots`).
+    replay_slots: Option<crate::replay_slots::ReplaySlots>,
+    /// Mapping `REPLAY_SLOTS` was tried and refused: write slot by slot.
+    replay_slots_unmappable: bool,
 }
 
 impl Datapath {
@@ -260,7 +265,11 @@ impl Datapath {
         tc_program_mut(&mut ebpf)?
             .load()
             .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
-        let mut dp = Self { ebpf };
+        let mut dp = Self {
+            ebpf,
+            replay_slots: None,
+            replay_slots_unmappable: false,
+        };
         dp.mark_tables_in_use()?;
         Ok(dp)
     }
@@ -487,7 +496,27 @@ impl Datapath {
                 frames.len()
             );
         }
-        {
+        if let Some(frame) = frames.iter().find(|f| !replayable(f.len())) {
+            bail!(
+                "a {}-byte frame cannot be replayed (live frames take {MIN_REPLAY_FRAME}..={REPLAY_FRAME_MAX} bytes)",
+                frame.len()
+            );
+        }
+        if self.replay_slots.is_none() && !self.replay_slots_unmappable {
+            let (fd, max_entries, _) = self.map_fd(map_names::REPLAY_SLOTS)?;
+            match crate::replay_slots::ReplaySlots::map(&fd, max_entries.min(REPLAY_BATCH)) {
+                Ok(mapped) => self.replay_slots = Some(mapped),
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), "REPLAY_SLOTS cannot be mapped (pinned by an older agent?); writing it slot by slot");
+                    self.replay_slots_unmappable = true;
+                }
+            }
+        }
+        if let Some(slots) = self.replay_slots.as_mut() {
+            for (i, frame) in frames.iter().enumerate() {
+                slots.write(i as u32, frame, action)?;
+            }
+        } else {
             let mut slots =
                 Array::<_, ReplaySlot>::try_from(self.map_mut(map_names::REPLAY_SLOTS)?)?;
             let mut slot = ReplaySlot {
@@ -496,12 +525,6 @@ impl Datapath {
                 data: [0; REPLAY_FRAME_MAX],
             };
             for (i, frame) in frames.iter().enumerate() {
-                if !replayable(frame.len()) {
-                    bail!(
-                        "a {}-byte frame cannot be replayed (live frames take {MIN_REPLAY_FRAME}..={REPLAY_FRAME_MAX} bytes)",
-                        frame.len()
-                    );
-                }
                 slot.len = frame.len() as u32;
                 slot.data[..frame.len()].copy_from_slice(frame);
                 slots.set(i as u32, slot, 0)?;

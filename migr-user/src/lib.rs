@@ -15,6 +15,7 @@ pub mod mptcp;
 pub mod neighbour;
 pub mod netdev;
 pub mod parkring;
+pub mod replay_slots;
 pub mod servers;
 pub mod socket_room;
 pub mod spool;
