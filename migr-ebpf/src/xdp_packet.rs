@@ -70,65 +70,48 @@ pub fn clear_header_cache() {
 /// The packet between `data` and `data_end`. Every read is checked against
 /// `data_end` in a form the verifier can follow: the offset is first clamped
 /// to [`MAX_PARSE_OFFSET`], then `start + offset + N` is compared with `end`.
-///
-/// `READS` says where [`PacketBytes::load`] reads from first (a constant, so
-/// that each mode compiles to its own code and adds nothing to the others'
-/// stack); `bpf_xdp_load_bytes` is the fallback of every mode (bytes in a
-/// fragment, or a cache that is short):
-/// - [`reads::CACHE`]: the [`HeaderCache`] (never after a write): the parser's many reads;
-/// - [`reads::HELPER`]: the helper only: its offset stays imprecise for the
-///   verifier (the TCP option walk inside `bpf_loop` needs that; see `option_step`);
-/// - [`reads::DIRECT`]: the packet itself (direct packet access): a rewrite's few reads.
-pub struct XdpPacket<const READS: u8> {
+pub struct XdpPacket {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
+    /// Reads may come from the [`HeaderCache`] (never after a write).
+    cached: bool,
 }
 
-/// The read modes of [`XdpPacket`].
-pub mod reads {
-    pub const CACHE: u8 = 0;
-    pub const HELPER: u8 = 1;
-    pub const DIRECT: u8 = 2;
-}
-
-impl XdpPacket<{ reads::DIRECT }> {
+impl XdpPacket {
     /// A frame to rewrite: every read sees the packet as it is now.
     #[inline(always)]
     pub fn uncached(ctx: &XdpContext) -> Self {
-        Self::from_raw(ctx.ctx)
+        Self::from_raw(ctx.ctx, false)
     }
-}
 
-impl XdpPacket<{ reads::CACHE }> {
     /// A frame to parse, whose reads come from the [`HeaderCache`] where it
     /// holds them ([`fill_header_cache`] or [`clear_header_cache`] must have
     /// run for this packet).
     #[inline(always)]
     pub fn cached(ctx: *mut xdp_md) -> Self {
-        Self::from_raw(ctx)
+        Self::from_raw(ctx, true)
     }
-}
 
-impl<const READS: u8> XdpPacket<READS> {
     /// Reads `data`/`data_end` from the context with volatile loads. In a
     /// non-inlined function this keeps LLVM from hoisting the loads into the
     /// caller and passing plain integers, which the verifier would no longer
     /// treat as packet pointers.
     #[inline(always)]
-    fn from_raw(ctx: *mut xdp_md) -> Self {
+    fn from_raw(ctx: *mut xdp_md, cached: bool) -> Self {
         // SAFETY: `ctx` is the program's context pointer.
         unsafe {
             Self {
                 ctx,
                 start: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
                 end: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
+                cached,
             }
         }
     }
 }
 
-impl<const READS: u8> PacketBytes for XdpPacket<READS> {
+impl PacketBytes for XdpPacket {
     #[inline(always)]
     fn len(&self) -> usize {
         // The whole frame, fragments included: `load` reads across them.
@@ -136,26 +119,16 @@ impl<const READS: u8> PacketBytes for XdpPacket<READS> {
         unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.ctx) as usize }
     }
 
-    /// Reads per `READS`; the parser reads through the cache or the helper,
-    /// whose offset stays an ordinary (imprecise) scalar for the verifier.
-    /// Direct packet access would force every offset to be tracked precisely,
-    /// which stops the verifier from pruning the parser's loops; it serves the
-    /// rewrite only, which has no loop.
+    /// Reads through `bpf_xdp_load_bytes`: the helper checks the bounds at run
+    /// time, so the offset stays an ordinary (imprecise) scalar for the
+    /// verifier. Direct packet access would force every offset to be tracked
+    /// precisely, which stops the verifier from pruning the parser's loops.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         if offset > MAX_PARSE_OFFSET {
             return None;
         }
-        if READS == reads::DIRECT {
-            // As in `store`: the mask bounds the offset for every verifier.
-            let offset = core::hint::black_box(offset) & STORE_OFFSET_MASK;
-            let at = checked_pointer(self.start + offset);
-            if at + N <= self.end {
-                // SAFETY: [at, at + N) lies inside the packet, checked just above.
-                return Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) });
-            }
-        }
-        if READS == reads::CACHE
+        if self.cached
             && N <= HEADER_CACHE_SLACK
             && let Some(cache) = HEADER_CACHE.get_ptr(0)
         {
@@ -223,7 +196,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
     // until its states converge (Linux 6.8 and later) then see a new state for every offset
     // and stop at the complexity limit (seen on 6.12: 1M instructions in migr_parse). The
     // helper's offset argument stays imprecise, so the states converge.
-    let frame = XdpPacket::<{ reads::HELPER }>::from_raw(state.ctx);
+    let frame = XdpPacket::from_raw(state.ctx, false);
     if state.walk.step(&frame) { 0 } else { 1 }
 }
 
@@ -231,7 +204,7 @@ extern "C" fn option_step(_index: u64, state: *mut LoopState) -> i64 {
 /// offset a store accepts.
 const STORE_OFFSET_MASK: usize = (MAX_PARSE_OFFSET + 1).next_power_of_two() - 1;
 
-impl migr_common::packet_bytes::PacketBytesMut for XdpPacket<{ reads::DIRECT }> {
+impl migr_common::packet_bytes::PacketBytesMut for XdpPacket {
     #[inline(always)]
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         if offset > MAX_PARSE_OFFSET {
