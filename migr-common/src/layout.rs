@@ -13,16 +13,17 @@
 use core::mem::size_of;
 
 use crate::maps::{
-    Event, EventBudget, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader,
-    ProtoClass, REPLAY_BATCH, Reason, ReplaySlot, ServiceCounters, ServiceEntry, map_names as n,
+    Event, EventBudget, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey, MAX_SERVICES,
+    ParkedHeader, ProtoClass, REPLAY_BATCH, Reason, ReplaySlot, ServiceCounters, ServiceEntry,
+    map_names as n, node_state,
 };
 
 /// The layout of the maps this build pins.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Each pinned map's name, key size, value (or ring record header) size and
 /// fixed number of entries (0: sized at load time).
-pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 15] = [
+pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 17] = [
     (n::SERVICES, 4, size_of::<ServiceEntry>(), MAX_SERVICES),
     (
         n::LISTENERS,
@@ -49,6 +50,8 @@ pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 15] = [
     (n::EVENT_BUDGET, 4, size_of::<EventBudget>(), 1),
     (n::REPLAY_SLOTS, 4, size_of::<ReplaySlot>(), REPLAY_BATCH),
     (n::REPLAY_NEXT, 4, 4, 1),
+    (n::NODE_STATE, 4, 4, node_state::COUNT),
+    (n::LISTENER_PORTS, 4, 8, LISTENER_PORT_WORDS),
 ];
 
 /// FNV-1a over [`PINNED_LAYOUT`].
@@ -88,7 +91,7 @@ mod tests {
     fn the_pinned_layout_matches_its_version() {
         assert_eq!(
             (MAP_LAYOUT_VERSION, layout_fingerprint()),
-            (1, 0x4562_fc31_8219_a116),
+            (2, 0xda4c_8d74_85e4_9af0),
             "a pinned map's layout changed: bump MAP_LAYOUT_VERSION and record the new fingerprint here"
         );
     }

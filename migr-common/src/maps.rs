@@ -32,11 +32,15 @@ pub mod map_names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     pub const REPLAY_SLOTS: &str = "REPLAY_SLOTS";
     pub const REPLAY_NEXT: &str = "REPLAY_NEXT";
+    /// Which tables are in use (see [`super::node_state`]).
+    pub const NODE_STATE: &str = "NODE_STATE";
+    /// The ports some listener has (see [`super::listener_port_bit`]).
+    pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
     /// Transient (one load's XDP and TC programs share it), not pinned.
     pub const TC_HANDOVERS: &str = "TC_HANDOVERS";
 
     /// The maps that hold state across agent restarts: pinned in bpffs.
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 17] = [
         SERVICES,
         LISTENERS,
         SERVER_IDS,
@@ -52,6 +56,8 @@ pub mod map_names {
         EVENT_BUDGET,
         REPLAY_SLOTS,
         REPLAY_NEXT,
+        NODE_STATE,
+        LISTENER_PORTS,
     ];
 }
 
@@ -72,6 +78,30 @@ pub mod map_sizes {
 /// from a connection's keys, which a spoofed MP_CAPABLE can make up, and
 /// without a bound the joins of one made-up token could flush `FLOWS`.
 pub const MAX_JOINS_PER_TOKEN: u32 = 8;
+
+/// Indices of the `NODE_STATE` array (u32 each, 0 or 1): which tables can
+/// match at all. The XDP program's fast path skips a table whose word is 0, so
+/// a word is set before the table gets its first entry. Each word has its own
+/// array slot, so that writers of different words never overwrite each other.
+pub mod node_state {
+    /// `FLOWS` may have entries: set by the agent before it writes a flow and
+    /// by the program before it learns one; never cleared while loaded
+    /// (the program could learn a flow between a check and a clear).
+    pub const FLOWS: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// Words (u64) of the `LISTENER_PORTS` array: one bit per port.
+pub const LISTENER_PORT_WORDS: u32 = 65_536 / 64;
+
+/// The `LISTENER_PORTS` word and bit of `port`. The bit is set while some
+/// listener (any address, protocol or family) has the port: the agent sets it
+/// before it adds such a listener and clears it after it removed the last
+/// one, so that the fast path can pass a frame to a port without a bit
+/// without a `LISTENERS` lookup.
+pub const fn listener_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 
 /// Service id of traffic that belongs to no service.
 pub const NO_SERVICE: u32 = 0;

@@ -25,9 +25,13 @@
 //! | `REPLAY_NEXT` | array, 1 | 0 | runs of the current replay batch | agent zeroes it, this program counts |
 //! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`xdp_packet.rs`) | this program |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
+//! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
+//! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
+//! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
 #![no_std]
 #![no_main]
 
+mod fast;
 mod tc;
 mod xdp_packet;
 
@@ -47,19 +51,25 @@ use migr_common::{
     },
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, FlowKey,
-        ForwardMeta, ForwardMode, ForwardPath, ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN,
-        MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass,
-        REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
-        ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, map_sizes,
+        ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
+        MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
+        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+        ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
+        Verdict, map_sizes, node_state,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
 };
 
-use crate::xdp_packet::{XdpPacket, fill_header_cache};
+use crate::{
+    fast::Fast,
+    xdp_packet::{XdpPacket, fill_header_cache},
+};
 
 /// Default sizes; the agent may override them at load time.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// The agent maps `REPLAY_SLOTS` and writes frames straight into it.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `bpf_ringbuf_query` flag: bytes produced but not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
@@ -94,7 +104,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(map_sizes::EVENT_RING_BYTES, 0)
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 /// The frames of the agent's current replay batch (see [`ReplayMeta`]).
 #[map]
-static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, 0);
+static REPLAY_SLOTS: Array<ReplaySlot> = Array::with_max_entries(REPLAY_BATCH, BPF_F_MMAPABLE);
 /// [0]: runs of the current replay batch so far, i.e. the next slot. The
 /// agent zeroes it before a batch; after a crash it tells how far one got.
 #[map]
@@ -103,6 +113,12 @@ static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 /// Transient, so not pinned: the XDP and the TC program of one load share it.
 #[map]
 static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 0);
+/// The ports some listener has ([`migr_common::maps::listener_port_bit`]).
+#[map]
+static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WORDS, 0);
+/// Which tables may have entries ([`node_state`]).
+#[map]
+static NODE_STATE: Array<u32> = Array::with_max_entries(node_state::COUNT, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
@@ -123,6 +139,10 @@ impl Tables for MapTables {
     }
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<u32> {
+        // An LRU lookup with a 40-byte key, skipped while no flow was ever learned.
+        if !fast::may_match(node_state::FLOWS) {
+            return None;
+        }
         let key = on_stack(key);
         unsafe { FLOWS.get(key) }.copied()
     }
@@ -164,13 +184,28 @@ pub fn migr(ctx: XdpContext) -> u32 {
     } else {
         None
     };
+    // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
+    let fast = match replay {
+        None => fast::fast_path(ctx.ctx),
+        Some(_) => Fast::Slow,
+    };
+    if let Fast::Passed = fast {
+        return xdp_action::XDP_PASS;
+    }
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
     let decision = unsafe { &mut *decision };
-    fill_header_cache(ctx.ctx);
-    classify_into(&ctx, decision);
+    match fast {
+        Fast::Passed => return xdp_action::XDP_PASS,
+        // SAFETY: `decision` is this CPU's scratch slot.
+        Fast::Lookup if unsafe { fast::migr_lookup_known(ctx.ctx, decision) } == 1 => {}
+        Fast::Lookup | Fast::Slow => {
+            fill_header_cache(ctx.ctx);
+            classify_into(&ctx, decision);
+        }
+    }
     if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
@@ -619,6 +654,11 @@ fn report(decision: &Classification) {
                 count_reason(Reason::JoinLimit);
                 return;
             }
+            // Before the flow exists, so that no lookup skips it.
+            if let Some(flows) = NODE_STATE.get_ptr_mut(node_state::FLOWS) {
+                // SAFETY: a value of this map; a plain store of a word, to 1 only.
+                unsafe { *flows = 1 };
+            }
             // Borrowed on purpose: the key stays in scratch memory, not on the stack.
             #[allow(clippy::needless_borrows_for_generic_args)]
             if FLOWS
@@ -687,11 +727,11 @@ fn take_join(token: u32) -> bool {
 
 #[inline(always)]
 fn count_proto(decision: &Classification) {
-    let class = match decision.packet {
-        Some(info) => ProtoClass::from_ip_proto(info.ip_proto),
-        None if decision.reasons.contains(Reason::NotIp) => ProtoClass::NonIp,
-        None => ProtoClass::OtherIp,
-    };
+    count_proto_class(decision.proto_class());
+}
+
+#[inline(always)]
+fn count_proto_class(class: ProtoClass) {
     if let Some(counter) = PROTO_COUNTERS.get_ptr_mut(class as u32) {
         // SAFETY: per-CPU slot: no other CPU writes it.
         unsafe { *counter += 1 };

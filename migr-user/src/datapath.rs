@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, map_names, map_sizes,
+    Verdict, listener_port_bit, map_names, map_sizes, node_state,
 };
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
@@ -178,7 +178,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 15] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 17] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -210,6 +210,11 @@ impl AttachedLink {
 /// The loaded XDP object.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// `REPLAY_SLOTS` mapped, once a replay needed it (None: not yet, or
+    /// the map cannot be mapped; see `crate::replay_slots`).
+    replay_slots: Option<crate::replay_slots::ReplaySlots>,
+    /// Mapping `REPLAY_SLOTS` was tried and refused: write slot by slot.
+    replay_slots_unmappable: bool,
 }
 
 impl Datapath {
@@ -266,7 +271,64 @@ impl Datapath {
         tc_program_mut(&mut ebpf)?
             .load()
             .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
-        Ok(Self { ebpf })
+        let mut dp = Self {
+            ebpf,
+            replay_slots: None,
+            replay_slots_unmappable: false,
+        };
+        dp.mark_tables_in_use()?;
+        Ok(dp)
+    }
+
+    /// Sets the `NODE_STATE` word of every table that has an entry and the
+    /// `LISTENER_PORTS` bit of every listener's port, so that re-used pinned
+    /// tables (or these maps created fresh beside them) are never skipped by
+    /// the fast path.
+    fn mark_tables_in_use(&mut self) -> Result<()> {
+        let ports: Vec<u16> = self.listeners()?.iter().map(|(key, _)| key.port).collect();
+        for port in ports {
+            self.set_listener_port(port, true)?;
+        }
+        let flows = HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
+            .keys()
+            .next()
+            .is_some();
+        // (The program sets FLOWS itself before it learns a flow from a token.)
+        if flows {
+            self.set_node_state(node_state::FLOWS, true)?;
+        }
+        Ok(())
+    }
+
+    fn set_listener_port(&mut self, port: u16, on: bool) -> Result<()> {
+        let (index, bit) = listener_port_bit(port);
+        let mut map = Array::<_, u64>::try_from(self.map_mut(map_names::LISTENER_PORTS)?)?;
+        let word = map.get(&index, 0)?;
+        map.set(index, if on { word | bit } else { word & !bit }, 0)?;
+        Ok(())
+    }
+
+    /// Is `port`'s `LISTENER_PORTS` bit set?
+    pub fn listener_port(&self, port: u16) -> Result<bool> {
+        let (index, bit) = listener_port_bit(port);
+        let map = Array::<_, u64>::try_from(self.map(map_names::LISTENER_PORTS)?)?;
+        Ok(map.get(&index, 0)? & bit != 0)
+    }
+
+    fn set_node_state(&mut self, word: u32, on: bool) -> Result<()> {
+        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::NODE_STATE)?)?;
+        map.set(word, u32::from(on), 0)?;
+        Ok(())
+    }
+
+    /// The `NODE_STATE` words ([`node_state`]), in index order.
+    pub fn node_state(&self) -> Result<[bool; node_state::COUNT as usize]> {
+        let map = Array::<_, u32>::try_from(self.map(map_names::NODE_STATE)?)?;
+        let mut out = [false; node_state::COUNT as usize];
+        for (i, word) in out.iter_mut().enumerate() {
+            *word = map.get(&(i as u32), 0)? != 0;
+        }
+        Ok(out)
     }
 
     /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress through a bpf_link
@@ -442,7 +504,27 @@ impl Datapath {
                 frames.len()
             );
         }
-        {
+        if let Some(frame) = frames.iter().find(|f| !replayable(f.len())) {
+            bail!(
+                "a {}-byte frame cannot be replayed (live frames take {MIN_REPLAY_FRAME}..={REPLAY_FRAME_MAX} bytes)",
+                frame.len()
+            );
+        }
+        if self.replay_slots.is_none() && !self.replay_slots_unmappable {
+            let (fd, max_entries, _) = self.map_fd(map_names::REPLAY_SLOTS)?;
+            match crate::replay_slots::ReplaySlots::map(&fd, max_entries.min(REPLAY_BATCH)) {
+                Ok(mapped) => self.replay_slots = Some(mapped),
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), "REPLAY_SLOTS cannot be mapped (pinned by an older agent?); writing it slot by slot");
+                    self.replay_slots_unmappable = true;
+                }
+            }
+        }
+        if let Some(slots) = self.replay_slots.as_mut() {
+            for (i, frame) in frames.iter().enumerate() {
+                slots.write(i as u32, frame, action)?;
+            }
+        } else {
             let mut slots =
                 Array::<_, ReplaySlot>::try_from(self.map_mut(map_names::REPLAY_SLOTS)?)?;
             let mut slot = ReplaySlot {
@@ -451,12 +533,6 @@ impl Datapath {
                 data: [0; REPLAY_FRAME_MAX],
             };
             for (i, frame) in frames.iter().enumerate() {
-                if !replayable(frame.len()) {
-                    bail!(
-                        "a {}-byte frame cannot be replayed (live frames take {MIN_REPLAY_FRAME}..={REPLAY_FRAME_MAX} bytes)",
-                        frame.len()
-                    );
-                }
                 slot.len = frame.len() as u32;
                 slot.data[..frame.len()].copy_from_slice(frame);
                 slots.set(i as u32, slot, 0)?;
@@ -542,6 +618,8 @@ impl Datapath {
 
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
         check_service_id(entry.service_id)?;
+        // Before the entry: the fast path must never skip a listener that exists.
+        self.set_listener_port(key.port, true)?;
         let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
             self.map_mut(map_names::LISTENERS)?,
         )?;
@@ -554,6 +632,12 @@ impl Datapath {
             self.map_mut(map_names::LISTENERS)?,
         )?;
         map.remove(key)?;
+        // After the port's last listener is gone (the agent is the only writer of LISTENERS).
+        // A key that cannot be read counts as the port's: a bit too many only costs a lookup.
+        let port_in_use = map.keys().any(|k| k.map_or(true, |k| k.port == key.port));
+        if !port_in_use {
+            self.set_listener_port(key.port, false)?;
+        }
         Ok(())
     }
 
@@ -610,6 +694,7 @@ impl Datapath {
 
     pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
+        self.set_node_state(node_state::FLOWS, true)?;
         let mut map = HashMap::<_, FlowKey, u32>::try_from(lru(self.map_mut(map_names::FLOWS)?)?)?;
         map.insert(key, service_id, 0)?;
         Ok(())

@@ -21,6 +21,7 @@ pub mod netdev;
 pub mod parkring;
 pub mod pcap;
 pub mod pin_layout;
+pub mod replay_slots;
 pub mod servers;
 pub mod shell_files;
 pub mod socket_room;

@@ -4,6 +4,7 @@
 //! `classify` on every frame.
 
 use migr_common::{
+    classify::CLASSIFY_REASONS,
     maps::{
         Action, EVENT_BUDGET_OTHERS, EventKind, FAMILY_V4, ForwardMode, ListenerEntry,
         MAX_JOINS_PER_TOKEN, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_HOLD, Verdict,
@@ -636,12 +637,28 @@ fn kernel_and_host_agree_on_a_generated_corpus() {
         }
         let c = f.classify(&frame);
         let expected = f.expect(&frame);
+        let classes_before = f.dp.proto_counters().unwrap();
         let got = f.run(&frame, &ALL).expect("test_run");
         assert_eq!(
             (got.action, got.service_id, got.verdict),
             (expected.action, expected.service_id, expected.verdict),
             "frame {i}: {frame:02x?}"
         );
+        // The counters too: the fast path and the full classifier count alike.
+        for r in CLASSIFY_REASONS {
+            assert_eq!(
+                got.reasons[r as usize],
+                u64::from(c.reasons.contains(r)),
+                "frame {i}, reason {}: {frame:02x?}",
+                r.name()
+            );
+        }
+        let classes_after = f.dp.proto_counters().unwrap();
+        let class = c.proto_class() as usize;
+        for (k, (after, before)) in classes_after.iter().zip(classes_before).enumerate() {
+            let want = u64::from(k == class);
+            assert_eq!(after - before, want, "frame {i}, class {k}: {frame:02x?}");
+        }
         assert_eq!(
             got.frame_out, expected.frame_out,
             "frame {i} output: {frame:02x?}"
@@ -660,4 +677,65 @@ fn kernel_and_host_agree_on_a_generated_corpus() {
             "the corpus never hit {verdict}"
         );
     }
+}
+
+/// The fast path skips `LISTENERS` for ports without a `LISTENER_PORTS` bit and
+/// `FLOWS` while `NODE_STATE` says no flow exists: the agent's side of that
+/// contract (bits set before and cleared after the listeners) and the frames
+/// it decides.
+#[test]
+fn the_fast_paths_tables_follow_the_listeners_and_flows() {
+    use migr_common::maps::{FlowKey, node_state};
+    let mut f = Fixture::new().expect("load the datapath");
+    f.set_service(1, service(Action::Drop, 0, Default::default()))
+        .unwrap();
+    let udp = listener_key(v4(SERVER), 7000, 17, FAMILY_V4);
+    let tcp = listener_key(v4(SERVER), 7000, 6, FAMILY_V4);
+    let to_7000 = FrameBuilder::udp_v4(CLIENT, 5000, SERVER, 7000)
+        .payload(b"x")
+        .build();
+    assert!(!f.dp.listener_port(7000).unwrap());
+    assert!(!f.dp.node_state().unwrap()[node_state::FLOWS as usize]);
+    let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
+
+    let entry = ListenerEntry {
+        service_id: 1,
+        ..Default::default()
+    };
+    f.dp.set_listener(&udp, &entry).unwrap();
+    f.dp.set_listener(&tcp, &entry).unwrap();
+    assert!(f.dp.listener_port(7000).unwrap());
+    assert!(!f.dp.listener_port(7001).unwrap());
+    let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (1, Verdict::Drop));
+
+    // The port keeps its bit while one of its listeners is left.
+    f.dp.remove_listener(&udp).unwrap();
+    assert!(f.dp.listener_port(7000).unwrap());
+    let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
+    f.dp.remove_listener(&tcp).unwrap();
+    assert!(!f.dp.listener_port(7000).unwrap());
+
+    // A learned flow classifies a plain TCP segment (no options, no listener).
+    let segment = FrameBuilder::tcp_v4(CLIENT, 41000, SERVER, 8080)
+        .flags(TCP_ACK)
+        .payload(b"data")
+        .build();
+    let o = f.run(&segment, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
+    let flow = FlowKey {
+        src_addr: v4(CLIENT),
+        dst_addr: v4(SERVER),
+        src_port: 41000,
+        dst_port: 8080,
+        proto: 6,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    f.dp.set_flow(&flow, 1).unwrap();
+    assert!(f.dp.node_state().unwrap()[node_state::FLOWS as usize]);
+    let o = f.run(&segment, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (1, Verdict::Drop));
 }

@@ -6,7 +6,10 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use migr_common::maps::Verdict;
+use migr_common::{
+    classify::CLASSIFY_REASONS,
+    maps::{ProtoClass, Reason, Verdict},
+};
 use migr_testkit::corpus::*;
 use migr_user::datapath::MAIN_PROGRAM;
 
@@ -29,6 +32,8 @@ fn a_million_hostile_frames_match_the_host_and_are_all_counted() {
     let mut f = fixture();
     let mut rng = Rng(0x5707_2024_0001);
     let mut expected: BTreeMap<(u32, usize), u64> = BTreeMap::new();
+    let mut want_reasons = [0u64; Reason::COUNT as usize];
+    let mut want_classes = [0u64; ProtoClass::COUNT as usize];
     let started = Instant::now();
     let (mut valid, mut mutated, mut random) = (0u64, 0u64, 0u64);
     for i in 0..FRAMES {
@@ -56,6 +61,10 @@ fn a_million_hostile_frames_match_the_host_and_are_all_counted() {
         *expected
             .entry((want.service_id, want.verdict as usize))
             .or_insert(0) += 1;
+        for r in CLASSIFY_REASONS {
+            want_reasons[r as usize] += u64::from(c.reasons.contains(r));
+        }
+        want_classes[c.proto_class() as usize] += 1;
         f.learn(&c);
         if i % 5000 == 4999 {
             f.dp.drain_parked().unwrap();
@@ -77,6 +86,20 @@ fn a_million_hostile_frames_match_the_host_and_are_all_counted() {
     }
     assert_eq!(counted, FRAMES as u64, "every frame is counted once");
     let reasons = f.dp.reasons().unwrap();
+    // The reasons and protocol classes the classification gives, counted once per frame.
+    for r in CLASSIFY_REASONS {
+        assert_eq!(
+            reasons[r as usize],
+            want_reasons[r as usize],
+            "reason {}",
+            r.name()
+        );
+    }
+    assert_eq!(
+        f.dp.proto_counters().unwrap(),
+        want_classes,
+        "protocol classes"
+    );
     println!(
         "storm: {FRAMES} frames ({valid} valid, {mutated} mutated, {random} random) in {:.1}s, \
          0 verdict mismatches; per (service, verdict): {expected:?}; reasons: {reasons:?}",

@@ -81,6 +81,9 @@ enum Command {
         /// Where to write the JSON results (default: target/bench.json).
         #[arg(long)]
         json: Option<String>,
+        /// Run only this group (xdp, map-scale, veth, agent); may be repeated.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// The privileged tests under Debian's LTS kernels (6.1, 6.12) in QEMU (docs/vm-tests.md).
     VmTest {
@@ -127,7 +130,7 @@ fn main() {
             all,
             hook_cost,
         }),
-        Command::Bench { quick, json } => bench::bench(quick, json.as_deref()),
+        Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
         Command::VmTest {
             kernel,
             accel,

@@ -25,7 +25,7 @@ use crate::{
 
 /// The pinned maps explain copies: the tables that decide a verdict.
 /// Counters, rings, the event budget and the replay slots start afresh.
-pub const COPIED: [&str; 7] = [
+pub const COPIED: [&str; 9] = [
     n::SERVICES,
     n::LISTENERS,
     n::SERVER_IDS,
@@ -33,6 +33,10 @@ pub const COPIED: [&str; 7] = [
     n::JOINS_LEARNED,
     n::FLOWS,
     n::FORWARD_DEVICES,
+    // The fast path's summaries of the tables above: without them the copy
+    // would pass frames the agent's program looks up.
+    n::NODE_STATE,
+    n::LISTENER_PORTS,
 ];
 
 /// What the program made of one frame.

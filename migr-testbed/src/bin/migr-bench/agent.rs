@@ -30,7 +30,7 @@ use migr_user::{
 };
 use serde_json::{Value, json};
 
-use crate::{Case, median};
+use crate::{Case, Target, median};
 
 const SERVICE: &str = "bench";
 /// A service the agent does not know: the by-hand baseline writes its entry.
@@ -315,6 +315,7 @@ fn control_latency(
             unit: "us",
             lower_is_better: true,
             detail: detail.clone(),
+            target: None,
         });
     }
     cases.push(Case {
@@ -326,6 +327,7 @@ fn control_latency(
         lower_is_better: true,
         detail: "the agent answers after the map update: a probe right after the answer is parked"
             .into(),
+        target: None,
     });
 
     // Through `migrctl criu-hook` (CRIU's --action-script): process start -> first parked probe.
@@ -364,6 +366,7 @@ fn control_latency(
             detail: format!(
                 "{hooks} runs of `migrctl criu-hook` as CRIU runs it; baseline: `migrctl --version` start to exit"
             ),
+            target: None,
         });
     }
     Ok(())
@@ -412,6 +415,7 @@ fn hook_wall_time(bench: &Bench, ctl_bin: &Path, runs: usize, cases: &mut Vec<Ca
                 detail: format!(
                     "{runs} runs each, interleaved; baseline: the same `migrctl criu-hook` where no agent runs (the testbed's steering-off arm)"
                 ),
+                target: None,
             });
         }
     }
@@ -602,6 +606,7 @@ fn replay_throughput(
             detail: format!(
                 "{frames} frames of 1400 B parked from real veth traffic, unpaced replay as the agent measures it, median of {rounds}; baseline: {base_detail}"
             ),
+            target: Some(Target::RatioAtLeast(2.0)),
         });
     }
     Ok(())

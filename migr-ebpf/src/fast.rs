@@ -1,0 +1,463 @@
+//! The fast path. For a linear frame with plain headers (Ethernet without a
+//! tag, IPv4 without options or IPv6 without extension headers, then UDP, TCP
+//! without options or another protocol) the headers are read in place, with
+//! direct packet access through `network-types`' header layouts:
+//!
+//! - a frame no table can claim (the common case on an edge node) is counted
+//!   and passed at once;
+//! - a frame a listener or a learned flow may claim is classified here, by
+//!   `migr_common::classify::lookup_stage` on the headers parsed in place,
+//!   without the header copy and the parse stage.
+//!
+//! Everything else takes the full classifier (`classify_into` in main.rs):
+//! multi-buffer frames, VLAN tags, IP options, extension headers, and TCP
+//! options (an MPTCP option can name a token). What the fast path decides, it
+//! decides exactly as `migr_common::classify` would, with the same counters;
+//! the datapath corpus and storm tests compare both on every frame.
+
+use aya_ebpf::{
+    bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
+};
+use migr_common::{
+    classify::{Classification, Tables, lookup_stage, set_parsed},
+    maps::{
+        FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE,
+        ProtoClass, Reason, ServiceEntry, Verdict, listener_port_bit, node_state,
+    },
+    wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::{
+    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason,
+    count_verdict, on_stack,
+    xdp_packet::{XdpPacket, clear_header_cache, fill_header_cache},
+};
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// IPv4 flags and fragment offset: MF and the offset mark a fragment.
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+
+/// What [`fast_path`] did with the frame.
+pub enum Fast {
+    /// Counted; the caller passes it.
+    Passed,
+    /// Parsed into [`FAST_PARSED`]; the lookup stage is next ([`migr_lookup_known`]).
+    Lookup,
+    /// Needs the full classifier.
+    Slow,
+}
+
+/// What [`quick_parse`] found.
+enum Quick {
+    /// No service can own the frame: pass it, counted under this class (and
+    /// reason, for a frame that is not IP or does not parse).
+    Pass(ProtoClass, Option<Reason>),
+    /// UDP, or TCP without options, whose headers are all there and consistent.
+    Plain(Plain),
+    Slow,
+}
+
+/// What [`quick_parse`] learnt of a plain UDP or TCP frame: enough to decide
+/// whether a table may claim it; [`packet_info`] reads the rest if one may.
+#[derive(Clone, Copy)]
+struct Plain {
+    family: IpFamily,
+    proto: u8,
+    /// Bytes from the transport header to the end of the IP packet.
+    l4_len: u16,
+    dst_port: u16,
+}
+
+/// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
+pub struct FastParsed {
+    plain: Plain,
+    /// The frame's listener entry; service id [`NO_SERVICE`]: none.
+    listener: ListenerEntry,
+}
+
+/// Per-CPU scratch: [`fast_path`] and [`migr_lookup_known`] run one after the
+/// other in one run of the program.
+#[map]
+static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// Decides or parses the frame if it can (see the module). Not inlined: its
+/// stack frame must not add to the lookup stage's, which uses most of the 512
+/// bytes.
+#[inline(never)]
+pub fn fast_path(ctx: *mut xdp_md) -> Fast {
+    let (start, end) = data(ctx);
+    // SAFETY: plain helper call on the program's context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx) };
+    if end - start != len as usize {
+        // Multi-buffer: the headers may cross into a fragment.
+        return Fast::Slow;
+    }
+    // The helper's length, opaque to LLVM: computed from `end` instead, it
+    // would be arithmetic on `data_end`, which the verifier refuses.
+    let frame_len = core::hint::black_box(len as usize);
+    let (class, reason) = match quick_parse(start, end, frame_len) {
+        Quick::Pass(class, reason) => (class, reason),
+        Quick::Plain(plain) => {
+            let flows = may_match(node_state::FLOWS);
+            if flows || listener_port(plain.dst_port) {
+                let Some(addr) = dst_addr(start, end, plain.family) else {
+                    return Fast::Slow;
+                };
+                let key = ListenerKey {
+                    addr,
+                    port: plain.dst_port,
+                    proto: plain.proto,
+                    family: family_tag(plain.family),
+                };
+                let key = on_stack(&key);
+                // SAFETY: the value is copied out at once (see `MapTables`).
+                let listener = unsafe { LISTENERS.get(key) }.copied();
+                if listener.is_some() || flows {
+                    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+                        return Fast::Slow;
+                    };
+                    // SAFETY: this CPU's slot; nothing else uses it during this run.
+                    unsafe {
+                        (*parsed).plain = plain;
+                        (*parsed).listener = listener.unwrap_or_default();
+                    }
+                    return Fast::Lookup;
+                }
+            }
+            (ProtoClass::from_ip_proto(plain.proto), None)
+        }
+        Quick::Slow => return Fast::Slow,
+    };
+    count_proto_class(class);
+    if let Some(reason) = reason {
+        count_reason(reason);
+    }
+    count_verdict(NO_SERVICE, Verdict::Pass, len);
+    Fast::Passed
+}
+
+/// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found
+/// plain ([`FAST_PARSED`]), with the listener it looked up: a BPF global
+/// function (verified once, on its own stack), like the full classifier's
+/// stages. Returns 1 if `out` holds the classification (0: the caller takes
+/// the full way, which cannot happen for a frame the fast path checked).
+///
+/// # Safety
+/// `out` must be null or point to a writable `Classification`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // SAFETY: the caller's scratch slot (the verifier insists on the null check).
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return 0;
+    };
+    let Some(parsed) = FAST_PARSED.get(0) else {
+        return 0;
+    };
+    let (start, end) = data(ctx);
+    let Some(info) = packet_info(start, end, &parsed.plain) else {
+        return 0;
+    };
+    *out = Classification::EMPTY;
+    set_parsed(&info, out);
+    let listener = parsed.listener;
+    let quic = listener.flags & LISTENER_QUIC != 0;
+    let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
+    // Only a QUIC listener has the lookup read the frame (the QUIC header, a
+    // dozen small reads): one copy into the header cache is cheaper than a
+    // helper call per read. Without one, nothing is read.
+    if quic {
+        fill_header_cache(ctx);
+    } else {
+        clear_header_cache();
+    }
+    lookup_stage(&XdpPacket::cached(ctx), &known, out);
+    1
+}
+
+/// The tables, with the frame's listener looked up already.
+struct KnownListener(Option<ListenerEntry>);
+
+impl Tables for KnownListener {
+    #[inline(always)]
+    fn listener(&self, _key: &ListenerKey) -> Option<ListenerEntry> {
+        // `lookup_stage` asks for the key the fast path looked up.
+        self.0
+    }
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<u32> {
+        MapTables.flow(key)
+    }
+    #[inline(always)]
+    fn server_id(&self, server_id: u32) -> Option<u32> {
+        MapTables.server_id(server_id)
+    }
+    #[inline(always)]
+    fn token(&self, token: u32) -> Option<u32> {
+        MapTables.token(token)
+    }
+    #[inline(always)]
+    fn service(&self, service_id: u32) -> Option<ServiceEntry> {
+        MapTables.service(service_id)
+    }
+}
+
+/// May the table behind this `NODE_STATE` word hold an entry?
+#[inline(always)]
+pub fn may_match(word: u32) -> bool {
+    NODE_STATE.get(word).is_none_or(|v| *v != 0)
+}
+
+/// Does some listener have `port` (`LISTENER_PORTS`)?
+#[inline(always)]
+fn listener_port(port: u16) -> bool {
+    let (index, bit) = listener_port_bit(port);
+    LISTENER_PORTS
+        .get(index)
+        .is_none_or(|word| *word & bit != 0)
+}
+
+#[inline(always)]
+fn family_tag(family: IpFamily) -> u8 {
+    match family {
+        IpFamily::V4 => FAMILY_V4,
+        IpFamily::V6 => FAMILY_V6,
+    }
+}
+
+/// The context's `data` and `data_end`, read with volatile loads so that
+/// they stay packet pointers for the verifier.
+#[inline(always)]
+fn data(ctx: *mut xdp_md) -> (usize, usize) {
+    // SAFETY: `ctx` is the program's context.
+    unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
+        )
+    }
+}
+
+/// Reads a field of a header that [`header`] returned.
+macro_rules! field {
+    ($header:expr, $field:ident) => {
+        // SAFETY: `header` proved the whole header is in the frame; the read
+        // is unaligned, like the frame's fields.
+        unsafe { core::ptr::addr_of!((*$header).$field).read_unaligned() }
+    };
+}
+
+/// A header of type `T` at `offset` (a constant), if the frame holds it all.
+#[inline(always)]
+fn header<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+    // Opaque to LLVM, so that the check and the access use one register
+    // (see `checked_pointer` in xdp_packet.rs).
+    let at = core::hint::black_box(start + offset);
+    if at + size_of::<T>() > end {
+        return None;
+    }
+    Some(at as *const T)
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
+}
+
+const MALFORMED: Quick = Quick::Pass(ProtoClass::OtherIp, Some(Reason::Malformed));
+
+/// `migr_common::wire::packet::parse_packet`'s checks for plain headers, with
+/// its verdicts: a frame cut short or with an inconsistent length is
+/// `Malformed` (class "other IP"), a fragment `Unsupported`, a non-IP
+/// EtherType `NotIp`. Reads only what the checks need.
+#[inline(always)]
+fn quick_parse(start: usize, end: usize, len: usize) -> Quick {
+    let Some(eth) = header::<EthHdr>(start, end, 0) else {
+        return MALFORMED;
+    };
+    match u16::from_be(field!(eth, ether_type)) {
+        ETHERTYPE_IPV4 => ipv4(start, end, len),
+        ETHERTYPE_IPV6 => ipv6(start, end, len),
+        // VLAN tags (802.1Q, 802.1ad, the old QinQ TPID) take the full parser.
+        0x8100 | 0x88a8 | 0x9100 => Quick::Slow,
+        _ => Quick::Pass(ProtoClass::NonIp, Some(Reason::NotIp)),
+    }
+}
+
+const IPV4_L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+const IPV6_L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+
+#[inline(always)]
+fn ipv4(start: usize, end: usize, len: usize) -> Quick {
+    let Some(ip) = header::<Ipv4Hdr>(start, end, EthHdr::LEN) else {
+        return MALFORMED;
+    };
+    let vihl = field!(ip, vihl);
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return MALFORMED;
+    }
+    if vihl & 0x0f != 5 {
+        return Quick::Slow; // options
+    }
+    let total = be16(field!(ip, tot_len)) as usize;
+    if total < Ipv4Hdr::LEN || total > len - EthHdr::LEN {
+        return MALFORMED;
+    }
+    if be16(field!(ip, frags)) & IPV4_MF_AND_OFFSET != 0 {
+        return Quick::Pass(ProtoClass::OtherIp, Some(Reason::Unsupported));
+    }
+    let l4_len = (total - Ipv4Hdr::LEN) as u16;
+    transport(start, end, IpFamily::V4, field!(ip, proto), IPV4_L4, l4_len)
+}
+
+#[inline(always)]
+fn ipv6(start: usize, end: usize, len: usize) -> Quick {
+    let Some(ip) = header::<Ipv6Hdr>(start, end, EthHdr::LEN) else {
+        return MALFORMED;
+    };
+    if field!(ip, vcf)[0] >> 4 != 6 {
+        return MALFORMED;
+    }
+    let payload = be16(field!(ip, payload_len));
+    if payload as usize > len - IPV6_L4 {
+        return MALFORMED;
+    }
+    match field!(ip, next_hdr) {
+        // Hop-by-Hop, Routing, Fragment, Destination Options: the full parser.
+        0 | 43 | 44 | 60 => Quick::Slow,
+        proto => transport(start, end, IpFamily::V6, proto, IPV6_L4, payload),
+    }
+}
+
+/// Checks UDP, or TCP without options, at `l4` (a constant per family); the
+/// IP packet ends `l4_len` bytes later, inside the frame.
+#[inline(always)]
+fn transport(
+    start: usize,
+    end: usize,
+    family: IpFamily,
+    proto: u8,
+    l4: usize,
+    l4_len: u16,
+) -> Quick {
+    let len = l4_len as usize;
+    let dst_port = match proto {
+        IPPROTO_UDP => {
+            if len < UdpHdr::LEN {
+                return MALFORMED;
+            }
+            let Some(udp) = header::<UdpHdr>(start, end, l4) else {
+                return MALFORMED;
+            };
+            let udp_len = be16(field!(udp, len)) as usize;
+            if udp_len < UdpHdr::LEN || udp_len > len {
+                return MALFORMED;
+            }
+            be16(field!(udp, dst))
+        }
+        IPPROTO_TCP => {
+            if len < TcpHdr::LEN {
+                return MALFORMED;
+            }
+            let Some(tcp) = header::<TcpHdr>(start, end, l4) else {
+                return MALFORMED;
+            };
+            // The data offset: the high nibble of byte 12 (`TcpHdr`'s bitfield).
+            match field!(tcp, _bitfield_1).get(4, 4) {
+                0..=4 => return MALFORMED,
+                5 => {}
+                // Options: one may be MPTCP's, which the full parser reads.
+                _ => return Quick::Slow,
+            }
+            be16(field!(tcp, dest))
+        }
+        proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
+    };
+    Quick::Plain(Plain {
+        family,
+        proto,
+        l4_len,
+        dst_port,
+    })
+}
+
+/// The destination address of a frame [`quick_parse`] found plain, as
+/// `ListenerKey` holds it.
+#[inline(always)]
+fn dst_addr(start: usize, end: usize, family: IpFamily) -> Option<[u8; 16]> {
+    Some(match family {
+        IpFamily::V4 => v4_in_16(field!(
+            header::<Ipv4Hdr>(start, end, EthHdr::LEN)?,
+            dst_addr
+        )),
+        IpFamily::V6 => field!(header::<Ipv6Hdr>(start, end, EthHdr::LEN)?, dst_addr),
+    })
+}
+
+/// The [`PacketInfo`] `parse_packet` gives a frame [`quick_parse`] found
+/// plain (None only if the frame changed in between, which it cannot).
+#[inline(always)]
+fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
+    let (ethertype, l4, src_addr, dst_addr) = match plain.family {
+        IpFamily::V4 => {
+            let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
+            let (src, dst) = (field!(ip, src_addr), field!(ip, dst_addr));
+            (ETHERTYPE_IPV4, IPV4_L4, v4_in_16(src), v4_in_16(dst))
+        }
+        IpFamily::V6 => {
+            let ip = header::<Ipv6Hdr>(start, end, EthHdr::LEN)?;
+            let (src, dst) = (field!(ip, src_addr), field!(ip, dst_addr));
+            (ETHERTYPE_IPV6, IPV6_L4, src, dst)
+        }
+    };
+    let len = plain.l4_len;
+    let l4_info = if plain.proto == IPPROTO_UDP {
+        let udp = header::<UdpHdr>(start, end, l4)?;
+        L4Info::Udp {
+            src_port: be16(field!(udp, src)),
+            dst_port: plain.dst_port,
+            payload_offset: (l4 + UdpHdr::LEN) as u16,
+            payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+        }
+    } else {
+        let tcp = header::<TcpHdr>(start, end, l4)?;
+        L4Info::Tcp(TcpInfo {
+            src_port: be16(field!(tcp, source)),
+            dst_port: plain.dst_port,
+            seq: u32::from_be_bytes(field!(tcp, seq)),
+            ack: u32::from_be_bytes(field!(tcp, ack_seq)),
+            // Byte 13, the bitfield's second byte.
+            flags: field!(tcp, _bitfield_1).get(8, 8) as u8,
+            header_len: TcpHdr::LEN as u8,
+            payload_offset: (l4 + TcpHdr::LEN) as u16,
+            payload_len: len - TcpHdr::LEN as u16,
+            mptcp: None,
+        })
+    };
+    Some(PacketInfo {
+        vlan: None,
+        ethertype,
+        l3_offset: EthHdr::LEN as u16,
+        family: plain.family,
+        src_addr,
+        dst_addr,
+        ip_proto: plain.proto,
+        l4_offset: l4 as u16,
+        l4_len: len,
+        l4: l4_info,
+    })
+}
+
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
