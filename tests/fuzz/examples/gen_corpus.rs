@@ -638,6 +638,7 @@ fn main() {
         ("deep", format!("{}{}", "[".repeat(200), "]".repeat(200))),
         // needs serde_json's float_roundtrip to come back as it went (a finding)
         ("float-id", r#"{"v":1,"id":1.0000000000000002e-299,"op":"stats"}"#.to_string()),
+        ("health", r#"{"v":1,"id":2,"op":"health"}"#.to_string()),
     ] {
         c.add(name, line.as_bytes());
     }

@@ -593,6 +593,7 @@ pub fn encode_request(id: Option<Value>, op: &Op) -> Request {
         Op::Phase(a) => ("phase", to(a)),
         Op::Criu(a) => ("criu", to(a)),
         Op::Stats => ("stats", Value::Null),
+        Op::Health => ("health", Value::Null),
     };
     assert!(api::OPS.contains(&name), "{name} is missing from api::OPS");
     Request {
