@@ -132,8 +132,9 @@ pub const CLASSIFY_REASONS: [Reason; 7] = [
     Reason::MptcpUnknownToken,
 ];
 
+/// A [`FlowKey`]'s family byte.
 #[inline(always)]
-fn family_tag(family: IpFamily) -> u8 {
+pub fn family_tag(family: IpFamily) -> u8 {
     match family {
         IpFamily::V4 => FAMILY_V4,
         IpFamily::V6 => FAMILY_V6,

@@ -19,10 +19,10 @@ use aya_ebpf::{
     bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
 };
 use migr_common::{
-    classify::{Classification, Tables, lookup_stage, set_parsed},
+    classify::{Classification, Tables, family_tag, lookup_stage, set_parsed},
     maps::{
-        FAMILY_V4, FAMILY_V6, FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE,
-        ProtoClass, Reason, ServiceEntry, Verdict, listener_port_bit, node_state,
+        FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
+        ServiceEntry, Verdict, listener_port_bit, node_state,
     },
     wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
 };
@@ -224,14 +224,6 @@ fn listener_port(port: u16) -> bool {
     LISTENER_PORTS
         .get(index)
         .is_none_or(|word| *word & bit != 0)
-}
-
-#[inline(always)]
-fn family_tag(family: IpFamily) -> u8 {
-    match family {
-        IpFamily::V4 => FAMILY_V4,
-        IpFamily::V6 => FAMILY_V6,
-    }
 }
 
 /// The context's `data` and `data_end`, read with volatile loads so that
