@@ -7,6 +7,35 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
+/// `FromStr` (a flag), `Deserialize` (a config key) and `Serialize` for a
+/// newtype over `$raw` whose `check(raw)` decides what it takes: the raw
+/// value is parsed (a flag that does not parse is "not $what") and checked.
+macro_rules! checked_value {
+    ($ty:ident, $raw:ty, $what:literal) => {
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let v = s
+                    .parse::<$raw>()
+                    .map_err(|e| format!("{s:?} is not {}: {e}", $what))?;
+                Self::check(v)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::check(<$raw>::deserialize(d)?).map_err(D::Error::custom)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+    };
+}
+
 /// An integer in `MIN..=MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
@@ -68,27 +97,7 @@ impl RingBytes {
     }
 }
 
-impl FromStr for RingBytes {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v = s
-            .parse::<u64>()
-            .map_err(|e| format!("{s:?} is not a whole number: {e}"))?;
-        Self::check(v)
-    }
-}
-
-impl<'de> Deserialize<'de> for RingBytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::check(u64::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
-
-impl Serialize for RingBytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
+checked_value!(RingBytes, u64, "a whole number");
 
 /// A positive, finite number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,27 +115,7 @@ impl Seconds {
     }
 }
 
-impl FromStr for Seconds {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v = s
-            .parse::<f64>()
-            .map_err(|e| format!("{s:?} is not a number: {e}"))?;
-        Self::check(v)
-    }
-}
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::check(f64::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
-
-impl Serialize for Seconds {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
+checked_value!(Seconds, f64, "a number");
 
 /// An interface name as the kernel takes it: 1 to 15 bytes, no `/`, no
 /// white space, not `.` or `..`.
@@ -145,24 +134,7 @@ impl IfName {
     }
 }
 
-impl FromStr for IfName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::check(s.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for IfName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::check(String::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
-
-impl Serialize for IfName {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
+checked_value!(IfName, String, "a string");
 
 /// serde for the agent's enums that have `FromStr` and `Display` (the
 /// attach mode, the forward path): the config file spells them as the flag
