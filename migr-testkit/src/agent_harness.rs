@@ -203,6 +203,29 @@ pub fn start_echo_on(
     p
 }
 
+/// GET `path` over HTTP/1.0 from `addr`, inside `ns` (an agent's metrics
+/// listener): the status line and the body.
+pub fn http_get(ns: &NetNs, addr: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    let text = ns
+        .run(|| {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            std::io::Result::Ok(text)
+        })
+        .map_err(std::io::Error::other)??;
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("no HTTP header in {text:?}"),
+        ));
+    };
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, body.to_string()))
+}
+
 pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
@@ -332,6 +355,20 @@ impl Agent {
             .args(args)
             .output()
             .expect("run migrctl")
+    }
+
+    /// `service add --id ID --name NAME --udp ADDR`, insisting on success.
+    pub fn add_udp_service(&self, id: u32, name: &str, addr: &str) {
+        self.ok(&[
+            "service",
+            "add",
+            "--id",
+            &id.to_string(),
+            "--name",
+            name,
+            "--udp",
+            addr,
+        ]);
     }
 
     /// Runs migrctl and insists on success; returns stdout.

@@ -56,16 +56,8 @@ fn full_cycle_through_migrctl_answers_every_request_once_and_in_order() {
         "--forward-iface",
         "v-sd",
     ]);
-    t.dst_agent().ok(&[
-        "service",
-        "add",
-        "--id",
-        "1",
-        "--name",
-        "echo",
-        "--udp",
-        &format!("{DST_IP}:{PORT}"),
-    ]);
+    t.dst_agent()
+        .add_udp_service(1, "echo", &format!("{DST_IP}:{PORT}"));
     let listed = t.src_agent.ok(&["service", "list"]);
     assert!(
         listed.contains("echo") && listed.contains("idle"),
@@ -220,18 +212,8 @@ fn full_cycle_through_migrctl_answers_every_request_once_and_in_order() {
     println!("{status}");
 
     // Prometheus metrics on --metrics.
-    let metrics = t
-        .src
-        .run(|| {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9465")?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            std::io::Result::Ok(text)
-        })
-        .unwrap()
-        .expect("fetch /metrics");
-    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    let (status, metrics) = http_get(&t.src, "127.0.0.1:9465", "/metrics").expect("fetch /metrics");
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}\n{metrics}");
     for needle in [
         format!(
             "migr_service_packets_total{{service=\"echo\",id=\"1\",verdict=\"park\"}} {parked}"
@@ -372,16 +354,8 @@ fn a_replay_waits_for_a_full_socket_and_loses_nothing() {
 fn sigkill_during_a_freeze_loses_no_parked_frame() {
     let mut t = Topology::new(false, &[]);
     let src_echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "3",
-        "--name",
-        "kv",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(3, "kv", &format!("{SRC_IP}:{PORT}"));
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     t.src_agent.phase("kv", "freeze");
     src_echo.signal(libc::SIGSTOP);
@@ -469,16 +443,7 @@ fn overflow_is_counted_exactly_and_the_service_recovers() {
 fn bad_requests_and_arguments_are_refused_without_a_state_change() {
     let t = Topology::new(false, &[]);
     let a = &t.src_agent;
-    a.ok(&[
-        "service",
-        "add",
-        "--id",
-        "2",
-        "--name",
-        "dns",
-        "--udp",
-        &format!("{SRC_IP}:53"),
-    ]);
+    a.add_udp_service(2, "dns", &format!("{SRC_IP}:53"));
     let before = a.json(&["service", "list"]);
 
     // Raw protocol errors.
@@ -668,16 +633,7 @@ fn bad_requests_and_arguments_are_refused_without_a_state_change() {
 fn sigterm_detaches_or_keeps_the_datapath_and_a_restart_keeps_the_state() {
     let mut t = Topology::new(false, &[]);
     let a = &t.src_agent;
-    a.ok(&[
-        "service",
-        "add",
-        "--id",
-        "4",
-        "--name",
-        "ntp",
-        "--udp",
-        &format!("{SRC_IP}:123"),
-    ]);
+    a.add_udp_service(4, "ntp", &format!("{SRC_IP}:123"));
     a.phase("ntp", "prepare");
     let link = t.src_agent.pin_dir.join("link-v-sc");
     assert!(link.exists(), "the XDP link is pinned while the agent runs");
@@ -749,16 +705,8 @@ fn web_service_at_source(t: &Topology, rcvbuf: &str) -> (Proc, UdpClient) {
         &t.scratch(),
         &[("MIGR_ECHO_RCVBUF", rcvbuf)],
     );
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "7",
-        "--name",
-        "web",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(7, "web", &format!("{SRC_IP}:{PORT}"));
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     client.send(5);
     client.wait_answers(5, Duration::from_secs(5));

@@ -1,11 +1,8 @@
 //! The agent's config file through the real `migr-agent` binary.
 
-use std::{
-    io::{Read as _, Write as _},
-    process::Command,
-};
+use std::process::Command;
 
-use migr_testkit::agent_harness::bins;
+use migr_testkit::agent_harness::{bins, http_get};
 use serde_json::Value;
 
 use crate::scratch::{IFACE, Scratch, VethNs, ctl, read, start_agent, stop_agent};
@@ -127,18 +124,9 @@ fn running_agent_uses_the_file_and_flags_override_it() {
         "pinned where the flag said"
     );
     assert!(!file_pins.exists(), "nothing pinned where the file said");
-    let metrics = net
-        .ns
-        .run(|| {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:19471")?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            std::io::Result::Ok(text)
-        })
-        .unwrap()
+    let (status, metrics) = http_get(&net.ns, "127.0.0.1:19471", "/metrics")
         .unwrap_or_else(|e| panic!("metrics on the file's address: {e}\n{}", read(&log)));
-    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}\n{metrics}");
     assert!(
         read(&log).contains("read the config file"),
         "{}",

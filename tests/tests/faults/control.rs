@@ -148,16 +148,7 @@ fn the_control_socket_refuses_non_root_users_unless_in_the_socket_group() {
 fn hostile_control_requests_are_refused_and_change_nothing() {
     let t = Topology::new(false, &[]);
     let a = &t.src_agent;
-    a.ok(&[
-        "service",
-        "add",
-        "--id",
-        "2",
-        "--name",
-        "dns",
-        "--udp",
-        &format!("{SRC_IP}:53"),
-    ]);
+    a.add_udp_service(2, "dns", &format!("{SRC_IP}:53"));
     let before = a.service("dns");
     let list_before = a.json(&["service", "list"]);
     let socket = &a.socket;

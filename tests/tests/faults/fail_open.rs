@@ -67,16 +67,8 @@ fn without_an_agent_or_without_services_everything_passes() {
 
     // An agent killed with a service idle: the datapath stays attached and
     // passes everything; migrctl says the agent is gone.
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "3",
-        "--name",
-        "idle",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(3, "idle", &format!("{SRC_IP}:{PORT}"));
     t.src_agent.kill9();
     assert!(t.src_agent.pin_dir.join("link-v-sc").exists());
     client.send(20);

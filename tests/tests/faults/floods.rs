@@ -73,16 +73,7 @@ fn packet_floods_move_only_counters_and_the_agent_memory_stays_bounded() {
         "--mptcp",
         &format!("{SRC_IP}:{MPTCP_PORT}"),
     ]);
-    a.ok(&[
-        "service",
-        "add",
-        "--id",
-        "6",
-        "--name",
-        "kv",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    a.add_udp_service(6, "kv", &format!("{SRC_IP}:{PORT}"));
     a.phase("kv", "freeze");
     let services_before: Vec<Value> = ["mp", "kv"]
         .iter()

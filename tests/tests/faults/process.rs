@@ -155,16 +155,8 @@ fn an_agent_refuses_maps_pinned_under_another_layout() {
     use migr_user::pin_layout::maps_dir;
 
     let mut t = Topology::new(false, &[]);
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "3",
-        "--name",
-        "kept",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(3, "kept", &format!("{SRC_IP}:{PORT}"));
     t.src_agent.terminate();
     let ours = maps_dir(&t.src_agent.pin_dir);
     assert!(ours.join("SERVICES").exists(), "the maps stay pinned");
@@ -230,16 +222,8 @@ fn an_upgrade_in_place_keeps_every_parked_frame() {
     t.src_agent.program = Some(old.clone());
     t.src_agent.start(&t.src);
     let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "9",
-        "--name",
-        "kept",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(9, "kept", &format!("{SRC_IP}:{PORT}"));
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     client.send(3);
     assert_eq!(client.wait_answers(3, Duration::from_secs(5)).len(), 3);

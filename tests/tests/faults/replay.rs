@@ -16,16 +16,8 @@ fn sigkill_during_a_paced_replay_resumes_without_duplicates_or_loss() {
     const WHILE_DEAD: usize = 100;
     let mut t = Topology::new(false, &["--replay-rate", "500"]);
     let src_echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "11",
-        "--name",
-        "replay",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(11, "replay", &format!("{SRC_IP}:{PORT}"));
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     client.send(5);
     assert_eq!(client.wait_answers(5, Duration::from_secs(5)).len(), 5);
@@ -122,16 +114,8 @@ fn busy_service_run() -> Result<(), String> {
     let mut t = Topology::new(false, &["--replay-rate", "2000"]);
     let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
     t.procs.push(echo);
-    t.src_agent.ok(&[
-        "service",
-        "add",
-        "--id",
-        "12",
-        "--name",
-        "busy",
-        "--udp",
-        &format!("{SRC_IP}:{PORT}"),
-    ]);
+    t.src_agent
+        .add_udp_service(12, "busy", &format!("{SRC_IP}:{PORT}"));
     let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
     let store = t.src_agent.state_dir.join("spool").join("12.frames");
     let (_, hwm_before) = memory_kib(t.src_agent.pid());

@@ -12,17 +12,9 @@ use serde_json::Value;
 #[test]
 fn explain_gives_each_captured_frame_its_verdict_and_changes_nothing() {
     let t = Topology::new(false, &[]);
-    for (id, name, port) in [("5", "frozen", PORT), ("6", "open", PORT + 1)] {
-        t.src_agent.ok(&[
-            "service",
-            "add",
-            "--id",
-            id,
-            "--name",
-            name,
-            "--udp",
-            &format!("{SRC_IP}:{port}"),
-        ]);
+    for (id, name, port) in [(5, "frozen", PORT), (6, "open", PORT + 1)] {
+        t.src_agent
+            .add_udp_service(id, name, &format!("{SRC_IP}:{port}"));
     }
     t.src_agent.phase("frozen", "freeze");
     let (client, node): (Ipv4Addr, Ipv4Addr) =

@@ -1,28 +1,10 @@
 //! `/healthz`, `/readyz` and `migrctl health` on a real agent.
 
-use std::io::{Read as _, Write as _};
-
 use migr_testkit::{NetNs, agent_harness::*};
 
-/// GET `path` from the agent's metrics listener in `ns`: (status line, body).
-pub fn http_get(ns: &NetNs, addr: &str, path: &str) -> (String, String) {
-    let text = ns
-        .run(|| {
-            let mut s = std::net::TcpStream::connect(addr)?;
-            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            std::io::Result::Ok(text)
-        })
-        .expect("enter the namespace")
-        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP header in {text:?}"));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
+/// GET `path` from the agent's metrics listener in `ns`.
+fn get(ns: &NetNs, addr: &str, path: &str) -> (String, String) {
+    http_get(ns, addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
 }
 
 /// An agent that runs is alive and ready, and says why; once its interface
@@ -32,10 +14,10 @@ pub fn http_get(ns: &NetNs, addr: &str, path: &str) -> (String, String) {
 fn readiness_follows_the_attachment_and_liveness_the_engine() {
     const METRICS: &str = "127.0.0.1:9466";
     let t = Topology::new(false, &["--metrics", METRICS]);
-    let (status, body) = http_get(&t.src, METRICS, "/healthz");
+    let (status, body) = get(&t.src, METRICS, "/healthz");
     assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
     assert_eq!(body, "ok\n");
-    let (status, body) = http_get(&t.src, METRICS, "/readyz");
+    let (status, body) = get(&t.src, METRICS, "/readyz");
     assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
     for check in ["attached", "maps_pinned", "ring_drained", "services"] {
         assert!(body.contains(&format!("[+]{check} ok")), "{check}: {body}");
@@ -43,19 +25,19 @@ fn readiness_follows_the_attachment_and_liveness_the_engine() {
     assert!(body.contains("xdp on v-sc"), "{body}");
     let said = t.src_agent.ok(&["health"]);
     assert!(said.contains("attached") && said.contains("ok"), "{said}");
-    let (status, _) = http_get(&t.src, METRICS, "/nothing");
+    let (status, _) = get(&t.src, METRICS, "/nothing");
     assert_eq!(status, "HTTP/1.0 404 Not Found");
 
     // The interface goes away: the kernel detaches the program.
     t.src.ip(&["link", "del", "v-sc"]).unwrap();
-    let (status, body) = http_get(&t.src, METRICS, "/readyz");
+    let (status, body) = get(&t.src, METRICS, "/readyz");
     assert_eq!(status, "HTTP/1.0 503 Service Unavailable", "{body}");
     assert!(
         body.contains("[-]attached failed: xdp on v-sc: detached"),
         "{body}"
     );
     assert!(body.ends_with("not ready\n"), "{body}");
-    let (status, _) = http_get(&t.src, METRICS, "/healthz");
+    let (status, _) = get(&t.src, METRICS, "/healthz");
     assert_eq!(status, "HTTP/1.0 200 OK", "alive all the same");
     let out = t.src_agent.ctl(&["health"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
