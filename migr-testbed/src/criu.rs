@@ -38,19 +38,26 @@ fn run(cmd: &mut Command, what: &str, log: &Path) -> Result<f64> {
         .with_context(|| format!("running {what}"))?;
     let seconds = started.elapsed().as_secs_f64();
     if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let errors: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
-            .take(12)
-            .collect();
         bail!(
             "{what} failed ({status}); log {}:\n{}",
             log.display(),
-            errors.join("\n")
+            log_errors(log)
         );
     }
     Ok(seconds)
+}
+
+/// The first error lines of a CRIU log (or a note that it is missing).
+pub fn log_errors(log: &Path) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE"))
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("(no log: {e})"),
+    }
 }
 
 /// `criu dump` of the tree rooted at `pid`, which lives in network namespace
@@ -64,26 +71,77 @@ pub fn dump(
     log: &Path,
     extra: &[&str],
 ) -> Result<CriuStep> {
+    let mut cmd = dump_command(bins, pid, ns, images, hook, log, extra)?;
+    let seconds = run(&mut cmd, "criu dump", log)?;
+    Ok(CriuStep {
+        seconds,
+        log: log.to_path_buf(),
+    })
+}
+
+/// The `criu dump` command line of [`dump`], for a dump that keeps running
+/// after it wrote its images (`--lazy-pages`: it serves the memory).
+pub fn dump_command(
+    bins: &Bins,
+    pid: i32,
+    ns: &NetNs,
+    images: &Path,
+    hook: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Result<Command> {
     std::fs::create_dir_all(images)?;
-    let inode = std::fs::metadata(format!("/run/netns/{}", ns.name()))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .with_context(|| format!("stat /run/netns/{}", ns.name()))?;
     let mut cmd = Command::new(&bins.criu);
     cmd.args(["dump", "-t", &pid.to_string()])
         .arg("-D")
         .arg(images)
-        .args(["--external", &format!("net[{inode}]:{NET_KEY}")])
+        .args(["--external", &external_net(ns)?])
         .args(["--network-lock", "nftables"])
         .arg("--action-script")
         .arg(hook)
         .args(["-v4", "-o"])
         .arg(log)
         .args(extra);
-    let seconds = run(&mut cmd, "criu dump", log)?;
+    Ok(cmd)
+}
+
+/// One `criu pre-dump` iteration of the tree rooted at `pid` into `images`:
+/// its memory, while it keeps running (frozen only while the pages are
+/// collected). `parent`: the previous iteration's directory, relative to
+/// `images` (CRIU resolves `--prev-images-dir` from there). Runs no action
+/// script: CRIU emits none during a pre-dump.
+pub fn pre_dump(
+    bins: &Bins,
+    pid: i32,
+    ns: &NetNs,
+    images: &Path,
+    parent: Option<&str>,
+    log: &Path,
+) -> Result<CriuStep> {
+    std::fs::create_dir_all(images)?;
+    let mut cmd = Command::new(&bins.criu);
+    cmd.args(["pre-dump", "-t", &pid.to_string()])
+        .arg("-D")
+        .arg(images)
+        .args(["--external", &external_net(ns)?])
+        .args(["-v4", "-o"])
+        .arg(log);
+    if let Some(parent) = parent {
+        cmd.args(["--prev-images-dir", parent, "--track-mem"]);
+    }
+    let seconds = run(&mut cmd, "criu pre-dump", log)?;
     Ok(CriuStep {
         seconds,
         log: log.to_path_buf(),
     })
+}
+
+/// `--external` for the service's network namespace, by inode.
+fn external_net(ns: &NetNs) -> Result<String> {
+    let inode = std::fs::metadata(format!("/run/netns/{}", ns.name()))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .with_context(|| format!("stat /run/netns/{}", ns.name()))?;
+    Ok(format!("net[{inode}]:{NET_KEY}"))
 }
 
 /// `criu restore -d` of `images` into network namespace `ns`; returns the
@@ -187,10 +245,13 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
+            // Not through symlinks: an incremental dump's `parent` link
+            // points at the previous iteration, counted on its own.
+            match (e.file_type(), e.metadata()) {
+                (Ok(t), _) if t.is_symlink() => {}
+                (_, Ok(m)) if m.is_dir() => total += dir_bytes(&e.path()),
+                (_, Ok(m)) => total += m.len(),
+                _ => {}
             }
         }
     }

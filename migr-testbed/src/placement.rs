@@ -85,6 +85,12 @@ impl Files {
 /// at the destination).
 pub enum Service {
     Process(Proc),
+    /// A bare process leading its own PID namespace (`unshare --pid
+    /// --fork`): `pid` is the service, `outer` the unshare waiting for it.
+    /// Its restore gets a new PID namespace, so it does not need the dumped
+    /// PID to be free (a lazy dump keeps the source frozen until it served
+    /// every page).
+    Namespaced { outer: Proc, pid: i32 },
     Restored(Adopted),
     Container { node: Runner, pid: i32 },
 }
@@ -131,6 +137,8 @@ pub struct Placement {
     /// podman: a short directory under /run (podman's state; the file both
     /// nodes' containers see their namespace at), removed on drop.
     podman_run: Option<PathBuf>,
+    /// CRIU: start the service in its own PID namespace.
+    pid_namespace: bool,
 }
 
 impl Placement {
@@ -154,6 +162,7 @@ impl Placement {
             src: None,
             dst: None,
             podman_run: None,
+            pid_namespace: false,
         };
         if runtime == Runtime::Criu {
             return Ok(p);
@@ -244,13 +253,27 @@ impl Placement {
         Ok(p)
     }
 
+    /// CRIU: the service leads its own PID namespace ([`Service::Namespaced`]).
+    pub fn with_pid_namespace(mut self, on: bool) -> Self {
+        self.pid_namespace = on;
+        self
+    }
+
     /// Starts the service at the source: `cmd` (already holding the
     /// program and its arguments) for CRIU; the source node's container
     /// otherwise.
     pub fn start(&self, mut cmd: Command, ns: &NetNs, files: &Files) -> Result<Service> {
         let node = match (self.runtime, &self.src) {
             (Runtime::Criu, _) => {
-                return Ok(Service::Process(Proc::spawn(
+                if self.pid_namespace {
+                    let mut outer = Command::new("unshare");
+                    outer
+                        .args(["--pid", "--fork", "--"])
+                        .arg(cmd.get_program())
+                        .args(cmd.get_args());
+                    cmd = outer;
+                }
+                let proc = Proc::spawn(
                     "the server",
                     &mut cmd,
                     Spawn {
@@ -259,7 +282,12 @@ impl Placement {
                         stdout: Some(&files.host.join("server.log")),
                         stderr: Some(&files.host.join("server.err")),
                     },
-                )?));
+                )?;
+                if !self.pid_namespace {
+                    return Ok(Service::Process(proc));
+                }
+                let pid = only_child(proc.pid(), Duration::from_secs(10))?;
+                return Ok(Service::Namespaced { outer: proc, pid });
             }
             (_, Some(node)) => node,
             (_, None) => bail!("no source node prepared"),
@@ -302,6 +330,12 @@ impl Placement {
                 // CRIU killed the dumped tree; reap it here, so that its PID
                 // is free for the restore at once.
                 proc.wait_exit(Duration::from_secs(5))?;
+                Ok(step.seconds)
+            }
+            (Runtime::Criu, _, Service::Namespaced { outer, pid }) => {
+                let step = criu::dump(bins, *pid, ns, images, hook, log, extra)?;
+                // unshare exits once its child is gone.
+                outer.wait_exit(Duration::from_secs(5))?;
                 Ok(step.seconds)
             }
             (_, Some(node), Service::Container { pid, .. }) => match &node.runner {
@@ -379,6 +413,7 @@ impl Service {
     pub fn pid(&self) -> i32 {
         match self {
             Self::Process(p) => p.pid(),
+            Self::Namespaced { pid, .. } => *pid,
             Self::Restored(a) => a.pid,
             Self::Container { pid, .. } => *pid,
         }
@@ -403,7 +438,9 @@ impl Service {
     /// `Some(why)` once the service has exited (while it should run).
     pub fn exited(&mut self) -> Option<String> {
         match self {
-            Self::Process(p) => p.try_exit().map(|s| s.to_string()),
+            Self::Process(p) | Self::Namespaced { outer: p, .. } => {
+                p.try_exit().map(|s| s.to_string())
+            }
             Self::Restored(a) => (!a.alive()).then(|| "gone".into()),
             Self::Container { node, .. } => node.pid().err().map(|e| e.to_string()),
         }
@@ -413,6 +450,12 @@ impl Service {
     pub fn kill(&mut self) {
         match self {
             Self::Process(p) => p.stop(Duration::from_millis(200)),
+            Self::Namespaced { outer, pid } => {
+                // The namespace's init first: unshare waits for it.
+                // SAFETY: kill(2) on the service's PID.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+                outer.stop(Duration::from_millis(200));
+            }
             Self::Restored(a) => a.kill(),
             Self::Container { node, .. } => node.remove(),
         }
@@ -426,6 +469,27 @@ impl Drop for Placement {
         }
         if let Some(dir) = &self.podman_run {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The one child of `pid` (`/proc/PID/task/PID/children`), once it exists.
+fn only_child(pid: i32, limit: Duration) -> Result<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let children: Vec<i32> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {path}: {text:?}"))?;
+        match children[..] {
+            [child] => return Ok(child),
+            [] if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            _ => bail!("{path} lists {children:?}, expected one child within {limit:?}"),
         }
     }
 }

@@ -22,7 +22,14 @@ pub struct Scenario {
     pub config: RunConfig,
     /// Runs when `--runs` is not given.
     pub default_runs: usize,
+    /// Needs a kernel this host lacks (soft-dirty tracking for pre-dumps):
+    /// runs in a Debian guest (`cargo xtask testbed --vm`), not in `all`.
+    pub guest_only: bool,
 }
+
+/// The group of guest-only scenarios (`scenario techniques`): seed 000's
+/// four CRIU techniques.
+pub const TECHNIQUES: &str = "techniques";
 
 const STRATEGIES: [&str; 3] = ["p-explicit", "r-explicit", "poa"];
 /// The CSV of a run keeps the requests within this many of the one that
@@ -50,6 +57,7 @@ pub fn all() -> Vec<Scenario> {
                     ),
                     config,
                     default_runs: 10,
+                    guest_only: false,
                 });
             }
         }
@@ -73,6 +81,7 @@ pub fn all() -> Vec<Scenario> {
                 ),
                 config,
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -104,6 +113,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     // PoA with larger pools: the new address and 1 or 2 that never answer.
@@ -123,6 +133,7 @@ pub fn all() -> Vec<Scenario> {
                 ),
                 config,
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -140,6 +151,7 @@ pub fn all() -> Vec<Scenario> {
                     ..RunConfig::sporadic(steering, Preset::None, strategy)
                 },
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -156,6 +168,7 @@ pub fn all() -> Vec<Scenario> {
                 ),
                 config,
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -174,6 +187,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     for steering in [true, false] {
@@ -191,6 +205,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     for (size, mb) in SIZES {
@@ -210,6 +225,7 @@ pub fn all() -> Vec<Scenario> {
                 ),
                 config,
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -228,6 +244,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
         let mut config = RunConfig::tcp_back_to_back(steering, Preset::Latency);
         config.ballast_mb = 28;
@@ -239,6 +256,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     for steering in [true, false] {
@@ -256,6 +274,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     for steering in [true, false] {
@@ -273,6 +292,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     // Real containers (runc drives CRIU over RPC, under podman too; the
@@ -312,6 +332,7 @@ pub fn all() -> Vec<Scenario> {
                     ),
                     config,
                     default_runs: 10,
+                    guest_only: false,
                 });
             }
         }
@@ -339,6 +360,7 @@ pub fn all() -> Vec<Scenario> {
                 ),
                 config,
                 default_runs: 10,
+                guest_only: false,
             });
         }
     }
@@ -359,6 +381,7 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 10,
+            guest_only: false,
         });
     }
     for ttl in [1, 5, 60] {
@@ -376,9 +399,84 @@ pub fn all() -> Vec<Scenario> {
             ),
             config,
             default_runs: 3,
+            guest_only: false,
         });
     }
+    out.extend(techniques());
     out
+}
+
+/// Seed 000's four CRIU techniques (section 5: 28 MB for cold and
+/// post-copy, about 50 MB for pre-copy and hybrid), QUIC P-Explicit to a new
+/// IP and TCP at the same IP, migr against what users have without it.
+/// Pre-dumps need soft-dirty tracking: guest-only.
+fn techniques() -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for technique in [
+        Technique::Cold,
+        Technique::PreCopy,
+        Technique::PostCopy,
+        Technique::Hybrid,
+    ] {
+        let mb = match technique {
+            Technique::PreCopy | Technique::Hybrid => 50,
+            _ => 28,
+        };
+        let t = technique.name();
+        for (arm, steering) in [("steering-on", true), ("baseline", false)] {
+            let mut config = RunConfig::back_to_back(steering, Preset::None);
+            config.technique = technique;
+            config.ballast_mb = mb;
+            if !steering {
+                config.client_probing = "rfc9002".into();
+            }
+            out.push(Scenario {
+                name: format!("{TECHNIQUES}-quic-p-explicit-{t}-{arm}"),
+                description: format!(
+                    "QUIC, back-to-back 1 kB requests, P-Explicit to a new IP, {t} CRIU migration, \
+                     {mb} MB server; {}",
+                    match steering {
+                        true => "migr's datapath and client",
+                        false => "no datapath, a client recovering with RFC 9002's probe timeouts \
+                                  (what users have without migr)",
+                    }
+                ),
+                config,
+                default_runs: 10,
+                guest_only: true,
+            });
+        }
+        for steering in [true, false] {
+            let mut config = RunConfig::tcp_back_to_back(steering, Preset::None);
+            config.technique = technique;
+            config.ballast_mb = mb;
+            // The guest runs under emulation, some ten times slower.
+            config.migrate_after = 3000;
+            let arm = if steering { "steering-on" } else { "steering-off" };
+            out.push(Scenario {
+                name: format!("{TECHNIQUES}-tcp-{t}-{arm}"),
+                description: format!(
+                    "TCP (COAT, --tcp-established, same IP), back-to-back 1 kB echo, {t} CRIU \
+                     migration, {mb} MB server, steering {}",
+                    if steering { "on" } else { "off (an unmodified TCP client and server)" }
+                ),
+                config,
+                default_runs: 10,
+                guest_only: true,
+            });
+        }
+    }
+    out
+}
+
+/// The scenarios `all` runs: those this host can.
+pub fn host() -> Vec<Scenario> {
+    all().into_iter().filter(|s| !s.guest_only).collect()
+}
+
+/// The guest-only scenarios ([`TECHNIQUES`]).
+pub fn guest() -> Vec<Scenario> {
+    all().into_iter().filter(|s| s.guest_only).collect()
 }
 
 pub fn find(name: &str) -> Result<Scenario> {
@@ -444,6 +542,21 @@ pub fn summarize(runs: &[Run]) -> Summary {
             f(&|r| r.after_migration_service_ms),
         ),
         ("lazy_pages_ms", f(&|r| r.lazy_pages_ms)),
+        (
+            "pre_dump_ms",
+            f(&|r| (!r.pre_dump_rounds.is_empty()).then(|| r.pre_dump_rounds.iter().map(|p| p.dump_ms).sum())),
+        ),
+        (
+            "pre_copy_transfer_ms",
+            f(&|r| (!r.pre_dump_rounds.is_empty()).then(|| r.pre_dump_rounds.iter().map(|p| p.transfer_ms).sum())),
+        ),
+        (
+            "pre_copy_longest_answer_gap_ms",
+            f(&|r| {
+                let gaps = r.pre_copy_answer_gaps_ms.as_ref()?;
+                (!r.pre_dump_rounds.is_empty()).then(|| gaps.iter().copied().fold(0.0, f64::max))
+            }),
+        ),
         ("image_bytes", f(&|r| Some(r.image_bytes as f64))),
         ("requests_lost", f(&|r| Some(r.lost as f64))),
         (

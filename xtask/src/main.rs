@@ -66,6 +66,10 @@ enum Command {
         /// interleaved pairs (--runs pairs, default 10); results/hook-cost.json.
         #[arg(long)]
         hook_cost: bool,
+        /// Run inside a Debian guest with this kernel (QEMU; results/vm-SERIES/): for the
+        /// scenarios this host's kernel cannot run (`--scenario techniques`).
+        #[arg(long, value_enum)]
+        vm: Option<vm::KernelArg>,
     },
     /// Plots (SVG) and a Markdown summary of results/*.json: results/README.md, results/plots/.
     Report {
@@ -123,12 +127,14 @@ fn main() {
             list,
             all,
             hook_cost,
+            vm,
         } => testbed::testbed(&testbed::Options {
             scenario,
             runs,
             list,
             all,
             hook_cost,
+            vm,
         }),
         Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
         Command::VmTest {

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{artifacts, run, setup};
+use crate::{artifacts, run, setup, vm};
 
 pub struct Options {
     pub scenario: Option<String>,
@@ -14,6 +14,8 @@ pub struct Options {
     pub list: bool,
     pub all: bool,
     pub hook_cost: bool,
+    /// Run in a Debian guest with this kernel.
+    pub vm: Option<vm::KernelArg>,
 }
 
 /// The programs migr-testbed starts; it finds them beside its own executable.
@@ -106,6 +108,9 @@ pub fn testbed(o: &Options) -> Result<()> {
     };
     setup::setup()?;
     let bin = build()?.snapshot()?;
+    if let Some(kernel) = o.vm {
+        return in_vm(kernel, &bin, &name, o.runs);
+    }
     let out = run::workspace_root().join("results");
     // One invocation: the scenarios run interleaved, one run of each per
     // round, and a failed run is recorded in its scenario's JSON.
@@ -116,3 +121,29 @@ pub fn testbed(o: &Options) -> Result<()> {
     }
     run::status(&mut cmd)
 }
+
+/// One guest runs the scenarios, interleaved as on the host; results/vm-SERIES/.
+fn in_vm(kernel: vm::KernelArg, bin: &std::path::Path, name: &str, runs: Option<usize>) -> Result<()> {
+    let series = match kernel {
+        vm::KernelArg::V6_1 => vm::Series::V6_1,
+        vm::KernelArg::V6_12 => vm::Series::V6_12,
+        other => bail!("--vm takes one kernel, 6.1 or 6.12, not {other:?}"),
+    };
+    let mut args = vec![name.to_string()];
+    if let Some(n) = runs {
+        args.extend(["--runs".to_string(), n.to_string()]);
+    }
+    vm::testbed_in_vm(&vm::TestbedVm {
+        series,
+        accel: vm::AccelArg::Auto,
+        testbed: bin,
+        args,
+        out: run::workspace_root()
+            .join("results")
+            .join(format!("vm-{}", series.name())),
+        timeout: GUEST_TIMEOUT,
+    })
+}
+
+/// The whole guest of `--vm`: the techniques' 16 scenarios of 10 runs take hours under TCG.
+const GUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);

@@ -32,7 +32,7 @@ const USAGE: &str = "usage:
   migr-testbed demo
   migr-testbed quic [--steering on|off] [--strategy p-explicit|r-explicit|poa]
                     [--preset none|latency|bandwidth] [--mode back-to-back|sporadic]
-                    [--ballast-mb MB] [--technique cold|post-copy-local]
+                    [--ballast-mb MB] [--technique cold|pre-copy|post-copy|post-copy-local|hybrid]
                     [--requests N] [--migrate-after K]
                     [--json PATH] [--keep] [--quiet]
   migr-testbed tcp [--steering on|off] [--preset none|latency|bandwidth] [--requests N]
@@ -65,7 +65,12 @@ fn main() -> ExitCode {
         Some("tcp-dns") => run_cmd(&args[1..], testbed::Protocol::TcpDns),
         Some("scenarios") => {
             for sc in scenarios::all() {
-                println!("{:<48} {}", sc.name, sc.description);
+                let guest = if sc.guest_only {
+                    " [a Debian guest: cargo xtask testbed --vm 6.12]"
+                } else {
+                    ""
+                };
+                println!("{:<48} {}{guest}", sc.name, sc.description);
             }
             Ok(())
         }
@@ -193,10 +198,8 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
         }
         Some(other) => bail!("--mode back-to-back|sporadic, not {other:?}"),
     }
-    match o.value("--technique")? {
-        None | Some("cold") => {}
-        Some("post-copy-local") => cfg.technique = migration::Technique::PostCopyLocal,
-        Some(other) => bail!("--technique cold|post-copy-local, not {other:?}"),
+    if let Some(t) = o.value("--technique")? {
+        cfg.technique = migration::Technique::parse(t)?;
     }
     if let Some(r) = o.value("--runtime")? {
         cfg.runtime = migr_testbed::placement::Runtime::parse(r)?;
@@ -228,12 +231,16 @@ fn run_cmd(args: &[String], protocol: testbed::Protocol) -> Result<()> {
 }
 
 fn scenario_cmd(args: &[String]) -> Result<()> {
-    let name = args.first().context("scenario NAME[,NAME...]|all")?;
+    let name = args
+        .first()
+        .context("scenario NAME[,NAME...]|all|techniques")?;
     let o = Opts(args[1..].to_vec());
     o.check(&["--runs", "--out"], &[])?;
     let out = PathBuf::from(o.value("--out")?.unwrap_or("results"));
     let chosen = if name == "all" {
-        scenarios::all()
+        scenarios::host()
+    } else if name == scenarios::TECHNIQUES {
+        scenarios::guest()
     } else {
         name.split(',')
             .map(scenarios::find)

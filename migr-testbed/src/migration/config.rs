@@ -67,27 +67,80 @@ impl Mode {
     }
 }
 
-/// How CRIU moves the memory.
+/// How CRIU moves the memory (seed 000's four techniques, plus the local
+/// post-copy variant this host can run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Technique {
     /// Dump everything, copy, restore everything.
     Cold,
+    /// Pre-copy: `criu pre-dump` while the service runs (its pages copied to
+    /// the destination meanwhile), then the final dump with
+    /// `--prev-images-dir`, which writes only the pages dirtied since.
+    /// Needs soft-dirty tracking (a Debian kernel: `--vm`).
+    PreCopy,
     /// Post-copy with CRIU's lazy pages, the local variant: a plain dump
     /// and copy, then `criu lazy-pages` at the destination serves the pages
     /// from the copied images while `criu restore --lazy-pages` starts the
     /// tasks without filling their memory (the remote page server fails
-    /// here: shared/notes/criu.md).
+    /// on this host: shared/notes/criu.md).
     PostCopyLocal,
+    /// Post-copy over the links: `criu dump --lazy-pages` keeps the memory
+    /// at the source node and serves it from there; the destination's
+    /// `criu lazy-pages --page-server` fetches each page on demand.
+    PostCopy,
+    /// Pre-copy, then a lazy final dump: what the pre-dump moved is restored
+    /// from the copied images, the pages dirtied since are fetched from the
+    /// source on demand.
+    Hybrid,
 }
 
 impl Technique {
     pub fn name(self) -> &'static str {
         match self {
             Self::Cold => "cold",
+            Self::PreCopy => "pre-copy",
             Self::PostCopyLocal => "post-copy-local",
+            Self::PostCopy => "post-copy",
+            Self::Hybrid => "hybrid",
         }
     }
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        [
+            Self::Cold,
+            Self::PreCopy,
+            Self::PostCopyLocal,
+            Self::PostCopy,
+            Self::Hybrid,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--technique cold|pre-copy|post-copy-local|post-copy|hybrid, not {s:?}"
+            )
+        })
+    }
+
+    /// `criu pre-dump` iterations before the final dump.
+    pub(super) fn pre_dumps(self) -> usize {
+        match self {
+            Self::PreCopy | Self::Hybrid => PRE_DUMPS,
+            Self::Cold | Self::PostCopyLocal | Self::PostCopy => 0,
+        }
+    }
+
+    /// The final dump leaves the memory at the source and serves it over the
+    /// links (`--lazy-pages` with a page server).
+    pub(super) fn remote_lazy(self) -> bool {
+        matches!(self, Self::PostCopy | Self::Hybrid)
+    }
 }
+
+/// Pre-dump iterations of pre-copy and hybrid: seed 000 dumps once ahead of
+/// the final dump; a service that dirties little memory gains nothing from
+/// a second round.
+const PRE_DUMPS: usize = 1;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {

@@ -165,7 +165,13 @@ pub struct Run {
     /// migration (request `migrate_after`, i.e. request 3 of seed 000's
     /// scenario 1). Back to back: None (the longest gap says more).
     pub after_migration_service_ms: Option<f64>,
+    /// The final dump's images (not its parent's).
     pub image_bytes: u64,
+    /// Pre-copy and hybrid: each `criu pre-dump` iteration.
+    pub pre_dump_rounds: Vec<super::PreDumpRound>,
+    /// QUIC, pre-copy and hybrid: the server's pauses in answering during
+    /// the pre-dumps (over 20 ms; empty: it answered throughout).
+    pub pre_copy_answer_gaps_ms: Option<Vec<f64>>,
     /// Post-copy: from post-resume until the lazy-pages daemon had served
     /// every page and exited.
     pub lazy_pages_ms: Option<f64>,
@@ -242,6 +248,10 @@ impl Run {
             "preset": self.preset.name(),
             "technique": self.technique.name(),
             "lazy_pages_ms": self.lazy_pages_ms,
+            "pre_dumps": self.pre_dump_rounds.iter().map(|r| json!({
+                "dump_ms": r.dump_ms, "transfer_ms": r.transfer_ms, "bytes": r.bytes,
+            })).collect::<Vec<_>>(),
+            "pre_copy_answer_gaps_ms": self.pre_copy_answer_gaps_ms,
             "mode": self.mode.name(),
             "period_ms": match self.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
             "ballast_mb": self.ballast_mb,

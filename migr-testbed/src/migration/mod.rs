@@ -31,6 +31,7 @@
 mod commands;
 mod config;
 mod measurements;
+mod memory;
 mod steering;
 
 use std::{
@@ -42,6 +43,7 @@ use anyhow::{Context as _, Result, bail};
 
 pub use config::{Mode, Protocol, RunConfig, Technique};
 pub use measurements::{Frames, Run, ServiceGap};
+pub use memory::PreDumpRound;
 
 use super::{
     Bins, WorkDir,
@@ -160,7 +162,10 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         &files,
         (&topo.src_ct, &src_hook),
         (&topo.dst_ct, &dst_hook),
-    )?;
+    )?
+    // A lazy dump keeps the source's tasks until every page is served:
+    // the restore cannot reuse their PIDs.
+    .with_pid_namespace(cfg.technique.remote_lazy());
     let mut server = placement.start(server_cmd, &topo.src_ct, &files)?;
     wait_until(Duration::from_secs(20), "the server to listen", || {
         if let Some(status) = server.exited() {
@@ -264,11 +269,21 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         },
     )?;
     say(format!(
-        "{} requests answered by the source container; migrating (cold, CRIU)",
-        cfg.migrate_after
+        "{} requests answered by the source container; migrating ({}, CRIU)",
+        cfg.migrate_after,
+        cfg.technique.name()
     ));
 
-    // The migration.
+    // The migration: pre-copy first (the service keeps running).
+    let t_start = now_s();
+    let pre = memory::pre_copy(
+        bins,
+        cfg.technique,
+        server_pid,
+        &topo,
+        &d,
+        &src_phases_file,
+    )?;
     if let Some((_, dst)) = managed {
         dst.phase(SERVICE, "restoring", &[])?;
     }
@@ -281,17 +296,34 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     } else {
         &["--tcp-established"]
     };
-    let t_start = now_s();
     let images = d.join("images-src");
-    let dump_seconds = placement.dump(
-        bins,
-        &mut server,
-        &topo.src_ct,
-        &images,
-        &src_hook,
-        &d.join("dump.log"),
-        criu_extra,
-    )?;
+    let pre_args = pre.dump_args();
+    let mut dump_extra = criu_extra.to_vec();
+    dump_extra.extend(pre_args.iter().map(String::as_str));
+    let mut lazy_dump = None;
+    let dump_seconds = if cfg.technique.remote_lazy() {
+        let (dump, seconds) = memory::LazyDump::start(
+            bins,
+            server_pid,
+            &topo,
+            &images,
+            &src_hook,
+            (&d.join("dump.log"), &src_phases_file),
+            &dump_extra,
+        )?;
+        lazy_dump = Some(dump);
+        seconds
+    } else {
+        placement.dump(
+            bins,
+            &mut server,
+            &topo.src_ct,
+            &images,
+            &src_hook,
+            &d.join("dump.log"),
+            &dump_extra,
+        )?
+    };
     if announce.is_some() && !file_has(&server_log, "migration-acknowledged") {
         bail!(
             "the client did not acknowledge the announcement:\n{}",
@@ -304,12 +336,18 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     transfer::copy_over_network(&topo.src, &topo.dst, DST_NODE_IP, &images, &images_dst)
         .context("moving the images from the source node to the destination node")?;
     let transfer_ms = t_transfer.elapsed().as_secs_f64() * 1e3;
-    wait_until(Duration::from_secs(5), "the dumped PID to be free", || {
-        Ok(pid_free(server_pid))
-    })?;
+    pre.link_parent(&images_dst)?;
+    if lazy_dump.is_none() {
+        wait_until(Duration::from_secs(5), "the dumped PID to be free", || {
+            Ok(pid_free(server_pid))
+        })?;
+    }
     let mut restore_extra = criu_extra.to_vec();
     let mut lazy = None;
-    if cfg.technique == Technique::PostCopyLocal {
+    if cfg.technique.remote_lazy() {
+        lazy = Some(memory::LazyDump::fetcher(bins, &topo, &images_dst, &d)?);
+        restore_extra.push("--lazy-pages");
+    } else if cfg.technique == Technique::PostCopyLocal {
         let mut cmd = Command::new(&bins.criu);
         cmd.arg("lazy-pages")
             .arg("-D")
@@ -417,6 +455,9 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         p.wait_exit(Duration::from_secs(60))?;
         lazy_done = Some(now_s());
     }
+    if let Some(dump) = lazy_dump {
+        dump.finish(Duration::from_secs(60))?;
+    }
     if let Some((src, _)) = managed {
         src.phase(SERVICE, "done", &["--drain-ms", "100"])?;
     }
@@ -504,6 +545,8 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
             Mode::BackToBack => None,
         },
         image_bytes: dir_bytes(&images),
+        pre_copy_answer_gaps_ms: quic.then(|| pre.answer_gaps_ms(&server_log, &src_phases)),
+        pre_dump_rounds: pre.rounds,
         lazy_pages_ms: lazy_done.map(|t| (t - post_resume) * 1e3),
         client_summary,
         src_frames,

@@ -1,6 +1,9 @@
 //! The binaries the guest runs, built on the host.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{Result, bail};
 
@@ -43,10 +46,27 @@ pub(super) fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
         workdir: run::workspace_root().join("tests"),
         keep: Vec::new(),
     };
-    // The guest's tmpfs mounts would hide these; it bind-mounts them back (`init_script`).
+    let all: Vec<&Path> = bins.tests.iter().map(|(_, p)| p.as_path()).collect();
+    bins.keep = keep_dirs(&[all, vec![&bins.verifier, &bins.workdir]].concat())?;
+    println!(
+        "[vm] host binaries built in {:.1}s: {}, verifier",
+        t.elapsed().as_secs_f64(),
+        bins.tests
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(bins)
+}
+
+/// The host directories the guest must bind back over its tmpfs mounts (/run, /tmp) so that
+/// it still sees `paths`: the workspace when they lie in it, else their parents. Fails for a
+/// path under a mount the guest replaces without a way back (/proc, /sys, /dev).
+pub(super) fn keep_dirs(paths: &[&Path]) -> Result<Vec<PathBuf>> {
     let root = run::workspace_root();
-    let all = bins.tests.iter().map(|(_, p)| p).chain([&bins.verifier]);
-    for path in all.chain([&bins.workdir]) {
+    let mut keep: Vec<PathBuf> = Vec::new();
+    for path in paths {
         let Some(hidden) = GUEST_MOUNTS.iter().find(|m| path.starts_with(m)) else {
             continue;
         };
@@ -61,18 +81,9 @@ pub(super) fn build_host_binaries(wanted: &[String]) -> Result<HostBinaries> {
             true => root.clone(),
             false => path.parent().unwrap_or(path).to_path_buf(),
         };
-        if !bins.keep.iter().any(|k| dir.starts_with(k)) {
-            bins.keep.push(dir);
+        if !keep.iter().any(|k| dir.starts_with(k)) {
+            keep.push(dir);
         }
     }
-    println!(
-        "[vm] host binaries built in {:.1}s: {}, verifier",
-        t.elapsed().as_secs_f64(),
-        bins.tests
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(bins)
+    Ok(keep)
 }

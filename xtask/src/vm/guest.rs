@@ -61,47 +61,8 @@ impl Guest {
         let run_dir = vm_dir.join(format!("run-{}", kernel.series.name()));
         fs::create_dir_all(&run_dir)?;
         let deps = ModulesDep::read(&kernel.modules())?;
-        let mut boot_modules = Vec::new();
-        for &module in BOOT_MODULES {
-            match deps.closure(module) {
-                Some(files) => boot_modules.extend(files),
-                None if deps.builtin(module) => {}
-                None => bail!(
-                    "Linux {} has no module {module} and does not build it in; the guest \
-                     cannot mount the host over 9p",
-                    kernel.kver
-                ),
-            }
-        }
-        boot_modules.sort();
-        boot_modules.dedup();
-
         let script = init_script(kernel, bins, &deps, filter);
-        let busybox = fs::read("/bin/busybox").context("reading /bin/busybox")?;
-        let mut cpio = base_initramfs(&script, &busybox);
-        let mod_root = format!("lib/modules/{}", kernel.kver);
-        cpio.dir(&mod_root);
-        for name in [
-            "modules.dep",
-            "modules.alias",
-            "modules.symbols",
-            "modules.builtin",
-        ] {
-            if let Ok(data) = fs::read(kernel.modules().join(name)) {
-                cpio.file(&format!("{mod_root}/{name}"), 0o644, &data);
-            }
-        }
-        for rel in &boot_modules {
-            let mut at = String::from(&mod_root);
-            for part in Path::new(rel).parent().into_iter().flat_map(|p| p.iter()) {
-                at.push('/');
-                at.push_str(&part.to_string_lossy());
-                cpio.dir(&at);
-            }
-            let data = fs::read(kernel.modules().join(rel))
-                .with_context(|| format!("reading module {rel}"))?;
-            cpio.file(&format!("{mod_root}/{rel}"), 0o644, &data);
-        }
+        let cpio = initramfs_with_modules(kernel, &deps, &script)?;
         let initramfs = run_dir.join("initramfs.cpio");
         fs::write(&initramfs, cpio.finish())
             .with_context(|| format!("writing {}", initramfs.display()))?;
@@ -112,6 +73,50 @@ impl Guest {
             tests: bins.tests.iter().map(|(n, _)| n.clone()).collect(),
         })
     }
+}
+
+/// [`base_initramfs`] with `init` as /init and the modules that mount the host's root.
+pub(super) fn initramfs_with_modules(kernel: &Kernel, deps: &ModulesDep, init: &str) -> Result<Cpio> {
+    let mut boot_modules = Vec::new();
+    for &module in BOOT_MODULES {
+        match deps.closure(module) {
+            Some(files) => boot_modules.extend(files),
+            None if deps.builtin(module) => {}
+            None => bail!(
+                "Linux {} has no module {module} and does not build it in; the guest \
+                 cannot mount the host over 9p",
+                kernel.kver
+            ),
+        }
+    }
+    boot_modules.sort();
+    boot_modules.dedup();
+    let busybox = fs::read("/bin/busybox").context("reading /bin/busybox")?;
+    let mut cpio = base_initramfs(init, &busybox);
+    let mod_root = format!("lib/modules/{}", kernel.kver);
+    cpio.dir(&mod_root);
+    for name in [
+        "modules.dep",
+        "modules.alias",
+        "modules.symbols",
+        "modules.builtin",
+    ] {
+        if let Ok(data) = fs::read(kernel.modules().join(name)) {
+            cpio.file(&format!("{mod_root}/{name}"), 0o644, &data);
+        }
+    }
+    for rel in &boot_modules {
+        let mut at = String::from(&mod_root);
+        for part in Path::new(rel).parent().into_iter().flat_map(|p| p.iter()) {
+            at.push('/');
+            at.push_str(&part.to_string_lossy());
+            cpio.dir(&at);
+        }
+        let data =
+            fs::read(kernel.modules().join(rel)).with_context(|| format!("reading module {rel}"))?;
+        cpio.file(&format!("{mod_root}/{rel}"), 0o644, &data);
+    }
+    Ok(cpio)
 }
 
 /// The initramfs every guest starts from: its directories, a console, `/init` and busybox.
@@ -198,11 +203,17 @@ fn keep_lines(keep: &[PathBuf], save: bool) -> String {
     out
 }
 
-pub(super) fn init_script(
+/// What every guest does before its payload: load the modules, mount the host's root (and
+/// `writable`, each the `wN`th writable share of [`super::qemu::Machine`], at its host
+/// path), give the chroot its own /proc, /sys, /dev, /run and /tmp, and define `in_host`
+/// (run a host program in the host's root, in `workdir`, for at most `bin_timeout`).
+pub(super) fn prelude(
     kernel: &Kernel,
-    bins: &HostBinaries,
     deps: &ModulesDep,
-    filter: &[String],
+    keep: &[PathBuf],
+    writable: &[PathBuf],
+    workdir: &Path,
+    bin_timeout: Duration,
 ) -> String {
     let mut s = String::new();
     let q = |p: &Path| sh_quote(&p.to_string_lossy());
@@ -210,6 +221,14 @@ pub(super) fn init_script(
         let names: Vec<&str> = names.iter().copied().filter(|m| !deps.builtin(m)).collect();
         names.join(" ")
     };
+    let mut shares = String::new();
+    for (i, dir) in writable.iter().enumerate() {
+        let at = sh_quote(&format!("/host{}", dir.display()));
+        let _ = writeln!(
+            shares,
+            "mkdir -p {at} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 w{i} {at} \\\n  || fail \"mounting the writable share {at}\""
+        );
+    }
     let _ = write!(
         s,
         r#"#!/bin/busybox sh
@@ -241,9 +260,10 @@ mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount -t bpf bpf /host/sys/fs/bpf || fail "mounting bpffs"
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || fail "mounting cgroup2"
 {keep_save}mount -t tmpfs tmpfs /host/run || fail "mounting /run"
 mount -t tmpfs tmpfs /host/tmp || fail "mounting /tmp"
-{keep_restore}# Linux 6.1 hands a frame that native XDP on a veth passed to the stack as a whole page
+{keep_restore}{shares}# Linux 6.1 hands a frame that native XDP on a veth passed to the stack as a whole page
 # (truesize about 4.3 kB), so the default 208 kB socket buffer holds only 49 unread
 # datagrams, with or without migr (a bare XDP_PASS program loses the same). The tests send
 # a batch and read it afterwards: give sockets room for it (docs/vm-tests.md).
@@ -256,7 +276,43 @@ in_host() {{
   timeout {bin_timeout} chroot /host /usr/bin/env -i PATH={path} HOME=/root USER=root {backtrace}\
     /bin/sh -c 'cd "$0" && exec "$@"' {workdir} "$@"
 }}
-rc=0
+"#,
+        boot = load_modules(BOOT_MODULES),
+        test = load_modules(TEST_MODULES),
+        modules = q(&kernel.modules()),
+        kver = kernel.kver,
+        path = GUEST_PATH,
+        workdir = q(workdir),
+        keep_save = keep_lines(keep, true),
+        keep_restore = keep_lines(keep, false),
+        rmem = GUEST_RMEM_DEFAULT,
+        bin_timeout = bin_timeout.as_secs(),
+        backtrace = std::env::var("RUST_BACKTRACE")
+            .map(|v| format!("RUST_BACKTRACE={} ", sh_quote(&v)))
+            .unwrap_or_default(),
+    );
+    s
+}
+
+/// The test suite's /init: [`prelude`], the load check, then each test binary.
+pub(super) fn init_script(
+    kernel: &Kernel,
+    bins: &HostBinaries,
+    deps: &ModulesDep,
+    filter: &[String],
+) -> String {
+    let mut s = prelude(
+        kernel,
+        deps,
+        &bins.keep,
+        &[],
+        &bins.workdir,
+        GUEST_BINARY_TIMEOUT,
+    );
+    let q = |p: &Path| sh_quote(&p.to_string_lossy());
+    let _ = write!(
+        s,
+        r#"rc=0
 echo "VMTEST-LOAD-BEGIN uptime=$(up)"
 in_host {verifier} > /host/tmp/verifier.out 2>&1
 load_rc=$?
@@ -268,21 +324,8 @@ if [ $load_rc != 0 ] || [ "$(grep -c ': loaded; ' /host/tmp/verifier.out)" != {p
 else
   :
 "#,
-        boot = load_modules(BOOT_MODULES),
-        test = load_modules(TEST_MODULES),
-        modules = q(&kernel.modules()),
-        kver = kernel.kver,
-        path = GUEST_PATH,
-        workdir = q(&bins.workdir),
         verifier = q(&bins.verifier),
-        keep_save = keep_lines(&bins.keep, true),
-        keep_restore = keep_lines(&bins.keep, false),
         programs = PROGRAMS.len(),
-        rmem = GUEST_RMEM_DEFAULT,
-        bin_timeout = GUEST_BINARY_TIMEOUT.as_secs(),
-        backtrace = std::env::var("RUST_BACKTRACE")
-            .map(|v| format!("RUST_BACKTRACE={} ", sh_quote(&v)))
-            .unwrap_or_default(),
     );
     let filter: Vec<String> = filter.iter().map(|f| sh_quote(f)).collect();
     for (name, exe) in &bins.tests {

@@ -23,7 +23,7 @@ pub enum Series {
 }
 
 impl Series {
-    pub(super) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",

@@ -14,6 +14,7 @@ mod guest;
 mod kernel;
 mod qemu;
 mod summary;
+mod testbed;
 mod tools;
 
 use std::{
@@ -24,13 +25,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub use kernel::Series;
+pub use testbed::{TestbedVm, testbed_in_vm};
 
 use crate::run;
 use binaries::build_host_binaries;
 use console::{Clock, KernelResult, parse_line};
 use guest::Guest;
 use kernel::{Kernel, fetch_kernel};
-use qemu::{Accel, probe_kvm, qemu_command, run_qemu};
+use qemu::{Accel, Machine, probe_kvm, qemu_command, run_qemu};
 use summary::print_report;
 use tools::{Tools, preflight};
 
@@ -187,7 +189,14 @@ fn boot_and_test(
     accel: Accel,
     timeout: Duration,
 ) -> Result<KernelResult> {
-    let cmd = qemu_command(tools, kernel, &guest.initramfs, accel, "");
+    let cmd = qemu_command(
+        tools,
+        kernel,
+        &guest.initramfs,
+        accel,
+        &Machine::default(),
+        "",
+    );
     println!("[vm] == Linux {} ({})", kernel.kver, kernel.version);
     println!("[vm] {}", run::render(&cmd));
     let mut log = fs::File::create(&guest.console_log)

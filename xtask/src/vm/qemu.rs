@@ -49,11 +49,29 @@ impl Accel {
     }
 }
 
+/// The guest's memory and the host directories it may write to.
+pub(super) struct Machine {
+    pub(super) memory_mb: u32,
+    /// Shared read-write at tags `w0`, `w1`, ... (the guest mounts them: `guest::prelude`).
+    pub(super) writable: Vec<std::path::PathBuf>,
+}
+
+impl Default for Machine {
+    /// The test suite's guest: nothing written back to the host.
+    fn default() -> Self {
+        Self {
+            memory_mb: 1536,
+            writable: Vec::new(),
+        }
+    }
+}
+
 pub(super) fn qemu_command(
     tools: &Tools,
     kernel: &Kernel,
     initramfs: &Path,
     accel: Accel,
+    machine: &Machine,
     append: &str,
 ) -> Command {
     let mut cmd = Command::new(&tools.qemu);
@@ -61,7 +79,13 @@ pub(super) fn qemu_command(
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
     };
-    cmd.args(["-m", "1536", "-smp", "2"])
+    for (i, dir) in machine.writable.iter().enumerate() {
+        cmd.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=w{i},security_model=none",
+            dir.display()
+        ));
+    }
+    cmd.args(["-m", &machine.memory_mb.to_string(), "-smp", "2"])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
         .args([
@@ -216,7 +240,14 @@ pub(super) fn probe_kvm(tools: &Tools, vm_dir: &Path, kernel: &Kernel) -> Result
     let cpio = base_initramfs(&script, &fs::read(&tools.busybox)?);
     let initramfs = run_dir.join("initramfs.cpio");
     fs::write(&initramfs, cpio.finish())?;
-    let cmd = qemu_command(tools, kernel, &initramfs, Accel::Kvm, "migr.probe");
+    let cmd = qemu_command(
+        tools,
+        kernel,
+        &initramfs,
+        Accel::Kvm,
+        &Machine::default(),
+        "migr.probe",
+    );
     let mut ok = false;
     let mut last = Vec::new();
     run_qemu(cmd, KVM_PROBE_TIMEOUT, |line| {
