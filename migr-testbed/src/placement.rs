@@ -268,9 +268,15 @@ impl Placement {
                 if self.pid_namespace {
                     let mut outer = Command::new("unshare");
                     outer
-                        .args(["--pid", "--fork", "--"])
+                        // setsid: CRIU dumps a tree whose session leader
+                        // is inside its PID namespace.
+                        .args(["--pid", "--fork", "--", "setsid"])
                         .arg(cmd.get_program())
-                        .args(cmd.get_args());
+                        .args(cmd.get_args())
+                        // CRIU's parasite mounts the namespace's /proc at
+                        // `proc.crtools` in the task's working directory: a
+                        // writable one (a guest's root is read-only).
+                        .current_dir(&files.host);
                     cmd = outer;
                 }
                 let proc = Proc::spawn(

@@ -94,16 +94,18 @@ pub struct ServiceGap {
 }
 
 impl ServiceGap {
-    /// The first `answer-gap` in `log` that overlaps the migration (pre-dump
-    /// to post-resume, wall-clock seconds): the freeze. (A later pause, e.g.
-    /// a client waiting out its timeout after the restore, is the client's.)
+    /// The longest `answer-gap` in `log` that overlaps the migration
+    /// (pre-dump to post-resume, wall-clock seconds): the freeze. (A shorter
+    /// one, e.g. the announcement's round trip before it, is not; a later
+    /// pause, e.g. a client waiting out its timeout after the restore, is the
+    /// client's.)
     pub fn from_log(log: &std::path::Path, pre_dump: f64, post_resume: f64) -> Option<Self> {
         let text = std::fs::read_to_string(log).ok()?;
         let gap = text
             .lines()
             .filter_map(Gap::parse)
             .filter(|g| g.from_s <= post_resume && g.to_s >= pre_dump)
-            .min_by(|a, b| a.from_s.total_cmp(&b.from_s))?;
+            .max_by(|a, b| a.ms().total_cmp(&b.ms()))?;
         Some(Self {
             ms: gap.ms(),
             last_answer_before_pre_dump_ms: (pre_dump - gap.from_s) * 1e3,
