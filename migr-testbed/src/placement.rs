@@ -90,9 +90,15 @@ pub enum Service {
     /// Its restore gets a new PID namespace, so it does not need the dumped
     /// PID to be free (a lazy dump keeps the source frozen until it served
     /// every page).
-    Namespaced { outer: Proc, pid: i32 },
+    Namespaced {
+        outer: Proc,
+        pid: i32,
+    },
     Restored(Adopted),
-    Container { node: Runner, pid: i32 },
+    Container {
+        node: Runner,
+        pid: i32,
+    },
 }
 
 /// A node's container runtime.

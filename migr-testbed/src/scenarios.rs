@@ -437,7 +437,8 @@ fn techniques() -> Vec<Scenario> {
                      {mb} MB server; {}",
                     match steering {
                         true => "migr's datapath and client",
-                        false => "no datapath, a client recovering with RFC 9002's probe timeouts \
+                        false =>
+                            "no datapath, a client recovering with RFC 9002's probe timeouts \
                                   (what users have without migr)",
                     }
                 ),
@@ -452,13 +453,21 @@ fn techniques() -> Vec<Scenario> {
             config.ballast_mb = mb;
             // The guest runs under emulation, some ten times slower.
             config.migrate_after = 3000;
-            let arm = if steering { "steering-on" } else { "steering-off" };
+            let arm = if steering {
+                "steering-on"
+            } else {
+                "steering-off"
+            };
             out.push(Scenario {
                 name: format!("{TECHNIQUES}-tcp-{t}-{arm}"),
                 description: format!(
                     "TCP (COAT, --tcp-established, same IP), back-to-back 1 kB echo, {t} CRIU \
                      migration, {mb} MB server, steering {}",
-                    if steering { "on" } else { "off (an unmodified TCP client and server)" }
+                    if steering {
+                        "on"
+                    } else {
+                        "off (an unmodified TCP client and server)"
+                    }
                 ),
                 config,
                 default_runs: 10,
@@ -544,11 +553,17 @@ pub fn summarize(runs: &[Run]) -> Summary {
         ("lazy_pages_ms", f(&|r| r.lazy_pages_ms)),
         (
             "pre_dump_ms",
-            f(&|r| (!r.pre_dump_rounds.is_empty()).then(|| r.pre_dump_rounds.iter().map(|p| p.dump_ms).sum())),
+            f(&|r| {
+                (!r.pre_dump_rounds.is_empty())
+                    .then(|| r.pre_dump_rounds.iter().map(|p| p.dump_ms).sum())
+            }),
         ),
         (
             "pre_copy_transfer_ms",
-            f(&|r| (!r.pre_dump_rounds.is_empty()).then(|| r.pre_dump_rounds.iter().map(|p| p.transfer_ms).sum())),
+            f(&|r| {
+                (!r.pre_dump_rounds.is_empty())
+                    .then(|| r.pre_dump_rounds.iter().map(|p| p.transfer_ms).sum())
+            }),
         ),
         (
             "pre_copy_longest_answer_gap_ms",

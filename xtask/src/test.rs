@@ -89,6 +89,16 @@ pub fn test(filter: &[String]) -> Result<()> {
         },
     )?;
     stage(
+        &format!(
+            "VM testbed: {} once in a Linux 6.12 guest (docs/testbed.md)",
+            crate::vm::CHECK_SCENARIO
+        ),
+        || {
+            let testbed = crate::testbed::build()?.snapshot()?;
+            crate::vm::check_techniques_in_vm(&testbed)
+        },
+    )?;
+    stage(
         "benchmarks, quick mode (must complete with valid JSON; numbers are not judged)",
         || bench::bench(true, None, &[]),
     )?;

@@ -36,7 +36,7 @@ impl Programs {
     /// another build replaces `target/release/migr-echo` during a run (the old inode
     /// unlinked), the dump fails ("Can't create link remap"). A private copy, made once per
     /// command, does not change under it.
-    fn snapshot(&self) -> Result<PathBuf> {
+    pub fn snapshot(&self) -> Result<PathBuf> {
         let profile_dir = self.testbed.parent().context("target directory")?;
         let to = profile_dir
             .parent()
@@ -123,7 +123,12 @@ pub fn testbed(o: &Options) -> Result<()> {
 }
 
 /// One guest runs the scenarios, interleaved as on the host; results/vm-SERIES/.
-fn in_vm(kernel: vm::KernelArg, bin: &std::path::Path, name: &str, runs: Option<usize>) -> Result<()> {
+fn in_vm(
+    kernel: vm::KernelArg,
+    bin: &std::path::Path,
+    name: &str,
+    runs: Option<usize>,
+) -> Result<()> {
     let series = match kernel {
         vm::KernelArg::V6_1 => vm::Series::V6_1,
         vm::KernelArg::V6_12 => vm::Series::V6_12,

@@ -116,9 +116,7 @@ impl Technique {
         .into_iter()
         .find(|t| t.name() == s)
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--technique cold|pre-copy|post-copy-local|post-copy|hybrid, not {s:?}"
-            )
+            anyhow::anyhow!("--technique cold|pre-copy|post-copy-local|post-copy|hybrid, not {s:?}")
         })
     }
 

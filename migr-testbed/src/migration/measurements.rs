@@ -174,6 +174,9 @@ pub struct Run {
     /// QUIC, pre-copy and hybrid: the server's pauses in answering during
     /// the pre-dumps (over 20 ms; empty: it answered throughout).
     pub pre_copy_answer_gaps_ms: Option<Vec<f64>>,
+    /// Steering on, pre-copy and hybrid: the source datapath's state right
+    /// after the pre-dumps (`pass`: migr starts parking at the final dump).
+    pub src_datapath_after_pre_copy: Option<String>,
     /// Post-copy: from post-resume until the lazy-pages daemon had served
     /// every page and exited.
     pub lazy_pages_ms: Option<f64>,
@@ -254,6 +257,7 @@ impl Run {
                 "dump_ms": r.dump_ms, "transfer_ms": r.transfer_ms, "bytes": r.bytes,
             })).collect::<Vec<_>>(),
             "pre_copy_answer_gaps_ms": self.pre_copy_answer_gaps_ms,
+            "src_datapath_after_pre_copy": self.src_datapath_after_pre_copy,
             "mode": self.mode.name(),
             "period_ms": match self.mode { Mode::Sporadic { period_ms } => Some(period_ms), Mode::BackToBack => None },
             "ballast_mb": self.ballast_mb,

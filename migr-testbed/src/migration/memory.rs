@@ -189,16 +189,20 @@ impl LazyDump {
                 ..Spawn::default()
             },
         )?;
-        wait_until(Duration::from_secs(60), "the lazy dump's page server", || {
-            if let Some(status) = proc.try_exit() {
-                bail!(
-                    "criu dump --lazy-pages exited ({status}) before it served pages; log {}:\n{}",
-                    log.display(),
-                    criu::log_errors(log)
-                );
-            }
-            Ok(phase_time(&read_phases(phases), "status-ready").is_some())
-        })?;
+        wait_until(
+            Duration::from_secs(60),
+            "the lazy dump's page server",
+            || {
+                if let Some(status) = proc.try_exit() {
+                    bail!(
+                        "criu dump --lazy-pages exited ({status}) before it served pages; log {}:\n{}",
+                        log.display(),
+                        criu::log_errors(log)
+                    );
+                }
+                Ok(phase_time(&read_phases(phases), "status-ready").is_some())
+            },
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         Ok((
             Self {

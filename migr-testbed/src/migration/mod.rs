@@ -276,14 +276,18 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
 
     // The migration: pre-copy first (the service keeps running).
     let t_start = now_s();
-    let pre = memory::pre_copy(
-        bins,
-        cfg.technique,
-        server_pid,
-        &topo,
-        &d,
-        &src_phases_file,
-    )?;
+    let pre = memory::pre_copy(bins, cfg.technique, server_pid, &topo, &d, &src_phases_file)?;
+    // What the source's datapath does once the pre-dumps are over: still
+    // `pass` (CRIU ran no action script, so migr parks nothing yet).
+    let src_datapath_after_pre_copy = match managed {
+        Some((src, _)) if !pre.rounds.is_empty() => Some(
+            src.service(SERVICE)?["datapath"]
+                .as_str()
+                .context("the source agent's datapath state")?
+                .to_string(),
+        ),
+        _ => None,
+    };
     if let Some((_, dst)) = managed {
         dst.phase(SERVICE, "restoring", &[])?;
     }
@@ -547,6 +551,7 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
         image_bytes: dir_bytes(&images),
         pre_copy_answer_gaps_ms: quic.then(|| pre.answer_gaps_ms(&server_log, &src_phases)),
         pre_dump_rounds: pre.rounds,
+        src_datapath_after_pre_copy,
         lazy_pages_ms: lazy_done.map(|t| (t - post_resume) * 1e3),
         client_summary,
         src_frames,

@@ -89,6 +89,9 @@ pub struct Results {
     pub mptcp: Vec<Mptcp>,
     /// Files skipped, with why.
     pub notes: Vec<String>,
+    /// The guest the results were measured in (`guest.txt`, written by `cargo xtask testbed
+    /// --vm`); None: this host.
+    pub guest: Option<String>,
 }
 
 /// One row of a run's client CSV.
@@ -153,7 +156,12 @@ pub fn load(dir: &Path) -> Result<Results> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    let mut out = Results::default();
+    let mut out = Results {
+        guest: std::fs::read_to_string(dir.join(crate::vm::GUEST_FILE))
+            .ok()
+            .map(|t| t.trim().to_string()),
+        ..Results::default()
+    };
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;

@@ -289,3 +289,86 @@ pub(super) fn mptcp_section(r: &Results, md: &mut String, plots: &Path) -> Resul
     md.push_str("\n![MPTCP stall](plots/mptcp-stall.svg)\n");
     Ok(vec!["plots/mptcp-stall.svg".into()])
 }
+
+/// The prefix of the scenarios of seed 000's four CRIU techniques (`migr-testbed scenario
+/// techniques`; they run in a guest: `cargo xtask testbed --vm 6.12`).
+const TECHNIQUES_PREFIX: &str = "techniques-";
+/// Seed 000's techniques, in its order.
+const TECHNIQUES: [&str; 4] = ["cold", "pre-copy", "post-copy", "hybrid"];
+
+/// The techniques side by side, per protocol and arm, with each one's downtime against cold's;
+/// a plot of downtime and disruption per technique. Nothing when no technique scenario ran.
+pub(super) fn techniques(r: &Results, md: &mut String, plots: &Path) -> Result<Vec<String>> {
+    let find = |name: String| r.testbed.iter().find(|s| s.name == name);
+    let mut rows = Vec::new();
+    for (protocol, arms) in [
+        ("quic-p-explicit", ["steering-on", "baseline"]),
+        ("tcp", ["steering-on", "steering-off"]),
+    ] {
+        for arm in arms {
+            let cold = find(format!("{TECHNIQUES_PREFIX}{protocol}-cold-{arm}"));
+            for t in TECHNIQUES {
+                if let Some(s) = find(format!("{TECHNIQUES_PREFIX}{protocol}-{t}-{arm}")) {
+                    rows.push((protocol, arm, t, s, cold));
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    md.push_str(
+        "\n## CRIU techniques (seed 000: cold, pre-copy, post-copy, hybrid)\n\n\
+         Downtime: CRIU's `pre-dump` action of the final dump to the restore's `post-resume`; \
+         pre-dumps run before it while the service answers (pre-dump ms: `criu pre-dump` run \
+         time; longest gap: the QUIC server's longest pause in answering during it, 0 when it \
+         never paused over 20 ms). Post-copy and hybrid: the final dump keeps the memory at the \
+         source node and serves it over the links; lazy ms: post-resume until the last page \
+         arrived. Images: the final dump's (the pre-dump's moved before). vs cold: this \
+         technique's mean downtime over cold's, same protocol and arm.\n\n",
+    );
+    md.push_str("| protocol | arm | technique | n (failed) | downtime ms | disruption ms | disruption/downtime | downtime vs cold | pre-dump ms | longest gap in pre-dump ms | lazy ms | images MB | req. lost |\n");
+    md.push_str(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let mut groups = Vec::new();
+    for (protocol, arm, t, s, cold) in &rows {
+        let mb = s.stat("image_bytes").map(|x| Stat {
+            mean: x.mean / 1e6,
+            ci95: x.ci95.map(|c| c / 1e6),
+            ..x
+        });
+        let _ = writeln!(
+            md,
+            "| {protocol} | {arm} | {t} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.runs,
+            s.failed.len(),
+            fmt_stat(s.stat("downtime_ms"), 0),
+            fmt_stat(s.stat("disruption_ms"), 0),
+            fmt_stat(s.stat("disruption_over_downtime"), 2),
+            ratio(
+                s.stat("downtime_ms"),
+                cold.and_then(|c| c.stat("downtime_ms"))
+            ),
+            fmt_stat(s.stat("pre_dump_ms"), 0),
+            fmt_stat(s.stat("pre_copy_longest_answer_gap_ms"), 0),
+            fmt_stat(s.stat("lazy_pages_ms"), 0),
+            fmt_stat(mb, 2),
+            fmt_stat(s.stat("requests_lost"), 1),
+        );
+        groups.push(Group {
+            label: format!("{protocol} {t} {arm}"),
+            bars: vec![s.stat("downtime_ms"), s.stat("disruption_ms")],
+        });
+    }
+    let file = "plots/techniques.svg";
+    hbars(
+        &plots.join("techniques.svg"),
+        "CRIU techniques: downtime and client-perceived disruption (mean, 95% CI)",
+        "ms",
+        &["downtime", "disruption"],
+        &groups,
+    )?;
+    let _ = writeln!(md, "\n![CRIU techniques]({file})");
+    Ok(vec![file.to_string()])
+}

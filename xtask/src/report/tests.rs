@@ -147,3 +147,42 @@ fn malformed_csv_row_names_the_line() {
     assert!(read_csv(&p).unwrap_err().to_string().contains("first line"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn techniques_are_tabled_against_cold_with_the_guest_named() {
+    let d = tmpdir("techniques");
+    for (t, downtime) in [("cold", 150.0), ("pre-copy", 75.0)] {
+        let mut doc: Value = serde_json::from_str(&scenario_json(
+            &format!("techniques-quic-p-explicit-{t}-steering-on"),
+            true,
+        ))
+        .unwrap();
+        doc["summary"]["downtime_ms"]["mean"] = serde_json::json!(downtime);
+        std::fs::write(
+            d.join(format!("techniques-quic-p-explicit-{t}-steering-on.json")),
+            doc.to_string(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        d.join(crate::vm::GUEST_FILE),
+        "Linux 6.12 in QEMU with TCG\n",
+    )
+    .unwrap();
+    let r = load(&d).unwrap();
+    write_report(&r, &d).unwrap();
+    let md = std::fs::read_to_string(d.join("README.md")).unwrap();
+    assert!(
+        md.contains("Measured in a guest: Linux 6.12 in QEMU with TCG."),
+        "{md}"
+    );
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| quic-p-explicit | steering-on | pre-copy |"))
+        .unwrap_or_else(|| panic!("no pre-copy row:\n{md}"));
+    assert!(
+        row.contains("| 0.50 |"),
+        "pre-copy's downtime is half cold's: {row}"
+    );
+    assert!(d.join("plots/techniques.svg").exists());
+}

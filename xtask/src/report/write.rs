@@ -25,6 +25,9 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
          no datapath with migr-quic's fast-probing client; the baseline (what users have \
          without migr) is no datapath with an RFC 9002 client.\n\n",
     );
+    if let Some(guest) = &r.guest {
+        let _ = writeln!(md, "Measured in a guest: {guest}.\n");
+    }
     if let Some(t) = [12.71, 4.30, 3.18, 2.78, 2.57].get(rmin.wrapping_sub(2)) {
         let _ = writeln!(
             md,
@@ -127,6 +130,7 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
     }
 
     with_and_without(r, &mut md);
+    written.extend(techniques(r, &mut md, &plots)?);
     failed_runs(r, &mut md);
     freeze_hits(r, &mut md);
     delay_lines(r, &mut md);

@@ -76,7 +76,11 @@ impl Guest {
 }
 
 /// [`base_initramfs`] with `init` as /init and the modules that mount the host's root.
-pub(super) fn initramfs_with_modules(kernel: &Kernel, deps: &ModulesDep, init: &str) -> Result<Cpio> {
+pub(super) fn initramfs_with_modules(
+    kernel: &Kernel,
+    deps: &ModulesDep,
+    init: &str,
+) -> Result<Cpio> {
     let mut boot_modules = Vec::new();
     for &module in BOOT_MODULES {
         match deps.closure(module) {
@@ -112,8 +116,8 @@ pub(super) fn initramfs_with_modules(kernel: &Kernel, deps: &ModulesDep, init: &
             at.push_str(&part.to_string_lossy());
             cpio.dir(&at);
         }
-        let data =
-            fs::read(kernel.modules().join(rel)).with_context(|| format!("reading module {rel}"))?;
+        let data = fs::read(kernel.modules().join(rel))
+            .with_context(|| format!("reading module {rel}"))?;
         cpio.file(&format!("{mod_root}/{rel}"), 0o644, &data);
     }
     Ok(cpio)

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub use kernel::Series;
-pub use testbed::{TestbedVm, testbed_in_vm};
+pub use testbed::{CHECK_SCENARIO, GUEST_FILE, TestbedVm, check_techniques_in_vm, testbed_in_vm};
 
 use crate::run;
 use binaries::build_host_binaries;
