@@ -64,7 +64,7 @@ pub fn testbed_in_vm(vm: &TestbedVm<'_>) -> Result<()> {
         &kernel,
         &deps,
         &keep,
-        &[vm.out.clone()],
+        std::slice::from_ref(&vm.out),
         &workdir,
         vm.timeout,
     );
@@ -279,7 +279,8 @@ mod tests {
 
     #[test]
     fn each_broken_promise_fails() {
-        let cases: [(&str, fn(&mut serde_json::Value)); 6] = [
+        type Breaker = fn(&mut serde_json::Value);
+        let cases: [(&str, Breaker); 6] = [
             ("lost", |d| d["runs"][0]["requests_lost"] = json!(1)),
             ("parked early", |d| {
                 d["runs"][0]["src_datapath_after_pre_copy"] = json!("park")
