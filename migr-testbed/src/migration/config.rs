@@ -300,3 +300,38 @@ impl RunConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_technique_parses_from_its_name_and_nothing_else_does() {
+        for t in [
+            Technique::Cold,
+            Technique::PreCopy,
+            Technique::PostCopyLocal,
+            Technique::PostCopy,
+            Technique::Hybrid,
+        ] {
+            assert_eq!(Technique::parse(t.name()).unwrap(), t);
+        }
+        let e = Technique::parse("precopy").unwrap_err().to_string();
+        assert!(e.contains("pre-copy") && e.contains("\"precopy\""), "{e}");
+    }
+
+    #[test]
+    fn only_pre_copy_and_hybrid_pre_dump_and_only_the_remote_lazy_ones_serve_pages() {
+        let pre: Vec<bool> = [
+            Technique::Cold,
+            Technique::PreCopy,
+            Technique::PostCopy,
+            Technique::Hybrid,
+        ]
+        .map(|t| t.pre_dumps() > 0)
+        .into();
+        assert_eq!(pre, [false, true, false, true]);
+        assert!(Technique::Hybrid.remote_lazy() && Technique::PostCopy.remote_lazy());
+        assert!(!Technique::PostCopyLocal.remote_lazy() && !Technique::PreCopy.remote_lazy());
+    }
+}

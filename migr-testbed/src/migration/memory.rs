@@ -254,3 +254,52 @@ impl LazyDump {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_round() -> PreCopied {
+        PreCopied {
+            rounds: vec![PreDumpRound {
+                dump_ms: 900.0,
+                transfer_ms: 2000.0,
+                bytes: 50 << 20,
+            }],
+            parent: Some("../pre-src-1".into()),
+            parent_dst: Some("../pre-dst-1".into()),
+        }
+    }
+
+    #[test]
+    fn the_final_dump_tracks_memory_on_top_of_the_last_iteration() {
+        assert_eq!(
+            one_round().dump_args(),
+            ["--prev-images-dir", "../pre-src-1", "--track-mem"]
+        );
+        assert!(PreCopied::default().dump_args().is_empty());
+    }
+
+    #[test]
+    fn only_pauses_inside_a_pre_dump_count() {
+        let dir = std::env::temp_dir().join(format!("migr-precopy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        // Before, across the start of, inside and after the pre-dump (10.0 to 11.0).
+        std::fs::write(
+            &log,
+            "answer-gap 8.0 8.1\nanswer-gap 9.95 10.05\nlistening x\nanswer-gap 10.5 10.6\n\
+             answer-gap 12.0 12.5\n",
+        )
+        .unwrap();
+        let phases = vec![
+            ("pre-copy-start-1".to_string(), 10.0),
+            ("pre-copy-end-1".to_string(), 11.0),
+            ("pre-dump".to_string(), 13.0),
+        ];
+        let gaps = one_round().answer_gaps_ms(&log, &phases);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!((gaps[0] - 100.0).abs() < 1e-6 && (gaps[1] - 100.0).abs() < 1e-6);
+    }
+}
