@@ -336,18 +336,18 @@ impl Placement {
         log: &Path,
         extra: &[&str],
     ) -> Result<f64> {
+        let pid = service.pid();
         match (self.runtime, &self.src, service) {
-            (Runtime::Criu, _, Service::Process(proc)) => {
-                let step = criu::dump(bins, proc.pid(), ns, images, hook, log, extra)?;
-                // CRIU killed the dumped tree; reap it here, so that its PID
-                // is free for the restore at once.
+            (
+                Runtime::Criu,
+                _,
+                Service::Process(proc) | Service::Namespaced { outer: proc, .. },
+            ) => {
+                let step = criu::dump(bins, pid, ns, images, hook, log, extra)?;
+                // CRIU killed the dumped tree; reap what this run started
+                // (the service, or the unshare that exits with it), so that
+                // the PID is free for the restore at once.
                 proc.wait_exit(Duration::from_secs(5))?;
-                Ok(step.seconds)
-            }
-            (Runtime::Criu, _, Service::Namespaced { outer, pid }) => {
-                let step = criu::dump(bins, *pid, ns, images, hook, log, extra)?;
-                // unshare exits once its child is gone.
-                outer.wait_exit(Duration::from_secs(5))?;
                 Ok(step.seconds)
             }
             (_, Some(node), Service::Container { pid, .. }) => match &node.runner {
