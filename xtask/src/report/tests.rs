@@ -186,3 +186,26 @@ fn techniques_are_tabled_against_cold_with_the_guest_named() {
     );
     assert!(d.join("plots/techniques.svg").exists());
 }
+
+#[test]
+fn a_guests_results_are_linked_from_the_hosts_report() {
+    let d = tmpdir("guest-link");
+    std::fs::write(
+        d.join("quic-b2b-p-explicit-small-steering-on.json"),
+        scenario_json("quic-b2b-p-explicit-small-steering-on", true),
+    )
+    .unwrap();
+    let guest = d.join("vm-6.12");
+    std::fs::create_dir_all(&guest).unwrap();
+    std::fs::write(
+        guest.join(crate::vm::GUEST_FILE),
+        "Linux 6.12 in QEMU with TCG\n",
+    )
+    .unwrap();
+    write_report(&load(&d).unwrap(), &d).unwrap();
+    let md = std::fs::read_to_string(d.join("README.md")).unwrap();
+    assert!(
+        md.contains("- [vm-6.12/README.md](vm-6.12/README.md): Linux 6.12 in QEMU with TCG"),
+        "{md}"
+    );
+}

@@ -260,8 +260,42 @@ pub fn write_report(r: &Results, dir: &Path) -> Result<Vec<String>> {
         );
     }
     written.extend(mptcp_section(r, &mut md, &plots)?);
+    guest_reports(dir, &mut md)?;
     std::fs::write(dir.join("README.md"), md)
         .with_context(|| format!("writing {}/README.md", dir.display()))?;
     written.insert(0, "README.md".into());
     Ok(written)
+}
+
+/// Links the reports of the results measured in guests (`vm-*/` beside these, each with
+/// its `guest.txt`: `cargo xtask testbed --vm`), so that they sit beside this machine's.
+fn guest_reports(dir: &Path, md: &mut String) -> Result<()> {
+    let mut guests: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with("vm-") {
+            continue;
+        }
+        if let Ok(guest) = std::fs::read_to_string(path.join(crate::vm::GUEST_FILE)) {
+            guests.push((name, guest.trim().to_string()));
+        }
+    }
+    if guests.is_empty() {
+        return Ok(());
+    }
+    guests.sort();
+    md.push_str("\n## Measured in a guest\n\n");
+    for (name, guest) in guests {
+        let _ = writeln!(
+            md,
+            "- [{name}/README.md]({name}/README.md): {guest} (`cargo xtask report --results \
+             results/{name}` writes it)"
+        );
+    }
+    Ok(())
 }
