@@ -157,21 +157,36 @@ sleep 60
 /// dump whose pages the destination fetches over the links), QUIC P-Explicit, steering on.
 pub const CHECK_SCENARIO: &str = "techniques-quic-p-explicit-hybrid-steering-on";
 
+/// Guests [`check_techniques_in_vm`] boots at most.
+const CHECK_ATTEMPTS: u32 = 2;
+
 /// The VM testbed stage of `cargo xtask test`: one run of [`CHECK_SCENARIO`] in a 6.12 guest,
 /// then [`verify_technique_run`] on what it wrote.
 pub fn check_techniques_in_vm(testbed: &Path) -> Result<()> {
     let out = run::workspace_root().join("target/vm/testbed-check");
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    testbed_in_vm(&TestbedVm {
+    let vm = TestbedVm {
         series: Series::V6_12,
         accel: AccelArg::Auto,
         testbed,
         args: vec![CHECK_SCENARIO.into(), "--runs".into(), "1".into()],
         out: out.clone(),
         timeout: Duration::from_secs(900),
-    })?;
+    };
+    // A run that fails outright (CRIU or the guest under emulation on a loaded machine) gets
+    // one more guest, and the failure stays on the console; what a run that completed shows
+    // is judged once.
+    for attempt in 1..=CHECK_ATTEMPTS {
+        if out.exists() {
+            fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+        }
+        match testbed_in_vm(&vm) {
+            Ok(()) => break,
+            Err(e) if attempt < CHECK_ATTEMPTS => {
+                println!("[vm] attempt {attempt} of {CHECK_SCENARIO} failed, once more: {e:#}")
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let path = out.join(format!("{CHECK_SCENARIO}.json"));
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let doc: serde_json::Value =
