@@ -70,6 +70,10 @@ enum Command {
         /// scenarios this host's kernel cannot run (`--scenario techniques`).
         #[arg(long, value_enum)]
         vm: Option<vm::KernelArg>,
+        /// With --vm 6.12: the check `cargo xtask test` runs there (one hybrid migration,
+        /// judged: nothing lost, parked only from the final dump, every lazy page in).
+        #[arg(long, requires = "vm")]
+        check: bool,
     },
     /// Plots (SVG) and a Markdown summary of results/*.json: results/README.md, results/plots/.
     Report {
@@ -128,6 +132,7 @@ fn main() {
             all,
             hook_cost,
             vm,
+            check,
         } => testbed::testbed(&testbed::Options {
             scenario,
             runs,
@@ -135,6 +140,7 @@ fn main() {
             all,
             hook_cost,
             vm,
+            check,
         }),
         Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
         Command::VmTest {

@@ -16,6 +16,8 @@ pub struct Options {
     pub hook_cost: bool,
     /// Run in a Debian guest with this kernel.
     pub vm: Option<vm::KernelArg>,
+    /// With `vm`: `cargo xtask test`'s check of the techniques there.
+    pub check: bool,
 }
 
 /// The programs migr-testbed starts; it finds them beside its own executable.
@@ -98,6 +100,13 @@ pub fn testbed(o: &Options) -> Result<()> {
             cmd.args(["--pairs", &n.to_string()]);
         }
         return run::status(&mut cmd);
+    }
+    if o.check {
+        if o.vm != Some(vm::KernelArg::V6_12) {
+            bail!("--check runs in the 6.12 guest: give --vm 6.12");
+        }
+        setup::setup()?;
+        return vm::check_techniques_in_vm(&build()?.snapshot()?);
     }
     let name = match (&o.scenario, o.all) {
         (Some(name), false) => name.clone(),
