@@ -34,8 +34,9 @@ use network_types::{
 };
 
 use crate::{
-    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason,
-    count_verdict, on_stack,
+    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE,
+    breakdown::stop,
+    count_proto_class, count_reason, count_verdict, on_stack,
     xdp_packet::{XdpPacket, clear_header_cache, fill_header_cache},
 };
 
@@ -92,8 +93,11 @@ static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0
 /// Decides or parses the frame if it can (see the module). Not inlined: its
 /// stack frame must not add to the lookup stage's, which uses most of the 512
 /// bytes.
+///
+/// `STOP` is the stage a cost-breakdown copy stops after (`breakdown.rs`);
+/// such a copy passes the frame uncounted.
 #[inline(never)]
-pub fn fast_path(ctx: *mut xdp_md) -> Fast {
+pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     let (start, end) = data(ctx);
     // SAFETY: plain helper call on the program's context.
     let len = unsafe { bpf_xdp_get_buff_len(ctx) };
@@ -104,11 +108,19 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
     // The helper's length, opaque to LLVM: computed from `end` instead, it
     // would be arithmetic on `data_end`, which the verifier refuses.
     let frame_len = core::hint::black_box(len as usize);
-    let (class, reason) = match quick_parse(start, end, frame_len) {
+    let quick = quick_parse(start, end, frame_len);
+    if STOP == stop::HEADERS {
+        return Fast::Passed;
+    }
+    let (class, reason) = match quick {
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
             let flows = may_match(node_state::FLOWS);
-            if flows || listener_port(plain.dst_port) {
+            let port = flows || listener_port(plain.dst_port);
+            if STOP == stop::WORDS {
+                return Fast::Passed;
+            }
+            if port {
                 let Some(addr) = dst_addr(start, end, plain.family) else {
                     return Fast::Slow;
                 };
@@ -121,6 +133,9 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
                 let key = on_stack(&key);
                 // SAFETY: the value is copied out at once (see `MapTables`).
                 let listener = unsafe { LISTENERS.get(key) }.copied();
+                if STOP == stop::LISTENER {
+                    return Fast::Passed;
+                }
                 if listener.is_some() || flows {
                     let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
                         return Fast::Slow;
@@ -137,6 +152,10 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
         }
         Quick::Slow => return Fast::Slow,
     };
+    // A frame decided here is counted in the breakdown's counting stage.
+    if STOP < stop::COUNTED {
+        return Fast::Passed;
+    }
     count_proto_class(class);
     if let Some(reason) = reason {
         count_reason(reason);
@@ -156,6 +175,65 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // SAFETY: as this function's.
+    unsafe { lookup_known_until::<{ stop::NEVER }>(ctx, out) }
+}
+
+/// [`migr_lookup_known`] cut short after [`stop::PARSED`] (`breakdown.rs`).
+///
+/// # Safety
+/// As for [`migr_lookup_known`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn migr_lookup_known_upto_parsed(
+    ctx: *mut xdp_md,
+    out: *mut Classification,
+) -> u32 {
+    // SAFETY: as this function's.
+    unsafe { lookup_known_until::<{ stop::PARSED }>(ctx, out) }
+}
+
+/// [`migr_lookup_known`] cut short after [`stop::CACHED`] (`breakdown.rs`).
+///
+/// # Safety
+/// As for [`migr_lookup_known`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn migr_lookup_known_upto_cached(
+    ctx: *mut xdp_md,
+    out: *mut Classification,
+) -> u32 {
+    // SAFETY: as this function's.
+    unsafe { lookup_known_until::<{ stop::CACHED }>(ctx, out) }
+}
+
+/// Classifies the frame [`fast_path`] found plain into `out` (this CPU's
+/// scratch slot) through the global function for a copy that stops at
+/// `STOP`; false if the caller must take the full way (or stop).
+#[inline(always)]
+pub fn lookup_known<const STOP: u32>(ctx: *mut xdp_md, out: &mut Classification) -> bool {
+    // SAFETY: `out` is the caller's scratch slot.
+    let done = unsafe {
+        match STOP {
+            stop::PARSED => migr_lookup_known_upto_parsed(ctx, out),
+            stop::CACHED => migr_lookup_known_upto_cached(ctx, out),
+            _ => migr_lookup_known(ctx, out),
+        }
+    };
+    done == 1
+}
+
+/// [`migr_lookup_known`]'s body, cut short after `STOP` (`breakdown.rs`).
+#[inline(always)]
+unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // A cut-short copy tests its stop at run time (two instructions): with
+    // the stop a constant, LLVM reshaped the cut function into code the
+    // verifier refused (a map pointer shifted as an integer).
+    let until = if STOP == stop::NEVER {
+        STOP
+    } else {
+        core::hint::black_box(STOP)
+    };
     // SAFETY: the caller's scratch slot (the verifier insists on the null check).
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
@@ -169,6 +247,9 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
     };
     *out = Classification::EMPTY;
     set_parsed(&info, out);
+    if until == stop::PARSED {
+        return 1;
+    }
     let listener = parsed.listener;
     let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
@@ -179,6 +260,9 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
         fill_header_cache(ctx);
     } else {
         clear_header_cache();
+    }
+    if until == stop::CACHED {
+        return 1;
     }
     lookup_stage(&XdpPacket::cached(ctx), &known, out);
     1

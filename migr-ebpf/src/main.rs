@@ -31,6 +31,7 @@
 #![no_std]
 #![no_main]
 
+mod breakdown;
 mod fast;
 mod tc;
 mod xdp_packet;
@@ -62,6 +63,7 @@ use migr_common::{
 };
 
 use crate::{
+    breakdown::stop,
     fast::Fast,
     xdp_packet::{XdpPacket, fill_header_cache},
 };
@@ -172,6 +174,14 @@ fn on_stack<T: Copy>(value: &T) -> T {
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
 #[xdp(frags)]
 pub fn migr(ctx: XdpContext) -> u32 {
+    run::<{ stop::NEVER }>(ctx)
+}
+
+/// The classifier's code, with a constant `STOP` for the bench's cut-short
+/// copies (`breakdown.rs`): after the stage it names, a copy passes the frame.
+/// `migr` never stops, and its checks of `STOP` compile to nothing.
+#[inline(always)]
+fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     // A run of one of the agent's replay batches: the frame is the next slot's.
     let replay = if is_replay_batch(ctx.ctx) {
         match take_replay_slot(ctx.ctx) {
@@ -184,12 +194,18 @@ pub fn migr(ctx: XdpContext) -> u32 {
     } else {
         None
     };
+    if STOP == stop::ENTRY {
+        return xdp_action::XDP_PASS;
+    }
     // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
     let fast = match replay {
-        None => fast::fast_path(ctx.ctx),
+        None => fast::fast_path::<STOP>(ctx.ctx),
         Some(_) => Fast::Slow,
     };
     if let Fast::Passed = fast {
+        return xdp_action::XDP_PASS;
+    }
+    if STOP <= stop::LISTENER {
         return xdp_action::XDP_PASS;
     }
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
@@ -199,12 +215,16 @@ pub fn migr(ctx: XdpContext) -> u32 {
     let decision = unsafe { &mut *decision };
     match fast {
         Fast::Passed => return xdp_action::XDP_PASS,
-        // SAFETY: `decision` is this CPU's scratch slot.
-        Fast::Lookup if unsafe { fast::migr_lookup_known(ctx.ctx, decision) } == 1 => {}
+        Fast::Lookup if fast::lookup_known::<STOP>(ctx.ctx, decision) => {}
         Fast::Lookup | Fast::Slow => {
             fill_header_cache(ctx.ctx);
-            classify_into(&ctx, decision);
+            if !classify_into::<STOP>(&ctx, decision) {
+                return xdp_action::XDP_PASS;
+            }
         }
+    }
+    if STOP < stop::COUNTED {
+        return xdp_action::XDP_PASS;
     }
     if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
@@ -214,8 +234,14 @@ pub fn migr(ctx: XdpContext) -> u32 {
     }
     count_proto(decision);
     count_reasons(decision.reasons.0);
+    if STOP == stop::COUNTED {
+        return xdp_action::XDP_PASS;
+    }
 
     let (action, why) = final_action(decision, replay, &LiveFrame(ctx.ctx));
+    if STOP == stop::DECIDED {
+        return xdp_action::XDP_PASS;
+    }
     if replay.is_some() {
         count_reason(Reason::Replayed);
     } else if let Some(why) = why {
@@ -280,16 +306,21 @@ impl FrameContext for LiveFrame {
 }
 
 /// Runs `migr_common::classify`'s two stages as separate BPF functions, so
-/// that each has the stack to itself.
+/// that each has the stack to itself. False: a breakdown copy stops here.
 #[inline(always)]
-fn classify_into(ctx: &XdpContext, out: &mut Classification) {
+fn classify_into<const STOP: u32>(ctx: &XdpContext, out: &mut Classification) -> bool {
     *out = Classification::EMPTY;
     // SAFETY: `out` is this CPU's scratch slot.
     unsafe {
-        if migr_parse(ctx.ctx, out) != 0 {
+        let more = migr_parse(ctx.ctx, out) != 0;
+        if STOP == stop::PARSED || STOP == stop::CACHED {
+            return false;
+        }
+        if more {
             migr_lookup(ctx.ctx, out);
         }
     }
+    STOP != stop::CLASSIFIED
 }
 
 // The stages are BPF *global* functions (exported, `extern "C"`): the verifier
