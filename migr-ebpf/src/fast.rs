@@ -34,10 +34,8 @@ use network_types::{
 };
 
 use crate::{
-    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE,
-    breakdown::stop,
-    count_proto_class, count_reason, count_verdict, on_stack,
-    xdp_packet::{XdpPacket, clear_header_cache, fill_header_cache},
+    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, breakdown::stop, count_proto_class,
+    count_reason, count_verdict, in_place::InPlace, on_stack,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -253,18 +251,14 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     let listener = parsed.listener;
     let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
-    // Only a QUIC listener has the lookup read the frame (the QUIC header, a
-    // dozen small reads): one copy into the header cache is cheaper than a
-    // helper call per read. Without one, nothing is read.
-    if quic {
-        fill_header_cache(ctx);
-    } else {
-        clear_header_cache();
-    }
+    let _ = quic;
     if until == stop::CACHED {
         return 1;
     }
-    lookup_stage(&XdpPacket::cached(ctx), &known, out);
+    // Only a QUIC listener has the lookup read the frame (the QUIC header, a
+    // dozen small reads), straight from the linear frame: the fast path took
+    // only linear frames.
+    lookup_stage(&InPlace::new(ctx), &known, out);
     1
 }
 

@@ -33,6 +33,7 @@
 
 mod breakdown;
 mod fast;
+mod in_place;
 mod tc;
 mod xdp_packet;
 

@@ -85,7 +85,7 @@ enum Command {
         /// Where to write the JSON results (default: target/bench.json).
         #[arg(long)]
         json: Option<String>,
-        /// Run only this group (xdp, map-scale, veth, agent); may be repeated.
+        /// Run only this group (xdp, breakdown, map-scale, veth, agent); may be repeated.
         #[arg(long)]
         only: Vec<String>,
     },
