@@ -66,6 +66,7 @@ use migr_common::{
 use crate::{
     breakdown::stop,
     fast::Fast,
+    in_place::InPlace,
     xdp_packet::{XdpPacket, fill_header_cache},
 };
 
@@ -580,7 +581,10 @@ fn forward(
     if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
         return hand_to_tc(ctx.ctx, decision.service_id, info, replayed).map(|()| Forwarded::ViaTc);
     }
-    let mut frame = XdpPacket::uncached(ctx);
+    // Read and written in place: the rewrite's few reads at known offsets
+    // cost a helper call each through `XdpPacket`. Its stores were direct
+    // already, so the headers had to be in the linear part before too.
+    let mut frame = InPlace::new(ctx.ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
         Some(ForwardMode::SameIp) => Ok(()),
