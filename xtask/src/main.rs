@@ -88,6 +88,9 @@ enum Command {
         /// Run only this group (xdp, breakdown, map-scale, veth, agent); may be repeated.
         #[arg(long)]
         only: Vec<String>,
+        /// In the xdp and breakdown groups, only the cases whose name contains this.
+        #[arg(long)]
+        case: Option<String>,
     },
     /// The privileged tests under Debian's LTS kernels (6.1, 6.12) in QEMU (docs/vm-tests.md).
     VmTest {
@@ -136,7 +139,12 @@ fn main() {
             hook_cost,
             vm,
         }),
-        Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
+        Command::Bench {
+            quick,
+            json,
+            only,
+            case,
+        } => bench::bench(quick, json.as_deref(), &only, case.as_deref()),
         Command::VmTest {
             kernel,
             accel,

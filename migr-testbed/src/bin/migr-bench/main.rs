@@ -43,6 +43,8 @@ struct Options {
     json: Option<String>,
     /// Run only these groups (default: all).
     only: Vec<String>,
+    /// In the xdp and breakdown groups, only the cases whose name contains this.
+    case: Option<String>,
 }
 
 const GROUPS: [&str; 5] = ["xdp", "breakdown", "map-scale", "veth", "agent"];
@@ -51,6 +53,11 @@ impl Options {
     fn runs(&self, group: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|g| g == group)
     }
+
+    /// Is the XDP case `name` to be measured (`--case`)?
+    fn measures(&self, name: &str) -> bool {
+        self.case.as_ref().is_none_or(|c| name.contains(c.as_str()))
+    }
 }
 
 fn parse_args() -> Result<Options> {
@@ -58,6 +65,7 @@ fn parse_args() -> Result<Options> {
         quick: false,
         json: None,
         only: Vec::new(),
+        case: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -71,9 +79,10 @@ fn parse_args() -> Result<Options> {
                 }
                 opts.only.push(group);
             }
+            "--case" => opts.case = Some(args.next().context("--case needs a name")?),
             "-h" | "--help" => {
                 println!(
-                    "migr-bench [--quick] [--json PATH] [--only GROUP]...\ngroups: {}",
+                    "migr-bench [--quick] [--json PATH] [--only GROUP]... [--case NAME]\ngroups: {}\n--case: in the xdp and breakdown groups, only the cases whose name contains NAME",
                     GROUPS.join(", ")
                 );
                 std::process::exit(0);
@@ -304,7 +313,8 @@ fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
+    let quick = opts.quick;
     let repeat = 1_000_000;
     let rounds = if quick { 3 } else { 7 };
     // PARK copies each run into the ring, which must not fill up: fewer repeats,
@@ -337,20 +347,29 @@ fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
     };
     push("trivial XDP_PASS (baseline)", baseline, repeat);
     // Pass-through on an otherwise empty datapath.
-    let mut empty = Fixture::new()?;
-    let ns = ns_per_packet(
-        &mut empty.dp,
-        MAIN_PROGRAM,
-        &plain,
-        repeat,
-        rounds,
-        &mut drain,
-    )?;
-    push("migr, no services (pass-through)", ns, repeat);
+    let name = "migr, no services (pass-through)";
+    if opts.measures(name) {
+        let mut empty = Fixture::new()?;
+        let ns = ns_per_packet(
+            &mut empty.dp,
+            MAIN_PROGRAM,
+            &plain,
+            repeat,
+            rounds,
+            &mut drain,
+        )?;
+        push(name, ns, repeat);
+    }
     // The same frame on the node with services: no listener claims it.
-    let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
-    push("migr, services but none matches (pass-through)", ns, repeat);
-    for (name, frame) in hit_frames() {
+    let name = "migr, services but none matches (pass-through)";
+    if opts.measures(name) {
+        let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
+        push(name, ns, repeat);
+    }
+    for (name, frame) in hit_frames()
+        .into_iter()
+        .filter(|(name, _)| opts.measures(name))
+    {
         let r = if name.starts_with("park") {
             park_repeat
         } else {
@@ -367,7 +386,8 @@ fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
 /// and the whole program, interleaved round by round; a stage's cost is its
 /// copy's median minus the previous copy's (the first's: minus the trivial
 /// program's). Returns the table's rows, and pushes a case per stage.
-fn breakdown_cases(quick: bool, cases: &mut Vec<Case>) -> Result<Vec<(String, Vec<f64>)>> {
+fn breakdown_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<Vec<(String, Vec<f64>)>> {
+    let quick = opts.quick;
     let repeat = if quick { 100_000 } else { 200_000 };
     let rounds = if quick { 3 } else { 5 };
     let config = DatapathConfig {
@@ -411,7 +431,7 @@ fn breakdown_cases(quick: bool, cases: &mut Vec<Case>) -> Result<Vec<(String, Ve
         dp.drain_events().ok();
     };
     let mut rows = Vec::new();
-    for (name, configured, frame) in runs {
+    for (name, configured, frame) in runs.into_iter().filter(|(name, ..)| opts.measures(name)) {
         let dp = if configured { &mut f.dp } else { &mut empty.dp };
         // PARK fills the ring on every run of the whole program: fewer repeats.
         let r = if name.starts_with("park") {
@@ -747,12 +767,12 @@ fn main() -> Result<()> {
     let mut cases = Vec::new();
     if opts.runs("xdp") {
         eprintln!("[bench] XDP cost per packet ...");
-        xdp_cases(opts.quick, &mut cases)?;
+        xdp_cases(&opts, &mut cases)?;
     }
     let mut breakdown = Vec::new();
     if opts.runs("breakdown") {
         eprintln!("[bench] XDP cost breakdown by stage ...");
-        breakdown = breakdown_cases(opts.quick, &mut cases)?;
+        breakdown = breakdown_cases(&opts, &mut cases)?;
     }
     if opts.runs("map-scale") {
         eprintln!("[bench] map scale ...");
