@@ -88,13 +88,13 @@ pub struct FastParsed {
 #[map]
 static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0);
 
-/// Decides or parses the frame if it can (see the module). Not inlined: its
-/// stack frame must not add to the lookup stage's, which uses most of the 512
-/// bytes.
+/// Decides or parses the frame if it can (see the module). Inlined into the
+/// program: a BPF call costs a return (with the kernel's return thunk) on
+/// every frame.
 ///
 /// `STOP` is the stage a cost-breakdown copy stops after (`breakdown.rs`);
 /// such a copy passes the frame uncounted.
-#[inline(never)]
+#[inline(always)]
 pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     let (start, end) = data(ctx);
     // SAFETY: plain helper call on the program's context.
@@ -119,31 +119,11 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
                 return Fast::Passed;
             }
             if port {
-                let Some(addr) = dst_addr(start, end, plain.family) else {
-                    return Fast::Slow;
-                };
-                let key = ListenerKey {
-                    addr,
-                    port: plain.dst_port,
-                    proto: plain.proto,
-                    family: family_tag(plain.family),
-                };
-                let key = on_stack(&key);
-                // SAFETY: the value is copied out at once (see `MapTables`).
-                let listener = unsafe { LISTENERS.get(key) }.copied();
-                if STOP == stop::LISTENER {
-                    return Fast::Passed;
-                }
-                if listener.is_some() || flows {
-                    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
-                        return Fast::Slow;
-                    };
-                    // SAFETY: this CPU's slot; nothing else uses it during this run.
-                    unsafe {
-                        (*parsed).plain = plain;
-                        (*parsed).listener = listener.unwrap_or_default();
-                    }
-                    return Fast::Lookup;
+                match claim::<STOP>(ctx, &plain, flows) {
+                    Claim::Unclaimed => {}
+                    Claim::Lookup => return Fast::Lookup,
+                    Claim::Slow => return Fast::Slow,
+                    Claim::Stop => return Fast::Passed,
                 }
             }
             (ProtoClass::from_ip_proto(plain.proto), None)
@@ -160,6 +140,53 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     }
     count_verdict(NO_SERVICE, Verdict::Pass, len);
     Fast::Passed
+}
+
+/// What [`claim`] found.
+enum Claim {
+    /// No listener, and no flow was ever learned: the frame passes.
+    Unclaimed,
+    /// Parsed into [`FAST_PARSED`], with the listener if there is one.
+    Lookup,
+    Slow,
+    /// A cut-short copy stops (`breakdown.rs`).
+    Stop,
+}
+
+/// Looks up the listener of a plain frame that a table may claim. A BPF call
+/// of its own, made only for such frames: inlined, its stack (the key, the
+/// entry) would add to the program's, and the program's and a stage's
+/// together must fit the 512 bytes.
+#[inline(never)]
+fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, flows: bool) -> Claim {
+    let (start, end) = data(ctx);
+    let Some(addr) = dst_addr(start, end, plain.family) else {
+        return Claim::Slow;
+    };
+    let key = ListenerKey {
+        addr,
+        port: plain.dst_port,
+        proto: plain.proto,
+        family: family_tag(plain.family),
+    };
+    let key = on_stack(&key);
+    // SAFETY: the value is copied out at once (see `MapTables`).
+    let listener = unsafe { LISTENERS.get(key) }.copied();
+    if STOP == stop::LISTENER {
+        return Claim::Stop;
+    }
+    if listener.is_none() && !flows {
+        return Claim::Unclaimed;
+    }
+    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+        return Claim::Slow;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it during this run.
+    unsafe {
+        (*parsed).plain = *plain;
+        (*parsed).listener = listener.unwrap_or_default();
+    }
+    Claim::Lookup
 }
 
 /// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found

@@ -184,50 +184,70 @@ pub fn migr(ctx: XdpContext) -> u32 {
 /// `migr` never stops, and its checks of `STOP` compile to nothing.
 #[inline(always)]
 fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
-    // A run of one of the agent's replay batches: the frame is the next slot's.
-    let replay = if is_replay_batch(ctx.ctx) {
-        match take_replay_slot(ctx.ctx) {
-            Some(action) => Some(action),
-            None => {
-                count_reason(Reason::ReplayFailed);
-                return xdp_action::XDP_DROP;
-            }
+    // A run of one of the agent's replay batches: the frame is the next slot's,
+    // and takes the full way, which counts it as replayed.
+    if is_replay_batch(ctx.ctx) {
+        let Some(action) = take_replay_slot(ctx.ctx) else {
+            count_reason(Reason::ReplayFailed);
+            return xdp_action::XDP_DROP;
+        };
+        if STOP <= stop::LISTENER {
+            return xdp_action::XDP_PASS;
         }
-    } else {
-        None
-    };
+        return classify_in_full::<STOP>(&ctx, Some(action));
+    }
     if STOP == stop::ENTRY {
         return xdp_action::XDP_PASS;
     }
-    // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
-    let fast = match replay {
-        None => fast::fast_path::<STOP>(ctx.ctx),
-        Some(_) => Fast::Slow,
-    };
-    if let Fast::Passed = fast {
-        return xdp_action::XDP_PASS;
+    match fast::fast_path::<STOP>(ctx.ctx) {
+        Fast::Passed => xdp_action::XDP_PASS,
+        _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
+        Fast::Lookup => {
+            let Some(decision) = SCRATCH.get_ptr_mut(0) else {
+                return xdp_action::XDP_PASS;
+            };
+            // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
+            let decision = unsafe { &mut *decision };
+            if !fast::lookup_known::<STOP>(ctx.ctx, decision) {
+                return classify_in_full::<STOP>(&ctx, None);
+            }
+            if STOP < stop::COUNTED {
+                return xdp_action::XDP_PASS;
+            }
+            finish::<STOP>(ctx.ctx, decision, None)
+        }
+        Fast::Slow => classify_in_full::<STOP>(&ctx, None),
     }
-    if STOP <= stop::LISTENER {
-        return xdp_action::XDP_PASS;
-    }
+}
+
+/// The full classifier (the header copy, the parse and lookup stages), then
+/// [`finish`]; `replay` is the slot's action on a replay run.
+#[inline(always)]
+fn classify_in_full<const STOP: u32>(ctx: &XdpContext, replay: Option<Action>) -> u32 {
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
     let decision = unsafe { &mut *decision };
-    match fast {
-        Fast::Passed => return xdp_action::XDP_PASS,
-        Fast::Lookup if fast::lookup_known::<STOP>(ctx.ctx, decision) => {}
-        Fast::Lookup | Fast::Slow => {
-            fill_header_cache(ctx.ctx);
-            if !classify_into::<STOP>(&ctx, decision) {
-                return xdp_action::XDP_PASS;
-            }
-        }
-    }
-    if STOP < stop::COUNTED {
+    fill_header_cache(ctx.ctx);
+    if !classify_into::<STOP>(ctx, decision) || STOP < stop::COUNTED {
         return xdp_action::XDP_PASS;
     }
+    finish::<STOP>(ctx.ctx, decision, replay)
+}
+
+/// Counts, decides and acts on a classified frame: the rest of [`run`]. A
+/// BPF call of its own, so that the program's stack stays small while the
+/// fast path is inlined into it: Linux 6.1 adds the program's, `migr_parse`'s
+/// and `memset`'s stacks (each rounded up to 32 bytes) and refuses more than
+/// 512, and `migr_parse` takes 448.
+#[inline(never)]
+fn finish<const STOP: u32>(
+    ctx: *mut xdp_md,
+    decision: &mut Classification,
+    replay: Option<Action>,
+) -> u32 {
+    let ctx = XdpContext::new(ctx);
     if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
@@ -363,7 +383,9 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
 /// metadata? If so, the tag is stripped: it must not leave with the frame (a
 /// veth hands metadata on to the peer's XDP program, which could be migr).
 /// The kernel restores a changed context before the batch's next run.
-#[inline(never)]
+/// Inlined: every frame asks, and a BPF call costs a return (with the
+/// kernel's return thunk) on top of the few loads it does.
+#[inline(always)]
 fn is_replay_batch(ctx: *mut xdp_md) -> bool {
     let (meta, data) = meta_and_data(ctx);
     if meta + size_of::<ReplayMeta>() > data {
