@@ -19,7 +19,7 @@ use aya_ebpf::{
     bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
 };
 use migr_common::{
-    classify::{Classification, Tables, family_tag, lookup_stage, set_parsed},
+    classify::{Classification, Tables, family_tag, lookup_stage, reset_parsed},
     maps::{
         FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
         ServiceEntry, Verdict, listener_port_bit, node_state,
@@ -270,8 +270,7 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     let Some(info) = packet_info(start, end, &parsed.plain) else {
         return 0;
     };
-    *out = Classification::EMPTY;
-    set_parsed(&info, out);
+    reset_parsed(&info, out);
     if until == stop::PARSED {
         return 1;
     }
