@@ -79,6 +79,8 @@ struct Plain {
 /// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
 pub struct FastParsed {
     plain: Plain,
+    /// The frame's length (`bpf_xdp_get_buff_len`; the frame is linear).
+    len: u32,
     /// The frame's listener entry; service id [`NO_SERVICE`]: none.
     listener: ListenerEntry,
 }
@@ -119,7 +121,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
                 return Fast::Passed;
             }
             if port {
-                match claim::<STOP>(ctx, &plain, flows) {
+                match claim::<STOP>(ctx, &plain, len as u32, flows) {
                     Claim::Unclaimed => {}
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
@@ -158,7 +160,7 @@ enum Claim {
 /// entry) would add to the program's, and the program's and a stage's
 /// together must fit the 512 bytes.
 #[inline(never)]
-fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, flows: bool) -> Claim {
+fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, len: u32, flows: bool) -> Claim {
     let (start, end) = data(ctx);
     let Some(addr) = dst_addr(start, end, plain.family) else {
         return Claim::Slow;
@@ -184,6 +186,7 @@ fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, flows: bool) -> Claim
     // SAFETY: this CPU's slot; nothing else uses it during this run.
     unsafe {
         (*parsed).plain = *plain;
+        (*parsed).len = len;
         (*parsed).listener = listener.unwrap_or_default();
     }
     Claim::Lookup
@@ -284,7 +287,8 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
     // dozen small reads), straight from the linear frame: the fast path took
     // only linear frames.
-    lookup_stage(&InPlace::new(ctx), &known, out);
+    let frame = InPlace::with_len(ctx, Some(parsed.len as usize));
+    lookup_stage(&frame, &known, out);
     1
 }
 

@@ -25,6 +25,8 @@ pub struct InPlace {
     ctx: *mut xdp_md,
     start: usize,
     end: usize,
+    /// The whole frame's length if the caller knows it already.
+    len: Option<usize>,
 }
 
 impl InPlace {
@@ -32,10 +34,18 @@ impl InPlace {
     /// pointers for the verifier (see `XdpPacket::from_raw`).
     #[inline(always)]
     pub fn new(ctx: *mut xdp_md) -> Self {
+        Self::with_len(ctx, None)
+    }
+
+    /// The same, for a frame whose whole length (`bpf_xdp_get_buff_len`)
+    /// the caller has asked already.
+    #[inline(always)]
+    pub fn with_len(ctx: *mut xdp_md, len: Option<usize>) -> Self {
         // SAFETY: `ctx` is the program's context pointer.
         unsafe {
             Self {
                 ctx,
+                len,
                 start: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data)) as usize,
                 end: core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) as usize,
             }
@@ -68,8 +78,11 @@ impl PacketBytes for InPlace {
     /// `data_end`, which the verifier refuses.
     #[inline(always)]
     fn len(&self) -> usize {
-        // SAFETY: plain helper call on the program's context.
-        unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
+        match self.len {
+            Some(len) => len,
+            // SAFETY: plain helper call on the program's context.
+            None => unsafe { bpf_xdp_get_buff_len(self.ctx) as usize },
+        }
     }
 
     #[inline(always)]

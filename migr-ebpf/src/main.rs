@@ -260,7 +260,10 @@ fn finish<const STOP: u32>(
         return xdp_action::XDP_PASS;
     }
 
-    let (action, why) = final_action(decision, replay, &LiveFrame(ctx.ctx));
+    // Asked once: a helper call, which PARK would otherwise make three times.
+    let len = buff_len(&ctx);
+    let frame = LiveFrame { len };
+    let (action, why) = final_action(decision, replay, &frame);
     if STOP == stop::DECIDED {
         return xdp_action::XDP_PASS;
     }
@@ -279,7 +282,7 @@ fn finish<const STOP: u32>(
             (Some(Verdict::Pass), xdp_action::XDP_PASS)
         }
         Action::Drop => (Some(Verdict::Drop), xdp_action::XDP_DROP),
-        Action::Park => match park(ctx.ctx, decision.service_id) {
+        Action::Park => match park(ctx.ctx, decision.service_id, len as usize) {
             Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
             Err(reason) => {
                 count_reason(reason);
@@ -302,13 +305,16 @@ fn finish<const STOP: u32>(
         report(decision);
     }
     if let Some(verdict) = verdict {
-        count_verdict(decision.service_id, verdict, buff_len(&ctx));
+        count_verdict(decision.service_id, verdict, len);
     }
     xdp
 }
 
 /// The frame being classified, for [`final_action`]'s questions.
-struct LiveFrame(*mut xdp_md);
+struct LiveFrame {
+    /// The whole frame's length (`bpf_xdp_get_buff_len`).
+    len: u64,
+}
 
 impl FrameContext for LiveFrame {
     #[inline(always)]
@@ -318,8 +324,7 @@ impl FrameContext for LiveFrame {
     }
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        // SAFETY: plain helper call on the program's own context.
-        unsafe { bpf_xdp_get_buff_len(self.0) as usize }
+        self.len as usize
     }
     #[inline(always)]
     fn ring_backlog(&self) -> bool {
@@ -527,9 +532,8 @@ fn buff_len(ctx: &XdpContext) -> u64 {
 /// Copies the frame into the `PARKED` ring; the caller drops the original.
 /// Not inlined: its stack frame then overlaps with the other actions'.
 #[inline(never)]
-fn park(ctx: *mut xdp_md, service_id: u32) -> Result<(), Reason> {
+fn park(ctx: *mut xdp_md, service_id: u32, len: usize) -> Result<(), Reason> {
     let ctx = &XdpContext::new(ctx);
-    let len = buff_len(ctx) as usize;
     if len <= PARK_SMALL_MAX {
         park_into::<PARK_SMALL_MAX>(ctx, service_id, len)
     } else if len <= PARK_LARGE_MAX {
