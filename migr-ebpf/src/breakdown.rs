@@ -26,19 +26,17 @@ pub mod stop {
     pub const LISTENER: u32 = 4;
     /// The parse into the classification: for a plain frame the rest of its
     /// headers, read in place (`migr_lookup_known`); for any other frame the
-    /// header copy and the full parse stage.
+    /// header copy (`bpf_xdp_load_bytes` into the header cache) and the full
+    /// parse stage.
     pub const PARSED: u32 = 5;
-    /// The header cache, filled for a QUIC listener's frame (the copy) and
-    /// cleared for others; nothing more for a frame that is not plain.
-    pub const CACHED: u32 = 6;
     /// The lookup stage: learned flows, the QUIC header and `SERVER_IDS`,
     /// MPTCP tokens, `SERVICES`.
-    pub const CLASSIFIED: u32 = 7;
+    pub const CLASSIFIED: u32 = 6;
     /// The protocol-class and reason counters (for a frame the fast path
     /// decides, all of its counters, the verdict's too).
-    pub const COUNTED: u32 = 8;
+    pub const COUNTED: u32 = 7;
     /// `final_action` (the lease, the ring backlog, the frame's size).
-    pub const DECIDED: u32 = 9;
+    pub const DECIDED: u32 = 8;
     /// Never: the whole program (the action and the verdict's counter).
     pub const NEVER: u32 = u32::MAX;
 }
@@ -66,11 +64,6 @@ pub fn migr_upto_listener(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn migr_upto_parsed(ctx: XdpContext) -> u32 {
     crate::run::<{ stop::PARSED }>(ctx)
-}
-
-#[xdp(frags)]
-pub fn migr_upto_cached(ctx: XdpContext) -> u32 {
-    crate::run::<{ stop::CACHED }>(ctx)
 }
 
 #[xdp(frags)]

@@ -4,10 +4,12 @@
 //! direct packet access through `network-types`' header layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
-//!   and passed at once;
+//!   and passed at once, with no BPF call (the fast path is inlined into the
+//!   program; on this project's machines every call pays for a return thunk);
 //! - a frame a listener or a learned flow may claim is classified here, by
-//!   `migr_common::classify::lookup_stage` on the headers parsed in place,
-//!   without the header copy and the parse stage.
+//!   `migr_common::classify::lookup_stage` on the headers parsed in place
+//!   (its QUIC header read in place too, `in_place.rs`), without the header
+//!   copy and the parse stage.
 //!
 //! Everything else takes the full classifier (`classify_into` in main.rs):
 //! multi-buffer frames, VLAN tags, IP options, extension headers, and TCP
@@ -21,8 +23,8 @@ use aya_ebpf::{
 use migr_common::{
     classify::{Classification, Tables, family_tag, lookup_stage, reset_parsed},
     maps::{
-        FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
-        ServiceEntry, Verdict, listener_port_bit, node_state,
+        FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
+        listener_port_bit, node_state,
     },
     wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
 };
@@ -221,20 +223,6 @@ pub unsafe extern "C" fn migr_lookup_known_upto_parsed(
     unsafe { lookup_known_until::<{ stop::PARSED }>(ctx, out) }
 }
 
-/// [`migr_lookup_known`] cut short after [`stop::CACHED`] (`breakdown.rs`).
-///
-/// # Safety
-/// As for [`migr_lookup_known`].
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub unsafe extern "C" fn migr_lookup_known_upto_cached(
-    ctx: *mut xdp_md,
-    out: *mut Classification,
-) -> u32 {
-    // SAFETY: as this function's.
-    unsafe { lookup_known_until::<{ stop::CACHED }>(ctx, out) }
-}
-
 /// Classifies the frame [`fast_path`] found plain into `out` (this CPU's
 /// scratch slot) through the global function for a copy that stops at
 /// `STOP`; false if the caller must take the full way (or stop).
@@ -244,7 +232,6 @@ pub fn lookup_known<const STOP: u32>(ctx: *mut xdp_md, out: &mut Classification)
     let done = unsafe {
         match STOP {
             stop::PARSED => migr_lookup_known_upto_parsed(ctx, out),
-            stop::CACHED => migr_lookup_known_upto_cached(ctx, out),
             _ => migr_lookup_known(ctx, out),
         }
     };
@@ -278,12 +265,7 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
         return 1;
     }
     let listener = parsed.listener;
-    let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
-    let _ = quic;
-    if until == stop::CACHED {
-        return 1;
-    }
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
     // dozen small reads), straight from the linear frame: the fast path took
     // only linear frames.

@@ -340,7 +340,7 @@ fn classify_into<const STOP: u32>(ctx: &XdpContext, out: &mut Classification) ->
     // SAFETY: `out` is this CPU's scratch slot.
     unsafe {
         let more = migr_parse(ctx.ctx, out) != 0;
-        if STOP == stop::PARSED || STOP == stop::CACHED {
+        if STOP == stop::PARSED {
             return false;
         }
         if more {

@@ -35,13 +35,12 @@ pub const PASS_PROGRAM: &str = "migr_pass";
 /// (migr-ebpf/src/breakdown.rs), in the order a frame meets their stages,
 /// each with the stage it ends with. The whole program adds the action and
 /// the verdict's counter. The agent never loads them.
-pub const BREAKDOWN_PROGRAMS: [(&str, &str); 9] = [
+pub const BREAKDOWN_PROGRAMS: [(&str, &str); 8] = [
     ("migr_upto_entry", "replay-batch check"),
     ("migr_upto_headers", "frame length, header reads"),
     ("migr_upto_words", "NODE_STATE, LISTENER_PORTS words"),
     ("migr_upto_listener", "LISTENERS lookup"),
-    ("migr_upto_parsed", "parse into the classification"),
-    ("migr_upto_cached", "header cache"),
+    ("migr_upto_parsed", "parse (slow: header copy too)"),
     ("migr_upto_classified", "lookup stage"),
     ("migr_upto_counted", "class and reason counters"),
     ("migr_upto_decided", "final_action"),
