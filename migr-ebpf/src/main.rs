@@ -248,7 +248,10 @@ fn finish<const STOP: u32>(
     replay: Option<Action>,
 ) -> u32 {
     let ctx = XdpContext::new(ctx);
-    if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
+    // Asked once: a helper call, which a parked frame would otherwise make
+    // four times (the tag, final_action, park, the verdict's counter).
+    let len = buff_len(&ctx);
+    if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx, len as u32) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
         count_reason(Reason::ReplayReentered);
@@ -260,8 +263,6 @@ fn finish<const STOP: u32>(
         return xdp_action::XDP_PASS;
     }
 
-    // Asked once: a helper call, which PARK would otherwise make three times.
-    let len = buff_len(&ctx);
     let frame = LiveFrame { len };
     let (action, why) = final_action(decision, replay, &frame);
     if STOP == stop::DECIDED {
@@ -441,7 +442,7 @@ fn replaying(decision: &Classification) -> bool {
 /// [`ReplayedTag`] right in front of it, where skb mode shows no metadata)?
 /// Clears the tag it finds and leaves the metadata as it was.
 #[inline(never)]
-fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
+fn take_replayed_tag(ctx: *mut xdp_md, len: u32) -> bool {
     const TAG: i32 = size_of::<ReplayedTag>() as i32;
     // Only where the frame has no metadata is the grown metadata the tag's place.
     let (meta, data) = meta_and_data(ctx);
@@ -449,7 +450,6 @@ fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
         return false;
     }
     // SAFETY: plain helper calls on the program's own context.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
     if unsafe { bpf_xdp_adjust_meta(ctx, -TAG) } != 0 {
         return false;
     }
