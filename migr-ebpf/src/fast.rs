@@ -146,6 +146,14 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     Fast::Passed
 }
 
+/// The length of the frame [`fast_path`] handed to [`migr_lookup_known`]
+/// (`FAST_PARSED`): valid only in the run whose fast path returned
+/// [`Fast::Lookup`].
+#[inline(always)]
+pub fn parsed_len() -> Option<u64> {
+    FAST_PARSED.get(0).map(|parsed| u64::from(parsed.len))
+}
+
 /// What [`claim`] found.
 enum Claim {
     /// No listener, and no flow was ever learned: the frame passes.

@@ -214,7 +214,7 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
             if STOP < stop::COUNTED {
                 return xdp_action::XDP_PASS;
             }
-            finish::<STOP>(ctx.ctx, decision, None)
+            finish::<STOP>(ctx.ctx, decision, None, true)
         }
         Fast::Slow => classify_in_full::<STOP>(&ctx, None),
     }
@@ -233,7 +233,7 @@ fn classify_in_full<const STOP: u32>(ctx: &XdpContext, replay: Option<Action>) -
     if !classify_into::<STOP>(ctx, decision) || STOP < stop::COUNTED {
         return xdp_action::XDP_PASS;
     }
-    finish::<STOP>(ctx.ctx, decision, replay)
+    finish::<STOP>(ctx.ctx, decision, replay, false)
 }
 
 /// Counts, decides and acts on a classified frame: the rest of [`run`]. A
@@ -246,11 +246,17 @@ fn finish<const STOP: u32>(
     ctx: *mut xdp_md,
     decision: &mut Classification,
     replay: Option<Action>,
+    fast: bool,
 ) -> u32 {
     let ctx = XdpContext::new(ctx);
     // Asked once: a helper call, which a parked frame would otherwise make
-    // four times (the tag, final_action, park, the verdict's counter).
-    let len = buff_len(&ctx);
+    // four times (the tag, final_action, park, the verdict's counter). A
+    // frame the fast path classified (`fast`) has its length in FAST_PARSED
+    // already, a map read instead of a helper call.
+    let len = match fast::parsed_len().filter(|_| fast) {
+        Some(len) => len,
+        None => buff_len(&ctx),
+    };
     if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx, len as u32) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
