@@ -395,8 +395,8 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
 /// metadata? If so, the tag is stripped: it must not leave with the frame (a
 /// veth hands metadata on to the peer's XDP program, which could be migr).
 /// The kernel restores a changed context before the batch's next run.
-/// Inlined: every frame asks, and a BPF call costs a return (with the
-/// kernel's return thunk) on top of the few loads it does.
+/// Inlined: every frame asks, and a BPF call costs more than the few loads
+/// it does.
 #[inline(always)]
 fn is_replay_batch(ctx: *mut xdp_md) -> bool {
     let (meta, data) = meta_and_data(ctx);
