@@ -216,6 +216,24 @@ pub fn set_parsed(info: &PacketInfo, out: &mut Classification) -> bool {
     true
 }
 
+/// `*out = Classification::EMPTY` and then [`set_parsed`], written field by
+/// field: the XDP program's fast path does this for every frame a table may
+/// claim, and the whole-struct assignment is a 216-byte copy from read-only
+/// data that `set_parsed` then overwrites for the most part.
+#[inline(always)]
+pub fn reset_parsed(info: &PacketInfo, out: &mut Classification) -> bool {
+    out.service_id = NO_SERVICE;
+    out.action = Action::Pass;
+    out.service = None;
+    out.reasons = Reasons(0);
+    out.report = Report::None;
+    if set_parsed(info, out) {
+        return true;
+    }
+    out.flow = Classification::EMPTY.flow;
+    false
+}
+
 /// Stage 2: finds the service (learned flow, listener, QUIC server id, MPTCP
 /// token) and its action. Needs a successful [`parse_stage`].
 #[inline(always)]
@@ -493,6 +511,30 @@ mod tests {
             let mut set = Classification::EMPTY;
             assert_eq!(set_parsed(&info, &mut set), going_on);
             assert_eq!(set, staged);
+        }
+    }
+
+    #[test]
+    fn reset_parsed_is_the_empty_classification_then_set_parsed() {
+        use migr_testkit::frames::FrameBuilder;
+        let frames = [
+            FrameBuilder::udp_v4([10, 0, 0, 1], 5000, [10, 0, 0, 2], 443).build(),
+            FrameBuilder::tcp_v6([0xfd; 16], 1, [0xfe; 16], 2).build(),
+            FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 1).build(),
+        ];
+        // What the scratch slot may hold from the frame before.
+        let mut used = classified(Action::Forward, SERVICE_ACTIVE | SERVICE_HOLD);
+        used.reasons.add(Reason::QuicUnknownServerId);
+        used.report = Report::LearnFlow { token: 9 };
+        used.flow.src_port = 77;
+        used.flow.src_addr = [3; 16];
+        for frame in frames {
+            let info = packet::parse_packet(&frame[..]).unwrap();
+            let mut expected = Classification::EMPTY;
+            let going_on = set_parsed(&info, &mut expected);
+            let mut reset = used;
+            assert_eq!(reset_parsed(&info, &mut reset), going_on);
+            assert_eq!(reset, expected);
         }
     }
 

@@ -4,10 +4,12 @@
 //! direct packet access through `network-types`' header layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
-//!   and passed at once;
+//!   and passed at once, with no BPF call (the fast path is inlined into the
+//!   program: on the bench machine two calls cost 16 ns, docs/benchmarks.md);
 //! - a frame a listener or a learned flow may claim is classified here, by
-//!   `migr_common::classify::lookup_stage` on the headers parsed in place,
-//!   without the header copy and the parse stage.
+//!   `migr_common::classify::lookup_stage` on the headers parsed in place
+//!   (its QUIC header read in place too, `in_place.rs`), without the header
+//!   copy and the parse stage.
 //!
 //! Everything else takes the full classifier (`classify_into` in main.rs):
 //! multi-buffer frames, VLAN tags, IP options, extension headers, and TCP
@@ -19,10 +21,10 @@ use aya_ebpf::{
     bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
 };
 use migr_common::{
-    classify::{Classification, Tables, family_tag, lookup_stage, set_parsed},
+    classify::{Classification, Tables, family_tag, lookup_stage, reset_parsed},
     maps::{
-        FlowKey, LISTENER_QUIC, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
-        ServiceEntry, Verdict, listener_port_bit, node_state,
+        FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
+        listener_port_bit, node_state,
     },
     wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
 };
@@ -34,9 +36,8 @@ use network_types::{
 };
 
 use crate::{
-    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, count_proto_class, count_reason,
-    count_verdict, on_stack,
-    xdp_packet::{XdpPacket, clear_header_cache, fill_header_cache},
+    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, breakdown::stop, count_proto_class,
+    count_reason, count_verdict, in_place::InPlace, on_stack,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -80,6 +81,8 @@ struct Plain {
 /// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
 pub struct FastParsed {
     plain: Plain,
+    /// The frame's length (`bpf_xdp_get_buff_len`; the frame is linear).
+    len: u32,
     /// The frame's listener entry; service id [`NO_SERVICE`]: none.
     listener: ListenerEntry,
 }
@@ -89,11 +92,13 @@ pub struct FastParsed {
 #[map]
 static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0);
 
-/// Decides or parses the frame if it can (see the module). Not inlined: its
-/// stack frame must not add to the lookup stage's, which uses most of the 512
-/// bytes.
-#[inline(never)]
-pub fn fast_path(ctx: *mut xdp_md) -> Fast {
+/// Decides or parses the frame if it can (see the module). Inlined into the
+/// program: a BPF call costs several ns, on every frame.
+///
+/// `STOP` is the stage a cost-breakdown copy stops after (`breakdown.rs`);
+/// such a copy passes the frame uncounted.
+#[inline(always)]
+pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     let (start, end) = data(ctx);
     // SAFETY: plain helper call on the program's context.
     let len = unsafe { bpf_xdp_get_buff_len(ctx) };
@@ -104,45 +109,96 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
     // The helper's length, opaque to LLVM: computed from `end` instead, it
     // would be arithmetic on `data_end`, which the verifier refuses.
     let frame_len = core::hint::black_box(len as usize);
-    let (class, reason) = match quick_parse(start, end, frame_len) {
+    let quick = quick_parse(start, end, frame_len);
+    if STOP == stop::HEADERS {
+        return Fast::Passed;
+    }
+    let (class, reason) = match quick {
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
             let flows = may_match(node_state::FLOWS);
-            if flows || listener_port(plain.dst_port) {
-                let Some(addr) = dst_addr(start, end, plain.family) else {
-                    return Fast::Slow;
-                };
-                let key = ListenerKey {
-                    addr,
-                    port: plain.dst_port,
-                    proto: plain.proto,
-                    family: family_tag(plain.family),
-                };
-                let key = on_stack(&key);
-                // SAFETY: the value is copied out at once (see `MapTables`).
-                let listener = unsafe { LISTENERS.get(key) }.copied();
-                if listener.is_some() || flows {
-                    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
-                        return Fast::Slow;
-                    };
-                    // SAFETY: this CPU's slot; nothing else uses it during this run.
-                    unsafe {
-                        (*parsed).plain = plain;
-                        (*parsed).listener = listener.unwrap_or_default();
-                    }
-                    return Fast::Lookup;
+            let port = flows || listener_port(plain.dst_port);
+            if STOP == stop::WORDS {
+                return Fast::Passed;
+            }
+            if port {
+                match claim::<STOP>(ctx, &plain, len as u32, flows) {
+                    Claim::Unclaimed => {}
+                    Claim::Lookup => return Fast::Lookup,
+                    Claim::Slow => return Fast::Slow,
+                    Claim::Stop => return Fast::Passed,
                 }
             }
             (ProtoClass::from_ip_proto(plain.proto), None)
         }
         Quick::Slow => return Fast::Slow,
     };
+    // A frame decided here is counted in the breakdown's counting stage.
+    if STOP < stop::COUNTED {
+        return Fast::Passed;
+    }
     count_proto_class(class);
     if let Some(reason) = reason {
         count_reason(reason);
     }
     count_verdict(NO_SERVICE, Verdict::Pass, len);
     Fast::Passed
+}
+
+/// The length of the frame [`fast_path`] handed to [`migr_lookup_known`]
+/// (`FAST_PARSED`): valid only in the run whose fast path returned
+/// [`Fast::Lookup`].
+#[inline(always)]
+pub fn parsed_len() -> Option<u64> {
+    FAST_PARSED.get(0).map(|parsed| u64::from(parsed.len))
+}
+
+/// What [`claim`] found.
+enum Claim {
+    /// No listener, and no flow was ever learned: the frame passes.
+    Unclaimed,
+    /// Parsed into [`FAST_PARSED`], with the listener if there is one.
+    Lookup,
+    Slow,
+    /// A cut-short copy stops (`breakdown.rs`).
+    Stop,
+}
+
+/// Looks up the listener of a plain frame that a table may claim. A BPF call
+/// of its own, made only for such frames: inlined, its stack (the key, the
+/// entry) would add to the program's, and the program's and a stage's
+/// together must fit the 512 bytes.
+#[inline(never)]
+fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, len: u32, flows: bool) -> Claim {
+    let (start, end) = data(ctx);
+    let Some(addr) = dst_addr(start, end, plain.family) else {
+        return Claim::Slow;
+    };
+    let key = ListenerKey {
+        addr,
+        port: plain.dst_port,
+        proto: plain.proto,
+        family: family_tag(plain.family),
+    };
+    let key = on_stack(&key);
+    // SAFETY: the value is copied out at once (see `MapTables`).
+    let listener = unsafe { LISTENERS.get(key) }.copied();
+    if STOP == stop::LISTENER {
+        return Claim::Stop;
+    }
+    if listener.is_none() && !flows {
+        return Claim::Unclaimed;
+    }
+    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+        return Claim::Slow;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it during this run.
+    unsafe {
+        (*parsed).plain = *plain;
+        (*parsed).len = len;
+        (*parsed).listener = listener.unwrap_or_default();
+    }
+    Claim::Lookup
 }
 
 /// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found
@@ -156,6 +212,50 @@ pub fn fast_path(ctx: *mut xdp_md) -> Fast {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // SAFETY: as this function's.
+    unsafe { lookup_known_until::<{ stop::NEVER }>(ctx, out) }
+}
+
+/// [`migr_lookup_known`] cut short after [`stop::PARSED`] (`breakdown.rs`).
+///
+/// # Safety
+/// As for [`migr_lookup_known`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn migr_lookup_known_upto_parsed(
+    ctx: *mut xdp_md,
+    out: *mut Classification,
+) -> u32 {
+    // SAFETY: as this function's.
+    unsafe { lookup_known_until::<{ stop::PARSED }>(ctx, out) }
+}
+
+/// Classifies the frame [`fast_path`] found plain into `out` (this CPU's
+/// scratch slot) through the global function for a copy that stops at
+/// `STOP`; false if the caller must take the full way (or stop).
+#[inline(always)]
+pub fn lookup_known<const STOP: u32>(ctx: *mut xdp_md, out: &mut Classification) -> bool {
+    // SAFETY: `out` is the caller's scratch slot.
+    let done = unsafe {
+        match STOP {
+            stop::PARSED => migr_lookup_known_upto_parsed(ctx, out),
+            _ => migr_lookup_known(ctx, out),
+        }
+    };
+    done == 1
+}
+
+/// [`migr_lookup_known`]'s body, cut short after `STOP` (`breakdown.rs`).
+#[inline(always)]
+unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classification) -> u32 {
+    // A cut-short copy tests its stop at run time (two instructions): with
+    // the stop a constant, LLVM reshaped the cut function into code the
+    // verifier refused (a map pointer shifted as an integer).
+    let until = if STOP == stop::NEVER {
+        STOP
+    } else {
+        core::hint::black_box(STOP)
+    };
     // SAFETY: the caller's scratch slot (the verifier insists on the null check).
     let Some(out) = (unsafe { out.as_mut() }) else {
         return 0;
@@ -167,20 +267,17 @@ pub unsafe extern "C" fn migr_lookup_known(ctx: *mut xdp_md, out: *mut Classific
     let Some(info) = packet_info(start, end, &parsed.plain) else {
         return 0;
     };
-    *out = Classification::EMPTY;
-    set_parsed(&info, out);
+    reset_parsed(&info, out);
+    if until == stop::PARSED {
+        return 1;
+    }
     let listener = parsed.listener;
-    let quic = listener.flags & LISTENER_QUIC != 0;
     let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
-    // dozen small reads): one copy into the header cache is cheaper than a
-    // helper call per read. Without one, nothing is read.
-    if quic {
-        fill_header_cache(ctx);
-    } else {
-        clear_header_cache();
-    }
-    lookup_stage(&XdpPacket::cached(ctx), &known, out);
+    // dozen small reads), straight from the linear frame: the fast path took
+    // only linear frames.
+    let frame = InPlace::with_len(ctx, Some(parsed.len as usize));
+    lookup_stage(&frame, &known, out);
     1
 }
 

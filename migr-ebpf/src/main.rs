@@ -31,7 +31,9 @@
 #![no_std]
 #![no_main]
 
+mod breakdown;
 mod fast;
+mod in_place;
 mod tc;
 mod xdp_packet;
 
@@ -62,7 +64,9 @@ use migr_common::{
 };
 
 use crate::{
+    breakdown::stop,
     fast::Fast,
+    in_place::InPlace,
     xdp_packet::{XdpPacket, fill_header_cache},
 };
 
@@ -172,41 +176,88 @@ fn on_stack<T: Copy>(value: &T) -> T {
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
 #[xdp(frags)]
 pub fn migr(ctx: XdpContext) -> u32 {
-    // A run of one of the agent's replay batches: the frame is the next slot's.
-    let replay = if is_replay_batch(ctx.ctx) {
-        match take_replay_slot(ctx.ctx) {
-            Some(action) => Some(action),
-            None => {
-                count_reason(Reason::ReplayFailed);
-                return xdp_action::XDP_DROP;
-            }
+    run::<{ stop::NEVER }>(ctx)
+}
+
+/// The classifier's code, with a constant `STOP` for the bench's cut-short
+/// copies (`breakdown.rs`): after the stage it names, a copy passes the frame.
+/// `migr` never stops, and its checks of `STOP` compile to nothing.
+#[inline(always)]
+fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
+    // A run of one of the agent's replay batches: the frame is the next slot's,
+    // and takes the full way, which counts it as replayed.
+    if is_replay_batch(ctx.ctx) {
+        let Some(action) = take_replay_slot(ctx.ctx) else {
+            count_reason(Reason::ReplayFailed);
+            return xdp_action::XDP_DROP;
+        };
+        if STOP <= stop::LISTENER {
+            return xdp_action::XDP_PASS;
         }
-    } else {
-        None
-    };
-    // A replay run's frame is the slot's: it takes the full way, which counts it as replayed.
-    let fast = match replay {
-        None => fast::fast_path(ctx.ctx),
-        Some(_) => Fast::Slow,
-    };
-    if let Fast::Passed = fast {
+        return classify_in_full::<STOP>(&ctx, Some(action));
+    }
+    if STOP == stop::ENTRY {
         return xdp_action::XDP_PASS;
     }
+    match fast::fast_path::<STOP>(ctx.ctx) {
+        Fast::Passed => xdp_action::XDP_PASS,
+        _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
+        Fast::Lookup => {
+            let Some(decision) = SCRATCH.get_ptr_mut(0) else {
+                return xdp_action::XDP_PASS;
+            };
+            // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
+            let decision = unsafe { &mut *decision };
+            if !fast::lookup_known::<STOP>(ctx.ctx, decision) {
+                return classify_in_full::<STOP>(&ctx, None);
+            }
+            if STOP < stop::COUNTED {
+                return xdp_action::XDP_PASS;
+            }
+            finish::<STOP>(ctx.ctx, decision, None, true)
+        }
+        Fast::Slow => classify_in_full::<STOP>(&ctx, None),
+    }
+}
+
+/// The full classifier (the header copy, the parse and lookup stages), then
+/// [`finish`]; `replay` is the slot's action on a replay run.
+#[inline(always)]
+fn classify_in_full<const STOP: u32>(ctx: &XdpContext, replay: Option<Action>) -> u32 {
     let Some(decision) = SCRATCH.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
     let decision = unsafe { &mut *decision };
-    match fast {
-        Fast::Passed => return xdp_action::XDP_PASS,
-        // SAFETY: `decision` is this CPU's scratch slot.
-        Fast::Lookup if unsafe { fast::migr_lookup_known(ctx.ctx, decision) } == 1 => {}
-        Fast::Lookup | Fast::Slow => {
-            fill_header_cache(ctx.ctx);
-            classify_into(&ctx, decision);
-        }
+    fill_header_cache(ctx.ctx);
+    if !classify_into::<STOP>(ctx, decision) || STOP < stop::COUNTED {
+        return xdp_action::XDP_PASS;
     }
-    if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx) {
+    finish::<STOP>(ctx.ctx, decision, replay, false)
+}
+
+/// Counts, decides and acts on a classified frame: the rest of [`run`]. A
+/// BPF call of its own, so that the program's stack stays small while the
+/// fast path is inlined into it: Linux 6.1 adds the program's, `migr_parse`'s
+/// and `memset`'s stacks (each rounded up to 32 bytes) and refuses more than
+/// 512, and `migr_parse` takes 448.
+#[inline(never)]
+fn finish<const STOP: u32>(
+    ctx: *mut xdp_md,
+    decision: &mut Classification,
+    replay: Option<Action>,
+    fast: bool,
+) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    // Asked once: a helper call, which a parked frame would otherwise make
+    // four times (the tag, final_action, park, the verdict's counter). A
+    // frame the fast path classified (`fast`) has its length in FAST_PARSED
+    // already, a map read instead of a helper call.
+    let len = match fast::parsed_len().filter(|_| fast) {
+        Some(len) => len,
+        None => buff_len(&ctx),
+    };
+    if replay.is_none() && replaying(decision) && take_replayed_tag(ctx.ctx, len as u32) {
         // Counted when it was replayed; a FORWARD's ForwardMeta is still in
         // the skb's metadata for `migr_tc`.
         count_reason(Reason::ReplayReentered);
@@ -214,8 +265,15 @@ pub fn migr(ctx: XdpContext) -> u32 {
     }
     count_proto(decision);
     count_reasons(decision.reasons.0);
+    if STOP == stop::COUNTED {
+        return xdp_action::XDP_PASS;
+    }
 
-    let (action, why) = final_action(decision, replay, &LiveFrame(ctx.ctx));
+    let frame = LiveFrame { len };
+    let (action, why) = final_action(decision, replay, &frame);
+    if STOP == stop::DECIDED {
+        return xdp_action::XDP_PASS;
+    }
     if replay.is_some() {
         count_reason(Reason::Replayed);
     } else if let Some(why) = why {
@@ -231,7 +289,7 @@ pub fn migr(ctx: XdpContext) -> u32 {
             (Some(Verdict::Pass), xdp_action::XDP_PASS)
         }
         Action::Drop => (Some(Verdict::Drop), xdp_action::XDP_DROP),
-        Action::Park => match park(ctx.ctx, decision.service_id) {
+        Action::Park => match park(ctx.ctx, decision.service_id, len as usize) {
             Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
             Err(reason) => {
                 count_reason(reason);
@@ -254,13 +312,16 @@ pub fn migr(ctx: XdpContext) -> u32 {
         report(decision);
     }
     if let Some(verdict) = verdict {
-        count_verdict(decision.service_id, verdict, buff_len(&ctx));
+        count_verdict(decision.service_id, verdict, len);
     }
     xdp
 }
 
 /// The frame being classified, for [`final_action`]'s questions.
-struct LiveFrame(*mut xdp_md);
+struct LiveFrame {
+    /// The whole frame's length (`bpf_xdp_get_buff_len`).
+    len: u64,
+}
 
 impl FrameContext for LiveFrame {
     #[inline(always)]
@@ -270,8 +331,7 @@ impl FrameContext for LiveFrame {
     }
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        // SAFETY: plain helper call on the program's own context.
-        unsafe { bpf_xdp_get_buff_len(self.0) as usize }
+        self.len as usize
     }
     #[inline(always)]
     fn ring_backlog(&self) -> bool {
@@ -280,16 +340,21 @@ impl FrameContext for LiveFrame {
 }
 
 /// Runs `migr_common::classify`'s two stages as separate BPF functions, so
-/// that each has the stack to itself.
+/// that each has the stack to itself. False: a breakdown copy stops here.
 #[inline(always)]
-fn classify_into(ctx: &XdpContext, out: &mut Classification) {
+fn classify_into<const STOP: u32>(ctx: &XdpContext, out: &mut Classification) -> bool {
     *out = Classification::EMPTY;
     // SAFETY: `out` is this CPU's scratch slot.
     unsafe {
-        if migr_parse(ctx.ctx, out) != 0 {
+        let more = migr_parse(ctx.ctx, out) != 0;
+        if STOP == stop::PARSED {
+            return false;
+        }
+        if more {
             migr_lookup(ctx.ctx, out);
         }
     }
+    STOP != stop::CLASSIFIED
 }
 
 // The stages are BPF *global* functions (exported, `extern "C"`): the verifier
@@ -330,7 +395,9 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
 /// metadata? If so, the tag is stripped: it must not leave with the frame (a
 /// veth hands metadata on to the peer's XDP program, which could be migr).
 /// The kernel restores a changed context before the batch's next run.
-#[inline(never)]
+/// Inlined: every frame asks, and a BPF call costs more than the few loads
+/// it does.
+#[inline(always)]
 fn is_replay_batch(ctx: *mut xdp_md) -> bool {
     let (meta, data) = meta_and_data(ctx);
     if meta + size_of::<ReplayMeta>() > data {
@@ -381,7 +448,7 @@ fn replaying(decision: &Classification) -> bool {
 /// [`ReplayedTag`] right in front of it, where skb mode shows no metadata)?
 /// Clears the tag it finds and leaves the metadata as it was.
 #[inline(never)]
-fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
+fn take_replayed_tag(ctx: *mut xdp_md, len: u32) -> bool {
     const TAG: i32 = size_of::<ReplayedTag>() as i32;
     // Only where the frame has no metadata is the grown metadata the tag's place.
     let (meta, data) = meta_and_data(ctx);
@@ -389,7 +456,6 @@ fn take_replayed_tag(ctx: *mut xdp_md) -> bool {
         return false;
     }
     // SAFETY: plain helper calls on the program's own context.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx) } as u32;
     if unsafe { bpf_xdp_adjust_meta(ctx, -TAG) } != 0 {
         return false;
     }
@@ -472,9 +538,8 @@ fn buff_len(ctx: &XdpContext) -> u64 {
 /// Copies the frame into the `PARKED` ring; the caller drops the original.
 /// Not inlined: its stack frame then overlaps with the other actions'.
 #[inline(never)]
-fn park(ctx: *mut xdp_md, service_id: u32) -> Result<(), Reason> {
+fn park(ctx: *mut xdp_md, service_id: u32, len: usize) -> Result<(), Reason> {
     let ctx = &XdpContext::new(ctx);
-    let len = buff_len(ctx) as usize;
     if len <= PARK_SMALL_MAX {
         park_into::<PARK_SMALL_MAX>(ctx, service_id, len)
     } else if len <= PARK_LARGE_MAX {
@@ -548,7 +613,10 @@ fn forward(
     if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
         return hand_to_tc(ctx.ctx, decision.service_id, info, replayed).map(|()| Forwarded::ViaTc);
     }
-    let mut frame = XdpPacket::uncached(ctx);
+    // Read and written in place: the rewrite's few reads at known offsets
+    // cost a helper call each through `XdpPacket`. Its stores were direct
+    // already, so the headers had to be in the linear part before too.
+    let mut frame = InPlace::new(ctx.ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
         Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
         Some(ForwardMode::SameIp) => Ok(()),

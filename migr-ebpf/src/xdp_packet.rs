@@ -6,7 +6,6 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::map,
     maps::PerCpuArray,
-    programs::XdpContext,
 };
 use migr_common::wire::{
     ParseError,
@@ -57,16 +56,6 @@ pub fn fill_header_cache(ctx: *mut xdp_md) {
     cache.len = if rc == 0 { copy } else { 0 };
 }
 
-/// Marks this CPU's [`HeaderCache`] empty, so that cached reads of this packet
-/// take the helper (for a packet whose reads are not worth the copy).
-#[inline(always)]
-pub fn clear_header_cache() {
-    if let Some(cache) = HEADER_CACHE.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; nothing else uses it while the program runs.
-        unsafe { (*cache).len = 0 };
-    }
-}
-
 /// The packet between `data` and `data_end`. Every read is checked against
 /// `data_end` in a form the verifier can follow: the offset is first clamped
 /// to [`MAX_PARSE_OFFSET`], then `start + offset + N` is compared with `end`.
@@ -79,12 +68,6 @@ pub struct XdpPacket {
 }
 
 impl XdpPacket {
-    /// A frame to rewrite: every read sees the packet as it is now.
-    #[inline(always)]
-    pub fn uncached(ctx: &XdpContext) -> Self {
-        Self::from_raw(ctx.ctx, false)
-    }
-
     /// A frame to parse, whose reads come from the [`HeaderCache`] where it
     /// holds them ([`fill_header_cache`] or [`clear_header_cache`] must have
     /// run for this packet).

@@ -9,11 +9,14 @@
 //!   `migr_user::features::explain`), then `cause: ...` lines, then the verifier log's last
 //!   `--log-lines` (default 30) lines as `log | ...`.
 //!
+//! `--breakdown` loads the bench's cut-short copies of the classifier too
+//! (`BREAKDOWN_PROGRAMS`) and prints theirs.
+//!
 //! Exits 0 when every program loaded, 1 when loading failed.
 use std::process::ExitCode;
 
 use migr_user::{
-    datapath::{Datapath, MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM},
+    datapath::{BREAKDOWN_PROGRAMS, Datapath, MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM},
     features::{self, KernelFeatures, Presence},
 };
 
@@ -36,9 +39,25 @@ fn main() -> ExitCode {
             feature.name, feature.since.0, feature.since.1
         );
     }
-    match Datapath::load() {
+    // `--breakdown`: the bench's cut-short copies of the classifier too.
+    let breakdown = std::env::args().any(|a| a == "--breakdown");
+    match Datapath::load().and_then(|mut datapath| {
+        if breakdown {
+            for (name, _) in BREAKDOWN_PROGRAMS {
+                datapath.load_program(name)?;
+            }
+        }
+        Ok(datapath)
+    }) {
         Ok(datapath) => {
-            for name in [MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM] {
+            let extra = BREAKDOWN_PROGRAMS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|_| breakdown);
+            for name in [MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM]
+                .into_iter()
+                .chain(extra)
+            {
                 let info = datapath.program_info(name);
                 match info {
                     Ok(info) => println!(

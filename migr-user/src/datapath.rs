@@ -31,6 +31,22 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 pub const MAIN_PROGRAM: &str = "migr";
 /// A program that only passes (for veth peers and as a benchmark baseline).
 pub const PASS_PROGRAM: &str = "migr_pass";
+/// The cut-short copies of [`MAIN_PROGRAM`] for the bench's cost breakdown
+/// (migr-ebpf/src/breakdown.rs), in the order a frame meets their stages,
+/// each with the stage it ends with. The whole program adds the action and
+/// the verdict's counter. The agent never loads them.
+pub const BREAKDOWN_PROGRAMS: [(&str, &str); 8] = [
+    ("migr_upto_entry", "replay-batch check"),
+    ("migr_upto_headers", "frame length, header reads"),
+    ("migr_upto_words", "NODE_STATE, LISTENER_PORTS words"),
+    ("migr_upto_listener", "LISTENERS lookup"),
+    ("migr_upto_parsed", "parse (slow: header copy too)"),
+    ("migr_upto_classified", "lookup stage"),
+    ("migr_upto_counted", "class and reason counters"),
+    ("migr_upto_decided", "final_action"),
+];
+/// What the whole program adds after the last of [`BREAKDOWN_PROGRAMS`].
+pub const BREAKDOWN_LAST_STAGE: &str = "action, verdict counter";
 /// The TC ingress program that sends on FORWARDs the classifier handed over
 /// ([`migr_common::maps::ForwardPath::Tc`]).
 pub const TC_PROGRAM: &str = "migr_tc";
@@ -379,6 +395,18 @@ impl Datapath {
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         program_mut(&mut self.ebpf, name)
+    }
+
+    /// Loads another XDP program of the object (the [`BREAKDOWN_PROGRAMS`]),
+    /// over the same maps; one already loaded is left as it is.
+    pub fn load_program(&mut self, name: &str) -> Result<()> {
+        let program = program_mut(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .with_context(|| format!("the verifier refused program {name}"))?;
+        }
+        Ok(())
     }
 
     /// Attaches `program` to `iface` (in the calling thread's network namespace).

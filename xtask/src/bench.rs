@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{artifacts, run};
 
-pub fn bench(quick: bool, json: Option<&str>, only: &[String]) -> Result<()> {
+pub fn bench(quick: bool, json: Option<&str>, only: &[String], case: Option<&str>) -> Result<()> {
     let default_json = run::workspace_root().join("target/bench.json");
     let json = json.map(std::path::PathBuf::from).unwrap_or(default_json);
     // The agent cases run the real migr-agent and migrctl, which migr-bench finds beside
@@ -33,6 +33,9 @@ pub fn bench(quick: bool, json: Option<&str>, only: &[String]) -> Result<()> {
     }
     for group in only {
         cmd.arg("--only").arg(group);
+    }
+    if let Some(case) = case {
+        cmd.arg("--case").arg(case);
     }
     run::status(&mut cmd)?;
     check_json(&json)?;

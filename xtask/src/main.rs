@@ -89,9 +89,12 @@ enum Command {
         /// Where to write the JSON results (default: target/bench.json).
         #[arg(long)]
         json: Option<String>,
-        /// Run only this group (xdp, map-scale, veth, agent); may be repeated.
+        /// Run only this group (xdp, breakdown, map-scale, veth, agent); may be repeated.
         #[arg(long)]
         only: Vec<String>,
+        /// In the xdp and breakdown groups, only the cases whose name contains this.
+        #[arg(long)]
+        case: Option<String>,
     },
     /// The privileged tests under Debian's LTS kernels (6.1, 6.12) in QEMU (docs/vm-tests.md).
     VmTest {
@@ -142,7 +145,12 @@ fn main() {
             vm,
             check,
         }),
-        Command::Bench { quick, json, only } => bench::bench(quick, json.as_deref(), &only),
+        Command::Bench {
+            quick,
+            json,
+            only,
+            case,
+        } => bench::bench(quick, json.as_deref(), &only, case.as_deref()),
         Command::VmTest {
             kernel,
             accel,

@@ -100,7 +100,7 @@ pub fn test(filter: &[String]) -> Result<()> {
     )?;
     stage(
         "benchmarks, quick mode (must complete with valid JSON; numbers are not judged)",
-        || bench::bench(true, None, &[]),
+        || bench::bench(true, None, &[], None),
     )?;
     println!(
         "[test] all stages passed in {:.0}s",

@@ -30,7 +30,10 @@ use migr_testkit::{
     netns::full_checksums,
     veth_pair,
 };
-use migr_user::datapath::{AttachMode, Datapath, DatapathConfig, MAIN_PROGRAM, PASS_PROGRAM};
+use migr_user::datapath::{
+    AttachMode, BREAKDOWN_LAST_STAGE, BREAKDOWN_PROGRAMS, Datapath, DatapathConfig, MAIN_PROGRAM,
+    PASS_PROGRAM,
+};
 
 const CLIENT: [u8; 4] = [10, 1, 0, 1];
 const SERVER: [u8; 4] = [10, 1, 0, 2];
@@ -40,13 +43,20 @@ struct Options {
     json: Option<String>,
     /// Run only these groups (default: all).
     only: Vec<String>,
+    /// In the xdp and breakdown groups, only the cases whose name contains this.
+    case: Option<String>,
 }
 
-const GROUPS: [&str; 4] = ["xdp", "map-scale", "veth", "agent"];
+const GROUPS: [&str; 5] = ["xdp", "breakdown", "map-scale", "veth", "agent"];
 
 impl Options {
     fn runs(&self, group: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
+    /// Is the XDP case `name` to be measured (`--case`)?
+    fn measures(&self, name: &str) -> bool {
+        self.case.as_ref().is_none_or(|c| name.contains(c.as_str()))
     }
 }
 
@@ -55,6 +65,7 @@ fn parse_args() -> Result<Options> {
         quick: false,
         json: None,
         only: Vec::new(),
+        case: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,9 +79,10 @@ fn parse_args() -> Result<Options> {
                 }
                 opts.only.push(group);
             }
+            "--case" => opts.case = Some(args.next().context("--case needs a name")?),
             "-h" | "--help" => {
                 println!(
-                    "migr-bench [--quick] [--json PATH] [--only GROUP]...\ngroups: {}",
+                    "migr-bench [--quick] [--json PATH] [--only GROUP]... [--case NAME]\ngroups: {}\n--case: in the xdp and breakdown groups, only the cases whose name contains NAME",
                     GROUPS.join(", ")
                 );
                 std::process::exit(0);
@@ -301,7 +313,8 @@ fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
+    let quick = opts.quick;
     let repeat = 1_000_000;
     let rounds = if quick { 3 } else { 7 };
     // PARK copies each run into the ring, which must not fill up: fewer repeats,
@@ -334,20 +347,29 @@ fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
     };
     push("trivial XDP_PASS (baseline)", baseline, repeat);
     // Pass-through on an otherwise empty datapath.
-    let mut empty = Fixture::new()?;
-    let ns = ns_per_packet(
-        &mut empty.dp,
-        MAIN_PROGRAM,
-        &plain,
-        repeat,
-        rounds,
-        &mut drain,
-    )?;
-    push("migr, no services (pass-through)", ns, repeat);
+    let name = "migr, no services (pass-through)";
+    if opts.measures(name) {
+        let mut empty = Fixture::new()?;
+        let ns = ns_per_packet(
+            &mut empty.dp,
+            MAIN_PROGRAM,
+            &plain,
+            repeat,
+            rounds,
+            &mut drain,
+        )?;
+        push(name, ns, repeat);
+    }
     // The same frame on the node with services: no listener claims it.
-    let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
-    push("migr, services but none matches (pass-through)", ns, repeat);
-    for (name, frame) in hit_frames() {
+    let name = "migr, services but none matches (pass-through)";
+    if opts.measures(name) {
+        let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
+        push(name, ns, repeat);
+    }
+    for (name, frame) in hit_frames()
+        .into_iter()
+        .filter(|(name, _)| opts.measures(name))
+    {
         let r = if name.starts_with("park") {
             park_repeat
         } else {
@@ -357,6 +379,125 @@ fn xdp_cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
         push(name, ns, r);
     }
     Ok(())
+}
+
+/// Where the time of each XDP case goes: the case through each cut-short copy
+/// of the program (`BREAKDOWN_PROGRAMS`, each stopping after one more stage)
+/// and the whole program, interleaved round by round; a stage's cost is its
+/// copy's median minus the previous copy's (the first's: minus the trivial
+/// program's). Returns the table's rows, and pushes a case per stage.
+fn breakdown_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<Vec<(String, Vec<f64>)>> {
+    let quick = opts.quick;
+    let repeat = if quick { 100_000 } else { 200_000 };
+    let rounds = if quick { 3 } else { 5 };
+    let config = DatapathConfig {
+        park_ring_bytes: 128 << 20,
+        ..Default::default()
+    };
+    let mut empty = Fixture::new()?;
+    let mut f = configured(&config)?;
+    for fixture in [&mut empty, &mut f] {
+        for (name, _) in BREAKDOWN_PROGRAMS {
+            fixture.dp.load_program(name)?;
+        }
+    }
+    let plain = FrameBuilder::udp_v4(CLIENT, 50000, [10, 9, 9, 9], 9)
+        .payload(&[0; 64])
+        .build();
+    let mut runs: Vec<(&str, bool, Vec<u8>)> = vec![
+        ("migr, no services (pass-through)", false, plain.clone()),
+        (
+            "migr, services but none matches (pass-through)",
+            true,
+            plain,
+        ),
+    ];
+    runs.extend(
+        hit_frames()
+            .into_iter()
+            .map(|(name, frame)| (name, true, frame)),
+    );
+    let programs: Vec<&str> = std::iter::once(PASS_PROGRAM)
+        .chain(BREAKDOWN_PROGRAMS.iter().map(|(name, _)| *name))
+        .chain(std::iter::once(MAIN_PROGRAM))
+        .collect();
+    let stages: Vec<&str> = BREAKDOWN_PROGRAMS
+        .iter()
+        .map(|(_, stage)| *stage)
+        .chain(std::iter::once(BREAKDOWN_LAST_STAGE))
+        .collect();
+    let mut drain = |dp: &mut Datapath| {
+        dp.drain_parked().ok();
+        dp.drain_events().ok();
+    };
+    let mut rows = Vec::new();
+    for (name, configured, frame) in runs.into_iter().filter(|(name, ..)| opts.measures(name)) {
+        let dp = if configured { &mut f.dp } else { &mut empty.dp };
+        // PARK fills the ring on every run of the whole program: fewer repeats.
+        let r = if name.starts_with("park") {
+            40_000
+        } else {
+            repeat
+        };
+        // The whole program once first: an MP_JOIN SYN learns its flow, as in the xdp group.
+        ns_per_packet(dp, MAIN_PROGRAM, &frame, 1, 1, &mut drain)?;
+        let mut samples = vec![Vec::with_capacity(rounds); programs.len()];
+        for _ in 0..rounds {
+            for (i, program) in programs.iter().enumerate() {
+                samples[i].push(ns_per_packet(dp, program, &frame, r, 1, &mut drain)?);
+            }
+        }
+        let medians: Vec<f64> = samples.into_iter().map(median).collect();
+        let mut added = Vec::with_capacity(stages.len());
+        for (i, stage) in stages.iter().enumerate() {
+            let (before, after) = (medians[i], medians[i + 1]);
+            added.push(after - before);
+            cases.push(Case {
+                group: "breakdown",
+                name: format!("{name}: {stage}"),
+                value: after,
+                baseline: before,
+                unit: "ns",
+                lower_is_better: true,
+                detail: format!(
+                    "{} against {} (the previous stage); repeat {r}, median of {rounds} interleaved rounds",
+                    programs[i + 1],
+                    programs[i]
+                ),
+                target: None,
+            });
+        }
+        rows.push((name.to_string(), added));
+    }
+    Ok(rows)
+}
+
+/// The breakdown as a table: a row per case, a column per stage (ns added).
+fn print_breakdown(rows: &[(String, Vec<f64>)]) {
+    let stages: Vec<&str> = BREAKDOWN_PROGRAMS
+        .iter()
+        .map(|(_, stage)| *stage)
+        .chain(std::iter::once(BREAKDOWN_LAST_STAGE))
+        .collect();
+    println!();
+    println!(
+        "Where the ns go (each stage's ns over the previous one; the first over the trivial program):"
+    );
+    for (i, stage) in stages.iter().enumerate() {
+        println!("  s{} = {stage}", i + 1);
+    }
+    print!("{:<50}", "case");
+    for i in 0..stages.len() {
+        print!(" {:>6}", format!("s{}", i + 1));
+    }
+    println!(" {:>7}", "total");
+    for (name, added) in rows {
+        print!("{name:<50}");
+        for ns in added {
+            print!(" {ns:>6.1}");
+        }
+        println!(" {:>7.1}", added.iter().sum::<f64>());
+    }
 }
 
 /// Sum of the kernel memory (memlock) of the maps created since `before`.
@@ -626,7 +767,12 @@ fn main() -> Result<()> {
     let mut cases = Vec::new();
     if opts.runs("xdp") {
         eprintln!("[bench] XDP cost per packet ...");
-        xdp_cases(opts.quick, &mut cases)?;
+        xdp_cases(&opts, &mut cases)?;
+    }
+    let mut breakdown = Vec::new();
+    if opts.runs("breakdown") {
+        eprintln!("[bench] XDP cost breakdown by stage ...");
+        breakdown = breakdown_cases(&opts, &mut cases)?;
     }
     if opts.runs("map-scale") {
         eprintln!("[bench] map scale ...");
@@ -650,7 +796,8 @@ fn main() -> Result<()> {
         "{:<10} {:<62} {:>14} {:>14} {:>8} {:>10}  target",
         "group", "case", "value", "baseline", "ratio", "added"
     );
-    for c in &cases {
+    // The breakdown's cases are in the JSON, and as a table of their own below.
+    for c in cases.iter().filter(|c| c.group != "breakdown") {
         let added = if c.unit == "ns" {
             format!("{:+.1} ns", c.added())
         } else {
@@ -674,6 +821,9 @@ fn main() -> Result<()> {
             added,
             target
         );
+    }
+    if !breakdown.is_empty() {
+        print_breakdown(&breakdown);
     }
     if let Some(path) = opts.json {
         let mut out = String::from("{\n");
