@@ -153,6 +153,42 @@ pub fn pre_copy(
     Ok(out)
 }
 
+/// `criu lazy-pages` at the destination, for `criu restore --lazy-pages`
+/// (returns once its socket is there). `source`: fetch the pages from the
+/// [`LazyDump`]'s page server at the source node, from the destination
+/// node's namespace; None: serve them from the copied images (post-copy-local).
+pub fn lazy_pages_daemon(
+    bins: &Bins,
+    images_dst: &Path,
+    work: &Path,
+    source: Option<&Topology>,
+) -> Result<Proc> {
+    let mut cmd = Command::new(&bins.criu);
+    cmd.arg("lazy-pages");
+    if source.is_some() {
+        cmd.args(["--page-server", "--address", SRC_NODE_IP])
+            .args(["--port", &PAGE_SERVER_PORT.to_string()]);
+    }
+    cmd.arg("-D")
+        .arg(images_dst)
+        .args(["-v4", "-o"])
+        .arg(work.join("lazy-pages.log"));
+    let proc = Proc::spawn(
+        "criu lazy-pages",
+        &mut cmd,
+        Spawn {
+            netns: source.map(|topo| topo.dst.name()),
+            stderr: Some(&work.join("lazy-pages.err")),
+            ..Spawn::default()
+        },
+    )?;
+    let socket = images_dst.join("lazy-pages.socket");
+    wait_until(Duration::from_secs(10), "the lazy-pages daemon", || {
+        Ok(socket.exists())
+    })?;
+    Ok(proc)
+}
+
 /// A `criu dump --lazy-pages` in the source node's namespace: it writes
 /// everything but the lazy pages, runs post-dump, then (`status-ready`)
 /// serves those pages at [`SRC_NODE_IP`] until the destination fetched
@@ -211,33 +247,6 @@ impl LazyDump {
             },
             seconds,
         ))
-    }
-
-    /// The destination node's `criu lazy-pages`, fetching from this dump's
-    /// page server; restore with `--lazy-pages` once it returned.
-    pub fn fetcher(bins: &Bins, topo: &Topology, images_dst: &Path, work: &Path) -> Result<Proc> {
-        let mut cmd = Command::new(&bins.criu);
-        cmd.arg("lazy-pages")
-            .args(["--page-server", "--address", SRC_NODE_IP])
-            .args(["--port", &PAGE_SERVER_PORT.to_string()])
-            .arg("-D")
-            .arg(images_dst)
-            .args(["-v4", "-o"])
-            .arg(work.join("lazy-pages.log"));
-        let proc = Proc::spawn(
-            "criu lazy-pages",
-            &mut cmd,
-            Spawn {
-                netns: Some(topo.dst.name()),
-                stderr: Some(&work.join("lazy-pages.err")),
-                ..Spawn::default()
-            },
-        )?;
-        let socket = images_dst.join("lazy-pages.socket");
-        wait_until(Duration::from_secs(10), "the lazy-pages daemon", || {
-            Ok(socket.exists())
-        })?;
-        Ok(proc)
     }
 
     /// Waits for the dump to finish (every page served; the source's tasks

@@ -34,10 +34,7 @@ mod measurements;
 mod memory;
 mod steering;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -348,28 +345,10 @@ pub fn run(bins: &Bins, cfg: &RunConfig) -> Result<Run> {
     }
     let mut restore_extra = criu_extra.to_vec();
     let mut lazy = None;
-    if cfg.technique.remote_lazy() {
-        lazy = Some(memory::LazyDump::fetcher(bins, &topo, &images_dst, &d)?);
-        restore_extra.push("--lazy-pages");
-    } else if cfg.technique == Technique::PostCopyLocal {
-        let mut cmd = Command::new(&bins.criu);
-        cmd.arg("lazy-pages")
-            .arg("-D")
-            .arg(&images_dst)
-            .args(["-v4", "-o"])
-            .arg(d.join("lazy-pages.log"));
-        lazy = Some(Proc::spawn(
-            "criu lazy-pages",
-            &mut cmd,
-            Spawn {
-                stderr: Some(&d.join("lazy-pages.err")),
-                ..Spawn::default()
-            },
-        )?);
-        let socket = images_dst.join("lazy-pages.socket");
-        wait_until(Duration::from_secs(10), "the lazy-pages daemon", || {
-            Ok(socket.exists())
-        })?;
+    if cfg.technique.remote_lazy() || cfg.technique == Technique::PostCopyLocal {
+        // Remote: the pages come from the lazy dump at the source node.
+        let source = cfg.technique.remote_lazy().then_some(&topo);
+        lazy = Some(memory::lazy_pages_daemon(bins, &images_dst, &d, source)?);
         restore_extra.push("--lazy-pages");
     }
     // Once the restored service runs (CRIU's post-resume; runc returns

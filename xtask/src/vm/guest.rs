@@ -183,7 +183,7 @@ fn module_name(file: &str) -> String {
 }
 
 /// Single-quotes a word for sh.
-fn sh_quote(word: &str) -> String {
+pub(super) fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     AccelArg,
     binaries::keep_dirs,
-    guest::{ModulesDep, initramfs_with_modules, prelude},
+    guest::{ModulesDep, initramfs_with_modules, prelude, sh_quote},
     kernel::{Series, fetch_kernel},
     qemu::{Accel, Machine, probe_kvm, qemu_command, run_qemu},
     tools::preflight,
@@ -68,14 +68,14 @@ pub fn testbed_in_vm(vm: &TestbedVm<'_>) -> Result<()> {
         &workdir,
         vm.timeout,
     );
-    let quoted: Vec<String> = vm.args.iter().map(|a| format!("'{a}'")).collect();
+    let quoted: Vec<String> = vm.args.iter().map(|a| sh_quote(a)).collect();
     script.push_str(&format!(
         r#"# CRIU's kernel probes connect over loopback and open /dev/net/tun.
 ip link set lo up || fail "bringing lo up"
 modprobe tun || echo "VMTEST-NOTE no module tun"
 echo "VMTEST-TESTBED-BEGIN uptime=$(up)"
 echo "VMTEST-CRIU $(in_host {criu} check --feature mem_dirty_track 2>&1 | tail -1)"
-in_host '{testbed}' scenario {args} --out '{out}'
+in_host {testbed} scenario {args} --out {out}
 rc=$?
 echo "VMTEST-TESTBED-END rc=$rc uptime=$(up)"
 echo "VMTEST-RC=$rc"
@@ -84,9 +84,9 @@ poweroff -f
 sleep 60
 "#,
         criu = crate::criu::INSTALL_PATH,
-        testbed = vm.testbed.display(),
+        testbed = sh_quote(&vm.testbed.to_string_lossy()),
         args = quoted.join(" "),
-        out = vm.out.display(),
+        out = sh_quote(&vm.out.to_string_lossy()),
     ));
     let cpio = initramfs_with_modules(&kernel, &deps, &script)?;
     let initramfs = run_dir.join("initramfs.cpio");

@@ -421,11 +421,7 @@ fn breakdown_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<Vec<(String,
         .chain(BREAKDOWN_PROGRAMS.iter().map(|(name, _)| *name))
         .chain(std::iter::once(MAIN_PROGRAM))
         .collect();
-    let stages: Vec<&str> = BREAKDOWN_PROGRAMS
-        .iter()
-        .map(|(_, stage)| *stage)
-        .chain(std::iter::once(BREAKDOWN_LAST_STAGE))
-        .collect();
+    let stages = breakdown_stages();
     let mut drain = |dp: &mut Datapath| {
         dp.drain_parked().ok();
         dp.drain_events().ok();
@@ -472,13 +468,19 @@ fn breakdown_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<Vec<(String,
     Ok(rows)
 }
 
-/// The breakdown as a table: a row per case, a column per stage (ns added).
-fn print_breakdown(rows: &[(String, Vec<f64>)]) {
-    let stages: Vec<&str> = BREAKDOWN_PROGRAMS
+/// The breakdown's stages, in order: each cut-short copy's, then the rest of
+/// the whole program.
+fn breakdown_stages() -> Vec<&'static str> {
+    BREAKDOWN_PROGRAMS
         .iter()
         .map(|(_, stage)| *stage)
         .chain(std::iter::once(BREAKDOWN_LAST_STAGE))
-        .collect();
+        .collect()
+}
+
+/// The breakdown as a table: a row per case, a column per stage (ns added).
+fn print_breakdown(rows: &[(String, Vec<f64>)]) {
+    let stages = breakdown_stages();
     println!();
     println!(
         "Where the ns go (each stage's ns over the previous one; the first over the trivial program):"
