@@ -320,8 +320,20 @@ pub(super) fn worth_compacting(replayed: u64, pending: u64) -> bool {
 }
 
 /// Compacts the store if that is worth it ([`worth_compacting`]) and
-/// allowed ([`compact_if_consumed`]).
+/// allowed ([`compact_if_consumed`]). Not while a backlog replays into a
+/// file no larger than it was when the replay began: nothing grows then,
+/// and each compaction would copy the pending frames once more (during an
+/// unpaced replay of 20,000 frames the copies took 30 of its 70 ms). The
+/// replay's end compacts the store (`replay.rs`), and frames that arrive
+/// meanwhile make it worth it again.
 fn reclaim_if_worth(svc: &mut Service, consumer_pos: u64) {
+    if svc
+        .replay_run
+        .as_ref()
+        .is_some_and(|run| svc.spool.file_bytes() <= run.file_bytes_before)
+    {
+        return;
+    }
     let replayed = svc.spool.replayed_bytes();
     if replayed >= svc.compact_after && worth_compacting(replayed, svc.spool.pending_bytes()) {
         compact_if_consumed(svc, consumer_pos);
@@ -712,6 +724,42 @@ mod tests {
         assert_eq!(
             svc.spool.next_pending().map(|f| f.ring_pos),
             Some(950 * 100)
+        );
+    }
+
+    /// A backlog replaying with no new arrivals is not copied again and
+    /// again; arrivals that grow the file make compaction worth it again.
+    #[test]
+    fn a_replaying_backlog_is_compacted_only_once_the_file_grows() {
+        let mut f = fixture("replay-run", true, 10_000);
+        f.services.get_mut(&1).unwrap().limit.bytes = 16 << 20;
+        let ring1 = ring((0..1000u32).map(|i| record(1, &[i as u8; 1100])).collect());
+        let mut replayer = FakeReplayer::default();
+        pump_ring(&ring1, &mut f.services, &mut replayer, u64::MAX);
+        let svc = f.services.get_mut(&1).unwrap();
+        svc.start_replay_run(Instant::now());
+        assert_eq!(replay_pending(&mut replayer, svc, Action::Pass, 950), 950);
+        reclaim_stores(&mut f.services, ring1.consumed.get());
+        let svc = &f.services[&1];
+        assert_eq!(
+            (svc.spool.replayed_bytes(), svc.spool.pending()),
+            (950 * (1100 + 28), 50),
+            "no compaction while the file has not grown"
+        );
+        // The same ring, 500 records more (the consumed ones left as gaps).
+        let mut records = vec![(Vec::new(), true); 1000];
+        records.extend((0..500u32).map(|i| record(1, &[i as u8; 1100])));
+        let grown = FakeRing {
+            records,
+            consumed: Cell::new(ring1.consumed.get()),
+        };
+        pump_ring(&grown, &mut f.services, &mut replayer, u64::MAX);
+        reclaim_stores(&mut f.services, u64::MAX);
+        let svc = &f.services[&1];
+        assert_eq!(
+            (svc.spool.replayed_bytes(), svc.spool.pending()),
+            (0, 550),
+            "compacted once the file grew past its size at the replay's start"
         );
     }
 

@@ -65,6 +65,8 @@ pub(super) struct ReplayRun {
     pub(super) stored_before: u64,
     /// `ReplayStats::replayed_frames` when it began.
     pub(super) replayed_frames_before: u64,
+    /// The store's file size when it began (see `pump::reclaim_if_worth`).
+    pub(super) file_bytes_before: u64,
 }
 
 impl ReplayRun {
@@ -223,6 +225,7 @@ impl Service {
             replayed_before: self.replay_handled(),
             stored_before: self.totals.stored_frames,
             replayed_frames_before: self.totals.replay.replayed_frames,
+            file_bytes_before: self.spool.file_bytes(),
         });
     }
 }
@@ -592,6 +595,7 @@ mod tests {
             replayed_before: 100,
             stored_before: 500,
             replayed_frames_before: 100,
+            file_bytes_before: 0,
         };
         // A service receiving 5,000 frames/s, replayed at 1,000 frames/s:
         // after 1 s, 6,000 handled (1,000 of the backlog, 5,000 new).

@@ -275,6 +275,11 @@ impl Spool {
         self.pending_bytes
     }
 
+    /// Bytes of the file, replayed frames included.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_len
+    }
+
     /// Sequence number the next stored frame gets (frames stored since the
     /// store started).
     pub fn end_seq(&self) -> u64 {

@@ -246,18 +246,24 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-pub fn cases(quick: bool, cases: &mut Vec<Case>) -> Result<()> {
+/// The control cases, the replay cases, or both, against one agent.
+pub fn cases(quick: bool, control: bool, replay: bool, cases: &mut Vec<Case>) -> Result<()> {
     let bench = Bench::start()?;
     let mut dp = Datapath::load_pinned(&DatapathConfig::default(), &bench.pin_dir)
         .context("loading a probe copy of the program over the agent's pinned maps")?;
-    let transitions = if quick { 200 } else { 1000 };
-    let hooks = if quick { 30 } else { 200 };
-    // The probes run in the node's namespace (their ingress device is its lo).
-    bench
-        .node
-        .run(|| control_latency(&bench, &mut dp, transitions, hooks, cases))??;
-    let frames = if quick { 2000 } else { 20_000 };
-    replay_throughput(&bench, &mut dp, frames, cases)
+    if control {
+        let transitions = if quick { 200 } else { 1000 };
+        let hooks = if quick { 30 } else { 200 };
+        // The probes run in the node's namespace (their ingress device is its lo).
+        bench
+            .node
+            .run(|| control_latency(&bench, &mut dp, transitions, hooks, cases))??;
+    }
+    if replay {
+        let frames = if quick { 2000 } else { 20_000 };
+        replay_throughput(&bench, &mut dp, frames, cases)?;
+    }
+    Ok(())
 }
 
 fn control_latency(
@@ -544,7 +550,7 @@ fn replay_throughput(
             num(s, &["replay", "replays"]) > replays
         })?;
         check_delivered("local replay", got, frames, &svc)?;
-        local.push(svc["replay"]["last_rate_fps"].as_f64().unwrap_or(0.0));
+        local.push(replay_rate(&svc)?);
         // Its baseline: the same datagrams sent with sendmmsg into the same socket.
         let sender = bench.node.run(|| UdpSocket::bind("10.53.0.2:0"))??;
         let took = sendmmsg_all(
@@ -568,7 +574,7 @@ fn replay_throughput(
             num(s, &["replay", "replays"]) > replays
         })?;
         check_delivered("replay to the destination", got, frames, &svc)?;
-        forward.push(svc["replay"]["last_rate_fps"].as_f64().unwrap_or(0.0));
+        forward.push(replay_rate(&svc)?);
         bench.call(
             "phase",
             json!({"service": SERVICE, "phase": "done", "drain_ms": 0}),
@@ -610,6 +616,14 @@ fn replay_throughput(
         });
     }
     Ok(())
+}
+
+/// The rate of the service's last replay, as the agent measured it.
+fn replay_rate(svc: &Value) -> Result<f64> {
+    svc["replay"]["last_rate_fps"]
+        .as_f64()
+        .filter(|rate| *rate > 0.0)
+        .with_context(|| format!("the agent reported no replay rate: {svc}"))
 }
 
 /// A replay delivered every frame, and the agent counted no failure.

@@ -47,11 +47,25 @@ struct Options {
     case: Option<String>,
 }
 
-const GROUPS: [&str; 5] = ["xdp", "breakdown", "map-scale", "veth", "agent"];
+/// `agent` is `control` and `replay` together (both run a real agent).
+const GROUPS: [&str; 7] = [
+    "xdp",
+    "breakdown",
+    "map-scale",
+    "veth",
+    "agent",
+    "control",
+    "replay",
+];
 
 impl Options {
     fn runs(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        let part_of_agent = matches!(group, "control" | "replay") && self.runs_listed("agent");
+        self.only.is_empty() || self.runs_listed(group) || part_of_agent
+    }
+
+    fn runs_listed(&self, group: &str) -> bool {
+        self.only.iter().any(|g| g == group)
     }
 
     /// Is the XDP case `name` to be measured (`--case`)?
@@ -784,9 +798,10 @@ fn main() -> Result<()> {
         eprintln!("[bench] veth throughput ...");
         veth_cases(opts.quick, &mut cases)?;
     }
-    if opts.runs("agent") {
+    let (control, replay) = (opts.runs("control"), opts.runs("replay"));
+    if control || replay {
         eprintln!("[bench] control latency and replay throughput (migr-agent) ...");
-        agent::cases(opts.quick, &mut cases)?;
+        agent::cases(opts.quick, control, replay, &mut cases)?;
     }
 
     let machine = machine();
