@@ -409,9 +409,11 @@ impl ReplayedTag {
     }
 }
 
-/// Frames the agent replays in one BPF_PROG_TEST_RUN call (the kernel takes
-/// at most 256 live frames per batch): the size of `REPLAY_SLOTS`.
-pub const REPLAY_BATCH: u32 = 64;
+/// Frames the agent replays in one BPF_PROG_TEST_RUN call at most (the
+/// kernel takes at most 256 live frames per batch): the size of the
+/// `REPLAY_SLOTS` this build creates. Maps pinned by builds before it hold
+/// 64; the agent sizes its batches by the map it has.
+pub const REPLAY_BATCH: u32 = 256;
 /// Largest frame a replay slot holds. A live frame must fit one page with the
 /// kernel's headroom and shared info: 3408 bytes with 4 KiB pages on x86-64,
 /// minus the tag.

@@ -97,8 +97,11 @@ static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0
 ///
 /// `STOP` is the stage a cost-breakdown copy stops after (`breakdown.rs`);
 /// such a copy passes the frame uncounted.
+///
+/// A `replay` run's frame (an agent's replay batch) is never passed here:
+/// one no table claims takes the full way, which counts it as replayed.
 #[inline(always)]
-pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
+pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md, replay: bool) -> Fast {
     let (start, end) = data(ctx);
     // SAFETY: plain helper call on the program's context.
     let len = unsafe { bpf_xdp_get_buff_len(ctx) };
@@ -133,6 +136,9 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
         }
         Quick::Slow => return Fast::Slow,
     };
+    if replay {
+        return Fast::Slow;
+    }
     // A frame decided here is counted in the breakdown's counting stage.
     if STOP < stop::COUNTED {
         return Fast::Passed;

@@ -185,21 +185,20 @@ pub fn migr(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     // A run of one of the agent's replay batches: the frame is the next slot's,
-    // and takes the full way, which counts it as replayed.
-    if is_replay_batch(ctx.ctx) {
+    // classified like any other, and counted as replayed.
+    let replay = if is_replay_batch(ctx.ctx) {
         let Some(action) = take_replay_slot(ctx.ctx) else {
             count_reason(Reason::ReplayFailed);
             return xdp_action::XDP_DROP;
         };
-        if STOP <= stop::LISTENER {
-            return xdp_action::XDP_PASS;
-        }
-        return classify_in_full::<STOP>(&ctx, Some(action));
-    }
+        Some(action)
+    } else {
+        None
+    };
     if STOP == stop::ENTRY {
         return xdp_action::XDP_PASS;
     }
-    match fast::fast_path::<STOP>(ctx.ctx) {
+    match fast::fast_path::<STOP>(ctx.ctx, replay.is_some()) {
         Fast::Passed => xdp_action::XDP_PASS,
         _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
         Fast::Lookup => {
@@ -209,14 +208,14 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
             // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
             let decision = unsafe { &mut *decision };
             if !fast::lookup_known::<STOP>(ctx.ctx, decision) {
-                return classify_in_full::<STOP>(&ctx, None);
+                return classify_in_full::<STOP>(&ctx, replay);
             }
             if STOP < stop::COUNTED {
                 return xdp_action::XDP_PASS;
             }
-            finish::<STOP>(ctx.ctx, decision, None, true)
+            finish::<STOP>(ctx.ctx, decision, replay, true)
         }
-        Fast::Slow => classify_in_full::<STOP>(&ctx, None),
+        Fast::Slow => classify_in_full::<STOP>(&ctx, replay),
     }
 }
 

@@ -231,6 +231,9 @@ pub struct Datapath {
     replay_slots: Option<crate::replay_slots::ReplaySlots>,
     /// Mapping `REPLAY_SLOTS` was tried and refused: write slot by slot.
     replay_slots_unmappable: bool,
+    /// Slots of the `REPLAY_SLOTS` this object uses, once asked
+    /// ([`Self::replay_capacity`]).
+    replay_capacity: Option<u32>,
 }
 
 impl Datapath {
@@ -291,6 +294,7 @@ impl Datapath {
             ebpf,
             replay_slots: None,
             replay_slots_unmappable: false,
+            replay_capacity: None,
         };
         dp.mark_tables_in_use()?;
         Ok(dp)
@@ -526,9 +530,10 @@ impl Datapath {
     /// took place; if the call fails, [`Self::replay_progress`] says how many.
     pub fn replay_batch(&mut self, frames: &[&[u8]], ifindex: u32, action: Action) -> Result<u32> {
         const META: usize = size_of::<ReplayMeta>();
-        if frames.is_empty() || frames.len() > REPLAY_BATCH as usize {
+        let capacity = self.replay_capacity()?;
+        if frames.is_empty() || frames.len() > capacity as usize {
             bail!(
-                "a replay batch holds 1..={REPLAY_BATCH} frames, not {}",
+                "a replay batch holds 1..={capacity} frames, not {}",
                 frames.len()
             );
         }
@@ -539,8 +544,8 @@ impl Datapath {
             );
         }
         if self.replay_slots.is_none() && !self.replay_slots_unmappable {
-            let (fd, max_entries, _) = self.map_fd(map_names::REPLAY_SLOTS)?;
-            match crate::replay_slots::ReplaySlots::map(&fd, max_entries.min(REPLAY_BATCH)) {
+            let (fd, _, _) = self.map_fd(map_names::REPLAY_SLOTS)?;
+            match crate::replay_slots::ReplaySlots::map(&fd, capacity) {
                 Ok(mapped) => self.replay_slots = Some(mapped),
                 Err(e) => {
                     tracing::info!(error = %format!("{e:#}"), "REPLAY_SLOTS cannot be mapped (pinned by an older agent?); writing it slot by slot");
@@ -592,6 +597,22 @@ impl Datapath {
             })
             .with_context(|| format!("replaying {n} frames (BPF_PROG_TEST_RUN, live frames)"))?;
         self.replay_progress()
+    }
+
+    /// The most frames one replay batch takes: the slots of the
+    /// `REPLAY_SLOTS` in use, which a map pinned by an older agent may hold
+    /// fewer of than this build's [`REPLAY_BATCH`].
+    pub fn replay_capacity(&mut self) -> Result<u32> {
+        if let Some(capacity) = self.replay_capacity {
+            return Ok(capacity);
+        }
+        let (_, max_entries, _) = self.map_fd(map_names::REPLAY_SLOTS)?;
+        let capacity = max_entries.min(REPLAY_BATCH);
+        if capacity == 0 {
+            bail!("REPLAY_SLOTS has no entries");
+        }
+        self.replay_capacity = Some(capacity);
+        Ok(capacity)
     }
 
     /// Runs of the last (or the interrupted) replay batch.

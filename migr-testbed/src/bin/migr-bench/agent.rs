@@ -93,7 +93,8 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 impl Bench {
-    fn start() -> Result<Self> {
+    /// An agent whose FORWARDs leave by `forward_path` (`--forward-path`).
+    fn start(forward_path: &str) -> Result<Self> {
         let agent_bin = sibling("migr-agent")?;
         let peer = NetNs::new("bpeer")?;
         let mut node = NetNs::new("bnode")?;
@@ -101,7 +102,7 @@ impl Bench {
         veth_pair(&peer, "bc-p", "10.53.0.1/24", &node, "bc-n", "10.53.0.2/24")?;
         veth_pair(&node, "bd-n", "10.54.0.1/24", &dst, "bd-d", "10.54.0.2/24")?;
         full_checksums(&peer, "bc-p")?;
-        let tag = format!("migr-bench-{}", std::process::id());
+        let tag = format!("migr-bench-{}-{forward_path}", std::process::id());
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
         let state_dir = std::env::temp_dir().join(&tag);
         std::fs::create_dir_all(&state_dir)?;
@@ -120,6 +121,7 @@ impl Bench {
             // Unpaced replays (the rate is what is measured); a short settle
             // time so that 1,000 transitions do not wait 250 ms each.
             .args(["--replay-rate", "0", "--settle-ms", "1"])
+            .args(["--forward-path", forward_path])
             .env("RUST_LOG", "warn");
         let agent_pid = node.spawn(&mut agent)?;
         let ctl = Client::new(&socket, Duration::from_secs(5));
@@ -246,9 +248,10 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// The control cases, the replay cases, or both, against one agent.
+/// The control cases, the replay cases, or both.
 pub fn cases(quick: bool, control: bool, replay: bool, cases: &mut Vec<Case>) -> Result<()> {
-    let bench = Bench::start()?;
+    // The agent's default: on veths FORWARDs leave through TC.
+    let bench = Bench::start("auto")?;
     let mut dp = Datapath::load_pinned(&DatapathConfig::default(), &bench.pin_dir)
         .context("loading a probe copy of the program over the agent's pinned maps")?;
     if control {
@@ -261,7 +264,11 @@ pub fn cases(quick: bool, control: bool, replay: bool, cases: &mut Vec<Case>) ->
     }
     if replay {
         let frames = if quick { 2000 } else { 20_000 };
-        replay_throughput(&bench, &mut dp, frames, cases)?;
+        // A second agent forwards through XDP, as on a NIC (where `auto`
+        // chooses it); here that works because the destination's end of the
+        // veth runs an XDP program.
+        let xdp = Bench::start("xdp")?;
+        replay_throughput(&bench, &mut dp, &xdp, frames, cases)?;
     }
     Ok(())
 }
@@ -518,103 +525,140 @@ fn park_from_peer(bench: &Bench, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The rates of the rounds of one replay case and of its baseline.
+#[derive(Default)]
+struct Rates {
+    replay: Vec<f64>,
+    sendmmsg: Vec<f64>,
+}
+
+/// Replays locally and to the destination through both agents' forward
+/// paths, a round of each case in turn.
 fn replay_throughput(
-    bench: &Bench,
+    tc: &Bench,
     dp: &mut Datapath,
+    xdp: &Bench,
     frames: usize,
     cases: &mut Vec<Case>,
 ) -> Result<()> {
     // A redirect into a veth delivers only if the peer has an XDP program.
-    bench.dst.run(|| {
-        dp.attach(
-            PASS_PROGRAM,
-            "bd-d",
-            migr_user::datapath::AttachMode::Native,
-        )
-    })??;
-    let rounds = 3;
-    let mut local = Vec::new();
-    let mut forward = Vec::new();
-    let mut local_base = Vec::new();
-    let mut forward_base = Vec::new();
-    let node_sink = Sink::bind(&bench.node, &format!("{}:{PORT}", ip(NODE_IP)))?;
-    let dst_sink = Sink::bind(&bench.dst, DST_ADDR)?;
-    for _ in 0..rounds {
-        // Local replay (abort): into the node's stack.
-        bench.phase("freeze")?;
-        park_from_peer(bench, frames)?;
-        let replays = num(&bench.show()?, &["replay", "replays"]);
-        bench.phase("abort")?;
-        let got = node_sink.count(frames);
-        let svc = bench.wait_until("the local replay", |s| {
-            num(s, &["replay", "replays"]) > replays
-        })?;
-        check_delivered("local replay", got, frames, &svc)?;
-        local.push(replay_rate(&svc)?);
-        // Its baseline: the same datagrams sent with sendmmsg into the same socket.
-        let sender = bench.node.run(|| UdpSocket::bind("10.53.0.2:0"))??;
-        let took = sendmmsg_all(
-            &sender,
-            std::net::SocketAddrV4::new(ip(NODE_IP), PORT),
-            frames,
-        )?;
-        let got = node_sink.count(frames);
-        if got != frames {
-            bail!("sendmmsg baseline: {got} of {frames} datagrams arrived");
-        }
-        local_base.push(frames as f64 / took.as_secs_f64());
-
-        // Replay to the destination (source `restored`): the FORWARD rewrite, redirected.
-        bench.phase("freeze")?;
-        park_from_peer(bench, frames)?;
-        let replays = num(&bench.show()?, &["replay", "replays"]);
-        bench.phase("restored")?;
-        let got = dst_sink.count(frames);
-        let svc = bench.wait_until("the forward replay", |s| {
-            num(s, &["replay", "replays"]) > replays
-        })?;
-        check_delivered("replay to the destination", got, frames, &svc)?;
-        forward.push(replay_rate(&svc)?);
-        bench.call(
-            "phase",
-            json!({"service": SERVICE, "phase": "done", "drain_ms": 0}),
-        )?;
-        bench.wait_until("the drain to end", |s| s["state"] == "done")?;
-        let sender = bench.node.run(|| UdpSocket::bind("10.54.0.1:0"))??;
-        let took = sendmmsg_all(&sender, DST_ADDR.parse()?, frames)?;
-        let got = dst_sink.count(frames);
-        if got != frames {
-            bail!("sendmmsg baseline to the destination: {got} of {frames} datagrams arrived");
-        }
-        forward_base.push(frames as f64 / took.as_secs_f64());
+    for bench in [tc, xdp] {
+        bench.dst.run(|| {
+            dp.attach(
+                PASS_PROGRAM,
+                "bd-d",
+                migr_user::datapath::AttachMode::Native,
+            )
+        })??;
     }
-    for (name, value, baseline, base_detail) in [
+    let rounds = 3;
+    let (mut local, mut via_tc, mut via_xdp) = Default::default();
+    let tc_sinks = Sinks::bind(tc)?;
+    let xdp_sinks = Sinks::bind(xdp)?;
+    for _ in 0..rounds {
+        local_round(tc, &tc_sinks, frames, &mut local)?;
+        forward_round(tc, &tc_sinks, frames, &mut via_tc)?;
+        forward_round(xdp, &xdp_sinks, frames, &mut via_xdp)?;
+    }
+    let to_destination = "sendmmsg to the destination socket from the node";
+    for (name, rates, base_detail) in [
         (
             "replay parked frames locally (abort)",
-            median(local),
-            median(local_base),
+            local,
             "sendmmsg into the same socket from the node",
         ),
         (
-            "replay parked frames to the destination (restored)",
-            median(forward),
-            median(forward_base),
-            "sendmmsg to the destination socket from the node",
+            "replay parked frames to the destination (restored), TC path",
+            via_tc,
+            to_destination,
+        ),
+        (
+            "replay parked frames to the destination (restored), XDP path",
+            via_xdp,
+            to_destination,
         ),
     ] {
+        let Rates { replay, sendmmsg } = rates;
         cases.push(Case {
             group: "replay",
             name: name.into(),
-            value,
-            baseline,
+            value: median(replay),
+            baseline: median(sendmmsg),
             unit: "frames/s",
             lower_is_better: false,
             detail: format!(
-                "{frames} frames of 1400 B parked from real veth traffic, unpaced replay as the agent measures it, median of {rounds}; baseline: {base_detail}"
+                "{frames} frames of 1400 B parked from real veth traffic, unpaced replay as the agent measures it, median of {rounds}; the agent takes the TC path on veths and the XDP path on NICs (forced here: the destination's veth end runs XDP); baseline: {base_detail}"
             ),
             target: Some(Target::RatioAtLeast(2.0)),
         });
     }
+    Ok(())
+}
+
+/// The receiving sockets of one bench: the node's and the destination's.
+struct Sinks {
+    node: Sink,
+    dst: Sink,
+}
+
+impl Sinks {
+    fn bind(bench: &Bench) -> Result<Self> {
+        Ok(Self {
+            node: Sink::bind(&bench.node, &format!("{}:{PORT}", ip(NODE_IP)))?,
+            dst: Sink::bind(&bench.dst, DST_ADDR)?,
+        })
+    }
+}
+
+/// A local replay (abort: into the node's stack), then its baseline: the
+/// same datagrams sent with sendmmsg into the same socket.
+fn local_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates) -> Result<()> {
+    bench.phase("freeze")?;
+    park_from_peer(bench, frames)?;
+    let replays = num(&bench.show()?, &["replay", "replays"]);
+    bench.phase("abort")?;
+    let got = sinks.node.count(frames);
+    let svc = bench.wait_until("the local replay", |s| {
+        num(s, &["replay", "replays"]) > replays
+    })?;
+    check_delivered("local replay", got, frames, &svc)?;
+    rates.replay.push(replay_rate(&svc)?);
+    let sender = bench.node.run(|| UdpSocket::bind("10.53.0.2:0"))??;
+    let to = std::net::SocketAddrV4::new(ip(NODE_IP), PORT);
+    let took = sendmmsg_all(&sender, to, frames)?;
+    let got = sinks.node.count(frames);
+    if got != frames {
+        bail!("sendmmsg baseline: {got} of {frames} datagrams arrived");
+    }
+    rates.sendmmsg.push(frames as f64 / took.as_secs_f64());
+    Ok(())
+}
+
+/// A replay to the destination (source `restored`: the FORWARD rewrite),
+/// then its baseline: sendmmsg from the node to the destination's socket.
+fn forward_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates) -> Result<()> {
+    bench.phase("freeze")?;
+    park_from_peer(bench, frames)?;
+    let replays = num(&bench.show()?, &["replay", "replays"]);
+    bench.phase("restored")?;
+    let got = sinks.dst.count(frames);
+    let svc = bench.wait_until("the forward replay", |s| {
+        num(s, &["replay", "replays"]) > replays
+    })?;
+    check_delivered("replay to the destination", got, frames, &svc)?;
+    rates.replay.push(replay_rate(&svc)?);
+    bench.call(
+        "phase",
+        json!({"service": SERVICE, "phase": "done", "drain_ms": 0}),
+    )?;
+    bench.wait_until("the drain to end", |s| s["state"] == "done")?;
+    let sender = bench.node.run(|| UdpSocket::bind("10.54.0.1:0"))??;
+    let took = sendmmsg_all(&sender, DST_ADDR.parse()?, frames)?;
+    let got = sinks.dst.count(frames);
+    if got != frames {
+        bail!("sendmmsg baseline to the destination: {got} of {frames} datagrams arrived");
+    }
+    rates.sendmmsg.push(frames as f64 / took.as_secs_f64());
     Ok(())
 }
 
