@@ -14,8 +14,8 @@ use core::mem::size_of;
 
 use crate::maps::{
     Event, EventBudget, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey, MAX_SERVICES,
-    ParkedHeader, ProtoClass, Reason, ReplaySlot, ServiceCounters, ServiceEntry,
-    map_names as n, node_state,
+    ParkedHeader, ProtoClass, Reason, ReplaySlot, ServiceCounters, ServiceEntry, map_names as n,
+    node_state,
 };
 
 /// The layout of the maps this build pins.

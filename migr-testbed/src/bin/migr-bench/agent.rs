@@ -496,6 +496,21 @@ impl Sink {
         Ok(Self { socket })
     }
 
+    /// Runs `work` while a thread reads what arrives, as a service reads
+    /// its socket: both arms of a replay case deliver to a waiting reader.
+    /// Returns the datagrams read (until `n` arrived or none came for
+    /// 300 ms) and what `work` returned.
+    fn reading<T>(&self, n: usize, work: impl FnOnce() -> Result<T>) -> Result<(usize, T)> {
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| self.count(n));
+            let done = work();
+            let got = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("the reading thread panicked"))?;
+            Ok((got, done?))
+        })
+    }
+
     /// Reads until `n` datagrams arrived or none came for 300 ms.
     fn count(&self, n: usize) -> usize {
         let mut buf = vec![0u8; 2048];
@@ -616,17 +631,17 @@ fn local_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates) -
     bench.phase("freeze")?;
     park_from_peer(bench, frames)?;
     let replays = num(&bench.show()?, &["replay", "replays"]);
-    bench.phase("abort")?;
-    let got = sinks.node.count(frames);
-    let svc = bench.wait_until("the local replay", |s| {
-        num(s, &["replay", "replays"]) > replays
+    let (got, svc) = sinks.node.reading(frames, || {
+        bench.phase("abort")?;
+        bench.wait_until("the local replay", |s| replay_over(s, replays))
     })?;
     check_delivered("local replay", got, frames, &svc)?;
     rates.replay.push(replay_rate(&svc)?);
     let sender = bench.node.run(|| UdpSocket::bind("10.53.0.2:0"))??;
     let to = std::net::SocketAddrV4::new(ip(NODE_IP), PORT);
-    let took = sendmmsg_all(&sender, to, frames)?;
-    let got = sinks.node.count(frames);
+    let (got, took) = sinks
+        .node
+        .reading(frames, || sendmmsg_all(&sender, to, frames))?;
     if got != frames {
         bail!("sendmmsg baseline: {got} of {frames} datagrams arrived");
     }
@@ -640,10 +655,9 @@ fn forward_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates)
     bench.phase("freeze")?;
     park_from_peer(bench, frames)?;
     let replays = num(&bench.show()?, &["replay", "replays"]);
-    bench.phase("restored")?;
-    let got = sinks.dst.count(frames);
-    let svc = bench.wait_until("the forward replay", |s| {
-        num(s, &["replay", "replays"]) > replays
+    let (got, svc) = sinks.dst.reading(frames, || {
+        bench.phase("restored")?;
+        bench.wait_until("the forward replay", |s| replay_over(s, replays))
     })?;
     check_delivered("replay to the destination", got, frames, &svc)?;
     rates.replay.push(replay_rate(&svc)?);
@@ -653,13 +667,21 @@ fn forward_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates)
     )?;
     bench.wait_until("the drain to end", |s| s["state"] == "done")?;
     let sender = bench.node.run(|| UdpSocket::bind("10.54.0.1:0"))??;
-    let took = sendmmsg_all(&sender, DST_ADDR.parse()?, frames)?;
-    let got = sinks.dst.count(frames);
+    let to = DST_ADDR.parse()?;
+    let (got, took) = sinks
+        .dst
+        .reading(frames, || sendmmsg_all(&sender, to, frames))?;
     if got != frames {
         bail!("sendmmsg baseline to the destination: {got} of {frames} datagrams arrived");
     }
     rates.sendmmsg.push(frames as f64 / took.as_secs_f64());
     Ok(())
+}
+
+/// Has the replay after the `before`th (counted when it starts) drained
+/// its backlog?
+fn replay_over(svc: &Value, before: u64) -> bool {
+    num(svc, &["replay", "replays"]) > before && svc["replay_stage"] != "backlog"
 }
 
 /// The rate of the service's last replay, as the agent measured it.
