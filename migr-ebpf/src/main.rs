@@ -27,6 +27,7 @@
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
 //! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
+//! | `AYA_LOGS` | ring buffer (aya-log) | - | debug log records, written only with `--datapath-log` (`log.rs`) | this program (agent reads) |
 //! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
 #![no_std]
 #![no_main]
@@ -34,6 +35,7 @@
 mod breakdown;
 mod fast;
 mod in_place;
+mod log;
 mod tc;
 mod xdp_packet;
 
@@ -189,6 +191,7 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     let replay = if is_replay_batch(ctx.ctx) {
         let Some(action) = take_replay_slot(ctx.ctx) else {
             count_reason(Reason::ReplayFailed);
+            log::replay_failed(&ctx);
             return xdp_action::XDP_DROP;
         };
         Some(action)
@@ -292,6 +295,7 @@ fn finish<const STOP: u32>(
             Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
             Err(reason) => {
                 count_reason(reason);
+                log::failed(&ctx, decision.service_id, Verdict::ParkFailed, reason);
                 (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
             }
         },
@@ -303,6 +307,7 @@ fn finish<const STOP: u32>(
             }
             Err(reason) => {
                 count_reason(reason);
+                log::failed(&ctx, decision.service_id, Verdict::ForwardFailed, reason);
                 (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
             }
         },
@@ -312,6 +317,7 @@ fn finish<const STOP: u32>(
     }
     if let Some(verdict) = verdict {
         count_verdict(decision.service_id, verdict, len);
+        log::verdict(&ctx, decision.service_id, verdict, len);
     }
     xdp
 }

@@ -192,6 +192,7 @@ fn run(args: AgentConfig) -> Result<()> {
         state_dir: args.state_dir.clone(),
         datapath: DatapathConfig {
             park_ring_bytes: args.ring_bytes,
+            log: args.datapath_log,
             ..Default::default()
         },
         default_limit: ParkLimit {

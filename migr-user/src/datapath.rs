@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::datapath_log::{DatapathLog, LogLine, LogReader};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -130,6 +131,8 @@ pub struct DatapathConfig {
     pub tokens: u32,
     /// Bytes of the park ring buffer (a power of two, multiple of the page size).
     pub park_ring_bytes: u32,
+    /// The program's debug logs (see `crate::datapath_log`).
+    pub log: DatapathLog,
 }
 
 impl Default for DatapathConfig {
@@ -139,6 +142,7 @@ impl Default for DatapathConfig {
             server_ids: map_sizes::SERVER_IDS,
             tokens: map_sizes::TOKENS,
             park_ring_bytes: map_sizes::PARK_RING_BYTES,
+            log: DatapathLog::Off,
         }
     }
 }
@@ -226,6 +230,8 @@ impl AttachedLink {
 /// The loaded XDP object.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// The program's debug logs, when on.
+    logs: Option<LogReader>,
     /// `REPLAY_SLOTS` mapped, once a replay needed it (None: not yet, or
     /// the map cannot be mapped; see `crate::replay_slots`).
     replay_slots: Option<crate::replay_slots::ReplaySlots>,
@@ -264,12 +270,14 @@ impl Datapath {
                 config.park_ring_bytes
             );
         }
+        let log_level = config.log.aya_level();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, config.flows)
             .map_max_entries(map_names::SERVER_IDS, config.server_ids)
             .map_max_entries(map_names::TOKENS, config.tokens)
-            .map_max_entries(map_names::PARKED, config.park_ring_bytes);
+            .map_max_entries(map_names::PARKED, config.park_ring_bytes)
+            .override_global(aya_log::LEVEL, &log_level, true);
         if let Some(dir) = pin_dir {
             crate::pin_layout::check(dir)?;
             let maps = crate::pin_layout::maps_dir(dir);
@@ -290,8 +298,10 @@ impl Datapath {
         tc_program_mut(&mut ebpf)?
             .load()
             .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
+        let logs = LogReader::start(&mut ebpf, config.log)?;
         let mut dp = Self {
             ebpf,
+            logs,
             replay_slots: None,
             replay_slots_unmappable: false,
             replay_capacity: None,
@@ -613,6 +623,17 @@ impl Datapath {
         }
         self.replay_capacity = Some(capacity);
         Ok(capacity)
+    }
+
+    /// The descriptor that is readable when the program's debug logs have
+    /// records (None: logs are off).
+    pub fn log_fd(&self) -> Option<i32> {
+        self.logs.as_ref().map(LogReader::fd)
+    }
+
+    /// The program's debug log records that waited (none when logs are off).
+    pub fn drain_logs(&mut self) -> Vec<LogLine> {
+        self.logs.as_mut().map(LogReader::drain).unwrap_or_default()
     }
 
     /// Runs of the last (or the interrupted) replay batch.

@@ -8,6 +8,7 @@ pub mod container;
 pub mod criu_config;
 pub mod ctl;
 pub mod datapath;
+pub mod datapath_log;
 pub mod early_joins;
 pub mod engine;
 pub mod explain;

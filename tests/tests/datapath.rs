@@ -18,6 +18,7 @@ use migr_testkit::{
 };
 use migr_user::{
     datapath::{DatapathConfig, MAIN_PROGRAM, XdpAction, monotonic_ns},
+    datapath_log::DatapathLog,
     mptcp::mptcp_token,
 };
 
@@ -738,4 +739,59 @@ fn the_fast_paths_tables_follow_the_listeners_and_flows() {
     assert!(f.dp.node_state().unwrap()[node_state::FLOWS as usize]);
     let o = f.run(&segment, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (1, Verdict::Drop));
+}
+
+/// With debug logs on (`--datapath-log debug`) the program loads (on every
+/// kernel the VM suite boots), decides as the host does, and its records
+/// say each verdict; a FORWARD that fails is logged as a warning.
+#[test]
+fn debug_logs_load_decide_alike_and_name_the_verdicts() {
+    let config = DatapathConfig {
+        log: DatapathLog::Debug,
+        ..Default::default()
+    };
+    let mut f = fixture_with(&config);
+    let o = check(&mut f, &udp(port_of(PARK_SVC), b"hi"));
+    assert_eq!(o.verdict, Verdict::Park);
+    let o = check(&mut f, &udp(port_of(PASS_SVC), b"hi"));
+    assert_eq!(o.verdict, Verdict::Pass);
+    // An IPv6 frame toward an IPv4 target: the FORWARD fails.
+    f.set_service(
+        FWD6_SVC,
+        service(
+            Action::Forward,
+            0,
+            forward_v4(
+                NEW_SERVER,
+                0,
+                ForwardMode::AddressChanging,
+                TEST_RUN_IFINDEX,
+            ),
+        ),
+    )
+    .unwrap();
+    let v6 = FrameBuilder::udp_v6(NEW_SERVER6, 1, SERVER6, port_of(FWD6_SVC)).build();
+    let o = check(&mut f, &v6);
+    assert_eq!(o.verdict, Verdict::ForwardFailed);
+    let lines = f.dp.drain_logs();
+    let texts: Vec<(log::Level, &str)> = lines.iter().map(|l| (l.level, l.text.as_str())).collect();
+    let park = format!("service {PARK_SVC}: park (");
+    let pass = format!("service {PASS_SVC}: pass (");
+    let failed = format!("service {FWD6_SVC}: forward_failed, forward_unsupported");
+    for (level, want) in [
+        (log::Level::Debug, park.as_str()),
+        (log::Level::Debug, pass.as_str()),
+        (log::Level::Warn, failed.as_str()),
+    ] {
+        assert!(
+            texts
+                .iter()
+                .any(|(l, t)| *l == level && t.starts_with(want)),
+            "{want} at {level}: {texts:?}"
+        );
+    }
+    // Off (the default): the same frames, no records.
+    let mut quiet = fixture();
+    check(&mut quiet, &udp(port_of(PARK_SVC), b"hi"));
+    assert_eq!(quiet.dp.drain_logs(), Vec::new());
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     datapath::AttachMode,
+    datapath_log::DatapathLog,
     forward_path::ForwardPathChoice,
 };
 pub use values::{AtLeastOne, Bounded, IfName, LeaseMs, RingBytes, Seconds};
@@ -63,6 +64,17 @@ pub struct Settings {
         skip_serializing_if = "Option::is_none"
     )]
     pub forward_path: Option<ForwardPathChoice>,
+    /// The XDP program's debug logs, in the agent's log: off, warn (frames
+    /// that failed to park or forward, failed replay runs) or debug (also
+    /// every verdict on a frame of a service; for debugging, not for
+    /// traffic). Off, the program runs without them [default: off].
+    #[arg(long, value_name = "LEVEL")]
+    #[serde(
+        default,
+        with = "values::as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub datapath_log: Option<DatapathLog>,
     /// Control socket [default: /run/migr/agent.sock].
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +173,7 @@ pub struct AgentConfig {
     pub ifaces: Vec<String>,
     pub mode: AttachMode,
     pub forward_path: ForwardPathChoice,
+    pub datapath_log: DatapathLog,
     pub socket: PathBuf,
     pub socket_group: Option<String>,
     pub socket_group_read_only: bool,
@@ -190,6 +203,7 @@ impl Settings {
             iface: self.iface.or(file.iface),
             mode: self.mode.or(file.mode),
             forward_path: self.forward_path.or(file.forward_path),
+            datapath_log: self.datapath_log.or(file.datapath_log),
             socket: self.socket.or(file.socket),
             socket_group: self.socket_group.or(file.socket_group),
             socket_group_read_only: self.socket_group_read_only.or(file.socket_group_read_only),
@@ -234,6 +248,7 @@ impl Settings {
             ifaces,
             mode: self.mode.unwrap_or_default(),
             forward_path: self.forward_path.unwrap_or_default(),
+            datapath_log: self.datapath_log.unwrap_or_default(),
             socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             socket_group: self.socket_group,
             socket_group_read_only: read_only,
@@ -268,6 +283,7 @@ impl AgentConfig {
             iface: Some(self.ifaces.iter().cloned().map(IfName).collect()),
             mode: Some(self.mode),
             forward_path: Some(self.forward_path),
+            datapath_log: Some(self.datapath_log),
             socket: Some(self.socket.clone()),
             socket_group: self.socket_group.clone(),
             socket_group_read_only: Some(self.socket_group_read_only),

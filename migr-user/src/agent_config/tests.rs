@@ -114,6 +114,7 @@ fn every_flag_is_a_key_of_the_file() {
         iface = ["eth3"]
         mode = "native"
         forward-path = "tc"
+        datapath-log = "debug"
         socket = "/s"
         socket-group = "adm"
         socket-group-read-only = true
@@ -140,7 +141,7 @@ fn every_flag_is_a_key_of_the_file() {
         .map(|a| a.get_long().unwrap().to_string())
         .filter(|k| k != "help")
         .collect();
-    assert_eq!(keys.len(), 21, "{keys:?}");
+    assert_eq!(keys.len(), 22, "{keys:?}");
     for key in &keys {
         assert!(
             text.contains(&format!("\n        {key} = ")),
@@ -154,6 +155,7 @@ fn every_flag_is_a_key_of_the_file() {
             ifaces: vec!["eth3".into()],
             mode: AttachMode::Native,
             forward_path: ForwardPathChoice::Tc,
+            datapath_log: DatapathLog::Debug,
             socket: "/s".into(),
             socket_group: Some("adm".into()),
             socket_group_read_only: true,

@@ -318,6 +318,9 @@ impl Engine {
                 self.pump_events();
             }
             busy |= self.replay_backlogs(256);
+            for line in self.dp.drain_logs() {
+                line.emit();
+            }
             reclaim_stores(&mut self.services, self.ring.consumer_pos());
             self.tick();
             self.renew_leases_if_due();
@@ -372,12 +375,18 @@ impl Engine {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // The datapath's debug logs; poll skips a negative fd (logs off).
+            libc::pollfd {
+                fd: self.dp.log_fd().unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         if self.pump_paused_until.is_some() {
             // Do not spin on a ring we cannot drain right now.
             fds[0].events = 0;
         }
-        // SAFETY: poll on three valid fds.
+        // SAFETY: poll on valid fds (and a negative one, which it skips).
         unsafe {
             libc::poll(
                 fds.as_mut_ptr(),

@@ -4,3 +4,4 @@
 mod coexistence;
 mod explain;
 mod health;
+mod logs;
