@@ -5,6 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use migr_common::maps::{ReplaySlot, map_names};
 use migr_testkit::agent_harness::*;
 use serde_json::{Value, json};
 
@@ -256,4 +257,100 @@ fn an_upgrade_in_place_keeps_every_parked_frame() {
          all {total} requests answered once, in order, by the new one"
     );
     t.procs.push(echo);
+}
+
+/// An agent that finds `REPLAY_SLOTS` pinned with 64 slots (as agents
+/// before the 256-slot batches pinned it) replays through it in batches of
+/// 64: every one of 300 parked frames arrives once, in order, none fails.
+#[test]
+fn replay_slots_pinned_by_an_older_agent_size_the_batches() {
+    const PARKED: usize = 300;
+    let mut t = Topology::build(false, &["--replay-rate", "0"], false);
+    let maps = migr_user::pin_layout::maps_dir(&t.src_agent.pin_dir);
+    std::fs::create_dir_all(&maps).unwrap();
+    pin_array(
+        &maps.join(map_names::REPLAY_SLOTS),
+        size_of::<ReplaySlot>() as u32,
+        64,
+        BPF_F_MMAPABLE,
+    );
+    t.src_agent.start(&t.src);
+    let echo = start_echo(&t.src, SRC_IP, "src", &t.scratch());
+    t.src_agent
+        .add_udp_service(9, "old-slots", &format!("{SRC_IP}:{PORT}"));
+    let client = UdpClient::new(&t.client, &format!("{SRC_IP}:{PORT}"));
+    t.src_agent.phase("old-slots", "freeze");
+    send_paced(&client, PARKED);
+    wait_for(Duration::from_secs(10), "the parked frames stored", || {
+        num(
+            &t.src_agent.service("old-slots"),
+            &["parked", "stored_frames"],
+        ) == PARKED as u64
+    });
+    t.src_agent.phase("old-slots", "abort");
+    let answers = client.wait_answers(PARKED, Duration::from_secs(20));
+    let (at_src, _) = check_answers(&answers, PARKED as u64);
+    assert_eq!(at_src.len(), PARKED);
+    let s = t.src_agent.service("old-slots");
+    assert_eq!(
+        (
+            num(&s, &["replay", "replayed_frames"]),
+            num(&s, &["replay", "failed_frames"]),
+            num(&s, &["replay", "retries"]),
+        ),
+        (PARKED as u64, 0, 0),
+        "{s}"
+    );
+    t.procs.push(echo);
+}
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Creates an array map of `entries` values of `value_size` bytes and pins
+/// it at `path` (what an older agent left there).
+fn pin_array(path: &std::path::Path, value_size: u32, entries: u32, flags: u32) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    /// `union bpf_attr` for BPF_MAP_CREATE: the fields used, then zeros.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        rest: [u32; 27],
+    }
+    /// `union bpf_attr` for BPF_OBJ_PIN.
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        rest: [u64; 6],
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: entries,
+        map_flags: flags,
+        rest: [0; 27],
+    };
+    // SAFETY: the attribute has the kernel's layout for BPF_MAP_CREATE.
+    let fd = unsafe { migr_user::bpf_sys::bpf(BPF_MAP_CREATE, &create) }
+        .expect("BPF_MAP_CREATE of the old REPLAY_SLOTS") as u32;
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd,
+        file_flags: 0,
+        rest: [0; 6],
+    };
+    // SAFETY: as above for BPF_OBJ_PIN; `path` outlives the call.
+    unsafe { migr_user::bpf_sys::bpf(BPF_OBJ_PIN, &pin) }.expect("BPF_OBJ_PIN");
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
 }
