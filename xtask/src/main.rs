@@ -89,12 +89,20 @@ enum Command {
         /// Where to write the JSON results (default: target/bench.json).
         #[arg(long)]
         json: Option<String>,
-        /// Run only this group (xdp, breakdown, map-scale, veth, agent); may be repeated.
+        /// Run only this group (xdp, breakdown, map-scale, veth, control, replay, and agent
+        /// for the last two); may be repeated.
         #[arg(long)]
         only: Vec<String>,
         /// In the xdp and breakdown groups, only the cases whose name contains this.
         #[arg(long)]
         case: Option<String>,
+    },
+    /// Prints the Markdown table of a bench run's JSON (README.md's "Benchmark results"),
+    /// every case but the breakdown's stages.
+    BenchTable {
+        /// The JSON a run wrote (default: target/bench.json).
+        #[arg(long)]
+        json: Option<String>,
     },
     /// The privileged tests under Debian's LTS kernels (6.1, 6.12) in QEMU (docs/vm-tests.md).
     VmTest {
@@ -151,6 +159,7 @@ fn main() {
             only,
             case,
         } => bench::bench(quick, json.as_deref(), &only, case.as_deref()),
+        Command::BenchTable { json } => bench::print_table(json.as_deref()),
         Command::VmTest {
             kernel,
             accel,
