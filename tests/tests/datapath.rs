@@ -468,7 +468,17 @@ fn forward_without_a_device_is_counted_and_dropped() {
     assert_eq!(reason(&o, Reason::NoRedirectTarget), 1);
     // Family mismatch: an IPv6 packet toward an IPv4 target.
     let mut f = fixture();
-    let v6 = FrameBuilder::udp_v6(NEW_SERVER6, 1, SERVER6, port_of(FWD6_SVC)).build();
+    let v6 = v6_toward_a_v4_target(&mut f);
+    let o = check(&mut f, &v6);
+    assert_eq!(
+        (o.verdict, reason(&o, Reason::ForwardUnsupported)),
+        (Verdict::ForwardFailed, 1)
+    );
+}
+
+/// Points `FWD6_SVC` (an IPv6 listener) at an IPv4 target; returns a frame
+/// to it, whose FORWARD fails (`forward_unsupported`).
+fn v6_toward_a_v4_target(f: &mut Fixture) -> Vec<u8> {
     f.set_service(
         FWD6_SVC,
         service(
@@ -483,11 +493,7 @@ fn forward_without_a_device_is_counted_and_dropped() {
         ),
     )
     .unwrap();
-    let o = check(&mut f, &v6);
-    assert_eq!(
-        (o.verdict, reason(&o, Reason::ForwardUnsupported)),
-        (Verdict::ForwardFailed, 1)
-    );
+    FrameBuilder::udp_v6(NEW_SERVER6, 1, SERVER6, port_of(FWD6_SVC)).build()
 }
 
 #[test]
@@ -756,21 +762,7 @@ fn debug_logs_load_decide_alike_and_name_the_verdicts() {
     let o = check(&mut f, &udp(port_of(PASS_SVC), b"hi"));
     assert_eq!(o.verdict, Verdict::Pass);
     // An IPv6 frame toward an IPv4 target: the FORWARD fails.
-    f.set_service(
-        FWD6_SVC,
-        service(
-            Action::Forward,
-            0,
-            forward_v4(
-                NEW_SERVER,
-                0,
-                ForwardMode::AddressChanging,
-                TEST_RUN_IFINDEX,
-            ),
-        ),
-    )
-    .unwrap();
-    let v6 = FrameBuilder::udp_v6(NEW_SERVER6, 1, SERVER6, port_of(FWD6_SVC)).build();
+    let v6 = v6_toward_a_v4_target(&mut f);
     let o = check(&mut f, &v6);
     assert_eq!(o.verdict, Verdict::ForwardFailed);
     let lines = f.dp.drain_logs();

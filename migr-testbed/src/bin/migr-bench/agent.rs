@@ -628,51 +628,75 @@ impl Sinks {
 /// A local replay (abort: into the node's stack), then its baseline: the
 /// same datagrams sent with sendmmsg into the same socket.
 fn local_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates) -> Result<()> {
-    bench.phase("freeze")?;
-    park_from_peer(bench, frames)?;
-    let replays = num(&bench.show()?, &["replay", "replays"]);
-    let (got, svc) = sinks.node.reading(frames, || {
-        bench.phase("abort")?;
-        bench.wait_until("the local replay", |s| replay_over(s, replays))
-    })?;
-    check_delivered("local replay", got, frames, &svc)?;
-    rates.replay.push(replay_rate(&svc)?);
-    let sender = bench.node.run(|| UdpSocket::bind("10.53.0.2:0"))??;
     let to = std::net::SocketAddrV4::new(ip(NODE_IP), PORT);
-    let (got, took) = sinks
-        .node
-        .reading(frames, || sendmmsg_all(&sender, to, frames))?;
-    if got != frames {
-        bail!("sendmmsg baseline: {got} of {frames} datagrams arrived");
-    }
-    rates.sendmmsg.push(frames as f64 / took.as_secs_f64());
-    Ok(())
+    let baseline = Baseline {
+        from: "10.53.0.2:0",
+        to,
+    };
+    replay_round(
+        bench,
+        &sinks.node,
+        "abort",
+        || Ok(()),
+        baseline,
+        frames,
+        rates,
+    )
 }
 
 /// A replay to the destination (source `restored`: the FORWARD rewrite),
-/// then its baseline: sendmmsg from the node to the destination's socket.
+/// then its baseline: sendmmsg from the node to the destination's socket
+/// once the source is `done`.
 fn forward_round(bench: &Bench, sinks: &Sinks, frames: usize, rates: &mut Rates) -> Result<()> {
+    let done = || {
+        bench.call(
+            "phase",
+            json!({"service": SERVICE, "phase": "done", "drain_ms": 0}),
+        )?;
+        bench.wait_until("the drain to end", |s| s["state"] == "done")?;
+        Ok(())
+    };
+    let baseline = Baseline {
+        from: "10.54.0.1:0",
+        to: DST_ADDR.parse()?,
+    };
+    replay_round(bench, &sinks.dst, "restored", done, baseline, frames, rates)
+}
+
+/// Where a round's sendmmsg baseline sends from (in the node) and to.
+struct Baseline {
+    from: &'static str,
+    to: std::net::SocketAddrV4,
+}
+
+/// Parks `frames` from the peer, replays them with `phase` into `sink`,
+/// runs `then`, and sends the baseline's datagrams into the same sink.
+fn replay_round(
+    bench: &Bench,
+    sink: &Sink,
+    phase: &str,
+    then: impl FnOnce() -> Result<()>,
+    baseline: Baseline,
+    frames: usize,
+    rates: &mut Rates,
+) -> Result<()> {
     bench.phase("freeze")?;
     park_from_peer(bench, frames)?;
     let replays = num(&bench.show()?, &["replay", "replays"]);
-    let (got, svc) = sinks.dst.reading(frames, || {
-        bench.phase("restored")?;
-        bench.wait_until("the forward replay", |s| replay_over(s, replays))
+    let (got, svc) = sink.reading(frames, || {
+        bench.phase(phase)?;
+        bench.wait_until("the replay", |s| replay_over(s, replays))
     })?;
-    check_delivered("replay to the destination", got, frames, &svc)?;
+    check_delivered(phase, got, frames, &svc)?;
     rates.replay.push(replay_rate(&svc)?);
-    bench.call(
-        "phase",
-        json!({"service": SERVICE, "phase": "done", "drain_ms": 0}),
-    )?;
-    bench.wait_until("the drain to end", |s| s["state"] == "done")?;
-    let sender = bench.node.run(|| UdpSocket::bind("10.54.0.1:0"))??;
-    let to = DST_ADDR.parse()?;
-    let (got, took) = sinks
-        .dst
-        .reading(frames, || sendmmsg_all(&sender, to, frames))?;
+    then()?;
+    let sender = bench.node.run(|| UdpSocket::bind(baseline.from))??;
+    let (got, took) = sink.reading(frames, || sendmmsg_all(&sender, baseline.to, frames))?;
     if got != frames {
-        bail!("sendmmsg baseline to the destination: {got} of {frames} datagrams arrived");
+        bail!(
+            "sendmmsg baseline to {}: {got} of {frames} datagrams arrived",
+            baseline.to
+        );
     }
     rates.sendmmsg.push(frames as f64 / took.as_secs_f64());
     Ok(())
