@@ -27,8 +27,8 @@
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
 //! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
-//! | `AYA_LOGS` | ring buffer (aya-log) | - | debug log records, written only with `--datapath-log` (`log.rs`) | this program (agent reads) |
 //! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
+//! | `AYA_LOGS` | ring buffer (aya-log) | - | debug log records, written only with `--datapath-log` (`log.rs`) | this program (agent reads) |
 #![no_std]
 #![no_main]
 

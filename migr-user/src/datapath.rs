@@ -6,7 +6,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::datapath_log::{DatapathLog, LogLine, LogReader};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,6 +23,8 @@ use migr_common::maps::{
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
     Verdict, listener_port_bit, map_names, map_sizes, node_state,
 };
+
+use crate::datapath_log::{DatapathLog, LogLine, LogReader};
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migr"));

@@ -29,12 +29,12 @@ pub enum DatapathLog {
 }
 
 impl DatapathLog {
-    /// The value of `AYA_LOG_LEVEL` (aya-log's `Level`: warn 2, debug 4).
+    /// The value of `AYA_LOG_LEVEL`: aya-log's `Level`, 0 for none.
     pub const fn aya_level(self) -> u8 {
         match self {
             Self::Off => 0,
-            Self::Warn => 2,
-            Self::Debug => 4,
+            Self::Warn => aya_log::Level::Warn as u8,
+            Self::Debug => aya_log::Level::Debug as u8,
         }
     }
 }

@@ -48,8 +48,9 @@ pub fn bench(quick: bool, json: Option<&str>, only: &[String], case: Option<&str
     Ok(())
 }
 
-/// The file parses as JSON and has the fixed schema's fields in every case.
-pub fn check_json(path: &std::path::Path) -> Result<()> {
+/// The file parses as JSON and has the fixed schema's fields in every case;
+/// returns the document.
+pub fn check_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let doc: serde_json::Value = serde_json::from_str(&text)
@@ -68,14 +69,12 @@ pub fn check_json(path: &std::path::Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(doc)
 }
 
 /// `cargo xtask bench-table`: the Markdown table of a run's JSON.
 pub fn print_table(json: Option<&str>) -> Result<()> {
-    let path = json_path(json);
-    check_json(&path)?;
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let doc = check_json(&json_path(json))?;
     print!("{}", markdown_table(&doc)?);
     Ok(())
 }
