@@ -192,13 +192,8 @@ pub fn become_subreaper() -> Result<()> {
 
 /// Is there a process (not a zombie) with this PID?
 pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    migr_testkit::process::state_of(Path::new(&format!("/proc/{pid}/stat")))
+        .is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 /// Waits until `pid` is gone: reaps it if it is our child (or adopted

@@ -5,9 +5,10 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::NetNs;
 
@@ -26,6 +27,24 @@ impl Proc {
         unsafe { libc::kill(self.pid(), sig) };
     }
 
+    /// SIGSTOP, then waits until every thread has stopped: kill(2) returns
+    /// before the stop takes effect, and until the thread that takes the
+    /// signal runs, the process's other threads go on running.
+    pub fn freeze(&self, limit: Duration) -> Result<()> {
+        self.signal(libc::SIGSTOP);
+        let deadline = Instant::now() + limit;
+        while !all_threads_stopped(self.pid()) {
+            if Instant::now() > deadline {
+                bail!(
+                    "PID {} did not stop within {limit:?} of SIGSTOP",
+                    self.pid()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Its exit status, if it has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -37,6 +56,31 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Does `pid` exist with every one of its threads stopped (state T)?
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        match state_of(&task.path().join("stat")) {
+            Some('T') => any = true,
+            // A thread that exited meanwhile has nothing left to stop.
+            None => {}
+            Some(_) => return false,
+        }
+    }
+    any
+}
+
+/// The state letter of a /proc `stat` file. It follows the command's
+/// closing parenthesis: the command itself may hold any character.
+pub fn state_of(stat: &Path) -> Option<char> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
 }
 
 /// Starts `program args` in `ns` (network namespace only, as CRIU wants it:

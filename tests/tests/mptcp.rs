@@ -232,7 +232,7 @@ fn a_parked_mp_join_is_replayed_and_the_join_completes() {
     lab.agent.phase(freeze::SERVICE, "freeze", &[]).unwrap();
     // The container's downtime stand-in. (No network lock here: the
     // announcement of B is the node kernel's, and it must go out.)
-    lab.server.signal(libc::SIGSTOP);
+    lab.server.freeze(Duration::from_secs(5)).unwrap();
     lab.announce_b().unwrap();
     lab::wait_until(Duration::from_secs(10), "both MP_JOIN SYNs parked", || {
         let stats = lab.agent.stats()?;

@@ -141,7 +141,7 @@ impl FreezeLab {
             lab.announce_b()?;
         }
         if opts.pause_agent {
-            lab.agent.signal(libc::SIGSTOP)?;
+            lab.agent.pause()?;
         }
         let to: SocketAddr = format!("{A}:{PORT}").parse()?;
         for id in 0..opts.connections {
@@ -152,7 +152,7 @@ impl FreezeLab {
         if opts.announce_first {
             lab.wait_subflows(2)?;
             if opts.pause_agent {
-                lab.agent.signal(libc::SIGCONT)?;
+                lab.agent.resume()?;
             }
             wait_until(Duration::from_secs(10), "the tokens learned", || {
                 Ok(lab.agent.tokens()?.len() == n)
@@ -352,7 +352,7 @@ pub fn freeze_once(lab: &mut FreezeLab, steering: bool, freeze: Duration) -> Res
         let r = lab.agent.phase(SERVICE, "freeze", &[])?;
         ensure!(r["datapath"] == "park", "freeze answered {r}");
     }
-    lab.server.signal(libc::SIGSTOP);
+    lab.server.freeze(Duration::from_secs(5))?;
     lab::lock(&lab.node, PORT)?;
     let frozen_at = Instant::now();
     std::thread::sleep(freeze);

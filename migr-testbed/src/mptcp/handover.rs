@@ -415,7 +415,7 @@ pub fn handover_once(
     if steering {
         lab.agent_a.phase(SERVICE, "freeze", &[])?;
     }
-    lab.server.signal(libc::SIGSTOP);
+    lab.server.freeze(Duration::from_secs(5))?;
     lab::lock(&lab.svc, PORT)?;
     let frozen = Instant::now();
     std::thread::sleep(downtime);

@@ -295,13 +295,20 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Sends `sig` to the running agent.
-    pub fn signal(&self, sig: i32) -> Result<()> {
-        self.proc
-            .as_ref()
-            .context("the agent is not running")?
-            .signal(sig);
+    /// Stops the running agent (SIGSTOP) and returns once all its threads
+    /// have stopped.
+    pub fn pause(&self) -> Result<()> {
+        self.running()?.freeze(Duration::from_secs(5))
+    }
+
+    /// Resumes the agent stopped by `pause`.
+    pub fn resume(&self) -> Result<()> {
+        self.running()?.signal(libc::SIGCONT);
         Ok(())
+    }
+
+    fn running(&self) -> Result<&Proc> {
+        self.proc.as_ref().context("the agent is not running")
     }
 
     /// Starts migr-agent in `ns`, attached to `ifaces`, and waits until it serves.
