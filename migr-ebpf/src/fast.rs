@@ -1,6 +1,7 @@
 //! The fast path. For a linear frame with plain headers (Ethernet without a
 //! tag, IPv4 without options or IPv6 without extension headers, then UDP, TCP
-//! without options or another protocol) the headers are read in place, with
+//! without options or with timestamps only, or another protocol) the headers
+//! are read in place, with
 //! direct packet access through `network-types`' header layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
@@ -13,7 +14,8 @@
 //!
 //! Everything else takes the full classifier (`classify_into` in main.rs):
 //! multi-buffer frames, VLAN tags, IP options, extension headers, and TCP
-//! options (an MPTCP option can name a token). What the fast path decides, it
+//! options other than timestamps alone (an MPTCP option can name a token).
+//! What the fast path decides, it
 //! decides exactly as `migr_common::classify` would, with the same counters;
 //! the datapath corpus and storm tests compare both on every frame.
 
@@ -62,7 +64,8 @@ enum Quick {
     /// No service can own the frame: pass it, counted under this class (and
     /// reason, for a frame that is not IP or does not parse).
     Pass(ProtoClass, Option<Reason>),
-    /// UDP, or TCP without options, whose headers are all there and consistent.
+    /// UDP, or TCP without options or with timestamps only, whose headers are
+    /// all there and consistent.
     Plain(Plain),
     Slow,
 }
@@ -73,10 +76,21 @@ enum Quick {
 struct Plain {
     family: IpFamily,
     proto: u8,
+    /// TCP's header length: 20, or 32 with [`TIMESTAMPS_ONLY`] options.
+    tcp_header_len: u8,
     /// Bytes from the transport header to the end of the IP packet.
     l4_len: u16,
     dst_port: u16,
 }
+
+/// The options of nearly every TCP segment of an established connection
+/// with timestamps on (Linux, BSD, macOS): NOP, NOP, then the timestamps
+/// option (kind 8, 10 bytes). The full parser's option walk finds them valid
+/// and holding no MPTCP option, so such a frame is as plain as one without
+/// options. Its first four bytes; eight bytes of timestamps follow.
+const TIMESTAMPS_ONLY: [u8; 4] = [1, 1, 8, 10];
+/// A TCP header with [`TIMESTAMPS_ONLY`] options.
+const TCP_TIMESTAMPS_LEN: usize = TcpHdr::LEN + 12;
 
 /// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
 pub struct FastParsed {
@@ -433,7 +447,7 @@ fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     }
 }
 
-/// Checks UDP, or TCP without options, at `l4` (a constant per family); the
+/// Checks UDP, or TCP without options or with timestamps only, at `l4` (a constant per family); the
 /// IP packet ends `l4_len` bytes later, inside the frame.
 #[inline(always)]
 fn transport(
@@ -445,6 +459,7 @@ fn transport(
     l4_len: u16,
 ) -> Quick {
     let len = l4_len as usize;
+    let mut tcp_header_len = 0;
     let dst_port = match proto {
         IPPROTO_UDP => {
             if len < UdpHdr::LEN {
@@ -467,12 +482,15 @@ fn transport(
                 return MALFORMED;
             };
             // The data offset: the high nibble of byte 12 (`TcpHdr`'s bitfield).
-            match field!(tcp, _bitfield_1).get(4, 4) {
+            tcp_header_len = match field!(tcp, _bitfield_1).get(4, 4) {
                 0..=4 => return MALFORMED,
-                5 => {}
-                // Options: one may be MPTCP's, which the full parser reads.
+                5 => TcpHdr::LEN,
+                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) => {
+                    TCP_TIMESTAMPS_LEN
+                }
+                // Other options: one may be MPTCP's, which the full parser reads.
                 _ => return Quick::Slow,
-            }
+            };
             be16(field!(tcp, dest))
         }
         proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
@@ -480,9 +498,22 @@ fn transport(
     Quick::Plain(Plain {
         family,
         proto,
+        tcp_header_len: tcp_header_len as u8,
         l4_len,
         dst_port,
     })
+}
+
+/// Are the TCP options at `l4` exactly [`TIMESTAMPS_ONLY`]'s, all in the frame?
+#[inline(always)]
+fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
+    header::<[u8; TCP_TIMESTAMPS_LEN - TcpHdr::LEN]>(start, end, l4 + TcpHdr::LEN).is_some_and(
+        |options| {
+            // SAFETY: `header` proved the options are in the frame.
+            let first = unsafe { options.cast::<[u8; 4]>().read_unaligned() };
+            first == TIMESTAMPS_ONLY
+        },
+    )
 }
 
 /// The destination address of a frame [`quick_parse`] found plain, as
@@ -532,9 +563,9 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
             ack: u32::from_be_bytes(field!(tcp, ack_seq)),
             // Byte 13, the bitfield's second byte.
             flags: field!(tcp, _bitfield_1).get(8, 8) as u8,
-            header_len: TcpHdr::LEN as u8,
-            payload_offset: (l4 + TcpHdr::LEN) as u16,
-            payload_len: len - TcpHdr::LEN as u16,
+            header_len: plain.tcp_header_len,
+            payload_offset: (l4 + plain.tcp_header_len as usize) as u16,
+            payload_len: len - u16::from(plain.tcp_header_len),
             mptcp: None,
         })
     };

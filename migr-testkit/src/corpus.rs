@@ -13,7 +13,7 @@ use migr_user::datapath::DatapathConfig;
 
 use crate::{
     fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, forward_v6, listener_key, service, v4},
-    frames::{FrameBuilder, mptcp, quic},
+    frames::{FrameBuilder, mptcp, quic, tcp_opt},
     require_privileges,
 };
 
@@ -206,10 +206,17 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         0 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
             .payload(&payload)
             .build(),
-        1 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port)
-            .flags(TCP_ACK)
-            .payload(&payload)
-            .build(),
+        1 => {
+            let tcp = FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port).flags(TCP_ACK);
+            // Half with the timestamps of an established Linux connection
+            // (the fast path takes those options as plain).
+            let tcp = if rng.below(2) == 0 {
+                tcp.tcp_options(&timestamps_only(rng))
+            } else {
+                tcp
+            };
+            tcp.payload(&payload).build()
+        }
         2 => FrameBuilder::udp_v6(
             [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             sport,
@@ -249,6 +256,16 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             .build(),
         _ => FrameBuilder::ethernet(0x0806).payload(&payload).build(),
     }
+}
+
+/// NOP, NOP, timestamps: the options of most TCP segments on the wire.
+pub fn timestamps_only(rng: &mut Rng) -> Vec<u8> {
+    let mut options = [tcp_opt::nop(), tcp_opt::nop()].concat();
+    options.extend(tcp_opt::timestamps(
+        rng.next_u64() as u32,
+        rng.next_u64() as u32,
+    ));
+    options
 }
 
 pub fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {

@@ -24,7 +24,7 @@ use migr_common::{
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
 use migr_testkit::{
-    NetNs,
+    NetNs, corpus,
     fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, listener_key, service, v4},
     frames::{FrameBuilder, mptcp, quic},
     netns::full_checksums,
@@ -161,6 +161,7 @@ fn xdp_target(name: &str) -> Option<Target> {
     let ns = match name {
         "migr, no services (pass-through)"
         | "migr, services but none matches (pass-through)"
+        | "tcp timestamps, none matches (pass-through)"
         | "malformed (IHL 4)" => 15.0,
         "quic short header (pass)" => 40.0,
         "forward, address rewrite" | "forward, MACs only" => 60.0,
@@ -299,6 +300,16 @@ fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("park 1400 B", udp(4002, &[0xab; 1358])),
         ("forward, address rewrite", udp(4003, &[0xab; 1000])),
         ("forward, MACs only", udp(4004, &[0xab; 1000])),
+        // Before the MP_JOIN SYN: it learns a flow, and from then on every
+        // TCP or UDP frame on the node is looked up in FLOWS.
+        (
+            "tcp timestamps, none matches (pass-through)",
+            tcp_timestamps([10, 9, 9, 9], 9),
+        ),
+        (
+            "tcp data with timestamps (pass)",
+            tcp_timestamps(SERVER, 4001),
+        ),
         (
             "mptcp MP_JOIN SYN",
             FrameBuilder::tcp_v4(CLIENT, 41000, [10, 1, 0, 99], 8080)
@@ -325,6 +336,16 @@ fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("malformed (IHL 4)", malformed),
     ]
+}
+
+/// A data segment of an established Linux connection (NOP, NOP,
+/// timestamps: the options of most TCP on the wire) to `port`.
+fn tcp_timestamps(dst: [u8; 4], port: u16) -> Vec<u8> {
+    FrameBuilder::tcp_v4(CLIENT, 41002, dst, port)
+        .flags(TCP_ACK)
+        .tcp_options(&corpus::timestamps_only(&mut corpus::Rng(1)))
+        .payload(&[0; 100])
+        .build()
 }
 
 fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
