@@ -38,7 +38,7 @@ use network_types::{
 };
 
 use crate::{
-    LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, breakdown::stop, count_proto_class,
+    FLOWS, LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, breakdown::stop, count_proto_class,
     count_reason, count_verdict, in_place::InPlace, on_stack,
 };
 
@@ -48,6 +48,15 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// IPv4 flags and fragment offset: MF and the offset mark a fragment.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+
+/// Reads a field of a header that [`header`] returned.
+macro_rules! field {
+    ($header:expr, $field:ident) => {
+        // SAFETY: `header` proved the whole header is in the frame; the read
+        // is unaligned, like the frame's fields.
+        unsafe { core::ptr::addr_of!((*$header).$field).read_unaligned() }
+    };
+}
 
 /// What [`fast_path`] did with the frame.
 pub enum Fast {
@@ -76,8 +85,6 @@ enum Quick {
 struct Plain {
     family: IpFamily,
     proto: u8,
-    /// TCP's header length: 20, or 32 with [`TIMESTAMPS_ONLY`] options.
-    tcp_header_len: u8,
     /// Bytes from the transport header to the end of the IP packet.
     l4_len: u16,
     dst_port: u16,
@@ -99,6 +106,8 @@ pub struct FastParsed {
     len: u32,
     /// The frame's listener entry; service id [`NO_SERVICE`]: none.
     listener: ListenerEntry,
+    /// The service of the frame's learned flow; [`NO_SERVICE`]: none.
+    flow: u32,
 }
 
 /// Per-CPU scratch: [`fast_path`] and [`migr_lookup_known`] run one after the
@@ -126,7 +135,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md, replay: bool) -> Fast {
     // The helper's length, opaque to LLVM: computed from `end` instead, it
     // would be arithmetic on `data_end`, which the verifier refuses.
     let frame_len = core::hint::black_box(len as usize);
-    let quick = quick_parse(start, end, frame_len);
+    let quick = quick_parse(ctx, start, end, frame_len);
     if STOP == stop::HEADERS {
         return Fast::Passed;
     }
@@ -134,12 +143,12 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md, replay: bool) -> Fast {
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
             let flows = may_match(node_state::FLOWS);
-            let port = flows || listener_port(plain.dst_port);
+            let port = listener_port(plain.dst_port);
             if STOP == stop::WORDS {
                 return Fast::Passed;
             }
-            if port {
-                match claim::<STOP>(ctx, &plain, len as u32, flows) {
+            if port || flows {
+                match claim::<STOP>(ctx, &plain, len as u32, port, flows) {
                     Claim::Unclaimed => {}
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
@@ -175,38 +184,74 @@ pub fn parsed_len() -> Option<u64> {
 
 /// What [`claim`] found.
 enum Claim {
-    /// No listener, and no flow was ever learned: the frame passes.
+    /// No listener and no learned flow: the frame passes.
     Unclaimed,
-    /// Parsed into [`FAST_PARSED`], with the listener if there is one.
+    /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
     Lookup,
     Slow,
     /// A cut-short copy stops (`breakdown.rs`).
     Stop,
 }
 
-/// Looks up the listener of a plain frame that a table may claim. A BPF call
-/// of its own, made only for such frames: inlined, its stack (the key, the
-/// entry) would add to the program's, and the program's and a stage's
-/// together must fit the 512 bytes.
+/// Looks up the listener (if its port has one: `port`) and the learned flow
+/// (if the node has any: `flows`) of a plain frame. A BPF call of its own,
+/// made only for such frames: inlined, its stack (the keys, the entry) would
+/// add to the program's, and the program's and a stage's together must fit
+/// the 512 bytes.
+///
+/// The flow is looked up here, not in the lookup stage, so that a frame no
+/// table claims on a node with learned flows (every node whose services
+/// learned an MP_JOIN) still passes on the fast path.
 #[inline(never)]
-fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, len: u32, flows: bool) -> Claim {
+fn claim<const STOP: u32>(
+    ctx: *mut xdp_md,
+    plain: &Plain,
+    len: u32,
+    port: bool,
+    flows: bool,
+) -> Claim {
     let (start, end) = data(ctx);
-    let Some(addr) = dst_addr(start, end, plain.family) else {
+    let Some((src_addr, dst_addr)) = addrs(start, end, plain.family) else {
         return Claim::Slow;
     };
-    let key = ListenerKey {
-        addr,
-        port: plain.dst_port,
-        proto: plain.proto,
-        family: family_tag(plain.family),
-    };
-    let key = on_stack(&key);
-    // SAFETY: the value is copied out at once (see `MapTables`).
-    let listener = unsafe { LISTENERS.get(key) }.copied();
+    let family = family_tag(plain.family);
+    let mut listener = None;
+    if port {
+        let key = on_stack(&ListenerKey {
+            addr: dst_addr,
+            port: plain.dst_port,
+            proto: plain.proto,
+            family,
+        });
+        // SAFETY: the value is copied out at once (see `MapTables`).
+        listener = unsafe { LISTENERS.get(&key) }.copied();
+    }
     if STOP == stop::LISTENER {
         return Claim::Stop;
     }
-    if listener.is_none() && !flows {
+    let mut flow = None;
+    if flows {
+        let l4 = match plain.family {
+            IpFamily::V4 => IPV4_L4,
+            IpFamily::V6 => IPV6_L4,
+        };
+        // UDP's and TCP's source ports sit alike, in the header's first two bytes.
+        let Some(ports) = header::<UdpHdr>(start, end, l4) else {
+            return Claim::Slow;
+        };
+        let key = on_stack(&FlowKey {
+            src_addr,
+            dst_addr,
+            src_port: be16(field!(ports, src)),
+            dst_port: plain.dst_port,
+            proto: plain.proto,
+            family,
+            _pad: [0; 2],
+        });
+        // SAFETY: as above.
+        flow = unsafe { FLOWS.get(&key) }.copied();
+    }
+    if listener.is_none() && flow.is_none() {
         return Claim::Unclaimed;
     }
     let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
@@ -217,6 +262,7 @@ fn claim<const STOP: u32>(ctx: *mut xdp_md, plain: &Plain, len: u32, flows: bool
         (*parsed).plain = *plain;
         (*parsed).len = len;
         (*parsed).listener = listener.unwrap_or_default();
+        (*parsed).flow = flow.unwrap_or(NO_SERVICE);
     }
     Claim::Lookup
 }
@@ -292,7 +338,10 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
         return 1;
     }
     let listener = parsed.listener;
-    let known = KnownListener((listener.service_id != NO_SERVICE).then_some(listener));
+    let known = Claimed {
+        listener: (listener.service_id != NO_SERVICE).then_some(listener),
+        flow: (parsed.flow != NO_SERVICE).then_some(parsed.flow),
+    };
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
     // dozen small reads), straight from the linear frame: the fast path took
     // only linear frames.
@@ -301,18 +350,22 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     1
 }
 
-/// The tables, with the frame's listener looked up already.
-struct KnownListener(Option<ListenerEntry>);
+/// The tables, with the frame's listener and learned flow looked up
+/// already ([`claim`]).
+struct Claimed {
+    listener: Option<ListenerEntry>,
+    flow: Option<u32>,
+}
 
-impl Tables for KnownListener {
+impl Tables for Claimed {
+    // `lookup_stage` asks for the keys `claim` looked up.
     #[inline(always)]
     fn listener(&self, _key: &ListenerKey) -> Option<ListenerEntry> {
-        // `lookup_stage` asks for the key the fast path looked up.
-        self.0
+        self.listener
     }
     #[inline(always)]
-    fn flow(&self, key: &FlowKey) -> Option<u32> {
-        MapTables.flow(key)
+    fn flow(&self, _key: &FlowKey) -> Option<u32> {
+        self.flow
     }
     #[inline(always)]
     fn server_id(&self, server_id: u32) -> Option<u32> {
@@ -356,15 +409,6 @@ fn data(ctx: *mut xdp_md) -> (usize, usize) {
     }
 }
 
-/// Reads a field of a header that [`header`] returned.
-macro_rules! field {
-    ($header:expr, $field:ident) => {
-        // SAFETY: `header` proved the whole header is in the frame; the read
-        // is unaligned, like the frame's fields.
-        unsafe { core::ptr::addr_of!((*$header).$field).read_unaligned() }
-    };
-}
-
 /// A header of type `T` at `offset` (a constant), if the frame holds it all.
 #[inline(always)]
 fn header<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
@@ -389,13 +433,13 @@ const MALFORMED: Quick = Quick::Pass(ProtoClass::OtherIp, Some(Reason::Malformed
 /// `Malformed` (class "other IP"), a fragment `Unsupported`, a non-IP
 /// EtherType `NotIp`. Reads only what the checks need.
 #[inline(always)]
-fn quick_parse(start: usize, end: usize, len: usize) -> Quick {
+fn quick_parse(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
     let Some(eth) = header::<EthHdr>(start, end, 0) else {
         return MALFORMED;
     };
     match u16::from_be(field!(eth, ether_type)) {
-        ETHERTYPE_IPV4 => ipv4(start, end, len),
-        ETHERTYPE_IPV6 => ipv6(start, end, len),
+        ETHERTYPE_IPV4 => ipv4(ctx, start, end, len),
+        ETHERTYPE_IPV6 => ipv6(ctx, start, end, len),
         // VLAN tags (802.1Q, 802.1ad, the old QinQ TPID) take the full parser.
         0x8100 | 0x88a8 | 0x9100 => Quick::Slow,
         _ => Quick::Pass(ProtoClass::NonIp, Some(Reason::NotIp)),
@@ -406,7 +450,7 @@ const IPV4_L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 const IPV6_L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
 
 #[inline(always)]
-fn ipv4(start: usize, end: usize, len: usize) -> Quick {
+fn ipv4(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv4Hdr>(start, end, EthHdr::LEN) else {
         return MALFORMED;
     };
@@ -425,11 +469,19 @@ fn ipv4(start: usize, end: usize, len: usize) -> Quick {
         return Quick::Pass(ProtoClass::OtherIp, Some(Reason::Unsupported));
     }
     let l4_len = (total - Ipv4Hdr::LEN) as u16;
-    transport(start, end, IpFamily::V4, field!(ip, proto), IPV4_L4, l4_len)
+    transport(
+        ctx,
+        start,
+        end,
+        IpFamily::V4,
+        field!(ip, proto),
+        IPV4_L4,
+        l4_len,
+    )
 }
 
 #[inline(always)]
-fn ipv6(start: usize, end: usize, len: usize) -> Quick {
+fn ipv6(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv6Hdr>(start, end, EthHdr::LEN) else {
         return MALFORMED;
     };
@@ -443,7 +495,7 @@ fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     match field!(ip, next_hdr) {
         // Hop-by-Hop, Routing, Fragment, Destination Options: the full parser.
         0 | 43 | 44 | 60 => Quick::Slow,
-        proto => transport(start, end, IpFamily::V6, proto, IPV6_L4, payload),
+        proto => transport(ctx, start, end, IpFamily::V6, proto, IPV6_L4, payload),
     }
 }
 
@@ -451,6 +503,7 @@ fn ipv6(start: usize, end: usize, len: usize) -> Quick {
 /// IP packet ends `l4_len` bytes later, inside the frame.
 #[inline(always)]
 fn transport(
+    ctx: *mut xdp_md,
     start: usize,
     end: usize,
     family: IpFamily,
@@ -459,7 +512,6 @@ fn transport(
     l4_len: u16,
 ) -> Quick {
     let len = l4_len as usize;
-    let mut tcp_header_len = 0;
     let dst_port = match proto {
         IPPROTO_UDP => {
             if len < UdpHdr::LEN {
@@ -481,16 +533,13 @@ fn transport(
             let Some(tcp) = header::<TcpHdr>(start, end, l4) else {
                 return MALFORMED;
             };
-            // The data offset: the high nibble of byte 12 (`TcpHdr`'s bitfield).
-            tcp_header_len = match field!(tcp, _bitfield_1).get(4, 4) {
+            match tcp_data_offset(tcp) {
                 0..=4 => return MALFORMED,
-                5 => TcpHdr::LEN,
-                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) => {
-                    TCP_TIMESTAMPS_LEN
-                }
+                5 => {}
+                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(ctx, l4) => {}
                 // Other options: one may be MPTCP's, which the full parser reads.
                 _ => return Quick::Slow,
-            };
+            }
             be16(field!(tcp, dest))
         }
         proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
@@ -498,15 +547,25 @@ fn transport(
     Quick::Plain(Plain {
         family,
         proto,
-        tcp_header_len: tcp_header_len as u8,
         l4_len,
         dst_port,
     })
 }
 
-/// Are the TCP options at `l4` exactly [`TIMESTAMPS_ONLY`]'s, all in the frame?
+/// The data offset (the header's length in 32-bit words): the high nibble
+/// of byte 12 (`TcpHdr`'s bitfield).
 #[inline(always)]
-fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
+fn tcp_data_offset(tcp: *const TcpHdr) -> u8 {
+    field!(tcp, _bitfield_1).get(4, 4) as u8
+}
+
+/// Are the TCP options at `l4` exactly [`TIMESTAMPS_ONLY`]'s, all in the
+/// frame? A BPF call, made only for TCP with 12 bytes of options: inlined,
+/// its reads grew the program's stack past what Linux 6.1 leaves it beside
+/// `migr_parse`.
+#[inline(never)]
+fn timestamps_only(ctx: *mut xdp_md, l4: usize) -> bool {
+    let (start, end) = data(ctx);
     header::<[u8; TCP_TIMESTAMPS_LEN - TcpHdr::LEN]>(start, end, l4 + TcpHdr::LEN).is_some_and(
         |options| {
             // SAFETY: `header` proved the options are in the frame.
@@ -516,16 +575,22 @@ fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
     )
 }
 
-/// The destination address of a frame [`quick_parse`] found plain, as
-/// `ListenerKey` holds it.
+/// The source and destination addresses of a frame [`quick_parse`] found
+/// plain, as `ListenerKey` and `FlowKey` hold them.
 #[inline(always)]
-fn dst_addr(start: usize, end: usize, family: IpFamily) -> Option<[u8; 16]> {
+fn addrs(start: usize, end: usize, family: IpFamily) -> Option<([u8; 16], [u8; 16])> {
     Some(match family {
-        IpFamily::V4 => v4_in_16(field!(
-            header::<Ipv4Hdr>(start, end, EthHdr::LEN)?,
-            dst_addr
-        )),
-        IpFamily::V6 => field!(header::<Ipv6Hdr>(start, end, EthHdr::LEN)?, dst_addr),
+        IpFamily::V4 => {
+            let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
+            (
+                v4_in_16(field!(ip, src_addr)),
+                v4_in_16(field!(ip, dst_addr)),
+            )
+        }
+        IpFamily::V6 => {
+            let ip = header::<Ipv6Hdr>(start, end, EthHdr::LEN)?;
+            (field!(ip, src_addr), field!(ip, dst_addr))
+        }
     })
 }
 
@@ -556,6 +621,10 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
         }
     } else {
         let tcp = header::<TcpHdr>(start, end, l4)?;
+        // 20 or 32 bytes ([`TIMESTAMPS_ONLY`]): read again rather than kept
+        // from `quick_parse`, where one more value to carry grew the program's
+        // stack past what Linux 6.1 leaves it beside `migr_parse`.
+        let header_len = u16::from(tcp_data_offset(tcp)) * 4;
         L4Info::Tcp(TcpInfo {
             src_port: be16(field!(tcp, source)),
             dst_port: plain.dst_port,
@@ -563,9 +632,9 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
             ack: u32::from_be_bytes(field!(tcp, ack_seq)),
             // Byte 13, the bitfield's second byte.
             flags: field!(tcp, _bitfield_1).get(8, 8) as u8,
-            header_len: plain.tcp_header_len,
-            payload_offset: (l4 + plain.tcp_header_len as usize) as u16,
-            payload_len: len - u16::from(plain.tcp_header_len),
+            header_len: header_len as u8,
+            payload_offset: l4 as u16 + header_len,
+            payload_len: len - header_len,
             mptcp: None,
         })
     };

@@ -161,6 +161,7 @@ fn xdp_target(name: &str) -> Option<Target> {
     let ns = match name {
         "migr, no services (pass-through)"
         | "migr, services but none matches (pass-through)"
+        | "migr, flows learned but none matches (pass-through)"
         | "tcp timestamps, none matches (pass-through)"
         | "malformed (IHL 4)" => 15.0,
         "quic short header (pass)" => 40.0,
@@ -399,6 +400,31 @@ fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
     let name = "migr, services but none matches (pass-through)";
     if opts.measures(name) {
         let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
+        push(name, ns, repeat);
+    }
+    // The same on a node whose services have learned a flow (an MP_JOIN
+    // subflow, say): from then on FLOWS may claim any TCP or UDP frame.
+    let name = "migr, flows learned but none matches (pass-through)";
+    if opts.measures(name) {
+        let mut learned = configured(&config)?;
+        let subflow = FlowKey {
+            src_addr: v4(CLIENT),
+            dst_addr: v4([10, 1, 0, 99]),
+            src_port: 41000,
+            dst_port: 8080,
+            proto: 6,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        learned.dp.set_flow(&subflow, 1)?;
+        let ns = ns_per_packet(
+            &mut learned.dp,
+            MAIN_PROGRAM,
+            &plain,
+            repeat,
+            rounds,
+            &mut drain,
+        )?;
         push(name, ns, repeat);
     }
     for (name, frame) in hit_frames()
