@@ -24,13 +24,13 @@ pub mod stop {
     pub const WORDS: u32 = 3;
     /// The `LISTENERS` lookup of a frame whose port has a listener.
     pub const LISTENER: u32 = 4;
-    /// The parse into the classification: for a plain frame the rest of its
-    /// headers, read in place (`migr_lookup_known`); for any other frame the
-    /// header copy (`bpf_xdp_load_bytes` into the header cache) and the full
-    /// parse stage.
+    /// The parse into the classification: for a plain frame its `FLOWS`
+    /// lookup (once flows exist) and the rest of its headers, read in place
+    /// (`migr_lookup_known`); for any other frame the header copy
+    /// (`bpf_xdp_load_bytes` into the header cache) and the full parse stage.
     pub const PARSED: u32 = 5;
-    /// The lookup stage: learned flows, the QUIC header and `SERVER_IDS`,
-    /// MPTCP tokens, `SERVICES`.
+    /// The lookup stage: learned flows (other than plain frames'), the QUIC
+    /// header and `SERVER_IDS`, MPTCP tokens, `SERVICES`.
     pub const CLASSIFIED: u32 = 6;
     /// The protocol-class and reason counters (for a frame the fast path
     /// decides, all of its counters, the verdict's too).

@@ -224,7 +224,7 @@ fn claim<const STOP: u32>(
             family,
         });
         // SAFETY: the value is copied out at once (see `MapTables`).
-        listener = unsafe { LISTENERS.get(&key) }.copied();
+        listener = unsafe { LISTENERS.get(key) }.copied();
     }
     if STOP == stop::LISTENER {
         return Claim::Stop;
@@ -249,7 +249,7 @@ fn claim<const STOP: u32>(
             _pad: [0; 2],
         });
         // SAFETY: as above.
-        flow = unsafe { FLOWS.get(&key) }.copied();
+        flow = unsafe { FLOWS.get(key) }.copied();
     }
     if listener.is_none() && flow.is_none() {
         return Claim::Unclaimed;

@@ -42,7 +42,10 @@ pub const BREAKDOWN_PROGRAMS: [(&str, &str); 8] = [
     ("migr_upto_headers", "frame length, header reads"),
     ("migr_upto_words", "NODE_STATE, LISTENER_PORTS words"),
     ("migr_upto_listener", "LISTENERS lookup"),
-    ("migr_upto_parsed", "parse (slow: header copy too)"),
+    (
+        "migr_upto_parsed",
+        "FLOWS lookup, parse (slow: header copy too)",
+    ),
     ("migr_upto_classified", "lookup stage"),
     ("migr_upto_counted", "class and reason counters"),
     ("migr_upto_decided", "final_action"),
