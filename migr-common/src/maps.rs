@@ -38,6 +38,12 @@ pub mod map_names {
     pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
     /// Transient (one load's XDP and TC programs share it), not pinned.
     pub const TC_HANDOVERS: &str = "TC_HANDOVERS";
+    /// The full classifier's programs, which `migr` tail-calls (see
+    /// [`super::full_path`]). Pinned beside the links, not with the state
+    /// maps: it holds programs, which every build replaces.
+    pub const FULL_PATH: &str = "FULL_PATH";
+    /// Frames the full path was not there to take (a per-CPU count; not pinned).
+    pub const FULL_PATH_MISSED: &str = "FULL_PATH_MISSED";
 
     /// The maps that hold state across agent restarts: pinned in bpffs.
     pub const PINNED: [&str; 17] = [
@@ -59,6 +65,20 @@ pub mod map_names {
         NODE_STATE,
         LISTENER_PORTS,
     ];
+}
+
+/// The slots of `FULL_PATH`. `migr` decides what its fast path can and
+/// tail-calls the full classifier (`migr_full`) for the rest, and for the
+/// agent's replay runs: as a program of its own, the full classifier's stack
+/// (its parse stage takes 448 of the 512 bytes a call chain may use) no
+/// longer limits `migr`'s. The bench's cut-short copies of `migr` tail-call
+/// cut-short copies of `migr_full`, one slot each.
+pub mod full_path {
+    /// `migr_full`.
+    pub const FULL: u32 = 0;
+    /// `migr_full_upto_parsed` .. `migr_full_upto_decided`: slots 1 to 4.
+    pub const FIRST_CUT: u32 = 1;
+    pub const SLOTS: u32 = 5;
 }
 
 /// Default sizes of the datapath's tables: the XDP program declares its maps

@@ -80,3 +80,26 @@ pub fn migr_upto_counted(ctx: XdpContext) -> u32 {
 pub fn migr_upto_decided(ctx: XdpContext) -> u32 {
     crate::run::<{ stop::DECIDED }>(ctx)
 }
+
+// The full classifier's copies, which the copies from `migr_upto_parsed` on
+// tail-call (`FULL_PATH` slots from `full_path::FIRST_CUT`, in this order).
+
+#[xdp(frags)]
+pub fn migr_full_upto_parsed(ctx: XdpContext) -> u32 {
+    crate::full::<{ stop::PARSED }>(ctx)
+}
+
+#[xdp(frags)]
+pub fn migr_full_upto_classified(ctx: XdpContext) -> u32 {
+    crate::full::<{ stop::CLASSIFIED }>(ctx)
+}
+
+#[xdp(frags)]
+pub fn migr_full_upto_counted(ctx: XdpContext) -> u32 {
+    crate::full::<{ stop::COUNTED }>(ctx)
+}
+
+#[xdp(frags)]
+pub fn migr_full_upto_decided(ctx: XdpContext) -> u32 {
+    crate::full::<{ stop::DECIDED }>(ctx)
+}

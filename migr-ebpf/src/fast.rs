@@ -1,8 +1,9 @@
-//! The fast path. For a linear frame with plain headers (Ethernet without a
-//! tag, IPv4 without options or IPv6 without extension headers, then UDP, TCP
-//! without options or with timestamps only, or another protocol) the headers
-//! are read in place, with
-//! direct packet access through `network-types`' header layouts:
+//! The fast path: `migr`'s own code. For a frame with plain headers
+//! (Ethernet without a tag, IPv4 without options or IPv6 without extension
+//! headers, then UDP, TCP without options or with timestamps only, or
+//! another protocol), all in the frame's linear part, the headers are read
+//! in place, with direct packet access through `network-types`' header
+//! layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
 //!   and passed at once, with no BPF call (the fast path is inlined into the
@@ -12,12 +13,13 @@
 //!   (its QUIC header read in place too, `in_place.rs`), without the header
 //!   copy and the parse stage.
 //!
-//! Everything else takes the full classifier (`classify_into` in main.rs):
-//! multi-buffer frames, VLAN tags, IP options, extension headers, and TCP
-//! options other than timestamps alone (an MPTCP option can name a token).
-//! What the fast path decides, it
-//! decides exactly as `migr_common::classify` would, with the same counters;
-//! the datapath corpus and storm tests compare both on every frame.
+//! Everything else goes to the full classifier, `migr_full` (main.rs), by a
+//! tail call: VLAN tags, IP options, extension headers, TCP options other
+//! than timestamps alone (an MPTCP option can name a token), IP packets that
+//! go on into XDP fragments. What the fast path decides, it decides exactly
+//! as `migr_common::classify` would, with the same counters (but one crafted
+//! frame, see [`fast_path`]); the datapath corpus and storm tests compare
+//! both on every frame.
 
 use aya_ebpf::{
     bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
@@ -85,6 +87,8 @@ enum Quick {
 struct Plain {
     family: IpFamily,
     proto: u8,
+    /// TCP's header length: 20, or 32 with [`TIMESTAMPS_ONLY`] options.
+    tcp_header_len: u8,
     /// Bytes from the transport header to the end of the IP packet.
     l4_len: u16,
     dst_port: u16,
@@ -102,7 +106,7 @@ const TCP_TIMESTAMPS_LEN: usize = TcpHdr::LEN + 12;
 /// A frame [`fast_path`] parsed, for [`migr_lookup_known`].
 pub struct FastParsed {
     plain: Plain,
-    /// The frame's length (`bpf_xdp_get_buff_len`; the frame is linear).
+    /// The frame's length: its linear part's (see [`fast_path`]).
     len: u32,
     /// The frame's listener entry; service id [`NO_SERVICE`]: none.
     listener: ListenerEntry,
@@ -121,25 +125,33 @@ static FAST_PARSED: PerCpuArray<FastParsed> = PerCpuArray::with_max_entries(1, 0
 /// `STOP` is the stage a cost-breakdown copy stops after (`breakdown.rs`);
 /// such a copy passes the frame uncounted.
 ///
-/// A `replay` run's frame (an agent's replay batch) is never passed here:
-/// one no table claims takes the full way, which counts it as replayed.
+/// The frame's length is its linear part's, `data_end - data` (a subtraction
+/// of two packet pointers, which the verifier allows a privileged loader), not
+/// `bpf_xdp_get_buff_len`'s: that helper call was 9-10 of the 16 ns a
+/// pass-through cost. Of a multi-buffer frame (XDP fragments) only a linear
+/// part is seen, so the fast path decides an IP frame only if its whole IP
+/// packet lies in the linear part, and asks the helper for a non-IP frame's
+/// length. The one frame it counts short: an IP packet in the linear part
+/// followed by more than a buffer's worth of bytes that are not IP, in
+/// fragments (only a crafted frame: a NIC pads frames under 60 bytes only,
+/// within the first buffer).
 #[inline(always)]
-pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md, replay: bool) -> Fast {
+pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     let (start, end) = data(ctx);
-    // SAFETY: plain helper call on the program's context.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx) };
-    if end - start != len as usize {
-        // Multi-buffer: the headers may cross into a fragment.
-        return Fast::Slow;
-    }
-    // The helper's length, opaque to LLVM: computed from `end` instead, it
-    // would be arithmetic on `data_end`, which the verifier refuses.
-    let frame_len = core::hint::black_box(len as usize);
-    let quick = quick_parse(ctx, start, end, frame_len);
+    // Opaque to LLVM, so that the checks against it stay arithmetic on a
+    // scalar, not on `data_end` (which the verifier refuses).
+    let frame_len = core::hint::black_box(end - start);
+    let mut len = frame_len as u64;
+    let quick = quick_parse(start, end, frame_len);
     if STOP == stop::HEADERS {
         return Fast::Passed;
     }
     let (class, reason) = match quick {
+        Quick::Pass(ProtoClass::NonIp, reason) => {
+            // SAFETY: plain helper call on the program's context.
+            len = unsafe { bpf_xdp_get_buff_len(ctx) };
+            (ProtoClass::NonIp, reason)
+        }
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
             let flows = may_match(node_state::FLOWS);
@@ -159,9 +171,6 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md, replay: bool) -> Fast {
         }
         Quick::Slow => return Fast::Slow,
     };
-    if replay {
-        return Fast::Slow;
-    }
     // A frame decided here is counted in the breakdown's counting stage.
     if STOP < stop::COUNTED {
         return Fast::Passed;
@@ -433,13 +442,14 @@ const MALFORMED: Quick = Quick::Pass(ProtoClass::OtherIp, Some(Reason::Malformed
 /// `Malformed` (class "other IP"), a fragment `Unsupported`, a non-IP
 /// EtherType `NotIp`. Reads only what the checks need.
 #[inline(always)]
-fn quick_parse(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
+fn quick_parse(start: usize, end: usize, len: usize) -> Quick {
+    // A header not in the linear part: the frame may go on in fragments.
     let Some(eth) = header::<EthHdr>(start, end, 0) else {
-        return MALFORMED;
+        return Quick::Slow;
     };
     match u16::from_be(field!(eth, ether_type)) {
-        ETHERTYPE_IPV4 => ipv4(ctx, start, end, len),
-        ETHERTYPE_IPV6 => ipv6(ctx, start, end, len),
+        ETHERTYPE_IPV4 => ipv4(start, end, len),
+        ETHERTYPE_IPV6 => ipv6(start, end, len),
         // VLAN tags (802.1Q, 802.1ad, the old QinQ TPID) take the full parser.
         0x8100 | 0x88a8 | 0x9100 => Quick::Slow,
         _ => Quick::Pass(ProtoClass::NonIp, Some(Reason::NotIp)),
@@ -450,9 +460,9 @@ const IPV4_L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 const IPV6_L4: usize = EthHdr::LEN + Ipv6Hdr::LEN;
 
 #[inline(always)]
-fn ipv4(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
+fn ipv4(start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv4Hdr>(start, end, EthHdr::LEN) else {
-        return MALFORMED;
+        return Quick::Slow;
     };
     let vihl = field!(ip, vihl);
     if vihl >> 4 != 4 || vihl & 0x0f < 5 {
@@ -462,40 +472,35 @@ fn ipv4(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
         return Quick::Slow; // options
     }
     let total = be16(field!(ip, tot_len)) as usize;
-    if total < Ipv4Hdr::LEN || total > len - EthHdr::LEN {
+    if total < Ipv4Hdr::LEN {
         return MALFORMED;
+    }
+    if total > len - EthHdr::LEN {
+        return Quick::Slow;
     }
     if be16(field!(ip, frags)) & IPV4_MF_AND_OFFSET != 0 {
         return Quick::Pass(ProtoClass::OtherIp, Some(Reason::Unsupported));
     }
     let l4_len = (total - Ipv4Hdr::LEN) as u16;
-    transport(
-        ctx,
-        start,
-        end,
-        IpFamily::V4,
-        field!(ip, proto),
-        IPV4_L4,
-        l4_len,
-    )
+    transport(start, end, IpFamily::V4, field!(ip, proto), IPV4_L4, l4_len)
 }
 
 #[inline(always)]
-fn ipv6(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
+fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     let Some(ip) = header::<Ipv6Hdr>(start, end, EthHdr::LEN) else {
-        return MALFORMED;
+        return Quick::Slow;
     };
     if field!(ip, vcf)[0] >> 4 != 6 {
         return MALFORMED;
     }
     let payload = be16(field!(ip, payload_len));
     if payload as usize > len - IPV6_L4 {
-        return MALFORMED;
+        return Quick::Slow;
     }
     match field!(ip, next_hdr) {
         // Hop-by-Hop, Routing, Fragment, Destination Options: the full parser.
         0 | 43 | 44 | 60 => Quick::Slow,
-        proto => transport(ctx, start, end, IpFamily::V6, proto, IPV6_L4, payload),
+        proto => transport(start, end, IpFamily::V6, proto, IPV6_L4, payload),
     }
 }
 
@@ -503,7 +508,6 @@ fn ipv6(ctx: *mut xdp_md, start: usize, end: usize, len: usize) -> Quick {
 /// IP packet ends `l4_len` bytes later, inside the frame.
 #[inline(always)]
 fn transport(
-    ctx: *mut xdp_md,
     start: usize,
     end: usize,
     family: IpFamily,
@@ -512,6 +516,7 @@ fn transport(
     l4_len: u16,
 ) -> Quick {
     let len = l4_len as usize;
+    let mut tcp_header_len = 0;
     let dst_port = match proto {
         IPPROTO_UDP => {
             if len < UdpHdr::LEN {
@@ -533,13 +538,16 @@ fn transport(
             let Some(tcp) = header::<TcpHdr>(start, end, l4) else {
                 return MALFORMED;
             };
-            match tcp_data_offset(tcp) {
+            // The data offset: the high nibble of byte 12 (`TcpHdr`'s bitfield).
+            tcp_header_len = match field!(tcp, _bitfield_1).get(4, 4) {
                 0..=4 => return MALFORMED,
-                5 => {}
-                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(ctx, l4) => {}
+                5 => TcpHdr::LEN,
+                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) => {
+                    TCP_TIMESTAMPS_LEN
+                }
                 // Other options: one may be MPTCP's, which the full parser reads.
                 _ => return Quick::Slow,
-            }
+            };
             be16(field!(tcp, dest))
         }
         proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
@@ -547,25 +555,16 @@ fn transport(
     Quick::Plain(Plain {
         family,
         proto,
+        tcp_header_len: tcp_header_len as u8,
         l4_len,
         dst_port,
     })
 }
 
-/// The data offset (the header's length in 32-bit words): the high nibble
-/// of byte 12 (`TcpHdr`'s bitfield).
-#[inline(always)]
-fn tcp_data_offset(tcp: *const TcpHdr) -> u8 {
-    field!(tcp, _bitfield_1).get(4, 4) as u8
-}
-
 /// Are the TCP options at `l4` exactly [`TIMESTAMPS_ONLY`]'s, all in the
-/// frame? A BPF call, made only for TCP with 12 bytes of options: inlined,
-/// its reads grew the program's stack past what Linux 6.1 leaves it beside
-/// `migr_parse`.
-#[inline(never)]
-fn timestamps_only(ctx: *mut xdp_md, l4: usize) -> bool {
-    let (start, end) = data(ctx);
+/// frame?
+#[inline(always)]
+fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
     header::<[u8; TCP_TIMESTAMPS_LEN - TcpHdr::LEN]>(start, end, l4 + TcpHdr::LEN).is_some_and(
         |options| {
             // SAFETY: `header` proved the options are in the frame.
@@ -621,10 +620,7 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
         }
     } else {
         let tcp = header::<TcpHdr>(start, end, l4)?;
-        // 20 or 32 bytes ([`TIMESTAMPS_ONLY`]): read again rather than kept
-        // from `quick_parse`, where one more value to carry grew the program's
-        // stack past what Linux 6.1 leaves it beside `migr_parse`.
-        let header_len = u16::from(tcp_data_offset(tcp)) * 4;
+        let header_len = u16::from(plain.tcp_header_len);
         L4Info::Tcp(TcpInfo {
             src_port: be16(field!(tcp, source)),
             dst_port: plain.dst_port,

@@ -5,6 +5,13 @@
 //! `migr_common::classify` against the maps below, applies the service's
 //! action, and counts. Policy lives in the agent, which writes the maps.
 //!
+//! It is two programs. `migr` itself is the fast path (`fast.rs`): it
+//! decides plain frames with headers read in place. What it cannot decide,
+//! and the agent's replay runs, it hands to `migr_full`, the full
+//! classifier, by a tail call through `FULL_PATH`. The split is for the
+//! stack: a call chain may use 512 bytes, the full parse stage takes 448 of
+//! them, and as a program of its own it no longer leaves `migr` only 32.
+//!
 //! # Maps
 //! | map | type | key | value | written by |
 //! | --- | --- | --- | --- | --- |
@@ -28,6 +35,8 @@
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
 //! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
 //! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
+//! | `FULL_PATH` | program array, [`full_path::SLOTS`] | [`full_path`] slot | `migr_full` (and the bench's cut-short copies) | agent, before it attaches `migr`; pinned beside the links |
+//! | `FULL_PATH_MISSED` | per-CPU array, 1 | 0 | frames passed because `FULL_PATH` held no program | this program |
 //! | `AYA_LOGS` | ring buffer (aya-log) | - | debug log records, written only with `--datapath-log` (`log.rs`) | this program (agent reads) |
 #![no_std]
 #![no_main]
@@ -46,7 +55,7 @@ use aya_ebpf::{
         bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
 };
 use migr_common::{
@@ -59,7 +68,7 @@ use migr_common::{
         MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
         ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
         ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
-        Verdict, map_sizes, node_state,
+        Verdict, full_path, map_sizes, node_state,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -128,6 +137,14 @@ static NODE_STATE: Array<u32> = Array::with_max_entries(node_state::COUNT, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
+/// The full classifier's programs ([`full_path`]), which the agent puts in
+/// before it attaches `migr`.
+#[map]
+static FULL_PATH: ProgramArray = ProgramArray::with_max_entries(full_path::SLOTS, 0);
+/// [0]: frames `migr` passed because `FULL_PATH` held no program to take
+/// them (an agent that did not fill it; never otherwise).
+#[map]
+static FULL_PATH_MISSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The tables `classify` reads, backed by the maps above.
 struct MapTables;
@@ -176,16 +193,81 @@ fn on_stack<T: Copy>(value: &T) -> T {
 }
 
 /// The classifier: PASS, PARK, FORWARD or DROP per the packet's service.
+/// What the fast path cannot decide, and the agent's replay runs, go on to
+/// the full classifier, `migr_full`, by a tail call.
 #[xdp(frags)]
 pub fn migr(ctx: XdpContext) -> u32 {
     run::<{ stop::NEVER }>(ctx)
 }
 
-/// The classifier's code, with a constant `STOP` for the bench's cut-short
-/// copies (`breakdown.rs`): after the stage it names, a copy passes the frame.
+/// The full classifier, `FULL_PATH`'s slot [`full_path::FULL`].
+#[xdp(frags)]
+pub fn migr_full(ctx: XdpContext) -> u32 {
+    full::<{ stop::NEVER }>(ctx)
+}
+
+/// `migr`'s code, with a constant `STOP` for the bench's cut-short copies
+/// (`breakdown.rs`): after the stage it names, a copy passes the frame.
 /// `migr` never stops, and its checks of `STOP` compile to nothing.
 #[inline(always)]
 fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
+    // A run of one of the agent's replay batches: the full classifier takes
+    // the batch's next slot.
+    if carries_replay_meta(ctx.ctx) {
+        return to_full_path::<STOP>(&ctx);
+    }
+    if STOP == stop::ENTRY {
+        return xdp_action::XDP_PASS;
+    }
+    match fast::fast_path::<STOP>(ctx.ctx) {
+        Fast::Passed => xdp_action::XDP_PASS,
+        _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
+        Fast::Lookup => {
+            let Some(decision) = SCRATCH.get_ptr_mut(0) else {
+                return xdp_action::XDP_PASS;
+            };
+            // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
+            let decision = unsafe { &mut *decision };
+            if !fast::lookup_known::<STOP>(ctx.ctx, decision) {
+                return to_full_path::<STOP>(&ctx);
+            }
+            if STOP < stop::COUNTED {
+                return xdp_action::XDP_PASS;
+            }
+            finish::<STOP>(ctx.ctx, decision, None, true)
+        }
+        Fast::Slow => to_full_path::<STOP>(&ctx),
+    }
+}
+
+/// Tail-calls the full classifier (the copy that stops where `STOP` says).
+/// Returns only if `FULL_PATH` has no program there: the frame passes,
+/// counted in `FULL_PATH_MISSED`.
+#[inline(always)]
+fn to_full_path<const STOP: u32>(ctx: &XdpContext) -> u32 {
+    let slot = match STOP {
+        stop::PARSED => full_path::FIRST_CUT,
+        stop::CLASSIFIED => full_path::FIRST_CUT + 1,
+        stop::COUNTED => full_path::FIRST_CUT + 2,
+        stop::DECIDED => full_path::FIRST_CUT + 3,
+        // The earlier copies stop before the full classifier.
+        _ if STOP < stop::PARSED => return xdp_action::XDP_PASS,
+        _ => full_path::FULL,
+    };
+    // SAFETY: a tail call with the program's own context; it does not return
+    // when it happens.
+    unsafe { FULL_PATH.tail_call(ctx, slot) };
+    if let Some(missed) = FULL_PATH_MISSED.get_ptr_mut(0) {
+        // SAFETY: this CPU's counter.
+        unsafe { *missed += 1 };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// `migr_full`'s code, cut short after `STOP` like [`run`]'s: a replay run
+/// takes its slot, then every frame gets the full classifier.
+#[inline(always)]
+fn full<const STOP: u32>(ctx: XdpContext) -> u32 {
     // A run of one of the agent's replay batches: the frame is the next slot's,
     // classified like any other, and counted as replayed.
     let replay = if is_replay_batch(ctx.ctx) {
@@ -198,28 +280,7 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     } else {
         None
     };
-    if STOP == stop::ENTRY {
-        return xdp_action::XDP_PASS;
-    }
-    match fast::fast_path::<STOP>(ctx.ctx, replay.is_some()) {
-        Fast::Passed => xdp_action::XDP_PASS,
-        _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
-        Fast::Lookup => {
-            let Some(decision) = SCRATCH.get_ptr_mut(0) else {
-                return xdp_action::XDP_PASS;
-            };
-            // SAFETY: this CPU's scratch slot; nothing else uses it during this run.
-            let decision = unsafe { &mut *decision };
-            if !fast::lookup_known::<STOP>(ctx.ctx, decision) {
-                return classify_in_full::<STOP>(&ctx, replay);
-            }
-            if STOP < stop::COUNTED {
-                return xdp_action::XDP_PASS;
-            }
-            finish::<STOP>(ctx.ctx, decision, replay, true)
-        }
-        Fast::Slow => classify_in_full::<STOP>(&ctx, replay),
-    }
+    classify_in_full::<STOP>(&ctx, replay)
 }
 
 /// The full classifier (the header copy, the parse and lookup stages), then
@@ -397,20 +458,26 @@ pub unsafe extern "C" fn migr_lookup(ctx: *mut xdp_md, out: *mut Classification)
 }
 
 /// Does the frame carry the agent's replay tag ([`ReplayMeta`]) as XDP
-/// metadata? If so, the tag is stripped: it must not leave with the frame (a
-/// veth hands metadata on to the peer's XDP program, which could be migr).
-/// The kernel restores a changed context before the batch's next run.
-/// Inlined: every frame asks, and a BPF call costs more than the few loads
-/// it does.
+/// metadata? Inlined: every frame asks, and a BPF call costs more than the
+/// few loads it does.
 #[inline(always)]
-fn is_replay_batch(ctx: *mut xdp_md) -> bool {
+fn carries_replay_meta(ctx: *mut xdp_md) -> bool {
     let (meta, data) = meta_and_data(ctx);
     if meta + size_of::<ReplayMeta>() > data {
         return false;
     }
     // SAFETY: the check above proves the metadata holds a whole ReplayMeta
     // (metadata is 4-byte aligned by the kernel).
-    if !unsafe { (meta as *const ReplayMeta).read() }.is_replay() {
+    unsafe { (meta as *const ReplayMeta).read() }.is_replay()
+}
+
+/// [`carries_replay_meta`], and if so the tag is stripped: it must not leave
+/// with the frame (a veth hands metadata on to the peer's XDP program, which
+/// could be migr). The kernel restores a changed context before the batch's
+/// next run.
+#[inline(always)]
+fn is_replay_batch(ctx: *mut xdp_md) -> bool {
+    if !carries_replay_meta(ctx) {
         return false;
     }
     // SAFETY: plain helper call; a positive delta shrinks the metadata.

@@ -16,7 +16,9 @@
 use std::process::ExitCode;
 
 use migr_user::{
-    datapath::{BREAKDOWN_PROGRAMS, Datapath, MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM},
+    datapath::{
+        BREAKDOWN_PROGRAMS, Datapath, FULL_PROGRAM, MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM,
+    },
     features::{self, KernelFeatures, Presence},
 };
 
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|(name, _)| *name)
                 .filter(|_| breakdown);
-            for name in [MAIN_PROGRAM, PASS_PROGRAM, TC_PROGRAM]
+            for name in [MAIN_PROGRAM, FULL_PROGRAM, PASS_PROGRAM, TC_PROGRAM]
                 .into_iter()
                 .chain(extra)
             {

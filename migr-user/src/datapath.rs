@@ -9,10 +9,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp,
-        XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs,
+        TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
         xdp::{XdpLink, XdpLinkId},
@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, listener_port_bit, map_names, map_sizes, node_state,
+    Verdict, full_path, listener_port_bit, map_names, map_sizes, node_state,
 };
 
 use crate::datapath_log::{DatapathLog, LogLine, LogReader};
@@ -31,6 +31,22 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The main classifier program.
 pub const MAIN_PROGRAM: &str = "migr";
+/// The full classifier, which [`MAIN_PROGRAM`] tail-calls for what its fast
+/// path cannot decide and for replay runs (`FULL_PATH`'s slot
+/// [`full_path::FULL`]).
+pub const FULL_PROGRAM: &str = "migr_full";
+/// The cut-short copies of [`FULL_PROGRAM`] that the breakdown's copies from
+/// `migr_upto_parsed` on tail-call: `FULL_PATH`'s slots from
+/// [`full_path::FIRST_CUT`], in this order.
+const FULL_CUT_PROGRAMS: [&str; 4] = [
+    "migr_full_upto_parsed",
+    "migr_full_upto_classified",
+    "migr_full_upto_counted",
+    "migr_full_upto_decided",
+];
+/// Where, in the pin directory, `FULL_PATH` is pinned: beside the links, not
+/// with the state maps (`pin_layout.rs`), since it holds programs.
+pub const FULL_PATH_PIN: &str = "full_path";
 /// A program that only passes (for veth peers and as a benchmark baseline).
 pub const PASS_PROGRAM: &str = "migr_pass";
 /// The cut-short copies of [`MAIN_PROGRAM`] for the bench's cost breakdown
@@ -290,18 +306,20 @@ impl Datapath {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, maps.join(name));
             }
+            // Re-used if a previous agent pinned it: a `migr` it left attached
+            // tail-calls through it, and meets this build's full path as soon
+            // as the slot below is written.
+            loader.map_pin_path(map_names::FULL_PATH, dir.join(FULL_PATH_PIN));
         }
         let mut ebpf = loader
             .load(XDP_OBJECT)
             .context("loading the migr XDP object into the kernel (needs root or CAP_BPF)")?;
-        for name in [MAIN_PROGRAM, PASS_PROGRAM] {
-            program_mut(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("the verifier refused program {name}"))?;
+        for name in [MAIN_PROGRAM, FULL_PROGRAM, PASS_PROGRAM] {
+            load_once(&mut ebpf, name)?;
         }
-        tc_program_mut(&mut ebpf)?
-            .load()
-            .with_context(|| format!("the verifier refused program {TC_PROGRAM}"))?;
+        set_full_path(&mut ebpf, full_path::FULL, FULL_PROGRAM)?;
+        let tc = tc_program_mut(&mut ebpf)?;
+        verify(TC_PROGRAM, || tc.load())?;
         let logs = LogReader::start(&mut ebpf, config.log)?;
         let mut dp = Self {
             ebpf,
@@ -416,15 +434,28 @@ impl Datapath {
     }
 
     /// Loads another XDP program of the object (the [`BREAKDOWN_PROGRAMS`]),
-    /// over the same maps; one already loaded is left as it is.
+    /// over the same maps; one already loaded is left as it is. A breakdown
+    /// copy brings the full classifier's copies it tail-calls.
     pub fn load_program(&mut self, name: &str) -> Result<()> {
-        let program = program_mut(&mut self.ebpf, name)?;
-        if program.fd().is_err() {
-            program
-                .load()
-                .with_context(|| format!("the verifier refused program {name}"))?;
+        let names: &[&str] = if BREAKDOWN_PROGRAMS.iter().any(|(n, _)| *n == name) {
+            &FULL_CUT_PROGRAMS
+        } else {
+            &[]
+        };
+        for (slot, cut) in (full_path::FIRST_CUT..).zip(names) {
+            if load_once(&mut self.ebpf, cut)? {
+                set_full_path(&mut self.ebpf, slot, cut)?;
+            }
         }
+        load_once(&mut self.ebpf, name)?;
         Ok(())
+    }
+
+    /// Frames `migr` passed because `FULL_PATH` held no full classifier to
+    /// take them (all CPUs; 0 unless something emptied the slot).
+    pub fn full_path_missed(&self) -> Result<u64> {
+        let map = PerCpuArray::<_, u64>::try_from(self.map(map_names::FULL_PATH_MISSED)?)?;
+        Ok(map.get(&0, 0)?.iter().sum())
     }
 
     /// Attaches `program` to `iface` (in the calling thread's network namespace).
@@ -971,6 +1002,48 @@ fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing from the object"))?
         .try_into()
         .with_context(|| format!("program {TC_PROGRAM} is not a TC classifier"))
+}
+
+/// Loads `name` unless it is loaded; true if it was loaded now.
+fn load_once(ebpf: &mut Ebpf, name: &str) -> Result<bool> {
+    let program = program_mut(ebpf, name)?;
+    if program.fd().is_ok() {
+        return Ok(false);
+    }
+    verify(name, || program.load())?;
+    Ok(true)
+}
+
+/// Runs a program's `load`, again if the verifier was interrupted: it stops
+/// with EAGAIN when the loading thread has a signal pending (libbpf retries
+/// such loads too), and `migr_full` takes long enough to meet one.
+fn verify(name: &str, mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => {
+                return result.with_context(|| format!("the verifier refused program {name}"));
+            }
+        }
+    }
+}
+
+/// Puts the loaded program `name` into `FULL_PATH`'s `slot`.
+fn set_full_path(ebpf: &mut Ebpf, slot: u32, name: &str) -> Result<()> {
+    let fd = program_mut(ebpf, name)?.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(map_names::FULL_PATH)
+        .ok_or_else(|| anyhow!("map {} missing from the object", map_names::FULL_PATH))?;
+    ProgramArray::try_from(map)?
+        .set(slot, &fd, 0)
+        .with_context(|| format!("putting {name} into {}[{slot}]", map_names::FULL_PATH))?;
+    Ok(())
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

@@ -86,6 +86,16 @@ pub fn render(stats: &Stats) -> String {
         stats.agent.park_max_total_bytes,
     );
     o.family(
+        "migr_datapath_full_path_missed_total",
+        "counter",
+        "Frames passed unclassified because the full classifier the XDP program tail-calls was missing (0 unless the datapath was loaded wrong).",
+    );
+    o.sample(
+        "migr_datapath_full_path_missed_total",
+        &[],
+        stats.agent.full_path_missed,
+    );
+    o.family(
         "migr_mptcp_late_joins_learned_total",
         "counter",
         "MPTCP subflows learned from MP_JOINs that arrived before their token.",
@@ -424,6 +434,7 @@ mod tests {
                 recovery_problems: Vec::new(),
                 park_pending_bytes: 7 * 60,
                 park_max_total_bytes: 1 << 28,
+                full_path_missed: 0,
             },
             reasons: [("replayed".to_string(), 3u64)].into_iter().collect(),
             protocols: [("udp".to_string(), 9u64)].into_iter().collect(),

@@ -1,7 +1,8 @@
 //! Where the agent pins its maps, and whether maps pinned by another build
 //! can be re-used (see `migr_common::layout`). The maps live in
-//! `<pin dir>/maps-v<N>`; the XDP and TC links stay in the pin directory
-//! itself (a link holds a program, which every build replaces).
+//! `<pin dir>/maps-v<N>`; the XDP and TC links and the `FULL_PATH` program
+//! array stay in the pin directory itself (they hold programs, which every
+//! build replaces).
 
 use std::path::{Path, PathBuf};
 

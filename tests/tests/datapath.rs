@@ -532,6 +532,42 @@ fn park_copies_the_whole_frame_in_order() {
     assert_eq!(f.dp.drain_parked().unwrap()[0].frame, big);
 }
 
+/// The fast path reads a frame's linear part only: a multi-buffer frame (a
+/// test run above a page becomes one) is still counted at its whole length,
+/// non-IP (the fast path asks the kernel) or IP (its packet goes on into the
+/// fragments, so the full classifier takes it).
+#[test]
+fn multi_buffer_frames_are_counted_at_their_whole_length() {
+    let mut f = fixture();
+    let frames = [
+        FrameBuilder::ethernet(0x88b5)
+            .payload(&vec![7; 6000])
+            .build(),
+        udp(9, &vec![1; 6000]),
+        FrameBuilder::tcp_v4(CLIENT, 41000, SERVER, 9)
+            .flags(TCP_ACK)
+            .tcp_options(&timestamps_only(&mut Rng(3)))
+            .payload(&vec![2; 6000])
+            .build(),
+    ];
+    for frame in frames {
+        let before = f.dp.service_counters(NO_SERVICE).unwrap();
+        let o = check(&mut f, &frame);
+        assert_eq!(o.verdict, Verdict::Pass);
+        let after = f.dp.service_counters(NO_SERVICE).unwrap();
+        let pass = Verdict::Pass as usize;
+        assert_eq!(
+            (
+                after.packets[pass] - before.packets[pass],
+                after.bytes[pass] - before.bytes[pass]
+            ),
+            (1, frame.len() as u64),
+            "{} bytes",
+            frame.len()
+        );
+    }
+}
+
 #[test]
 fn frames_a_replay_cannot_send_pass_instead_of_parking() {
     // A replay runs the program on live frames of one page at most, so a
@@ -786,4 +822,84 @@ fn debug_logs_load_decide_alike_and_name_the_verdicts() {
     let mut quiet = fixture();
     check(&mut quiet, &udp(port_of(PARK_SVC), b"hi"));
     assert_eq!(quiet.dp.drain_logs(), Vec::new());
+}
+
+/// A `migr` that outlives the agent that loaded it (its link stays pinned
+/// while no agent runs, or until the next one attaches) still reaches the
+/// full classifier: `FULL_PATH` is pinned beside the links, and a program
+/// array no descriptor or pin holds is emptied. The next agent's load writes
+/// its own full classifier into the same array.
+#[test]
+fn the_full_path_outlives_the_agent_that_loaded_it() {
+    use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+    use aya_obj::programs::XdpAttachType;
+    use migr_user::datapath::{Datapath, FULL_PATH_PIN};
+
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    migr_testkit::require_privileges();
+    let dir = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/migr-t{}-full-path",
+        std::process::id()
+    )));
+    let program_pin = dir.0.join("migr-program");
+    // VLAN-tagged: only the full classifier decides it.
+    let tagged = FrameBuilder::udp_v4(CLIENT, 40000, SERVER, 7100)
+        .vlan(5)
+        .payload(b"x")
+        .build();
+    let run = |program: &Xdp| {
+        let mut out = vec![0u8; tagged.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&tagged),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        XdpAction::from(result.return_value)
+    };
+    {
+        let mut first = Datapath::load_pinned(&DatapathConfig::default(), &dir.0)
+            .expect("load the datapath with pins");
+        first
+            .set_service(1, &service(Action::Drop, 0, Default::default()))
+            .unwrap();
+        first
+            .set_listener(
+                &listener_key(v4(SERVER), 7100, 17, FAMILY_V4),
+                &ListenerEntry {
+                    service_id: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(dir.0.join(FULL_PATH_PIN).exists(), "FULL_PATH pinned");
+        // Standing for the pinned link that keeps `migr` attached.
+        first
+            .program(MAIN_PROGRAM)
+            .unwrap()
+            .pin(&program_pin)
+            .unwrap();
+    }
+    // The agent that loaded it is gone: only the pins hold its objects.
+    let left = Xdp::from_pin(&program_pin, XdpAttachType::Interface).unwrap();
+    assert_eq!(
+        run(&left),
+        XdpAction::Drop,
+        "decided by the full classifier"
+    );
+
+    let second = Datapath::load_pinned(&DatapathConfig::default(), &dir.0).expect("load it again");
+    assert_eq!(
+        run(&left),
+        XdpAction::Drop,
+        "through the second load's full path"
+    );
+    drop(second);
 }

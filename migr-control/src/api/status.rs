@@ -156,6 +156,11 @@ pub struct AgentInfo {
     /// The bound of `park_pending_bytes` (`--park-max-total-bytes`).
     #[serde(default)]
     pub park_max_total_bytes: u64,
+    /// Frames the XDP program passed unclassified because the full
+    /// classifier it tail-calls was missing (counted since this load; any
+    /// but 0 is a fault of the agent that loaded the datapath).
+    #[serde(default)]
+    pub full_path_missed: u64,
 }
 
 /// `phase`' and `criu`'s result.

@@ -79,6 +79,7 @@ impl Engine {
                     .map(|s| s.spool.pending_bytes())
                     .sum(),
                 park_max_total_bytes: self.cfg.park_max_total_bytes,
+                full_path_missed: self.dp.full_path_missed().map_err(datapath_err)?,
             },
             reasons: Reason::ALL
                 .iter()

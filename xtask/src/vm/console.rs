@@ -231,6 +231,7 @@ mod tests {
     }
 
     const LOADED: &str = "VMTEST-LOAD| migr: loaded; verified instructions 25418, translated size 1 bytes\n\
+                          VMTEST-LOAD| migr_full: loaded; verified instructions 30001, translated size 2 bytes\n\
                           VMTEST-LOAD| migr_pass: loaded; verified instructions 2, translated size 16 bytes\n\
                           VMTEST-LOAD| migr_tc: loaded; verified instructions 554, translated size 900 bytes\n\
                           VMTEST-LOAD-RC=0 uptime=5\n";
@@ -241,10 +242,10 @@ mod tests {
         assert_eq!(r.loaded, Some(true));
         assert_eq!(r.btf, Some(true));
         let insns: Vec<&str> = r.insns.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(insns, ["25418", "2", "554"]);
+        assert_eq!(insns, ["25418", "30001", "2", "554"]);
         assert_eq!(r.totals(), (16, 0));
         assert_eq!(r.boot, Some(Duration::from_secs(2)));
-        assert_eq!(r.load_time, Some(Duration::from_secs(6)));
+        assert_eq!(r.load_time, Some(Duration::from_secs(7)));
         assert_eq!(r.test_time, Some(Duration::from_secs(6)));
         assert!(r.succeeded());
     }

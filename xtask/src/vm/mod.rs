@@ -108,7 +108,7 @@ impl Options {
 }
 
 /// The programs the load check reports.
-const PROGRAMS: &[&str] = &["migr", "migr_pass", "migr_tc"];
+const PROGRAMS: &[&str] = &["migr", "migr_full", "migr_pass", "migr_tc"];
 /// The test binaries of `migr-tests` the guest runs by default: BPF_PROG_TEST_RUN fixtures
 /// and veth traffic. Not `agent` (agent, CRIU) nor `storm` (a million frames: minutes under
 /// TCG).
