@@ -299,11 +299,10 @@ fn classify_in_full<const STOP: u32>(ctx: &XdpContext, replay: Option<Action>) -
     finish::<STOP>(ctx.ctx, decision, replay, false)
 }
 
-/// Counts, decides and acts on a classified frame: the rest of [`run`]. A
-/// BPF call of its own, so that the program's stack stays small while the
-/// fast path is inlined into it: Linux 6.1 adds the program's, `migr_parse`'s
-/// and `memset`'s stacks (each rounded up to 32 bytes) and refuses more than
-/// 512, and `migr_parse` takes 448.
+/// Counts, decides and acts on a classified frame: the rest of [`run`] and
+/// of [`full`]. A BPF call of its own, so that its stack (and the actions',
+/// `forward`'s 296 bytes) does not add to `migr`'s, which Linux 6.1 adds to
+/// `migr_lookup_known`'s 392 in their chain (512 at most).
 #[inline(never)]
 fn finish<const STOP: u32>(
     ctx: *mut xdp_md,

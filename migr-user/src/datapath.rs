@@ -306,10 +306,6 @@ impl Datapath {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, maps.join(name));
             }
-            // Re-used if a previous agent pinned it: a `migr` it left attached
-            // tail-calls through it, and meets this build's full path as soon
-            // as the slot below is written.
-            loader.map_pin_path(map_names::FULL_PATH, dir.join(FULL_PATH_PIN));
         }
         let mut ebpf = loader
             .load(XDP_OBJECT)
@@ -449,6 +445,26 @@ impl Datapath {
         }
         load_once(&mut self.ebpf, name)?;
         Ok(())
+    }
+
+    /// Pins this load's `FULL_PATH` at `<pin_dir>/full_path`, in place of
+    /// a previous agent's. The agent calls it once its `migr` is attached to
+    /// every interface: the pin keeps the array filled after the agent exits,
+    /// while its `migr` stays attached (a program array that no descriptor
+    /// or pin holds is emptied). The previous agent's array, unpinned, is
+    /// emptied then; only that agent's `migr` used it, and it has been
+    /// replaced. (Re-using the pinned array instead would let a `migr` of one
+    /// load call the full classifier of another, whose transient maps, such
+    /// as `TC_HANDOVERS`, its `migr_tc` does not read.)
+    pub fn pin_full_path(&self, pin_dir: &Path) -> Result<()> {
+        let path = pin_dir.join(FULL_PATH_PIN);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the previous {}", path.display()))?;
+        }
+        self.map(map_names::FULL_PATH)?
+            .pin(&path)
+            .with_context(|| format!("pinning {} at {}", map_names::FULL_PATH, path.display()))
     }
 
     /// Frames `migr` passed because `FULL_PATH` held no full classifier to

@@ -826,9 +826,10 @@ fn debug_logs_load_decide_alike_and_name_the_verdicts() {
 
 /// A `migr` that outlives the agent that loaded it (its link stays pinned
 /// while no agent runs, or until the next one attaches) still reaches the
-/// full classifier: `FULL_PATH` is pinned beside the links, and a program
-/// array no descriptor or pin holds is emptied. The next agent's load writes
-/// its own full classifier into the same array.
+/// full classifier: the agent pins `FULL_PATH` beside the links once its
+/// `migr` is attached, and a program array no descriptor or pin holds is
+/// emptied. The next agent's load keeps an array of its own until it pins
+/// it in the old one's place.
 #[test]
 fn the_full_path_outlives_the_agent_that_loaded_it() {
     use aya::programs::{TestRun as _, TestRunOptions, Xdp};
@@ -879,13 +880,14 @@ fn the_full_path_outlives_the_agent_that_loaded_it() {
                 },
             )
             .unwrap();
-        assert!(dir.0.join(FULL_PATH_PIN).exists(), "FULL_PATH pinned");
         // Standing for the pinned link that keeps `migr` attached.
         first
             .program(MAIN_PROGRAM)
             .unwrap()
             .pin(&program_pin)
             .unwrap();
+        first.pin_full_path(&dir.0).unwrap();
+        assert!(dir.0.join(FULL_PATH_PIN).exists(), "FULL_PATH pinned");
     }
     // The agent that loaded it is gone: only the pins hold its objects.
     let left = Xdp::from_pin(&program_pin, XdpAttachType::Interface).unwrap();
@@ -895,11 +897,18 @@ fn the_full_path_outlives_the_agent_that_loaded_it() {
         "decided by the full classifier"
     );
 
-    let second = Datapath::load_pinned(&DatapathConfig::default(), &dir.0).expect("load it again");
+    let mut second =
+        Datapath::load_pinned(&DatapathConfig::default(), &dir.0).expect("load it again");
     assert_eq!(
         run(&left),
         XdpAction::Drop,
-        "through the second load's full path"
+        "the first load's full path, still"
     );
-    drop(second);
+    second.pin_full_path(&dir.0).unwrap();
+    let own = second.test_run(MAIN_PROGRAM, &tagged).unwrap();
+    assert_eq!(
+        own.action,
+        XdpAction::Drop,
+        "the second load's own full path"
+    );
 }

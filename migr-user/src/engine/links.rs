@@ -81,6 +81,9 @@ impl Engine {
                 }
             }
         }
+        // This load's `migr` is attached everywhere: its full classifier may
+        // take over the pin (docs/datapath.md).
+        self.dp.pin_full_path(&self.cfg.pin_dir)?;
         // Links a previous agent left for interfaces no longer asked for.
         if let Ok(entries) = std::fs::read_dir(&self.cfg.pin_dir) {
             for entry in entries.flatten() {

@@ -382,24 +382,18 @@ fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
         })
     };
     push("trivial XDP_PASS (baseline)", baseline, repeat);
+    let mut pass_through =
+        |dp: &mut Datapath| ns_per_packet(dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain);
     // Pass-through on an otherwise empty datapath.
     let name = "migr, no services (pass-through)";
     if opts.measures(name) {
-        let mut empty = Fixture::new()?;
-        let ns = ns_per_packet(
-            &mut empty.dp,
-            MAIN_PROGRAM,
-            &plain,
-            repeat,
-            rounds,
-            &mut drain,
-        )?;
+        let ns = pass_through(&mut Fixture::new()?.dp)?;
         push(name, ns, repeat);
     }
     // The same frame on the node with services: no listener claims it.
     let name = "migr, services but none matches (pass-through)";
     if opts.measures(name) {
-        let ns = ns_per_packet(&mut f.dp, MAIN_PROGRAM, &plain, repeat, rounds, &mut drain)?;
+        let ns = pass_through(&mut f.dp)?;
         push(name, ns, repeat);
     }
     // The same on a node whose services have learned a flow (an MP_JOIN
@@ -417,14 +411,7 @@ fn xdp_cases(opts: &Options, cases: &mut Vec<Case>) -> Result<()> {
             _pad: [0; 2],
         };
         learned.dp.set_flow(&subflow, 1)?;
-        let ns = ns_per_packet(
-            &mut learned.dp,
-            MAIN_PROGRAM,
-            &plain,
-            repeat,
-            rounds,
-            &mut drain,
-        )?;
+        let ns = pass_through(&mut learned.dp)?;
         push(name, ns, repeat);
     }
     for (name, frame) in hit_frames()
