@@ -80,6 +80,19 @@ impl Lab {
             .unwrap();
         dst.ip(&["addr", "add", &format!("{MOVED_IP}/32"), "dev", "lo"])
             .unwrap();
+        // The router has met its neighbours, as on a running network (each
+        // resolves the router, whose ARP layer notes the asker). Unresolved,
+        // a replay's burst would wait in the router's queue for the
+        // neighbour, which holds about 50 of a test run's page-sized frames
+        // (`unres_qlen_bytes`) and drops the oldest beyond: a first contact,
+        // not what these tests are about.
+        for (ns, from, router_at) in [
+            (&client, "10.42.1.1:0", "10.42.1.2:9"),
+            (&src, "10.42.2.2:0", "10.42.2.1:9"),
+            (&dst, "10.42.3.2:0", "10.42.3.1:9"),
+        ] {
+            Self::socket(ns, from).send_to(b"hello", router_at).unwrap();
+        }
         // The defaults, said out loud: GRO off on the router's veths (no
         // NAPI that would take XDP frames), checksum offload on everywhere.
         for dev in ["r-c", "r-s", "r-d"] {
