@@ -208,9 +208,10 @@ enum Claim {
 
 /// Looks up the listener (if its port has one: `port`) and the learned flow
 /// (if the node has any: `flows`) of a plain frame. A BPF call of its own,
-/// made only for such frames: inlined, its stack (the keys, the entry) would
-/// add to the program's, and the program's and a stage's together must fit
-/// the 512 bytes.
+/// made only for such frames: inlined, its stack (the entries it copies out)
+/// would add to the program's, which Linux 6.1 adds to `migr_lookup_known`'s
+/// in their chain of at most 512 bytes. Each key is built in the scratch
+/// slot with only the addresses its lookup needs.
 ///
 /// The flow is looked up here, not in the lookup stage, so that a frame no
 /// table claims on a node with learned flows (every node whose services
@@ -229,27 +230,16 @@ fn claim<const STOP: u32>(
     // SAFETY: this CPU's slot; nothing else uses it during this run.
     let parsed = unsafe { &mut *parsed };
     let (start, end) = data(ctx);
-    let key = &mut parsed.flow_key;
-    if copy_addrs(
-        start,
-        end,
-        plain.family,
-        &mut key.src_addr,
-        &mut key.dst_addr,
-    )
-    .is_none()
-    {
-        return Claim::Slow;
-    }
     let family = family_tag(plain.family);
     let mut listener = None;
     if port {
-        parsed.listener_key = ListenerKey {
-            addr: parsed.flow_key.dst_addr,
-            port: plain.dst_port,
-            proto: plain.proto,
-            family,
-        };
+        let key = &mut parsed.listener_key;
+        if copy_addr(start, end, plain.family, Addr::Dst, &mut key.addr).is_none() {
+            return Claim::Slow;
+        }
+        key.port = plain.dst_port;
+        key.proto = plain.proto;
+        key.family = family;
         // Borrowed on purpose: the key stays in the scratch slot.
         #[allow(clippy::needless_borrows_for_generic_args)]
         // SAFETY: the value is copied out at once (see `MapTables`).
@@ -270,6 +260,11 @@ fn claim<const STOP: u32>(
             return Claim::Slow;
         };
         let key = &mut parsed.flow_key;
+        if copy_addr(start, end, plain.family, Addr::Src, &mut key.src_addr).is_none()
+            || copy_addr(start, end, plain.family, Addr::Dst, &mut key.dst_addr).is_none()
+        {
+            return Claim::Slow;
+        }
         key.src_port = be16(field!(ports, src));
         key.dst_port = plain.dst_port;
         key.proto = plain.proto;
@@ -518,8 +513,9 @@ fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     }
 }
 
-/// Checks UDP, or TCP without options or with timestamps only, at `l4` (a constant per family); the
-/// IP packet ends `l4_len` bytes later, inside the frame.
+/// Checks UDP, or TCP without options or with timestamps only, at `l4` (a
+/// constant per family); the IP packet ends `l4_len` bytes later, inside the
+/// frame.
 #[inline(always)]
 fn transport(
     start: usize,
@@ -588,46 +584,48 @@ fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
     )
 }
 
-/// Copies the source and destination addresses of a frame [`quick_parse`]
-/// found plain into `src` and `dst`, as `ListenerKey` and `FlowKey` hold
-/// them. Straight from the frame to their place: read into values first,
-/// the 32 bytes were 32 values, each spilled to the stack.
+/// An IP header's address.
+#[derive(Clone, Copy)]
+enum Addr {
+    Src,
+    Dst,
+}
+
+/// Copies an address of a frame [`quick_parse`] found plain into `to`, as
+/// `ListenerKey` and `FlowKey` hold it (IPv4 in the first 4 bytes, then
+/// zeros). Straight from the frame to its place: read into values first,
+/// the 32 bytes of two addresses were 32 values, each spilled to the stack.
 #[inline(always)]
-fn copy_addrs(
+fn copy_addr(
     start: usize,
     end: usize,
     family: IpFamily,
-    src: &mut [u8; 16],
-    dst: &mut [u8; 16],
+    which: Addr,
+    to: &mut [u8; 16],
 ) -> Option<()> {
     // SAFETY (both arms): `header` proved the whole IP header, and with it
-    // both addresses, is in the frame.
+    // the address, is in the frame.
     match family {
         IpFamily::V4 => {
             let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
-            // Byte by byte: a zeroing of the arrays is a call to `memset`.
-            for i in 4..16 {
-                // SAFETY: `i` < 16.
-                unsafe {
-                    core::ptr::write_volatile(&mut src[i], 0);
-                    core::ptr::write_volatile(&mut dst[i], 0);
-                }
+            // Byte by byte: a zeroing of the array is a call to `memset`.
+            for byte in &mut to[4..] {
+                // SAFETY: a byte of `to`.
+                unsafe { core::ptr::write_volatile(byte, 0) };
             }
-            unsafe {
-                let at = (&raw const (*ip).src_addr).cast::<u8>();
-                core::ptr::copy_nonoverlapping(at, src.as_mut_ptr(), 4);
-                let at = (&raw const (*ip).dst_addr).cast::<u8>();
-                core::ptr::copy_nonoverlapping(at, dst.as_mut_ptr(), 4);
-            }
+            let at = match which {
+                Addr::Src => unsafe { &raw const (*ip).src_addr },
+                Addr::Dst => unsafe { &raw const (*ip).dst_addr },
+            };
+            unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.as_mut_ptr(), 4) };
         }
         IpFamily::V6 => {
             let ip = header::<Ipv6Hdr>(start, end, EthHdr::LEN)?;
-            unsafe {
-                let at = (&raw const (*ip).src_addr).cast::<u8>();
-                core::ptr::copy_nonoverlapping(at, src.as_mut_ptr(), 16);
-                let at = (&raw const (*ip).dst_addr).cast::<u8>();
-                core::ptr::copy_nonoverlapping(at, dst.as_mut_ptr(), 16);
-            }
+            let at = match which {
+                Addr::Src => unsafe { &raw const (*ip).src_addr },
+                Addr::Dst => unsafe { &raw const (*ip).dst_addr },
+            };
+            unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.as_mut_ptr(), 16) };
         }
     }
     Some(())
