@@ -13,13 +13,13 @@
 use core::mem::size_of;
 
 use crate::maps::{
-    Event, EventBudget, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey, MAX_SERVICES,
-    ParkedHeader, ProtoClass, Reason, ReplaySlot, ServiceCounters, ServiceEntry, map_names as n,
-    node_state,
+    Event, EventBudget, FLOW_PORTS_LEN, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
+    MAX_SERVICES, ParkedHeader, ProtoClass, Reason, ReplaySlot, ServiceCounters, ServiceEntry,
+    map_names as n,
 };
 
 /// The layout of the maps this build pins.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Each pinned map's name, key size, value (or ring record header) size and
 /// fixed number of entries (0: sized at load time).
@@ -52,7 +52,7 @@ pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 17] = [
     // it finds (older pins hold fewer slots).
     (n::REPLAY_SLOTS, 4, size_of::<ReplaySlot>(), 0),
     (n::REPLAY_NEXT, 4, 4, 1),
-    (n::NODE_STATE, 4, 4, node_state::COUNT),
+    (n::FLOW_PORTS, 4, 4, FLOW_PORTS_LEN),
     (n::LISTENER_PORTS, 4, 8, LISTENER_PORT_WORDS),
 ];
 
@@ -91,13 +91,11 @@ mod tests {
 
     #[test]
     fn the_pinned_layout_matches_its_version() {
-        // Version 2's fingerprint changed once without a bump: REPLAY_SLOTS
-        // went from a fixed 64 entries to "sized at load time" (256 now),
-        // and the agent reads the size from the map, so version 2 pins with
-        // 64 stay readable.
+        // Version 3: NODE_STATE (one word: may FLOWS have entries) became
+        // FLOW_PORTS (a mark per destination port).
         assert_eq!(
             (MAP_LAYOUT_VERSION, layout_fingerprint()),
-            (2, 0x36d1_4c68_8678_92b0),
+            (3, 0x5e7e_1287_4671_4658),
             "a pinned map's layout changed: bump MAP_LAYOUT_VERSION and record the new fingerprint here"
         );
     }

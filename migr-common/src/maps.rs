@@ -32,8 +32,8 @@ pub mod map_names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     pub const REPLAY_SLOTS: &str = "REPLAY_SLOTS";
     pub const REPLAY_NEXT: &str = "REPLAY_NEXT";
-    /// Which tables are in use (see [`super::node_state`]).
-    pub const NODE_STATE: &str = "NODE_STATE";
+    /// The destination ports a learned flow may have (see [`super::FLOW_PORTS_LEN`]).
+    pub const FLOW_PORTS: &str = "FLOW_PORTS";
     /// The ports some listener has (see [`super::listener_port_bit`]).
     pub const LISTENER_PORTS: &str = "LISTENER_PORTS";
     /// Transient (one load's XDP and TC programs share it), not pinned.
@@ -62,7 +62,7 @@ pub mod map_names {
         EVENT_BUDGET,
         REPLAY_SLOTS,
         REPLAY_NEXT,
-        NODE_STATE,
+        FLOW_PORTS,
         LISTENER_PORTS,
     ];
 }
@@ -99,17 +99,15 @@ pub mod map_sizes {
 /// without a bound the joins of one made-up token could flush `FLOWS`.
 pub const MAX_JOINS_PER_TOKEN: u32 = 8;
 
-/// Indices of the `NODE_STATE` array (u32 each, 0 or 1): which tables can
-/// match at all. The XDP program's fast path skips a table whose word is 0, so
-/// a word is set before the table gets its first entry. Each word has its own
-/// array slot, so that writers of different words never overwrite each other.
-pub mod node_state {
-    /// `FLOWS` may have entries: set by the agent before it writes a flow and
-    /// by the program before it learns one; never cleared while loaded
-    /// (the program could learn a flow between a check and a clear).
-    pub const FLOWS: u32 = 0;
-    pub const COUNT: u32 = 1;
-}
+/// Entries of the `FLOW_PORTS` array: one u32 (0 or 1) per destination port.
+/// A port's entry is 1 once some learned flow (`FLOWS`) may have that
+/// destination port: set by the agent before it writes such a flow and by the
+/// program before it learns one, so that the fast path looks up `FLOWS` only
+/// for frames to a marked port. Never cleared while loaded (the program could
+/// learn a flow between a check and a clear); a stale mark costs a lookup,
+/// never a frame. One entry per port, not a bitmap: both writers store a
+/// whole entry, so neither can overwrite the other's mark.
+pub const FLOW_PORTS_LEN: u32 = 65_536;
 
 /// Words (u64) of the `LISTENER_PORTS` array: one bit per port.
 pub const LISTENER_PORT_WORDS: u32 = 65_536 / 64;

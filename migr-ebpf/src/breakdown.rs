@@ -19,7 +19,7 @@ pub mod stop {
     /// The fast path's header reads: the frame's length (a helper call),
     /// then Ethernet, IP and UDP/TCP read in place and checked.
     pub const HEADERS: u32 = 2;
-    /// The fast path's two words: `NODE_STATE`'s flows word and the port's
+    /// The fast path's two words: the port's `FLOW_PORTS` mark and its
     /// `LISTENER_PORTS` bit (a frame no table can claim is decided here).
     pub const WORDS: u32 = 3;
     /// The `LISTENERS` lookup of a frame whose port has a listener.

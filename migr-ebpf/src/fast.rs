@@ -28,7 +28,7 @@ use migr_common::{
     classify::{Classification, Tables, family_tag, lookup_stage, reset_parsed},
     maps::{
         FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
-        listener_port_bit, node_state,
+        listener_port_bit,
     },
     wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
 };
@@ -40,7 +40,7 @@ use network_types::{
 };
 
 use crate::{
-    FLOWS, LISTENER_PORTS, LISTENERS, MapTables, NODE_STATE, breakdown::stop, count_proto_class,
+    FLOW_PORTS, FLOWS, LISTENER_PORTS, LISTENERS, MapTables, breakdown::stop, count_proto_class,
     count_reason, count_verdict, in_place::InPlace,
 };
 
@@ -158,7 +158,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
         }
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
-            let flows = may_match(node_state::FLOWS);
+            let flows = flow_port(plain.dst_port);
             let port = listener_port(plain.dst_port);
             if STOP == stop::WORDS {
                 return Fast::Passed;
@@ -207,7 +207,7 @@ enum Claim {
 }
 
 /// Looks up the listener (if its port has one: `port`) and the learned flow
-/// (if the node has any: `flows`) of a plain frame. A BPF call of its own,
+/// (if one may have its destination port: `flows`) of a plain frame. A BPF call of its own,
 /// made only for such frames: inlined, its stack (the entries it copies out)
 /// would add to the program's, which Linux 6.1 adds to `migr_lookup_known`'s
 /// in their chain of at most 512 bytes. Each key is built in the scratch
@@ -399,10 +399,12 @@ impl Tables for Claimed {
     }
 }
 
-/// May the table behind this `NODE_STATE` word hold an entry?
+/// May a learned flow have destination `port` (`FLOW_PORTS`)?
 #[inline(always)]
-pub fn may_match(word: u32) -> bool {
-    NODE_STATE.get(word).is_none_or(|v| *v != 0)
+pub fn flow_port(port: u16) -> bool {
+    FLOW_PORTS
+        .get(u32::from(port))
+        .is_none_or(|mark| *mark != 0)
 }
 
 /// Does some listener have `port` (`LISTENER_PORTS`)?

@@ -33,7 +33,7 @@
 //! | `HEADER_CACHE` | per-CPU array, 1 | 0 | the current packet's first 256 bytes (`xdp_packet.rs`) | this program |
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
-//! | `NODE_STATE` | array, [`node_state::COUNT`] | [`node_state`] index | 1 if that table may have entries (the fast path skips it otherwise) | agent; this program sets `FLOWS` before it learns a flow |
+//! | `FLOW_PORTS` | array, [`FLOW_PORTS_LEN`] | destination port | 1 if a learned flow may have that port: `FLOWS` is looked up only for these | agent before it writes a flow; this program before it learns one |
 //! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
 //! | `FULL_PATH` | program array, [`full_path::SLOTS`] | [`full_path`] slot | `migr_full` (and the bench's cut-short copies) | agent, before it attaches `migr`; pinned beside the links |
 //! | `FULL_PATH_MISSED` | per-CPU array, 1 | 0 | frames passed because `FULL_PATH` held no program | this program |
@@ -63,12 +63,12 @@ use migr_common::{
         Classification, FrameContext, Report, Tables, final_action, lookup_stage, parse_stage,
     },
     maps::{
-        Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FORWARD_META_MAGIC, FlowKey,
-        ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
-        MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX, PARK_SMALL_MAX, ParkedHeader,
-        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
-        ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
-        Verdict, full_path, map_sizes, node_state,
+        Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FLOW_PORTS_LEN,
+        FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS,
+        ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX,
+        PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX,
+        Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry,
+        TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path, map_sizes,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -131,9 +131,9 @@ static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 
 /// The ports some listener has ([`migr_common::maps::listener_port_bit`]).
 #[map]
 static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WORDS, 0);
-/// Which tables may have entries ([`node_state`]).
+/// The destination ports a learned flow may have ([`FLOW_PORTS_LEN`]).
 #[map]
-static NODE_STATE: Array<u32> = Array::with_max_entries(node_state::COUNT, 0);
+static FLOW_PORTS: Array<u32> = Array::with_max_entries(FLOW_PORTS_LEN, 0);
 /// Per-CPU scratch for the classification: too large for the 512-byte stack.
 #[map]
 static SCRATCH: PerCpuArray<Classification> = PerCpuArray::with_max_entries(1, 0);
@@ -162,8 +162,8 @@ impl Tables for MapTables {
     }
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<u32> {
-        // An LRU lookup with a 40-byte key, skipped while no flow was ever learned.
-        if !fast::may_match(node_state::FLOWS) {
+        // An LRU lookup with a 40-byte key, skipped unless a flow to the port was learned.
+        if !fast::flow_port(key.dst_port) {
             return None;
         }
         let key = on_stack(key);
@@ -794,9 +794,9 @@ fn report(decision: &Classification) {
                 return;
             }
             // Before the flow exists, so that no lookup skips it.
-            if let Some(flows) = NODE_STATE.get_ptr_mut(node_state::FLOWS) {
+            if let Some(mark) = FLOW_PORTS.get_ptr_mut(u32::from(decision.flow.dst_port)) {
                 // SAFETY: a value of this map; a plain store of a word, to 1 only.
-                unsafe { *flows = 1 };
+                unsafe { *mark = 1 };
             }
             // Borrowed on purpose: the key stays in scratch memory, not on the stack.
             #[allow(clippy::needless_borrows_for_generic_args)]

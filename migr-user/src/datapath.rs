@@ -21,7 +21,7 @@ use aya::{
 use migr_common::maps::{
     Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
     REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, full_path, listener_port_bit, map_names, map_sizes, node_state,
+    Verdict, full_path, listener_port_bit, map_names, map_sizes,
 };
 
 use crate::datapath_log::{DatapathLog, LogLine, LogReader};
@@ -56,7 +56,7 @@ pub const PASS_PROGRAM: &str = "migr_pass";
 pub const BREAKDOWN_PROGRAMS: [(&str, &str); 8] = [
     ("migr_upto_entry", "replay-batch check"),
     ("migr_upto_headers", "frame length, header reads"),
-    ("migr_upto_words", "NODE_STATE, LISTENER_PORTS words"),
+    ("migr_upto_words", "FLOW_PORTS, LISTENER_PORTS words"),
     ("migr_upto_listener", "LISTENERS lookup"),
     (
         "migr_upto_parsed",
@@ -328,22 +328,23 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// Sets the `NODE_STATE` word of every table that has an entry and the
-    /// `LISTENER_PORTS` bit of every listener's port, so that re-used pinned
-    /// tables (or these maps created fresh beside them) are never skipped by
-    /// the fast path.
+    /// Sets the `FLOW_PORTS` mark of every learned flow's destination port and
+    /// the `LISTENER_PORTS` bit of every listener's port, so that re-used
+    /// pinned tables (or these maps created fresh beside them) are never
+    /// skipped by the fast path.
     fn mark_tables_in_use(&mut self) -> Result<()> {
         let ports: Vec<u16> = self.listeners()?.iter().map(|(key, _)| key.port).collect();
         for port in ports {
             self.set_listener_port(port, true)?;
         }
-        let flows = HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
-            .keys()
-            .next()
-            .is_some();
-        // (The program sets FLOWS itself before it learns a flow from a token.)
-        if flows {
-            self.set_node_state(node_state::FLOWS, true)?;
+        // (The program marks a port itself before it learns a flow from a token.)
+        let ports: Vec<u16> =
+            HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
+                .keys()
+                .map(|key| key.map(|key| key.dst_port))
+                .collect::<Result<_, _>>()?;
+        for port in ports {
+            self.mark_flow_port(port)?;
         }
         Ok(())
     }
@@ -363,20 +364,18 @@ impl Datapath {
         Ok(map.get(&index, 0)? & bit != 0)
     }
 
-    fn set_node_state(&mut self, word: u32, on: bool) -> Result<()> {
-        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::NODE_STATE)?)?;
-        map.set(word, u32::from(on), 0)?;
+    /// Marks `port` in `FLOW_PORTS` ([`migr_common::maps::FLOW_PORTS_LEN`]):
+    /// a store of the whole entry, never cleared.
+    fn mark_flow_port(&mut self, port: u16) -> Result<()> {
+        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::FLOW_PORTS)?)?;
+        map.set(u32::from(port), 1, 0)?;
         Ok(())
     }
 
-    /// The `NODE_STATE` words ([`node_state`]), in index order.
-    pub fn node_state(&self) -> Result<[bool; node_state::COUNT as usize]> {
-        let map = Array::<_, u32>::try_from(self.map(map_names::NODE_STATE)?)?;
-        let mut out = [false; node_state::COUNT as usize];
-        for (i, word) in out.iter_mut().enumerate() {
-            *word = map.get(&(i as u32), 0)? != 0;
-        }
-        Ok(out)
+    /// Is `port` marked in `FLOW_PORTS` (may a learned flow have it)?
+    pub fn flow_port(&self, port: u16) -> Result<bool> {
+        let map = Array::<_, u32>::try_from(self.map(map_names::FLOW_PORTS)?)?;
+        Ok(map.get(&u32::from(port), 0)? != 0)
     }
 
     /// Attaches [`TC_PROGRAM`] at `iface`'s TC ingress through a bpf_link
@@ -818,7 +817,7 @@ impl Datapath {
 
     pub fn set_flow(&mut self, key: &FlowKey, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
-        self.set_node_state(node_state::FLOWS, true)?;
+        self.mark_flow_port(key.dst_port)?;
         let mut map = HashMap::<_, FlowKey, u32>::try_from(lru(self.map_mut(map_names::FLOWS)?)?)?;
         map.insert(key, service_id, 0)?;
         Ok(())

@@ -723,12 +723,12 @@ fn kernel_and_host_agree_on_a_generated_corpus() {
 }
 
 /// The fast path skips `LISTENERS` for ports without a `LISTENER_PORTS` bit and
-/// `FLOWS` while `NODE_STATE` says no flow exists: the agent's side of that
+/// `FLOWS` for ports without a `FLOW_PORTS` mark: the agent's side of that
 /// contract (bits set before and cleared after the listeners) and the frames
 /// it decides.
 #[test]
 fn the_fast_paths_tables_follow_the_listeners_and_flows() {
-    use migr_common::maps::{FlowKey, node_state};
+    use migr_common::maps::FlowKey;
     let mut f = Fixture::new().expect("load the datapath");
     f.set_service(1, service(Action::Drop, 0, Default::default()))
         .unwrap();
@@ -738,7 +738,7 @@ fn the_fast_paths_tables_follow_the_listeners_and_flows() {
         .payload(b"x")
         .build();
     assert!(!f.dp.listener_port(7000).unwrap());
-    assert!(!f.dp.node_state().unwrap()[node_state::FLOWS as usize]);
+    assert!(!f.dp.flow_port(8080).unwrap());
     let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
 
@@ -778,9 +778,17 @@ fn the_fast_paths_tables_follow_the_listeners_and_flows() {
         _pad: [0; 2],
     };
     f.dp.set_flow(&flow, 1).unwrap();
-    assert!(f.dp.node_state().unwrap()[node_state::FLOWS as usize]);
+    assert!(f.dp.flow_port(8080).unwrap());
+    assert!(!f.dp.flow_port(8081).unwrap());
     let o = f.run(&segment, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (1, Verdict::Drop));
+    // The same client to another port of the server is no flow's.
+    let other_port = FrameBuilder::tcp_v4(CLIENT, 41000, SERVER, 8081)
+        .flags(TCP_ACK)
+        .payload(b"data")
+        .build();
+    let o = f.run(&other_port, &[NO_SERVICE, 1]).unwrap();
+    assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
 }
 
 /// With debug logs on (`--datapath-log debug`) the program loads (on every

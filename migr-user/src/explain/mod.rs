@@ -35,7 +35,7 @@ pub const COPIED: [&str; 9] = [
     n::FORWARD_DEVICES,
     // The fast path's summaries of the tables above: without them the copy
     // would pass frames the agent's program looks up.
-    n::NODE_STATE,
+    n::FLOW_PORTS,
     n::LISTENER_PORTS,
 ];
 
