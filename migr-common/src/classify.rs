@@ -256,24 +256,7 @@ pub fn lookup_stage<F: PacketBytes + ?Sized, T: Tables>(
             family: out.flow.family,
         };
         if let Some(listener) = tables.listener(&key) {
-            service_id = listener.service_id;
-            if listener.flags & LISTENER_QUIC != 0
-                && let L4Info::Udp {
-                    payload_offset,
-                    payload_len,
-                    ..
-                } = info.l4
-            {
-                service_id = quic_service(
-                    frame,
-                    tables,
-                    &listener,
-                    payload_offset as usize,
-                    payload_len as usize,
-                    &mut out.reasons,
-                )
-                .unwrap_or(service_id);
-            }
+            service_id = listener_service(frame, tables, &listener, &info.l4, &mut out.reasons);
         }
     }
 
@@ -393,6 +376,51 @@ pub fn final_action(
         return (Action::Park, Some(Reason::HeldBehindBacklog));
     }
     (Action::Park, None)
+}
+
+/// The service a frame on `listener` belongs to: on a QUIC listener, a UDP
+/// datagram's is the one the server id in its DCID routes to, if any;
+/// otherwise the listener's.
+#[inline(always)]
+pub fn listener_service<F: PacketBytes + ?Sized, T: Tables>(
+    frame: &F,
+    tables: &T,
+    listener: &ListenerEntry,
+    l4: &L4Info,
+    reasons: &mut Reasons,
+) -> u32 {
+    if listener.flags & LISTENER_QUIC != 0
+        && let L4Info::Udp {
+            payload_offset,
+            payload_len,
+            ..
+        } = *l4
+    {
+        return quic_service(
+            frame,
+            tables,
+            listener,
+            payload_offset as usize,
+            payload_len as usize,
+            reasons,
+        )
+        .unwrap_or(listener.service_id);
+    }
+    listener.service_id
+}
+
+/// Does every fresh frame of a service with this entry (None: no service)
+/// get PASS from [`final_action`], with no reason of its own, while no
+/// replay of the service can be under way? So for no service, and for a
+/// service without `SERVICE_HOLD` that is inactive or whose action is PASS.
+/// The XDP program's fast path decides such frames without building the
+/// classification.
+#[inline(always)]
+pub fn always_passes(entry: Option<ServiceEntry>) -> bool {
+    entry.is_none_or(|entry| {
+        entry.flags & SERVICE_HOLD == 0
+            && (entry.flags & SERVICE_ACTIVE == 0 || entry.action == Action::Pass as u32)
+    })
 }
 
 /// The service a QUIC packet on a QUIC listener routes to by the server id in
@@ -536,6 +564,57 @@ mod tests {
             assert_eq!(reset_parsed(&info, &mut reset), going_on);
             assert_eq!(reset, expected);
         }
+    }
+
+    /// `always_passes` holds exactly for the entries whose fresh frames
+    /// `final_action` passes at every moment, without a reason, and for which
+    /// the datapath looks for no replayed frame (no `SERVICE_HOLD`, no PARK).
+    #[test]
+    fn always_passes_is_final_actions_pass_at_every_moment() {
+        let moments = [
+            at(0, 100, false),
+            at(0, 100, true),
+            at(5, REPLAY_FRAME_MAX + 1, true),
+            at(u64::MAX, 100, true),
+        ];
+        let actions = [Action::Pass, Action::Park, Action::Forward, Action::Drop];
+        for action in actions {
+            for flags in 0..8 {
+                for lease in [0, 10] {
+                    let entry = ServiceEntry {
+                        action: action as u32,
+                        flags,
+                        lease_until_ns: lease,
+                        ..Default::default()
+                    };
+                    // What `lookup_stage` makes of a frame of this service.
+                    let c = Classification {
+                        service_id: 7,
+                        action: if flags & SERVICE_ACTIVE != 0 {
+                            action
+                        } else {
+                            Action::Pass
+                        },
+                        service: Some(entry),
+                        ..Classification::EMPTY
+                    };
+                    let passes = moments
+                        .iter()
+                        .all(|m| final_action(&c, None, m) == (Action::Pass, None));
+                    let looks_for_replays = c.action == Action::Park || flags & SERVICE_HOLD != 0;
+                    assert_eq!(
+                        always_passes(Some(entry)),
+                        passes && !looks_for_replays,
+                        "{action:?}, flags {flags:#b}, lease {lease}"
+                    );
+                }
+            }
+        }
+        assert!(always_passes(None));
+        assert_eq!(
+            final_action(&Classification::EMPTY, None, &UNASKED),
+            (Action::Pass, None)
+        );
     }
 
     #[test]

@@ -21,11 +21,17 @@
 //! frame, see [`fast_path`]); the datapath corpus and storm tests compare
 //! both on every frame.
 
+use core::cell::Cell;
+
 use aya_ebpf::{
     bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
+    programs::XdpContext,
 };
 use migr_common::{
-    classify::{Classification, Tables, family_tag, lookup_stage, reset_parsed},
+    classify::{
+        Classification, Reasons, Tables, always_passes, family_tag, listener_service, lookup_stage,
+        reset_parsed,
+    },
     maps::{
         FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
         listener_port_bit,
@@ -41,7 +47,7 @@ use network_types::{
 
 use crate::{
     FLOW_PORTS, FLOWS, LISTENER_PORTS, LISTENERS, MapTables, breakdown::stop, count_proto_class,
-    count_reason, count_verdict, in_place::InPlace,
+    count_reason, count_reasons, count_verdict, in_place::InPlace, log,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -112,6 +118,12 @@ pub struct FastParsed {
     listener: ListenerEntry,
     /// The service of the frame's learned flow; [`NO_SERVICE`]: none.
     flow: u32,
+    /// The `SERVER_IDS` lookup [`claim`] made (the server id, its owner), so
+    /// that the lookup stage does not make it again.
+    server_id: Option<(u32, Option<u32>)>,
+    /// The service and reasons (bits) of a frame [`claim`] found passing
+    /// ([`Claim::Passes`]): in the slot, as the call returns one register.
+    passes: (u32, u32),
     /// [`claim`]'s keys, built here rather than on its stack: with them on
     /// the stack, its frame took 464 bytes, and Linux 6.1 adds `migr`'s.
     listener_key: ListenerKey,
@@ -150,6 +162,9 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     if STOP == stop::HEADERS {
         return Fast::Passed;
     }
+    // A frame passed here is counted under its class, the reason `quick_parse`
+    // gave it, and the service and reasons `claim` found (if it decided it).
+    let mut decided = None;
     let (class, reason) = match quick {
         Quick::Pass(ProtoClass::NonIp, reason) => {
             // SAFETY: plain helper call on the program's context.
@@ -166,6 +181,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
             if port || flows {
                 match claim::<STOP>(ctx, &plain, len as u32, port, flows) {
                     Claim::Unclaimed => {}
+                    Claim::Passes => decided = FAST_PARSED.get(0).map(|parsed| parsed.passes),
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
                     Claim::Stop => return Fast::Passed,
@@ -183,7 +199,14 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     if let Some(reason) = reason {
         count_reason(reason);
     }
-    count_verdict(NO_SERVICE, Verdict::Pass, len);
+    let Some((service_id, reasons)) = decided else {
+        count_verdict(NO_SERVICE, Verdict::Pass, len);
+        return Fast::Passed;
+    };
+    // As `finish` counts and logs a classified frame.
+    count_reasons(reasons);
+    count_verdict(service_id, Verdict::Pass, len);
+    log::verdict(&XdpContext::new(ctx), service_id, Verdict::Pass, len);
     Fast::Passed
 }
 
@@ -199,6 +222,9 @@ pub fn parsed_len() -> Option<u64> {
 enum Claim {
     /// No listener and no learned flow: the frame passes.
     Unclaimed,
+    /// The frame's service passes every fresh frame (`classify::always_passes`):
+    /// the frame passes, counted as [`FastParsed::passes`] says.
+    Passes,
     /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
     Lookup,
     Slow,
@@ -214,8 +240,11 @@ enum Claim {
 /// slot with only the addresses its lookup needs.
 ///
 /// The flow is looked up here, not in the lookup stage, so that a frame no
-/// table claims on a node with learned flows (every node whose services
-/// learned an MP_JOIN) still passes on the fast path.
+/// table claims on a node with learned flows still passes on the fast path.
+/// So is the service, so that a frame of a service that passes every frame
+/// (`classify::always_passes`: every service that is not migrating) passes
+/// here too, without the classification: the lookup stage's
+/// `listener_service` and `SERVICES` lookup, then the counters.
 #[inline(never)]
 fn claim<const STOP: u32>(
     ctx: *mut xdp_md,
@@ -249,12 +278,12 @@ fn claim<const STOP: u32>(
     if STOP == stop::LISTENER {
         return Claim::Stop;
     }
+    let l4 = match plain.family {
+        IpFamily::V4 => IPV4_L4,
+        IpFamily::V6 => IPV6_L4,
+    };
     let mut flow = None;
     if flows {
-        let l4 = match plain.family {
-            IpFamily::V4 => IPV4_L4,
-            IpFamily::V6 => IPV6_L4,
-        };
         // UDP's and TCP's source ports sit alike, in the header's first two bytes.
         let Some(ports) = header::<UdpHdr>(start, end, l4) else {
             return Claim::Slow;
@@ -275,14 +304,73 @@ fn claim<const STOP: u32>(
         let found = unsafe { FLOWS.get(&parsed.flow_key) }.copied();
         flow = found;
     }
-    if listener.is_none() && flow.is_none() {
-        return Claim::Unclaimed;
+    // `lookup_stage`'s choice of the service: the flow's, else the listener's.
+    let mut reasons = Reasons(0);
+    let server_ids = Remembered::default();
+    let service_id = match (flow, listener) {
+        (Some(service_id), _) => service_id,
+        (None, Some(listener)) => {
+            let mut l4_info = L4Info::Other;
+            if plain.proto == IPPROTO_UDP {
+                let Some(udp) = header::<UdpHdr>(start, end, l4) else {
+                    return Claim::Slow;
+                };
+                l4_info = L4Info::Udp {
+                    src_port: be16(field!(udp, src)),
+                    dst_port: plain.dst_port,
+                    payload_offset: (l4 + UdpHdr::LEN) as u16,
+                    payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+                };
+            }
+            let frame = InPlace::with_len(ctx, Some(len as usize));
+            listener_service(&frame, &server_ids, &listener, &l4_info, &mut reasons)
+        }
+        (None, None) => return Claim::Unclaimed,
+    };
+    let entry = (service_id != NO_SERVICE)
+        .then(|| MapTables.service(service_id))
+        .flatten();
+    if always_passes(entry) {
+        parsed.passes = (service_id, reasons.0);
+        return Claim::Passes;
     }
     parsed.plain = *plain;
     parsed.len = len;
     parsed.listener = listener.unwrap_or_default();
     parsed.flow = flow.unwrap_or(NO_SERVICE);
+    parsed.server_id = server_ids.asked.get();
     Claim::Lookup
+}
+
+/// The tables, remembering the `SERVER_IDS` lookup made through them.
+#[derive(Default)]
+struct Remembered {
+    asked: Cell<Option<(u32, Option<u32>)>>,
+}
+
+impl Tables for Remembered {
+    #[inline(always)]
+    fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry> {
+        MapTables.listener(key)
+    }
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<u32> {
+        MapTables.flow(key)
+    }
+    #[inline(always)]
+    fn server_id(&self, server_id: u32) -> Option<u32> {
+        let owner = MapTables.server_id(server_id);
+        self.asked.set(Some((server_id, owner)));
+        owner
+    }
+    #[inline(always)]
+    fn token(&self, token: u32) -> Option<u32> {
+        MapTables.token(token)
+    }
+    #[inline(always)]
+    fn service(&self, service_id: u32) -> Option<ServiceEntry> {
+        MapTables.service(service_id)
+    }
 }
 
 /// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found
@@ -359,6 +447,7 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     let known = Claimed {
         listener: (listener.service_id != NO_SERVICE).then_some(listener),
         flow: (parsed.flow != NO_SERVICE).then_some(parsed.flow),
+        server_id: parsed.server_id,
     };
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
     // dozen small reads), straight from the linear frame: the fast path took
@@ -368,11 +457,12 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     1
 }
 
-/// The tables, with the frame's listener and learned flow looked up
-/// already ([`claim`]).
+/// The tables, with the frame's listener, learned flow and server id looked
+/// up already ([`claim`]).
 struct Claimed {
     listener: Option<ListenerEntry>,
     flow: Option<u32>,
+    server_id: Option<(u32, Option<u32>)>,
 }
 
 impl Tables for Claimed {
@@ -387,7 +477,10 @@ impl Tables for Claimed {
     }
     #[inline(always)]
     fn server_id(&self, server_id: u32) -> Option<u32> {
-        MapTables.server_id(server_id)
+        match self.server_id {
+            Some((asked, owner)) if asked == server_id => owner,
+            _ => MapTables.server_id(server_id),
+        }
     }
     #[inline(always)]
     fn token(&self, token: u32) -> Option<u32> {
