@@ -16,6 +16,7 @@ use crate::{
         mptcp::{self, CapableKind, JoinKind, MptcpOption},
         packet::{self, IpFamily, L4Info, PacketInfo, ParseError},
         quic::{self, QuicHeader},
+        tcp::OptionRef,
     },
 };
 
@@ -265,32 +266,15 @@ pub fn lookup_stage<F: PacketBytes + ?Sized, T: Tables>(
     if let L4Info::Tcp(tcp) = &info.l4
         && let Some(opt) = tcp.mptcp
     {
-        match mptcp::parse_mptcp(frame, opt, tcp.flags) {
-            Ok(MptcpOption::Join {
-                kind: JoinKind::Syn { token, .. },
-            }) => {
-                if service_id == NO_SERVICE {
-                    match tables.token(token) {
-                        Some(owner) => {
-                            service_id = owner;
-                            out.report = Report::LearnFlow { token };
-                        }
-                        None => {
-                            out.reasons.add(Reason::MptcpUnknownToken);
-                            out.report = Report::UnknownJoin { token };
-                        }
-                    }
-                }
-            }
-            Ok(MptcpOption::Capable {
-                kind: CapableKind::Ack | CapableKind::AckWithData,
-                sender_key: Some(sender_key),
-                receiver_key: Some(receiver_key),
-                ..
-            }) => capable_keys = Some((sender_key, receiver_key)),
-            Ok(_) => {}
-            Err(_) => out.reasons.add(Reason::MptcpMalformed),
-        }
+        capable_keys = mptcp_stage(
+            frame,
+            tables,
+            opt,
+            tcp.flags,
+            &mut service_id,
+            &mut out.report,
+            &mut out.reasons,
+        );
     }
 
     out.service_id = service_id;
@@ -407,6 +391,53 @@ pub fn listener_service<F: PacketBytes + ?Sized, T: Tables>(
         .unwrap_or(listener.service_id);
     }
     listener.service_id
+}
+
+/// The lookup stage's part for a TCP frame's MPTCP option `opt`: an MP_JOIN
+/// SYN of a frame no table claimed (`service_id` still [`NO_SERVICE`]) finds
+/// its service by token, with a report to learn the subflow (or, for an
+/// unknown token, to keep the join); a malformed option is a reason. Returns
+/// an MP_CAPABLE's keys, which the caller reports once it knows the service.
+#[inline(always)]
+pub fn mptcp_stage<F: PacketBytes + ?Sized, T: Tables>(
+    frame: &F,
+    tables: &T,
+    opt: OptionRef,
+    tcp_flags: u8,
+    service_id: &mut u32,
+    report: &mut Report,
+    reasons: &mut Reasons,
+) -> Option<(u64, u64)> {
+    match mptcp::parse_mptcp(frame, opt, tcp_flags) {
+        Ok(MptcpOption::Join {
+            kind: JoinKind::Syn { token, .. },
+        }) => {
+            if *service_id == NO_SERVICE {
+                match tables.token(token) {
+                    Some(owner) => {
+                        *service_id = owner;
+                        *report = Report::LearnFlow { token };
+                    }
+                    None => {
+                        reasons.add(Reason::MptcpUnknownToken);
+                        *report = Report::UnknownJoin { token };
+                    }
+                }
+            }
+            None
+        }
+        Ok(MptcpOption::Capable {
+            kind: CapableKind::Ack | CapableKind::AckWithData,
+            sender_key: Some(sender_key),
+            receiver_key: Some(receiver_key),
+            ..
+        }) => Some((sender_key, receiver_key)),
+        Ok(_) => None,
+        Err(_) => {
+            reasons.add(Reason::MptcpMalformed);
+            None
+        }
+    }
 }
 
 /// Does every fresh frame of a service with this entry (None: no service)

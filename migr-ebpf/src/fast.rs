@@ -29,14 +29,17 @@ use aya_ebpf::{
 };
 use migr_common::{
     classify::{
-        Classification, Reasons, Tables, always_passes, family_tag, listener_service, lookup_stage,
-        reset_parsed,
+        Classification, Reasons, Report, Tables, always_passes, family_tag, listener_service,
+        lookup_stage, mptcp_stage, reset_parsed,
     },
     maps::{
         FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
         listener_port_bit,
     },
-    wire::packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
+    wire::{
+        packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
+        tcp::{OptionRef, TCPOPT_EOL, TCPOPT_MPTCP, TCPOPT_NOP},
+    },
 };
 use network_types::{
     eth::EthHdr,
@@ -93,11 +96,30 @@ enum Quick {
 struct Plain {
     family: IpFamily,
     proto: u8,
-    /// TCP's header length: 20, or 32 with [`TIMESTAMPS_ONLY`] options.
+    /// TCP's header length: 20, 32 with [`TIMESTAMPS_ONLY`] options, or
+    /// longer with an MPTCP option ([`mptcp_option`]).
     tcp_header_len: u8,
+    /// TCP's flags (byte 13 of its header).
+    tcp_flags: u8,
+    /// TCP's MPTCP option ([`mptcp_option`]): its offset and length, length
+    /// 0 for none. Not an `Option`: copied, a `None`'s undefined payload
+    /// let LLVM store whatever register it liked, a packet pointer once,
+    /// which the verifier refused.
+    mptcp_offset: u16,
+    mptcp_len: u8,
     /// Bytes from the transport header to the end of the IP packet.
     l4_len: u16,
     dst_port: u16,
+}
+
+impl Plain {
+    #[inline(always)]
+    fn mptcp(&self) -> Option<OptionRef> {
+        (self.mptcp_len != 0).then_some(OptionRef {
+            offset: self.mptcp_offset,
+            len: self.mptcp_len,
+        })
+    }
 }
 
 /// The options of nearly every TCP segment of an established connection
@@ -178,7 +200,8 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
             if STOP == stop::WORDS {
                 return Fast::Passed;
             }
-            if port || flows {
+            // An MPTCP option can name a service by token, or be malformed.
+            if port || flows || plain.mptcp_len != 0 {
                 match claim::<STOP>(ctx, &plain, len as u32, port, flows) {
                     Claim::Unclaimed => {}
                     Claim::Passes => decided = FAST_PARSED.get(0).map(|parsed| parsed.passes),
@@ -304,29 +327,47 @@ fn claim<const STOP: u32>(
         let found = unsafe { FLOWS.get(&parsed.flow_key) }.copied();
         flow = found;
     }
-    // `lookup_stage`'s choice of the service: the flow's, else the listener's.
+    // `lookup_stage`'s choice of the service: the flow's, else the listener's,
+    // then an MPTCP option's part.
     let mut reasons = Reasons(0);
     let server_ids = Remembered::default();
-    let service_id = match (flow, listener) {
-        (Some(service_id), _) => service_id,
-        (None, Some(listener)) => {
-            let mut l4_info = L4Info::Other;
-            if plain.proto == IPPROTO_UDP {
-                let Some(udp) = header::<UdpHdr>(start, end, l4) else {
-                    return Claim::Slow;
-                };
-                l4_info = L4Info::Udp {
-                    src_port: be16(field!(udp, src)),
-                    dst_port: plain.dst_port,
-                    payload_offset: (l4 + UdpHdr::LEN) as u16,
-                    payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
-                };
-            }
-            let frame = InPlace::with_len(ctx, Some(len as usize));
-            listener_service(&frame, &server_ids, &listener, &l4_info, &mut reasons)
+    let frame = InPlace::with_len(ctx, Some(len as usize));
+    let mut service_id = NO_SERVICE;
+    if let Some(learned) = flow {
+        service_id = learned;
+    } else if let Some(listener) = listener {
+        let mut l4_info = L4Info::Other;
+        if plain.proto == IPPROTO_UDP {
+            let Some(udp) = header::<UdpHdr>(start, end, l4) else {
+                return Claim::Slow;
+            };
+            l4_info = L4Info::Udp {
+                src_port: be16(field!(udp, src)),
+                dst_port: plain.dst_port,
+                payload_offset: (l4 + UdpHdr::LEN) as u16,
+                payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+            };
         }
-        (None, None) => return Claim::Unclaimed,
-    };
+        service_id = listener_service(&frame, &server_ids, &listener, &l4_info, &mut reasons);
+    } else if plain.mptcp_len == 0 {
+        return Claim::Unclaimed;
+    }
+    if let Some(option) = plain.mptcp() {
+        let mut report = Report::None;
+        let capable_keys = mptcp_stage(
+            &frame,
+            &server_ids,
+            option,
+            plain.tcp_flags,
+            &mut service_id,
+            &mut report,
+            &mut reasons,
+        );
+        // Something to report: `finish` reports it.
+        if report != Report::None || capable_keys.is_some() {
+            return lookup_next(parsed, plain, len, listener, flow, &server_ids);
+        }
+    }
     let entry = (service_id != NO_SERVICE)
         .then(|| MapTables.service(service_id))
         .flatten();
@@ -334,6 +375,19 @@ fn claim<const STOP: u32>(
         parsed.passes = (service_id, reasons.0);
         return Claim::Passes;
     }
+    lookup_next(parsed, plain, len, listener, flow, &server_ids)
+}
+
+/// Leaves what [`claim`] found in `parsed` for [`migr_lookup_known`].
+#[inline(always)]
+fn lookup_next(
+    parsed: &mut FastParsed,
+    plain: &Plain,
+    len: u32,
+    listener: Option<ListenerEntry>,
+    flow: Option<u32>,
+    server_ids: &Remembered,
+) -> Claim {
     parsed.plain = *plain;
     parsed.len = len;
     parsed.listener = listener.unwrap_or_default();
@@ -440,6 +494,17 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
         return 0;
     };
     reset_parsed(&info, out);
+    // The MPTCP option apart, on TCP's path only: with the option in
+    // `packet_info`'s `L4Info`, LLVM merged its bytes with the ones UDP's
+    // variant leaves undefined, and stored for them, on UDP's path, a
+    // register that held a packet pointer there, which the verifier refused.
+    if let Some(PacketInfo {
+        l4: L4Info::Tcp(tcp),
+        ..
+    }) = out.packet.as_mut()
+    {
+        tcp.mptcp = parsed.plain.mptcp();
+    }
     if until == stop::PARSED {
         return 1;
     }
@@ -622,6 +687,8 @@ fn transport(
 ) -> Quick {
     let len = l4_len as usize;
     let mut tcp_header_len = 0;
+    let mut tcp_flags = 0;
+    let mut mptcp = None;
     let dst_port = match proto {
         IPPROTO_UDP => {
             if len < UdpHdr::LEN {
@@ -644,15 +711,24 @@ fn transport(
                 return MALFORMED;
             };
             // The data offset: the high nibble of byte 12 (`TcpHdr`'s bitfield).
-            tcp_header_len = match field!(tcp, _bitfield_1).get(4, 4) {
+            let header_len = match field!(tcp, _bitfield_1).get(4, 4) {
                 0..=4 => return MALFORMED,
-                5 => TcpHdr::LEN,
-                8 if len >= TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) => {
-                    TCP_TIMESTAMPS_LEN
-                }
-                // Other options: one may be MPTCP's, which the full parser reads.
-                _ => return Quick::Slow,
+                offset => offset as usize * 4,
             };
+            if header_len > len {
+                return Quick::Slow;
+            }
+            tcp_header_len = header_len;
+            if header_len != TcpHdr::LEN
+                && !(header_len == TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4))
+            {
+                // Other options: MPTCP's in a shape read here, else the full parser's walk.
+                match mptcp_option(start, end, l4, header_len) {
+                    Some(option) => mptcp = Some(option),
+                    None => return Quick::Slow,
+                }
+            }
+            tcp_flags = field!(tcp, _bitfield_1).get(8, 8) as u8;
             be16(field!(tcp, dest))
         }
         proto => return Quick::Pass(ProtoClass::from_ip_proto(proto), None),
@@ -661,6 +737,9 @@ fn transport(
         family,
         proto,
         tcp_header_len: tcp_header_len as u8,
+        tcp_flags,
+        mptcp_offset: mptcp.map_or(0, |option: OptionRef| option.offset),
+        mptcp_len: mptcp.map_or(0, |option: OptionRef| option.len),
         l4_len,
         dst_port,
     })
@@ -677,6 +756,44 @@ fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
             first == TIMESTAMPS_ONLY
         },
     )
+}
+
+/// The MPTCP option of a TCP header at `l4` (`header_len` bytes, all in
+/// the frame) whose options are one MPTCP option, first or after
+/// [`TIMESTAMPS_ONLY`]'s, then at most 3 bytes of NOP padding or an end of
+/// list: the options of an MPTCP data segment (DSS). The full parser's walk
+/// finds such options valid and this option the first MPTCP one. None: any
+/// other options, which the full parser walks.
+#[inline(always)]
+fn mptcp_option(start: usize, end: usize, l4: usize, header_len: usize) -> Option<OptionRef> {
+    let options_end = l4 + header_len;
+    let at = if header_len > TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) {
+        l4 + TCP_TIMESTAMPS_LEN
+    } else {
+        l4 + TcpHdr::LEN
+    };
+    let kind_len = header::<[u8; 2]>(start, end, at)?;
+    // SAFETY: `header` proved both bytes are in the frame.
+    let [kind, len] = unsafe { kind_len.read_unaligned() };
+    let after = at + len as usize;
+    if kind != TCPOPT_MPTCP || len < 2 || after > options_end || options_end - after > 3 {
+        return None;
+    }
+    for i in 0..3 {
+        if after + i >= options_end {
+            break;
+        }
+        // SAFETY: `header` proved the byte is in the frame.
+        match unsafe { header::<u8>(start, end, after + i)?.read() } {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => {}
+            _ => return None,
+        }
+    }
+    Some(OptionRef {
+        offset: at as u16,
+        len,
+    })
 }
 
 /// An IP header's address.
@@ -759,11 +876,11 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
             dst_port: plain.dst_port,
             seq: u32::from_be_bytes(field!(tcp, seq)),
             ack: u32::from_be_bytes(field!(tcp, ack_seq)),
-            // Byte 13, the bitfield's second byte.
-            flags: field!(tcp, _bitfield_1).get(8, 8) as u8,
+            flags: plain.tcp_flags,
             header_len: header_len as u8,
             payload_offset: l4 as u16 + header_len,
             payload_len: len - header_len,
+            // Set by `lookup_known_until`, see there.
             mptcp: None,
         })
     };

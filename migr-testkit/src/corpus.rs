@@ -202,7 +202,7 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
     let port = if rng.below(5) == 0 { 9 } else { port_of(svc) };
     let sport = 30000 + rng.below(200) as u16;
     let payload: Vec<u8> = (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect();
-    match rng.below(9) {
+    match rng.below(10) {
         0 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
             .payload(&payload)
             .build(),
@@ -250,12 +250,47 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             .flags(TCP_ACK)
             .tcp_options(&mptcp::capable_ack(1, 1, rng.next_u64(), rng.next_u64()))
             .build(),
-        7 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
+        7 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port)
+            .flags(TCP_ACK)
+            .tcp_options(&mptcp_data_options(rng))
+            .payload(&payload)
+            .build(),
+        8 => FrameBuilder::udp_v4(CLIENT, sport, SERVER, port)
             .vlan(rng.below(4000) as u16)
             .payload(&payload)
             .build(),
         _ => FrameBuilder::ethernet(0x0806).payload(&payload).build(),
     }
+}
+
+/// The options of an MPTCP data segment: a DSS of any form, after the
+/// timestamps half the time, padded with NOPs (as Linux does) or EOLs (the
+/// frame builder's padding) to a multiple of 4 bytes.
+pub fn mptcp_data_options(rng: &mut Rng) -> Vec<u8> {
+    let mut options = if rng.below(2) == 0 {
+        timestamps_only(rng)
+    } else {
+        Vec::new()
+    };
+    let mapping = (rng.below(4) != 0).then(|| mptcp::DssMapping {
+        dsn: rng.next_u64(),
+        subflow_seq: rng.next_u64() as u32,
+        data_len: rng.below(1500) as u16,
+        checksum: (rng.below(2) == 0).then(|| rng.next_u64() as u16),
+    });
+    options.extend(mptcp::dss(&mptcp::Dss {
+        data_ack: (rng.below(4) != 0).then(|| rng.next_u64()),
+        data_ack_8: rng.below(2) == 0,
+        mapping,
+        dsn_8: rng.below(2) == 0,
+        data_fin: rng.below(8) == 0,
+    }));
+    if rng.below(2) == 0 {
+        while !options.len().is_multiple_of(4) {
+            options.push(tcp_opt::nop()[0]);
+        }
+    }
+    options
 }
 
 /// NOP, NOP, timestamps: the options of most TCP segments on the wire.

@@ -26,7 +26,7 @@ use migr_common::{
 use migr_testkit::{
     NetNs, corpus,
     fixture::{Fixture, TEST_RUN_IFINDEX, forward_v4, listener_key, service, v4},
-    frames::{FrameBuilder, mptcp, quic},
+    frames::{FrameBuilder, mptcp, quic, tcp_opt},
     netns::full_checksums,
     veth_pair,
 };
@@ -315,28 +315,54 @@ fn hit_frames() -> Vec<(&'static str, Vec<u8>)> {
             "mptcp MP_JOIN SYN",
             FrameBuilder::tcp_v4(CLIENT, 41000, [10, 1, 0, 99], 8080)
                 .flags(TCP_SYN)
-                .tcp_options(&mptcp::join_syn(false, 2, TOKEN, 7))
+                .tcp_options(&linux_join_syn_options())
                 .build(),
         ),
         (
             "tcp data with DSS",
             FrameBuilder::tcp_v4(CLIENT, 41001, SERVER, 4001)
                 .flags(TCP_ACK)
-                .tcp_options(&mptcp::dss(&mptcp::Dss {
-                    data_ack: Some(7),
-                    mapping: Some(mptcp::DssMapping {
-                        dsn: 1,
-                        subflow_seq: 1,
-                        data_len: 1000,
-                        checksum: None,
-                    }),
-                    ..Default::default()
-                }))
+                .tcp_options(&linux_dss_options())
                 .payload(&[0; 1000])
                 .build(),
         ),
         ("malformed (IHL 4)", malformed),
     ]
+}
+
+/// The options of Linux's MP_JOIN SYN: MSS, SACK permitted, timestamps, NOP,
+/// window scale, then MP_JOIN (32 bytes).
+fn linux_join_syn_options() -> Vec<u8> {
+    [
+        tcp_opt::mss(1460),
+        tcp_opt::sack_permitted(),
+        tcp_opt::timestamps(1, 0),
+        tcp_opt::nop(),
+        tcp_opt::wscale(7),
+        mptcp::join_syn(false, 2, TOKEN, 7),
+    ]
+    .concat()
+}
+
+/// The options of a Linux MPTCP data segment: NOP, NOP, timestamps, then a
+/// DSS with an 8-byte data ack and an 8-byte mapping without checksum, padded
+/// with two NOPs (40 bytes).
+fn linux_dss_options() -> Vec<u8> {
+    let mut options = corpus::timestamps_only(&mut corpus::Rng(1));
+    options.extend(mptcp::dss(&mptcp::Dss {
+        data_ack: Some(7),
+        data_ack_8: true,
+        mapping: Some(mptcp::DssMapping {
+            dsn: 1,
+            subflow_seq: 1,
+            data_len: 1000,
+            checksum: None,
+        }),
+        dsn_8: true,
+        ..Default::default()
+    }));
+    options.extend([tcp_opt::nop(), tcp_opt::nop()].concat());
+    options
 }
 
 /// A data segment of an established Linux connection (NOP, NOP,
