@@ -208,12 +208,13 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             .build(),
         1 => {
             let tcp = FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port).flags(TCP_ACK);
-            // Half with the timestamps of an established Linux connection
-            // (the fast path takes those options as plain).
-            let tcp = if rng.below(2) == 0 {
-                tcp.tcp_options(&timestamps_only(rng))
-            } else {
-                tcp
+            // The timestamps of an established Linux connection (the fast
+            // path takes those options as plain), a SYN's options (it walks
+            // them), or none.
+            let tcp = match rng.below(3) {
+                0 => tcp.tcp_options(&timestamps_only(rng)),
+                1 => tcp.tcp_options(&syn_options(rng)),
+                _ => tcp,
             };
             tcp.payload(&payload).build()
         }
@@ -233,19 +234,24 @@ pub fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             QUIC_PORT,
             &quic::initial(&[rng.next_u64() as u8; 8], &[2; 8], &[], &payload),
         ),
-        5 => FrameBuilder::tcp_v4(CLIENT, sport, [10, 1, 0, 99], 8080)
-            .flags(TCP_SYN)
-            .tcp_options(&mptcp::join_syn(
-                false,
-                1,
-                if rng.below(2) == 0 {
-                    0xfeed_f00d
-                } else {
-                    rng.next_u64() as u32
-                },
-                7,
-            ))
-            .build(),
+        5 => {
+            // After a SYN's own options half the time, as Linux sends it.
+            let mut options = if rng.below(2) == 0 {
+                syn_options(rng)
+            } else {
+                Vec::new()
+            };
+            let token = if rng.below(2) == 0 {
+                0xfeed_f00d
+            } else {
+                rng.next_u64() as u32
+            };
+            options.extend(mptcp::join_syn(false, 1, token, 7));
+            FrameBuilder::tcp_v4(CLIENT, sport, [10, 1, 0, 99], 8080)
+                .flags(TCP_SYN)
+                .tcp_options(&options)
+                .build()
+        }
         6 => FrameBuilder::tcp_v4(CLIENT, sport, SERVER, port_of(MPTCP_SVC))
             .flags(TCP_ACK)
             .tcp_options(&mptcp::capable_ack(1, 1, rng.next_u64(), rng.next_u64()))
@@ -291,6 +297,19 @@ pub fn mptcp_data_options(rng: &mut Rng) -> Vec<u8> {
         }
     }
     options
+}
+
+/// A Linux SYN's options: MSS, SACK permitted, timestamps, NOP, window scale
+/// (20 bytes).
+pub fn syn_options(rng: &mut Rng) -> Vec<u8> {
+    [
+        tcp_opt::mss(1200 + rng.below(300) as u16),
+        tcp_opt::sack_permitted(),
+        tcp_opt::timestamps(rng.next_u64() as u32, 0),
+        tcp_opt::nop(),
+        tcp_opt::wscale(rng.below(15) as u8),
+    ]
+    .concat()
 }
 
 /// NOP, NOP, timestamps: the options of most TCP segments on the wire.
