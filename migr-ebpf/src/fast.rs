@@ -1,22 +1,26 @@
 //! The fast path: `migr`'s own code. For a frame with plain headers
 //! (Ethernet without a tag, IPv4 without options or IPv6 without extension
-//! headers, then UDP, TCP without options or with timestamps only, or
-//! another protocol), all in the frame's linear part, the headers are read
+//! headers, then UDP, TCP with options in a shape [`known_options`] reads
+//! (none; the timestamps alone; a Linux SYN's; either followed by one MPTCP
+//! option), or another protocol), all in the frame's linear part, the
+//! headers are read
 //! in place, with direct packet access through `network-types`' header
 //! layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
 //!   and passed at once, with no BPF call (the fast path is inlined into the
 //!   program: on the bench machine two calls cost 16 ns, docs/benchmarks.md);
-//! - a frame a listener or a learned flow may claim is classified here, by
-//!   `migr_common::classify::lookup_stage` on the headers parsed in place
-//!   (its QUIC header read in place too, `in_place.rs`), without the header
-//!   copy and the parse stage.
+//! - a frame of a service that passes every frame (no migration under way)
+//!   is decided in [`claim`], with the lookup stage's own functions
+//!   (`listener_service`, `mptcp_stage`) on the headers read in place;
+//! - another frame a listener or a learned flow may claim is classified
+//!   here, by `migr_common::classify::lookup_stage` on the headers parsed in
+//!   place (its QUIC header and MPTCP option read in place too,
+//!   `in_place.rs`), without the header copy and the parse stage.
 //!
 //! Everything else goes to the full classifier, `migr_full` (main.rs), by a
-//! tail call: VLAN tags, IP options, extension headers, TCP options other
-//! than timestamps alone (an MPTCP option can name a token), IP packets that
-//! go on into XDP fragments. What the fast path decides, it decides exactly
+//! tail call: VLAN tags, IP options, extension headers, TCP options of
+//! other shapes, IP packets that go on into XDP fragments. What the fast path decides, it decides exactly
 //! as `migr_common::classify` would, with the same counters (but one crafted
 //! frame, see [`fast_path`]); the datapath corpus and storm tests compare
 //! both on every frame.
@@ -84,7 +88,7 @@ enum Quick {
     /// No service can own the frame: pass it, counted under this class (and
     /// reason, for a frame that is not IP or does not parse).
     Pass(ProtoClass, Option<Reason>),
-    /// UDP, or TCP without options or with timestamps only, whose headers are
+    /// UDP, or TCP with options [`known_options`] reads, whose headers are
     /// all there and consistent.
     Plain(Plain),
     Slow,
@@ -97,11 +101,11 @@ struct Plain {
     family: IpFamily,
     proto: u8,
     /// TCP's header length: 20, 32 with [`TIMESTAMPS_ONLY`] options, or
-    /// longer with an MPTCP option ([`mptcp_option`]).
+    /// another length [`known_options`] reads.
     tcp_header_len: u8,
     /// TCP's flags (byte 13 of its header).
     tcp_flags: u8,
-    /// TCP's MPTCP option ([`mptcp_option`]): its offset and length, length
+    /// TCP's MPTCP option ([`known_options`]): its offset and length, length
     /// 0 for none. Not an `Option`: copied, a `None`'s undefined payload
     /// let LLVM store whatever register it liked, a packet pointer once,
     /// which the verifier refused.
@@ -673,7 +677,7 @@ fn ipv6(start: usize, end: usize, len: usize) -> Quick {
     }
 }
 
-/// Checks UDP, or TCP without options or with timestamps only, at `l4` (a
+/// Checks UDP, or TCP with options [`known_options`] reads, at `l4` (a
 /// constant per family); the IP packet ends `l4_len` bytes later, inside the
 /// frame.
 #[inline(always)]
@@ -719,12 +723,10 @@ fn transport(
                 return Quick::Slow;
             }
             tcp_header_len = header_len;
-            if header_len != TcpHdr::LEN
-                && !(header_len == TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4))
-            {
-                // Other options: MPTCP's in a shape read here, else the full parser's walk.
-                match mptcp_option(start, end, l4, header_len) {
-                    Some(option) => mptcp = Some(option),
+            if header_len != TcpHdr::LEN {
+                // Options: read here in the shapes most TCP has, else walked by the full parser.
+                match known_options(start, end, l4, header_len) {
+                    Some(option) => mptcp = option,
                     None => return Quick::Slow,
                 }
             }
@@ -758,20 +760,49 @@ fn timestamps_only(start: usize, end: usize, l4: usize) -> bool {
     )
 }
 
-/// The MPTCP option of a TCP header at `l4` (`header_len` bytes, all in
-/// the frame) whose options are one MPTCP option, first or after
-/// [`TIMESTAMPS_ONLY`]'s, then at most 3 bytes of NOP padding or an end of
-/// list: the options of an MPTCP data segment (DSS). The full parser's walk
-/// finds such options valid and this option the first MPTCP one. None: any
-/// other options, which the full parser walks.
+/// A Linux SYN's (and SYN-ACK's) options with the default settings: MSS,
+/// SACK permitted, timestamps, NOP, window scale; the kinds and lengths, at
+/// their offsets (the values between are the connection's).
+const LINUX_SYN: [(usize, u8); 9] = [
+    (0, 2),
+    (1, 4),
+    (4, 4),
+    (5, 2),
+    (6, 8),
+    (7, 10),
+    (16, 1),
+    (17, 3),
+    (18, 3),
+];
+const LINUX_SYN_LEN: usize = 20;
+
+/// Reads the options of a TCP header at `l4` (`header_len` bytes, all in
+/// the frame) if they have a shape the fast path knows: a head of nothing,
+/// [`TIMESTAMPS_ONLY`]'s or [`LINUX_SYN`]'s, then nothing, or one MPTCP
+/// option and at most 3 bytes of NOP padding or an end of list (an MPTCP
+/// data segment's DSS, an MP_JOIN SYN's MP_JOIN). The full parser's walk
+/// finds such options valid and the option after the head the first MPTCP
+/// one. Some(the MPTCP option, if any); None: other options, which the full
+/// parser walks.
 #[inline(always)]
-fn mptcp_option(start: usize, end: usize, l4: usize, header_len: usize) -> Option<OptionRef> {
+fn known_options(
+    start: usize,
+    end: usize,
+    l4: usize,
+    header_len: usize,
+) -> Option<Option<OptionRef>> {
     let options_end = l4 + header_len;
-    let at = if header_len > TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) {
-        l4 + TCP_TIMESTAMPS_LEN
+    let head = if header_len >= TCP_TIMESTAMPS_LEN && timestamps_only(start, end, l4) {
+        TCP_TIMESTAMPS_LEN - TcpHdr::LEN
+    } else if header_len >= TcpHdr::LEN + LINUX_SYN_LEN && linux_syn(start, end, l4) {
+        LINUX_SYN_LEN
     } else {
-        l4 + TcpHdr::LEN
+        0
     };
+    let at = l4 + TcpHdr::LEN + head;
+    if at == options_end {
+        return Some(None);
+    }
     let kind_len = header::<[u8; 2]>(start, end, at)?;
     // SAFETY: `header` proved both bytes are in the frame.
     let [kind, len] = unsafe { kind_len.read_unaligned() };
@@ -790,9 +821,19 @@ fn mptcp_option(start: usize, end: usize, l4: usize, header_len: usize) -> Optio
             _ => return None,
         }
     }
-    Some(OptionRef {
+    Some(Some(OptionRef {
         offset: at as u16,
         len,
+    }))
+}
+
+/// Do the TCP options at `l4` begin with [`LINUX_SYN`]'s, all in the frame?
+#[inline(always)]
+fn linux_syn(start: usize, end: usize, l4: usize) -> bool {
+    header::<[u8; LINUX_SYN_LEN]>(start, end, l4 + TcpHdr::LEN).is_some_and(|options| {
+        // SAFETY: `header` proved the options are in the frame.
+        let options = unsafe { options.read_unaligned() };
+        LINUX_SYN.iter().all(|&(at, byte)| options[at] == byte)
     })
 }
 
