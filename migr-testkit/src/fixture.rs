@@ -124,6 +124,12 @@ impl Fixture {
         Ok(())
     }
 
+    pub fn remove_server_id(&mut self, server_id: u32) -> Result<()> {
+        self.dp.remove_server_id(server_id)?;
+        self.host.server_ids.remove(&server_id);
+        Ok(())
+    }
+
     pub fn set_token(&mut self, token: u32, service: u32) -> Result<()> {
         self.dp.set_token(token, service)?;
         self.host.tokens.insert(token, service);

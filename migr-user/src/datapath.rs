@@ -19,9 +19,10 @@ use aya::{
     },
 };
 use migr_common::maps::{
-    Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, ParkedHeader, ProtoClass,
-    REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ServiceCounters, ServiceEntry,
-    Verdict, full_path, listener_port_bit, map_names, map_sizes,
+    Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, NO_SERVICE, ParkedHeader,
+    ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+    SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, Verdict, full_path, listener_port_bit,
+    map_names, map_sizes,
 };
 
 use crate::datapath_log::{DatapathLog, LogLine, LogReader};
@@ -218,7 +219,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 17] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 18] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -766,12 +767,22 @@ impl Datapath {
 
     pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
+        if server_id < SMALL_SERVER_ID_LIMIT {
+            let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::SMALL_SERVER_IDS)?)?;
+            map.set(server_id, service_id, 0)?;
+            return Ok(());
+        }
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         map.insert(server_id, service_id, 0)?;
         Ok(())
     }
 
     pub fn remove_server_id(&mut self, server_id: u32) -> Result<()> {
+        if server_id < SMALL_SERVER_ID_LIMIT {
+            let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::SMALL_SERVER_IDS)?)?;
+            map.set(server_id, NO_SERVICE, 0)?;
+            return Ok(());
+        }
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         match map.remove(&server_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -7,7 +7,8 @@ use migr_common::{
     classify::CLASSIFY_REASONS,
     maps::{
         Action, EVENT_BUDGET_OTHERS, EventKind, FAMILY_V4, ForwardMode, ListenerEntry,
-        MAX_JOINS_PER_TOKEN, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_HOLD, Verdict,
+        MAX_JOINS_PER_TOKEN, NO_SERVICE, REPLAY_FRAME_MAX, Reason, SERVICE_HOLD,
+        SMALL_SERVER_ID_LIMIT, Verdict,
     },
     wire::tcp::{TCP_ACK, TCP_SYN},
 };
@@ -143,6 +144,48 @@ fn vlan_and_ipv6_frames_classify() {
         (FWD6_SVC, Verdict::Forward, XdpAction::Tx)
     );
     verify_checksums(&o.frame_out).expect("valid checksums after the IPv6 rewrite");
+}
+
+/// Server ids below `SMALL_SERVER_ID_LIMIT` live in an array, the others in
+/// a hash map: both route, and both unroute once removed.
+#[test]
+fn small_and_large_server_ids_route_alike() {
+    use migr_common::{cid::CidConfig, maps::LISTENER_QUIC};
+    let mut f = fixture();
+    // A QUIC listener whose CIDs carry 3-byte server ids.
+    let config = CidConfig::new(8, 1, 3).unwrap();
+    let port = 4434;
+    f.set_listener(
+        listener_key(v4(SERVER), port, 17, FAMILY_V4),
+        ListenerEntry {
+            service_id: PASS_SVC,
+            flags: LISTENER_QUIC,
+            cid: config,
+        },
+    )
+    .unwrap();
+    let short = |server_id: u32| {
+        let mut cid = vec![0x5a; 8];
+        config.write_server_id(&mut cid, server_id).unwrap();
+        udp(port, &quic::short(&cid, &[1; 20]))
+    };
+    let (small, large) = (0x42, 0x12_3456);
+    assert!(small < SMALL_SERVER_ID_LIMIT && large >= SMALL_SERVER_ID_LIMIT);
+    f.set_server_id(small, DROP_SVC).unwrap();
+    f.set_server_id(large, FWD_SVC).unwrap();
+    let o = check(&mut f, &short(small));
+    assert_eq!((o.service_id, o.verdict), (DROP_SVC, Verdict::Drop));
+    let o = check(&mut f, &short(large));
+    assert_eq!((o.service_id, o.verdict), (FWD_SVC, Verdict::Forward));
+    for id in [small, large] {
+        f.remove_server_id(id).unwrap();
+        let o = check(&mut f, &short(id));
+        assert_eq!(
+            (o.service_id, reason(&o, Reason::QuicUnknownServerId)),
+            (PASS_SVC, 1),
+            "server id {id:#x} after its removal"
+        );
+    }
 }
 
 #[test]

@@ -25,10 +25,11 @@ use crate::{
 
 /// The pinned maps explain copies: the tables that decide a verdict.
 /// Counters, rings, the event budget and the replay slots start afresh.
-pub const COPIED: [&str; 9] = [
+pub const COPIED: [&str; 10] = [
     n::SERVICES,
     n::LISTENERS,
     n::SERVER_IDS,
+    n::SMALL_SERVER_IDS,
     n::TOKENS,
     n::JOINS_LEARNED,
     n::FLOWS,
