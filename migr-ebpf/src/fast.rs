@@ -37,8 +37,8 @@ use migr_common::{
         lookup_stage, mptcp_stage, reset_parsed,
     },
     maps::{
-        FlowKey, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason, ServiceEntry, Verdict,
-        listener_port_bit,
+        FlowKey, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
+        ServiceEntry, Verdict,
     },
     wire::{
         packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
@@ -53,8 +53,8 @@ use network_types::{
 };
 
 use crate::{
-    FLOW_PORTS, FLOWS, LISTENER_PORTS, LISTENERS, MapTables, breakdown::stop, count_proto_class,
-    count_reason, count_reasons, count_verdict, in_place::InPlace, log,
+    FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, MapTables, PORT_LISTENERS, breakdown::stop,
+    count_proto_class, count_reason, count_reasons, count_verdict, in_place::InPlace, log,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -200,13 +200,13 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
         Quick::Pass(class, reason) => (class, reason),
         Quick::Plain(plain) => {
             let flows = flow_port(plain.dst_port);
-            let port = listener_port(plain.dst_port);
+            let listener = port_listener(plain.dst_port, plain.proto);
             if STOP == stop::WORDS {
                 return Fast::Passed;
             }
             // An MPTCP option can name a service by token, or be malformed.
-            if port || flows || plain.mptcp_len != 0 {
-                match claim::<STOP>(ctx, &plain, len as u32, port, flows) {
+            if listener != 0 || flows || plain.mptcp_len != 0 {
+                match claim::<STOP>(ctx, &plain, len as u32, listener, flows) {
                     Claim::Unclaimed => {}
                     Claim::Passes => decided = FAST_PARSED.get(0).map(|parsed| parsed.passes),
                     Claim::Lookup => return Fast::Lookup,
@@ -259,8 +259,9 @@ enum Claim {
     Stop,
 }
 
-/// Looks up the listener (if its port has one: `port`) and the learned flow
-/// (if one may have its destination port: `flows`) of a plain frame. A BPF call of its own,
+/// Looks up the listener (if its port and protocol have one: `listener`, its
+/// `PORT_LISTENERS` entry) and the learned flow (if one may have its
+/// destination port: `flows`) of a plain frame. A BPF call of its own,
 /// made only for such frames: inlined, its stack (the entries it copies out)
 /// would add to the program's, which Linux 6.1 adds to `migr_lookup_known`'s
 /// in their chain of at most 512 bytes. Each key is built in the scratch
@@ -277,7 +278,7 @@ fn claim<const STOP: u32>(
     ctx: *mut xdp_md,
     plain: &Plain,
     len: u32,
-    port: bool,
+    listener: u32,
     flows: bool,
 ) -> Claim {
     let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
@@ -287,8 +288,9 @@ fn claim<const STOP: u32>(
     let parsed = unsafe { &mut *parsed };
     let (start, end) = data(ctx);
     let family = family_tag(plain.family);
+    let slot = listener;
     let mut listener = None;
-    if port {
+    if slot != 0 {
         let key = &mut parsed.listener_key;
         if copy_addr(start, end, plain.family, Addr::Dst, &mut key.addr).is_none() {
             return Claim::Slow;
@@ -296,11 +298,14 @@ fn claim<const STOP: u32>(
         key.port = plain.dst_port;
         key.proto = plain.proto;
         key.family = family;
-        // Borrowed on purpose: the key stays in the scratch slot.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        // SAFETY: the value is copied out at once (see `MapTables`).
-        let found = unsafe { LISTENERS.get(&parsed.listener_key) }.copied();
-        listener = found;
+        listener = slotted_listener(slot, &parsed.listener_key);
+        if listener.is_none() {
+            // Borrowed on purpose: the key stays in the scratch slot.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            // SAFETY: the value is copied out at once (see `MapTables`).
+            let found = unsafe { LISTENERS.get(&parsed.listener_key) }.copied();
+            listener = found;
+        }
     }
     if STOP == stop::LISTENER {
         return Claim::Stop;
@@ -569,13 +574,44 @@ pub fn flow_port(port: u16) -> bool {
         .is_none_or(|mark| *mark != 0)
 }
 
-/// Does some listener have `port` (`LISTENER_PORTS`)?
+/// The `PORT_LISTENERS` entry of a UDP or TCP port
+/// ([`migr_common::maps::PORT_LISTENERS_LEN`]): 0 if no listener has it.
 #[inline(always)]
-fn listener_port(port: u16) -> bool {
-    let (index, bit) = listener_port_bit(port);
-    LISTENER_PORTS
+fn port_listener(port: u16, proto: u8) -> u32 {
+    let index = u32::from(port) * 2 + u32::from(proto == IPPROTO_UDP);
+    PORT_LISTENERS
         .get(index)
-        .is_none_or(|word| *word & bit != 0)
+        .map_or(LISTENERS_ONLY, |entry| *entry)
+}
+
+/// The entry in `LISTENER_SLOTS`' slot `slot` (a `PORT_LISTENERS` entry,
+/// not 0) if its key is `key`: an array lookup and a compare instead of the
+/// `LISTENERS` hash lookup. None: look `key` up in `LISTENERS`.
+#[inline(always)]
+fn slotted_listener(slot: u32, key: &ListenerKey) -> Option<ListenerEntry> {
+    if slot == LISTENERS_ONLY {
+        return None;
+    }
+    let found = LISTENER_SLOTS.get(slot)?;
+    same_key(&found.key, key).then_some(found.entry)
+}
+
+/// `a == b`, as five 4-byte words (a derived `==`, byte by byte, may become
+/// a call to `bcmp`, which BPF does not have).
+#[inline(always)]
+fn same_key(a: &ListenerKey, b: &ListenerKey) -> bool {
+    const WORDS: usize = size_of::<ListenerKey>() / 4;
+    let (a, b) = (
+        core::ptr::from_ref(a).cast::<[u32; WORDS]>(),
+        core::ptr::from_ref(b).cast::<[u32; WORDS]>(),
+    );
+    // SAFETY: both are whole keys; the reads are unaligned, like the keys.
+    let (a, b) = unsafe { (a.read_unaligned(), b.read_unaligned()) };
+    let mut differ = 0;
+    for i in 0..WORDS {
+        differ |= a[i] ^ b[i];
+    }
+    differ == 0
 }
 
 /// The context's `data` and `data_end`, read with volatile loads so that

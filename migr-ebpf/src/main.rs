@@ -35,7 +35,8 @@
 //! | `SCRATCH` | per-CPU array, 1 | 0 | [`Classification`]: the current packet's decision (too large for the stack) | this program (scratch, not state) |
 //! | `FAST_PARSED` | per-CPU array, 1 | 0 | the headers the fast path parsed in place, and the frame's listener (`fast.rs`) | this program (scratch, not state) |
 //! | `FLOW_PORTS` | array, [`FLOW_PORTS_LEN`] | destination port | 1 if a learned flow may have that port: `FLOWS` is looked up only for these | agent before it writes a flow; this program before it learns one |
-//! | `LISTENER_PORTS` | array, [`LISTENER_PORT_WORDS`] (u64) | port / 64 | one bit per port some listener has: the fast path looks up `LISTENERS` only for these | agent |
+//! | `PORT_LISTENERS` | array, [`PORT_LISTENERS_LEN`] | port and protocol ([`migr_common::maps::port_listener_index`]) | 0: no listener; a `LISTENER_SLOTS` slot: one of its listeners; [`migr_common::maps::LISTENERS_ONLY`]: look up `LISTENERS` | agent |
+//! | `LISTENER_SLOTS` | array, [`LISTENER_SLOTS_LEN`] | slot (0 unused) | [`ListenerSlot`]: a listener's key and entry, never rewritten while named | agent |
 //! | `FULL_PATH` | program array, [`full_path::SLOTS`] | [`full_path`] slot | `migr_full` (and the bench's cut-short copies) | agent, before it attaches `migr`; pinned beside the links |
 //! | `FULL_PATH_MISSED` | per-CPU array, 1 | 0 | frames passed because `FULL_PATH` held no program | this program |
 //! | `AYA_LOGS` | ring buffer (aya-log) | - | debug log records, written only with `--datapath-log` (`log.rs`) | this program (agent reads) |
@@ -65,12 +66,12 @@ use migr_common::{
     },
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FLOW_PORTS_LEN,
-        FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, LISTENER_PORT_WORDS,
-        ListenerEntry, ListenerKey, MAX_JOINS_PER_TOKEN, MAX_SERVICES, NO_SERVICE, PARK_LARGE_MAX,
-        PARK_SMALL_MAX, ParkedHeader, ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX,
-        Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD, SMALL_SERVER_ID_LIMIT,
-        ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path,
-        map_sizes,
+        FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, LISTENER_SLOTS_LEN,
+        ListenerEntry, ListenerKey, ListenerSlot, MAX_JOINS_PER_TOKEN, MAX_SERVICES, NO_SERVICE,
+        PARK_LARGE_MAX, PARK_SMALL_MAX, PORT_LISTENERS_LEN, ParkedHeader, ParkedRecord, ProtoClass,
+        REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
+        SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
+        Verdict, full_path, map_sizes,
     },
     rewrite::{RewriteError, rewrite_destination, rewrite_macs},
     wire::{ip::IpFamily, packet::PacketInfo},
@@ -133,9 +134,12 @@ static REPLAY_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 /// Transient, so not pinned: the XDP and the TC program of one load share it.
 #[map]
 static TC_HANDOVERS: PerCpuArray<TcHandover> = PerCpuArray::with_max_entries(1, 0);
-/// The ports some listener has ([`migr_common::maps::listener_port_bit`]).
+/// A listener of each port and protocol ([`PORT_LISTENERS_LEN`]).
 #[map]
-static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WORDS, 0);
+static PORT_LISTENERS: Array<u32> = Array::with_max_entries(PORT_LISTENERS_LEN, 0);
+/// The listeners `PORT_LISTENERS` names ([`ListenerSlot`]).
+#[map]
+static LISTENER_SLOTS: Array<ListenerSlot> = Array::with_max_entries(LISTENER_SLOTS_LEN, 0);
 /// The destination ports a learned flow may have ([`FLOW_PORTS_LEN`]).
 #[map]
 static FLOW_PORTS: Array<u32> = Array::with_max_entries(FLOW_PORTS_LEN, 0);

@@ -19,13 +19,15 @@ use aya::{
     },
 };
 use migr_common::maps::{
-    Action, Event, FlowKey, ListenerEntry, ListenerKey, MAX_SERVICES, NO_SERVICE, ParkedHeader,
-    ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
-    SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, Verdict, full_path, listener_port_bit,
-    map_names, map_sizes,
+    Action, Event, FlowKey, LISTENER_SLOTS_LEN, ListenerEntry, ListenerKey, MAX_SERVICES,
+    NO_SERVICE, ParkedHeader, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta,
+    ReplaySlot, SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, Verdict, full_path,
+    map_names, map_sizes, port_listener_index,
 };
 
 use crate::datapath_log::{DatapathLog, LogLine, LogReader};
+
+mod port_listeners;
 
 /// The XDP object, built by this crate's build script from `migr-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migr"));
@@ -57,7 +59,7 @@ pub const PASS_PROGRAM: &str = "migr_pass";
 pub const BREAKDOWN_PROGRAMS: [(&str, &str); 8] = [
     ("migr_upto_entry", "replay-batch check"),
     ("migr_upto_headers", "frame length, header reads"),
-    ("migr_upto_words", "FLOW_PORTS, LISTENER_PORTS words"),
+    ("migr_upto_words", "FLOW_PORTS, PORT_LISTENERS words"),
     ("migr_upto_listener", "LISTENERS lookup"),
     (
         "migr_upto_parsed",
@@ -219,7 +221,7 @@ pub struct ParkedFrame {
 
 /// The maps that hold the datapath's state; [`Datapath::load_pinned`] pins
 /// them (and re-opens them when they are pinned already).
-pub const PINNED_MAPS: [&str; 18] = map_names::PINNED;
+pub const PINNED_MAPS: [&str; 19] = map_names::PINNED;
 
 /// An XDP attachment that is pinned in bpffs: it stays attached when the
 /// process ends (also on SIGKILL) until its pin is removed.
@@ -261,6 +263,8 @@ pub struct Datapath {
     /// Slots of the `REPLAY_SLOTS` this object uses, once asked
     /// ([`Self::replay_capacity`]).
     replay_capacity: Option<u32>,
+    /// The `LISTENER_SLOTS` slots `PORT_LISTENERS` names (`port_listeners`).
+    listener_slots: port_listeners::SlotAllocator,
 }
 
 impl Datapath {
@@ -324,20 +328,18 @@ impl Datapath {
             replay_slots: None,
             replay_slots_unmappable: false,
             replay_capacity: None,
+            listener_slots: port_listeners::SlotAllocator::new(LISTENER_SLOTS_LEN),
         };
         dp.mark_tables_in_use()?;
         Ok(dp)
     }
 
     /// Sets the `FLOW_PORTS` mark of every learned flow's destination port and
-    /// the `LISTENER_PORTS` bit of every listener's port, so that re-used
-    /// pinned tables (or these maps created fresh beside them) are never
-    /// skipped by the fast path.
+    /// names a listener of every listener's port in `PORT_LISTENERS`, so that
+    /// re-used pinned tables (or these maps created fresh beside them) are
+    /// never skipped by the fast path.
     fn mark_tables_in_use(&mut self) -> Result<()> {
-        let ports: Vec<u16> = self.listeners()?.iter().map(|(key, _)| key.port).collect();
-        for port in ports {
-            self.set_listener_port(port, true)?;
-        }
+        self.rebuild_port_listeners()?;
         // (The program marks a port itself before it learns a flow from a token.)
         let ports: Vec<u16> =
             HashMap::<_, FlowKey, u32>::try_from(lru(self.map(map_names::FLOWS)?)?)?
@@ -348,21 +350,6 @@ impl Datapath {
             self.mark_flow_port(port)?;
         }
         Ok(())
-    }
-
-    fn set_listener_port(&mut self, port: u16, on: bool) -> Result<()> {
-        let (index, bit) = listener_port_bit(port);
-        let mut map = Array::<_, u64>::try_from(self.map_mut(map_names::LISTENER_PORTS)?)?;
-        let word = map.get(&index, 0)?;
-        map.set(index, if on { word | bit } else { word & !bit }, 0)?;
-        Ok(())
-    }
-
-    /// Is `port`'s `LISTENER_PORTS` bit set?
-    pub fn listener_port(&self, port: u16) -> Result<bool> {
-        let (index, bit) = listener_port_bit(port);
-        let map = Array::<_, u64>::try_from(self.map(map_names::LISTENER_PORTS)?)?;
-        Ok(map.get(&index, 0)? & bit != 0)
     }
 
     /// Marks `port` in `FLOW_PORTS` ([`migr_common::maps::FLOW_PORTS_LEN`]):
@@ -742,12 +729,17 @@ impl Datapath {
 
     pub fn set_listener(&mut self, key: &ListenerKey, entry: &ListenerEntry) -> Result<()> {
         check_service_id(entry.service_id)?;
-        // Before the entry: the fast path must never skip a listener that exists.
-        self.set_listener_port(key.port, true)?;
+        // Named before the entry: the fast path must never skip a listener that exists.
+        if let Some(index) = port_listener_index(key.port, key.proto) {
+            self.name_listener(index, Some((*key, *entry)))?;
+        }
         let mut map = HashMap::<_, ListenerKey, ListenerEntry>::try_from(
             self.map_mut(map_names::LISTENERS)?,
         )?;
-        map.insert(key, entry, 0)?;
+        if let Err(e) = map.insert(key, entry, 0) {
+            self.name_port_listener(key.port, key.proto)?;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -756,13 +748,8 @@ impl Datapath {
             self.map_mut(map_names::LISTENERS)?,
         )?;
         map.remove(key)?;
-        // After the port's last listener is gone (the agent is the only writer of LISTENERS).
-        // A key that cannot be read counts as the port's: a bit too many only costs a lookup.
-        let port_in_use = map.keys().any(|k| k.map_or(true, |k| k.port == key.port));
-        if !port_in_use {
-            self.set_listener_port(key.port, false)?;
-        }
-        Ok(())
+        // Another of the port's listeners, or none (the agent is the only writer of LISTENERS).
+        self.name_port_listener(key.port, key.proto)
     }
 
     pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {

@@ -765,7 +765,7 @@ fn kernel_and_host_agree_on_a_generated_corpus() {
     }
 }
 
-/// The fast path skips `LISTENERS` for ports without a `LISTENER_PORTS` bit and
+/// The fast path skips `LISTENERS` for ports `PORT_LISTENERS` names no listener for and
 /// `FLOWS` for ports without a `FLOW_PORTS` mark: the agent's side of that
 /// contract (bits set before and cleared after the listeners) and the frames
 /// it decides.
@@ -780,7 +780,7 @@ fn the_fast_paths_tables_follow_the_listeners_and_flows() {
     let to_7000 = FrameBuilder::udp_v4(CLIENT, 5000, SERVER, 7000)
         .payload(b"x")
         .build();
-    assert!(!f.dp.listener_port(7000).unwrap());
+    assert_eq!(f.dp.port_listener(7000, 17).unwrap(), 0);
     assert!(!f.dp.flow_port(8080).unwrap());
     let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
@@ -791,18 +791,20 @@ fn the_fast_paths_tables_follow_the_listeners_and_flows() {
     };
     f.dp.set_listener(&udp, &entry).unwrap();
     f.dp.set_listener(&tcp, &entry).unwrap();
-    assert!(f.dp.listener_port(7000).unwrap());
-    assert!(!f.dp.listener_port(7001).unwrap());
+    assert_ne!(f.dp.port_listener(7000, 17).unwrap(), 0);
+    assert_ne!(f.dp.port_listener(7000, 6).unwrap(), 0);
+    assert_eq!(f.dp.port_listener(7001, 17).unwrap(), 0);
     let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (1, Verdict::Drop));
 
-    // The port keeps its bit while one of its listeners is left.
+    // Each protocol names its own listeners.
     f.dp.remove_listener(&udp).unwrap();
-    assert!(f.dp.listener_port(7000).unwrap());
+    assert_eq!(f.dp.port_listener(7000, 17).unwrap(), 0);
+    assert_ne!(f.dp.port_listener(7000, 6).unwrap(), 0);
     let o = f.run(&to_7000, &[NO_SERVICE, 1]).unwrap();
     assert_eq!((o.service_id, o.verdict), (NO_SERVICE, Verdict::Pass));
     f.dp.remove_listener(&tcp).unwrap();
-    assert!(!f.dp.listener_port(7000).unwrap());
+    assert_eq!(f.dp.port_listener(7000, 6).unwrap(), 0);
 
     // A learned flow classifies a plain TCP segment (no options, no listener).
     let segment = FrameBuilder::tcp_v4(CLIENT, 41000, SERVER, 8080)
@@ -962,4 +964,84 @@ fn the_full_path_outlives_the_agent_that_loaded_it() {
         XdpAction::Drop,
         "the second load's own full path"
     );
+}
+
+/// Listeners sharing a port and protocol: `PORT_LISTENERS` names one (the
+/// fast way), the other is found in `LISTENERS`; removing the named one names
+/// the other. A datapath opened again on the pinned maps keeps a name that is
+/// still right and drops one whose listener is gone.
+#[test]
+fn listeners_sharing_a_port_are_each_found() {
+    use aya::maps::{HashMap, Map, MapData};
+    use migr_common::maps::ListenerKey;
+    use migr_user::{datapath::Datapath, pin_layout::maps_dir};
+
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    migr_testkit::require_privileges();
+    let dir = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/migr-t{}-port-listeners",
+        std::process::id()
+    )));
+    let port = 7200;
+    let (a, b, other) = ([10, 1, 0, 1], [10, 1, 0, 2], [10, 1, 0, 3]);
+    let to = |addr: [u8; 4]| {
+        FrameBuilder::udp_v4(CLIENT, 40000, addr, port)
+            .payload(b"x")
+            .build()
+    };
+    let action = |dp: &mut Datapath, addr| dp.test_run(MAIN_PROGRAM, &to(addr)).unwrap().action;
+    let key = |addr| listener_key(v4(addr), port, 17, FAMILY_V4);
+    let load = || Datapath::load_pinned(&DatapathConfig::default(), &dir.0).expect("load");
+
+    let named_a = {
+        let mut dp = load();
+        for id in [1, 2] {
+            dp.set_service(id, &service(Action::Drop, 0, Default::default()))
+                .unwrap();
+        }
+        for (addr, id) in [(a, 1), (b, 2)] {
+            let entry = ListenerEntry {
+                service_id: id,
+                ..Default::default()
+            };
+            dp.set_listener(&key(addr), &entry).unwrap();
+        }
+        assert_ne!(dp.port_listener(port, 17).unwrap(), 0);
+        assert_eq!(dp.port_listener(port, 6).unwrap(), 0, "UDP only");
+        for addr in [a, b] {
+            assert_eq!(action(&mut dp, addr), XdpAction::Drop, "{addr:?}");
+        }
+        assert_eq!(action(&mut dp, other), XdpAction::Pass, "no listener");
+
+        // The last one set is named; without it, the other is.
+        let named_b = dp.port_listener(port, 17).unwrap();
+        dp.remove_listener(&key(b)).unwrap();
+        let named_a = dp.port_listener(port, 17).unwrap();
+        assert_ne!(named_a, 0);
+        assert_ne!(named_a, named_b, "a fresh slot");
+        assert_eq!(action(&mut dp, a), XdpAction::Drop);
+        assert_eq!(action(&mut dp, b), XdpAction::Pass);
+        named_a
+    };
+
+    {
+        let mut dp = load();
+        assert_eq!(dp.port_listener(port, 17).unwrap(), named_a, "kept");
+        assert_eq!(action(&mut dp, a), XdpAction::Drop);
+    }
+
+    // A's entry gone from LISTENERS behind the agent's back (as if an agent
+    // died between the two writes): the next one must not keep the name.
+    let pinned = MapData::from_pin(maps_dir(&dir.0).join("LISTENERS")).unwrap();
+    let mut listeners =
+        HashMap::<_, ListenerKey, ListenerEntry>::try_from(Map::HashMap(pinned)).unwrap();
+    listeners.remove(&key(a)).unwrap();
+    let mut dp = load();
+    assert_eq!(dp.port_listener(port, 17).unwrap(), 0, "renamed: none");
+    assert_eq!(action(&mut dp, a), XdpAction::Pass);
 }

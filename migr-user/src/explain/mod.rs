@@ -25,7 +25,7 @@ use crate::{
 
 /// The pinned maps explain copies: the tables that decide a verdict.
 /// Counters, rings, the event budget and the replay slots start afresh.
-pub const COPIED: [&str; 10] = [
+pub const COPIED: [&str; 11] = [
     n::SERVICES,
     n::LISTENERS,
     n::SERVER_IDS,
@@ -37,7 +37,8 @@ pub const COPIED: [&str; 10] = [
     // The fast path's summaries of the tables above: without them the copy
     // would pass frames the agent's program looks up.
     n::FLOW_PORTS,
-    n::LISTENER_PORTS,
+    n::PORT_LISTENERS,
+    n::LISTENER_SLOTS,
 ];
 
 /// What the program made of one frame.
