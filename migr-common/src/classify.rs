@@ -447,7 +447,7 @@ pub fn mptcp_stage<F: PacketBytes + ?Sized, T: Tables>(
 /// The XDP program's fast path decides such frames without building the
 /// classification.
 #[inline(always)]
-pub fn always_passes(entry: Option<ServiceEntry>) -> bool {
+pub fn always_passes(entry: Option<&ServiceEntry>) -> bool {
     entry.is_none_or(|entry| {
         entry.flags & SERVICE_HOLD == 0
             && (entry.flags & SERVICE_ACTIVE == 0 || entry.action == Action::Pass as u32)
@@ -634,7 +634,7 @@ mod tests {
                         .all(|m| final_action(&c, None, m) == (Action::Pass, None));
                     let looks_for_replays = c.action == Action::Park || flags & SERVICE_HOLD != 0;
                     assert_eq!(
-                        always_passes(Some(entry)),
+                        always_passes(Some(&entry)),
                         passes && !looks_for_replays,
                         "{action:?}, flags {flags:#b}, lease {lease}"
                     );

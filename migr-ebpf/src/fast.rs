@@ -53,8 +53,9 @@ use network_types::{
 };
 
 use crate::{
-    FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, MapTables, PORT_LISTENERS, breakdown::stop,
-    count_proto_class, count_reason, count_reasons, count_verdict, in_place::InPlace, log,
+    FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, MapTables, PORT_LISTENERS, SERVICES,
+    breakdown::stop, count_proto_class, count_reason, count_reasons, count_verdict,
+    in_place::InPlace, log,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -377,9 +378,12 @@ fn claim<const STOP: u32>(
             return lookup_next(parsed, plain, len, listener, flow, &server_ids);
         }
     }
-    let entry = (service_id != NO_SERVICE)
-        .then(|| MapTables.service(service_id))
-        .flatten();
+    // The entry read in place, not copied out (its forward target is 40 bytes).
+    let entry = if service_id == NO_SERVICE {
+        None
+    } else {
+        SERVICES.get(service_id)
+    };
     if always_passes(entry) {
         parsed.passes = (service_id, reasons.0);
         return Claim::Passes;
