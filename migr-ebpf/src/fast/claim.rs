@@ -1,0 +1,274 @@
+//! [`claim`]: the listener, learned flow and service of a plain frame, and
+//! the decision for a frame of a service that passes every frame.
+
+use super::*;
+
+/// What [`claim`] found.
+pub(super) enum Claim {
+    /// No listener and no learned flow: the frame passes.
+    Unclaimed,
+    /// The frame's service passes every fresh frame (`classify::always_passes`):
+    /// the frame passes, counted as [`FastParsed::passes`] says.
+    Passes,
+    /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
+    Lookup,
+    Slow,
+    /// A cut-short copy stops (`breakdown.rs`).
+    Stop,
+}
+
+/// Looks up the listener (if its port and protocol have one: `port_listener`,
+/// their `PORT_LISTENERS` entry) and the learned flow (if one may have its
+/// destination port: `flows`) of a plain frame. A BPF call of its own,
+/// made only for such frames: inlined, its stack (the entries it copies out)
+/// would add to the program's, which Linux 6.1 adds to `migr_lookup_known`'s
+/// in their chain of at most 512 bytes. Each key is built in the scratch
+/// slot with only the addresses its lookup needs.
+///
+/// The flow is looked up here, not in the lookup stage, so that a frame no
+/// table claims on a node with learned flows still passes on the fast path.
+/// So is the service, so that a frame of a service that passes every frame
+/// (`classify::always_passes`: every service that is not migrating) passes
+/// here too, without the classification: the lookup stage's
+/// `listener_service` and `SERVICES` lookup, then the counters.
+#[inline(never)]
+pub(super) fn claim<const STOP: u32>(
+    ctx: *mut xdp_md,
+    plain: &Plain,
+    len: u32,
+    port_listener: u32,
+    flows: bool,
+) -> Claim {
+    let Some(parsed) = FAST_PARSED.get_ptr_mut(0) else {
+        return Claim::Slow;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it during this run.
+    let parsed = unsafe { &mut *parsed };
+    let (start, end) = data(ctx);
+    let family = family_tag(plain.family);
+    let mut listener = None;
+    if port_listener != 0 {
+        let key = &mut parsed.listener_key;
+        if copy_addr(start, end, plain.family, Addr::Dst, &mut key.addr).is_none() {
+            return Claim::Slow;
+        }
+        key.port = plain.dst_port;
+        key.proto = plain.proto;
+        key.family = family;
+        listener = slotted_listener(port_listener, &parsed.listener_key);
+        if listener.is_none() {
+            // Borrowed on purpose: the key stays in the scratch slot.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            // SAFETY: the value is copied out at once (see `MapTables`).
+            let found = unsafe { LISTENERS.get(&parsed.listener_key) }.copied();
+            listener = found;
+        }
+    }
+    if STOP == stop::LISTENER {
+        return Claim::Stop;
+    }
+    let l4 = match plain.family {
+        IpFamily::V4 => IPV4_L4,
+        IpFamily::V6 => IPV6_L4,
+    };
+    let mut flow = None;
+    if flows {
+        // UDP's and TCP's source ports sit alike, in the header's first two bytes.
+        let Some(ports) = header::<UdpHdr>(start, end, l4) else {
+            return Claim::Slow;
+        };
+        let key = &mut parsed.flow_key;
+        if copy_addr(start, end, plain.family, Addr::Src, &mut key.src_addr).is_none()
+            || copy_addr(start, end, plain.family, Addr::Dst, &mut key.dst_addr).is_none()
+        {
+            return Claim::Slow;
+        }
+        key.src_port = be16(field!(ports, src));
+        key.dst_port = plain.dst_port;
+        key.proto = plain.proto;
+        key.family = family;
+        key._pad = [0; 2];
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        // SAFETY: as above.
+        let found = unsafe { FLOWS.get(&parsed.flow_key) }.copied();
+        flow = found;
+    }
+    // `lookup_stage`'s choice of the service: the flow's, else the listener's,
+    // then an MPTCP option's part.
+    let mut reasons = Reasons(0);
+    let server_ids = Remembered::default();
+    let frame = InPlace::with_len(ctx, Some(len as usize));
+    let mut service_id = NO_SERVICE;
+    if let Some(learned) = flow {
+        service_id = learned;
+    } else if let Some(listener) = listener {
+        let mut l4_info = L4Info::Other;
+        if plain.proto == IPPROTO_UDP {
+            let Some(udp) = header::<UdpHdr>(start, end, l4) else {
+                return Claim::Slow;
+            };
+            l4_info = L4Info::Udp {
+                src_port: be16(field!(udp, src)),
+                dst_port: plain.dst_port,
+                payload_offset: (l4 + UdpHdr::LEN) as u16,
+                payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+            };
+        }
+        service_id = listener_service(&frame, &server_ids, &listener, &l4_info, &mut reasons);
+    } else if plain.mptcp_len == 0 {
+        return Claim::Unclaimed;
+    }
+    if let Some(option) = plain.mptcp() {
+        let mut report = Report::None;
+        let capable_keys = mptcp_stage(
+            &frame,
+            &server_ids,
+            option,
+            plain.tcp_flags,
+            &mut service_id,
+            &mut report,
+            &mut reasons,
+        );
+        // Something to report: `finish` reports it.
+        if report != Report::None || capable_keys.is_some() {
+            return lookup_next(parsed, plain, len, listener, flow, &server_ids);
+        }
+    }
+    // The entry read in place, not copied out (its forward target is 40 bytes).
+    let entry = if service_id == NO_SERVICE {
+        None
+    } else {
+        SERVICES.get(service_id)
+    };
+    if always_passes(entry) {
+        parsed.passes = (service_id, reasons.0);
+        return Claim::Passes;
+    }
+    lookup_next(parsed, plain, len, listener, flow, &server_ids)
+}
+
+/// Leaves what [`claim`] found in `parsed` for [`migr_lookup_known`].
+#[inline(always)]
+fn lookup_next(
+    parsed: &mut FastParsed,
+    plain: &Plain,
+    len: u32,
+    listener: Option<ListenerEntry>,
+    flow: Option<u32>,
+    server_ids: &Remembered,
+) -> Claim {
+    parsed.plain = *plain;
+    parsed.len = len;
+    parsed.listener = listener.unwrap_or_default();
+    parsed.flow = flow.unwrap_or(NO_SERVICE);
+    parsed.server_id = server_ids.asked.get();
+    Claim::Lookup
+}
+
+/// The tables, remembering the `SERVER_IDS` lookup made through them.
+#[derive(Default)]
+struct Remembered {
+    asked: Cell<Option<(u32, Option<u32>)>>,
+}
+
+impl Tables for Remembered {
+    #[inline(always)]
+    fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry> {
+        MapTables.listener(key)
+    }
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<u32> {
+        MapTables.flow(key)
+    }
+    #[inline(always)]
+    fn server_id(&self, server_id: u32) -> Option<u32> {
+        let owner = MapTables.server_id(server_id);
+        self.asked.set(Some((server_id, owner)));
+        owner
+    }
+    #[inline(always)]
+    fn token(&self, token: u32) -> Option<u32> {
+        MapTables.token(token)
+    }
+    #[inline(always)]
+    fn service(&self, service_id: u32) -> Option<ServiceEntry> {
+        MapTables.service(service_id)
+    }
+}
+
+/// The entry in `LISTENER_SLOTS`' slot `slot` (a `PORT_LISTENERS` entry,
+/// not 0) if its key is `key`: an array lookup and a compare instead of the
+/// `LISTENERS` hash lookup. None: look `key` up in `LISTENERS`.
+#[inline(always)]
+fn slotted_listener(slot: u32, key: &ListenerKey) -> Option<ListenerEntry> {
+    if slot == LISTENERS_ONLY {
+        return None;
+    }
+    let found = LISTENER_SLOTS.get(slot)?;
+    same_key(&found.key, key).then_some(found.entry)
+}
+
+/// `a == b`, as five 4-byte words (a derived `==`, byte by byte, may become
+/// a call to `bcmp`, which BPF does not have).
+#[inline(always)]
+fn same_key(a: &ListenerKey, b: &ListenerKey) -> bool {
+    const WORDS: usize = size_of::<ListenerKey>() / 4;
+    let (a, b) = (
+        core::ptr::from_ref(a).cast::<[u32; WORDS]>(),
+        core::ptr::from_ref(b).cast::<[u32; WORDS]>(),
+    );
+    // SAFETY: both are whole keys; the reads are unaligned, like the keys.
+    let (a, b) = unsafe { (a.read_unaligned(), b.read_unaligned()) };
+    let mut differ = 0;
+    for i in 0..WORDS {
+        differ |= a[i] ^ b[i];
+    }
+    differ == 0
+}
+
+/// An IP header's address.
+#[derive(Clone, Copy)]
+enum Addr {
+    Src,
+    Dst,
+}
+
+/// Copies an address of a frame [`quick_parse`] found plain into `to`, as
+/// `ListenerKey` and `FlowKey` hold it (IPv4 in the first 4 bytes, then
+/// zeros). Straight from the frame to its place: read into values first,
+/// the 32 bytes of two addresses were 32 values, each spilled to the stack.
+#[inline(always)]
+fn copy_addr(
+    start: usize,
+    end: usize,
+    family: IpFamily,
+    which: Addr,
+    to: &mut [u8; 16],
+) -> Option<()> {
+    // SAFETY (both arms): `header` proved the whole IP header, and with it
+    // the address, is in the frame.
+    match family {
+        IpFamily::V4 => {
+            let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
+            // Byte by byte: a zeroing of the array is a call to `memset`.
+            for byte in &mut to[4..] {
+                // SAFETY: a byte of `to`.
+                unsafe { core::ptr::write_volatile(byte, 0) };
+            }
+            let at = match which {
+                Addr::Src => unsafe { &raw const (*ip).src_addr },
+                Addr::Dst => unsafe { &raw const (*ip).dst_addr },
+            };
+            unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.as_mut_ptr(), 4) };
+        }
+        IpFamily::V6 => {
+            let ip = header::<Ipv6Hdr>(start, end, EthHdr::LEN)?;
+            let at = match which {
+                Addr::Src => unsafe { &raw const (*ip).src_addr },
+                Addr::Dst => unsafe { &raw const (*ip).dst_addr },
+            };
+            unsafe { core::ptr::copy_nonoverlapping(at.cast::<u8>(), to.as_mut_ptr(), 16) };
+        }
+    }
+    Some(())
+}
