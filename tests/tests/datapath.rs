@@ -889,17 +889,8 @@ fn the_full_path_outlives_the_agent_that_loaded_it() {
     use aya_obj::programs::XdpAttachType;
     use migr_user::datapath::{Datapath, FULL_PATH_PIN};
 
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     migr_testkit::require_privileges();
-    let dir = Pins(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/migr-t{}-full-path",
-        std::process::id()
-    )));
+    let dir = Pins::new("full-path");
     let program_pin = dir.0.join("migr-program");
     // VLAN-tagged: only the full classifier decides it.
     let tagged = FrameBuilder::udp_v4(CLIENT, 40000, SERVER, 7100)
@@ -966,6 +957,25 @@ fn the_full_path_outlives_the_agent_that_loaded_it() {
     );
 }
 
+/// A pin directory on bpffs for one test, removed with what it holds when
+/// the test ends, passed or failed.
+struct Pins(std::path::PathBuf);
+
+impl Pins {
+    fn new(test: &str) -> Self {
+        Self(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/migr-t{}-{test}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Listeners sharing a port and protocol: `PORT_LISTENERS` names one (the
 /// fast way), the other is found in `LISTENERS`; removing the named one names
 /// the other. A datapath opened again on the pinned maps keeps a name that is
@@ -976,17 +986,8 @@ fn listeners_sharing_a_port_are_each_found() {
     use migr_common::maps::ListenerKey;
     use migr_user::{datapath::Datapath, pin_layout::maps_dir};
 
-    struct Pins(std::path::PathBuf);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     migr_testkit::require_privileges();
-    let dir = Pins(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/migr-t{}-port-listeners",
-        std::process::id()
-    )));
+    let dir = Pins::new("port-listeners");
     let port = 7200;
     let (a, b, other) = ([10, 1, 0, 1], [10, 1, 0, 2], [10, 1, 0, 3]);
     let to = |addr: [u8; 4]| {

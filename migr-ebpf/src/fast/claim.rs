@@ -96,7 +96,11 @@ pub(super) fn claim<const STOP: u32>(
     // `lookup_stage`'s choice of the service: the flow's, else the listener's,
     // then an MPTCP option's part.
     let mut reasons = Reasons(0);
-    let server_ids = Remembered::default();
+    let known = Claimed {
+        listener,
+        flow,
+        server_id: Cell::new(None),
+    };
     let frame = InPlace::with_len(ctx, Some(len as usize));
     let mut service_id = NO_SERVICE;
     if let Some(learned) = flow {
@@ -114,7 +118,7 @@ pub(super) fn claim<const STOP: u32>(
                 payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
             };
         }
-        service_id = listener_service(&frame, &server_ids, &listener, &l4_info, &mut reasons);
+        service_id = listener_service(&frame, &known, &listener, &l4_info, &mut reasons);
     } else if plain.mptcp_len == 0 {
         return Claim::Unclaimed;
     }
@@ -122,7 +126,7 @@ pub(super) fn claim<const STOP: u32>(
         let mut report = Report::None;
         let capable_keys = mptcp_stage(
             &frame,
-            &server_ids,
+            &known,
             option,
             plain.tcp_flags,
             &mut service_id,
@@ -131,7 +135,7 @@ pub(super) fn claim<const STOP: u32>(
         );
         // Something to report: `finish` reports it.
         if report != Report::None || capable_keys.is_some() {
-            return lookup_next(parsed, plain, len, listener, flow, &server_ids);
+            return lookup_next(parsed, plain, len, &known);
         }
     }
     // The entry read in place, not copied out (its forward target is 40 bytes).
@@ -144,46 +148,48 @@ pub(super) fn claim<const STOP: u32>(
         parsed.passes = (service_id, reasons.0);
         return Claim::Passes;
     }
-    lookup_next(parsed, plain, len, listener, flow, &server_ids)
+    lookup_next(parsed, plain, len, &known)
 }
 
 /// Leaves what [`claim`] found in `parsed` for [`migr_lookup_known`].
 #[inline(always)]
-fn lookup_next(
-    parsed: &mut FastParsed,
-    plain: &Plain,
-    len: u32,
-    listener: Option<ListenerEntry>,
-    flow: Option<u32>,
-    server_ids: &Remembered,
-) -> Claim {
+fn lookup_next(parsed: &mut FastParsed, plain: &Plain, len: u32, known: &Claimed) -> Claim {
     parsed.plain = *plain;
     parsed.len = len;
-    parsed.listener = listener.unwrap_or_default();
-    parsed.flow = flow.unwrap_or(NO_SERVICE);
-    parsed.server_id = server_ids.asked.get();
+    parsed.listener = known.listener.unwrap_or_default();
+    parsed.flow = known.flow.unwrap_or(NO_SERVICE);
+    parsed.server_id = known.server_id.get();
     Claim::Lookup
 }
 
-/// The tables, remembering the `SERVER_IDS` lookup made through them.
-#[derive(Default)]
-struct Remembered {
-    asked: Cell<Option<(u32, Option<u32>)>>,
+/// The tables as [`claim`] found them: the frame's listener and learned flow
+/// looked up already (the lookup stage asks for those keys only), and the
+/// `SERVER_IDS` answer kept once asked, so that a frame asks it once.
+pub(super) struct Claimed {
+    pub(super) listener: Option<ListenerEntry>,
+    pub(super) flow: Option<u32>,
+    /// The server id asked, and its owner.
+    pub(super) server_id: Cell<Option<(u32, Option<u32>)>>,
 }
 
-impl Tables for Remembered {
+impl Tables for Claimed {
     #[inline(always)]
-    fn listener(&self, key: &ListenerKey) -> Option<ListenerEntry> {
-        MapTables.listener(key)
+    fn listener(&self, _key: &ListenerKey) -> Option<ListenerEntry> {
+        self.listener
     }
     #[inline(always)]
-    fn flow(&self, key: &FlowKey) -> Option<u32> {
-        MapTables.flow(key)
+    fn flow(&self, _key: &FlowKey) -> Option<u32> {
+        self.flow
     }
     #[inline(always)]
     fn server_id(&self, server_id: u32) -> Option<u32> {
+        if let Some((asked, owner)) = self.server_id.get()
+            && asked == server_id
+        {
+            return owner;
+        }
         let owner = MapTables.server_id(server_id);
-        self.asked.set(Some((server_id, owner)));
+        self.server_id.set(Some((server_id, owner)));
         owner
     }
     #[inline(always)]

@@ -1,7 +1,7 @@
 //! The lookup stage for a frame the fast path parsed and [`super::claim`]
 //! did not decide: `migr_lookup_known`, a BPF global function.
 
-use super::*;
+use super::{claim::Claimed, *};
 
 /// `migr_common::classify::lookup_stage` for the frame [`fast_path`] found
 /// plain ([`FAST_PARSED`]), with the listener it looked up: a BPF global
@@ -88,7 +88,7 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     let known = Claimed {
         listener: (listener.service_id != NO_SERVICE).then_some(listener),
         flow: (parsed.flow != NO_SERVICE).then_some(parsed.flow),
-        server_id: parsed.server_id,
+        server_id: Cell::new(parsed.server_id),
     };
     // Only a QUIC listener has the lookup read the frame (the QUIC header, a
     // dozen small reads), straight from the linear frame: the fast path took
@@ -96,41 +96,6 @@ unsafe fn lookup_known_until<const STOP: u32>(ctx: *mut xdp_md, out: *mut Classi
     let frame = InPlace::with_len(ctx, Some(parsed.len as usize));
     lookup_stage(&frame, &known, out);
     1
-}
-
-/// The tables, with the frame's listener, learned flow and server id looked
-/// up already ([`claim`]).
-struct Claimed {
-    listener: Option<ListenerEntry>,
-    flow: Option<u32>,
-    server_id: Option<(u32, Option<u32>)>,
-}
-
-impl Tables for Claimed {
-    // `lookup_stage` asks for the keys `claim` looked up.
-    #[inline(always)]
-    fn listener(&self, _key: &ListenerKey) -> Option<ListenerEntry> {
-        self.listener
-    }
-    #[inline(always)]
-    fn flow(&self, _key: &FlowKey) -> Option<u32> {
-        self.flow
-    }
-    #[inline(always)]
-    fn server_id(&self, server_id: u32) -> Option<u32> {
-        match self.server_id {
-            Some((asked, owner)) if asked == server_id => owner,
-            _ => MapTables.server_id(server_id),
-        }
-    }
-    #[inline(always)]
-    fn token(&self, token: u32) -> Option<u32> {
-        MapTables.token(token)
-    }
-    #[inline(always)]
-    fn service(&self, service_id: u32) -> Option<ServiceEntry> {
-        MapTables.service(service_id)
-    }
 }
 
 /// The [`PacketInfo`] `parse_packet` gives a frame [`quick_parse`] found
