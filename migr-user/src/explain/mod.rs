@@ -100,10 +100,16 @@ impl Explainer {
             let (to, _, _) = dp.map_fd(name)?;
             let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
             let from_fd = from.fd().as_fd();
+            // A fresh array holds zeros: its zero entries need no copy (the
+            // fast path's per-port and per-id arrays are mostly zeros).
+            let array = matches!(info.map_type(), Ok(aya::maps::MapType::Array));
             for key in copy::keys(from_fd, key_size)? {
                 let Some(mut value) = copy::lookup(from_fd, &key, value_size)? else {
                     continue;
                 };
+                if array && value.iter().all(|&byte| byte == 0) {
+                    continue;
+                }
                 if name == n::FORWARD_DEVICES {
                     // The kernel reads back a program id where an update
                     // takes a program fd; migr attaches none.
