@@ -120,10 +120,18 @@ impl Datapath {
     pub(super) fn rebuild_port_listeners(&mut self) -> Result<()> {
         let listeners: StdHashMap<ListenerKey, ListenerEntry> =
             self.listeners()?.into_iter().collect();
+        // One listener of each port and protocol, to name where a name is due
+        // (from this table, not a scan of `LISTENERS` per port).
+        let mut one_per_port = StdHashMap::new();
+        for (key, entry) in &listeners {
+            one_per_port
+                .entry((key.port, key.proto))
+                .or_insert((*key, *entry));
+        }
         let slots = Array::<_, ListenerSlot>::try_from(self.map(map_names::LISTENER_SLOTS)?)?;
         let ports = Array::<_, u32>::try_from(self.map(map_names::PORT_LISTENERS)?)?;
         let mut kept = Vec::new();
-        let mut wrong = HashSet::new();
+        let mut due = HashSet::new();
         for slot in 1..LISTENER_SLOTS_LEN {
             let found = slots.get(&slot, 0)?;
             let Some(index) = port_listener_index(found.key.port, found.key.proto) else {
@@ -135,22 +143,23 @@ impl Datapath {
             if listeners.get(&found.key) == Some(&found.entry) {
                 kept.push(slot);
             } else {
-                wrong.insert((found.key.port, found.key.proto));
+                due.insert((found.key.port, found.key.proto));
             }
         }
-        let mut unnamed = HashSet::new();
-        for key in listeners.keys() {
-            if let Some(index) = port_listener_index(key.port, key.proto)
+        for &(port, proto) in one_per_port.keys() {
+            if let Some(index) = port_listener_index(port, proto)
                 && ports.get(&index, 0)? == 0
             {
-                unnamed.insert((key.port, key.proto));
+                due.insert((port, proto));
             }
         }
         for slot in kept {
             self.listener_slots.mark(slot);
         }
-        for (port, proto) in wrong.into_iter().chain(unnamed) {
-            self.name_port_listener(port, proto)?;
+        for (port, proto) in due {
+            if let Some(index) = port_listener_index(port, proto) {
+                self.name_listener(index, one_per_port.get(&(port, proto)).copied())?;
+            }
         }
         Ok(())
     }
