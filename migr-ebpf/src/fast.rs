@@ -38,7 +38,7 @@ use migr_common::{
     },
     maps::{
         FlowKey, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
-        ServiceEntry, Verdict,
+        ServiceEntry, Verdict, port_listener_index,
     },
     wire::{
         packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
@@ -257,10 +257,25 @@ pub fn flow_port(port: u16) -> bool {
 /// ([`migr_common::maps::PORT_LISTENERS_LEN`]): 0 if no listener has it.
 #[inline(always)]
 fn port_listener(port: u16, proto: u8) -> u32 {
-    let index = u32::from(port) * 2 + u32::from(proto == IPPROTO_UDP);
+    let Some(index) = port_listener_index(port, proto) else {
+        return 0;
+    };
     PORT_LISTENERS
         .get(index)
         .map_or(LISTENERS_ONLY, |entry| *entry)
+}
+
+/// The `L4Info` of the UDP header at `l4` (a frame's first, after its IP
+/// header) to `dst_port`, as `parse_packet` gives it.
+#[inline(always)]
+fn udp_info(start: usize, end: usize, l4: usize, dst_port: u16) -> Option<L4Info> {
+    let udp = header::<UdpHdr>(start, end, l4)?;
+    Some(L4Info::Udp {
+        src_port: be16(field!(udp, src)),
+        dst_port,
+        payload_offset: (l4 + UdpHdr::LEN) as u16,
+        payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
+    })
 }
 
 /// The context's `data` and `data_end`, read with volatile loads so that

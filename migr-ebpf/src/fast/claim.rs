@@ -108,15 +108,10 @@ pub(super) fn claim<const STOP: u32>(
     } else if let Some(listener) = listener {
         let mut l4_info = L4Info::Other;
         if plain.proto == IPPROTO_UDP {
-            let Some(udp) = header::<UdpHdr>(start, end, l4) else {
+            let Some(udp) = udp_info(start, end, l4, plain.dst_port) else {
                 return Claim::Slow;
             };
-            l4_info = L4Info::Udp {
-                src_port: be16(field!(udp, src)),
-                dst_port: plain.dst_port,
-                payload_offset: (l4 + UdpHdr::LEN) as u16,
-                payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
-            };
+            l4_info = udp;
         }
         service_id = listener_service(&frame, &known, &listener, &l4_info, &mut reasons);
     } else if plain.mptcp_len == 0 {

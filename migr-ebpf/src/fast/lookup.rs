@@ -116,13 +116,7 @@ fn packet_info(start: usize, end: usize, plain: &Plain) -> Option<PacketInfo> {
     };
     let len = plain.l4_len;
     let l4_info = if plain.proto == IPPROTO_UDP {
-        let udp = header::<UdpHdr>(start, end, l4)?;
-        L4Info::Udp {
-            src_port: be16(field!(udp, src)),
-            dst_port: plain.dst_port,
-            payload_offset: (l4 + UdpHdr::LEN) as u16,
-            payload_len: be16(field!(udp, len)) - UdpHdr::LEN as u16,
-        }
+        udp_info(start, end, l4, plain.dst_port)?
     } else {
         let tcp = header::<TcpHdr>(start, end, l4)?;
         let header_len = u16::from(plain.tcp_header_len);
