@@ -440,18 +440,28 @@ pub fn mptcp_stage<F: PacketBytes + ?Sized, T: Tables>(
     }
 }
 
-/// Does every fresh frame of a service with this entry (None: no service)
-/// get PASS from [`final_action`], with no reason of its own, while no
-/// replay of the service can be under way? So for no service, and for a
-/// service without `SERVICE_HOLD` that is inactive or whose action is PASS.
-/// The XDP program's fast path decides such frames without building the
-/// classification.
+/// The action [`final_action`] gives every fresh frame of a service with
+/// this entry (None: no service) at every moment, with no reason of its own,
+/// when no replay of the service can be under way; None if the frame's
+/// moment or the ring's backlog can change it. So PASS for no service and for
+/// an inactive one, and the service's own action for an active service
+/// without `SERVICE_HOLD` whose action is not PARK. The XDP program's fast
+/// path carries out such actions without building the classification.
 #[inline(always)]
-pub fn always_passes(entry: Option<&ServiceEntry>) -> bool {
-    entry.is_none_or(|entry| {
-        entry.flags & SERVICE_HOLD == 0
-            && (entry.flags & SERVICE_ACTIVE == 0 || entry.action == Action::Pass as u32)
-    })
+pub fn settled_action(entry: Option<&ServiceEntry>) -> Option<Action> {
+    let Some(entry) = entry else {
+        return Some(Action::Pass);
+    };
+    if entry.flags & SERVICE_HOLD != 0 {
+        return None;
+    }
+    if entry.flags & SERVICE_ACTIVE == 0 {
+        return Some(Action::Pass);
+    }
+    match Action::from_u32(entry.action).unwrap_or(Action::Pass) {
+        Action::Park => None,
+        action => Some(action),
+    }
 }
 
 /// The service a QUIC packet on a QUIC listener routes to by the server id in
@@ -597,11 +607,12 @@ mod tests {
         }
     }
 
-    /// `always_passes` holds exactly for the entries whose fresh frames
-    /// `final_action` passes at every moment, without a reason, and for which
-    /// the datapath looks for no replayed frame (no `SERVICE_HOLD`, no PARK).
+    /// `settled_action` names an action exactly for the entries whose fresh
+    /// frames `final_action` gives that action at every moment, without a
+    /// reason, and for which the datapath looks for no replayed frame (no
+    /// `SERVICE_HOLD`, no PARK).
     #[test]
-    fn always_passes_is_final_actions_pass_at_every_moment() {
+    fn settled_action_is_final_actions_at_every_moment() {
         let moments = [
             at(0, 100, false),
             at(0, 100, true),
@@ -609,11 +620,13 @@ mod tests {
             at(u64::MAX, 100, true),
         ];
         let actions = [Action::Pass, Action::Park, Action::Forward, Action::Drop];
-        for action in actions {
+        // An action value no `Action` has: `lookup_stage` makes it PASS.
+        let values = actions.map(|a| a as u32).into_iter().chain([99]);
+        for value in values {
             for flags in 0..8 {
                 for lease in [0, 10] {
                     let entry = ServiceEntry {
-                        action: action as u32,
+                        action: value,
                         flags,
                         lease_until_ns: lease,
                         ..Default::default()
@@ -622,26 +635,27 @@ mod tests {
                     let c = Classification {
                         service_id: 7,
                         action: if flags & SERVICE_ACTIVE != 0 {
-                            action
+                            Action::from_u32(value).unwrap_or(Action::Pass)
                         } else {
                             Action::Pass
                         },
                         service: Some(entry),
                         ..Classification::EMPTY
                     };
-                    let passes = moments
-                        .iter()
-                        .all(|m| final_action(&c, None, m) == (Action::Pass, None));
+                    let first = final_action(&c, None, &moments[0]);
+                    let same_always = first.1.is_none()
+                        && moments.iter().all(|m| final_action(&c, None, m) == first);
                     let looks_for_replays = c.action == Action::Park || flags & SERVICE_HOLD != 0;
+                    let expected = (same_always && !looks_for_replays).then_some(first.0);
                     assert_eq!(
-                        always_passes(Some(&entry)),
-                        passes && !looks_for_replays,
-                        "{action:?}, flags {flags:#b}, lease {lease}"
+                        settled_action(Some(&entry)),
+                        expected,
+                        "action {value}, flags {flags:#b}, lease {lease}"
                     );
                 }
             }
         }
-        assert!(always_passes(None));
+        assert_eq!(settled_action(None), Some(Action::Pass));
         assert_eq!(
             final_action(&Classification::EMPTY, None, &UNASKED),
             (Action::Pass, None)

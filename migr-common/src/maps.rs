@@ -504,7 +504,10 @@ impl ReplaySlot {
 }
 
 /// Key of the `LISTENERS` hash: a service's address as clients reach it.
-#[repr(C)]
+/// 4-byte aligned (its size, 20, is the same either way), so that the XDP
+/// program builds its address a word at a time and compares two keys as
+/// five words, not ten halves.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ListenerKey {
     pub addr: [u8; 16],
@@ -535,7 +538,9 @@ pub const LISTENER_QUIC: u32 = 1 << 0;
 pub const LISTENER_QUIC_GREASE: u32 = 1 << 1;
 
 /// Key of the `FLOWS` LRU hash: a transport 5-tuple, as received (client → service).
-#[repr(C)]
+/// 4-byte aligned like [`ListenerKey`] (its size, 40, is the same either way):
+/// the XDP program builds its addresses a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],

@@ -33,13 +33,14 @@ use aya_ebpf::{
 };
 use migr_common::{
     classify::{
-        Classification, Reasons, Report, Tables, always_passes, family_tag, listener_service,
-        lookup_stage, mptcp_stage, reset_parsed,
+        Classification, Reasons, Report, Tables, family_tag, listener_service, lookup_stage,
+        mptcp_stage, reset_parsed, settled_action,
     },
     maps::{
-        FlowKey, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass, Reason,
-        ServiceEntry, Verdict, port_listener_index,
+        Action, FlowKey, ForwardTarget, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE,
+        ProtoClass, Reason, ServiceEntry, Verdict, port_listener_index,
     },
+    rewrite::{Headers, Transport},
     wire::{
         packet::{IpFamily, L4Info, PacketInfo, TcpInfo},
         tcp::{OptionRef, TCPOPT_EOL, TCPOPT_MPTCP, TCPOPT_NOP},
@@ -86,6 +87,11 @@ use tcp_options::known_options;
 pub enum Fast {
     /// Counted; the caller passes it.
     Passed,
+    /// Counted; the caller drops it.
+    Dropped,
+    /// Of a service that forwards every fresh frame, counted but for its
+    /// verdict: the caller forwards it ([`settled_forward`]).
+    Forward,
     /// Parsed into [`FAST_PARSED`]; the lookup stage is next ([`migr_lookup_known`]).
     Lookup,
     /// Needs the full classifier.
@@ -147,13 +153,24 @@ pub struct FastParsed {
     /// The `SERVER_IDS` lookup [`claim`] made (the server id, its owner), so
     /// that the lookup stage does not make it again.
     server_id: Option<(u32, Option<u32>)>,
-    /// The service and reasons (bits) of a frame [`claim`] found passing
-    /// ([`Claim::Passes`]): in the slot, as the call returns one register.
-    passes: (u32, u32),
+    /// What [`claim`] found of a frame it decided ([`Claim::Settled`]): in
+    /// the slot, as the call returns one register.
+    settled: Settled,
+    /// The forward target of such a frame's service, if it forwards.
+    target: ForwardTarget,
     /// [`claim`]'s keys, built here rather than on its stack: with them on
     /// the stack, its frame took 464 bytes, and Linux 6.1 adds `migr`'s.
     listener_key: ListenerKey,
     flow_key: FlowKey,
+}
+
+/// A frame whose service gives every fresh frame one action.
+#[derive(Clone, Copy)]
+struct Settled {
+    service_id: u32,
+    /// The reasons to count (bits).
+    reasons: u32,
+    action: Action,
 }
 
 /// Per-CPU scratch: [`fast_path`] and [`migr_lookup_known`] run one after the
@@ -188,9 +205,10 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     if STOP == stop::HEADERS {
         return Fast::Passed;
     }
-    // A frame passed here is counted under its class, the reason `quick_parse`
-    // gave it, and the service and reasons `claim` found (if it decided it).
-    let mut decided = None;
+    // A frame decided here is counted under its class, the reason
+    // `quick_parse` gave it, and the service and reasons `claim` found (if
+    // it decided it).
+    let mut settled = None;
     let (class, reason) = match quick {
         Quick::Pass(ProtoClass::NonIp, reason) => {
             // SAFETY: plain helper call on the program's context.
@@ -208,7 +226,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
             if listener != 0 || flows || plain.mptcp_len != 0 {
                 match claim::<STOP>(ctx, &plain, len as u32, listener, flows) {
                     Claim::Unclaimed => {}
-                    Claim::Passes => decided = FAST_PARSED.get(0).map(|parsed| parsed.passes),
+                    Claim::Settled => settled = FAST_PARSED.get(0).map(|parsed| parsed.settled),
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
                     Claim::Stop => return Fast::Passed,
@@ -226,15 +244,47 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     if let Some(reason) = reason {
         count_reason(reason);
     }
-    let Some((service_id, reasons)) = decided else {
+    let Some(settled) = settled else {
         count_verdict(NO_SERVICE, Verdict::Pass, len);
         return Fast::Passed;
     };
-    // As `finish` counts and logs a classified frame.
-    count_reasons(reasons);
-    count_verdict(service_id, Verdict::Pass, len);
-    log::verdict(&XdpContext::new(ctx), service_id, Verdict::Pass, len);
-    Fast::Passed
+    // As `finish` counts, carries out and logs a classified frame's action.
+    count_reasons(settled.reasons);
+    let (verdict, fast) = match settled.action {
+        // The forward counts its verdict: it knows it once the frame is sent.
+        Action::Forward if STOP == stop::NEVER => return Fast::Forward,
+        Action::Forward => return Fast::Passed,
+        Action::Drop => (Verdict::Drop, Fast::Dropped),
+        // `settled_action` never names PARK.
+        Action::Pass | Action::Park => (Verdict::Pass, Fast::Passed),
+    };
+    count_verdict(settled.service_id, verdict, len);
+    log::verdict(&XdpContext::new(ctx), settled.service_id, verdict, len);
+    fast
+}
+
+/// What the caller of a [`Fast::Forward`] needs: the service, its forward
+/// target, the frame's headers and its length.
+#[inline(always)]
+pub fn settled_forward() -> Option<(u32, &'static ForwardTarget, Headers, u64)> {
+    let parsed = FAST_PARSED.get(0)?;
+    let plain = &parsed.plain;
+    let headers = Headers {
+        family: plain.family,
+        ip_proto: plain.proto,
+        l3_offset: EthHdr::LEN as u16,
+        l4_offset: match plain.family {
+            IpFamily::V4 => IPV4_L4,
+            IpFamily::V6 => IPV6_L4,
+        } as u16,
+        transport: Some(if plain.proto == IPPROTO_UDP {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        }),
+    };
+    let len = u64::from(parsed.len);
+    Some((parsed.settled.service_id, &parsed.target, headers, len))
 }
 
 /// The length of the frame [`fast_path`] handed to [`migr_lookup_known`]

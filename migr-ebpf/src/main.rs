@@ -66,15 +66,15 @@ use migr_common::{
     },
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FLOW_PORTS_LEN,
-        FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, LISTENER_SLOTS_LEN,
-        ListenerEntry, ListenerKey, ListenerSlot, MAX_JOINS_PER_TOKEN, MAX_SERVICES, NO_SERVICE,
-        PARK_LARGE_MAX, PARK_SMALL_MAX, PORT_LISTENERS_LEN, ParkedHeader, ParkedRecord, ProtoClass,
-        REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot, ReplayedTag, SERVICE_HOLD,
-        SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES, TcHandover,
-        Verdict, full_path, map_sizes,
+        FORWARD_META_MAGIC, FlowKey, ForwardMeta, ForwardMode, ForwardPath, ForwardTarget,
+        LISTENER_SLOTS_LEN, ListenerEntry, ListenerKey, ListenerSlot, MAX_JOINS_PER_TOKEN,
+        MAX_SERVICES, NO_SERVICE, PARK_LARGE_MAX, PARK_SMALL_MAX, PORT_LISTENERS_LEN, ParkedHeader,
+        ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
+        ReplayedTag, SERVICE_HOLD, SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry,
+        TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path, map_sizes,
     },
-    rewrite::{RewriteError, rewrite_destination, rewrite_macs},
-    wire::{ip::IpFamily, packet::PacketInfo},
+    rewrite::{Headers, RewriteError, rewrite_destination, rewrite_macs},
+    wire::ip::IpFamily,
 };
 
 use crate::{
@@ -236,7 +236,16 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     }
     match fast::fast_path::<STOP>(ctx.ctx) {
         Fast::Passed => xdp_action::XDP_PASS,
+        Fast::Dropped => xdp_action::XDP_DROP,
         _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
+        Fast::Forward => {
+            let Some((service_id, target, headers, len)) = fast::settled_forward() else {
+                return xdp_action::XDP_PASS;
+            };
+            let (verdict, xdp) = forwarded(&ctx, service_id, target, &headers, false);
+            count_and_log(&ctx, service_id, verdict, len);
+            xdp
+        }
         Fast::Lookup => {
             let Some(decision) = SCRATCH.get_ptr_mut(0) else {
                 return xdp_action::XDP_PASS;
@@ -374,27 +383,34 @@ fn finish<const STOP: u32>(
                 (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
             }
         },
-        Action::Forward => match forward(ctx.ctx, decision, replay.is_some()) {
-            Ok(Forwarded::Sent(action)) => (Some(Verdict::Forward), action),
-            Ok(Forwarded::ViaTc) => {
-                count_reason(Reason::ForwardViaTc);
-                (None, xdp_action::XDP_PASS)
+        Action::Forward => match (&decision.service, &decision.packet) {
+            (Some(service), Some(info)) => {
+                let headers = Headers::of(info);
+                forwarded(
+                    &ctx,
+                    decision.service_id,
+                    &service.forward,
+                    &headers,
+                    replay.is_some(),
+                )
             }
-            Err(reason) => {
-                count_reason(reason);
-                log::failed(&ctx, decision.service_id, Verdict::ForwardFailed, reason);
-                (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
-            }
+            _ => forward_failed(&ctx, decision.service_id, Reason::ForwardUnsupported),
         },
     };
     if decision.report != Report::None {
         report(decision);
     }
-    if let Some(verdict) = verdict {
-        count_verdict(decision.service_id, verdict, len);
-        log::verdict(&ctx, decision.service_id, verdict, len);
-    }
+    count_and_log(&ctx, decision.service_id, verdict, len);
     xdp
+}
+
+/// Counts and logs a frame's verdict; None: `migr_tc` counts it.
+#[inline(always)]
+fn count_and_log(ctx: &XdpContext, service_id: u32, verdict: Option<Verdict>, len: u64) {
+    if let Some(verdict) = verdict {
+        count_verdict(service_id, verdict, len);
+        log::verdict(ctx, service_id, verdict, len);
+    }
 }
 
 /// The frame being classified, for [`final_action`]'s questions.
@@ -683,28 +699,55 @@ enum Forwarded {
     ViaTc,
 }
 
-/// Rewrites the frame toward the service's new place and returns the XDP
-/// action, or hands it to the TC program.
+/// [`forward`]s the frame and says its verdict (None: a hand-over to
+/// `migr_tc`, which counts the verdict once the frame has left) and its XDP
+/// action.
+#[inline(always)]
+fn forwarded(
+    ctx: &XdpContext,
+    service_id: u32,
+    target: &ForwardTarget,
+    headers: &Headers,
+    replayed: bool,
+) -> (Option<Verdict>, u32) {
+    match forward(ctx.ctx, service_id, target, headers, replayed) {
+        Ok(Forwarded::Sent(action)) => (Some(Verdict::Forward), action),
+        Ok(Forwarded::ViaTc) => {
+            count_reason(Reason::ForwardViaTc);
+            (None, xdp_action::XDP_PASS)
+        }
+        Err(reason) => forward_failed(ctx, service_id, reason),
+    }
+}
+
+/// A FORWARD that failed for `reason`: counted, logged and dropped.
+#[inline(always)]
+fn forward_failed(ctx: &XdpContext, service_id: u32, reason: Reason) -> (Option<Verdict>, u32) {
+    count_reason(reason);
+    log::failed(ctx, service_id, Verdict::ForwardFailed, reason);
+    (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
+}
+
+/// Rewrites the frame toward `target`, the new place of service
+/// `service_id`, and returns the XDP action, or hands it to the TC program.
 #[inline(never)]
 fn forward(
     ctx: *mut xdp_md,
-    decision: &Classification,
+    service_id: u32,
+    target: &ForwardTarget,
+    headers: &Headers,
     replayed: bool,
 ) -> Result<Forwarded, Reason> {
     let ctx = &XdpContext::new(ctx);
-    let (Some(service), Some(info)) = (&decision.service, &decision.packet) else {
-        return Err(Reason::ForwardUnsupported);
-    };
-    let target = &service.forward;
     if ForwardPath::from_u8(target.path) == Some(ForwardPath::Tc) {
-        return hand_to_tc(ctx.ctx, decision.service_id, info, replayed).map(|()| Forwarded::ViaTc);
+        return hand_to_tc(ctx.ctx, service_id, headers, replayed).map(|()| Forwarded::ViaTc);
     }
     // Read and written in place: the rewrite's few reads at known offsets
     // cost a helper call each through `XdpPacket`. Its stores were direct
     // already, so the headers had to be in the linear part before too.
     let mut frame = InPlace::new(ctx.ctx);
     let rewritten = match ForwardMode::from_u8(target.mode) {
-        Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, info, target),
+        Some(ForwardMode::AddressChanging) => rewrite_destination(&mut frame, headers, target),
         Some(ForwardMode::SameIp) => Ok(()),
         None => Err(RewriteError::NotTransport),
     };
@@ -720,7 +763,7 @@ fn forward(
         return Ok(Forwarded::Sent(xdp_action::XDP_TX));
     }
     FORWARD_DEVICES
-        .redirect(decision.service_id, 0)
+        .redirect(service_id, 0)
         .map(Forwarded::Sent)
         .map_err(|_| Reason::NoRedirectTarget)
 }
@@ -733,7 +776,7 @@ fn forward(
 fn hand_to_tc(
     ctx: *mut xdp_md,
     service_id: u32,
-    info: &PacketInfo,
+    headers: &Headers,
     replayed: bool,
 ) -> Result<(), Reason> {
     if replayed {
@@ -748,17 +791,17 @@ fn hand_to_tc(
     if meta + size_of::<ForwardMeta>() > data {
         return Err(Reason::NoRedirectTarget);
     }
-    let family = match info.family {
+    let family = match headers.family {
         IpFamily::V4 => FAMILY_V4,
         IpFamily::V6 => FAMILY_V6,
     };
     let forward_meta = ForwardMeta {
         magic: FORWARD_META_MAGIC,
         service_id,
-        l3_offset: info.l3_offset,
-        l4_offset: info.l4_offset,
+        l3_offset: headers.l3_offset,
+        l4_offset: headers.l4_offset,
         family,
-        ip_proto: info.ip_proto,
+        ip_proto: headers.ip_proto,
         _pad: [0; 2],
     };
     // SAFETY: the check above proves the metadata holds a whole ForwardMeta.

@@ -10,7 +10,7 @@ use migr_common::{
         ListenerKey, MAX_JOINS_PER_TOKEN, Reason, SERVICE_ACTIVE, ServiceCounters, ServiceEntry,
         Verdict,
     },
-    rewrite::{rewrite_destination, rewrite_macs},
+    rewrite::{Headers, rewrite_destination, rewrite_macs},
 };
 use migr_user::datapath::{Datapath, DatapathConfig, MAIN_PROGRAM, XdpAction};
 
@@ -159,7 +159,7 @@ impl Fixture {
                 let target = c.service.map(|s| s.forward).unwrap_or_default();
                 let rewritten = match (ForwardMode::from_u8(target.mode), c.packet) {
                     (Some(ForwardMode::AddressChanging), Some(info)) => {
-                        rewrite_destination(&mut out[..], &info, &target).is_ok()
+                        rewrite_destination(&mut out[..], &Headers::of(&info), &target).is_ok()
                     }
                     (Some(ForwardMode::SameIp), Some(_)) => true,
                     _ => false,

@@ -7,9 +7,10 @@ use super::*;
 pub(super) enum Claim {
     /// No listener and no learned flow: the frame passes.
     Unclaimed,
-    /// The frame's service passes every fresh frame (`classify::always_passes`):
-    /// the frame passes, counted as [`FastParsed::passes`] says.
-    Passes,
+    /// The frame's service gives every fresh frame one action
+    /// (`classify::settled_action`): [`FastParsed::settled`] says which, and
+    /// how to count the frame.
+    Settled,
     /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
     Lookup,
     Slow,
@@ -27,8 +28,9 @@ pub(super) enum Claim {
 ///
 /// The flow is looked up here, not in the lookup stage, so that a frame no
 /// table claims on a node with learned flows still passes on the fast path.
-/// So is the service, so that a frame of a service that passes every frame
-/// (`classify::always_passes`: every service that is not migrating) passes
+/// So is the service, so that a frame of a service that gives every fresh
+/// frame one action (`classify::settled_action`: PASS for every service that
+/// is not migrating, FORWARD once its new place has taken over) is decided
 /// here too, without the classification: the lookup stage's
 /// `listener_service` and `SERVICES` lookup, then the counters.
 #[inline(never)]
@@ -139,11 +141,24 @@ pub(super) fn claim<const STOP: u32>(
     } else {
         SERVICES.get(service_id)
     };
-    if always_passes(entry) {
-        parsed.passes = (service_id, reasons.0);
-        return Claim::Passes;
+    let Some(action) = settled_action(entry) else {
+        return lookup_next(parsed, plain, len, &known);
+    };
+    if action == Action::Forward
+        && let Some(entry) = entry
+    {
+        // Copied, as the classification copies the entry: the frame goes
+        // where the entry said when it was read.
+        copy_target(&entry.forward, &mut parsed.target);
+        parsed.plain = *plain;
+        parsed.len = len;
     }
-    lookup_next(parsed, plain, len, &known)
+    parsed.settled = Settled {
+        service_id,
+        reasons: reasons.0,
+        action,
+    };
+    Claim::Settled
 }
 
 /// Leaves what [`claim`] found in `parsed` for [`migr_lookup_known`].
@@ -214,17 +229,34 @@ fn slotted_listener(slot: u32, key: &ListenerKey) -> Option<ListenerEntry> {
 #[inline(always)]
 fn same_key(a: &ListenerKey, b: &ListenerKey) -> bool {
     const WORDS: usize = size_of::<ListenerKey>() / 4;
+    const { assert!(align_of::<ListenerKey>() >= 4) };
     let (a, b) = (
         core::ptr::from_ref(a).cast::<[u32; WORDS]>(),
         core::ptr::from_ref(b).cast::<[u32; WORDS]>(),
     );
-    // SAFETY: both are whole keys; the reads are unaligned, like the keys.
-    let (a, b) = unsafe { (a.read_unaligned(), b.read_unaligned()) };
+    // SAFETY: both are whole keys, 4-byte aligned (asserted above).
+    let (a, b) = unsafe { (a.read(), b.read()) };
     let mut differ = 0;
     for i in 0..WORDS {
         differ |= a[i] ^ b[i];
     }
     differ == 0
+}
+
+/// `*to = *from`, word by word: LLVM cannot tell two map values apart, and
+/// made a plain assignment a call to `memmove`, a byte loop (22 ns).
+#[inline(always)]
+fn copy_target(from: &ForwardTarget, to: &mut ForwardTarget) {
+    const WORDS: usize = size_of::<ForwardTarget>() / 4;
+    let (from, to) = (
+        core::ptr::from_ref(from).cast::<u32>(),
+        core::ptr::from_mut(to).cast::<u32>(),
+    );
+    for i in 0..WORDS {
+        // SAFETY: whole targets, 4-byte aligned; a volatile read is never
+        // merged into a `memmove`.
+        unsafe { to.add(i).write(from.add(i).read_volatile()) };
+    }
 }
 
 /// An IP header's address.
@@ -238,6 +270,8 @@ enum Addr {
 /// `ListenerKey` and `FlowKey` hold it (IPv4 in the first 4 bytes, then
 /// zeros). Straight from the frame to its place: read into values first,
 /// the 32 bytes of two addresses were 32 values, each spilled to the stack.
+/// `to` is a key's address: 4-byte aligned (asserted below), so the zeros
+/// go in as three words.
 #[inline(always)]
 fn copy_addr(
     start: usize,
@@ -246,15 +280,22 @@ fn copy_addr(
     which: Addr,
     to: &mut [u8; 16],
 ) -> Option<()> {
+    const {
+        assert!(align_of::<ListenerKey>() >= 4 && align_of::<FlowKey>() >= 4);
+        assert!(core::mem::offset_of!(ListenerKey, addr) % 4 == 0);
+        assert!(core::mem::offset_of!(FlowKey, src_addr) % 4 == 0);
+        assert!(core::mem::offset_of!(FlowKey, dst_addr) % 4 == 0);
+    };
     // SAFETY (both arms): `header` proved the whole IP header, and with it
     // the address, is in the frame.
     match family {
         IpFamily::V4 => {
             let ip = header::<Ipv4Hdr>(start, end, EthHdr::LEN)?;
-            // Byte by byte: a zeroing of the array is a call to `memset`.
-            for byte in &mut to[4..] {
-                // SAFETY: a byte of `to`.
-                unsafe { core::ptr::write_volatile(byte, 0) };
+            // Word by word, volatile: a zeroing of the array is a call to `memset`.
+            let words = to.as_mut_ptr().cast::<u32>();
+            for i in 1..4 {
+                // SAFETY: a word of `to`, which is 4-byte aligned (see above).
+                unsafe { core::ptr::write_volatile(words.add(i), 0) };
             }
             let at = match which {
                 Addr::Src => unsafe { &raw const (*ip).src_addr },
