@@ -10,9 +10,11 @@
 //! - a frame no table can claim (the common case on an edge node) is counted
 //!   and passed at once, with no BPF call (the fast path is inlined into the
 //!   program: on the bench machine two calls cost 16 ns, docs/benchmarks.md);
-//! - a frame of a service that passes every frame (no migration under way)
-//!   is decided in [`claim`], with the lookup stage's own functions
-//!   (`listener_service`, `mptcp_stage`) on the headers read in place;
+//! - a frame of a service that gives every fresh frame one action
+//!   (`classify::settled_action`: PASS while no migration is under way,
+//!   FORWARD once the new place has taken over) is decided in [`claim`], with
+//!   the lookup stage's own functions (`listener_service`, `mptcp_stage`) on
+//!   the headers read in place, and a FORWARD is carried out there too;
 //! - another frame a listener or a learned flow may claim is classified
 //!   here, by `migr_common::classify::lookup_stage` on the headers parsed in
 //!   place (its QUIC header and MPTCP option read in place too,
@@ -28,7 +30,10 @@
 use core::cell::Cell;
 
 use aya_ebpf::{
-    bindings::xdp_md, helpers::generated::bpf_xdp_get_buff_len, macros::map, maps::PerCpuArray,
+    bindings::{xdp_action, xdp_md},
+    helpers::generated::bpf_xdp_get_buff_len,
+    macros::map,
+    maps::PerCpuArray,
     programs::XdpContext,
 };
 use migr_common::{
@@ -37,8 +42,8 @@ use migr_common::{
         mptcp_stage, reset_parsed, settled_action,
     },
     maps::{
-        Action, FlowKey, ForwardTarget, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE,
-        ProtoClass, Reason, ServiceEntry, Verdict, port_listener_index,
+        Action, FlowKey, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass,
+        Reason, ServiceEntry, Verdict, port_listener_index,
     },
     rewrite::{Headers, Transport},
     wire::{
@@ -55,8 +60,8 @@ use network_types::{
 
 use crate::{
     FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, MapTables, PORT_LISTENERS, SERVICES,
-    breakdown::stop, count_proto_class, count_reason, count_reasons, count_verdict,
-    in_place::InPlace, log,
+    breakdown::stop, count_and_log, count_proto_class, count_reason, count_reasons, count_verdict,
+    forward_now, forward_outcome, in_place::InPlace,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -87,11 +92,9 @@ use tcp_options::known_options;
 pub enum Fast {
     /// Counted; the caller passes it.
     Passed,
-    /// Counted; the caller drops it.
-    Dropped,
-    /// Of a service that forwards every fresh frame, counted but for its
-    /// verdict: the caller forwards it ([`settled_forward`]).
-    Forward,
+    /// Counted, and acted on if it is a FORWARD: the caller returns this XDP
+    /// action.
+    Decided(u32),
     /// Parsed into [`FAST_PARSED`]; the lookup stage is next ([`migr_lookup_known`]).
     Lookup,
     /// Needs the full classifier.
@@ -132,6 +135,25 @@ struct Plain {
 }
 
 impl Plain {
+    /// Where its headers sit, for a FORWARD.
+    #[inline(always)]
+    fn headers(&self) -> Headers {
+        Headers {
+            family: self.family,
+            ip_proto: self.proto,
+            l3_offset: EthHdr::LEN as u16,
+            l4_offset: match self.family {
+                IpFamily::V4 => IPV4_L4,
+                IpFamily::V6 => IPV6_L4,
+            } as u16,
+            transport: Some(if self.proto == IPPROTO_UDP {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            }),
+        }
+    }
+
     #[inline(always)]
     fn mptcp(&self) -> Option<OptionRef> {
         (self.mptcp_len != 0).then_some(OptionRef {
@@ -156,8 +178,6 @@ pub struct FastParsed {
     /// What [`claim`] found of a frame it decided ([`Claim::Settled`]): in
     /// the slot, as the call returns one register.
     settled: Settled,
-    /// The forward target of such a frame's service, if it forwards.
-    target: ForwardTarget,
     /// [`claim`]'s keys, built here rather than on its stack: with them on
     /// the stack, its frame took 464 bytes, and Linux 6.1 adds `migr`'s.
     listener_key: ListenerKey,
@@ -170,7 +190,10 @@ struct Settled {
     service_id: u32,
     /// The reasons to count (bits).
     reasons: u32,
-    action: Action,
+    /// None: a FORWARD handed to `migr_tc`, which counts it.
+    verdict: Option<Verdict>,
+    /// The XDP action.
+    xdp: u32,
 }
 
 /// Per-CPU scratch: [`fast_path`] and [`migr_lookup_known`] run one after the
@@ -248,43 +271,15 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
         count_verdict(NO_SERVICE, Verdict::Pass, len);
         return Fast::Passed;
     };
-    // As `finish` counts, carries out and logs a classified frame's action.
+    // As `finish` counts and logs a classified frame.
     count_reasons(settled.reasons);
-    let (verdict, fast) = match settled.action {
-        // The forward counts its verdict: it knows it once the frame is sent.
-        Action::Forward if STOP == stop::NEVER => return Fast::Forward,
-        Action::Forward => return Fast::Passed,
-        Action::Drop => (Verdict::Drop, Fast::Dropped),
-        // `settled_action` never names PARK.
-        Action::Pass | Action::Park => (Verdict::Pass, Fast::Passed),
-    };
-    count_verdict(settled.service_id, verdict, len);
-    log::verdict(&XdpContext::new(ctx), settled.service_id, verdict, len);
-    fast
-}
-
-/// What the caller of a [`Fast::Forward`] needs: the service, its forward
-/// target, the frame's headers and its length.
-#[inline(always)]
-pub fn settled_forward() -> Option<(u32, &'static ForwardTarget, Headers, u64)> {
-    let parsed = FAST_PARSED.get(0)?;
-    let plain = &parsed.plain;
-    let headers = Headers {
-        family: plain.family,
-        ip_proto: plain.proto,
-        l3_offset: EthHdr::LEN as u16,
-        l4_offset: match plain.family {
-            IpFamily::V4 => IPV4_L4,
-            IpFamily::V6 => IPV6_L4,
-        } as u16,
-        transport: Some(if plain.proto == IPPROTO_UDP {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        }),
-    };
-    let len = u64::from(parsed.len);
-    Some((parsed.settled.service_id, &parsed.target, headers, len))
+    count_and_log(
+        &XdpContext::new(ctx),
+        settled.service_id,
+        settled.verdict,
+        len,
+    );
+    Fast::Decided(settled.xdp)
 }
 
 /// The length of the frame [`fast_path`] handed to [`migr_lookup_known`]

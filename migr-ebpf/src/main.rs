@@ -236,16 +236,8 @@ fn run<const STOP: u32>(ctx: XdpContext) -> u32 {
     }
     match fast::fast_path::<STOP>(ctx.ctx) {
         Fast::Passed => xdp_action::XDP_PASS,
-        Fast::Dropped => xdp_action::XDP_DROP,
+        Fast::Decided(xdp) => xdp,
         _ if STOP <= stop::LISTENER => xdp_action::XDP_PASS,
-        Fast::Forward => {
-            let Some((service_id, target, headers, len)) = fast::settled_forward() else {
-                return xdp_action::XDP_PASS;
-            };
-            let (verdict, xdp) = forwarded(&ctx, service_id, target, &headers, false);
-            count_and_log(&ctx, service_id, verdict, len);
-            xdp
-        }
         Fast::Lookup => {
             let Some(decision) = SCRATCH.get_ptr_mut(0) else {
                 return xdp_action::XDP_PASS;
@@ -386,15 +378,11 @@ fn finish<const STOP: u32>(
         Action::Forward => match (&decision.service, &decision.packet) {
             (Some(service), Some(info)) => {
                 let headers = Headers::of(info);
-                forwarded(
-                    &ctx,
-                    decision.service_id,
-                    &service.forward,
-                    &headers,
-                    replay.is_some(),
-                )
+                let id = decision.service_id;
+                let sent = forward(ctx.ctx, id, &service.forward, &headers, replay.is_some());
+                forward_outcome(&ctx, id, sent)
             }
-            _ => forward_failed(&ctx, decision.service_id, Reason::ForwardUnsupported),
+            _ => forward_outcome(&ctx, decision.service_id, Err(Reason::ForwardUnsupported)),
         },
     };
     if decision.report != Report::None {
@@ -699,39 +687,48 @@ enum Forwarded {
     ViaTc,
 }
 
-/// [`forward`]s the frame and says its verdict (None: a hand-over to
-/// `migr_tc`, which counts the verdict once the frame has left) and its XDP
-/// action.
+/// The verdict (None: a hand-over to `migr_tc`, which counts the verdict
+/// once the frame has left) and the XDP action of a frame [`forward`] `sent`
+/// (or failed to send: counted, logged and dropped).
 #[inline(always)]
-fn forwarded(
+fn forward_outcome(
     ctx: &XdpContext,
     service_id: u32,
-    target: &ForwardTarget,
-    headers: &Headers,
-    replayed: bool,
+    sent: Result<Forwarded, Reason>,
 ) -> (Option<Verdict>, u32) {
-    match forward(ctx.ctx, service_id, target, headers, replayed) {
+    match sent {
         Ok(Forwarded::Sent(action)) => (Some(Verdict::Forward), action),
         Ok(Forwarded::ViaTc) => {
             count_reason(Reason::ForwardViaTc);
             (None, xdp_action::XDP_PASS)
         }
-        Err(reason) => forward_failed(ctx, service_id, reason),
+        Err(reason) => {
+            count_reason(reason);
+            log::failed(ctx, service_id, Verdict::ForwardFailed, reason);
+            (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
+        }
     }
 }
 
-/// A FORWARD that failed for `reason`: counted, logged and dropped.
-#[inline(always)]
-fn forward_failed(ctx: &XdpContext, service_id: u32, reason: Reason) -> (Option<Verdict>, u32) {
-    count_reason(reason);
-    log::failed(ctx, service_id, Verdict::ForwardFailed, reason);
-    (Some(Verdict::ForwardFailed), xdp_action::XDP_DROP)
+/// [`forward_now`] as a BPF function of its own, so that its stack does not
+/// add to `finish`'s.
+#[inline(never)]
+fn forward(
+    ctx: *mut xdp_md,
+    service_id: u32,
+    target: &ForwardTarget,
+    headers: &Headers,
+    replayed: bool,
+) -> Result<Forwarded, Reason> {
+    forward_now(ctx, service_id, target, headers, replayed)
 }
 
 /// Rewrites the frame toward `target`, the new place of service
 /// `service_id`, and returns the XDP action, or hands it to the TC program.
-#[inline(never)]
-fn forward(
+/// Inlined where it is called: in the fast path's `claim`, for a frame of a
+/// service that forwards every fresh frame, and in [`forward`].
+#[inline(always)]
+fn forward_now(
     ctx: *mut xdp_md,
     service_id: u32,
     target: &ForwardTarget,
