@@ -557,6 +557,10 @@ fn replay_throughput(
     cases: &mut Vec<Case>,
 ) -> Result<()> {
     // A redirect into a veth delivers only if the peer has an XDP program.
+    // The TC path's destination has one too: it stands for the new node,
+    // whose interface runs migr. (Without it, veth does not copy each skb
+    // into its page pool; the sendmmsg baseline gained 219k -> 270k frames/s
+    // from that, the replay nothing: docs/benchmarks.md, round 6.)
     for bench in [tc, xdp] {
         bench.dst.run(|| {
             dp.attach(
