@@ -212,18 +212,22 @@ mod tests {
     use crate::{maps::ForwardMode, wire::packet::parse_packet};
     use migr_testkit::frames::{FrameBuilder, verify_checksums};
 
+    /// A small deterministic generator (xorshift32) from `state`, not 0.
+    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        }
+    }
+
     /// The rewrite of either family and transport, with and without a new
     /// port, to many addresses, leaves checksums that verify from scratch,
     /// and the new destination in place.
     #[test]
     fn rewritten_frames_verify_from_scratch() {
-        let mut state = 0x9e37_79b9u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9u32);
         let (v4_src, v4_dst) = ([10, 0, 0, 1], [10, 0, 0, 2]);
         let (v6_src, v6_dst) = ([0x20; 16], [0x21; 16]);
         for round in 0..2_000 {
@@ -280,13 +284,7 @@ mod tests {
 
     #[test]
     fn incremental_update_equals_recomputation() {
-        let mut state = 0x1234_5678u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = xorshift(0x1234_5678u32);
         for _ in 0..10_000 {
             let mut data = [0u8; 20];
             for b in data.iter_mut() {
