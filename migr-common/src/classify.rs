@@ -293,7 +293,20 @@ pub fn lookup_stage<F: PacketBytes + ?Sized, T: Tables>(
                 receiver_key,
             };
         }
-        out.action = Action::from_u32(entry.action).unwrap_or(Action::Pass);
+        out.action = classified_action(Some(&entry));
+    }
+}
+
+/// The action `lookup_stage` gives a frame of a service with `entry` (None:
+/// no service): the service's while it is active (PASS for a value no
+/// [`Action`] has), else PASS.
+#[inline(always)]
+pub fn classified_action(entry: Option<&ServiceEntry>) -> Action {
+    match entry {
+        Some(entry) if entry.flags & SERVICE_ACTIVE != 0 => {
+            Action::from_u32(entry.action).unwrap_or(Action::Pass)
+        }
+        _ => Action::Pass,
     }
 }
 
@@ -332,24 +345,41 @@ pub fn final_action(
     replay: Option<Action>,
     frame: &impl FrameContext,
 ) -> (Action, Option<Reason>) {
-    let Some(entry) = c.service else {
-        return (c.action, None);
+    let entry = if c.service_id == NO_SERVICE {
+        None
+    } else {
+        c.service.as_ref()
     };
-    if c.service_id == NO_SERVICE || entry.flags & SERVICE_ACTIVE == 0 {
-        return (c.action, None);
+    service_final_action(c.action, entry, replay, frame)
+}
+
+/// [`final_action`] of a frame whose service has `entry` (None: no service)
+/// and that `lookup_stage` gave `action` ([`classified_action`]).
+#[inline(always)]
+pub fn service_final_action(
+    action: Action,
+    entry: Option<&ServiceEntry>,
+    replay: Option<Action>,
+    frame: &impl FrameContext,
+) -> (Action, Option<Reason>) {
+    let Some(entry) = entry else {
+        return (action, None);
+    };
+    if entry.flags & SERVICE_ACTIVE == 0 {
+        return (action, None);
     }
     if let Some(action) = replay {
         return (action, None);
     }
-    let parks = c.action == Action::Park;
+    let parks = action == Action::Park;
     let held = !parks
         && entry.flags & SERVICE_HOLD != 0
-        && matches!(c.action, Action::Pass | Action::Forward)
+        && matches!(action, Action::Pass | Action::Forward)
         && frame.ring_backlog();
     if !parks && !held {
-        return (c.action, None);
+        return (action, None);
     }
-    let unparked = if parks { Action::Pass } else { c.action };
+    let unparked = if parks { Action::Pass } else { action };
     if entry.lease_until_ns != 0 && frame.now_ns() >= entry.lease_until_ns {
         return (unparked, Some(Reason::LeaseExpired));
     }
@@ -449,16 +479,10 @@ pub fn mptcp_stage<F: PacketBytes + ?Sized, T: Tables>(
 /// path carries out such actions without building the classification.
 #[inline(always)]
 pub fn settled_action(entry: Option<&ServiceEntry>) -> Option<Action> {
-    let Some(entry) = entry else {
-        return Some(Action::Pass);
-    };
-    if entry.flags & SERVICE_HOLD != 0 {
+    if entry.is_some_and(|entry| entry.flags & SERVICE_HOLD != 0) {
         return None;
     }
-    if entry.flags & SERVICE_ACTIVE == 0 {
-        return Some(Action::Pass);
-    }
-    match Action::from_u32(entry.action).unwrap_or(Action::Pass) {
+    match classified_action(entry) {
         Action::Park => None,
         action => Some(action),
     }

@@ -38,8 +38,8 @@ use aya_ebpf::{
 };
 use migr_common::{
     classify::{
-        Classification, Reasons, Report, Tables, family_tag, listener_service, lookup_stage,
-        mptcp_stage, reset_parsed, settled_action,
+        Classification, Reasons, Report, Tables, classified_action, family_tag, listener_service,
+        lookup_stage, mptcp_stage, reset_parsed, service_final_action, settled_action,
     },
     maps::{
         Action, FlowKey, LISTENERS_ONLY, ListenerEntry, ListenerKey, NO_SERVICE, ProtoClass,
@@ -59,9 +59,9 @@ use network_types::{
 };
 
 use crate::{
-    FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, MapTables, PORT_LISTENERS, SERVICES,
+    FLOW_PORTS, FLOWS, LISTENER_SLOTS, LISTENERS, LiveFrame, MapTables, PORT_LISTENERS, SERVICES,
     breakdown::stop, count_and_log, count_proto_class, count_reason, count_reasons, count_verdict,
-    forward_now, forward_outcome, in_place::InPlace,
+    forward_now, forward_outcome, in_place::InPlace, park_outcome, take_replayed_tag,
 };
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -252,7 +252,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
                     Claim::Settled => settled = FAST_PARSED.get(0).map(|parsed| parsed.settled),
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
-                    Claim::Stop => return Fast::Passed,
+                    Claim::Stop | Claim::Reentered => return Fast::Passed,
                 }
             }
             (ProtoClass::from_ip_proto(plain.proto), None)

@@ -367,14 +367,7 @@ fn finish<const STOP: u32>(
             (Some(Verdict::Pass), xdp_action::XDP_PASS)
         }
         Action::Drop => (Some(Verdict::Drop), xdp_action::XDP_DROP),
-        Action::Park => match park(ctx.ctx, decision.service_id, len as usize) {
-            Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
-            Err(reason) => {
-                count_reason(reason);
-                log::failed(&ctx, decision.service_id, Verdict::ParkFailed, reason);
-                (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
-            }
-        },
+        Action::Park => park_outcome(&ctx, decision.service_id, len as u32),
         Action::Forward => match (&decision.service, &decision.packet) {
             (Some(service), Some(info)) => {
                 let headers = Headers::of(info);
@@ -623,6 +616,20 @@ pub fn migr_pass(_ctx: XdpContext) -> u32 {
 fn buff_len(ctx: &XdpContext) -> u64 {
     // SAFETY: plain helper call on the program's own context.
     unsafe { bpf_xdp_get_buff_len(ctx.ctx) }
+}
+
+/// [`park`]s the frame of `service_id` (`len` bytes): its verdict and XDP
+/// action (a frame that could not be parked is counted, logged and dropped).
+#[inline(always)]
+fn park_outcome(ctx: &XdpContext, service_id: u32, len: u32) -> (Option<Verdict>, u32) {
+    match park(ctx.ctx, service_id, len as usize) {
+        Ok(()) => (Some(Verdict::Park), xdp_action::XDP_DROP),
+        Err(reason) => {
+            count_reason(reason);
+            log::failed(ctx, service_id, Verdict::ParkFailed, reason);
+            (Some(Verdict::ParkFailed), xdp_action::XDP_DROP)
+        }
+    }
 }
 
 /// Copies the frame into the `PARKED` ring; the caller drops the original.

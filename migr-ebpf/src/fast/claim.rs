@@ -7,15 +7,18 @@ use super::*;
 pub(super) enum Claim {
     /// No listener and no learned flow: the frame passes.
     Unclaimed,
-    /// The frame's service gives every fresh frame one action
-    /// (`classify::settled_action`), carried out (a FORWARD) or to carry
-    /// out: [`FastParsed::settled`] says which, and how to count the frame.
+    /// The frame's action is decided, and carried out if it is a PARK or a
+    /// FORWARD: [`FastParsed::settled`] says how to count the frame and what
+    /// to return.
     Settled,
     /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
     Lookup,
     Slow,
     /// A cut-short copy stops (`breakdown.rs`).
     Stop,
+    /// The second sight of a frame the agent replayed (skb mode): counted
+    /// (`replay_reentered`) and passed, as `finish` passes it.
+    Reentered,
 }
 
 /// Looks up the listener (if its port and protocol have one: `port_listener`,
@@ -141,21 +144,41 @@ pub(super) fn claim<const STOP: u32>(
     } else {
         SERVICES.get(service_id)
     };
-    let Some(action) = settled_action(entry) else {
-        return lookup_next(parsed, plain, len, &known);
+    let action = match settled_action(entry) {
+        Some(action) => action,
+        // The service parks, or holds: `finish`'s steps, as it takes them.
+        None => {
+            if take_replayed_tag(ctx, len) {
+                count_reason(Reason::ReplayReentered);
+                return Claim::Reentered;
+            }
+            let frame = LiveFrame {
+                len: u64::from(len),
+            };
+            let (action, why) = service_final_action(classified_action(entry), entry, None, &frame);
+            if let Some(why) = why {
+                count_reason(why);
+            }
+            action
+        }
     };
     let (verdict, xdp) = match (action, entry) {
+        // A cut-short copy stops before the action.
+        _ if STOP != stop::NEVER => (Some(Verdict::Pass), xdp_action::XDP_PASS),
+        (Action::Pass, _) => (Some(Verdict::Pass), xdp_action::XDP_PASS),
+        (Action::Drop, _) => (Some(Verdict::Drop), xdp_action::XDP_DROP),
+        (Action::Park, _) => park_outcome(&XdpContext::new(ctx), service_id, len),
         // Forwarded here, with the entry read in place: a BPF call fewer
         // than through `forward`.
-        (Action::Forward, Some(entry)) if STOP == stop::NEVER => {
+        (Action::Forward, Some(entry)) => {
             let sent = forward_now(ctx, service_id, &entry.forward, &plain.headers(), false);
             forward_outcome(&XdpContext::new(ctx), service_id, sent)
         }
-        // A cut-short copy stops before the action.
-        (Action::Forward, _) => (None, xdp_action::XDP_PASS),
-        (Action::Drop, _) => (Some(Verdict::Drop), xdp_action::XDP_DROP),
-        // `settled_action` never names PARK.
-        (Action::Pass | Action::Park, _) => (Some(Verdict::Pass), xdp_action::XDP_PASS),
+        (Action::Forward, None) => forward_outcome(
+            &XdpContext::new(ctx),
+            service_id,
+            Err(Reason::ForwardUnsupported),
+        ),
     };
     parsed.settled = Settled {
         service_id,
