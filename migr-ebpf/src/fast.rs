@@ -3,29 +3,28 @@
 //! headers, then UDP, TCP with options in a shape [`known_options`] reads
 //! (none; the timestamps alone; a Linux SYN's; either followed by one MPTCP
 //! option), or another protocol), all in the frame's linear part, the
-//! headers are read
-//! in place, with direct packet access through `network-types`' header
-//! layouts:
+//! headers are read in place, with direct packet access through
+//! `network-types`' header layouts:
 //!
 //! - a frame no table can claim (the common case on an edge node) is counted
 //!   and passed at once, with no BPF call (the fast path is inlined into the
 //!   program: on the bench machine two calls cost 16 ns, docs/benchmarks.md);
-//! - a frame of a service that gives every fresh frame one action
-//!   (`classify::settled_action`: PASS while no migration is under way,
-//!   FORWARD once the new place has taken over) is decided in [`claim`], with
-//!   the lookup stage's own functions (`listener_service`, `mptcp_stage`) on
-//!   the headers read in place, and a FORWARD is carried out there too;
-//! - another frame a listener or a learned flow may claim is classified
-//!   here, by `migr_common::classify::lookup_stage` on the headers parsed in
-//!   place (its QUIC header and MPTCP option read in place too,
-//!   `in_place.rs`), without the header copy and the parse stage.
+//! - a frame a listener or a learned flow claims is decided in [`claim`],
+//!   with the lookup stage's own functions (`listener_service`,
+//!   `mptcp_stage`) on the headers read in place, and its PARK or FORWARD is
+//!   carried out there too, as `finish` would (its tag look, the final
+//!   action, the counters);
+//! - a frame with something to report (an MP_JOIN to learn, MP_CAPABLE keys)
+//!   is classified by `migr_common::classify::lookup_stage` on the headers
+//!   parsed in place ([`migr_lookup_known`]), without the header copy and the
+//!   parse stage, and `finish` reports it.
 //!
 //! Everything else goes to the full classifier, `migr_full` (main.rs), by a
 //! tail call: VLAN tags, IP options, extension headers, TCP options of
-//! other shapes, IP packets that go on into XDP fragments. What the fast path decides, it decides exactly
-//! as `migr_common::classify` would, with the same counters (but one crafted
-//! frame, see [`fast_path`]); the datapath corpus and storm tests compare
-//! both on every frame.
+//! other shapes, IP packets that go on into XDP fragments. What the fast
+//! path decides, it decides exactly as `migr_common::classify` would, with
+//! the same counters (but one crafted frame, see [`fast_path`]); the
+//! datapath corpus and storm tests compare both on every frame.
 
 use core::cell::Cell;
 

@@ -1,5 +1,5 @@
 //! [`claim`]: the listener, learned flow and service of a plain frame, and
-//! the decision for a frame of a service that passes every frame.
+//! its decision and action unless it has something to report.
 
 use super::*;
 
@@ -31,11 +31,13 @@ pub(super) enum Claim {
 ///
 /// The flow is looked up here, not in the lookup stage, so that a frame no
 /// table claims on a node with learned flows still passes on the fast path.
-/// So is the service, so that a frame of a service that gives every fresh
-/// frame one action (`classify::settled_action`: PASS for every service that
-/// is not migrating, FORWARD once its new place has taken over) is decided
-/// here too, without the classification: the lookup stage's
-/// `listener_service` and `SERVICES` lookup, then the counters.
+/// So is the service (the lookup stage's `listener_service` and `SERVICES`
+/// lookup), so that the frame is decided and acted on here, without the
+/// classification: at once for a service that gives every fresh frame one
+/// action (`classify::settled_action`: PASS for every service that is not
+/// migrating, FORWARD once its new place has taken over), else with
+/// `finish`'s steps (the replay-tag look, the final action). Only a frame
+/// with something to report goes on to [`migr_lookup_known`] and `finish`.
 #[inline(never)]
 pub(super) fn claim<const STOP: u32>(
     ctx: *mut xdp_md,
