@@ -55,15 +55,15 @@ pub(super) fn claim<const STOP: u32>(
     let family = family_tag(plain.family);
     let mut listener = None;
     if port_listener != 0 {
-        let key = &mut parsed.listener_key;
-        if copy_addr(start, end, plain.family, Addr::Dst, &mut key.addr).is_none() {
-            return Claim::Slow;
-        }
-        key.port = plain.dst_port;
-        key.proto = plain.proto;
-        key.family = family;
-        listener = slotted_listener(port_listener, &parsed.listener_key);
+        listener = slotted_listener(port_listener, start, end, plain);
         if listener.is_none() {
+            let key = &mut parsed.listener_key;
+            if copy_addr(start, end, plain.family, Addr::Dst, &mut key.addr).is_none() {
+                return Claim::Slow;
+            }
+            key.port = plain.dst_port;
+            key.proto = plain.proto;
+            key.family = family;
             // Borrowed on purpose: the key stays in the scratch slot.
             #[allow(clippy::needless_borrows_for_generic_args)]
             // SAFETY: the value is copied out at once (see `MapTables`).
@@ -243,32 +243,55 @@ impl Tables for Claimed {
 }
 
 /// The entry in `LISTENER_SLOTS`' slot `slot` (a `PORT_LISTENERS` entry,
-/// not 0) if its key is `key`: an array lookup and a compare instead of the
-/// `LISTENERS` hash lookup. None: look `key` up in `LISTENERS`.
+/// not 0) if its key is the plain frame's: an array lookup and a compare
+/// instead of the `LISTENERS` hash lookup. None: look the frame's key up in
+/// `LISTENERS`.
 #[inline(always)]
-fn slotted_listener(slot: u32, key: &ListenerKey) -> Option<ListenerEntry> {
+fn slotted_listener(slot: u32, start: usize, end: usize, plain: &Plain) -> Option<ListenerEntry> {
     if slot == LISTENERS_ONLY {
         return None;
     }
     let found = LISTENER_SLOTS.get(slot)?;
-    same_key(&found.key, key).then_some(found.entry)
+    frame_has_key(start, end, plain, &found.key).then_some(found.entry)
 }
 
-/// `a == b`, as five 4-byte words (a derived `==`, byte by byte, may become
-/// a call to `bcmp`, which BPF does not have).
+/// Is `key` the plain frame's listener key? Compared with the frame's own
+/// fields as five 4-byte words (the slot's key read as words; a derived `==`,
+/// byte by byte, may become a call to `bcmp`, which BPF does not have), so
+/// that a frame whose slot holds its key builds no key.
 #[inline(always)]
-fn same_key(a: &ListenerKey, b: &ListenerKey) -> bool {
+fn frame_has_key(start: usize, end: usize, plain: &Plain, key: &ListenerKey) -> bool {
     const WORDS: usize = size_of::<ListenerKey>() / 4;
-    const { assert!(align_of::<ListenerKey>() >= 4) };
-    let (a, b) = (
-        core::ptr::from_ref(a).cast::<[u32; WORDS]>(),
-        core::ptr::from_ref(b).cast::<[u32; WORDS]>(),
-    );
-    // SAFETY: both are whole keys, 4-byte aligned (asserted above).
-    let (a, b) = unsafe { (a.read(), b.read()) };
-    let mut differ = 0;
-    for i in 0..WORDS {
-        differ |= a[i] ^ b[i];
+    const {
+        assert!(align_of::<ListenerKey>() >= 4 && WORDS == 5);
+        assert!(core::mem::offset_of!(ListenerKey, port) == 16);
+        assert!(core::mem::offset_of!(ListenerKey, proto) == 18);
+        assert!(core::mem::offset_of!(ListenerKey, family) == 19);
+    };
+    // SAFETY: a whole key, 4-byte aligned (asserted above).
+    let words = unsafe { core::ptr::from_ref(key).cast::<[u32; WORDS]>().read() };
+    let [p0, p1] = plain.dst_port.to_ne_bytes();
+    let tail = u32::from_ne_bytes([p0, p1, plain.proto, family_tag(plain.family)]);
+    let mut differ = words[4] ^ tail;
+    match plain.family {
+        IpFamily::V4 => {
+            let Some(ip) = header::<Ipv4Hdr>(start, end, EthHdr::LEN) else {
+                return false;
+            };
+            differ |= words[0] ^ u32::from_ne_bytes(field!(ip, dst_addr));
+            differ |= words[1] | words[2] | words[3];
+        }
+        IpFamily::V6 => {
+            let Some(ip) = header::<Ipv6Hdr>(start, end, EthHdr::LEN) else {
+                return false;
+            };
+            let addr = field!(ip, dst_addr);
+            for (i, word) in words.iter().take(4).enumerate() {
+                let at = i * 4;
+                let bytes = [addr[at], addr[at + 1], addr[at + 2], addr[at + 3]];
+                differ |= word ^ u32::from_ne_bytes(bytes);
+            }
+        }
     }
     differ == 0
 }
