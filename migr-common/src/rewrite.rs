@@ -22,14 +22,8 @@ pub enum RewriteError {
     OutOfFrame,
 }
 
-/// One's-complement checksum update for a 16-bit word changing from `old` to `new`
-/// (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
-#[inline(always)]
-pub fn checksum_replace16(check: u16, old: u16, new: u16) -> u16 {
-    apply_change(check, word_change(old, new))
-}
-
-/// `~m + m'` of eqn. 3 for one word, unfolded: changes add up, and a
+/// `~m + m'` of RFC 1624's eqn. 3 (HC' = ~(~HC + ~m + m')) for one 16-bit
+/// word changing from `old` to `new`, unfolded: changes add up, and a
 /// checksum takes their sum in one update ([`apply_change`]).
 #[inline(always)]
 fn word_change(old: u16, new: u16) -> u32 {
@@ -295,7 +289,7 @@ mod tests {
             let old = u16::from_be_bytes([data[word], data[word + 1]]);
             let new = next() as u16;
             data[word..word + 2].copy_from_slice(&new.to_be_bytes());
-            let incremental = checksum_replace16(check, old, new);
+            let incremental = apply_change(check, word_change(old, new));
             let fresh = full_checksum(&data);
             // One's complement has two zeros; both encodings verify.
             assert!(

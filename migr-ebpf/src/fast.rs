@@ -91,8 +91,8 @@ use tcp_options::known_options;
 pub enum Fast {
     /// Counted; the caller passes it.
     Passed,
-    /// Counted, and acted on if it is a FORWARD: the caller returns this XDP
-    /// action.
+    /// Counted, and acted on if it is a PARK or a FORWARD: the caller returns
+    /// this XDP action.
     Decided(u32),
     /// Parsed into [`FAST_PARSED`]; the lookup stage is next ([`migr_lookup_known`]).
     Lookup,
@@ -174,18 +174,18 @@ pub struct FastParsed {
     /// The `SERVER_IDS` lookup [`claim`] made (the server id, its owner), so
     /// that the lookup stage does not make it again.
     server_id: Option<(u32, Option<u32>)>,
-    /// What [`claim`] found of a frame it decided ([`Claim::Settled`]): in
+    /// What [`claim`] found of a frame it decided ([`Claim::Decided`]): in
     /// the slot, as the call returns one register.
-    settled: Settled,
+    decided: Decided,
     /// [`claim`]'s keys, built here rather than on its stack: with them on
     /// the stack, its frame took 464 bytes, and Linux 6.1 adds `migr`'s.
     listener_key: ListenerKey,
     flow_key: FlowKey,
 }
 
-/// A frame whose service gives every fresh frame one action.
+/// What [`claim`] decided for a frame, for [`fast_path`] to count.
 #[derive(Clone, Copy)]
-struct Settled {
+struct Decided {
     service_id: u32,
     /// The reasons to count (bits).
     reasons: u32,
@@ -230,7 +230,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     // A frame decided here is counted under its class, the reason
     // `quick_parse` gave it, and the service and reasons `claim` found (if
     // it decided it).
-    let mut settled = None;
+    let mut decided = None;
     let (class, reason) = match quick {
         Quick::Pass(ProtoClass::NonIp, reason) => {
             // SAFETY: plain helper call on the program's context.
@@ -248,7 +248,7 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
             if listener != 0 || flows || plain.mptcp_len != 0 {
                 match claim::<STOP>(ctx, &plain, len as u32, listener, flows) {
                     Claim::Unclaimed => {}
-                    Claim::Settled => settled = FAST_PARSED.get(0).map(|parsed| parsed.settled),
+                    Claim::Decided => decided = FAST_PARSED.get(0).map(|parsed| parsed.decided),
                     Claim::Lookup => return Fast::Lookup,
                     Claim::Slow => return Fast::Slow,
                     Claim::Stop | Claim::Reentered => return Fast::Passed,
@@ -266,19 +266,19 @@ pub fn fast_path<const STOP: u32>(ctx: *mut xdp_md) -> Fast {
     if let Some(reason) = reason {
         count_reason(reason);
     }
-    let Some(settled) = settled else {
+    let Some(decided) = decided else {
         count_verdict(NO_SERVICE, Verdict::Pass, len);
         return Fast::Passed;
     };
     // As `finish` counts and logs a classified frame.
-    count_reasons(settled.reasons);
+    count_reasons(decided.reasons);
     count_and_log(
         &XdpContext::new(ctx),
-        settled.service_id,
-        settled.verdict,
+        decided.service_id,
+        decided.verdict,
         len,
     );
-    Fast::Decided(settled.xdp)
+    Fast::Decided(decided.xdp)
 }
 
 /// The length of the frame [`fast_path`] handed to [`migr_lookup_known`]

@@ -63,6 +63,7 @@ use aya_ebpf::{
 use migr_common::{
     classify::{
         Classification, FrameContext, Report, Tables, final_action, lookup_stage, parse_stage,
+        settled_action,
     },
     maps::{
         Action, Event, EventBudget, EventKind, FAMILY_V4, FAMILY_V6, FLOW_PORTS_LEN,
@@ -70,8 +71,8 @@ use migr_common::{
         LISTENER_SLOTS_LEN, ListenerEntry, ListenerKey, ListenerSlot, MAX_JOINS_PER_TOKEN,
         MAX_SERVICES, NO_SERVICE, PARK_LARGE_MAX, PARK_SMALL_MAX, PORT_LISTENERS_LEN, ParkedHeader,
         ParkedRecord, ProtoClass, REPLAY_BATCH, REPLAY_FRAME_MAX, Reason, ReplayMeta, ReplaySlot,
-        ReplayedTag, SERVICE_HOLD, SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry,
-        TC_HANDOVER_L4_BYTES, TcHandover, Verdict, full_path, map_sizes,
+        ReplayedTag, SMALL_SERVER_ID_LIMIT, ServiceCounters, ServiceEntry, TC_HANDOVER_L4_BYTES,
+        TcHandover, Verdict, full_path, map_sizes,
     },
     rewrite::{Headers, RewriteError, rewrite_destination, rewrite_macs},
     wire::ip::IpFamily,
@@ -518,13 +519,12 @@ fn tag_replayed(ctx: *mut xdp_md) {
 /// Can the frame's service have replays under way? The agent replays only
 /// while the service parks (the batches) or holds (settling), and a replayed
 /// frame's second sight comes at once, within the replay call; in every other
-/// state the look for a tag (three helper calls) is skipped.
+/// state the look for a tag (three helper calls) is skipped. Those states are
+/// the ones without a settled action (`classify::settled_action`), as in the
+/// fast path's `claim`.
 #[inline(always)]
 fn replaying(decision: &Classification) -> bool {
-    decision.action == Action::Park
-        || decision
-            .service
-            .is_some_and(|entry| entry.flags & SERVICE_HOLD != 0)
+    settled_action(decision.service.as_ref()).is_none()
 }
 
 /// Is this frame the skb-mode second sight of a frame the agent replayed (a

@@ -755,9 +755,7 @@ impl Datapath {
     pub fn set_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
         check_service_id(service_id)?;
         if server_id < SMALL_SERVER_ID_LIMIT {
-            let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::SMALL_SERVER_IDS)?)?;
-            map.set(server_id, service_id, 0)?;
-            return Ok(());
+            return self.set_small_server_id(server_id, service_id);
         }
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         map.insert(server_id, service_id, 0)?;
@@ -766,15 +764,21 @@ impl Datapath {
 
     pub fn remove_server_id(&mut self, server_id: u32) -> Result<()> {
         if server_id < SMALL_SERVER_ID_LIMIT {
-            let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::SMALL_SERVER_IDS)?)?;
-            map.set(server_id, NO_SERVICE, 0)?;
-            return Ok(());
+            return self.set_small_server_id(server_id, NO_SERVICE);
         }
         let mut map = HashMap::<_, u32, u32>::try_from(self.map_mut(map_names::SERVER_IDS)?)?;
         match map.remove(&server_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `SMALL_SERVER_IDS`' entry of `server_id` (below
+    /// [`SMALL_SERVER_ID_LIMIT`]): a service id, or [`NO_SERVICE`] for none.
+    fn set_small_server_id(&mut self, server_id: u32, service_id: u32) -> Result<()> {
+        let mut map = Array::<_, u32>::try_from(self.map_mut(map_names::SMALL_SERVER_IDS)?)?;
+        map.set(server_id, service_id, 0)?;
+        Ok(())
     }
 
     pub fn listeners(&self) -> Result<Vec<(ListenerKey, ListenerEntry)>> {

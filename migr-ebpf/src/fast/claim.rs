@@ -8,9 +8,9 @@ pub(super) enum Claim {
     /// No listener and no learned flow: the frame passes.
     Unclaimed,
     /// The frame's action is decided, and carried out if it is a PARK or a
-    /// FORWARD: [`FastParsed::settled`] says how to count the frame and what
+    /// FORWARD: [`FastParsed::decided`] says how to count the frame and what
     /// to return.
-    Settled,
+    Decided,
     /// Parsed into [`FAST_PARSED`], with its listener and its learned flow.
     Lookup,
     Slow,
@@ -182,13 +182,13 @@ pub(super) fn claim<const STOP: u32>(
             Err(Reason::ForwardUnsupported),
         ),
     };
-    parsed.settled = Settled {
+    parsed.decided = Decided {
         service_id,
         reasons: reasons.0,
         verdict,
         xdp,
     };
-    Claim::Settled
+    Claim::Decided
 }
 
 /// Leaves what [`claim`] found in `parsed` for [`migr_lookup_known`].
